@@ -1,0 +1,240 @@
+//! The seams of the decoder that editing methods use, and nothing else (DESIGN.md "hooks").
+//!
+//! Per decoder layer `l` the forward pass is
+//!
+//! ```text
+//! r   = x                                   (b, s, d)   capture: LayerInput   ("pre-attention" state)
+//! a   = o_proj(attn(rms_1(x)))              (b, s, d)
+//! a   = attn_hook_n(... attn_hook_1(a))                 capture: AttnOutput    (after the shifts)
+//! x   = r + a                                           capture: PostAttention
+//! q   = rms_2(x)                                        capture: FfnInput      (the FFN query)
+//! x   = x + mlp(q) + Σ ffn_hook_i(q)                    capture: LayerOutput
+//! ```
+//!
+//! (a) [`FfnHook`]: extra FFN key-value neurons, added to the FFN output (paper Eq. 3, T-Patcher);
+//! (b) [`AttnHook`]: a shift of the self-attention output (paper Eq. 2, latent in-context editing);
+//! (c) [`Capture`]: hidden states at the points above, for memory extraction and analysis.
+//!
+//! With an empty [`Hooks`] and no capture the forward pass takes exactly the plain path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::model::config::Activation;
+
+/// What an attention hook sees besides the attention output.
+pub struct AttnContext<'a> {
+    /// Decoder layer index.
+    pub layer: usize,
+    /// Position of the first token of this call (non-zero when decoding with a KV cache).
+    pub start_pos: usize,
+    /// Residual stream entering the layer (the pre-attention hidden state), `(b, s, d)`.
+    pub residual: &'a Tensor,
+    /// The same after the layer's input RMSNorm (what the attention read), `(b, s, d)`.
+    pub normed: &'a Tensor,
+}
+
+/// Extra FFN key-value neurons (capability of an edit that adds parametric knowledge).
+pub trait FfnHook: Send + Sync + fmt::Debug {
+    /// `ffn_input`: the FFN query `q = rms_2(x)`, `(b, s, d)`. Returns `(b, s, d)`, added to the FFN output.
+    fn ffn_extra(&self, layer: usize, ffn_input: &Tensor) -> Result<Tensor>;
+}
+
+/// A shift of the self-attention output (capability of an edit that injects latent in-context knowledge).
+pub trait AttnHook: Send + Sync + fmt::Debug {
+    /// `attn_out`: output of `o_proj`, `(b, s, d)`. Returns the replacement, `(b, s, d)`.
+    fn shift_attention(&self, ctx: &AttnContext<'_>, attn_out: Tensor) -> Result<Tensor>;
+}
+
+/// The hooks of one layer, applied in insertion order.
+#[derive(Clone, Default, Debug)]
+pub struct LayerHooks {
+    pub ffn: Vec<Arc<dyn FfnHook>>,
+    pub attn: Vec<Arc<dyn AttnHook>>,
+}
+
+impl LayerHooks {
+    /// True when the layer runs the plain path.
+    pub fn is_empty(&self) -> bool {
+        self.ffn.is_empty() && self.attn.is_empty()
+    }
+}
+
+/// Hooks of every layer. Cheap to clone (hooks are shared); stacking patches is extending.
+#[derive(Clone, Default, Debug)]
+pub struct Hooks {
+    layers: BTreeMap<usize, LayerHooks>,
+}
+
+impl Hooks {
+    /// No hooks: the plain forward pass.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Adds extra FFN neurons to `layer`.
+    pub fn add_ffn(&mut self, layer: usize, hook: Arc<dyn FfnHook>) -> &mut Self {
+        self.layers.entry(layer).or_default().ffn.push(hook);
+        self
+    }
+
+    /// Adds a self-attention output shift to `layer`.
+    pub fn add_attn(&mut self, layer: usize, hook: Arc<dyn AttnHook>) -> &mut Self {
+        self.layers.entry(layer).or_default().attn.push(hook);
+        self
+    }
+
+    /// Appends every hook of `other` after this one's (sequential stacking).
+    pub fn extend(&mut self, other: &Hooks) -> &mut Self {
+        for (l, h) in &other.layers {
+            let e = self.layers.entry(*l).or_default();
+            e.ffn.extend(h.ffn.iter().cloned());
+            e.attn.extend(h.attn.iter().cloned());
+        }
+        self
+    }
+
+    /// The hooks of `layer`, if it has any.
+    pub fn layer(&self, layer: usize) -> Option<&LayerHooks> {
+        self.layers.get(&layer).filter(|h| !h.is_empty())
+    }
+
+    /// True when no layer has a hook.
+    pub fn is_empty(&self) -> bool {
+        self.layers.values().all(LayerHooks::is_empty)
+    }
+
+    /// Largest hooked layer index, to check against the model.
+    pub fn max_layer(&self) -> Option<usize> {
+        self.layers
+            .iter()
+            .rev()
+            .find(|(_, h)| !h.is_empty())
+            .map(|(l, _)| *l)
+    }
+}
+
+/// Where in a decoder layer a hidden state is captured (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CapturePoint {
+    LayerInput,
+    AttnOutput,
+    PostAttention,
+    FfnInput,
+    LayerOutput,
+}
+
+/// Requests and receives hidden states during a forward pass. Each captured tensor is `(b, s, d)` for the tokens of
+/// that call.
+#[derive(Debug, Default, Clone)]
+pub struct Capture {
+    wanted: BTreeSet<(usize, CapturePoint)>,
+    got: BTreeMap<(usize, CapturePoint), Tensor>,
+}
+
+impl Capture {
+    /// Captures nothing.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Captures the given (layer, point) pairs.
+    pub fn of(points: impl IntoIterator<Item = (usize, CapturePoint)>) -> Self {
+        Self {
+            wanted: points.into_iter().collect(),
+            got: BTreeMap::new(),
+        }
+    }
+
+    /// Captures `point` at every layer in `layers`.
+    pub fn at_layers(layers: impl IntoIterator<Item = usize>, point: CapturePoint) -> Self {
+        Self::of(layers.into_iter().map(|l| (l, point)))
+    }
+
+    pub(crate) fn wants(&self, layer: usize, point: CapturePoint) -> bool {
+        self.wanted.contains(&(layer, point))
+    }
+
+    pub(crate) fn put(&mut self, layer: usize, point: CapturePoint, t: &Tensor) {
+        if self.wants(layer, point) {
+            self.got.insert((layer, point), t.clone());
+        }
+    }
+
+    /// The state captured at (layer, point), `(b, s, d)`.
+    pub fn get(&self, layer: usize, point: CapturePoint) -> Option<&Tensor> {
+        self.got.get(&(layer, point))
+    }
+
+    /// Everything captured so far.
+    pub fn captured(&self) -> &BTreeMap<(usize, CapturePoint), Tensor> {
+        &self.got
+    }
+
+    /// Largest requested layer index, to check against the model.
+    pub fn max_layer(&self) -> Option<usize> {
+        self.wanted.iter().map(|(l, _)| *l).max()
+    }
+}
+
+/// `n` extra key-value neurons: `act(q W_K + b_K) W_V`, the T-Patcher / UniKE patch of an FFN.
+#[derive(Debug, Clone)]
+pub struct ExtraNeurons {
+    /// Keys `W_K`, `(d, n)`.
+    pub w_k: Tensor,
+    /// Key bias `b_K`, `(n)`.
+    pub b_k: Tensor,
+    /// Values `W_V`, `(n, d)` (UniKE folds `β·ζ'` into them).
+    pub w_v: Tensor,
+    /// Activation of the extra neurons.
+    pub act: Activation,
+}
+
+impl ExtraNeurons {
+    /// Checks the shapes: `w_k (d, n)`, `b_k (n)`, `w_v (n, d)`.
+    pub fn new(w_k: Tensor, b_k: Tensor, w_v: Tensor, act: Activation) -> Result<Self> {
+        let (d, n) = w_k.dims2()?;
+        let (n2, d2) = w_v.dims2()?;
+        if b_k.dims1()? != n || n2 != n || d2 != d {
+            return Err(Error::Invalid(format!(
+                "extra neurons: w_k {:?}, b_k {:?}, w_v {:?} do not fit (d, n), (n), (n, d)",
+                w_k.dims(),
+                b_k.dims(),
+                w_v.dims()
+            )));
+        }
+        Ok(Self { w_k, b_k, w_v, act })
+    }
+
+    /// Activations of the extra neurons, `(b, s, n)` for `q` of `(b, s, d)`.
+    pub fn activations(&self, q: &Tensor) -> Result<Tensor> {
+        let q = q.to_dtype(self.w_k.dtype())?;
+        let pre = q.broadcast_matmul(&self.w_k)?.broadcast_add(&self.b_k)?;
+        Ok(self.act.apply(&pre)?)
+    }
+}
+
+impl FfnHook for ExtraNeurons {
+    fn ffn_extra(&self, _layer: usize, ffn_input: &Tensor) -> Result<Tensor> {
+        let o = self.activations(ffn_input)?;
+        Ok(o.broadcast_matmul(&self.w_v)?.to_dtype(ffn_input.dtype())?)
+    }
+}
+
+/// Adds a fixed vector to the attention output at every position: the simplest attention shift (steering).
+#[derive(Debug, Clone)]
+pub struct ConstantShift {
+    /// `(d)`.
+    pub vector: Tensor,
+}
+
+impl AttnHook for ConstantShift {
+    fn shift_attention(&self, _ctx: &AttnContext<'_>, attn_out: Tensor) -> Result<Tensor> {
+        let v = self.vector.to_dtype(attn_out.dtype())?;
+        Ok(attn_out.broadcast_add(&v)?)
+    }
+}

@@ -1,0 +1,397 @@
+//! The LLaMA decoder of LLaVA (Touvron et al., 2023): RMSNorm, rotary position embeddings, SwiGLU FFN,
+//! grouped-query attention, a KV cache, and the UniKE hook seams ([`crate::hooks`]).
+//!
+//! Weight names mirror transformers' `LlamaModel` (`embed_tokens`, `layers.{i}.self_attn.q_proj`, ...).
+
+use std::ops::Range;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+
+use super::cache::{KvCache, LayerKv};
+use super::config::{RopeScaling, TextConfig};
+use crate::error::{Error, Result};
+use crate::hooks::{AttnContext, Capture, CapturePoint, Hooks, LayerHooks};
+
+/// Precomputed rotary tables, `cos`/`sin` of shape `(max_positions, head_dim / 2)`.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &TextConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let dim = cfg.head_dim;
+        let mut inv_freq: Vec<f64> = (0..dim)
+            .step_by(2)
+            .map(|i| 1.0 / cfg.rope_theta.powf(i as f64 / dim as f64))
+            .collect();
+        match &cfg.rope_scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let old = *original_max_position_embeddings as f64;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+        let n = cfg.max_position_embeddings;
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in 0..n {
+            for f in &inv_freq {
+                // transformers computes the angle in f32; doing the same keeps parity at long positions.
+                let angle = (p as f32) * (*f as f32);
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?;
+        Ok(Self { cos, sin })
+    }
+
+    /// Rotates `x` of shape `(b, heads, s, head_dim)` for positions `start..start + s`.
+    fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+        let s = x.dim(2)?;
+        let max = self.cos.dim(0)?;
+        if start + s > max {
+            return Err(Error::Invalid(format!(
+                "sequence of {} positions exceeds max_position_embeddings {max}",
+                start + s
+            )));
+        }
+        let cos = self.cos.narrow(0, start, s)?;
+        let sin = self.sin.narrow(0, start, s)?;
+        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+fn linear(vb: VarBuilder, i: usize, o: usize, bias: bool) -> Result<Linear> {
+    Ok(if bias {
+        candle_nn::linear(i, o, vb)?
+    } else {
+        candle_nn::linear_no_bias(i, o, vb)?
+    })
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, cfg: &TextConfig) -> Result<Self> {
+        let (d, h, kvh, hd) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        Ok(Self {
+            q_proj: linear(vb.pp("q_proj"), d, h * hd, cfg.attention_bias)?,
+            k_proj: linear(vb.pp("k_proj"), d, kvh * hd, cfg.attention_bias)?,
+            v_proj: linear(vb.pp("v_proj"), d, kvh * hd, cfg.attention_bias)?,
+            o_proj: linear(vb.pp("o_proj"), h * hd, d, cfg.attention_bias)?,
+            n_heads: h,
+            n_kv_heads: kvh,
+            head_dim: hd,
+        })
+    }
+
+    /// `x`: `(b, s, d)` normed states at positions `start..start + s`; returns `(b, s, d)`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        start: usize,
+        rope: &Rope,
+        kv: Option<&mut LayerKv>,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, s, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = rope.apply(&split(self.q_proj.forward(x)?, self.n_heads)?, start)?;
+        let mut k = rope.apply(&split(self.k_proj.forward(x)?, self.n_kv_heads)?, start)?;
+        let mut v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        if let Some(slot) = kv {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let total = k.dim(2)?;
+        let rep = self.n_heads / self.n_kv_heads;
+        let k = repeat_kv(k, rep)?;
+        let v = repeat_kv(v, rep)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        if s > 1 {
+            att = att.broadcast_add(&causal_mask(s, total, att.dtype(), att.device())?)?;
+        }
+        let att =
+            candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let y = att
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, s, self.n_heads * self.head_dim))?;
+        Ok(self.o_proj.forward(&y)?)
+    }
+}
+
+/// `(s, total)` additive mask: query `i` (absolute position `total - s + i`) sees keys `0..=total - s + i`.
+fn causal_mask(s: usize, total: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let offset = total - s;
+    let mask: Vec<f32> = (0..s)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (s, total), device)?.to_dtype(dtype)?)
+}
+
+/// `(b, kvh, s, hd)` → `(b, kvh * rep, s, hd)`, each kv head repeated `rep` times in place.
+fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x);
+    }
+    let (b, kvh, s, hd) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, kvh, rep, s, hd))?
+        .reshape((b, kvh * rep, s, hd))?)
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: super::config::Activation,
+}
+
+impl Mlp {
+    fn load(vb: VarBuilder, cfg: &TextConfig) -> Result<Self> {
+        let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: linear(vb.pp("gate_proj"), d, i, cfg.mlp_bias)?,
+            up_proj: linear(vb.pp("up_proj"), d, i, cfg.mlp_bias)?,
+            down_proj: linear(vb.pp("down_proj"), i, d, cfg.mlp_bias)?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    /// `(b, s, d)` → `(b, s, d)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.act.apply(&self.gate_proj.forward(x)?)?;
+        Ok(self
+            .down_proj
+            .forward(&(gate * self.up_proj.forward(x)?)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn load(vb: VarBuilder, cfg: &TextConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            input_layernorm: candle_nn::rms_norm(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            post_attention_layernorm: candle_nn::rms_norm(
+                d,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        idx: usize,
+        x: &Tensor,
+        start: usize,
+        rope: &Rope,
+        kv: Option<&mut LayerKv>,
+        hooks: Option<&LayerHooks>,
+        capture: &mut Capture,
+    ) -> Result<Tensor> {
+        capture.put(idx, CapturePoint::LayerInput, x);
+        let normed = self.input_layernorm.forward(x)?;
+        let mut attn = self.self_attn.forward(&normed, start, rope, kv)?;
+        if let Some(h) = hooks {
+            let ctx = AttnContext {
+                layer: idx,
+                start_pos: start,
+                residual: x,
+                normed: &normed,
+            };
+            for hook in &h.attn {
+                attn = hook.shift_attention(&ctx, attn)?;
+            }
+        }
+        capture.put(idx, CapturePoint::AttnOutput, &attn);
+        let x = (x + attn)?;
+        capture.put(idx, CapturePoint::PostAttention, &x);
+        let q = self.post_attention_layernorm.forward(&x)?;
+        capture.put(idx, CapturePoint::FfnInput, &q);
+        let mut ffn = self.mlp.forward(&q)?;
+        if let Some(h) = hooks {
+            for hook in &h.ffn {
+                ffn = (ffn + hook.ffn_extra(idx, &q)?)?;
+            }
+        }
+        let out = (x + ffn)?;
+        capture.put(idx, CapturePoint::LayerOutput, &out);
+        Ok(out)
+    }
+}
+
+/// The LLaMA decoder.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    cfg: TextConfig,
+}
+
+impl Llama {
+    /// Loads from `vb` at the `LlamaModel` prefix and `lm_head` at its own prefix (`lm_head` is ignored when the
+    /// embeddings are tied).
+    pub fn load(vb: VarBuilder, lm_head: VarBuilder, cfg: &TextConfig) -> Result<Self> {
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("embed_tokens"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(vb.pp("layers").pp(i), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, lm_head)?
+        };
+        let rope = Rope::new(cfg, vb.dtype(), vb.device())?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Token embeddings: `(b, s)` u32 ids → `(b, s, d)`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.embed_tokens.forward(ids)?)
+    }
+
+    /// Runs decoder layers `layers` on `x` of shape `(b, s, d)` at positions `start..start + s`.
+    ///
+    /// Sequences in a batch share positions (right padding: a causal mask keeps real tokens from seeing pads).
+    /// With a cache, each layer's keys and values are appended to it. Returns `(b, s, d)`.
+    pub fn forward_layers(
+        &self,
+        x: &Tensor,
+        start: usize,
+        layers: Range<usize>,
+        mut cache: Option<&mut KvCache>,
+        hooks: &Hooks,
+        capture: &mut Capture,
+    ) -> Result<Tensor> {
+        if layers.end > self.layers.len() {
+            return Err(Error::Invalid(format!(
+                "layer range {layers:?} exceeds {} layers",
+                self.layers.len()
+            )));
+        }
+        if let Some(l) = hooks.max_layer().filter(|l| *l >= self.layers.len()) {
+            return Err(Error::Invalid(format!(
+                "hook on layer {l} but the model has {} layers",
+                self.layers.len()
+            )));
+        }
+        if let Some(l) = capture.max_layer().filter(|l| *l >= self.layers.len()) {
+            return Err(Error::Invalid(format!(
+                "capture at layer {l} but the model has {} layers",
+                self.layers.len()
+            )));
+        }
+        let mut x = x.clone();
+        for i in layers {
+            let kv = match cache.as_deref_mut() {
+                Some(c) => Some(c.layer_mut(i)?),
+                None => None,
+            };
+            x = self.layers[i].forward(i, &x, start, &self.rope, kv, hooks.layer(i), capture)?;
+        }
+        Ok(x)
+    }
+
+    /// Final RMSNorm, `(b, s, d)` → `(b, s, d)`.
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.norm.forward(x)?)
+    }
+
+    /// Vocabulary logits of normed states: `(b, s, d)` → `(b, s, vocab)` in f32.
+    pub fn lm_head(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(x)?.to_dtype(DType::F32)?)
+    }
+
+    /// Last-dimension argmax helper for greedy decoding: `(.., vocab)` → `(..)` u32.
+    pub fn argmax(logits: &Tensor) -> Result<Tensor> {
+        Ok(logits.argmax(D::Minus1)?)
+    }
+}

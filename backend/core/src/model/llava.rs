@@ -1,0 +1,259 @@
+//! LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023): a CLIP ViT, a two-layer GELU
+//! projector, and a LLaMA decoder whose `<image>` token positions take the projected vision features.
+//!
+//! Weight names mirror transformers' `LlavaForConditionalGeneration` in either of its layouts ([`KeyLayout`]).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::cache::KvCache;
+use super::clip::{concat_features, ClipVision, Projector};
+use super::config::{LlavaConfig, SelectStrategy};
+use super::llama::Llama;
+use crate::error::{Error, Result};
+use crate::hooks::{Capture, Hooks};
+
+/// Where each part of LLaVA sits in a checkpoint's tensor names (prefixes without the trailing dot).
+///
+/// Published llava-hf checkpoints (transformers < 4.52, and what transformers 5 writes again) use
+/// `language_model.model`, `language_model.lm_head`, `vision_tower.vision_model`, `multi_modal_projector`;
+/// transformers 4.52-4.57 wrote `model.language_model`, `lm_head`, `model.vision_tower.vision_model`,
+/// `model.multi_modal_projector`; transformers 5 drops the `vision_model` level of the vision tower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLayout {
+    pub text: &'static str,
+    pub lm_head: &'static str,
+    pub vision: &'static str,
+    pub projector: &'static str,
+}
+
+impl KeyLayout {
+    /// Finds each part's prefix among the names `has` knows; `None` names the part that was not found.
+    pub fn detect(has: impl Fn(&str) -> bool) -> std::result::Result<Self, &'static str> {
+        let pick = |cands: &[&'static str], probe: &str, part: &'static str| {
+            cands
+                .iter()
+                .copied()
+                .find(|p| has(&format!("{p}.{probe}")))
+                .ok_or(part)
+        };
+        let text = pick(
+            &["language_model.model", "model.language_model"],
+            "embed_tokens.weight",
+            "language model",
+        )?;
+        let lm_head = pick(&["language_model.lm_head", "lm_head"], "weight", "lm_head").unwrap_or(
+            if text == "language_model.model" {
+                "language_model.lm_head"
+            } else {
+                "lm_head"
+            },
+        );
+        let vision = pick(
+            &[
+                "vision_tower.vision_model",
+                "model.vision_tower.vision_model",
+                "vision_tower",
+                "model.vision_tower",
+            ],
+            "embeddings.patch_embedding.weight",
+            "vision tower",
+        )?;
+        let projector = pick(
+            &["multi_modal_projector", "model.multi_modal_projector"],
+            "linear_1.weight",
+            "multi_modal_projector",
+        )?;
+        Ok(Self {
+            text,
+            lm_head,
+            vision,
+            projector,
+        })
+    }
+}
+
+/// The LLaVA vision-language model.
+#[derive(Debug, Clone)]
+pub struct Llava {
+    vision: ClipVision,
+    projector: Projector,
+    text: Llama,
+    cfg: LlavaConfig,
+    /// Resolved (non-negative) vision hidden-state indices fed to the projector.
+    feature_layers: Vec<usize>,
+    dtype: DType,
+    device: Device,
+}
+
+impl Llava {
+    /// Loads every part from `vb` (the checkpoint root) named as `layout` says.
+    pub fn load(vb: VarBuilder, layout: KeyLayout, cfg: &LlavaConfig) -> Result<Self> {
+        let (text_vb, head_vb, vision_vb, proj_vb) = (
+            vb.pp(layout.text),
+            vb.pp(layout.lm_head),
+            vb.pp(layout.vision),
+            vb.pp(layout.projector),
+        );
+        let n_states = cfg.vision.num_hidden_layers as i64 + 1;
+        let feature_layers: Vec<usize> = cfg
+            .vision_feature_layers
+            .iter()
+            .map(|&l| {
+                if l < 0 {
+                    (n_states + l) as usize
+                } else {
+                    l as usize
+                }
+            })
+            .collect();
+        let deepest = feature_layers.iter().copied().max().unwrap_or(0);
+        let vision = ClipVision::load(vision_vb, &cfg.vision, deepest)?;
+        let projector = Projector::load(
+            proj_vb,
+            cfg.vision.hidden_size * feature_layers.len(),
+            cfg.text.hidden_size,
+            cfg.projector_hidden_act,
+            cfg.projector_bias,
+        )?;
+        let text = Llama::load(text_vb, head_vb, &cfg.text)?;
+        Ok(Self {
+            vision,
+            projector,
+            text,
+            cfg: cfg.clone(),
+            feature_layers,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &LlavaConfig {
+        &self.cfg
+    }
+
+    /// The decoder (for layer-range forwards and hooks).
+    pub fn text(&self) -> &Llama {
+        &self.text
+    }
+
+    /// The dtype the weights run in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Projected image features: `pixel_values (n, 3, H, W)` → `(n, image_seq_length, d_text)`.
+    pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let deepest = self.feature_layers.iter().copied().max().unwrap_or(0);
+        let states = self.vision.hidden_states(pixel_values, deepest)?;
+        let picked = self
+            .feature_layers
+            .iter()
+            .map(|&l| {
+                let s = &states[l];
+                Ok(match self.cfg.vision_feature_select_strategy {
+                    SelectStrategy::Default => s.narrow(1, 1, s.dim(1)? - 1)?,
+                    SelectStrategy::Full => s.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let feats = if picked.len() == 1 {
+            picked[0].clone()
+        } else {
+            concat_features(&picked)?
+        };
+        self.projector.forward(&feats)
+    }
+
+    /// Input embeddings: token embeddings of `ids (b, s)` with the `<image>` positions replaced, in reading order,
+    /// by the rows of `image_features (n, t, d)`. The number of `<image>` ids must equal `n · t`. Returns `(b, s, d)`.
+    pub fn embed_inputs(&self, ids: &Tensor, image_features: Option<&Tensor>) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let image_id = self.cfg.image_token_index;
+        let vocab = self.cfg.text.vocab_size as u32;
+        let n_image_ids = rows.iter().flatten().filter(|&&t| t == image_id).count();
+        let (n_feat, img_flat) = match image_features {
+            Some(f) => {
+                let (n, t, d) = f.dims3()?;
+                (n * t, Some(f.reshape((n * t, d))?.to_dtype(self.dtype)?))
+            }
+            None => (0, None),
+        };
+        if n_image_ids != n_feat {
+            return Err(Error::Invalid(format!(
+                "the input has {n_image_ids} image tokens but the images give {n_feat} features \
+                 (expected {} per image)",
+                self.cfg.image_seq_length
+            )));
+        }
+        let mut text_ids = Vec::with_capacity(b * s);
+        let mut gather = Vec::with_capacity(b * s);
+        let mut next_image_row = (b * s) as u32;
+        for (k, &t) in rows.iter().flatten().enumerate() {
+            if t == image_id {
+                text_ids.push(0u32);
+                gather.push(next_image_row);
+                next_image_row += 1;
+            } else if t >= vocab {
+                return Err(Error::Invalid(format!(
+                    "token id {t} is outside the vocabulary of {vocab}"
+                )));
+            } else {
+                text_ids.push(t);
+                gather.push(k as u32);
+            }
+        }
+        let text_ids = Tensor::from_vec(text_ids, (b, s), &self.device)?;
+        let text_emb = self.text.embed(&text_ids)?;
+        let Some(img) = img_flat else {
+            return Ok(text_emb);
+        };
+        let d = text_emb.dim(2)?;
+        let table = Tensor::cat(&[&text_emb.reshape((b * s, d))?, &img], 0)?;
+        let gather = Tensor::from_vec(gather, b * s, &self.device)?;
+        Ok(table.index_select(&gather, 0)?.reshape((b, s, d))?)
+    }
+
+    /// Runs every decoder layer and the final norm on `embeds (b, s, d)` at positions `start..start + s`.
+    /// Returns the normed last hidden states `(b, s, d)`; [`Llava::logits`] maps them to the vocabulary.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        start: usize,
+        cache: Option<&mut KvCache>,
+        hooks: &Hooks,
+        capture: &mut Capture,
+    ) -> Result<Tensor> {
+        let n = self.text.num_layers();
+        let h = self
+            .text
+            .forward_layers(embeds, start, 0..n, cache, hooks, capture)?;
+        self.text.final_norm(&h)
+    }
+
+    /// Vocabulary logits, `(b, s, d)` → `(b, s, vocab)` f32.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.text.lm_head(hidden)
+    }
+
+    /// Teacher-forced forward of a (right-padded) batch: `ids (b, s)`, optional `pixel_values (n, 3, H, W)` whose
+    /// images fill the `<image>` runs in reading order. Returns logits `(b, s, vocab)` f32.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        pixel_values: Option<&Tensor>,
+        hooks: &Hooks,
+    ) -> Result<Tensor> {
+        let feats = pixel_values.map(|p| self.image_features(p)).transpose()?;
+        let embeds = self.embed_inputs(ids, feats.as_ref())?;
+        let h = self.forward_embeds(&embeds, 0, None, hooks, &mut Capture::none())?;
+        self.logits(&h)
+    }
+}

@@ -1,0 +1,145 @@
+//! Text side of LLaVA's processor: `tokenizer.json` through the `tokenizers` crate, `<image>` expansion as
+//! transformers' `LlavaProcessor` does it (each `<image>` replaced by `image_seq_length` copies before tokenizing),
+//! and the prompt template.
+//!
+//! The template is `USER: <image>\n{question} ASSISTANT:` (llava-1.5) unless the checkpoint directory has a
+//! `prompt_template.txt` holding a template with a `{question}` placeholder.
+
+use std::path::Path;
+
+use tokenizers::Tokenizer;
+
+use super::config::LlavaConfig;
+use super::preprocess::ImageProcessor;
+use crate::error::{Error, Result};
+
+/// The image placeholder in prompts.
+pub const IMAGE_TOKEN: &str = "<image>";
+/// llava-1.5's conversation template.
+pub const LLAVA_15_TEMPLATE: &str = "USER: <image>\n{question} ASSISTANT:";
+
+/// Tokenizer, image processor and template of a checkpoint.
+#[derive(Clone)]
+pub struct Processor {
+    tokenizer: Tokenizer,
+    image: ImageProcessor,
+    image_token_id: u32,
+    image_seq_length: usize,
+    template: String,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor")
+            .field("image_token_id", &self.image_token_id)
+            .field("image_seq_length", &self.image_seq_length)
+            .field("template", &self.template)
+            .finish()
+    }
+}
+
+impl Processor {
+    /// Loads `tokenizer.json` (and `prompt_template.txt` if present) from `dir`.
+    pub fn load(dir: &Path, cfg: &LlavaConfig, image: ImageProcessor) -> Result<Self> {
+        let tpath = dir.join("tokenizer.json");
+        if !tpath.is_file() {
+            return Err(Error::checkpoint(dir, "tokenizer.json is missing"));
+        }
+        let tokenizer = Tokenizer::from_file(&tpath)
+            .map_err(|e| Error::Tokenizer(format!("cannot load {}: {e}", tpath.display())))?;
+        let template_path = dir.join("prompt_template.txt");
+        let template = if template_path.is_file() {
+            let t = std::fs::read_to_string(&template_path)
+                .map_err(|e| Error::io(&template_path, e))?;
+            let t = t.trim_end_matches('\n').to_string();
+            if !t.contains("{question}") {
+                return Err(Error::config(
+                    &template_path,
+                    "the template has no {question} placeholder",
+                ));
+            }
+            t
+        } else {
+            LLAVA_15_TEMPLATE.to_string()
+        };
+        Self::new(tokenizer, image, cfg, template)
+    }
+
+    /// Builds a processor from parts; checks that the tokenizer's `<image>` id is the config's.
+    pub fn new(
+        tokenizer: Tokenizer,
+        image: ImageProcessor,
+        cfg: &LlavaConfig,
+        template: String,
+    ) -> Result<Self> {
+        let id = tokenizer
+            .token_to_id(IMAGE_TOKEN)
+            .ok_or_else(|| Error::Tokenizer(format!("the tokenizer has no {IMAGE_TOKEN} token")))?;
+        if id != cfg.image_token_index {
+            return Err(Error::Tokenizer(format!(
+                "the tokenizer's {IMAGE_TOKEN} id {id} differs from config image_token_index {}",
+                cfg.image_token_index
+            )));
+        }
+        Ok(Self {
+            tokenizer,
+            image,
+            image_token_id: id,
+            image_seq_length: cfg.image_seq_length,
+            template,
+        })
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The image processor.
+    pub fn image_processor(&self) -> &ImageProcessor {
+        &self.image
+    }
+
+    /// The id of `<image>`.
+    pub fn image_token_id(&self) -> u32 {
+        self.image_token_id
+    }
+
+    /// The template with `{question}` filled in.
+    pub fn apply_template(&self, question: &str) -> String {
+        self.template.replace("{question}", question)
+    }
+
+    /// Tokenizes a raw prompt: each `<image>` becomes `image_seq_length` image tokens; special tokens are added as
+    /// the tokenizer's post-processor says. `n_images` must equal the number of `<image>` placeholders.
+    pub fn encode(&self, prompt: &str, n_images: usize) -> Result<Vec<u32>> {
+        let placeholders = prompt.matches(IMAGE_TOKEN).count();
+        if placeholders != n_images {
+            return Err(Error::Invalid(format!(
+                "the prompt has {placeholders} {IMAGE_TOKEN} placeholder(s) but {n_images} image(s) were given"
+            )));
+        }
+        let expanded = prompt.replace(IMAGE_TOKEN, &IMAGE_TOKEN.repeat(self.image_seq_length));
+        let enc = self
+            .tokenizer
+            .encode(expanded, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Tokenizes text with no special tokens and no image (for answers and targets).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes ids, skipping special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}

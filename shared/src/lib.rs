@@ -1,0 +1,10 @@
+//! Typed messages and route paths shared by the UniKE Studio front end (Wasm) and back end (native).
+//!
+//! This crate holds data only: serde types and route constants. It builds for `wasm32-unknown-unknown` and native.
+
+pub mod error;
+pub mod model;
+pub mod routes;
+
+pub use error::ApiError;
+pub use model::{HealthResponse, ModelInfo};
