@@ -10,12 +10,8 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
 
     /// A configuration file is malformed or describes something unsupported.
     #[error("bad config {path}: {msg}")]
@@ -43,21 +39,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), err: source }
     }
     pub(crate) fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Config {
-            path: path.into(),
-            msg: msg.into(),
-        }
+        Error::Config { path: path.into(), msg: msg.into() }
     }
     pub(crate) fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Checkpoint {
-            path: path.into(),
-            msg: msg.into(),
-        }
+        Error::Checkpoint { path: path.into(), msg: msg.into() }
     }
 }

@@ -110,11 +110,7 @@ impl Hooks {
 
     /// Largest hooked layer index, to check against the model.
     pub fn max_layer(&self) -> Option<usize> {
-        self.layers
-            .iter()
-            .rev()
-            .find(|(_, h)| !h.is_empty())
-            .map(|(l, _)| *l)
+        self.layers.iter().rev().find(|(_, h)| !h.is_empty()).map(|(l, _)| *l)
     }
 }
 
@@ -144,10 +140,7 @@ impl Capture {
 
     /// Captures the given (layer, point) pairs.
     pub fn of(points: impl IntoIterator<Item = (usize, CapturePoint)>) -> Self {
-        Self {
-            wanted: points.into_iter().collect(),
-            got: BTreeMap::new(),
-        }
+        Self { wanted: points.into_iter().collect(), got: BTreeMap::new() }
     }
 
     /// Captures `point` at every layer in `layers`.

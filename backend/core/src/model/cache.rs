@@ -16,19 +16,12 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for a decoder of `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: vec![None; num_layers],
-        }
+        Self { layers: vec![None; num_layers] }
     }
 
     /// Number of cached positions (0 when empty).
     pub fn len(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .next()
-            .and_then(|(k, _)| k.dim(2).ok())
-            .unwrap_or(0)
+        self.layers.iter().flatten().next().and_then(|(k, _)| k.dim(2).ok()).unwrap_or(0)
     }
 
     /// True when nothing is cached yet.
@@ -43,8 +36,6 @@ impl KvCache {
 
     pub(crate) fn layer_mut(&mut self, i: usize) -> Result<&mut LayerKv> {
         let n = self.layers.len();
-        self.layers
-            .get_mut(i)
-            .ok_or_else(|| Error::Invalid(format!("KV cache has {n} layers, asked for layer {i}")))
+        self.layers.get_mut(i).ok_or_else(|| Error::Invalid(format!("KV cache has {n} layers, asked for layer {i}")))
     }
 }

@@ -44,26 +44,14 @@ impl Checkpoint {
         let config = LlavaConfig::from_file(&dir.join("config.json"))?;
         let weight_files = find_weight_files(&dir)?;
         let st = mmap(&weight_files)?;
-        let names: Vec<(String, usize)> = st
-            .tensors()
-            .into_iter()
-            .map(|(n, v)| (n, v.shape().iter().product::<usize>()))
-            .collect();
+        let names: Vec<(String, usize)> =
+            st.tensors().into_iter().map(|(n, v)| (n, v.shape().iter().product::<usize>())).collect();
         let has = |k: &str| names.iter().any(|(n, _)| n == k);
         let layout = KeyLayout::detect(has).map_err(|part| {
-            Error::checkpoint(
-                &dir,
-                format!("no {part} weights under any llava-hf name: not a LLaVA checkpoint"),
-            )
+            Error::checkpoint(&dir, format!("no {part} weights under any llava-hf name: not a LLaVA checkpoint"))
         })?;
         let num_parameters = names.iter().map(|(_, n)| *n as u64).sum();
-        Ok(Self {
-            dir,
-            config,
-            weight_files,
-            layout,
-            num_parameters,
-        })
+        Ok(Self { dir, config, weight_files, layout, num_parameters })
     }
 
     /// Loads the model in `dtype` (default: the dtype the checkpoint was saved in, f32 if unstated) on `device`.
@@ -92,8 +80,8 @@ impl Checkpoint {
         let path = self.dir.join("generation_config.json");
         if path.is_file() {
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::config(&path, format!("not valid JSON: {e}")))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::config(&path, format!("not valid JSON: {e}")))?;
             match v.get("eos_token_id") {
                 Some(serde_json::Value::Number(n)) => {
                     if let Some(id) = n.as_u64() {
@@ -101,11 +89,7 @@ impl Checkpoint {
                     }
                 }
                 Some(serde_json::Value::Array(a)) => {
-                    return Ok(a
-                        .iter()
-                        .filter_map(|x| x.as_u64())
-                        .map(|x| x as u32)
-                        .collect());
+                    return Ok(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect());
                 }
                 _ => {}
             }
@@ -128,8 +112,8 @@ fn find_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::config(&index, format!("not valid JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::config(&index, format!("not valid JSON: {e}")))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -137,16 +121,11 @@ fn find_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let mut seen = BTreeSet::new();
         let mut files = Vec::new();
         for f in map.values() {
-            let name = f
-                .as_str()
-                .ok_or_else(|| Error::config(&index, "weight_map values must be file names"))?;
+            let name = f.as_str().ok_or_else(|| Error::config(&index, "weight_map values must be file names"))?;
             if seen.insert(name.to_string()) {
                 let p = dir.join(name);
                 if !p.is_file() {
-                    return Err(Error::checkpoint(
-                        dir,
-                        format!("shard {name} listed in the index is missing"),
-                    ));
+                    return Err(Error::checkpoint(dir, format!("shard {name} listed in the index is missing")));
                 }
                 files.push(p);
             }

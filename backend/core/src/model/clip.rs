@@ -37,17 +37,14 @@ impl ClipAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
         let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, n, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
+            Ok(t.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let q = split((self.q_proj.forward(x)? * scale)?)?;
         let k = split(self.k_proj.forward(x)?)?;
         let v = split(self.v_proj.forward(x)?)?;
         let att = q.matmul(&k.t()?)?;
-        let att =
-            candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
         Ok(self.out_proj.forward(&y)?)
     }
@@ -78,11 +75,7 @@ impl ClipLayer {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
-        let h = self.fc2.forward(
-            &self
-                .act
-                .apply(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?,
-        )?;
+        let h = self.fc2.forward(&self.act.apply(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?)?;
         Ok((x + h)?)
     }
 }
@@ -112,14 +105,7 @@ impl ClipVision {
         let layers = (0..keep_layers.min(cfg.num_hidden_layers))
             .map(|i| ClipLayer::load(vb.pp("encoder").pp("layers").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            patch_weight,
-            class_embedding,
-            position_embedding,
-            pre_layrnorm,
-            layers,
-            cfg: cfg.clone(),
-        })
+        Ok(Self { patch_weight, class_embedding, position_embedding, pre_layrnorm, layers, cfg: cfg.clone() })
     }
 
     /// Hidden states `0..=last` (0 = embeddings after `pre_layrnorm`, `i` = output of encoder layer `i - 1`),
@@ -135,9 +121,7 @@ impl ClipVision {
             )));
         }
         if last > self.layers.len() {
-            return Err(Error::Invalid(format!(
-                "vision hidden state {last} was not loaded"
-            )));
+            return Err(Error::Invalid(format!("vision hidden state {last} was not loaded")));
         }
         let g = s / p;
         // (b, c, g, p, g, p) → (b, g, g, c, p, p) → (b, g·g, c·p·p): patches in row-major order, as the conv yields.
@@ -149,8 +133,7 @@ impl ClipVision {
         let patch_emb = patches.broadcast_matmul(&self.patch_weight)?;
         let d = self.cfg.hidden_size;
         let cls = self.class_embedding.reshape((1, 1, d))?.expand((b, 1, d))?;
-        let x = Tensor::cat(&[&cls, &patch_emb], 1)?
-            .broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        let x = Tensor::cat(&[&cls, &patch_emb], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
         let mut x = self.pre_layrnorm.forward(&x)?;
         let mut states = Vec::with_capacity(last + 1);
         states.push(x.clone());
@@ -177,19 +160,9 @@ pub struct Projector {
 
 impl Projector {
     /// Loads `multi_modal_projector.*`.
-    pub fn load(
-        vb: VarBuilder,
-        in_dim: usize,
-        out_dim: usize,
-        act: Activation,
-        bias: bool,
-    ) -> Result<Self> {
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, act: Activation, bias: bool) -> Result<Self> {
         let lin = |vb: VarBuilder, i, o| -> Result<Linear> {
-            Ok(if bias {
-                candle_nn::linear(i, o, vb)?
-            } else {
-                candle_nn::linear_no_bias(i, o, vb)?
-            })
+            Ok(if bias { candle_nn::linear(i, o, vb)? } else { candle_nn::linear_no_bias(i, o, vb)? })
         };
         Ok(Self {
             linear_1: lin(vb.pp("linear_1"), in_dim, out_dim)?,
@@ -200,9 +173,7 @@ impl Projector {
 
     /// `(n, t, d_vision·layers)` → `(n, t, d_text)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .linear_2
-            .forward(&self.act.apply(&self.linear_1.forward(x)?)?)?)
+        Ok(self.linear_2.forward(&self.act.apply(&self.linear_1.forward(x)?)?)?)
     }
 }
 

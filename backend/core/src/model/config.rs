@@ -60,12 +60,7 @@ pub enum RopeScaling {
     /// Positions divided by `factor`.
     Linear { factor: f64 },
     /// Llama 3.1 wavelength-dependent scaling.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: usize,
-    },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
 }
 
 /// Resolved LLaMA decoder configuration.
@@ -155,14 +150,8 @@ impl LlavaConfig {
         let raw: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let obj = raw.as_object().ok_or("config.json must be a JSON object")?;
         let empty = Value::Object(Default::default());
-        let text_v = obj
-            .get("text_config")
-            .filter(|v| !v.is_null())
-            .unwrap_or(&empty);
-        let vision_v = obj
-            .get("vision_config")
-            .filter(|v| !v.is_null())
-            .unwrap_or(&empty);
+        let text_v = obj.get("text_config").filter(|v| !v.is_null()).unwrap_or(&empty);
+        let vision_v = obj.get("vision_config").filter(|v| !v.is_null()).unwrap_or(&empty);
         let top = Fields(&raw);
 
         let vision = parse_vision(Fields(vision_v))?;
@@ -172,25 +161,17 @@ impl LlavaConfig {
             text.tie_word_embeddings = t;
         }
         if let Some(v) = top.usize("vocab_size")? {
-            if !text_v
-                .as_object()
-                .is_some_and(|o| o.contains_key("vocab_size"))
-            {
+            if !text_v.as_object().is_some_and(|o| o.contains_key("vocab_size")) {
                 text.vocab_size = v;
             }
         }
 
         let vision_feature_layers = match obj.get("vision_feature_layer") {
             None | Some(Value::Null) => vec![-2],
-            Some(Value::Number(n)) => vec![n
-                .as_i64()
-                .ok_or("vision_feature_layer must be an integer")?],
+            Some(Value::Number(n)) => vec![n.as_i64().ok_or("vision_feature_layer must be an integer")?],
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| {
-                    x.as_i64()
-                        .ok_or("vision_feature_layer entries must be integers")
-                })
+                .map(|x| x.as_i64().ok_or("vision_feature_layer entries must be integers"))
                 .collect::<std::result::Result<Vec<_>, _>>()?,
             Some(_) => return Err("vision_feature_layer must be an integer or a list".into()),
         };
@@ -200,16 +181,10 @@ impl LlavaConfig {
         let n_states = vision.num_hidden_layers as i64 + 1;
         for &l in &vision_feature_layers {
             if l >= n_states || l < -n_states {
-                return Err(format!(
-                    "vision_feature_layer {l} out of range for {} vision layers",
-                    n_states - 1
-                ));
+                return Err(format!("vision_feature_layer {l} out of range for {} vision layers", n_states - 1));
             }
         }
-        let vision_feature_select_strategy = match top
-            .str("vision_feature_select_strategy")?
-            .unwrap_or("default")
-        {
+        let vision_feature_select_strategy = match top.str("vision_feature_select_strategy")?.unwrap_or("default") {
             "default" => SelectStrategy::Default,
             "full" => SelectStrategy::Full,
             other => return Err(format!("unknown vision_feature_select_strategy {other:?}")),
@@ -226,21 +201,12 @@ impl LlavaConfig {
             ));
         }
         let act_name = top.str("projector_hidden_act")?.unwrap_or("gelu");
-        let projector_hidden_act = Activation::parse(act_name)
-            .ok_or_else(|| format!("unsupported projector_hidden_act {act_name:?}"))?;
-        let image_token_index = top
-            .u32("image_token_index")?
-            .or(top.u32("image_token_id")?)
-            .unwrap_or(32000);
-        let stored_dtype = match top
-            .str("torch_dtype")?
-            .or(top.str("dtype")?)
-            .or(Fields(text_v).str("torch_dtype")?)
-        {
+        let projector_hidden_act =
+            Activation::parse(act_name).ok_or_else(|| format!("unsupported projector_hidden_act {act_name:?}"))?;
+        let image_token_index = top.u32("image_token_index")?.or(top.u32("image_token_id")?).unwrap_or(32000);
+        let stored_dtype = match top.str("torch_dtype")?.or(top.str("dtype")?).or(Fields(text_v).str("torch_dtype")?) {
             None => None,
-            Some(name) => {
-                Some(parse_dtype(name).ok_or_else(|| format!("unsupported dtype {name:?}"))?)
-            }
+            Some(name) => Some(parse_dtype(name).ok_or_else(|| format!("unsupported dtype {name:?}"))?),
         };
         Ok(Self {
             text,
@@ -270,26 +236,18 @@ pub fn parse_dtype(name: &str) -> Option<DType> {
 fn parse_text(f: Fields) -> std::result::Result<TextConfig, String> {
     let hidden_size = f.usize("hidden_size")?.unwrap_or(4096);
     let num_attention_heads = f.usize("num_attention_heads")?.unwrap_or(32);
-    let num_key_value_heads = f
-        .usize("num_key_value_heads")?
-        .unwrap_or(num_attention_heads);
-    if num_attention_heads == 0
-        || num_key_value_heads == 0
-        || num_attention_heads % num_key_value_heads != 0
-    {
+    let num_key_value_heads = f.usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+    if num_attention_heads == 0 || num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
         return Err(format!(
             "num_attention_heads {num_attention_heads} must be a positive multiple of num_key_value_heads {num_key_value_heads}"
         ));
     }
-    let head_dim = f
-        .usize("head_dim")?
-        .unwrap_or(hidden_size / num_attention_heads);
+    let head_dim = f.usize("head_dim")?.unwrap_or(hidden_size / num_attention_heads);
     if head_dim % 2 != 0 {
         return Err(format!("head_dim {head_dim} must be even for RoPE"));
     }
     let act = f.str("hidden_act")?.unwrap_or("silu");
-    let hidden_act =
-        Activation::parse(act).ok_or_else(|| format!("unsupported text hidden_act {act:?}"))?;
+    let hidden_act = Activation::parse(act).ok_or_else(|| format!("unsupported text hidden_act {act:?}"))?;
     let max_position_embeddings = f.usize("max_position_embeddings")?.unwrap_or(2048);
 
     // RoPE: transformers 5 nests everything in rope_parameters; 4.x has rope_theta + rope_scaling.
@@ -305,9 +263,7 @@ fn parse_text(f: Fields) -> std::result::Result<TextConfig, String> {
             let kind = p.str("rope_type")?.or(p.str("type")?).unwrap_or("default");
             match kind {
                 "default" => RopeScaling::Default,
-                "linear" => RopeScaling::Linear {
-                    factor: p.f64("factor")?.ok_or("linear rope needs a factor")?,
-                },
+                "linear" => RopeScaling::Linear { factor: p.f64("factor")?.ok_or("linear rope needs a factor")? },
                 "llama3" => RopeScaling::Llama3 {
                     factor: p.f64("factor")?.ok_or("llama3 rope needs a factor")?,
                     low_freq_factor: p.f64("low_freq_factor")?.unwrap_or(1.0),
@@ -316,28 +272,17 @@ fn parse_text(f: Fields) -> std::result::Result<TextConfig, String> {
                         .usize("original_max_position_embeddings")?
                         .unwrap_or(max_position_embeddings),
                 },
-                other => {
-                    return Err(format!(
-                        "unsupported rope type {other:?} (supported: default, linear, llama3)"
-                    ))
-                }
+                other => return Err(format!("unsupported rope type {other:?} (supported: default, linear, llama3)")),
             }
         }
     };
     let eos_token_ids = match f.0.get("eos_token_id") {
         None => vec![2],
         Some(Value::Null) => vec![],
-        Some(Value::Number(n)) => vec![n
-            .as_u64()
-            .ok_or("eos_token_id must be a non-negative integer")?
-            as u32],
+        Some(Value::Number(n)) => vec![n.as_u64().ok_or("eos_token_id must be a non-negative integer")? as u32],
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| {
-                x.as_u64()
-                    .map(|v| v as u32)
-                    .ok_or("eos_token_id entries must be non-negative integers")
-            })
+            .map(|x| x.as_u64().map(|v| v as u32).ok_or("eos_token_id entries must be non-negative integers"))
             .collect::<std::result::Result<Vec<_>, _>>()?,
         Some(_) => return Err("eos_token_id must be an integer or a list".into()),
     };
@@ -362,9 +307,7 @@ fn parse_text(f: Fields) -> std::result::Result<TextConfig, String> {
     };
     if let Some(mt) = f.str("model_type")? {
         if mt != "llama" {
-            return Err(format!(
-                "text_config.model_type {mt:?} is not supported (only llama)"
-            ));
+            return Err(format!("text_config.model_type {mt:?} is not supported (only llama)"));
         }
     }
     Ok(cfg)
@@ -380,17 +323,13 @@ fn parse_vision(f: Fields) -> std::result::Result<VisionConfig, String> {
         num_channels: f.usize("num_channels")?.unwrap_or(3),
         image_size: f.usize("image_size")?.unwrap_or(224),
         patch_size: f.usize("patch_size")?.unwrap_or(32),
-        hidden_act: Activation::parse(act)
-            .ok_or_else(|| format!("unsupported vision hidden_act {act:?}"))?,
+        hidden_act: Activation::parse(act).ok_or_else(|| format!("unsupported vision hidden_act {act:?}"))?,
         layer_norm_eps: f.f64("layer_norm_eps")?.unwrap_or(1e-5),
     };
-    if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
-        return Err(format!(
-            "vision image_size {} is not a multiple of patch_size {}",
-            cfg.image_size, cfg.patch_size
-        ));
+    if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
+        return Err(format!("vision image_size {} is not a multiple of patch_size {}", cfg.image_size, cfg.patch_size));
     }
-    if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+    if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
         return Err(format!(
             "vision hidden_size {} is not a multiple of num_attention_heads {}",
             cfg.hidden_size, cfg.num_attention_heads
@@ -398,9 +337,7 @@ fn parse_vision(f: Fields) -> std::result::Result<VisionConfig, String> {
     }
     if let Some(mt) = f.str("model_type")? {
         if mt != "clip_vision_model" {
-            return Err(format!(
-                "vision_config.model_type {mt:?} is not supported (only clip_vision_model)"
-            ));
+            return Err(format!("vision_config.model_type {mt:?} is not supported (only clip_vision_model)"));
         }
     }
     Ok(cfg)
@@ -415,11 +352,7 @@ impl<'a> Fields<'a> {
     }
     fn usize(&self, k: &str) -> std::result::Result<Option<usize>, String> {
         self.get(k)
-            .map(|v| {
-                v.as_u64()
-                    .map(|x| x as usize)
-                    .ok_or_else(|| format!("{k} must be a non-negative integer"))
-            })
+            .map(|v| v.as_u64().map(|x| x as usize).ok_or_else(|| format!("{k} must be a non-negative integer")))
             .transpose()
     }
     fn u32(&self, k: &str) -> std::result::Result<Option<u32>, String> {
@@ -432,22 +365,13 @@ impl<'a> Fields<'a> {
             .transpose()
     }
     fn f64(&self, k: &str) -> std::result::Result<Option<f64>, String> {
-        self.get(k)
-            .map(|v| v.as_f64().ok_or_else(|| format!("{k} must be a number")))
-            .transpose()
+        self.get(k).map(|v| v.as_f64().ok_or_else(|| format!("{k} must be a number"))).transpose()
     }
     fn bool(&self, k: &str) -> std::result::Result<Option<bool>, String> {
-        self.get(k)
-            .map(|v| {
-                v.as_bool()
-                    .ok_or_else(|| format!("{k} must be true or false"))
-            })
-            .transpose()
+        self.get(k).map(|v| v.as_bool().ok_or_else(|| format!("{k} must be true or false"))).transpose()
     }
     fn str(&self, k: &str) -> std::result::Result<Option<&'a str>, String> {
-        self.get(k)
-            .map(|v| v.as_str().ok_or_else(|| format!("{k} must be a string")))
-            .transpose()
+        self.get(k).map(|v| v.as_str().ok_or_else(|| format!("{k} must be a string"))).transpose()
     }
     fn obj(&self, k: &str) -> std::result::Result<Option<&'a Value>, String> {
         match self.get(k) {
@@ -497,8 +421,10 @@ mod tests {
 
     #[test]
     fn both_rope_spellings_are_read() {
-        let old = r#"{"text_config": {"rope_theta": 500000.0, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}}"#;
-        let new = r#"{"text_config": {"rope_parameters": {"rope_type": "linear", "rope_theta": 500000.0, "factor": 2.0}}}"#;
+        let old =
+            r#"{"text_config": {"rope_theta": 500000.0, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}}"#;
+        let new =
+            r#"{"text_config": {"rope_parameters": {"rope_type": "linear", "rope_theta": 500000.0, "factor": 2.0}}}"#;
         for s in [old, new] {
             let c = LlavaConfig::from_json_str(s).unwrap();
             assert_eq!(c.text.rope_theta, 500000.0);
@@ -508,16 +434,11 @@ mod tests {
 
     #[test]
     fn bad_configs_give_messages() {
-        assert!(LlavaConfig::from_json_str("{")
-            .unwrap_err()
-            .contains("not valid JSON"));
-        let e =
-            LlavaConfig::from_json_str(r#"{"text_config": {"hidden_size": "big"}}"#).unwrap_err();
+        assert!(LlavaConfig::from_json_str("{").unwrap_err().contains("not valid JSON"));
+        let e = LlavaConfig::from_json_str(r#"{"text_config": {"hidden_size": "big"}}"#).unwrap_err();
         assert!(e.contains("hidden_size"), "{e}");
-        let e = LlavaConfig::from_json_str(
-            r#"{"text_config": {"rope_parameters": {"rope_type": "yarn"}}}"#,
-        )
-        .unwrap_err();
+        let e =
+            LlavaConfig::from_json_str(r#"{"text_config": {"rope_parameters": {"rope_type": "yarn"}}}"#).unwrap_err();
         assert!(e.contains("yarn"), "{e}");
         let e = LlavaConfig::from_json_str(r#"{"vision_feature_layer": 99}"#).unwrap_err();
         assert!(e.contains("out of range"), "{e}");

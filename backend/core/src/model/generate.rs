@@ -37,9 +37,7 @@ impl Llava {
         opts: &GenerateOptions,
     ) -> Result<Generation> {
         if ids.is_empty() {
-            return Err(Error::Invalid(
-                "cannot generate from an empty prompt".into(),
-            ));
+            return Err(Error::Invalid("cannot generate from an empty prompt".into()));
         }
         let input = Tensor::new(ids, self.device())?.unsqueeze(0)?;
         let feats = pixel_values.map(|p| self.image_features(p)).transpose()?;
@@ -47,9 +45,7 @@ impl Llava {
         let mut cache = KvCache::new(self.text().num_layers());
         let mut none = Capture::none();
         let h = self.forward_embeds(&embeds, 0, Some(&mut cache), hooks, &mut none)?;
-        let mut logits = self
-            .logits(&h.narrow(1, ids.len() - 1, 1)?)?
-            .flatten_all()?;
+        let mut logits = self.logits(&h.narrow(1, ids.len() - 1, 1)?)?.flatten_all()?;
         let first_logits = logits.to_vec1::<f32>()?;
         let mut tokens = Vec::new();
         let mut stopped_on_eos = false;
@@ -67,10 +63,6 @@ impl Llava {
             let h = self.forward_embeds(&x, cache.len(), Some(&mut cache), hooks, &mut none)?;
             logits = self.logits(&h)?.flatten_all()?;
         }
-        Ok(Generation {
-            tokens,
-            first_logits,
-            stopped_on_eos,
-        })
+        Ok(Generation { tokens, first_logits, stopped_on_eos })
     }
 }

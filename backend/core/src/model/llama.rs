@@ -23,19 +23,12 @@ struct Rope {
 impl Rope {
     fn new(cfg: &TextConfig, dtype: DType, device: &Device) -> Result<Self> {
         let dim = cfg.head_dim;
-        let mut inv_freq: Vec<f64> = (0..dim)
-            .step_by(2)
-            .map(|i| 1.0 / cfg.rope_theta.powf(i as f64 / dim as f64))
-            .collect();
+        let mut inv_freq: Vec<f64> =
+            (0..dim).step_by(2).map(|i| 1.0 / cfg.rope_theta.powf(i as f64 / dim as f64)).collect();
         match &cfg.rope_scaling {
             RopeScaling::Default => {}
             RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 let old = *original_max_position_embeddings as f64;
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
@@ -44,8 +37,7 @@ impl Rope {
                     if wavelen > low_wavelen {
                         *f /= factor;
                     } else if wavelen >= high_wavelen {
-                        let smooth = (old / wavelen - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                         *f = (1.0 - smooth) * *f / factor + smooth * *f;
                     }
                 }
@@ -96,21 +88,12 @@ struct Attention {
 }
 
 fn linear(vb: VarBuilder, i: usize, o: usize, bias: bool) -> Result<Linear> {
-    Ok(if bias {
-        candle_nn::linear(i, o, vb)?
-    } else {
-        candle_nn::linear_no_bias(i, o, vb)?
-    })
+    Ok(if bias { candle_nn::linear(i, o, vb)? } else { candle_nn::linear_no_bias(i, o, vb)? })
 }
 
 impl Attention {
     fn load(vb: VarBuilder, cfg: &TextConfig) -> Result<Self> {
-        let (d, h, kvh, hd) = (
-            cfg.hidden_size,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
+        let (d, h, kvh, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         Ok(Self {
             q_proj: linear(vb.pp("q_proj"), d, h * hd, cfg.attention_bias)?,
             k_proj: linear(vb.pp("k_proj"), d, kvh * hd, cfg.attention_bias)?,
@@ -123,18 +106,10 @@ impl Attention {
     }
 
     /// `x`: `(b, s, d)` normed states at positions `start..start + s`; returns `(b, s, d)`.
-    fn forward(
-        &self,
-        x: &Tensor,
-        start: usize,
-        rope: &Rope,
-        kv: Option<&mut LayerKv>,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, start: usize, rope: &Rope, kv: Option<&mut LayerKv>) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let split = |t: Tensor, heads: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, s, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
+            Ok(t.reshape((b, s, heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
         let q = rope.apply(&split(self.q_proj.forward(x)?, self.n_heads)?, start)?;
         let mut k = rope.apply(&split(self.k_proj.forward(x)?, self.n_kv_heads)?, start)?;
@@ -155,12 +130,8 @@ impl Attention {
         if s > 1 {
             att = att.broadcast_add(&causal_mask(s, total, att.dtype(), att.device())?)?;
         }
-        let att =
-            candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
-        let y = att
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, s, self.n_heads * self.head_dim))?;
+        let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, self.n_heads * self.head_dim))?;
         Ok(self.o_proj.forward(&y)?)
     }
 }
@@ -168,17 +139,8 @@ impl Attention {
 /// `(s, total)` additive mask: query `i` (absolute position `total - s + i`) sees keys `0..=total - s + i`.
 fn causal_mask(s: usize, total: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let offset = total - s;
-    let mask: Vec<f32> = (0..s)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > offset + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
+    let mask: Vec<f32> =
+        (0..s).flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Ok(Tensor::from_vec(mask, (s, total), device)?.to_dtype(dtype)?)
 }
 
@@ -188,9 +150,7 @@ fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
         return Ok(x);
     }
     let (b, kvh, s, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .expand((b, kvh, rep, s, hd))?
-        .reshape((b, kvh * rep, s, hd))?)
+    Ok(x.unsqueeze(2)?.expand((b, kvh, rep, s, hd))?.reshape((b, kvh * rep, s, hd))?)
 }
 
 #[derive(Debug, Clone)]
@@ -215,9 +175,7 @@ impl Mlp {
     /// `(b, s, d)` → `(b, s, d)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = self.act.apply(&self.gate_proj.forward(x)?)?;
-        Ok(self
-            .down_proj
-            .forward(&(gate * self.up_proj.forward(x)?)?)?)
+        Ok(self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)?)
     }
 }
 
@@ -235,11 +193,7 @@ impl DecoderLayer {
         Ok(Self {
             input_layernorm: candle_nn::rms_norm(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
-            post_attention_layernorm: candle_nn::rms_norm(
-                d,
-                cfg.rms_norm_eps,
-                vb.pp("post_attention_layernorm"),
-            )?,
+            post_attention_layernorm: candle_nn::rms_norm(d, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
             mlp: Mlp::load(vb.pp("mlp"), cfg)?,
         })
     }
@@ -259,12 +213,7 @@ impl DecoderLayer {
         let normed = self.input_layernorm.forward(x)?;
         let mut attn = self.self_attn.forward(&normed, start, rope, kv)?;
         if let Some(h) = hooks {
-            let ctx = AttnContext {
-                layer: idx,
-                start_pos: start,
-                residual: x,
-                normed: &normed,
-            };
+            let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
             for hook in &h.attn {
                 attn = hook.shift_attention(&ctx, attn)?;
             }
@@ -301,8 +250,7 @@ impl Llama {
     /// Loads from `vb` at the `LlamaModel` prefix and `lm_head` at its own prefix (`lm_head` is ignored when the
     /// embeddings are tied).
     pub fn load(vb: VarBuilder, lm_head: VarBuilder, cfg: &TextConfig) -> Result<Self> {
-        let embed_tokens =
-            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("embed_tokens"))?;
+        let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("embed_tokens"))?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(vb.pp("layers").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
@@ -313,14 +261,7 @@ impl Llama {
             candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, lm_head)?
         };
         let rope = Rope::new(cfg, vb.dtype(), vb.device())?;
-        Ok(Self {
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            rope,
-            cfg: cfg.clone(),
-        })
+        Ok(Self { embed_tokens, layers, norm, lm_head, rope, cfg: cfg.clone() })
     }
 
     /// The resolved configuration.
@@ -352,22 +293,13 @@ impl Llama {
         capture: &mut Capture,
     ) -> Result<Tensor> {
         if layers.end > self.layers.len() {
-            return Err(Error::Invalid(format!(
-                "layer range {layers:?} exceeds {} layers",
-                self.layers.len()
-            )));
+            return Err(Error::Invalid(format!("layer range {layers:?} exceeds {} layers", self.layers.len())));
         }
         if let Some(l) = hooks.max_layer().filter(|l| *l >= self.layers.len()) {
-            return Err(Error::Invalid(format!(
-                "hook on layer {l} but the model has {} layers",
-                self.layers.len()
-            )));
+            return Err(Error::Invalid(format!("hook on layer {l} but the model has {} layers", self.layers.len())));
         }
         if let Some(l) = capture.max_layer().filter(|l| *l >= self.layers.len()) {
-            return Err(Error::Invalid(format!(
-                "capture at layer {l} but the model has {} layers",
-                self.layers.len()
-            )));
+            return Err(Error::Invalid(format!("capture at layer {l} but the model has {} layers", self.layers.len())));
         }
         let mut x = x.clone();
         for i in layers {

@@ -31,31 +31,13 @@ impl KeyLayout {
     /// Finds each part's prefix among the names `has` knows; `None` names the part that was not found.
     pub fn detect(has: impl Fn(&str) -> bool) -> std::result::Result<Self, &'static str> {
         let pick = |cands: &[&'static str], probe: &str, part: &'static str| {
-            cands
-                .iter()
-                .copied()
-                .find(|p| has(&format!("{p}.{probe}")))
-                .ok_or(part)
+            cands.iter().copied().find(|p| has(&format!("{p}.{probe}"))).ok_or(part)
         };
-        let text = pick(
-            &["language_model.model", "model.language_model"],
-            "embed_tokens.weight",
-            "language model",
-        )?;
-        let lm_head = pick(&["language_model.lm_head", "lm_head"], "weight", "lm_head").unwrap_or(
-            if text == "language_model.model" {
-                "language_model.lm_head"
-            } else {
-                "lm_head"
-            },
-        );
+        let text = pick(&["language_model.model", "model.language_model"], "embed_tokens.weight", "language model")?;
+        let lm_head = pick(&["language_model.lm_head", "lm_head"], "weight", "lm_head")
+            .unwrap_or(if text == "language_model.model" { "language_model.lm_head" } else { "lm_head" });
         let vision = pick(
-            &[
-                "vision_tower.vision_model",
-                "model.vision_tower.vision_model",
-                "vision_tower",
-                "model.vision_tower",
-            ],
+            &["vision_tower.vision_model", "model.vision_tower.vision_model", "vision_tower", "model.vision_tower"],
             "embeddings.patch_embedding.weight",
             "vision tower",
         )?;
@@ -64,12 +46,7 @@ impl KeyLayout {
             "linear_1.weight",
             "multi_modal_projector",
         )?;
-        Ok(Self {
-            text,
-            lm_head,
-            vision,
-            projector,
-        })
+        Ok(Self { text, lm_head, vision, projector })
     }
 }
 
@@ -89,23 +66,13 @@ pub struct Llava {
 impl Llava {
     /// Loads every part from `vb` (the checkpoint root) named as `layout` says.
     pub fn load(vb: VarBuilder, layout: KeyLayout, cfg: &LlavaConfig) -> Result<Self> {
-        let (text_vb, head_vb, vision_vb, proj_vb) = (
-            vb.pp(layout.text),
-            vb.pp(layout.lm_head),
-            vb.pp(layout.vision),
-            vb.pp(layout.projector),
-        );
+        let (text_vb, head_vb, vision_vb, proj_vb) =
+            (vb.pp(layout.text), vb.pp(layout.lm_head), vb.pp(layout.vision), vb.pp(layout.projector));
         let n_states = cfg.vision.num_hidden_layers as i64 + 1;
         let feature_layers: Vec<usize> = cfg
             .vision_feature_layers
             .iter()
-            .map(|&l| {
-                if l < 0 {
-                    (n_states + l) as usize
-                } else {
-                    l as usize
-                }
-            })
+            .map(|&l| if l < 0 { (n_states + l) as usize } else { l as usize })
             .collect();
         let deepest = feature_layers.iter().copied().max().unwrap_or(0);
         let vision = ClipVision::load(vision_vb, &cfg.vision, deepest)?;
@@ -163,11 +130,7 @@ impl Llava {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let feats = if picked.len() == 1 {
-            picked[0].clone()
-        } else {
-            concat_features(&picked)?
-        };
+        let feats = if picked.len() == 1 { picked[0].clone() } else { concat_features(&picked)? };
         self.projector.forward(&feats)
     }
 
@@ -202,9 +165,7 @@ impl Llava {
                 gather.push(next_image_row);
                 next_image_row += 1;
             } else if t >= vocab {
-                return Err(Error::Invalid(format!(
-                    "token id {t} is outside the vocabulary of {vocab}"
-                )));
+                return Err(Error::Invalid(format!("token id {t} is outside the vocabulary of {vocab}")));
             } else {
                 text_ids.push(t);
                 gather.push(k as u32);
@@ -232,9 +193,7 @@ impl Llava {
         capture: &mut Capture,
     ) -> Result<Tensor> {
         let n = self.text.num_layers();
-        let h = self
-            .text
-            .forward_layers(embeds, start, 0..n, cache, hooks, capture)?;
+        let h = self.text.forward_layers(embeds, start, 0..n, cache, hooks, capture)?;
         self.text.final_norm(&h)
     }
 
@@ -245,12 +204,7 @@ impl Llava {
 
     /// Teacher-forced forward of a (right-padded) batch: `ids (b, s)`, optional `pixel_values (n, 3, H, W)` whose
     /// images fill the `<image>` runs in reading order. Returns logits `(b, s, vocab)` f32.
-    pub fn forward(
-        &self,
-        ids: &Tensor,
-        pixel_values: Option<&Tensor>,
-        hooks: &Hooks,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, ids: &Tensor, pixel_values: Option<&Tensor>, hooks: &Hooks) -> Result<Tensor> {
         let feats = pixel_values.map(|p| self.image_features(p)).transpose()?;
         let embeds = self.embed_inputs(ids, feats.as_ref())?;
         let h = self.forward_embeds(&embeds, 0, None, hooks, &mut Capture::none())?;

@@ -93,27 +93,18 @@ impl ImageProcessor {
         let dim = |x: &Value, k: &str| -> std::result::Result<Option<usize>, String> {
             match x.get(k) {
                 None | Some(Value::Null) => Ok(None),
-                Some(n) => n
-                    .as_u64()
-                    .map(|n| Some(n as usize))
-                    .ok_or_else(|| format!("{k} must be an integer")),
+                Some(n) => n.as_u64().map(|n| Some(n as usize)).ok_or_else(|| format!("{k} must be an integer")),
             }
         };
         let resize = if flag("do_resize")? {
             Some(match v.get("size") {
                 None | Some(Value::Null) => ResizeTo::ShortestEdge(224),
-                Some(Value::Number(n)) => {
-                    ResizeTo::ShortestEdge(n.as_u64().ok_or("size must be positive")? as usize)
-                }
+                Some(Value::Number(n)) => ResizeTo::ShortestEdge(n.as_u64().ok_or("size must be positive")? as usize),
                 Some(s @ Value::Object(_)) => {
                     if dim(s, "longest_edge")?.is_some() {
                         return Err("size.longest_edge is not supported".into());
                     }
-                    match (
-                        dim(s, "shortest_edge")?,
-                        dim(s, "height")?,
-                        dim(s, "width")?,
-                    ) {
+                    match (dim(s, "shortest_edge")?, dim(s, "height")?, dim(s, "width")?) {
                         (Some(e), _, _) => ResizeTo::ShortestEdge(e),
                         (None, Some(h), Some(w)) => ResizeTo::Exact(h, w),
                         _ => return Err("size needs shortest_edge, or height and width".into()),
@@ -127,11 +118,7 @@ impl ImageProcessor {
         let resample = match v.get("resample").and_then(Value::as_u64) {
             None | Some(3) => Resample::Bicubic,
             Some(2) => Resample::Bilinear,
-            Some(r) => {
-                return Err(format!(
-                    "resample {r} is not supported (2 = bilinear, 3 = bicubic)"
-                ))
-            }
+            Some(r) => return Err(format!("resample {r} is not supported (2 = bilinear, 3 = bicubic)")),
         };
         let crop = if flag("do_center_crop")? {
             Some(match v.get("crop_size") {
@@ -150,11 +137,7 @@ impl ImageProcessor {
             None
         };
         let rescale = if flag("do_rescale")? {
-            Some(
-                v.get("rescale_factor")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(1.0 / 255.0),
-            )
+            Some(v.get("rescale_factor").and_then(Value::as_f64).unwrap_or(1.0 / 255.0))
         } else {
             None
         };
@@ -174,27 +157,17 @@ impl ImageProcessor {
         };
         let mean = triple("image_mean", [0.481_454_66, 0.457_827_5, 0.408_210_73])?;
         let std = triple("image_std", [0.268_629_54, 0.261_302_6, 0.275_777_1])?;
-        if std.iter().any(|s| *s == 0.0) {
+        if std.contains(&0.0) {
             return Err("image_std must not contain 0".into());
         }
-        Ok(Self {
-            resize,
-            resample,
-            crop,
-            rescale,
-            mean,
-            std,
-            normalize: flag("do_normalize")?,
-        })
+        Ok(Self { resize, resample, crop, rescale, mean, std, normalize: flag("do_normalize")? })
     }
 
     /// Decodes an image file (PNG or JPEG) and preprocesses it: `(3, H, W)` f32.
     pub fn load_file(&self, path: &Path, device: &Device) -> Result<Tensor> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let img = image::load_from_memory(&bytes).map_err(|e| Error::Image {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let img = image::load_from_memory(&bytes)
+            .map_err(|e| Error::Image { path: path.to_path_buf(), msg: e.to_string() })?;
         self.preprocess(&img.to_rgb8(), device)
     }
 
@@ -277,11 +250,7 @@ const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: per output pixel, the first source index, the number
 /// of taps, and fixed-point weights.
-fn coeffs(
-    in_size: usize,
-    out_size: usize,
-    filter: Resample,
-) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
+fn coeffs(in_size: usize, out_size: usize, filter: Resample) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
@@ -308,11 +277,7 @@ fn coeffs(
                 0.0
             };
             let fixed = v * (1u32 << PRECISION_BITS) as f64;
-            kk[xx * ksize + x] = if v < 0.0 {
-                (-0.5 + fixed) as i32
-            } else {
-                (0.5 + fixed) as i32
-            };
+            kk[xx * ksize + x] = if v < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
         }
         bounds.push((xmin, xmax));
     }
@@ -342,11 +307,7 @@ pub fn pil_resize(img: &RgbImage, out_w: usize, out_h: usize, filter: Resample) 
         if out_h != in_h {
             vb.iter_mut().for_each(|b| b.0 -= first);
         }
-        let (r0, r1) = if out_h != in_h {
-            (first, last)
-        } else {
-            (0, in_h)
-        };
+        let (r0, r1) = if out_h != in_h { (first, last) } else { (0, in_h) };
         let rows = r1 - r0;
         let mut tmp = vec![0u8; rows * out_w * 3];
         for y in 0..rows {
@@ -409,23 +370,14 @@ mod tests {
         // 1 channel of a 3-channel 2x2 image [1,2;3,4], cropped to 4x4: image sits at rows 1..3, cols 1..3.
         let chw: Vec<u8> = [1, 2, 3, 4].repeat(3);
         let out = center_crop(&chw, 2, 2, 4, 4);
-        assert_eq!(
-            &out[..16],
-            &[0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(&out[..16], &[0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4, 0, 0, 0, 0, 0]);
     }
 
     #[test]
     fn bad_preprocessor_configs_give_messages() {
-        assert!(ImageProcessor::from_json_str(r#"{"resample": 0}"#)
-            .unwrap_err()
-            .contains("resample"));
-        assert!(ImageProcessor::from_json_str(r#"{"image_std": [1, 0, 1]}"#)
-            .unwrap_err()
-            .contains("image_std"));
-        let p =
-            ImageProcessor::from_json_str(r#"{"size": {"shortest_edge": 336}, "crop_size": 336}"#)
-                .unwrap();
+        assert!(ImageProcessor::from_json_str(r#"{"resample": 0}"#).unwrap_err().contains("resample"));
+        assert!(ImageProcessor::from_json_str(r#"{"image_std": [1, 0, 1]}"#).unwrap_err().contains("image_std"));
+        let p = ImageProcessor::from_json_str(r#"{"size": {"shortest_edge": 336}, "crop_size": 336}"#).unwrap();
         assert_eq!(p.resize, Some(ResizeTo::ShortestEdge(336)));
         assert_eq!(p.crop, Some((336, 336)));
     }

@@ -49,14 +49,10 @@ impl Processor {
             .map_err(|e| Error::Tokenizer(format!("cannot load {}: {e}", tpath.display())))?;
         let template_path = dir.join("prompt_template.txt");
         let template = if template_path.is_file() {
-            let t = std::fs::read_to_string(&template_path)
-                .map_err(|e| Error::io(&template_path, e))?;
+            let t = std::fs::read_to_string(&template_path).map_err(|e| Error::io(&template_path, e))?;
             let t = t.trim_end_matches('\n').to_string();
             if !t.contains("{question}") {
-                return Err(Error::config(
-                    &template_path,
-                    "the template has no {question} placeholder",
-                ));
+                return Err(Error::config(&template_path, "the template has no {question} placeholder"));
             }
             t
         } else {
@@ -66,12 +62,7 @@ impl Processor {
     }
 
     /// Builds a processor from parts; checks that the tokenizer's `<image>` id is the config's.
-    pub fn new(
-        tokenizer: Tokenizer,
-        image: ImageProcessor,
-        cfg: &LlavaConfig,
-        template: String,
-    ) -> Result<Self> {
+    pub fn new(tokenizer: Tokenizer, image: ImageProcessor, cfg: &LlavaConfig, template: String) -> Result<Self> {
         let id = tokenizer
             .token_to_id(IMAGE_TOKEN)
             .ok_or_else(|| Error::Tokenizer(format!("the tokenizer has no {IMAGE_TOKEN} token")))?;
@@ -81,13 +72,7 @@ impl Processor {
                 cfg.image_token_index
             )));
         }
-        Ok(Self {
-            tokenizer,
-            image,
-            image_token_id: id,
-            image_seq_length: cfg.image_seq_length,
-            template,
-        })
+        Ok(Self { tokenizer, image, image_token_id: id, image_seq_length: cfg.image_seq_length, template })
     }
 
     /// The tokenizer.
@@ -120,26 +105,18 @@ impl Processor {
             )));
         }
         let expanded = prompt.replace(IMAGE_TOKEN, &IMAGE_TOKEN.repeat(self.image_seq_length));
-        let enc = self
-            .tokenizer
-            .encode(expanded, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self.tokenizer.encode(expanded, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Tokenizes text with no special tokens and no image (for answers and targets).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self.tokenizer.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Decodes ids, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        self.tokenizer.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 }

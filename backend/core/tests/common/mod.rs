@@ -10,9 +10,7 @@ use unike_core::model::{Checkpoint, Llava, Processor};
 
 /// `tests/fixtures/<rel>` at the workspace root.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
 }
 
 /// One prompt run through transformers.
@@ -29,8 +27,7 @@ pub struct Case {
 /// transformers' outputs for `variant` (`f32`, `bf16_as_f32`, `bf16`) and case `name`.
 pub fn expected(variant: &str, name: &str) -> Result<Case> {
     let path = fixture("expected/expected.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
     let case = v["variants"][variant][name].clone();
     serde_json::from_value(case).with_context(|| format!("case {variant}/{name}"))
@@ -47,8 +44,5 @@ pub fn load(dir: &str, dtype: Option<DType>) -> Result<(Checkpoint, Llava, Proce
 /// Largest absolute elementwise difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }

@@ -1,0 +1,199 @@
+//! `unike bench-model`: speed and memory of the model path on one machine, as a Markdown table (or JSON).
+//!
+//! Rows: vision + prefill forward (tokens/s), batched teacher-forced forward (tokens/s), cached greedy decoding
+//! (tokens/s), end-to-end greedy answer latency (preprocess + tokenize + generate; median and p90), peak resident
+//! memory (VmHWM). Every timing is the median over `--iters` runs after two warm-up runs.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::Tensor;
+use clap::Args;
+use serde::Serialize;
+use unike_core::hooks::{Capture, Hooks};
+use unike_core::model::{Checkpoint, GenerateOptions};
+
+use crate::{device, model_dir};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model directory (llava-hf layout) or `default`.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Timed runs per row.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// New tokens per greedy answer.
+    #[arg(long, default_value_t = 16)]
+    pub max_new_tokens: usize,
+    /// Sequences in the batched forward.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Compute dtype: f32, f16 or bf16 (default: the checkpoint's).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    device: String,
+    dtype: String,
+    threads: usize,
+    prompt_tokens: usize,
+    load_ms: f64,
+    prefill_ms_median: f64,
+    prefill_tokens_per_s: f64,
+    batch: usize,
+    batch_forward_ms_median: f64,
+    batch_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+    answer_ms_median: f64,
+    answer_ms_p90: f64,
+    answer_new_tokens: usize,
+    peak_rss_mib: Option<f64>,
+}
+
+fn time<F: FnMut() -> Result<()>>(iters: usize, mut f: F) -> Result<Vec<f64>> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut out = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        f()?;
+        out.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.iters > 0 && args.batch > 0 && args.max_new_tokens > 1,
+        "--iters, --batch must be > 0 and --max-new-tokens > 1"
+    );
+    let dev = device::parse_device(&args.device)?;
+    let dtype = device::parse_dtype(args.dtype.as_deref())?;
+    let dir = model_dir::resolve(&args.model)?;
+    let t0 = Instant::now();
+    let ckpt = Checkpoint::open(&dir)?;
+    let processor = ckpt.processor()?;
+    let model = ckpt.load_model(dtype, &dev)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+    // A synthetic image at the tower's resolution (a gradient with a square), so no file is needed.
+    let s = model.config().vision.image_size as u32;
+    let img = image::RgbImage::from_fn(s + 7, s, |x, y| {
+        let inside = x > s / 4 && x < 3 * s / 4 && y > s / 4 && y < 3 * s / 4;
+        image::Rgb([(x * 255 / s) as u8, (y * 255 / s) as u8, if inside { 230 } else { 20 }])
+    });
+    let prompt = processor.apply_template("what is in the picture?");
+    let ids = processor.encode(&prompt, 1)?;
+    let pixels = processor.image_processor().preprocess(&img, &dev)?.unsqueeze(0)?;
+    let n = ids.len();
+    let hooks = Hooks::none();
+
+    let prefill = time(args.iters, || {
+        let t = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
+        let feats = model.image_features(&pixels)?;
+        let e = model.embed_inputs(&t, Some(&feats))?;
+        let h = model.forward_embeds(&e, 0, None, &hooks, &mut Capture::none())?;
+        model.logits(&h.narrow(1, n - 1, 1)?)?;
+        Ok(())
+    })?;
+    let batch_ids = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?.repeat((args.batch, 1))?;
+    let batch_px = pixels.repeat((args.batch, 1, 1, 1))?;
+    let batched = time(args.iters, || {
+        model.forward(&batch_ids, Some(&batch_px), &hooks)?;
+        Ok(())
+    })?;
+    let gen_n = GenerateOptions { max_new_tokens: args.max_new_tokens, eos_token_ids: vec![] };
+    let gen_1 = GenerateOptions { max_new_tokens: 1, eos_token_ids: vec![] };
+    let long = time(args.iters, || {
+        model.generate(&ids, Some(&pixels), &hooks, &gen_n)?;
+        Ok(())
+    })?;
+    let short = time(args.iters, || {
+        model.generate(&ids, Some(&pixels), &hooks, &gen_1)?;
+        Ok(())
+    })?;
+    let per_token_ms = (quantile(&long, 0.5) - quantile(&short, 0.5)).max(1e-9) / (args.max_new_tokens - 1) as f64;
+    let eos = ckpt.eos_token_ids()?;
+    let mut new_tokens = 0;
+    let answer = time(args.iters, || {
+        let px = processor.image_processor().preprocess(&img, &dev)?.unsqueeze(0)?;
+        let ids = processor.encode(&prompt, 1)?;
+        let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, eos_token_ids: eos.clone() };
+        let g = model.generate(&ids, Some(&px), &hooks, &opts)?;
+        processor.decode(&g.tokens)?;
+        new_tokens = g.tokens.len();
+        Ok(())
+    })?;
+    let report = Report {
+        model: dir.display().to_string(),
+        device: device::device_name(&dev),
+        dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        threads: candle_core::utils::get_num_threads(),
+        prompt_tokens: n,
+        load_ms,
+        prefill_ms_median: quantile(&prefill, 0.5),
+        prefill_tokens_per_s: n as f64 / quantile(&prefill, 0.5) * 1e3,
+        batch: args.batch,
+        batch_forward_ms_median: quantile(&batched, 0.5),
+        batch_tokens_per_s: (n * args.batch) as f64 / quantile(&batched, 0.5) * 1e3,
+        decode_tokens_per_s: 1e3 / per_token_ms,
+        answer_ms_median: quantile(&answer, 0.5),
+        answer_ms_p90: quantile(&answer, 0.9),
+        answer_new_tokens: new_tokens,
+        peak_rss_mib: peak_rss_mib(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let r = &report;
+    println!(
+        "model: {} ({}, {}, {} threads), prompt {} tokens incl. image, {} timed runs per row\n",
+        r.model, r.device, r.dtype, r.threads, r.prompt_tokens, args.iters
+    );
+    println!("| measure | value |\n|---|---|");
+    println!("| load (open + map + materialise) | {:.1} ms |", r.load_ms);
+    println!(
+        "| prefill forward (vision + decoder), median | {:.2} ms = {:.0} tokens/s |",
+        r.prefill_ms_median, r.prefill_tokens_per_s
+    );
+    println!(
+        "| batched forward, batch {} , median | {:.2} ms = {:.0} tokens/s |",
+        r.batch, r.batch_forward_ms_median, r.batch_tokens_per_s
+    );
+    println!("| cached greedy decoding | {:.0} tokens/s |", r.decode_tokens_per_s);
+    println!(
+        "| greedy answer ({} new tokens), median / p90 | {:.2} / {:.2} ms |",
+        r.answer_new_tokens, r.answer_ms_median, r.answer_ms_p90
+    );
+    match r.peak_rss_mib {
+        Some(m) => println!("| peak resident memory (VmHWM) | {m:.1} MiB |"),
+        None => println!("| peak resident memory | n/a on this OS |"),
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The `unike` binary end to end: the `answer --json` contract against transformers' outputs, one-line errors
+//! with non-zero exits, and `serve` answering its API and first page on loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn unike() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_unike"));
+    c.current_dir(root());
+    c
+}
+
+fn expected(name: &str) -> Result<Value> {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/expected/expected.json"))?;
+    let v: Value = serde_json::from_str(&text)?;
+    Ok(v["variants"]["f32"][name].clone())
+}
+
+#[test]
+fn answer_json_matches_transformers() -> Result<()> {
+    for (name, args) in [
+        ("image_question", vec!["--image", "tests/fixtures/images/wide.png", "--question", "what is in the picture?"]),
+        (
+            "image_caption",
+            vec![
+                "--image",
+                "tests/fixtures/images/narrow.png",
+                "--prompt",
+                "USER: <image>\ndescribe the scene ASSISTANT:",
+            ],
+        ),
+        ("text_only", vec!["--prompt", "the capital of france is"]),
+    ] {
+        let want = expected(name)?;
+        let out = unike()
+            .args(["answer", "--model", "tests/fixtures/tiny-llava", "--max-new-tokens", "8", "--json"])
+            .args(&args)
+            .output()?;
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let got: Value = serde_json::from_slice(&out.stdout).context("stdout is one JSON object")?;
+        assert_eq!(got["input_ids"], want["input_ids"], "{name}");
+        assert_eq!(got["answer_ids"], want["answer_ids"], "{name}");
+        assert_eq!(got["answer"], want["answer"], "{name}");
+        let a = got["first_logits"].as_array().context("first_logits")?;
+        let b = want["last_logits"].as_array().context("last_logits")?;
+        assert_eq!(a.len(), b.len());
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x.as_f64().unwrap_or(f64::NAN) - y.as_f64().unwrap_or(0.0)).abs())
+            .fold(0.0, f64::max);
+        assert!(diff <= 1e-4, "{name}: logits differ by {diff}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_inputs_exit_non_zero_with_one_line() -> Result<()> {
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--model", "/no/such/model", "--question", "hi"], "does not exist"),
+        (
+            vec!["--model", "tests/fixtures/tiny-llava", "--image", "/no/such.png", "--question", "hi"],
+            "cannot read /no/such.png",
+        ),
+        (vec!["--model", "tests/fixtures/tiny-llava", "--image", "Cargo.toml", "--question", "hi"], "bad image"),
+        (vec!["--model", "tests/fixtures", "--question", "hi"], "config.json"),
+        (
+            vec![
+                "--model",
+                "tests/fixtures/tiny-llava",
+                "--prompt",
+                "no image here",
+                "--image",
+                "tests/fixtures/images/wide.png",
+            ],
+            "0 <image> placeholder(s) but 1 image(s)",
+        ),
+        (vec!["--model", "tests/fixtures/tiny-llava", "--question", "hi", "--dtype", "f8"], "unknown dtype"),
+        (vec!["--model", "tests/fixtures/tiny-llava", "--question", "hi", "--device", "tpu"], "unknown device"),
+    ];
+    for (args, needle) in cases {
+        let out = unike().arg("answer").args(&args).output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one line, got {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // Neither --prompt nor --question: clap's usage error.
+    let out = unike().args(["answer", "--model", "tests/fixtures/tiny-llava"]).output()?;
+    assert!(!out.status.success());
+    Ok(())
+}
+
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status: u16 = buf.split_whitespace().nth(1).context("status")?.parse()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+#[test]
+fn serve_answers_api_and_first_page() -> Result<()> {
+    let dist = std::env::temp_dir().join(format!("unike-dist-{}", std::process::id()));
+    std::fs::create_dir_all(&dist)?;
+    std::fs::write(dist.join("index.html"), "<!doctype html><title>UniKE Studio</title><div id=app></div>")?;
+    let mut child = unike()
+        .args(["serve", "--addr", "127.0.0.1:0", "--model", "tests/fixtures/tiny-llava", "--dist"])
+        .arg(&dist)
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let result = (|| -> Result<()> {
+        let stderr = child.stderr.take().context("stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let port = loop {
+            anyhow::ensure!(Instant::now() < deadline, "server did not start");
+            let line = lines.next().context("server exited")??;
+            if let Some(rest) = line.split("http://").nth(1) {
+                let addr = rest.split_whitespace().next().context("addr")?;
+                break addr.rsplit(':').next().context("port")?.parse::<u16>()?;
+            }
+        };
+        let (st, body) = http_get(port, "/api/health")?;
+        assert_eq!(st, 200);
+        assert!(body.contains("\"status\":\"ok\""), "{body}");
+        let (st, body) = http_get(port, "/api/model")?;
+        assert_eq!(st, 200);
+        let info: unike_shared::ModelInfo = serde_json::from_str(&body)?;
+        assert_eq!(info.text_layers, 3);
+        assert_eq!(info.image_seq_length, 25);
+        assert!(info.parameters > 100_000);
+        let (st, body) = http_get(port, "/api/nope")?;
+        assert_eq!(st, 404);
+        assert!(body.contains("\"error\""), "{body}");
+        for page in ["/", "/leaderboard"] {
+            let (st, body) = http_get(port, page)?;
+            assert_eq!(st, 200, "{page}");
+            assert!(body.contains("UniKE Studio"), "{page}: {body}");
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dist);
+    result
+}
