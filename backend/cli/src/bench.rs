@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Only load the model and report load time, weight bytes and peak memory (for checkpoints too big to run).
+    #[arg(long)]
+    pub load_only: bool,
 }
 
 #[derive(Serialize)]
@@ -100,6 +103,32 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let processor = ckpt.processor()?;
     let model = ckpt.load_model(dtype, &dev)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if args.load_only {
+        let weights_mib = ckpt.num_parameters as f64 * model.dtype().size_in_bytes() as f64 / (1024.0 * 1024.0);
+        let files_mib =
+            ckpt.weight_files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len() as f64).sum::<f64>()
+                / (1024.0 * 1024.0);
+        let rss = peak_rss_mib();
+        let out = serde_json::json!({
+            "model": dir.display().to_string(), "dtype": format!("{:?}", model.dtype()).to_lowercase(),
+            "parameters": ckpt.num_parameters, "load_ms": load_ms, "weight_files_mib": files_mib,
+            "weights_in_memory_mib": weights_mib, "peak_rss_mib": rss,
+        });
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!("| measure | value |\n|---|---|");
+            println!("| parameters | {} |", ckpt.num_parameters);
+            println!("| load (open + map + materialise) | {load_ms:.0} ms |");
+            println!("| weight files on disk | {files_mib:.0} MiB |");
+            println!("| weights in memory ({:?}) | {weights_mib:.0} MiB |", model.dtype());
+            match rss {
+                Some(m) => println!("| peak resident memory (VmHWM) | {m:.0} MiB |"),
+                None => println!("| peak resident memory | n/a on this OS |"),
+            }
+        }
+        return Ok(());
+    }
 
     // A synthetic image at the tower's resolution (a gradient with a square), so no file is needed.
     let s = model.config().vision.image_size as u32;

@@ -80,3 +80,18 @@ fn wrong_image_counts_and_bad_images_are_reported() -> Result<()> {
     assert!(e.contains("cannot read") && e.contains("none.png"), "{e}");
     Ok(())
 }
+
+#[test]
+fn truncated_or_garbage_weight_files_are_reported() -> Result<()> {
+    let d = scratch("trunc");
+    copy_fixture(&d)?;
+    let shard = d.join("model-00002-of-00002.safetensors");
+    let bytes = std::fs::read(&shard)?;
+    std::fs::write(&shard, &bytes[..bytes.len() / 2])?;
+    let e = Checkpoint::open(&d).unwrap_err().to_string();
+    assert!(e.contains("not a safetensors file") && e.contains("do not fit"), "{e}");
+    std::fs::write(&shard, b"garbage")?;
+    let e = Checkpoint::open(&d).unwrap_err().to_string();
+    assert!(e.contains("not a safetensors file"), "{e}");
+    Ok(())
+}

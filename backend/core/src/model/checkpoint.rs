@@ -1,19 +1,19 @@
 //! A llava-hf checkpoint directory: `config.json`, safetensors weights (single file, or shards listed in
 //! `model.safetensors.index.json`), `tokenizer.json`, `preprocessor_config.json`, optional `generation_config.json`.
 //!
-//! Weights are memory-mapped: the files are never read into a buffer; each tensor is materialised once, directly
-//! from the mapping, in the requested dtype (candle's CPU tensors own their storage, so resident memory is one copy
-//! of the weights plus the page cache the kernel may reclaim).
+//! Weights are memory-mapped ([`MappedSafetensors`]): the files are never read into a buffer; each tensor is
+//! materialised once, straight from the mapping, in the requested dtype, and its mapped pages are released at once,
+//! so peak resident memory is the weights once plus the largest tensor.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::config::LlavaConfig;
 use super::llava::{KeyLayout, Llava};
+use super::mmap::MappedSafetensors;
 use super::preprocess::ImageProcessor;
 use super::processor::Processor;
 use crate::error::{Error, Result};
@@ -43,21 +43,18 @@ impl Checkpoint {
         }
         let config = LlavaConfig::from_file(&dir.join("config.json"))?;
         let weight_files = find_weight_files(&dir)?;
-        let st = mmap(&weight_files)?;
-        let names: Vec<(String, usize)> =
-            st.tensors().into_iter().map(|(n, v)| (n, v.shape().iter().product::<usize>())).collect();
-        let has = |k: &str| names.iter().any(|(n, _)| n == k);
-        let layout = KeyLayout::detect(has).map_err(|part| {
+        let st = MappedSafetensors::open(&weight_files)?;
+        let layout = KeyLayout::detect(|k| st.contains(k)).map_err(|part| {
             Error::checkpoint(&dir, format!("no {part} weights under any llava-hf name: not a LLaVA checkpoint"))
         })?;
-        let num_parameters = names.iter().map(|(_, n)| *n as u64).sum();
+        let num_parameters = st.names().map(|(_, n)| n as u64).sum();
         Ok(Self { dir, config, weight_files, layout, num_parameters })
     }
 
     /// Loads the model in `dtype` (default: the dtype the checkpoint was saved in, f32 if unstated) on `device`.
     pub fn load_model(&self, dtype: Option<DType>, device: &Device) -> Result<Llava> {
         let dtype = dtype.or(self.config.stored_dtype).unwrap_or(DType::F32);
-        let st = mmap(&self.weight_files)?;
+        let st = MappedSafetensors::open(&self.weight_files)?;
         let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
         Llava::load(vb, self.layout, &self.config).map_err(|e| match e {
             Error::Candle(c) => Error::checkpoint(&self.dir, c.to_string()),
@@ -96,14 +93,6 @@ impl Checkpoint {
         }
         Ok(self.config.text.eos_token_ids.clone())
     }
-}
-
-fn mmap(files: &[PathBuf]) -> Result<MmapedSafetensors> {
-    // SAFETY: the mapped files must not be modified while mapped; checkpoints are read-only inputs.
-    unsafe { MmapedSafetensors::multi(files) }.map_err(|e| {
-        let where_ = files.first().map(|p| p.to_path_buf()).unwrap_or_default();
-        Error::checkpoint(where_, format!("cannot map safetensors: {e}"))
-    })
 }
 
 /// `model.safetensors.index.json` → its shards (each once, in order of first mention); else `model.safetensors`;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod generate;
 pub mod llama;
 pub mod llava;
+pub mod mmap;
 pub mod preprocess;
 pub mod processor;
 
