@@ -212,7 +212,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         r.prefill_ms_median, r.prefill_tokens_per_s
     );
     println!(
-        "| batched forward, batch {} , median | {:.2} ms = {:.0} tokens/s |",
+        "| batched forward, batch {}, median | {:.2} ms = {:.0} tokens/s |",
         r.batch, r.batch_forward_ms_median, r.batch_tokens_per_s
     );
     println!("| cached greedy decoding | {:.0} tokens/s |", r.decode_tokens_per_s);
