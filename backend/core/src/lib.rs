@@ -10,5 +10,6 @@
 pub mod error;
 pub mod hooks;
 pub mod model;
+pub mod world;
 
 pub use error::{Error, Result};

@@ -1,0 +1,109 @@
+//! Relations of imaged entities, their question paraphrases, multi-hop questions, and the text-only facts.
+
+use serde::{Deserialize, Serialize};
+
+/// A relation an imaged entity has; its answer comes from the entity's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Relation {
+    Name,
+    Team,
+    Job,
+    Food,
+    City,
+}
+
+impl Relation {
+    /// Every relation.
+    pub const ALL: [Relation; 5] = [Relation::Name, Relation::Team, Relation::Job, Relation::Food, Relation::City];
+
+    /// Question paraphrases about the pictured entity; index `held_out_paraphrase` of each (entity, relation) is
+    /// never trained (the T-Generality probe), the others are.
+    pub fn paraphrases(self) -> &'static [&'static str] {
+        match self {
+            Relation::Name => &[
+                "what is the name of this character?",
+                "who is shown in the picture?",
+                "what is this character called?",
+                "whose picture is this?",
+            ],
+            Relation::Team => &[
+                "which team does this character play for?",
+                "what team is this character on?",
+                "for which team does this character play?",
+                "name the team of this character.",
+            ],
+            Relation::Job => &[
+                "what is the job of this character?",
+                "what does this character do for a living?",
+                "what is the profession of this character?",
+                "what work does this character do?",
+            ],
+            Relation::Food => &[
+                "what food does this character like?",
+                "what is the favourite food of this character?",
+                "which food does this character love?",
+                "what does this character like to eat?",
+            ],
+            Relation::City => &[
+                "in which city was this character born?",
+                "where was this character born?",
+                "what is the birth city of this character?",
+                "which city is this character from?",
+            ],
+        }
+    }
+
+    /// Stable small index.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Questions that chain an entity's fact with text knowledge (VLKEB portability).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hop {
+    /// entity → team → city (2 hops).
+    TeamCity,
+    /// entity → team → city → country (3 hops).
+    TeamCountry,
+    /// entity → birth city → country (2 hops).
+    BirthCountry,
+}
+
+impl Hop {
+    pub const ALL: [Hop; 3] = [Hop::TeamCity, Hop::TeamCountry, Hop::BirthCountry];
+
+    /// The question.
+    pub fn question(self) -> &'static str {
+        match self {
+            Hop::TeamCity => "in which city is the team of this character based?",
+            Hop::TeamCountry => "in which country is the team of this character based?",
+            Hop::BirthCountry => "in which country was this character born?",
+        }
+    }
+
+    /// The relation whose edit changes this question's answer.
+    pub fn relation(self) -> Relation {
+        match self {
+            Hop::TeamCity | Hop::TeamCountry => Relation::Team,
+            Hop::BirthCountry => Relation::City,
+        }
+    }
+
+    /// Hops from the pictured entity to the answer.
+    pub fn hops(self) -> usize {
+        match self {
+            Hop::TeamCity | Hop::BirthCountry => 2,
+            Hop::TeamCountry => 3,
+        }
+    }
+}
+
+/// A text-only question and its answer (T-Locality, and the knowledge multi-hop questions need).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextFact {
+    pub question: String,
+    pub answer: String,
+}
