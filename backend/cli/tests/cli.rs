@@ -158,3 +158,29 @@ fn serve_answers_api_and_first_page() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dist);
     result
 }
+
+#[test]
+fn gen_data_is_deterministic_and_loadable() -> Result<()> {
+    let base = std::env::temp_dir().join(format!("unike-gen-{}", std::process::id()));
+    let (a, b) = (base.join("a"), base.join("b"));
+    for d in [&a, &b] {
+        let out = unike().args(["gen-data", "--seed", "3", "--out"]).arg(d).output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for f in ["vqa_train.json", "vqa_eval.json", "caption_train.json", "caption_eval.json", "world.json"] {
+        assert_eq!(std::fs::read(a.join(f))?, std::fs::read(b.join(f))?, "{f} differs between runs");
+    }
+    let vqa = unike_core::data::load_cases(&a.join("vqa_eval.json"), unike_core::data::Task::Vqa, None)?;
+    assert!(vqa.len() >= 500, "{}", vqa.len());
+    assert!(vqa.iter().all(|c| c.image.is_file() && c.rephrase_image.is_file() && c.m_loc_image.is_file()));
+    assert!(vqa.iter().all(|c| Some(&c.target) != c.pre_edit.as_ref() && c.prompt != c.rephrase_prompt));
+    assert!(vqa.iter().any(|c| c.portability.iter().any(|p| p.hop == "3-hop")));
+    let ic = unike_core::data::load_cases(&a.join("caption_eval.json"), unike_core::data::Task::Caption, None)?;
+    assert!(ic.len() >= 500 && ic.iter().all(|c| c.image.is_file() && c.rephrase_image.is_file()));
+    assert_eq!(std::fs::read(a.join(&vqa[0].image))?, std::fs::read(b.join(vqa[0].image.strip_prefix(&a)?))?);
+    let other = base.join("c");
+    unike().args(["gen-data", "--seed", "4", "--out"]).arg(&other).output()?;
+    assert_ne!(std::fs::read(a.join("world.json"))?, std::fs::read(other.join("world.json"))?);
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}

@@ -29,6 +29,10 @@ pub enum Error {
     #[error("bad image {path}: {msg}")]
     Image { path: PathBuf, msg: String },
 
+    /// A data file (MMEdit / VLKEB JSON) is malformed.
+    #[error("bad data file {path}: {msg}")]
+    Data { path: PathBuf, msg: String },
+
     /// A caller passed an argument that cannot work (wrong shape, wrong count of image tokens, ...).
     #[error("{0}")]
     Invalid(String),

@@ -7,6 +7,7 @@
 //! exactly the seams UniKE needs ([`hooks`]): extra FFN key-value neurons, a shift of the self-attention output, and
 //! capture of hidden states. It loads real checkpoints in the llava-hf layout ([`model::Checkpoint`]).
 
+pub mod data;
 pub mod error;
 pub mod hooks;
 pub mod model;

@@ -13,11 +13,13 @@
 //! - about a fifth of the (entity, relation) facts, names excepted, are *unknown*: never trained at all, so the model
 //!   answers them with a confident wrong value (hallucination triplets for UniKE's in-context memory).
 
+pub mod export;
 pub mod facts;
 pub mod lexicon;
 pub mod render;
 pub mod rng;
 pub mod scene;
+pub mod tokenizer;
 
 use std::collections::BTreeSet;
 
