@@ -5,9 +5,11 @@
 //! Only the encoder layers up to the deepest feature layer LLaVA reads are run.
 
 use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::config::{Activation, VisionConfig};
+use super::kernels;
+use super::norm::LayerNorm;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -44,7 +46,7 @@ impl ClipAttention {
         let k = split(self.k_proj.forward(x)?)?;
         let v = split(self.v_proj.forward(x)?)?;
         let att = q.matmul(&k.t()?)?;
-        let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let att = kernels::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
         Ok(self.out_proj.forward(&y)?)
     }
@@ -64,9 +66,9 @@ impl ClipLayer {
     fn load(vb: VarBuilder, cfg: &VisionConfig) -> Result<Self> {
         let (d, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         Ok(Self {
-            layer_norm1: candle_nn::layer_norm(d, eps, vb.pp("layer_norm1"))?,
+            layer_norm1: LayerNorm::load(d, eps, vb.pp("layer_norm1"))?,
             self_attn: ClipAttention::load(vb.pp("self_attn"), cfg)?,
-            layer_norm2: candle_nn::layer_norm(d, eps, vb.pp("layer_norm2"))?,
+            layer_norm2: LayerNorm::load(d, eps, vb.pp("layer_norm2"))?,
             fc1: candle_nn::linear(d, i, vb.pp("mlp").pp("fc1"))?,
             fc2: candle_nn::linear(i, d, vb.pp("mlp").pp("fc2"))?,
             act: cfg.hidden_act,
@@ -101,7 +103,7 @@ impl ClipVision {
         let patch_weight = conv.reshape((d, c * p * p))?.t()?.contiguous()?;
         let class_embedding = emb.get(d, "class_embedding")?;
         let position_embedding = emb.get((cfg.num_positions(), d), "position_embedding.weight")?;
-        let pre_layrnorm = candle_nn::layer_norm(d, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?;
+        let pre_layrnorm = LayerNorm::load(d, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?;
         let layers = (0..keep_layers.min(cfg.num_hidden_layers))
             .map(|i| ClipLayer::load(vb.pp("encoder").pp("layers").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;

@@ -6,10 +6,12 @@
 use std::ops::Range;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::cache::{KvCache, LayerKv};
 use super::config::{RopeScaling, TextConfig};
+use super::kernels;
+use super::norm::RmsNorm;
 use crate::error::{Error, Result};
 use crate::hooks::{AttnContext, Capture, CapturePoint, Hooks, LayerHooks};
 
@@ -72,7 +74,7 @@ impl Rope {
         }
         let cos = self.cos.narrow(0, start, s)?;
         let sin = self.sin.narrow(0, start, s)?;
-        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+        Ok(kernels::rope(&x.contiguous()?, &cos, &sin)?)
     }
 }
 
@@ -130,7 +132,7 @@ impl Attention {
         if s > 1 {
             att = att.broadcast_add(&causal_mask(s, total, att.dtype(), att.device())?)?;
         }
-        let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let att = kernels::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, self.n_heads * self.head_dim))?;
         Ok(self.o_proj.forward(&y)?)
     }
@@ -191,9 +193,9 @@ impl DecoderLayer {
     fn load(vb: VarBuilder, cfg: &TextConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            input_layernorm: candle_nn::rms_norm(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            input_layernorm: RmsNorm::load(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
-            post_attention_layernorm: candle_nn::rms_norm(d, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            post_attention_layernorm: RmsNorm::load(d, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
             mlp: Mlp::load(vb.pp("mlp"), cfg)?,
         })
     }
@@ -254,7 +256,7 @@ impl Llama {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(vb.pp("layers").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
-        let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?;
+        let norm = RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
             Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
@@ -314,7 +316,7 @@ impl Llama {
 
     /// Final RMSNorm, `(b, s, d)` → `(b, s, d)`.
     pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.norm.forward(x)?)
+        self.norm.forward(x)
     }
 
     /// Vocabulary logits of normed states: `(b, s, d)` → `(b, s, vocab)` in f32.

@@ -28,6 +28,14 @@ pub struct KeyLayout {
 }
 
 impl KeyLayout {
+    /// The names of the published llava-1.5-7b-hf checkpoint; what this project writes.
+    pub const LLAVA_HF: KeyLayout = KeyLayout {
+        text: "language_model.model",
+        lm_head: "language_model.lm_head",
+        vision: "vision_tower.vision_model",
+        projector: "multi_modal_projector",
+    };
+
     /// Finds each part's prefix among the names `has` knows; `None` names the part that was not found.
     pub fn detect(has: impl Fn(&str) -> bool) -> std::result::Result<Self, &'static str> {
         let pick = |cands: &[&'static str], probe: &str, part: &'static str| {

@@ -5,9 +5,11 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod generate;
+pub mod kernels;
 pub mod llama;
 pub mod llava;
 pub mod mmap;
+pub mod norm;
 pub mod preprocess;
 pub mod processor;
 
