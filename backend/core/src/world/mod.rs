@@ -18,6 +18,7 @@ pub mod facts;
 pub mod lexicon;
 pub mod render;
 pub mod rng;
+pub mod samples;
 pub mod scene;
 pub mod tokenizer;
 
