@@ -8,16 +8,15 @@ use clap::{ArgGroup, Args};
 use serde::Serialize;
 use unike_core::hooks::Hooks;
 use unike_core::model::processor::IMAGE_TOKEN;
-use unike_core::model::{Checkpoint, GenerateOptions};
+use unike_core::model::GenerateOptions;
 
-use crate::{device, model_dir};
+use crate::device;
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "question"])))]
 pub struct AnswerArgs {
-    /// Model directory (llava-hf layout) or `default`.
-    #[arg(long, default_value = "default")]
-    pub model: String,
+    #[command(flatten)]
+    pub model: device::ModelArgs,
     /// Image file (PNG or JPEG).
     #[arg(long)]
     pub image: Option<PathBuf>,
@@ -33,12 +32,6 @@ pub struct AnswerArgs {
     /// Print one JSON object instead of the answer text.
     #[arg(long)]
     pub json: bool,
-    /// Compute dtype: f32, f16 or bf16 (default: the checkpoint's).
-    #[arg(long)]
-    pub dtype: Option<String>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 /// The `--json` object.
@@ -56,17 +49,10 @@ struct AnswerJson {
 }
 
 pub fn run(args: AnswerArgs) -> Result<()> {
-    let dev = device::parse_device(&args.device)?;
-    let dtype = device::parse_dtype(args.dtype.as_deref())?;
     if args.max_new_tokens == 0 {
         anyhow::bail!("--max-new-tokens must be at least 1");
     }
-    let dir = model_dir::resolve(&args.model)?;
-    let t0 = Instant::now();
-    let ckpt = Checkpoint::open(&dir)?;
-    let processor = ckpt.processor()?;
-    let model = ckpt.load_model(dtype, &dev)?;
-    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let device::Loaded { dir, ckpt, processor, model, device: dev, load_ms } = args.model.load()?;
 
     let prompt = match (&args.prompt, &args.question) {
         (Some(p), _) => p.clone(),

@@ -11,15 +11,14 @@ use candle_core::Tensor;
 use clap::Args;
 use serde::Serialize;
 use unike_core::hooks::{Capture, Hooks};
-use unike_core::model::{Checkpoint, GenerateOptions};
+use unike_core::model::GenerateOptions;
 
-use crate::{device, model_dir};
+use crate::device;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model directory (llava-hf layout) or `default`.
-    #[arg(long, default_value = "default")]
-    pub model: String,
+    #[command(flatten)]
+    pub model: device::ModelArgs,
     /// Timed runs per row.
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
@@ -32,12 +31,6 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Compute dtype: f32, f16 or bf16 (default: the checkpoint's).
-    #[arg(long)]
-    pub dtype: Option<String>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     /// Only load the model and report load time, weight bytes and peak memory (for checkpoints too big to run).
     #[arg(long)]
     pub load_only: bool,
@@ -95,14 +88,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.iters > 0 && args.batch > 0 && args.max_new_tokens > 1,
         "--iters, --batch must be > 0 and --max-new-tokens > 1"
     );
-    let dev = device::parse_device(&args.device)?;
-    let dtype = device::parse_dtype(args.dtype.as_deref())?;
-    let dir = model_dir::resolve(&args.model)?;
-    let t0 = Instant::now();
-    let ckpt = Checkpoint::open(&dir)?;
-    let processor = ckpt.processor()?;
-    let model = ckpt.load_model(dtype, &dev)?;
-    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let device::Loaded { dir, ckpt, processor, model, device: dev, load_ms } = args.model.load()?;
     if args.load_only {
         let weights_mib = ckpt.num_parameters as f64 * model.dtype().size_in_bytes() as f64 / (1024.0 * 1024.0);
         let files_mib =

@@ -37,3 +37,43 @@ pub fn device_name(d: &Device) -> String {
         Device::Metal(_) => "metal".into(),
     }
 }
+
+/// `--model`, `--dtype`, `--device`: which checkpoint to load, in which dtype, where.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model directory (llava-hf layout) or `default`.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Compute dtype: f32, f16 or bf16 (default: the checkpoint's).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// A loaded checkpoint with its processor.
+pub struct Loaded {
+    pub dir: std::path::PathBuf,
+    pub ckpt: unike_core::model::Checkpoint,
+    pub processor: unike_core::model::Processor,
+    pub model: unike_core::model::Llava,
+    pub device: Device,
+    /// Time to open, map and materialise, in milliseconds.
+    pub load_ms: f64,
+}
+
+impl ModelArgs {
+    /// Resolves the directory and loads checkpoint, processor and model.
+    pub fn load(&self) -> Result<Loaded> {
+        let device = parse_device(&self.device)?;
+        let dtype = parse_dtype(self.dtype.as_deref())?;
+        let dir = crate::model_dir::resolve(&self.model)?;
+        let t0 = std::time::Instant::now();
+        let ckpt = unike_core::model::Checkpoint::open(&dir)?;
+        let processor = ckpt.processor()?;
+        let model = ckpt.load_model(dtype, &device)?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(Loaded { dir, ckpt, processor, model, device, load_ms })
+    }
+}

@@ -15,28 +15,20 @@ use axum::routing::{any, get};
 use axum::{Json, Router};
 use clap::Args;
 use tower_http::services::{ServeDir, ServeFile};
-use unike_core::model::Checkpoint;
 use unike_shared::{routes, ApiError, HealthResponse, ModelInfo};
 
-use crate::{device, model_dir};
+use crate::device;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
-    /// Model directory (llava-hf layout) or `default`.
-    #[arg(long, default_value = "default")]
-    pub model: String,
+    #[command(flatten)]
+    pub model: device::ModelArgs,
     /// The built front end (default: `dist/` of the repository).
     #[arg(long)]
     pub dist: Option<PathBuf>,
-    /// Compute dtype: f32, f16 or bf16 (default: the checkpoint's).
-    #[arg(long)]
-    pub dtype: Option<String>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 #[derive(Clone)]
@@ -50,17 +42,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 fn model_info(args: &ServeArgs) -> Result<ModelInfo> {
-    let dev = device::parse_device(&args.device)?;
-    let dtype = device::parse_dtype(args.dtype.as_deref())?;
-    let dir = model_dir::resolve(&args.model)?;
-    let ckpt = Checkpoint::open(&dir)?;
-    ckpt.processor()?;
-    let model = ckpt.load_model(dtype, &dev)?;
+    let device::Loaded { dir, ckpt, model, device: dev, .. } = args.model.load()?;
     let cfg = model.config();
-    let name = if args.model == "default" {
+    let name = if args.model.model == "default" {
         "default".to_string()
     } else {
-        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.model.clone())
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.model.model.clone())
     };
     Ok(ModelInfo {
         name,
