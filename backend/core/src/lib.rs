@@ -11,6 +11,7 @@ pub mod data;
 pub mod error;
 pub mod hooks;
 pub mod model;
+pub mod train;
 pub mod world;
 
 pub use error::{Error, Result};

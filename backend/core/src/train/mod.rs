@@ -1,0 +1,123 @@
+//! Training the default model on the synthetic world (Substrate II): the model's shape, deterministic
+//! initialisation, batches and the teacher-forced loss. The `unike train-base` driver builds on these.
+
+pub mod batch;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::error::{Error, Result};
+use crate::model::{kernels, KeyLayout, Llava, LlavaConfig};
+use crate::world::rng::Rng;
+use crate::world::tokenizer::{EOS, IMAGE, PAD};
+pub use batch::{make_batch, Batch};
+
+/// Shape of a world model (llava-hf `config.json`): CLIP d`vision_dim` x `vision_layers` on 32x32 images with 8x8
+/// patches (16 image tokens, last layer's features), LLaMA d`text_dim` x `text_layers`.
+pub fn world_config_json(
+    vocab: usize,
+    vision_dim: usize,
+    vision_layers: usize,
+    text_dim: usize,
+    text_layers: usize,
+) -> String {
+    serde_json::json!({
+        "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "torch_dtype": "float32",
+        "image_token_index": IMAGE, "pad_token_id": PAD, "projector_hidden_act": "gelu", "image_seq_length": 16,
+        "vision_feature_layer": -1, "vision_feature_select_strategy": "default", "tie_word_embeddings": false,
+        "text_config": {"model_type": "llama", "vocab_size": vocab, "hidden_size": text_dim,
+            "intermediate_size": text_dim * 8 / 3, "num_hidden_layers": text_layers, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "bos_token_id": 1, "eos_token_id": EOS, "pad_token_id": PAD},
+        "vision_config": {"model_type": "clip_vision_model", "hidden_size": vision_dim,
+            "intermediate_size": vision_dim * 4, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
+            "image_size": 32, "patch_size": 8, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+    })
+    .to_string()
+}
+
+/// `preprocessor_config.json` of world models: images are already 32x32, so only rescale and normalise.
+pub const WORLD_PREPROCESSOR: &str = r#"{"do_resize": false, "do_center_crop": false, "do_rescale": true,
+ "rescale_factor": 0.00392156862745098, "do_normalize": true, "image_mean": [0.5, 0.5, 0.5],
+ "image_std": [0.25, 0.25, 0.25], "image_processor_type": "CLIPImageProcessor"}"#;
+
+/// A trainable model: its variables and the model reading them.
+pub struct Trainable {
+    pub varmap: VarMap,
+    pub model: Llava,
+    pub config: LlavaConfig,
+}
+
+impl Trainable {
+    /// Builds the model of `config_json` on fresh variables, initialised from `seed` with our own generator
+    /// (normal, std 0.02; norm weights 1, biases 0), so the same seed gives the same start everywhere.
+    pub fn new(config_json: &str, seed: u64, device: &Device) -> Result<Self> {
+        let config = LlavaConfig::from_json_str(config_json).map_err(Error::Invalid)?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let model = Llava::load(vb, KeyLayout::LLAVA_HF, &config)?;
+        let data = varmap.data().lock().map_err(|_| Error::Invalid("variable map poisoned".into()))?;
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for (i, name) in names.into_iter().enumerate() {
+            let var = &data[name];
+            let n = var.elem_count();
+            let mut rng = Rng::derive(seed, "init", i as u64);
+            let values: Vec<f32> = if name.contains("norm") && name.ends_with("weight") {
+                vec![1.0; n]
+            } else if name.ends_with("bias") {
+                vec![0.0; n]
+            } else {
+                (0..n).map(|_| 0.02 * rng.normal()).collect()
+            };
+            var.set(&Tensor::from_vec(values, var.shape(), device)?)?;
+        }
+        drop(data);
+        Ok(Self { varmap, model, config })
+    }
+}
+
+/// Mean cross-entropy of the supervised positions of `batch`, computed differentiably. Returns a scalar.
+pub fn loss(model: &Llava, batch: &Batch) -> Result<Tensor> {
+    let _scope = kernels::differentiable();
+    let logits = model.forward(&batch.ids, batch.pixels.as_ref(), &crate::hooks::Hooks::none())?;
+    let (b, s, v) = logits.dims3()?;
+    let picked = logits.reshape((b * s, v))?.index_select(&batch.positions, 0)?;
+    Ok(candle_nn::loss::cross_entropy(&picked, &batch.targets)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_nn::Optimizer;
+
+    use super::*;
+    use crate::model::ImageProcessor;
+    use crate::world::samples::training_sample;
+    use crate::world::{tokenizer, World};
+
+    #[test]
+    fn a_few_adamw_steps_fit_a_batch() -> Result<()> {
+        let world = World::generate(0);
+        let tok = tokenizer::build(&world)?;
+        let cfg = world_config_json(tok.get_vocab_size(true), 32, 1, 48, 1);
+        let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
+        let again = Trainable::new(&cfg, 0, &Device::Cpu)?;
+        let key = "language_model.model.embed_tokens.weight";
+        let a = t.varmap.data().lock().map_err(|_| Error::Invalid("poisoned".into()))?[key].as_tensor().clone();
+        let b = again.varmap.data().lock().map_err(|_| Error::Invalid("poisoned".into()))?[key].as_tensor().clone();
+        assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?, "init is deterministic");
+        let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(Error::Invalid)?;
+        let mut rng = Rng::new(1);
+        let samples: Vec<_> = (0..6).map(|_| training_sample(&world, [1.0; 5], &mut rng)).collect();
+        let batch = make_batch(&samples, &tok, &images, 16, &Device::Cpu)?;
+        let mut opt = candle_nn::AdamW::new_lr(t.varmap.all_vars(), 3e-3)?;
+        let first = loss(&t.model, &batch)?.to_scalar::<f32>()?;
+        for _ in 0..30 {
+            let l = loss(&t.model, &batch)?;
+            opt.backward_step(&l)?;
+        }
+        let last = loss(&t.model, &batch)?.to_scalar::<f32>()?;
+        assert!(first > 5.0 && last < first * 0.5, "loss {first} -> {last}");
+        Ok(())
+    }
+}
