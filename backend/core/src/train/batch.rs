@@ -57,9 +57,9 @@ pub fn make_batch(
     let mut flat = Vec::with_capacity(rows.len() * len);
     let (mut positions, mut targets) = (Vec::new(), Vec::new());
     for (b, (ids, first)) in rows.iter().enumerate() {
-        for t in *first..ids.len() {
+        for (t, &id) in ids.iter().enumerate().skip(*first) {
             positions.push((b * len + t - 1) as u32);
-            targets.push(ids[t]);
+            targets.push(id);
         }
         flat.extend_from_slice(ids);
         flat.extend(std::iter::repeat_n(PAD, len - ids.len()));
