@@ -4,7 +4,7 @@
 //! `vision_model.encoder.layers.{i}.self_attn.q_proj`, ...) and `LlavaMultiModalProjector` (`linear_1`, `linear_2`).
 //! Only the encoder layers up to the deepest feature layer LLaVA reads are run.
 
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::{Activation, VisionConfig};
@@ -177,9 +177,4 @@ impl Projector {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.linear_2.forward(&self.act.apply(&self.linear_1.forward(x)?)?)?)
     }
-}
-
-/// Concatenates the selected vision states on the feature axis, `Vec<(n, t, d)>` → `(n, t, d·k)`.
-pub(crate) fn concat_features(states: &[Tensor]) -> Result<Tensor> {
-    Ok(Tensor::cat(states, D::Minus1)?)
 }

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::cache::{KvCache, LayerKv};
@@ -322,10 +322,5 @@ impl Llama {
     /// Vocabulary logits of normed states: `(b, s, d)` → `(b, s, vocab)` in f32.
     pub fn lm_head(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.lm_head.forward(x)?.to_dtype(DType::F32)?)
-    }
-
-    /// Last-dimension argmax helper for greedy decoding: `(.., vocab)` → `(..)` u32.
-    pub fn argmax(logits: &Tensor) -> Result<Tensor> {
-        Ok(logits.argmax(D::Minus1)?)
     }
 }

@@ -3,11 +3,11 @@
 //!
 //! Weight names mirror transformers' `LlavaForConditionalGeneration` in either of its layouts ([`KeyLayout`]).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::cache::KvCache;
-use super::clip::{concat_features, ClipVision, Projector};
+use super::clip::{ClipVision, Projector};
 use super::config::{LlavaConfig, SelectStrategy};
 use super::llama::Llama;
 use crate::error::{Error, Result};
@@ -138,7 +138,8 @@ impl Llava {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let feats = if picked.len() == 1 { picked[0].clone() } else { concat_features(&picked)? };
+        // Several feature layers are concatenated on the feature axis: (n, t, d·k).
+        let feats = Tensor::cat(&picked, D::Minus1)?;
         self.projector.forward(&feats)
     }
 

@@ -47,14 +47,38 @@ impl Writer<'_> {
         self.save(&format!("images/entity_{e:03}_{k}.png"), &img)
     }
 
-    /// A locality pair: a text fact, and a scene with one of its questions.
-    fn locality(&mut self, rng: &mut Rng, scene_index: u64) -> Result<(String, String, String, String, String)> {
+    /// A record whose locality probes are a random text fact and a question about scene `scene_index`.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        rng: &mut Rng,
+        scene_index: u64,
+        src: &str,
+        pred: String,
+        alt: String,
+        rephrase: &str,
+        image: String,
+        image_rephrase: String,
+        port_new: Vec<PortEntry>,
+    ) -> Result<MmeditRecord> {
         let f = rng.choose(&self.world.text_facts).clone();
         let (objs, img) = self.world.scene(Pool::Eval, scene_index);
-        let qs = questions(&objs);
-        let (q, a) = rng.choose(&qs).clone();
-        let path = self.save(&format!("images/scene_{scene_index}.png"), &img)?;
-        Ok((f.question, f.answer, path, q, a))
+        let (m_loc_q, m_loc_a) = rng.choose(&questions(&objs)).clone();
+        let m_loc = self.save(&format!("images/scene_{scene_index}.png"), &img)?;
+        Ok(MmeditRecord {
+            src: src.into(),
+            pred: Some(pred),
+            alt,
+            rephrase: rephrase.into(),
+            image,
+            image_rephrase,
+            loc: f.question,
+            loc_ans: f.answer,
+            m_loc,
+            m_loc_q,
+            m_loc_a,
+            port_new,
+        })
     }
 
     fn vqa(&mut self, eval: bool) -> Result<Vec<MmeditRecord>> {
@@ -67,8 +91,7 @@ impl Writer<'_> {
                     continue;
                 }
                 let truth = w.answer(e, r);
-                let pool: Vec<String> = w.answer_pool(r).into_iter().filter(|a| *a != truth).collect();
-                let mut targets = pool.clone();
+                let mut targets: Vec<String> = w.answer_pool(r).into_iter().filter(|a| *a != truth).collect();
                 rng.shuffle(&mut targets);
                 let paras = r.paraphrases();
                 let held = w.held_out_paraphrase(e, r);
@@ -77,7 +100,6 @@ impl Writer<'_> {
                     let image = self.entity_image(e, 0)?;
                     let image_rephrase = self.entity_image(e, 1 + rng.below(3) as u64)?;
                     let scene_index = (if eval { 1_000_000 } else { 0 }) + out.len() as u64;
-                    let (loc, loc_ans, m_loc, m_loc_q, m_loc_a) = self.locality(&mut rng, scene_index)?;
                     let port_new = Hop::ALL
                         .iter()
                         .filter(|h| h.relation() == r && w.hop_known(e, **h))
@@ -91,20 +113,18 @@ impl Writer<'_> {
                             })
                         })
                         .collect();
-                    out.push(MmeditRecord {
-                        src: src.into(),
-                        pred: Some(truth.clone()),
-                        alt: target,
-                        rephrase: paras[held].into(),
+                    let rec = self.record(
+                        &mut rng,
+                        scene_index,
+                        src,
+                        truth.clone(),
+                        target,
+                        paras[held],
                         image,
                         image_rephrase,
-                        loc,
-                        loc_ans,
-                        m_loc,
-                        m_loc_q,
-                        m_loc_a,
                         port_new,
-                    });
+                    )?;
+                    out.push(rec);
                 }
             }
         }
@@ -131,21 +151,19 @@ impl Writer<'_> {
             let image = self.save(&format!("images/scene_{}.png", base + i), &img)?;
             let re = w.rerender_scene(&objs, base + i);
             let image_rephrase = self.save(&format!("images/scene_{}_re.png", base + i), &re)?;
-            let (loc, loc_ans, m_loc, m_loc_q, m_loc_a) = self.locality(&mut rng, base + 900_000 + i)?;
-            out.push(MmeditRecord {
-                src: CAPTION_PROMPTS[0].into(),
-                pred: Some(truth),
-                alt: target,
-                rephrase: CAPTION_PROMPTS[1 + rng.below(CAPTION_PROMPTS.len() - 1)].into(),
+            let rephrase = CAPTION_PROMPTS[1 + rng.below(CAPTION_PROMPTS.len() - 1)];
+            let rec = self.record(
+                &mut rng,
+                base + 900_000 + i,
+                CAPTION_PROMPTS[0],
+                truth,
+                target,
+                rephrase,
                 image,
                 image_rephrase,
-                loc,
-                loc_ans,
-                m_loc,
-                m_loc_q,
-                m_loc_a,
-                port_new: vec![],
-            });
+                vec![],
+            )?;
+            out.push(rec);
         }
         Ok(out)
     }
