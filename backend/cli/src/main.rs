@@ -5,6 +5,8 @@
 //! unike bench-model [--model <DIR|default>] [--iters N] [--json]
 //! unike gen-data [--seed S] --out DIR
 //! unike serve [--addr 127.0.0.1:8080] [--model <DIR|default>] [--dist DIR]
+//! unike train-base [--seed S] [--out models/default] [--recipe default|smoke]
+//! unike eval-base [--model <DIR|default>] [--n N] [--json] [--check]
 //! ```
 //!
 //! Errors exit non-zero with a one-line message on stderr.
@@ -12,11 +14,15 @@
 mod answer;
 mod bench;
 mod device;
+mod eval_base;
 mod gen_data;
 mod model_dir;
+mod plot;
 mod serve;
+mod train_base;
 
 use clap::{Parser, Subcommand};
+
 
 #[derive(Parser)]
 #[command(name = "unike", version, about = "UniKE Studio: multimodal knowledge editing (answer, benchmark, serve)")]
@@ -35,15 +41,35 @@ enum Command {
     GenData(gen_data::GenDataArgs),
     /// Serve the studio (front end + JSON API).
     Serve(serve::ServeArgs),
+    /// Train the default world model from scratch (deterministic by seed) and save it as a checkpoint.
+    TrainBase(train_base::TrainArgs),
+    /// Evaluate a world model: greedy exact match per split, and its answers to facts it never learned.
+    EvalBase(eval_base::EvalArgs),
+}
+
+/// glibc returns every freed block above its mmap threshold to the kernel, and tensors of a training step are just
+/// such blocks: re-mapping them costs as much as the arithmetic (measured: 80 training steps 36 s → 21 s, system time
+/// 19 s → 1 s). Keep them in the heap instead.
+fn tune_allocator() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: mallopt only sets allocator parameters; called first thing, before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
 }
 
 fn main() {
+    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Answer(a) => answer::run(a),
         Command::BenchModel(a) => bench::run(a),
         Command::GenData(a) => gen_data::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::TrainBase(a) => train_base::run(a),
+        Command::EvalBase(a) => eval_base::run(a),
     };
     if let Err(e) = result {
         let msg = format!("{e:#}").replace('\n', " ");

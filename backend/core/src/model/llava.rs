@@ -125,6 +125,17 @@ impl Llava {
 
     /// Projected image features: `pixel_values (n, 3, H, W)` → `(n, image_seq_length, d_text)`.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.project(&self.vision_features(pixel_values)?)
+    }
+
+    /// The multimodal projector: vision features `(n, t, d_vision · k)` → `(n, t, d_text)`.
+    pub fn project(&self, vision_features: &Tensor) -> Result<Tensor> {
+        self.projector.forward(vision_features)
+    }
+
+    /// Selected vision-tower features before the projector: `pixel_values (n, 3, H, W)` → `(n, t, d_vision · k)`
+    /// (`t` = patches, plus the class token under the `full` strategy; `k` feature layers concatenated).
+    pub fn vision_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let deepest = self.feature_layers.iter().copied().max().unwrap_or(0);
         let states = self.vision.hidden_states(pixel_values, deepest)?;
         let picked = self
@@ -139,8 +150,7 @@ impl Llava {
             })
             .collect::<Result<Vec<_>>>()?;
         // Several feature layers are concatenated on the feature axis: (n, t, d·k).
-        let feats = Tensor::cat(&picked, D::Minus1)?;
-        self.projector.forward(&feats)
+        Ok(Tensor::cat(&picked, D::Minus1)?)
     }
 
     /// Input embeddings: token embeddings of `ids (b, s)` with the `<image>` positions replaced, in reading order,

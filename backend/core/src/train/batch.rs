@@ -23,6 +23,8 @@ pub struct Batch {
     pub positions: Tensor,
     /// `(m)` u32 target ids (the answer tokens and `</s>`).
     pub targets: Tensor,
+    /// Number of supervised positions of each sample, in order (they sum to `m`).
+    pub lengths: Vec<usize>,
 }
 
 /// Builds a batch: prompt ids, then answer ids and `</s>`; only the answer and `</s>` are supervised.
@@ -56,6 +58,7 @@ pub fn make_batch(
     let len = rows.iter().map(|(r, _)| r.len()).max().unwrap_or(0);
     let mut flat = Vec::with_capacity(rows.len() * len);
     let (mut positions, mut targets) = (Vec::new(), Vec::new());
+    let lengths = rows.iter().map(|(ids, first)| ids.len() - first).collect();
     for (b, (ids, first)) in rows.iter().enumerate() {
         for (t, &id) in ids.iter().enumerate().skip(*first) {
             positions.push((b * len + t - 1) as u32);
@@ -70,5 +73,6 @@ pub fn make_batch(
         pixels,
         positions: Tensor::new(positions.as_slice(), device)?,
         targets: Tensor::new(targets.as_slice(), device)?,
+        lengths,
     })
 }

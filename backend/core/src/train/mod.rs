@@ -2,11 +2,17 @@
 //! initialisation, batches and the teacher-forced loss. The `unike train-base` driver builds on these.
 
 pub mod batch;
+pub mod driver;
+pub mod evaluate;
+pub mod recipe;
+pub mod save;
+pub mod vision;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
 use crate::error::{Error, Result};
+use crate::hooks::{Capture, Hooks};
 use crate::model::{kernels, KeyLayout, Llava, LlavaConfig};
 use crate::world::rng::Rng;
 use crate::world::tokenizer::{EOS, IMAGE, PAD};
@@ -77,10 +83,28 @@ impl Trainable {
     }
 }
 
-/// Mean cross-entropy of the supervised positions of `batch`, computed differentiably. Returns a scalar.
-pub fn loss(model: &Llava, batch: &Batch) -> Result<Tensor> {
+/// Teacher-forced logits of `batch`, `(b, s, vocab)` f32. With `vision_frozen` the vision tower runs outside the
+/// graph (its features are detached), so no gradient reaches it and its backward pass is skipped.
+pub fn logits(model: &Llava, batch: &Batch, vision_frozen: bool) -> Result<Tensor> {
+    let vision = |p: &Tensor| -> Result<Tensor> {
+        if vision_frozen {
+            Ok(model.vision_features(p)?.detach())
+        } else {
+            let _scope = kernels::differentiable();
+            model.vision_features(p)
+        }
+    };
+    let feats = batch.pixels.as_ref().map(vision).transpose()?;
     let _scope = kernels::differentiable();
-    let logits = model.forward(&batch.ids, batch.pixels.as_ref(), &crate::hooks::Hooks::none())?;
+    let image = feats.map(|f| model.project(&f)).transpose()?;
+    let embeds = model.embed_inputs(&batch.ids, image.as_ref())?;
+    let h = model.forward_embeds(&embeds, 0, None, &Hooks::none(), &mut Capture::none())?;
+    model.logits(&h)
+}
+
+/// Mean cross-entropy of the supervised positions of `batch`, computed differentiably. Returns a scalar.
+pub fn loss(model: &Llava, batch: &Batch, vision_frozen: bool) -> Result<Tensor> {
+    let logits = logits(model, batch, vision_frozen)?;
     let (b, s, v) = logits.dims3()?;
     let picked = logits.reshape((b * s, v))?.index_select(&batch.positions, 0)?;
     Ok(candle_nn::loss::cross_entropy(&picked, &batch.targets)?)
@@ -111,12 +135,12 @@ mod tests {
         let samples: Vec<_> = (0..6).map(|_| training_sample(&world, [1.0; 5], &mut rng)).collect();
         let batch = make_batch(&samples, &tok, &images, 16, &Device::Cpu)?;
         let mut opt = candle_nn::AdamW::new_lr(t.varmap.all_vars(), 3e-3)?;
-        let first = loss(&t.model, &batch)?.to_scalar::<f32>()?;
+        let first = loss(&t.model, &batch, false)?.to_scalar::<f32>()?;
         for _ in 0..30 {
-            let l = loss(&t.model, &batch)?;
+            let l = loss(&t.model, &batch, false)?;
             opt.backward_step(&l)?;
         }
-        let last = loss(&t.model, &batch)?.to_scalar::<f32>()?;
+        let last = loss(&t.model, &batch, false)?.to_scalar::<f32>()?;
         assert!(first > 5.0 && last < first * 0.5, "loss {first} -> {last}");
         Ok(())
     }

@@ -1,0 +1,76 @@
+//! `unike eval-base`: greedy exact match of a world model per split (seen facts, unseen renderings, held-out
+//! paraphrases, text facts, captions) and how it answers facts it was never taught.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use unike_core::train::evaluate::{eval_base, FLOORS};
+use unike_core::train::save::TrainingRecord;
+use unike_core::world::World;
+
+use crate::device;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: device::ModelArgs,
+    /// Samples per split (text facts: all of them).
+    #[arg(long, default_value_t = 300)]
+    pub n: usize,
+    /// World seed (default: the seed in the model's training.json, else 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print `{"splits": {NAME: {"n", "exact_match", "token_accuracy"}}, "unknown_facts": {...}}`.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit non-zero when a split is below the default model's floor.
+    #[arg(long)]
+    pub check: bool,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    if args.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let loaded = args.model.load()?;
+    let seed = match args.seed {
+        Some(s) => s,
+        None => TrainingRecord::read(&loaded.dir)?.map_or(0, |r| r.recipe.seed),
+    };
+    let world = World::generate(seed);
+    let eos = loaded.ckpt.eos_token_ids()?;
+    let t0 = std::time::Instant::now();
+    let report = eval_base(&loaded.model, &loaded.processor, &eos, &world, args.n)?;
+    let secs = t0.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("model {} (world seed {seed}), {secs:.1} s", loaded.dir.display());
+        println!("{:<22} {:>5} {:>12} {:>15} {:>7}", "split", "n", "exact_match", "token_accuracy", "floor");
+        for (name, s) in &report.splits {
+            let floor = FLOORS.iter().find(|(f, _)| f == name).map_or("-".to_string(), |(_, v)| format!("{v:.2}"));
+            println!("{name:<22} {:>5} {:>12.3} {:>15.3} {floor:>7}", s.n, s.exact_match, s.token_accuracy);
+        }
+        let u = &report.unknown_facts;
+        println!(
+            "unknown_facts          {:>5} answered {:.3}, right {:.3}, mean first-token confidence {:.3}",
+            u.n, u.answered, u.exact_match, u.mean_confidence
+        );
+        for [q, truth, said] in &u.examples {
+            println!("  {q} -> {said:?} (world: {truth:?})");
+        }
+    }
+    if args.check {
+        let below: Vec<String> = FLOORS
+            .iter()
+            .filter_map(|(name, floor)| {
+                let s = report.splits.get(*name)?;
+                let best = if *name == "captions" { s.exact_match.max(s.token_accuracy) } else { s.exact_match };
+                (best < *floor).then(|| format!("{name} {best:.3} < {floor}"))
+            })
+            .collect();
+        if !below.is_empty() {
+            bail!("below the floor: {}", below.join(", "));
+        }
+    }
+    Ok(())
+}
