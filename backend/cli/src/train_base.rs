@@ -80,14 +80,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
         bar.set_message(format!("loss {:.4}", p.loss));
         if let Some(pt) = p.point {
             let metrics: Vec<String> = pt.metrics.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
-            bar.println(format!(
+            let line = format!(
                 "step {:>5} {:<6} {:>7.1}s loss {:.4} | {}",
                 pt.step,
                 pt.stage.name(),
                 pt.seconds,
                 pt.loss,
                 metrics.join(", ")
-            ));
+            );
+            // A hidden bar (stderr not a terminal, e.g. a log file) drops println: write the line ourselves.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
     };
     let trained = train_base(&recipe, &dev, &mut on_step).context("training failed")?;
