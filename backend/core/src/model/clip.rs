@@ -85,7 +85,8 @@ impl ClipLayer {
 /// CLIP ViT (`CLIPVisionModel.vision_model`).
 #[derive(Debug, Clone)]
 pub struct ClipVision {
-    /// Patch embedding as a matrix, `(3·p·p, d)` (the conv kernel flattened, transposed).
+    /// Patch embedding as a matrix, `(d, 3·p·p)` (the conv kernel flattened; a view of the weight, never a copy, so
+    /// training updates of the weight are seen).
     patch_weight: Tensor,
     class_embedding: Tensor,
     position_embedding: Tensor,
@@ -100,7 +101,7 @@ impl ClipVision {
         let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
         let emb = vb.pp("embeddings");
         let conv = emb.get((d, c, p, p), "patch_embedding.weight")?;
-        let patch_weight = conv.reshape((d, c * p * p))?.t()?.contiguous()?;
+        let patch_weight = conv.reshape((d, c * p * p))?;
         let class_embedding = emb.get(d, "class_embedding")?;
         let position_embedding = emb.get((cfg.num_positions(), d), "position_embedding.weight")?;
         let pre_layrnorm = LayerNorm::load(d, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?;
@@ -132,7 +133,7 @@ impl ClipVision {
             .reshape((b, c, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((b, g * g, c * p * p))?;
-        let patch_emb = patches.broadcast_matmul(&self.patch_weight)?;
+        let patch_emb = patches.broadcast_matmul(&self.patch_weight.t()?)?;
         let d = self.cfg.hidden_size;
         let cls = self.class_embedding.reshape((1, 1, d))?.expand((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &patch_emb], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;

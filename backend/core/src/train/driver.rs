@@ -270,3 +270,35 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
     }
     Ok(Trained { trainable: t, tokenizer: tok, config_json, recipe: recipe.clone(), curve })
 }
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+    use crate::train::vision::{vision_batch, vision_loss, VisionHeads};
+
+    #[test]
+    fn parallel_vision_steps_learn() -> Result<()> {
+        let world = World::generate(0);
+        let cfg = world_config_json(500, 32, 1, 32, 1);
+        let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
+        let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(Error::Invalid)?;
+        let heads = VisionHeads::new(32, 0, &Device::Cpu)?;
+        let mut rng = Rng::new(3);
+        let shards = vec![
+            vision_batch(&world, &images, Pool::Train, 8, 4, &mut rng, &Device::Cpu)?,
+            vision_batch(&world, &images, Pool::Train, 8, 4, &mut rng, &Device::Cpu)?,
+        ];
+        let mut vars = vars_of(&t, &["vision_tower."])?;
+        vars.extend(heads.vars());
+        let mut opt = optimiser(vars.clone(), 3e-3)?;
+        let mut losses = vec![];
+        for _ in 0..40 {
+            let (l, mut grads) = parallel_grads(2, &vars, |i| Ok(vision_loss(&t.model, &heads, &shards[i])?.loss))?;
+            clip_gradients(&mut grads, &vars, 1.0)?;
+            opt.step(&grads)?;
+            losses.push(l);
+        }
+        assert!(losses[39] < losses[0] * 0.5);
+        Ok(())
+    }
+}

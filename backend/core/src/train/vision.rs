@@ -194,3 +194,31 @@ mod tests {
         Ok(())
     }
 }
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+    use crate::train::{world_config_json, Trainable, WORLD_PREPROCESSOR};
+    use candle_nn::Optimizer;
+
+    #[test]
+    fn vision_loss_falls_on_a_fixed_batch() -> Result<()> {
+        let world = World::generate(0);
+        let cfg = world_config_json(500, 32, 1, 32, 1);
+        let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
+        let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(crate::Error::Invalid)?;
+        let heads = VisionHeads::new(32, 0, &Device::Cpu)?;
+        let mut rng = Rng::new(3);
+        let batch = vision_batch(&world, &images, Pool::Train, 16, 8, &mut rng, &Device::Cpu)?;
+        let mut vars = t.varmap.all_vars();
+        vars.extend(heads.vars());
+        let mut opt = candle_nn::AdamW::new_lr(vars, 3e-3)?;
+        let first = vision_loss(&t.model, &heads, &batch)?.loss.to_scalar::<f32>()?;
+        for _ in 0..40 {
+            let l = vision_loss(&t.model, &heads, &batch)?.loss;
+            opt.backward_step(&l)?;
+        }
+        let last = vision_loss(&t.model, &heads, &batch)?.loss.to_scalar::<f32>()?;
+        assert!(last < first * 0.5, "loss {first} -> {last}");
+        Ok(())
+    }
+}
