@@ -23,7 +23,6 @@ mod train_base;
 
 use clap::{Parser, Subcommand};
 
-
 #[derive(Parser)]
 #[command(name = "unike", version, about = "UniKE Studio: multimodal knowledge editing (answer, benchmark, serve)")]
 struct Cli {

@@ -36,9 +36,8 @@ pub fn training_curve(curve: &[CurvePoint], title: &str, path: &Path) -> Result<
     let root = root.titled(title, ("sans-serif", 22)).map_err(|e| err(&e))?;
     let (top, bottom) = root.split_vertically(330);
     let last = curve.last().map_or(1, |p| p.step) as f64;
-    let (lo, hi) = curve
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), p| (lo.min(p.loss), hi.max(p.loss)));
+    let (lo, hi) =
+        curve.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), p| (lo.min(p.loss), hi.max(p.loss)));
     let (lo, hi) = if lo.is_finite() { ((lo * 0.8).max(1e-4) as f64, (hi * 1.25) as f64) } else { (1e-3, 10.0) };
 
     let mut chart = ChartBuilder::on(&top)

@@ -101,7 +101,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     save::save(&trained, &args.out).with_context(|| format!("saving to {}", args.out.display()))?;
     let png = args.out.join("training_curve.png");
     let seconds = trained.curve.last().map_or(0.0, |p| p.seconds);
-    let title = format!("unike train-base --seed {} ({} steps, {:.1} min)", args.seed, recipe.total_steps(), seconds / 60.0);
+    let title =
+        format!("unike train-base --seed {} ({} steps, {:.1} min)", args.seed, recipe.total_steps(), seconds / 60.0);
     plot::training_curve(&trained.curve, &title, &png)?;
     println!("saved {} ({:.1} min); curve {}", args.out.display(), seconds / 60.0, png.display());
     Ok(())

@@ -184,3 +184,75 @@ fn gen_data_is_deterministic_and_loadable() -> Result<()> {
     let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }
+
+#[test]
+fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
+    let base = std::env::temp_dir().join(format!("unike-train-{}", std::process::id()));
+    let (a, b) = (base.join("a"), base.join("b"));
+    for d in [&a, &b] {
+        let out = unike().args(["train-base", "--recipe", "smoke", "--seed", "5", "--out"]).arg(d).output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for f in ["model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json"] {
+        assert_eq!(std::fs::read(a.join(f))?, std::fs::read(b.join(f))?, "{f} differs between runs");
+    }
+    let png = std::fs::read(a.join("training_curve.png"))?;
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // The saved directory is an llava-hf checkpoint: it loads, answers, and eval-base reports every split.
+    let ckpt = unike_core::model::Checkpoint::open(&a)?;
+    assert_eq!(ckpt.config.text.num_hidden_layers, 1);
+    let out = unike().args(["eval-base", "--n", "4", "--json", "--model"]).arg(&a).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    for split in ["facts_seen", "renderings_unseen", "paraphrases_heldout", "text_facts", "captions"] {
+        let s = &v["splits"][split];
+        let x = s["exact_match"].as_f64().context("exact_match")?;
+        assert!((0.0..=1.0).contains(&x) && s["n"].as_u64().unwrap_or(0) >= 4, "{split}: {s}");
+    }
+    assert_eq!(v["unknown_facts"]["n"], 4);
+    // A smoke model is far below the floors: --check must say so and fail.
+    let out = unike().args(["eval-base", "--n", "4", "--check", "--model"]).arg(&a).output()?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("below the floor"));
+    let out = unike().args(["train-base", "--recipe", "smoke", "--vision-steps", "0", "--align-steps", "0"]).args([
+        "--tune-steps",
+        "0",
+        "--out",
+    ]);
+    let out = out.arg(&base).output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
+
+/// The shipped default model (`models/default`) meets the quality floors of Substrate II.
+#[test]
+fn default_model_meets_the_floors() -> Result<()> {
+    let out = unike().args(["eval-base", "--model", "default", "--n", "100", "--json", "--check"]).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let unknown = &v["unknown_facts"];
+    // Facts it never learned get an answer (not silence), and a confident one.
+    assert!(unknown["answered"].as_f64().unwrap_or(0.0) >= 0.95, "{unknown}");
+    assert!(unknown["mean_confidence"].as_f64().unwrap_or(0.0) >= 0.5, "{unknown}");
+    Ok(())
+}
+
+#[test]
+fn default_model_answers_a_world_image() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("unike-default-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let world = unike_core::world::World::generate(0);
+    let e = 17;
+    let img = dir.join("entity.png");
+    world.render_entity(e, unike_core::world::Pool::Eval, 7).save(&img)?;
+    let out = unike()
+        .args(["answer", "--model", "default", "--question", "what is the name of this character?", "--image"])
+        .arg(&img)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), world.entities[e].name);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

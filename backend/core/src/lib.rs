@@ -8,6 +8,7 @@
 //! capture of hidden states. It loads real checkpoints in the llava-hf layout ([`model::Checkpoint`]).
 
 pub mod data;
+pub mod edit;
 pub mod error;
 pub mod hooks;
 pub mod model;

@@ -149,7 +149,8 @@ fn optimiser(vars: Vec<Var>, lr: f64) -> Result<AdamW> {
 /// Variables of the model whose names start with any of `prefixes`, in name order.
 fn vars_of(t: &Trainable, prefixes: &[&str]) -> Result<Vec<Var>> {
     let data = t.varmap.data().lock().map_err(|_| Error::Invalid("variable map poisoned".into()))?;
-    let mut named: Vec<(&String, &Var)> = data.iter().filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p))).collect();
+    let mut named: Vec<(&String, &Var)> =
+        data.iter().filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p))).collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     Ok(named.into_iter().map(|(_, v)| v.clone()).collect())
 }

@@ -189,7 +189,10 @@ mod tests {
         let p = quadrant_pool(4, &Device::Cpu)?.to_vec2::<f32>()?;
         // Top-left quadrant = patches 0, 1, 4, 5; bottom-right = 10, 11, 14, 15.
         assert_eq!(p[0].iter().enumerate().filter(|(_, &x)| x > 0.0).map(|(i, _)| i).collect::<Vec<_>>(), [0, 1, 4, 5]);
-        assert_eq!(p[3].iter().enumerate().filter(|(_, &x)| x > 0.0).map(|(i, _)| i).collect::<Vec<_>>(), [10, 11, 14, 15]);
+        assert_eq!(
+            p[3].iter().enumerate().filter(|(_, &x)| x > 0.0).map(|(i, _)| i).collect::<Vec<_>>(),
+            [10, 11, 14, 15]
+        );
         assert!(p.iter().all(|row| (row.iter().sum::<f32>() - 1.0).abs() < 1e-6));
         Ok(())
     }

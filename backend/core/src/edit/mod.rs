@@ -1,0 +1,41 @@
+//! Knowledge editing: the [`EditMethod`] capability, the [`Patch`] an edit produces, and the tokenized form of an edit
+//! that the methods optimise. One folder per method.
+
+pub mod hparams;
+pub mod patch;
+pub mod sequence;
+
+pub use patch::{Patch, PatchStack, Provenance};
+pub use sequence::EditSequence;
+
+use crate::error::Result;
+use crate::model::{Llava, Processor};
+
+/// What an edit method sees of the model: the base weights (never mutated), its processor, and the patches already
+/// applied (sequential editing optimises on top of them).
+pub struct EditContext<'a> {
+    pub model: &'a Llava,
+    pub processor: &'a Processor,
+    pub stack: &'a PatchStack,
+}
+
+/// An edit request: make the model answer `question` (about `image`, if any) with `target`.
+#[derive(Debug, Clone)]
+pub struct EditRequest {
+    pub question: String,
+    /// Pixel values `(1, 3, H, W)` of the edit image, already preprocessed.
+    pub image: Option<candle_core::Tensor>,
+    pub image_path: Option<String>,
+    pub target: String,
+    /// Seed of any randomness of the method.
+    pub seed: u64,
+}
+
+/// A knowledge-editing method: turns one request into a patch.
+pub trait EditMethod: Send + Sync {
+    /// The name the CLI uses (`ft`, `t-patcher`, `unike`, ...).
+    fn name(&self) -> &str;
+
+    /// Computes the patch of `request` on top of `ctx.stack`.
+    fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch>;
+}

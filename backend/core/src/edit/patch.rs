@@ -1,0 +1,283 @@
+//! Edits are data: a [`Patch`] is everything one edit added to the model (extra FFN neurons per layer, with the
+//! edit's provenance), and a [`PatchStack`] applies any number of them through hooks. Base weights are never mutated
+//! or copied, so stacking gives sequential editing, dropping any patch gives undo, and each user can own a stack.
+//! Patches round-trip through `NAME.safetensors` (tensors) + `NAME.json` (provenance and layout).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hooks::{ExtraNeurons, Hooks};
+use crate::model::config::Activation;
+
+/// Where an edit came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Method name as the CLI spells it (`t-patcher`, `unike`, ...).
+    pub method: String,
+    /// The method's hyper-parameters, as used.
+    pub hparams: serde_json::Value,
+    /// The edit: question and the target answer.
+    pub prompt: String,
+    pub target: String,
+    /// Image of the edit, if any (as given).
+    #[serde(default)]
+    pub image: Option<String>,
+    pub seed: u64,
+    /// Who made it (studio user), if known.
+    #[serde(default)]
+    pub author: Option<String>,
+}
+
+/// What one edit added.
+#[derive(Debug, Clone)]
+pub struct Patch {
+    pub provenance: Provenance,
+    /// Extra key-value neurons, by decoder layer.
+    pub neurons: BTreeMap<usize, ExtraNeurons>,
+}
+
+/// The JSON half of a saved patch.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchJson {
+    format: String,
+    provenance: Provenance,
+    /// Layer → activation name of its neurons.
+    neurons: BTreeMap<usize, String>,
+}
+
+const FORMAT: &str = "unike-patch/1";
+
+fn activation_name(a: Activation) -> &'static str {
+    match a {
+        Activation::QuickGelu => "quick_gelu",
+        Activation::Gelu => "gelu",
+        Activation::GeluTanh => "gelu_pytorch_tanh",
+        Activation::Silu => "silu",
+        Activation::Relu => "relu",
+    }
+}
+
+fn data_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Data { path: path.to_path_buf(), msg: msg.into() }
+}
+
+impl Patch {
+    /// A patch of extra neurons.
+    pub fn new(provenance: Provenance, neurons: BTreeMap<usize, ExtraNeurons>) -> Self {
+        Self { provenance, neurons }
+    }
+
+    /// The hooks that apply this patch alone.
+    pub fn hooks(&self) -> Hooks {
+        let mut h = Hooks::none();
+        for (&layer, n) in &self.neurons {
+            h.add_ffn(layer, Arc::new(n.clone()));
+        }
+        h
+    }
+
+    /// Number of extra parameters.
+    pub fn num_parameters(&self) -> usize {
+        self.neurons.values().map(|n| n.w_k.elem_count() + n.b_k.elem_count() + n.w_v.elem_count()).sum()
+    }
+
+    /// Writes `base.safetensors` and `base.json` (`base` is a path without extension).
+    pub fn save(&self, base: &Path) -> Result<()> {
+        let (st, js) = (base.with_extension("safetensors"), base.with_extension("json"));
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for (layer, n) in &self.neurons {
+            tensors.insert(format!("layers.{layer}.w_k"), n.w_k.clone());
+            tensors.insert(format!("layers.{layer}.b_k"), n.b_k.clone());
+            tensors.insert(format!("layers.{layer}.w_v"), n.w_v.clone());
+        }
+        candle_core::safetensors::save(&tensors, &st)?;
+        let json = PatchJson {
+            format: FORMAT.into(),
+            provenance: self.provenance.clone(),
+            neurons: self.neurons.iter().map(|(l, n)| (*l, activation_name(n.act).to_string())).collect(),
+        };
+        let text = serde_json::to_string_pretty(&json).map_err(|e| data_err(&js, e.to_string()))?;
+        std::fs::write(&js, text).map_err(|err| Error::Io { path: js.clone(), err })
+    }
+
+    /// Reads a patch written by [`Patch::save`].
+    pub fn load(base: &Path, device: &Device) -> Result<Self> {
+        let (st, js) = (base.with_extension("safetensors"), base.with_extension("json"));
+        let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
+        let json: PatchJson = serde_json::from_str(&text).map_err(|e| data_err(&js, e.to_string()))?;
+        if json.format != FORMAT {
+            return Err(data_err(&js, format!("format {:?} is not {FORMAT:?}", json.format)));
+        }
+        if !st.is_file() {
+            return Err(Error::Io { path: st.clone(), err: std::io::ErrorKind::NotFound.into() });
+        }
+        let mut tensors = candle_core::safetensors::load(&st, device)?;
+        let mut neurons = BTreeMap::new();
+        for (layer, act) in json.neurons {
+            let act = Activation::parse(&act).ok_or_else(|| data_err(&js, format!("unknown activation {act:?}")))?;
+            let mut take = |name: &str| {
+                let key = format!("layers.{layer}.{name}");
+                tensors.remove(&key).ok_or_else(|| data_err(&st, format!("missing tensor {key}")))
+            };
+            let (w_k, b_k, w_v) = (take("w_k")?, take("b_k")?, take("w_v")?);
+            neurons.insert(layer, ExtraNeurons::new(w_k, b_k, w_v, act)?);
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(data_err(&st, format!("unexpected tensor {extra}")));
+        }
+        Ok(Self { provenance: json.provenance, neurons })
+    }
+}
+
+/// An ordered stack of patches with stable ids: push, drop any one (undo), apply all through hooks.
+#[derive(Debug, Clone, Default)]
+pub struct PatchStack {
+    entries: Vec<(u64, Arc<Patch>)>,
+    next_id: u64,
+}
+
+impl PatchStack {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Pushes `patch` on top; returns its id.
+    pub fn push(&mut self, patch: Patch) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.entries.push((id, Arc::new(patch)));
+        id
+    }
+
+    /// Removes the patch with `id` from anywhere in the stack, returning it.
+    pub fn remove(&mut self, id: u64) -> Result<Arc<Patch>> {
+        let at = self
+            .entries
+            .iter()
+            .position(|(i, _)| *i == id)
+            .ok_or_else(|| Error::Invalid(format!("no patch with id {id} in the stack")))?;
+        Ok(self.entries.remove(at).1)
+    }
+
+    /// Removes the top patch.
+    pub fn pop(&mut self) -> Option<Arc<Patch>> {
+        self.entries.pop().map(|(_, p)| p)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Ids and patches, bottom first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Patch)> {
+        self.entries.iter().map(|(i, p)| (*i, p.as_ref()))
+    }
+
+    /// Hooks applying every patch, bottom first (their extra neurons add up).
+    pub fn hooks(&self) -> Hooks {
+        let mut h = Hooks::none();
+        for (_, p) in &self.entries {
+            h.extend(&p.hooks());
+        }
+        h
+    }
+
+    /// Saves every patch as `dir/NNNN` (bottom first).
+    pub fn save(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|err| Error::Io { path: dir.to_path_buf(), err })?;
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| {
+                let base = dir.join(format!("{i:04}"));
+                p.save(&base).map(|_| base)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn neurons(seed: f32, d: usize, n: usize) -> Result<ExtraNeurons> {
+        let dev = Device::Cpu;
+        let v = |k: usize, s: f32| (0..k).map(|i| ((i as f32 + s) * 0.37).sin()).collect::<Vec<f32>>();
+        ExtraNeurons::new(
+            Tensor::from_vec(v(d * n, seed), (d, n), &dev)?,
+            Tensor::from_vec(v(n, seed + 1.0), n, &dev)?,
+            Tensor::from_vec(v(n * d, seed + 2.0), (n, d), &dev)?,
+            Activation::Relu,
+        )
+    }
+
+    fn patch(seed: f32) -> Result<Patch> {
+        let prov = Provenance {
+            method: "t-patcher".into(),
+            hparams: serde_json::json!({"lr": 0.01}),
+            prompt: "who?".into(),
+            target: format!("x{seed}"),
+            image: None,
+            seed: 7,
+            author: Some("ana".into()),
+        };
+        Ok(Patch::new(prov, BTreeMap::from([(2, neurons(seed, 8, 3)?), (3, neurons(seed + 5.0, 8, 1)?)])))
+    }
+
+    #[test]
+    fn patches_round_trip_through_safetensors_and_json() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("unike-patch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|err| Error::Io { path: dir.clone(), err })?;
+        let p = patch(1.0)?;
+        p.save(&dir.join("p"))?;
+        let q = Patch::load(&dir.join("p"), &Device::Cpu)?;
+        assert_eq!(p.provenance, q.provenance);
+        assert_eq!(p.num_parameters(), q.num_parameters());
+        for (l, n) in &p.neurons {
+            let m = &q.neurons[l];
+            assert_eq!(n.w_k.to_vec2::<f32>()?, m.w_k.to_vec2::<f32>()?);
+            assert_eq!(n.b_k.to_vec1::<f32>()?, m.b_k.to_vec1::<f32>()?);
+            assert_eq!(n.w_v.to_vec2::<f32>()?, m.w_v.to_vec2::<f32>()?);
+            assert_eq!(n.act, m.act);
+        }
+        // A corrupted JSON half is a clear error naming the file.
+        std::fs::write(dir.join("bad.json"), "{\"format\": \"other\"}")
+            .map_err(|err| Error::Io { path: dir.clone(), err })?;
+        let e = Patch::load(&dir.join("bad"), &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("bad.json"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn stacks_add_up_and_any_patch_can_be_dropped() -> Result<()> {
+        let mut stack = PatchStack::new();
+        assert!(stack.hooks().is_empty());
+        let a = stack.push(patch(1.0)?);
+        let b = stack.push(patch(2.0)?);
+        let c = stack.push(patch(3.0)?);
+        assert_eq!(stack.len(), 3);
+        assert_eq!(stack.hooks().layer(2).map(|l| l.ffn.len()), Some(3));
+        // Undo from the middle keeps the others, in order.
+        let removed = stack.remove(b)?;
+        assert_eq!(removed.provenance.target, "x2");
+        assert_eq!(stack.iter().map(|(id, _)| id).collect::<Vec<_>>(), [a, c]);
+        assert_eq!(stack.hooks().layer(3).map(|l| l.ffn.len()), Some(2));
+        assert!(stack.remove(b).is_err());
+        // Ids are never reused.
+        let d = stack.push(patch(4.0)?);
+        assert!(d > c);
+        assert_eq!(stack.pop().map(|p| p.provenance.target.clone()), Some("x4".into()));
+        Ok(())
+    }
+}

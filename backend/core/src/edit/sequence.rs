@@ -1,0 +1,70 @@
+//! The tokenized form of a question and an answer, as edit methods optimise and metrics score it: the prompt in the
+//! model's template (image tokens expanded), then the answer tokens and end of sequence, teacher-forced.
+
+use candle_core::{Device, Tensor, D};
+
+use crate::error::{Error, Result};
+use crate::hooks::{Capture, Hooks};
+use crate::model::processor::IMAGE_TOKEN;
+use crate::model::{kernels, Llava, Processor};
+
+/// A prompt followed by a supervised answer.
+#[derive(Debug, Clone)]
+pub struct EditSequence {
+    /// Prompt ids then answer ids then the end-of-sequence id.
+    pub ids: Vec<u32>,
+    /// Number of prompt ids.
+    pub prompt_len: usize,
+    /// `(1, 3, H, W)` pixel values, when the prompt has an image.
+    pub pixels: Option<Tensor>,
+}
+
+impl EditSequence {
+    /// Tokenizes `question` (in the template, with the image placeholder only when `pixels` is given) and `answer`.
+    pub fn new(processor: &Processor, question: &str, pixels: Option<&Tensor>, answer: &str, eos: u32) -> Result<Self> {
+        if answer.trim().is_empty() {
+            return Err(Error::Invalid("the target answer is empty".into()));
+        }
+        let full = processor.apply_template(question);
+        let prompt = match pixels {
+            Some(_) => full,
+            None => full.replace(&format!("{IMAGE_TOKEN}\n"), "").replace(IMAGE_TOKEN, ""),
+        };
+        let mut ids = processor.encode(&prompt, usize::from(pixels.is_some()))?;
+        let prompt_len = ids.len();
+        ids.extend(processor.encode_plain(answer.trim())?);
+        ids.push(eos);
+        Ok(Self { ids, prompt_len, pixels: pixels.cloned() })
+    }
+
+    /// Supervised targets: the answer ids and end of sequence.
+    pub fn targets(&self) -> &[u32] {
+        &self.ids[self.prompt_len..]
+    }
+
+    /// Logits `(n_targets, vocab)` f32 at the positions predicting each target, with `hooks` applied. Inside a
+    /// [`kernels::differentiable`] scope this is differentiable with respect to hook parameters.
+    pub fn target_logits(&self, model: &Llava, hooks: &Hooks) -> Result<Tensor> {
+        let device = model.device();
+        let input = Tensor::new(self.ids.as_slice(), device)?.unsqueeze(0)?;
+        let feats = self.pixels.as_ref().map(|p| model.image_features(p)).transpose()?;
+        let embeds = model.embed_inputs(&input, feats.as_ref())?;
+        let h = model.forward_embeds(&embeds, 0, None, hooks, &mut Capture::none())?;
+        let n = self.ids.len() - self.prompt_len;
+        let picked = h.narrow(1, self.prompt_len - 1, n)?;
+        Ok(model.logits(&picked)?.squeeze(0)?)
+    }
+
+    /// Mean cross-entropy of the answer under `hooks`, differentiable (scalar).
+    pub fn loss(&self, model: &Llava, hooks: &Hooks) -> Result<Tensor> {
+        let _scope = kernels::differentiable();
+        let logits = self.target_logits(model, hooks)?;
+        let targets = Tensor::new(self.targets(), &Device::Cpu)?.to_device(logits.device())?;
+        Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+    }
+
+    /// Argmax token at each target position under `hooks` (teacher-forced), `n_targets` ids.
+    pub fn argmax(&self, model: &Llava, hooks: &Hooks) -> Result<Vec<u32>> {
+        Ok(self.target_logits(model, hooks)?.argmax(D::Minus1)?.to_vec1::<u32>()?)
+    }
+}
