@@ -116,9 +116,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
 
-    // A synthetic image at the tower's resolution (a gradient with a square), so no file is needed.
+    // A synthetic image at the tower's resolution (a gradient with a square), so no file is needed; a little wider
+    // when the processor resizes, so resizing is part of the measured path.
     let s = model.config().vision.image_size as u32;
-    let img = image::RgbImage::from_fn(s + 7, s, |x, y| {
+    let extra = if processor.image_processor().resize.is_some() { 7 } else { 0 };
+    let img = image::RgbImage::from_fn(s + extra, s, |x, y| {
         let inside = x > s / 4 && x < 3 * s / 4 && y > s / 4 && y < 3 * s / 4;
         image::Rgb([(x * 255 / s) as u8, (y * 255 / s) as u8, if inside { 230 } else { 20 }])
     });

@@ -2,8 +2,10 @@
 //! that the methods optimise. One folder per method.
 
 pub mod hparams;
+pub mod neurons;
 pub mod patch;
 pub mod sequence;
+pub mod t_patcher;
 
 pub use patch::{Patch, PatchStack, Provenance};
 pub use sequence::EditSequence;

@@ -285,7 +285,7 @@ mod step_tests {
         let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(Error::Invalid)?;
         let heads = VisionHeads::new(32, 0, &Device::Cpu)?;
         let mut rng = Rng::new(3);
-        let shards = vec![
+        let shards = [
             vision_batch(&world, &images, Pool::Train, 8, 4, &mut rng, &Device::Cpu)?,
             vision_batch(&world, &images, Pool::Train, 8, 4, &mut rng, &Device::Cpu)?,
         ];

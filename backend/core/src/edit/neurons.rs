@@ -1,0 +1,186 @@
+//! Training extra FFN key-value neurons on one edit (T-Patcher, Huang et al. 2023; UniKE's intrinsic editing, §3.1):
+//! the new neurons must make the model answer the target (cross-entropy), fire on the edit's positions (activation
+//! above a margin) and stay silent on unrelated inputs (pre-activation below minus a margin on a memory of other
+//! questions). The layers below the first edited one are frozen, so they run once per edit; only the edited layers
+//! run at each optimisation step.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor, Var, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use serde::{Deserialize, Serialize};
+
+use super::{EditContext, EditSequence};
+use crate::error::{Error, Result};
+use crate::hooks::{Capture, CapturePoint, ExtraNeurons};
+use crate::model::config::Activation;
+use crate::model::kernels;
+use crate::world::rng::Rng;
+
+/// Hyper-parameters of neuron training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeuronParams {
+    /// Patch the FFN of the last `last_layers` decoder layers.
+    pub last_layers: usize,
+    /// New neurons per patched layer.
+    pub neurons: usize,
+    /// Optimisation steps at most (stops early once the target is the argmax everywhere and the margins hold).
+    pub steps: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Pre-activation the neurons should reach on the edit positions.
+    pub edit_margin: f32,
+    /// Pre-activation the neurons should stay below, negated, on unrelated inputs.
+    pub memory_margin: f32,
+    /// Weights of the activation and memory terms.
+    pub edit_weight: f32,
+    pub memory_weight: f32,
+}
+
+/// FFN inputs of unrelated questions at each patched layer, `(m, d)`: T-Patcher's memory, under the current stack.
+pub fn memory_queries(
+    ctx: &EditContext<'_>,
+    memory: &[EditSequence],
+    layers: &[usize],
+) -> Result<BTreeMap<usize, Tensor>> {
+    let hooks = ctx.stack.hooks();
+    let mut rows: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
+    for seq in memory {
+        let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::FfnInput);
+        let input = Tensor::new(seq.ids.as_slice(), ctx.model.device())?.unsqueeze(0)?;
+        let feats = seq.pixels.as_ref().map(|p| ctx.model.image_features(p)).transpose()?;
+        let embeds = ctx.model.embed_inputs(&input, feats.as_ref())?;
+        ctx.model.forward_embeds(&embeds, 0, None, &hooks, &mut cap)?;
+        for &l in layers {
+            let q =
+                cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid(format!("layer {l} not captured")))?;
+            rows.entry(l).or_default().push(q.squeeze(0)?.to_dtype(DType::F32)?);
+        }
+    }
+    rows.into_iter().map(|(l, r)| Ok((l, Tensor::cat(&r, 0)?))).collect()
+}
+
+/// Trains the neurons of one edit. `memory` maps each patched layer to its unrelated queries (see
+/// [`memory_queries`]); `value_shift`, if given, is added to every layer's values (UniKE's `β·ζ'`, `(d)`).
+pub fn train_neurons(
+    ctx: &EditContext<'_>,
+    seq: &EditSequence,
+    memory: &BTreeMap<usize, Tensor>,
+    params: &NeuronParams,
+    seed: u64,
+) -> Result<BTreeMap<usize, ExtraNeurons>> {
+    let model = ctx.model;
+    let n_layers = model.text().num_layers();
+    if params.last_layers == 0 || params.last_layers > n_layers || params.neurons == 0 {
+        return Err(Error::Invalid(format!(
+            "neuron training needs 1..={n_layers} layers and at least one neuron (got {} layers, {} neurons)",
+            params.last_layers, params.neurons
+        )));
+    }
+    let first = n_layers - params.last_layers;
+    let layers: Vec<usize> = (first..n_layers).collect();
+    let device = model.device();
+    let base = ctx.stack.hooks();
+
+    // Run the frozen part once: the input of the first patched layer and the FFN inputs at the edit positions.
+    let input = Tensor::new(seq.ids.as_slice(), device)?.unsqueeze(0)?;
+    let feats = seq.pixels.as_ref().map(|p| model.image_features(p)).transpose()?;
+    let embeds = model.embed_inputs(&input, feats.as_ref())?;
+    let mut cap = Capture::of(
+        std::iter::once((first, CapturePoint::LayerInput)).chain(layers.iter().map(|&l| (l, CapturePoint::FfnInput))),
+    );
+    model.forward_embeds(&embeds, 0, None, &base, &mut cap)?;
+    let x0 = cap
+        .get(first, CapturePoint::LayerInput)
+        .ok_or_else(|| Error::Invalid("layer input not captured".into()))?
+        .detach();
+    let n_t = seq.targets().len();
+    let targets = Tensor::new(seq.targets(), device)?;
+
+    // Initialise: keys along the mean edit query, biases so the edit reaches the margin, values zero.
+    let mut rng = Rng::derive(seed, "neurons", 0);
+    let mut vars: BTreeMap<usize, (Var, Var, Var)> = BTreeMap::new();
+    for &l in &layers {
+        let q = cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid("ffn input not captured".into()))?;
+        let q = q.narrow(1, seq.prompt_len - 1, n_t)?.squeeze(0)?.to_dtype(DType::F32)?.mean(0)?;
+        let d = q.dim(0)?;
+        let dir = (&q / q.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?.max(1e-6) as f64)?;
+        let mut keys = Vec::with_capacity(params.neurons);
+        for j in 0..params.neurons {
+            let noise: Vec<f32> = (0..d).map(|_| if j == 0 { 0.0 } else { 0.01 * rng.normal() }).collect();
+            keys.push((&dir + Tensor::from_vec(noise, d, device)?)?);
+        }
+        let w_k = Tensor::stack(&keys, 1)?; // (d, n)
+        let b_k = (q.unsqueeze(0)?.matmul(&w_k)?.squeeze(0)?.affine(-1.0, params.edit_margin as f64))?;
+        let w_v = Tensor::zeros((params.neurons, d), DType::F32, device)?;
+        vars.insert(l, (Var::from_tensor(&w_k)?, Var::from_tensor(&b_k)?, Var::from_tensor(&w_v)?));
+    }
+    let all: Vec<Var> = vars.values().flat_map(|(a, b, c)| [a.clone(), b.clone(), c.clone()]).collect();
+    let mut opt = AdamW::new(all, ParamsAdamW { lr: params.lr, weight_decay: 0.0, ..Default::default() })?;
+    let neurons_of = |vars: &BTreeMap<usize, (Var, Var, Var)>| -> Result<BTreeMap<usize, ExtraNeurons>> {
+        vars.iter()
+            .map(|(&l, (k, b, v))| {
+                let n = ExtraNeurons::new(
+                    k.as_tensor().clone(),
+                    b.as_tensor().clone(),
+                    v.as_tensor().clone(),
+                    Activation::Relu,
+                )?;
+                Ok((l, n))
+            })
+            .collect()
+    };
+
+    for _ in 0..params.steps {
+        let neurons = neurons_of(&vars)?;
+        let mut hooks = base.clone();
+        for (&l, n) in &neurons {
+            hooks.add_ffn(l, std::sync::Arc::new(n.clone()));
+        }
+        let _scope = kernels::differentiable();
+        let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::FfnInput);
+        let h = model.text().forward_layers(&x0, 0, first..n_layers, None, &hooks, &mut cap)?;
+        let h = model.text().final_norm(&h.narrow(1, seq.prompt_len - 1, n_t)?)?;
+        let logits = model.logits(&h)?.squeeze(0)?;
+        let ce = candle_nn::loss::cross_entropy(&logits, &targets)?;
+        let correct = logits.argmax(D::Minus1)?.to_vec1::<u32>()? == seq.targets();
+        let (mut act_loss, mut mem_loss) =
+            (Tensor::zeros((), DType::F32, device)?, Tensor::zeros((), DType::F32, device)?);
+        let mut margins_hold = true;
+        for (&l, n) in &neurons {
+            let q =
+                cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid("ffn input not captured".into()))?;
+            let q = q.narrow(1, seq.prompt_len - 1, n_t)?.squeeze(0)?.to_dtype(DType::F32)?;
+            let pre = q.matmul(&n.w_k)?.broadcast_add(&n.b_k)?;
+            let a = pre.affine(-1.0, params.edit_margin as f64)?.relu()?.mean_all()?;
+            margins_hold &= a.to_scalar::<f32>()? <= 0.0;
+            act_loss = (act_loss + a)?;
+            if let Some(m) = memory.get(&l) {
+                let pre = m.matmul(&n.w_k)?.broadcast_add(&n.b_k)?;
+                let a = pre.affine(1.0, params.memory_margin as f64)?.relu()?.mean_all()?;
+                margins_hold &= a.to_scalar::<f32>()? <= 0.0;
+                mem_loss = (mem_loss + a)?;
+            }
+        }
+        if correct && margins_hold {
+            break;
+        }
+        let loss = ((ce + (act_loss * params.edit_weight as f64)?)? + (mem_loss * params.memory_weight as f64)?)?;
+        opt.backward_step(&loss)?;
+    }
+    // Detach the trained values from the optimiser's graph.
+    vars.iter()
+        .map(|(&l, (k, b, v))| {
+            Ok((
+                l,
+                ExtraNeurons::new(
+                    k.as_tensor().detach(),
+                    b.as_tensor().detach(),
+                    v.as_tensor().detach(),
+                    Activation::Relu,
+                )?,
+            ))
+        })
+        .collect()
+}
