@@ -103,9 +103,15 @@ pub fn train_neurons(
     let mut vars: BTreeMap<usize, (Var, Var, Var)> = BTreeMap::new();
     for &l in &layers {
         let q = cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid("ffn input not captured".into()))?;
-        let q = q.narrow(1, seq.prompt_len - 1, n_t)?.squeeze(0)?.to_dtype(DType::F32)?.mean(0)?;
+        let q = q.narrow(1, seq.prompt_len - 1, 1)?.squeeze(0)?.to_dtype(DType::F32)?.mean(0)?;
         let d = q.dim(0)?;
-        let dir = (&q / q.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?.max(1e-6) as f64)?;
+        // Hidden states share a large common component: point the key away from the memory's mean, so the neuron
+        // tells the edit apart from unrelated inputs from the first step.
+        let centred = match memory.get(&l) {
+            Some(m) if m.dim(0)? > 0 => (&q - m.mean(0)?)?,
+            _ => q.clone(),
+        };
+        let dir = (&centred / centred.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?.max(1e-6) as f64)?;
         let mut keys = Vec::with_capacity(params.neurons);
         for j in 0..params.neurons {
             let noise: Vec<f32> = (0..d).map(|_| if j == 0 { 0.0 } else { 0.01 * rng.normal() }).collect();
@@ -152,7 +158,9 @@ pub fn train_neurons(
             let q =
                 cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid("ffn input not captured".into()))?;
             let q = q.narrow(1, seq.prompt_len - 1, n_t)?.squeeze(0)?.to_dtype(DType::F32)?;
-            let pre = q.matmul(&n.w_k)?.broadcast_add(&n.b_k)?;
+            // The activation term holds at the first answer position (the last prompt token), where the mistake is
+            // made; cross-entropy decides whether the neurons should also fire later in the answer.
+            let pre = q.narrow(0, 0, 1)?.matmul(&n.w_k)?.broadcast_add(&n.b_k)?;
             let a = pre.affine(-1.0, params.edit_margin as f64)?.relu()?.mean_all()?;
             margins_hold &= a.to_scalar::<f32>()? <= 0.0;
             act_loss = (act_loss + a)?;

@@ -70,6 +70,17 @@ pub struct Answered {
 
 /// Greedy answer to `sample` through the checkpoint's own processor and template.
 pub fn answer(model: &Llava, processor: &Processor, eos: &[u32], sample: &Sample) -> Result<Answered> {
+    answer_with(model, processor, eos, sample, &Hooks::none())
+}
+
+/// Greedy answer to `sample` with `hooks` applied (an edited model).
+pub fn answer_with(
+    model: &Llava,
+    processor: &Processor,
+    eos: &[u32],
+    sample: &Sample,
+    hooks: &Hooks,
+) -> Result<Answered> {
     let device = model.device();
     let full = processor.apply_template(&sample.question);
     let (prompt, pixels) = match &sample.image {
@@ -78,7 +89,7 @@ pub fn answer(model: &Llava, processor: &Processor, eos: &[u32], sample: &Sample
     };
     let ids = processor.encode(&prompt, usize::from(pixels.is_some()))?;
     let opts = GenerateOptions { max_new_tokens: 24, eos_token_ids: eos.to_vec() };
-    let gen = model.generate(&ids, pixels.as_ref(), &Hooks::none(), &opts)?;
+    let gen = model.generate(&ids, pixels.as_ref(), hooks, &opts)?;
     let logits = &gen.first_logits;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let z: f32 = logits.iter().map(|l| (l - max).exp()).sum();
