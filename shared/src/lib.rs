@@ -2,9 +2,11 @@
 //!
 //! This crate holds data only: serde types and route constants. It builds for `wasm32-unknown-unknown` and native.
 
+pub mod bench;
 pub mod error;
 pub mod model;
 pub mod routes;
 
+pub use bench::{BenchReport, BenchResult, MetricSet, Timing};
 pub use error::ApiError;
 pub use model::{HealthResponse, ModelInfo};

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! unike answer --model <DIR|default> --image <PATH> (--prompt <RAW> | --question <TEXT>) [--max-new-tokens N] [--json]
+//! unike bench [--methods a,b] [--task vqa|caption|cross] [--mode one-step|sequential] [--k K] [--n N] [--seed S]
+//!             [--data DIR] [--json]
 //! unike bench-model [--model <DIR|default>] [--iters N] [--json]
 //! unike gen-data [--seed S] --out DIR
 //! unike serve [--addr 127.0.0.1:8080] [--model <DIR|default>] [--dist DIR]
@@ -13,6 +15,7 @@
 
 mod answer;
 mod bench;
+mod bench_edit;
 mod device;
 mod eval_base;
 mod gen_data;
@@ -34,6 +37,8 @@ struct Cli {
 enum Command {
     /// Answer a question about an image with a model (greedy decoding).
     Answer(answer::AnswerArgs),
+    /// Benchmark edit methods (MMEdit / VLKEB protocol): one-step, sequential or cross-task.
+    Bench(bench_edit::BenchArgs),
     /// Benchmark the model path: forward tokens/s, greedy answer latency, peak memory.
     BenchModel(bench::BenchArgs),
     /// Write the synthetic world's edit sets (MMEdit E-VQA / E-IC JSON with VLKEB port_new, PNG images).
@@ -64,6 +69,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Answer(a) => answer::run(a),
+        Command::Bench(a) => bench_edit::run(a),
         Command::BenchModel(a) => bench::run(a),
         Command::GenData(a) => gen_data::run(a),
         Command::Serve(a) => serve::run(a),

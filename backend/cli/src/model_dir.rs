@@ -1,8 +1,7 @@
 //! Resolves `--model <DIR|default>`.
 //!
 //! `default` is the project's shipped model: `models/default` in the repository (found from the working directory
-//! or from the binary's location, `target/<profile>/unike`), or `$UNIKE_DEFAULT_MODEL`. Until the default model
-//! ships (Substrate II), `default` falls back to the tiny parity fixture `tests/fixtures/tiny-llava`.
+//! or from the binary's location, `target/<profile>/unike`), or `$UNIKE_DEFAULT_MODEL`.
 
 use std::path::{Path, PathBuf};
 
@@ -21,11 +20,9 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     for root in roots() {
-        for rel in ["models/default", "tests/fixtures/tiny-llava"] {
-            let p = root.join(rel);
-            if p.join("config.json").is_file() {
-                return Ok(p);
-            }
+        let p = root.join("models/default");
+        if p.join("config.json").is_file() {
+            return Ok(p);
         }
     }
     bail!("cannot find the default model (models/default) from here; run from the repository or pass --model DIR")
@@ -38,4 +35,11 @@ fn roots() -> Vec<PathBuf> {
         out.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
     }
     out
+}
+
+/// The repository root (where `hparams/` and `models/` live): the first of the working directory and the binary's
+/// ancestors that has `hparams/`, else the working directory.
+pub fn repo_root() -> PathBuf {
+    let roots = roots();
+    roots.iter().find(|r| r.join("hparams").is_dir()).cloned().unwrap_or_else(|| roots[0].clone())
 }

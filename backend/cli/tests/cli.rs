@@ -252,3 +252,69 @@ fn default_model_answers_a_world_image() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn bench_edits_the_default_model_deterministically() -> Result<()> {
+    let base = std::env::temp_dir().join(format!("unike-bench-{}", std::process::id()));
+    let data = base.join("world");
+    let out = unike().args(["gen-data", "--seed", "0", "--out"]).arg(&data).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bench = |extra: &[&str]| -> Result<Value> {
+        let out = unike()
+            .args(["bench", "--methods", "t-patcher", "--n", "6", "--memory", "16", "--json", "--data"])
+            .arg(&data)
+            .args(extra)
+            .output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let a = bench(&[])?;
+    let r = &a["results"][0];
+    assert_eq!(
+        (r["method"].as_str(), r["mode"].as_str(), r["k"].as_u64(), r["n"].as_u64()),
+        (Some("t-patcher"), Some("one-step"), Some(1), Some(6))
+    );
+    for key in ["reliability", "t_generality", "m_generality", "t_locality", "m_locality", "portability"] {
+        let v = r["metrics"][key].as_f64().context(key)?;
+        assert!((0.0..=100.0).contains(&v), "{key} {v}");
+        assert!(r["exact_match"][key].as_f64().is_some(), "{key}");
+    }
+    // T-Patcher makes the edits: reliability is high on the default model.
+    assert!(r["metrics"]["reliability"].as_f64().unwrap_or(0.0) >= 80.0, "{r}");
+    assert!(r["timing"]["edit_ms_median"].as_f64().unwrap_or(0.0) > 0.0);
+    // Same seed, same numbers.
+    let b = bench(&[])?;
+    assert_eq!(a["results"][0]["metrics"], b["results"][0]["metrics"]);
+    assert_eq!(a["results"][0]["exact_match"], b["results"][0]["exact_match"]);
+    let s = bench(&["--mode", "sequential", "--k", "3"])?;
+    assert_eq!((s["results"][0]["mode"].as_str(), s["results"][0]["k"].as_u64()), (Some("sequential"), Some(3)));
+
+    // Bad input: one line, exit 1.
+    let bad = base.join("bad");
+    std::fs::create_dir_all(&bad)?;
+    std::fs::write(bad.join("vqa_eval.json"), "{not json")?;
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--methods", "rome"], "unknown method \"rome\""),
+        (vec!["--methods", "mend"], "not implemented yet"),
+        (vec!["--data", "/no/such/dir"], "is not a directory"),
+        (vec!["--data", bad.to_str().context("utf-8 path")?], "vqa_eval.json"),
+        (vec!["--n", "0"], "--n must be at least 1"),
+    ];
+    for (args, needle) in cases {
+        let mut cmd = unike();
+        cmd.arg("bench");
+        if !args.contains(&"--n") {
+            cmd.args(["--n", "2"]);
+        }
+        if !args.contains(&"--data") {
+            cmd.arg("--data").arg(&data);
+        }
+        let out = cmd.args(&args).output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}

@@ -10,6 +10,7 @@
 pub mod data;
 pub mod edit;
 pub mod error;
+pub mod eval;
 pub mod hooks;
 pub mod model;
 pub mod train;

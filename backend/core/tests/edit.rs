@@ -117,7 +117,7 @@ fn bad_edit_requests_are_clear_errors() -> Result<()> {
     let e = method.edit(&ctx, &req).err().context("empty target accepted")?;
     assert!(e.to_string().contains("target answer is empty"), "{e}");
     let mut params = TPatcherParams::default();
-    params.neurons.last_layers = 99;
+    params.0.last_layers = 99;
     let method = TPatcher::new(params, vec![], f.eos[0]);
     let req = EditRequest { target: "lebel".into(), ..req };
     let e = method.edit(&ctx, &req).err().context("99 layers accepted")?;

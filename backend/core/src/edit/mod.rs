@@ -4,6 +4,7 @@
 pub mod hparams;
 pub mod neurons;
 pub mod patch;
+pub mod registry;
 pub mod sequence;
 pub mod t_patcher;
 

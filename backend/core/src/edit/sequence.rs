@@ -63,6 +63,13 @@ impl EditSequence {
         Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
     }
 
+    /// Greedy answer to the prompt alone (the answer part of `ids` is ignored) under `hooks`, decoded and trimmed.
+    pub fn greedy(&self, model: &Llava, processor: &Processor, hooks: &Hooks, eos: &[u32]) -> Result<String> {
+        let opts = crate::model::GenerateOptions { max_new_tokens: 24, eos_token_ids: eos.to_vec() };
+        let gen = model.generate(&self.ids[..self.prompt_len], self.pixels.as_ref(), hooks, &opts)?;
+        Ok(processor.decode(&gen.tokens)?.trim().to_string())
+    }
+
     /// Argmax token at each target position under `hooks` (teacher-forced), `n_targets` ids.
     pub fn argmax(&self, model: &Llava, hooks: &Hooks) -> Result<Vec<u32>> {
         Ok(self.target_logits(model, hooks)?.argmax(D::Minus1)?.to_vec1::<u32>()?)

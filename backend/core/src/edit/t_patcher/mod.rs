@@ -3,6 +3,7 @@
 //! the edit with an activation term (fire on the edit) and a memory term (stay silent on unrelated questions).
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -13,26 +14,21 @@ use crate::error::{Error, Result};
 
 /// Hyper-parameters (`hparams/t-patcher/<model>.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TPatcherParams {
-    #[serde(flatten)]
-    pub neurons: NeuronParams,
-}
+#[serde(transparent)]
+pub struct TPatcherParams(pub NeuronParams);
 
 impl Default for TPatcherParams {
     fn default() -> Self {
-        Self {
-            neurons: NeuronParams {
-                last_layers: 1,
-                neurons: 1,
-                steps: 60,
-                lr: 0.05,
-                edit_margin: 2.0,
-                memory_margin: 0.5,
-                edit_weight: 1.0,
-                memory_weight: 1.0,
-            },
-        }
+        Self(NeuronParams {
+            last_layers: 1,
+            neurons: 1,
+            steps: 60,
+            lr: 0.05,
+            edit_margin: 2.0,
+            memory_margin: 0.5,
+            edit_weight: 1.0,
+            memory_weight: 1.0,
+        })
     }
 }
 
@@ -41,11 +37,13 @@ pub struct TPatcher {
     pub params: TPatcherParams,
     pub memory: Vec<EditSequence>,
     pub eos: u32,
+    /// Memory queries on the unedited model (an empty stack), computed once.
+    unedited: OnceLock<BTreeMap<usize, Tensor>>,
 }
 
 impl TPatcher {
     pub fn new(params: TPatcherParams, memory: Vec<EditSequence>, eos: u32) -> Self {
-        Self { params, memory, eos }
+        Self { params, memory, eos, unedited: OnceLock::new() }
     }
 }
 
@@ -58,9 +56,23 @@ impl EditMethod for TPatcher {
         let seq =
             EditSequence::new(ctx.processor, &request.question, request.image.as_ref(), &request.target, self.eos)?;
         let n = ctx.model.text().num_layers();
-        let layers: Vec<usize> = (n.saturating_sub(self.params.neurons.last_layers)..n).collect();
-        let memory: BTreeMap<usize, Tensor> = memory_queries(ctx, &self.memory, &layers)?;
-        let neurons = train_neurons(ctx, &seq, &memory, &self.params.neurons, request.seed)?;
+        let layers: Vec<usize> = (n.saturating_sub(self.params.0.last_layers)..n).collect();
+        // On the unedited model the memory's queries never change: compute them once. Under a stack they depend on
+        // the patches below, so they are recomputed.
+        let fresh;
+        let memory = if ctx.stack.is_empty() {
+            match self.unedited.get() {
+                Some(m) => m,
+                None => {
+                    let m = memory_queries(ctx, &self.memory, &layers)?;
+                    self.unedited.get_or_init(|| m)
+                }
+            }
+        } else {
+            fresh = memory_queries(ctx, &self.memory, &layers)?;
+            &fresh
+        };
+        let neurons = train_neurons(ctx, &seq, memory, &self.params.0, request.seed)?;
         let hparams = serde_json::to_value(&self.params).map_err(|e| Error::Invalid(e.to_string()))?;
         let provenance = Provenance {
             method: self.name().into(),

@@ -1,0 +1,202 @@
+//! `unike bench`: edit methods on MMEdit / VLKEB-format data (by default the synthetic world's eval split), one-step,
+//! sequential or cross-task, with the protocol's metrics.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use unike_core::data::{load_cases, EditCase, Task};
+use unike_core::edit::registry::{self, MethodInputs};
+use unike_core::edit::EditSequence;
+use unike_core::eval::{self, Evaluator, Mode, PreparedCase};
+use unike_core::world::{export, World};
+use unike_shared::{BenchReport, BenchResult, MetricSet};
+
+use crate::device;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TaskArg {
+    Vqa,
+    Caption,
+    /// Sequences mixing VQA and caption edits half and half (cross-task editing).
+    Cross,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    OneStep,
+    Sequential,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: device::ModelArgs,
+    /// Comma-separated methods (ft, ke, t-patcher, mend, ike, serac, unike).
+    #[arg(long, default_value = "t-patcher", value_delimiter = ',')]
+    pub methods: Vec<String>,
+    #[arg(long, value_enum, default_value = "vqa")]
+    pub task: TaskArg,
+    #[arg(long, value_enum, default_value = "one-step")]
+    pub mode: ModeArg,
+    /// Edits per sequence in sequential mode (cross-task: always 10, 5 + 5).
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Edit cases to evaluate.
+    #[arg(long, default_value_t = 100)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Directory with `vqa_{train,eval}.json` / `caption_{train,eval}.json` (MMEdit / VLKEB format; images relative to
+    /// it). Default: the synthetic world of `--seed`, generated once into the system's temporary directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Training-split questions given to methods that keep a memory of unrelated inputs (T-Patcher).
+    #[arg(long, default_value_t = 64)]
+    pub memory: usize,
+    /// Print one JSON object instead of the Markdown table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn world_data(seed: u64) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("unike-world-{seed}"));
+    if !dir.join("vqa_eval.json").is_file() || !dir.join("caption_eval.json").is_file() {
+        eprintln!("generating the world's edit sets (seed {seed}) into {}", dir.display());
+        export::write(&World::generate(seed), &dir)?;
+    }
+    Ok(dir)
+}
+
+fn cases(dir: &Path, task: Task, split: &str, n: usize) -> Result<Vec<EditCase>> {
+    let name = match task {
+        Task::Vqa => "vqa",
+        Task::Caption => "caption",
+    };
+    let path = dir.join(format!("{name}_{split}.json"));
+    if !path.is_file() {
+        bail!("{} is missing (expected MMEdit-format {name}_{split}.json in --data)", path.display());
+    }
+    let mut all = load_cases(&path, task, None)?;
+    all.truncate(n);
+    Ok(all)
+}
+
+fn row(r: &BenchResult, m: &MetricSet, kind: &str) -> String {
+    let port = m.portability.map_or("-".to_string(), |p| format!("{p:.1}"));
+    format!(
+        "| {} | {} | {} | {} | {} | {kind} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {port} | {:.0} / {:.0} |",
+        r.method,
+        r.task,
+        r.mode,
+        r.k,
+        r.n,
+        m.reliability,
+        m.t_generality,
+        m.m_generality,
+        m.t_locality,
+        m.m_locality,
+        r.timing.edit_ms_median,
+        r.timing.edit_ms_p90
+    )
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    if args.mode == ModeArg::Sequential && args.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    for m in &args.methods {
+        if !registry::METHODS.contains(&m.as_str()) {
+            bail!("unknown method {m:?} (known: {})", registry::METHODS.join(", "));
+        }
+    }
+    let data = match &args.data {
+        Some(d) if !d.is_dir() => bail!("--data {} is not a directory", d.display()),
+        Some(d) => d.clone(),
+        None => world_data(args.seed)?,
+    };
+    let loaded = args.model.load()?;
+    let eos = loaded.ckpt.eos_token_ids()?;
+    let eos0 = *eos.first().context("the checkpoint has no end-of-sequence id")?;
+    let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos.clone());
+
+    // The cases, in the order they are edited.
+    let (task_name, mode, list) = match args.task {
+        TaskArg::Vqa => ("vqa", Task::Vqa, cases(&data, Task::Vqa, "eval", args.n)?),
+        TaskArg::Caption => ("caption", Task::Caption, cases(&data, Task::Caption, "eval", args.n)?),
+        TaskArg::Cross => {
+            let (v, c) =
+                (cases(&data, Task::Vqa, "eval", args.n / 2)?, cases(&data, Task::Caption, "eval", args.n / 2)?);
+            let mut mixed = Vec::new();
+            for (a, b) in v.chunks(5).zip(c.chunks(5)) {
+                mixed.extend_from_slice(a);
+                mixed.extend_from_slice(b);
+            }
+            ("cross", Task::Vqa, mixed)
+        }
+    };
+    let _ = mode;
+    let mode = match (args.task, args.mode) {
+        (TaskArg::Cross, _) => Mode::Sequential(10),
+        (_, ModeArg::OneStep) => Mode::OneStep,
+        (_, ModeArg::Sequential) => Mode::Sequential(args.k),
+    };
+    if list.is_empty() {
+        bail!("no edit cases in {}", data.display());
+    }
+    // Memory of unrelated questions, from the training split.
+    let train_task = if args.task == TaskArg::Caption { Task::Caption } else { Task::Vqa };
+    let memory: Vec<EditSequence> = cases(&data, train_task, "train", args.memory)
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let px = ev.pixels(&c.image)?;
+            Ok(EditSequence::new(&loaded.processor, &c.prompt, Some(&px), &c.target, eos0)?)
+        })
+        .collect::<Result<_>>()?;
+
+    let bar = ProgressBar::new(list.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{prefix:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta}")?);
+    bar.set_prefix("pre-edit");
+    let prepared: Vec<PreparedCase> = list
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            bar.inc(1);
+            ev.prepare(c, args.seed.wrapping_add(i as u64))
+        })
+        .collect::<unike_core::Result<_>>()?;
+    let root = crate::model_dir::repo_root();
+    let model_name = if loaded.dir.ends_with("models/default") {
+        "default".to_string()
+    } else {
+        loaded.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+    };
+    let mut results = Vec::new();
+    for name in &args.methods {
+        let inputs = MethodInputs { root: &root, model: &model_name, memory: memory.clone(), eos: eos0 };
+        let method = registry::build(name, inputs)?;
+        bar.reset();
+        bar.set_prefix(name.clone());
+        let mut tick = |done: usize, _: usize| bar.set_position(done as u64);
+        results.push(eval::run(&ev, method.as_ref(), &prepared, mode, task_name, &mut tick)?);
+    }
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&BenchReport { results })?);
+    } else {
+        println!(
+            "| method | task | mode | k | n | score | Rel. | T-Gen. | M-Gen. | T-Loc. | M-Loc. | Port. | edit ms (median / p90) |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &results {
+            println!("{}", row(r, &r.metrics, "token acc."));
+            println!("{}", row(r, &r.exact_match, "exact match"));
+        }
+    }
+    Ok(())
+}

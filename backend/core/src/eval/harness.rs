@@ -1,0 +1,225 @@
+//! The MMEdit / VLKEB evaluation harness: pre-edit outputs computed once before any edit, then one-step editing
+//! (every edit on a fresh stack) or sequential editing (K edits stacked, then every case of the sequence evaluated).
+//! Cross-task editing is sequential editing over a list that mixes VQA and caption cases.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Tensor;
+use unike_shared::{BenchResult, MetricSet, Timing};
+
+use super::metrics::{agreement, exact_match, token_accuracy, EditMetric, Mean};
+use crate::data::EditCase;
+use crate::edit::{EditContext, EditMethod, EditRequest, EditSequence, PatchStack};
+use crate::error::Result;
+use crate::hooks::Hooks;
+use crate::model::{Llava, Processor};
+
+/// Editing mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Each edit on the unedited model.
+    OneStep,
+    /// `k` edits stacked, then all `k` evaluated.
+    Sequential(usize),
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::OneStep => "one-step",
+            Mode::Sequential(_) => "sequential",
+        }
+    }
+
+    pub fn k(self) -> usize {
+        match self {
+            Mode::OneStep => 1,
+            Mode::Sequential(k) => k.max(1),
+        }
+    }
+}
+
+/// A locality probe with its pre-edit behaviour.
+struct LocalityProbe {
+    seq: EditSequence,
+    pre_top1: Vec<u32>,
+    pre_answer: String,
+}
+
+/// An edit case tokenized, with its pre-edit locality outputs.
+pub struct PreparedCase {
+    request: EditRequest,
+    reliability: EditSequence,
+    t_generality: EditSequence,
+    m_generality: EditSequence,
+    t_locality: LocalityProbe,
+    m_locality: LocalityProbe,
+    portability: Vec<EditSequence>,
+    target: String,
+    portability_answers: Vec<String>,
+}
+
+/// The model, its processor, its end-of-sequence ids and a cache of preprocessed images.
+pub struct Evaluator<'a> {
+    pub model: &'a Llava,
+    pub processor: &'a Processor,
+    pub eos: Vec<u32>,
+    images: HashMap<PathBuf, Tensor>,
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn new(model: &'a Llava, processor: &'a Processor, eos: Vec<u32>) -> Self {
+        Self { model, processor, eos, images: HashMap::new() }
+    }
+
+    /// Pixel values `(1, 3, H, W)` of an image file (cached).
+    pub fn pixels(&mut self, path: &Path) -> Result<Tensor> {
+        if let Some(t) = self.images.get(path) {
+            return Ok(t.clone());
+        }
+        let t = self.processor.image_processor().load_file(path, self.model.device())?.unsqueeze(0)?;
+        self.images.insert(path.to_path_buf(), t.clone());
+        Ok(t)
+    }
+
+    fn seq(&mut self, question: &str, image: Option<&Path>, answer: &str) -> Result<EditSequence> {
+        let pixels = image.map(|p| self.pixels(p)).transpose()?;
+        EditSequence::new(self.processor, question, pixels.as_ref(), answer, self.eos[0])
+    }
+
+    fn locality(&mut self, question: &str, image: Option<&Path>, answer: &str) -> Result<LocalityProbe> {
+        let seq = self.seq(question, image, answer)?;
+        let none = Hooks::none();
+        let pre_top1 = seq.argmax(self.model, &none)?;
+        let pre_answer = seq.greedy(self.model, self.processor, &none, &self.eos)?;
+        Ok(LocalityProbe { seq, pre_top1, pre_answer })
+    }
+
+    /// Tokenizes `case` and computes its pre-edit locality outputs (on the unedited model).
+    pub fn prepare(&mut self, case: &EditCase, seed: u64) -> Result<PreparedCase> {
+        let image = self.pixels(&case.image)?;
+        let request = EditRequest {
+            question: case.prompt.clone(),
+            image: Some(image),
+            image_path: Some(case.image.display().to_string()),
+            target: case.target.clone(),
+            seed,
+        };
+        Ok(PreparedCase {
+            reliability: self.seq(&case.prompt, Some(&case.image), &case.target)?,
+            t_generality: self.seq(&case.rephrase_prompt, Some(&case.image), &case.target)?,
+            m_generality: self.seq(&case.prompt, Some(&case.rephrase_image), &case.target)?,
+            t_locality: self.locality(&case.loc_question, None, &case.loc_answer)?,
+            m_locality: self.locality(&case.m_loc_question, Some(&case.m_loc_image), &case.m_loc_answer)?,
+            portability: case
+                .portability
+                .iter()
+                .map(|p| self.seq(&p.question, Some(&case.image), &p.answer))
+                .collect::<Result<_>>()?,
+            portability_answers: case.portability.iter().map(|p| p.answer.clone()).collect(),
+            target: case.target.clone(),
+            request,
+        })
+    }
+
+    fn accuracy(&self, seq: &EditSequence, hooks: &Hooks, expected: &str, acc: &mut Mean, em: &mut Mean) -> Result<()> {
+        acc.update(token_accuracy(&seq.argmax(self.model, hooks)?, seq.targets()));
+        let answer = seq.greedy(self.model, self.processor, hooks, &self.eos)?;
+        em.update(f32::from(u8::from(exact_match(&answer, expected))));
+        Ok(())
+    }
+
+    fn keep(&self, probe: &LocalityProbe, hooks: &Hooks, acc: &mut Mean, em: &mut Mean) -> Result<()> {
+        acc.update(agreement(&probe.pre_top1, &probe.seq.argmax(self.model, hooks)?));
+        let answer = probe.seq.greedy(self.model, self.processor, hooks, &self.eos)?;
+        em.update(f32::from(u8::from(answer == probe.pre_answer)));
+        Ok(())
+    }
+
+    /// Scores `case` under `hooks` into the running means (`[token-level, exact match]` per metric).
+    fn score(&self, case: &PreparedCase, hooks: &Hooks, sums: &mut Sums) -> Result<()> {
+        let [acc, em] = sums;
+        let m = |x: EditMetric| x as usize;
+        let (a, e) = (&mut acc[m(EditMetric::Reliability)], &mut em[m(EditMetric::Reliability)]);
+        self.accuracy(&case.reliability, hooks, &case.target, a, e)?;
+        let (a, e) = (&mut acc[m(EditMetric::TGenerality)], &mut em[m(EditMetric::TGenerality)]);
+        self.accuracy(&case.t_generality, hooks, &case.target, a, e)?;
+        let (a, e) = (&mut acc[m(EditMetric::MGenerality)], &mut em[m(EditMetric::MGenerality)]);
+        self.accuracy(&case.m_generality, hooks, &case.target, a, e)?;
+        let (a, e) = (&mut acc[m(EditMetric::TLocality)], &mut em[m(EditMetric::TLocality)]);
+        self.keep(&case.t_locality, hooks, a, e)?;
+        let (a, e) = (&mut acc[m(EditMetric::MLocality)], &mut em[m(EditMetric::MLocality)]);
+        self.keep(&case.m_locality, hooks, a, e)?;
+        for (seq, answer) in case.portability.iter().zip(&case.portability_answers) {
+            let (a, e) = (&mut acc[m(EditMetric::Portability)], &mut em[m(EditMetric::Portability)]);
+            self.accuracy(seq, hooks, answer, a, e)?;
+        }
+        Ok(())
+    }
+}
+
+type Sums = [[Mean; 6]; 2];
+
+fn metric_set(means: &[Mean; 6]) -> MetricSet {
+    let pct = |x: EditMetric| means[x as usize].value().unwrap_or(0.0) * 100.0;
+    MetricSet {
+        reliability: pct(EditMetric::Reliability),
+        t_generality: pct(EditMetric::TGenerality),
+        m_generality: pct(EditMetric::MGenerality),
+        t_locality: pct(EditMetric::TLocality),
+        m_locality: pct(EditMetric::MLocality),
+        portability: means[EditMetric::Portability as usize].value().map(|v| v * 100.0),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// Runs `method` over `cases` (already prepared, pre-edit outputs included) in `mode`; `progress(done, total)` after
+/// every evaluated case.
+pub fn run(
+    ev: &Evaluator<'_>,
+    method: &dyn EditMethod,
+    cases: &[PreparedCase],
+    mode: Mode,
+    task: &str,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<BenchResult> {
+    let mut sums: Sums = Default::default();
+    let mut edit_ms = Vec::with_capacity(cases.len());
+    let mut done = 0;
+    for chunk in cases.chunks(mode.k()) {
+        let mut stack = PatchStack::new();
+        for case in chunk {
+            let t = Instant::now();
+            let ctx = EditContext { model: ev.model, processor: ev.processor, stack: &stack };
+            let patch = method.edit(&ctx, &case.request)?;
+            edit_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            stack.push(patch);
+        }
+        let hooks = stack.hooks();
+        for case in chunk {
+            ev.score(case, &hooks, &mut sums)?;
+            done += 1;
+            progress(done, cases.len());
+        }
+    }
+    edit_ms.sort_by(f64::total_cmp);
+    Ok(BenchResult {
+        method: method.name().to_string(),
+        task: task.to_string(),
+        mode: mode.name().to_string(),
+        k: mode.k(),
+        n: cases.len(),
+        metrics: metric_set(&sums[0]),
+        exact_match: metric_set(&sums[1]),
+        timing: Timing { edit_ms_median: percentile(&edit_ms, 0.5), edit_ms_p90: percentile(&edit_ms, 0.9) },
+    })
+}
