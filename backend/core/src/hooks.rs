@@ -218,6 +218,33 @@ impl FfnHook for ExtraNeurons {
     }
 }
 
+/// A change of one MLP's down projection, `ΔW_down` as `(i, d)`: adds `(act(q G^T) ⊙ q U^T) ΔW_down` to the FFN output,
+/// with the layer's own gate `G` and up `U` projections `(i, d)` (shared with the model). Fine-tuning's patch.
+#[derive(Debug, Clone)]
+pub struct DownProjDelta {
+    pub gate: Tensor,
+    pub up: Tensor,
+    pub act: Activation,
+    /// `(i, d)`.
+    pub delta: Tensor,
+}
+
+impl DownProjDelta {
+    /// The MLP's intermediate activations `(b, s, i)` for `q (b, s, d)`.
+    pub fn intermediate(&self, q: &Tensor) -> Result<Tensor> {
+        let q = q.to_dtype(self.gate.dtype())?;
+        let g = self.act.apply(&q.broadcast_matmul(&self.gate.t()?)?)?;
+        Ok((g * q.broadcast_matmul(&self.up.t()?)?)?)
+    }
+}
+
+impl FfnHook for DownProjDelta {
+    fn ffn_extra(&self, _layer: usize, ffn_input: &Tensor) -> Result<Tensor> {
+        let h = self.intermediate(ffn_input)?.to_dtype(self.delta.dtype())?;
+        Ok(h.broadcast_matmul(&self.delta)?.to_dtype(ffn_input.dtype())?)
+    }
+}
+
 /// Adds a fixed vector to the attention output at every position: the simplest attention shift (steering).
 #[derive(Debug, Clone)]
 pub struct ConstantShift {

@@ -1,6 +1,7 @@
 //! Knowledge editing: the [`EditMethod`] capability, the [`Patch`] an edit produces, and the tokenized form of an edit
 //! that the methods optimise. One folder per method.
 
+pub mod ft;
 pub mod hparams;
 pub mod neurons;
 pub mod patch;

@@ -7,12 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::hooks::{ExtraNeurons, Hooks};
+use crate::hooks::{DownProjDelta, ExtraNeurons, Hooks};
 use crate::model::config::Activation;
+use crate::model::Llava;
 
 /// Where an edit came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +40,8 @@ pub struct Patch {
     pub provenance: Provenance,
     /// Extra key-value neurons, by decoder layer.
     pub neurons: BTreeMap<usize, ExtraNeurons>,
+    /// Changes of MLP down projections, by decoder layer (fine-tuning). Only the delta is saved.
+    pub mlp_deltas: BTreeMap<usize, DownProjDelta>,
 }
 
 /// The JSON half of a saved patch.
@@ -49,6 +52,9 @@ struct PatchJson {
     provenance: Provenance,
     /// Layer → activation name of its neurons.
     neurons: BTreeMap<usize, String>,
+    /// Layers whose down projection changes.
+    #[serde(default)]
+    mlp_deltas: Vec<usize>,
 }
 
 const FORMAT: &str = "unike-patch/1";
@@ -70,7 +76,7 @@ fn data_err(path: &Path, msg: impl Into<String>) -> Error {
 impl Patch {
     /// A patch of extra neurons.
     pub fn new(provenance: Provenance, neurons: BTreeMap<usize, ExtraNeurons>) -> Self {
-        Self { provenance, neurons }
+        Self { provenance, neurons, mlp_deltas: BTreeMap::new() }
     }
 
     /// The hooks that apply this patch alone.
@@ -79,12 +85,17 @@ impl Patch {
         for (&layer, n) in &self.neurons {
             h.add_ffn(layer, Arc::new(n.clone()));
         }
+        for (&layer, d) in &self.mlp_deltas {
+            h.add_ffn(layer, Arc::new(d.clone()));
+        }
         h
     }
 
     /// Number of extra parameters.
     pub fn num_parameters(&self) -> usize {
-        self.neurons.values().map(|n| n.w_k.elem_count() + n.b_k.elem_count() + n.w_v.elem_count()).sum()
+        let neurons: usize =
+            self.neurons.values().map(|n| n.w_k.elem_count() + n.b_k.elem_count() + n.w_v.elem_count()).sum();
+        neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>()
     }
 
     /// Writes `base.safetensors` and `base.json` (`base` is a path without extension).
@@ -96,18 +107,23 @@ impl Patch {
             tensors.insert(format!("layers.{layer}.b_k"), n.b_k.clone());
             tensors.insert(format!("layers.{layer}.w_v"), n.w_v.clone());
         }
+        for (layer, d) in &self.mlp_deltas {
+            tensors.insert(format!("layers.{layer}.down_delta"), d.delta.clone());
+        }
         candle_core::safetensors::save(&tensors, &st)?;
         let json = PatchJson {
             format: FORMAT.into(),
             provenance: self.provenance.clone(),
             neurons: self.neurons.iter().map(|(l, n)| (*l, activation_name(n.act).to_string())).collect(),
+            mlp_deltas: self.mlp_deltas.keys().copied().collect(),
         };
         let text = serde_json::to_string_pretty(&json).map_err(|e| data_err(&js, e.to_string()))?;
         std::fs::write(&js, text).map_err(|err| Error::Io { path: js.clone(), err })
     }
 
-    /// Reads a patch written by [`Patch::save`].
-    pub fn load(base: &Path, device: &Device) -> Result<Self> {
+    /// Reads a patch written by [`Patch::save`], for `model` (down-projection deltas bind to its MLP weights).
+    pub fn load(base: &Path, model: &Llava) -> Result<Self> {
+        let device = model.device();
         let (st, js) = (base.with_extension("safetensors"), base.with_extension("json"));
         let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
         let json: PatchJson = serde_json::from_str(&text).map_err(|e| data_err(&js, e.to_string()))?;
@@ -128,11 +144,30 @@ impl Patch {
             let (w_k, b_k, w_v) = (take("w_k")?, take("b_k")?, take("w_v")?);
             neurons.insert(layer, ExtraNeurons::new(w_k, b_k, w_v, act)?);
         }
+        let mut mlp_deltas = BTreeMap::new();
+        for layer in json.mlp_deltas {
+            let key = format!("layers.{layer}.down_delta");
+            let delta = tensors.remove(&key).ok_or_else(|| data_err(&st, format!("missing tensor {key}")))?;
+            mlp_deltas.insert(layer, down_delta(model, layer, delta)?);
+        }
         if let Some(extra) = tensors.keys().next() {
             return Err(data_err(&st, format!("unexpected tensor {extra}")));
         }
-        Ok(Self { provenance: json.provenance, neurons })
+        Ok(Self { provenance: json.provenance, neurons, mlp_deltas })
     }
+}
+
+/// A down-projection delta `(i, d)` of `model`'s layer `layer`, bound to that layer's gate and up projections.
+pub fn down_delta(model: &Llava, layer: usize, delta: Tensor) -> Result<DownProjDelta> {
+    let (gate, up, act) = model.text().mlp_gate_up(layer)?;
+    if delta.dims() != gate.dims() {
+        return Err(Error::Invalid(format!(
+            "a down-projection delta of layer {layer} must be {:?}, not {:?}",
+            gate.dims(),
+            delta.dims()
+        )));
+    }
+    Ok(DownProjDelta { gate, up, act, delta })
 }
 
 /// An ordered stack of patches with stable ids: push, drop any one (undo), apply all through hooks.
@@ -210,6 +245,8 @@ impl PatchStack {
 mod tests {
     use super::*;
 
+    use candle_core::Device;
+
     fn neurons(seed: f32, d: usize, n: usize) -> Result<ExtraNeurons> {
         let dev = Device::Cpu;
         let v = |k: usize, s: f32| (0..k).map(|i| ((i as f32 + s) * 0.37).sin()).collect::<Vec<f32>>();
@@ -238,9 +275,17 @@ mod tests {
     fn patches_round_trip_through_safetensors_and_json() -> Result<()> {
         let dir = std::env::temp_dir().join(format!("unike-patch-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|err| Error::Io { path: dir.clone(), err })?;
-        let p = patch(1.0)?;
+        // A small model with 4 decoder layers of width 8 (its MLPs have 21 intermediate units).
+        let world_cfg = crate::train::world_config_json(40, 8, 1, 8, 4);
+        let model = crate::train::Trainable::new(&world_cfg, 0, &Device::Cpu)?.model;
+        let mut p = patch(1.0)?;
+        let delta = Tensor::ones((21, 8), candle_core::DType::F32, &Device::Cpu)?;
+        p.mlp_deltas.insert(3, down_delta(&model, 3, delta)?);
+        assert!(down_delta(&model, 3, Tensor::ones((8, 8), candle_core::DType::F32, &Device::Cpu)?).is_err());
         p.save(&dir.join("p"))?;
-        let q = Patch::load(&dir.join("p"), &Device::Cpu)?;
+        let q = Patch::load(&dir.join("p"), &model)?;
+        assert_eq!(q.mlp_deltas[&3].delta.to_vec2::<f32>()?, p.mlp_deltas[&3].delta.to_vec2::<f32>()?);
+        assert_eq!(q.hooks().layer(3).map(|l| l.ffn.len()), Some(2));
         assert_eq!(p.provenance, q.provenance);
         assert_eq!(p.num_parameters(), q.num_parameters());
         for (l, n) in &p.neurons {
@@ -253,7 +298,7 @@ mod tests {
         // A corrupted JSON half is a clear error naming the file.
         std::fs::write(dir.join("bad.json"), "{\"format\": \"other\"}")
             .map_err(|err| Error::Io { path: dir.clone(), err })?;
-        let e = Patch::load(&dir.join("bad"), &Device::Cpu).unwrap_err().to_string();
+        let e = Patch::load(&dir.join("bad"), &model).unwrap_err().to_string();
         assert!(e.contains("bad.json"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())

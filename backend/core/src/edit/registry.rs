@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use super::ft::{FineTune, FtParams};
 use super::hparams;
 use super::t_patcher::{TPatcher, TPatcherParams};
 use super::{EditMethod, EditSequence};
@@ -33,9 +34,10 @@ fn params<T: serde::de::DeserializeOwned + Default>(inputs: &MethodInputs<'_>, m
 /// Builds method `name`.
 pub fn build(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod>> {
     match name {
+        "ft" => Ok(Box::new(FineTune::new(params::<FtParams>(&inputs, name)?, inputs.eos))),
         "t-patcher" => Ok(Box::new(TPatcher::new(params::<TPatcherParams>(&inputs, name)?, inputs.memory, inputs.eos))),
         known if METHODS.contains(&known) => {
-            Err(Error::Invalid(format!("method {known:?} is not implemented yet (implemented: t-patcher)")))
+            Err(Error::Invalid(format!("method {known:?} is not implemented yet (implemented: ft, t-patcher)")))
         }
         other => Err(Error::Invalid(format!("unknown method {other:?} (known: {})", METHODS.join(", ")))),
     }

@@ -271,6 +271,18 @@ impl Llama {
         &self.cfg
     }
 
+    /// The gate and up projections `(i, d)` of layer `layer`'s MLP and its activation (shared with the model, not
+    /// copied), for hooks that change the down projection. MLPs with biases are not supported.
+    pub fn mlp_gate_up(&self, layer: usize) -> Result<(Tensor, Tensor, super::config::Activation)> {
+        let l = self.layers.get(layer).ok_or_else(|| {
+            Error::Invalid(format!("layer {layer} does not exist (the decoder has {})", self.layers.len()))
+        })?;
+        if self.cfg.mlp_bias {
+            return Err(Error::Invalid("down-projection deltas need an MLP without biases".into()));
+        }
+        Ok((l.mlp.gate_proj.weight().clone(), l.mlp.up_proj.weight().clone(), l.mlp.act))
+    }
+
     /// Number of decoder layers.
     pub fn num_layers(&self) -> usize {
         self.layers.len()
