@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use clap::{ArgGroup, Args};
 use serde::Serialize;
 use unike_core::hooks::Hooks;
-use unike_core::model::processor::IMAGE_TOKEN;
 use unike_core::model::GenerateOptions;
 
 use crate::device;
@@ -56,14 +55,7 @@ pub fn run(args: AnswerArgs) -> Result<()> {
 
     let prompt = match (&args.prompt, &args.question) {
         (Some(p), _) => p.clone(),
-        (None, Some(q)) => {
-            let full = processor.apply_template(q);
-            if args.image.is_some() {
-                full
-            } else {
-                full.replace(&format!("{IMAGE_TOKEN}\n"), "").replace(IMAGE_TOKEN, "")
-            }
-        }
+        (None, Some(q)) => processor.question_prompt(q, args.image.is_some()),
         (None, None) => unreachable!("clap requires --prompt or --question"),
     };
     let t1 = Instant::now();

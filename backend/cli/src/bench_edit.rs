@@ -125,9 +125,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos.clone());
 
     // The cases, in the order they are edited.
-    let (task_name, mode, list) = match args.task {
-        TaskArg::Vqa => ("vqa", Task::Vqa, cases(&data, Task::Vqa, "eval", args.n)?),
-        TaskArg::Caption => ("caption", Task::Caption, cases(&data, Task::Caption, "eval", args.n)?),
+    let (task_name, list) = match args.task {
+        TaskArg::Vqa => ("vqa", cases(&data, Task::Vqa, "eval", args.n)?),
+        TaskArg::Caption => ("caption", cases(&data, Task::Caption, "eval", args.n)?),
         TaskArg::Cross => {
             let (v, c) =
                 (cases(&data, Task::Vqa, "eval", args.n / 2)?, cases(&data, Task::Caption, "eval", args.n / 2)?);
@@ -136,10 +136,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 mixed.extend_from_slice(a);
                 mixed.extend_from_slice(b);
             }
-            ("cross", Task::Vqa, mixed)
+            ("cross", mixed)
         }
     };
-    let _ = mode;
     let mode = match (args.task, args.mode) {
         (TaskArg::Cross, _) => Mode::Sequential(10),
         (_, ModeArg::OneStep) => Mode::OneStep,

@@ -48,10 +48,7 @@ pub fn memory_queries(
     let mut rows: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
     for seq in memory {
         let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::FfnInput);
-        let input = Tensor::new(seq.ids.as_slice(), ctx.model.device())?.unsqueeze(0)?;
-        let feats = seq.pixels.as_ref().map(|p| ctx.model.image_features(p)).transpose()?;
-        let embeds = ctx.model.embed_inputs(&input, feats.as_ref())?;
-        ctx.model.forward_embeds(&embeds, 0, None, &hooks, &mut cap)?;
+        ctx.model.forward_embeds(&seq.embeds(ctx.model)?, 0, None, &hooks, &mut cap)?;
         for &l in layers {
             let q =
                 cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid(format!("layer {l} not captured")))?;
@@ -62,7 +59,7 @@ pub fn memory_queries(
 }
 
 /// Trains the neurons of one edit. `memory` maps each patched layer to its unrelated queries (see
-/// [`memory_queries`]); `value_shift`, if given, is added to every layer's values (UniKE's `β·ζ'`, `(d)`).
+/// [`memory_queries`]).
 pub fn train_neurons(
     ctx: &EditContext<'_>,
     seq: &EditSequence,
@@ -84,13 +81,10 @@ pub fn train_neurons(
     let base = ctx.stack.hooks();
 
     // Run the frozen part once: the input of the first patched layer and the FFN inputs at the edit positions.
-    let input = Tensor::new(seq.ids.as_slice(), device)?.unsqueeze(0)?;
-    let feats = seq.pixels.as_ref().map(|p| model.image_features(p)).transpose()?;
-    let embeds = model.embed_inputs(&input, feats.as_ref())?;
     let mut cap = Capture::of(
         std::iter::once((first, CapturePoint::LayerInput)).chain(layers.iter().map(|&l| (l, CapturePoint::FfnInput))),
     );
-    model.forward_embeds(&embeds, 0, None, &base, &mut cap)?;
+    model.forward_embeds(&seq.embeds(model)?, 0, None, &base, &mut cap)?;
     let x0 = cap
         .get(first, CapturePoint::LayerInput)
         .ok_or_else(|| Error::Invalid("layer input not captured".into()))?

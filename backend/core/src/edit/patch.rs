@@ -34,6 +34,21 @@ pub struct Provenance {
     pub author: Option<String>,
 }
 
+impl Provenance {
+    /// The provenance of `request` edited by `method` with hyper-parameters `hparams` (no author: the studio sets it).
+    pub fn new(method: &str, hparams: &impl Serialize, request: &super::EditRequest) -> Result<Self> {
+        Ok(Self {
+            method: method.into(),
+            hparams: serde_json::to_value(hparams).map_err(|e| Error::Invalid(e.to_string()))?,
+            prompt: request.question.clone(),
+            target: request.target.clone(),
+            image: request.image_path.clone(),
+            seed: request.seed,
+            author: None,
+        })
+    }
+}
+
 /// What one edit added.
 #[derive(Debug, Clone)]
 pub struct Patch {

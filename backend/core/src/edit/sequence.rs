@@ -5,7 +5,6 @@ use candle_core::{Device, Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
-use crate::model::processor::IMAGE_TOKEN;
 use crate::model::{kernels, Llava, Processor};
 
 /// A prompt followed by a supervised answer.
@@ -25,11 +24,7 @@ impl EditSequence {
         if answer.trim().is_empty() {
             return Err(Error::Invalid("the target answer is empty".into()));
         }
-        let full = processor.apply_template(question);
-        let prompt = match pixels {
-            Some(_) => full,
-            None => full.replace(&format!("{IMAGE_TOKEN}\n"), "").replace(IMAGE_TOKEN, ""),
-        };
+        let prompt = processor.question_prompt(question, pixels.is_some());
         let mut ids = processor.encode(&prompt, usize::from(pixels.is_some()))?;
         let prompt_len = ids.len();
         ids.extend(processor.encode_plain(answer.trim())?);
@@ -42,13 +37,17 @@ impl EditSequence {
         &self.ids[self.prompt_len..]
     }
 
+    /// Input embeddings of the whole sequence, image features merged: `(1, s, d)`.
+    pub fn embeds(&self, model: &Llava) -> Result<Tensor> {
+        let input = Tensor::new(self.ids.as_slice(), model.device())?.unsqueeze(0)?;
+        let feats = self.pixels.as_ref().map(|p| model.image_features(p)).transpose()?;
+        model.embed_inputs(&input, feats.as_ref())
+    }
+
     /// Logits `(n_targets, vocab)` f32 at the positions predicting each target, with `hooks` applied. Inside a
     /// [`kernels::differentiable`] scope this is differentiable with respect to hook parameters.
     pub fn target_logits(&self, model: &Llava, hooks: &Hooks) -> Result<Tensor> {
-        let device = model.device();
-        let input = Tensor::new(self.ids.as_slice(), device)?.unsqueeze(0)?;
-        let feats = self.pixels.as_ref().map(|p| model.image_features(p)).transpose()?;
-        let embeds = model.embed_inputs(&input, feats.as_ref())?;
+        let embeds = self.embeds(model)?;
         let h = model.forward_embeds(&embeds, 0, None, hooks, &mut Capture::none())?;
         let n = self.ids.len() - self.prompt_len;
         let picked = h.narrow(1, self.prompt_len - 1, n)?;

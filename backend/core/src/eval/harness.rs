@@ -124,43 +124,54 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    fn accuracy(&self, seq: &EditSequence, hooks: &Hooks, expected: &str, acc: &mut Mean, em: &mut Mean) -> Result<()> {
-        acc.update(token_accuracy(&seq.argmax(self.model, hooks)?, seq.targets()));
+    fn accuracy(
+        &self,
+        seq: &EditSequence,
+        hooks: &Hooks,
+        expected: &str,
+        m: EditMetric,
+        sums: &mut Sums,
+    ) -> Result<()> {
+        let acc = token_accuracy(&seq.argmax(self.model, hooks)?, seq.targets());
         let answer = seq.greedy(self.model, self.processor, hooks, &self.eos)?;
-        em.update(f32::from(u8::from(exact_match(&answer, expected))));
+        sums.update(m, acc, exact_match(&answer, expected));
         Ok(())
     }
 
-    fn keep(&self, probe: &LocalityProbe, hooks: &Hooks, acc: &mut Mean, em: &mut Mean) -> Result<()> {
-        acc.update(agreement(&probe.pre_top1, &probe.seq.argmax(self.model, hooks)?));
+    fn keep(&self, probe: &LocalityProbe, hooks: &Hooks, m: EditMetric, sums: &mut Sums) -> Result<()> {
+        let acc = agreement(&probe.pre_top1, &probe.seq.argmax(self.model, hooks)?);
         let answer = probe.seq.greedy(self.model, self.processor, hooks, &self.eos)?;
-        em.update(f32::from(u8::from(answer == probe.pre_answer)));
+        sums.update(m, acc, answer == probe.pre_answer);
         Ok(())
     }
 
-    /// Scores `case` under `hooks` into the running means (`[token-level, exact match]` per metric).
+    /// Scores `case` under `hooks` into the running means.
     fn score(&self, case: &PreparedCase, hooks: &Hooks, sums: &mut Sums) -> Result<()> {
-        let [acc, em] = sums;
-        let m = |x: EditMetric| x as usize;
-        let (a, e) = (&mut acc[m(EditMetric::Reliability)], &mut em[m(EditMetric::Reliability)]);
-        self.accuracy(&case.reliability, hooks, &case.target, a, e)?;
-        let (a, e) = (&mut acc[m(EditMetric::TGenerality)], &mut em[m(EditMetric::TGenerality)]);
-        self.accuracy(&case.t_generality, hooks, &case.target, a, e)?;
-        let (a, e) = (&mut acc[m(EditMetric::MGenerality)], &mut em[m(EditMetric::MGenerality)]);
-        self.accuracy(&case.m_generality, hooks, &case.target, a, e)?;
-        let (a, e) = (&mut acc[m(EditMetric::TLocality)], &mut em[m(EditMetric::TLocality)]);
-        self.keep(&case.t_locality, hooks, a, e)?;
-        let (a, e) = (&mut acc[m(EditMetric::MLocality)], &mut em[m(EditMetric::MLocality)]);
-        self.keep(&case.m_locality, hooks, a, e)?;
+        self.accuracy(&case.reliability, hooks, &case.target, EditMetric::Reliability, sums)?;
+        self.accuracy(&case.t_generality, hooks, &case.target, EditMetric::TGenerality, sums)?;
+        self.accuracy(&case.m_generality, hooks, &case.target, EditMetric::MGenerality, sums)?;
+        self.keep(&case.t_locality, hooks, EditMetric::TLocality, sums)?;
+        self.keep(&case.m_locality, hooks, EditMetric::MLocality, sums)?;
         for (seq, answer) in case.portability.iter().zip(&case.portability_answers) {
-            let (a, e) = (&mut acc[m(EditMetric::Portability)], &mut em[m(EditMetric::Portability)]);
-            self.accuracy(seq, hooks, answer, a, e)?;
+            self.accuracy(seq, hooks, answer, EditMetric::Portability, sums)?;
         }
         Ok(())
     }
 }
 
-type Sums = [[Mean; 6]; 2];
+/// Running means per metric: the field's token-level convention and exact match.
+#[derive(Default)]
+struct Sums {
+    token: [Mean; 6],
+    exact: [Mean; 6],
+}
+
+impl Sums {
+    fn update(&mut self, m: EditMetric, token: f32, exact: bool) {
+        self.token[m as usize].update(token);
+        self.exact[m as usize].update(f32::from(u8::from(exact)));
+    }
+}
 
 fn metric_set(means: &[Mean; 6]) -> MetricSet {
     let pct = |x: EditMetric| means[x as usize].value().unwrap_or(0.0) * 100.0;
@@ -192,7 +203,7 @@ pub fn run(
     task: &str,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<BenchResult> {
-    let mut sums: Sums = Default::default();
+    let mut sums = Sums::default();
     let mut edit_ms = Vec::with_capacity(cases.len());
     let mut done = 0;
     for chunk in cases.chunks(mode.k()) {
@@ -218,8 +229,8 @@ pub fn run(
         mode: mode.name().to_string(),
         k: mode.k(),
         n: cases.len(),
-        metrics: metric_set(&sums[0]),
-        exact_match: metric_set(&sums[1]),
+        metrics: metric_set(&sums.token),
+        exact_match: metric_set(&sums.exact),
         timing: Timing { edit_ms_median: percentile(&edit_ms, 0.5), edit_ms_p90: percentile(&edit_ms, 0.9) },
     })
 }

@@ -95,6 +95,17 @@ impl Processor {
         self.template.replace("{question}", question)
     }
 
+    /// The template around `question`, with the image placeholder (and the newline after it) removed when the
+    /// question comes without an image.
+    pub fn question_prompt(&self, question: &str, with_image: bool) -> String {
+        let full = self.apply_template(question);
+        if with_image {
+            full
+        } else {
+            full.replace(&format!("{IMAGE_TOKEN}\n"), "").replace(IMAGE_TOKEN, "")
+        }
+    }
+
     /// Tokenizes a raw prompt: each `<image>` becomes `image_seq_length` image tokens; special tokens are added as
     /// the tokenizer's post-processor says. `n_images` must equal the number of `<image>` placeholders.
     pub fn encode(&self, prompt: &str, n_images: usize) -> Result<Vec<u32>> {

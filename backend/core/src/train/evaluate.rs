@@ -10,7 +10,6 @@ use tokenizers::Tokenizer;
 use super::batch::make_batch;
 use crate::error::Result;
 use crate::hooks::Hooks;
-use crate::model::processor::IMAGE_TOKEN;
 use crate::model::{GenerateOptions, ImageProcessor, Llava, Processor};
 use crate::world::samples::{eval_split, Sample, Split};
 use crate::world::World;
@@ -82,10 +81,10 @@ pub fn answer_with(
     hooks: &Hooks,
 ) -> Result<Answered> {
     let device = model.device();
-    let full = processor.apply_template(&sample.question);
-    let (prompt, pixels) = match &sample.image {
-        Some(img) => (full, Some(processor.image_processor().preprocess(img, device)?.unsqueeze(0)?)),
-        None => (full.replace(&format!("{IMAGE_TOKEN}\n"), "").replace(IMAGE_TOKEN, ""), None),
+    let prompt = processor.question_prompt(&sample.question, sample.image.is_some());
+    let pixels = match &sample.image {
+        Some(img) => Some(processor.image_processor().preprocess(img, device)?.unsqueeze(0)?),
+        None => None,
     };
     let ids = processor.encode(&prompt, usize::from(pixels.is_some()))?;
     let opts = GenerateOptions { max_new_tokens: 24, eos_token_ids: eos.to_vec() };

@@ -62,11 +62,8 @@ impl EditMethod for FineTune {
         })?;
         let base = ctx.stack.hooks();
         // The frozen part once: the input of the tuned layer.
-        let input = Tensor::new(seq.ids.as_slice(), model.device())?.unsqueeze(0)?;
-        let feats = seq.pixels.as_ref().map(|p| model.image_features(p)).transpose()?;
-        let embeds = model.embed_inputs(&input, feats.as_ref())?;
         let mut cap = Capture::of([(layer, CapturePoint::LayerInput)]);
-        model.forward_embeds(&embeds, 0, None, &base, &mut cap)?;
+        model.forward_embeds(&seq.embeds(model)?, 0, None, &base, &mut cap)?;
         let x0 = cap
             .get(layer, CapturePoint::LayerInput)
             .ok_or_else(|| Error::Invalid("layer input not captured".into()))?
@@ -98,16 +95,7 @@ impl EditMethod for FineTune {
                 }
             }
         }
-        let hparams = serde_json::to_value(&self.params).map_err(|e| Error::Invalid(e.to_string()))?;
-        let provenance = Provenance {
-            method: self.name().into(),
-            hparams,
-            prompt: request.question.clone(),
-            target: request.target.clone(),
-            image: request.image_path.clone(),
-            seed: request.seed,
-            author: None,
-        };
+        let provenance = Provenance::new(self.name(), &self.params, request)?;
         let mut patch = Patch::new(provenance, BTreeMap::new());
         patch.mlp_deltas.insert(layer, down_delta(model, layer, delta.as_tensor().detach())?);
         Ok(patch)

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::neurons::{memory_queries, train_neurons, NeuronParams};
 use super::{EditContext, EditMethod, EditRequest, EditSequence, Patch, Provenance};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Hyper-parameters (`hparams/t-patcher/<model>.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,16 +73,7 @@ impl EditMethod for TPatcher {
             &fresh
         };
         let neurons = train_neurons(ctx, &seq, memory, &self.params.0, request.seed)?;
-        let hparams = serde_json::to_value(&self.params).map_err(|e| Error::Invalid(e.to_string()))?;
-        let provenance = Provenance {
-            method: self.name().into(),
-            hparams,
-            prompt: request.question.clone(),
-            target: request.target.clone(),
-            image: request.image_path.clone(),
-            seed: request.seed,
-            author: None,
-        };
+        let provenance = Provenance::new(self.name(), &self.params, request)?;
         Ok(Patch::new(provenance, neurons))
     }
 }
