@@ -102,6 +102,15 @@ fn row(r: &BenchResult, m: &MetricSet, kind: &str) -> String {
     )
 }
 
+/// The model's name for `hparams/<method>/<model>.toml`: `default` for the shipped model, else its directory's name.
+pub fn model_name(loaded: &crate::device::Loaded) -> String {
+    if loaded.dir.ends_with("models/default") {
+        "default".to_string()
+    } else {
+        loaded.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.n == 0 {
         bail!("--n must be at least 1");
@@ -110,8 +119,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--k must be at least 1");
     }
     for m in &args.methods {
-        if !registry::METHODS.contains(&m.as_str()) {
-            bail!("unknown method {m:?} (known: {})", registry::METHODS.join(", "));
+        registry::check_name(m)?;
+    }
+    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        // World models are tiny: the matmul thread pool only spins on them (see eval-base).
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, "1");
         }
     }
     let data = match &args.data {
@@ -120,6 +133,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => world_data(args.seed)?,
     };
     let loaded = args.model.load()?;
+    if args.methods.iter().any(|m| registry::split_name(m).0 == "unike") {
+        crate::unike_artifacts::ensure(&loaded)?;
+    }
     let eos = loaded.ckpt.eos_token_ids()?;
     let eos0 = *eos.first().context("the checkpoint has no end-of-sequence id")?;
     let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos.clone());
@@ -170,14 +186,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         })
         .collect::<unike_core::Result<_>>()?;
     let root = crate::model_dir::repo_root();
-    let model_name = if loaded.dir.ends_with("models/default") {
-        "default".to_string()
-    } else {
-        loaded.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
-    };
+    let model_name = model_name(&loaded);
     let mut results = Vec::new();
     for name in &args.methods {
-        let inputs = MethodInputs { root: &root, model: &model_name, memory: memory.clone(), eos: eos0 };
+        let inputs = MethodInputs {
+            root: &root,
+            model: &model_name,
+            memory: memory.clone(),
+            eos: eos0,
+            llava: &loaded.model,
+            model_dir: &loaded.dir,
+        };
         let method = registry::build(name, inputs)?;
         bar.reset();
         bar.set_prefix(name.clone());

@@ -9,6 +9,8 @@
 //! unike serve [--addr 127.0.0.1:8080] [--model <DIR|default>] [--dist DIR]
 //! unike train-base [--seed S] [--out models/default] [--recipe default|smoke]
 //! unike eval-base [--model <DIR|default>] [--n N] [--json] [--check]
+//! unike build-memory [--model <DIR|default>] [--n N] [--seed S]
+//! unike train-encoders [--model <DIR|default>] [--steps N] [--seed S]
 //! ```
 //!
 //! Errors exit non-zero with a one-line message on stderr.
@@ -23,6 +25,7 @@ mod model_dir;
 mod plot;
 mod serve;
 mod train_base;
+mod unike_artifacts;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +52,10 @@ enum Command {
     TrainBase(train_base::TrainArgs),
     /// Evaluate a world model: greedy exact match per split, and its answers to facts it never learned.
     EvalBase(eval_base::EvalArgs),
+    /// UniKE: collect the model's wrong answers on the world and their hidden states (in-context knowledge).
+    BuildMemory(unike_artifacts::MemoryArgs),
+    /// UniKE: train the truthfulness and semantic encoders on the memory (Eq. 4, 5) and fit W_ζ.
+    TrainEncoders(unike_artifacts::EncoderArgs),
 }
 
 /// glibc returns every freed block above its mmap threshold to the kernel, and tensors of a training step are just
@@ -75,6 +82,8 @@ fn main() {
         Command::Serve(a) => serve::run(a),
         Command::TrainBase(a) => train_base::run(a),
         Command::EvalBase(a) => eval_base::run(a),
+        Command::BuildMemory(a) => unike_artifacts::build_memory(a),
+        Command::TrainEncoders(a) => unike_artifacts::train_encoders(a),
     };
     if let Err(e) = result {
         let msg = format!("{e:#}").replace('\n', " ");

@@ -64,10 +64,30 @@ impl LayerHooks {
     }
 }
 
+/// Keys and values of an in-context demonstration at every decoder layer, `(kv_heads, n, head_dim)` each (keys
+/// before rotary embedding): every input position attends to them as if the demonstration had been prepended to the
+/// prompt (vanilla in-context editing, IKE). Several contexts sit side by side, each encoded on its own.
+#[derive(Debug, Clone)]
+pub struct ContextKv {
+    pub layers: Vec<(Tensor, Tensor)>,
+}
+
+impl ContextKv {
+    /// Number of context positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|(k, _)| k.dim(1).ok()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Hooks of every layer. Cheap to clone (hooks are shared); stacking patches is extending.
 #[derive(Clone, Default, Debug)]
 pub struct Hooks {
     layers: BTreeMap<usize, LayerHooks>,
+    contexts: Vec<Arc<ContextKv>>,
 }
 
 impl Hooks {
@@ -88,8 +108,20 @@ impl Hooks {
         self
     }
 
+    /// Adds an in-context prefix (after any already there).
+    pub fn add_context(&mut self, context: Arc<ContextKv>) -> &mut Self {
+        self.contexts.push(context);
+        self
+    }
+
+    /// The in-context prefixes, in order.
+    pub fn contexts(&self) -> &[Arc<ContextKv>] {
+        &self.contexts
+    }
+
     /// Appends every hook of `other` after this one's (sequential stacking).
     pub fn extend(&mut self, other: &Hooks) -> &mut Self {
+        self.contexts.extend(other.contexts.iter().cloned());
         for (l, h) in &other.layers {
             let e = self.layers.entry(*l).or_default();
             e.ffn.extend(h.ffn.iter().cloned());
@@ -103,9 +135,9 @@ impl Hooks {
         self.layers.get(&layer).filter(|h| !h.is_empty())
     }
 
-    /// True when no layer has a hook.
+    /// True when no layer has a hook and there is no in-context prefix.
     pub fn is_empty(&self) -> bool {
-        self.layers.values().all(LayerHooks::is_empty)
+        self.layers.values().all(LayerHooks::is_empty) && self.contexts.is_empty()
     }
 
     /// Largest hooked layer index, to check against the model.

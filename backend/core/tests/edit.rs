@@ -85,13 +85,13 @@ fn t_patcher_fixes_a_hallucination_and_keeps_other_answers() -> Result<()> {
         let patch = method.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, &request)?;
         assert_eq!(patch.provenance.method, "t-patcher");
         ids.push(stack.push(patch));
-        assert_eq!(say(&f, s, &stack.hooks())?, s.answer, "edit {i} did not take");
+        assert_eq!(say(&f, s, &stack.hooks()?)?, s.answer, "edit {i} did not take");
     }
     // Both edits hold in the stack.
     for s in &wrong {
-        assert_eq!(say(&f, s, &stack.hooks())?, s.answer);
+        assert_eq!(say(&f, s, &stack.hooks()?)?, s.answer);
     }
-    let after: Vec<String> = probes.iter().map(|s| say(&f, s, &stack.hooks())).collect::<Result<_>>()?;
+    let after: Vec<String> = probes.iter().map(|s| say(&f, s, &stack.hooks()?)).collect::<Result<_>>()?;
     let kept = before.iter().zip(&after).filter(|(a, b)| a == b).count();
     for ((s, a), b) in probes.iter().zip(&before).zip(&after) {
         if a != b {
@@ -101,8 +101,8 @@ fn t_patcher_fixes_a_hallucination_and_keeps_other_answers() -> Result<()> {
     assert!(kept * 100 >= probes.len() * 95, "locality: {kept}/{} unrelated answers kept", probes.len());
     // Undo the first edit: the second still holds, the first is back to the pre-edit answer.
     stack.remove(ids[0])?;
-    assert_eq!(say(&f, &wrong[1], &stack.hooks())?, wrong[1].answer);
-    assert_eq!(say(&f, &wrong[0], &stack.hooks())?, say(&f, &wrong[0], &none)?);
+    assert_eq!(say(&f, &wrong[1], &stack.hooks()?)?, wrong[1].answer);
+    assert_eq!(say(&f, &wrong[0], &stack.hooks()?)?, say(&f, &wrong[0], &none)?);
     Ok(())
 }
 
@@ -151,14 +151,14 @@ fn ft_fixes_a_hallucination_and_keeps_most_other_answers() -> Result<()> {
     assert_eq!(patch.provenance.method, "ft");
     assert!(patch.neurons.is_empty() && patch.mlp_deltas.len() == 1);
     stack.push(patch);
-    assert_eq!(say(&f, &s, &stack.hooks())?, s.answer);
+    assert_eq!(say(&f, &s, &stack.hooks()?)?, s.answer);
     let mut kept = 0;
     for p in &probes {
-        kept += usize::from(say(&f, p, &none)? == say(&f, p, &stack.hooks())?);
+        kept += usize::from(say(&f, p, &none)? == say(&f, p, &stack.hooks()?)?);
     }
     // Fine-tuning is the least local baseline; on this model one edit still keeps at least 90% of other answers.
     assert!(kept * 100 >= probes.len() * 90, "locality: {kept}/{}", probes.len());
     stack.pop();
-    assert_eq!(say(&f, &s, &stack.hooks())?, say(&f, &s, &none)?);
+    assert_eq!(say(&f, &s, &stack.hooks()?)?, say(&f, &s, &none)?);
     Ok(())
 }

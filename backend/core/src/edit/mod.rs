@@ -3,11 +3,13 @@
 
 pub mod ft;
 pub mod hparams;
+pub mod ike;
 pub mod neurons;
 pub mod patch;
 pub mod registry;
 pub mod sequence;
 pub mod t_patcher;
+pub mod unike;
 
 pub use patch::{Patch, PatchStack, Provenance};
 pub use sequence::EditSequence;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{EditContext, EditSequence};
 use crate::error::{Error, Result};
-use crate::hooks::{Capture, CapturePoint, ExtraNeurons};
+use crate::hooks::{Capture, CapturePoint, ExtraNeurons, Hooks};
 use crate::model::config::Activation;
 use crate::model::kernels;
 use crate::world::rng::Rng;
@@ -38,13 +38,16 @@ pub struct NeuronParams {
     pub memory_weight: f32,
 }
 
-/// FFN inputs of unrelated questions at each patched layer, `(m, d)`: T-Patcher's memory, under the current stack.
+/// FFN inputs of unrelated questions at each patched layer, `(m, d)`: T-Patcher's memory, under the current stack
+/// and `extra` hooks (what the edit adds besides its neurons).
 pub fn memory_queries(
     ctx: &EditContext<'_>,
     memory: &[EditSequence],
     layers: &[usize],
+    extra: &Hooks,
 ) -> Result<BTreeMap<usize, Tensor>> {
-    let hooks = ctx.stack.hooks();
+    let mut hooks = ctx.stack.hooks()?;
+    hooks.extend(extra);
     let mut rows: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
     for seq in memory {
         let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::FfnInput);
@@ -58,6 +61,15 @@ pub fn memory_queries(
     rows.into_iter().map(|(l, r)| Ok((l, Tensor::cat(&r, 0)?))).collect()
 }
 
+/// What else shapes neuron training besides the hyper-parameters.
+#[derive(Default)]
+pub struct NeuronSetting {
+    /// Hooks the edit adds besides its neurons (applied on top of the stack while training).
+    pub extra: Hooks,
+    /// Per layer, a fixed vector `(d)` added to every new neuron's value (UniKE's `β·ζ'`, Eq. 6).
+    pub value_offset: BTreeMap<usize, Tensor>,
+}
+
 /// Trains the neurons of one edit. `memory` maps each patched layer to its unrelated queries (see
 /// [`memory_queries`]).
 pub fn train_neurons(
@@ -66,6 +78,7 @@ pub fn train_neurons(
     memory: &BTreeMap<usize, Tensor>,
     params: &NeuronParams,
     seed: u64,
+    setting: &NeuronSetting,
 ) -> Result<BTreeMap<usize, ExtraNeurons>> {
     let model = ctx.model;
     let n_layers = model.text().num_layers();
@@ -78,7 +91,14 @@ pub fn train_neurons(
     let first = n_layers - params.last_layers;
     let layers: Vec<usize> = (first..n_layers).collect();
     let device = model.device();
-    let base = ctx.stack.hooks();
+    let mut base = ctx.stack.hooks()?;
+    base.extend(&setting.extra);
+    let offset = |l: usize, v: &Tensor| -> Result<Tensor> {
+        Ok(match setting.value_offset.get(&l) {
+            Some(o) => v.broadcast_add(o)?,
+            None => v.clone(),
+        })
+    };
 
     // Run the frozen part once: the input of the first patched layer and the FFN inputs at the edit positions.
     let mut cap = Capture::of(
@@ -124,7 +144,7 @@ pub fn train_neurons(
                 let n = ExtraNeurons::new(
                     k.as_tensor().clone(),
                     b.as_tensor().clone(),
-                    v.as_tensor().clone(),
+                    offset(l, v.as_tensor())?,
                     Activation::Relu,
                 )?;
                 Ok((l, n))
@@ -179,7 +199,7 @@ pub fn train_neurons(
                 ExtraNeurons::new(
                     k.as_tensor().detach(),
                     b.as_tensor().detach(),
-                    v.as_tensor().detach(),
+                    offset(l, &v.as_tensor().detach())?,
                     Activation::Relu,
                 )?,
             ))

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::unike::latent::{Alpha, Knowledge};
 use crate::error::{Error, Result};
-use crate::hooks::{DownProjDelta, ExtraNeurons, Hooks};
+use crate::hooks::{ContextKv, DownProjDelta, ExtraNeurons, Hooks};
 use crate::model::config::Activation;
 use crate::model::Llava;
 
@@ -57,6 +58,20 @@ pub struct Patch {
     pub neurons: BTreeMap<usize, ExtraNeurons>,
     /// Changes of MLP down projections, by decoder layer (fine-tuning). Only the delta is saved.
     pub mlp_deltas: BTreeMap<usize, DownProjDelta>,
+    /// In-context prefixes (vanilla IKE demonstrations), encoded.
+    pub contexts: Vec<Arc<ContextKv>>,
+    /// Latent in-context knowledge entries `(h_sem, h_pos)`, `(e, d)` each, by decoder layer (UniKE).
+    pub latent: BTreeMap<usize, (Tensor, Tensor)>,
+    /// The shared memory the entries join, with the retrieval settings; required when `latent` is not empty.
+    pub retrieval: Option<Retrieval>,
+}
+
+/// The knowledge memory a latent patch retrieves from, and how.
+#[derive(Debug, Clone)]
+pub struct Retrieval {
+    pub knowledge: Arc<Knowledge>,
+    pub top_k: usize,
+    pub alpha: Alpha,
 }
 
 /// The JSON half of a saved patch.
@@ -70,6 +85,22 @@ struct PatchJson {
     /// Layers whose down projection changes.
     #[serde(default)]
     mlp_deltas: Vec<usize>,
+    /// Number of in-context prefixes.
+    #[serde(default)]
+    contexts: usize,
+    /// Layers with latent knowledge entries.
+    #[serde(default)]
+    latent: Vec<usize>,
+    /// Retrieval settings of the latent entries.
+    #[serde(default)]
+    retrieval: Option<RetrievalJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetrievalJson {
+    top_k: usize,
+    alpha: Alpha,
 }
 
 const FORMAT: &str = "unike-patch/1";
@@ -91,11 +122,18 @@ fn data_err(path: &Path, msg: impl Into<String>) -> Error {
 impl Patch {
     /// A patch of extra neurons.
     pub fn new(provenance: Provenance, neurons: BTreeMap<usize, ExtraNeurons>) -> Self {
-        Self { provenance, neurons, mlp_deltas: BTreeMap::new() }
+        Self {
+            provenance,
+            neurons,
+            mlp_deltas: BTreeMap::new(),
+            contexts: vec![],
+            latent: BTreeMap::new(),
+            retrieval: None,
+        }
     }
 
-    /// The hooks that apply this patch alone.
-    pub fn hooks(&self) -> Hooks {
+    /// The hooks of the patch's own parameters (neurons, deltas, prefixes), without latent retrieval.
+    fn own_hooks(&self) -> Hooks {
         let mut h = Hooks::none();
         for (&layer, n) in &self.neurons {
             h.add_ffn(layer, Arc::new(n.clone()));
@@ -103,14 +141,25 @@ impl Patch {
         for (&layer, d) in &self.mlp_deltas {
             h.add_ffn(layer, Arc::new(d.clone()));
         }
+        for c in &self.contexts {
+            h.add_context(c.clone());
+        }
         h
     }
 
-    /// Number of extra parameters.
+    /// The hooks that apply this patch alone.
+    pub fn hooks(&self) -> Result<Hooks> {
+        stack_hooks(std::iter::once(self))
+    }
+
+    /// Number of extra parameters (and stored states).
     pub fn num_parameters(&self) -> usize {
         let neurons: usize =
             self.neurons.values().map(|n| n.w_k.elem_count() + n.b_k.elem_count() + n.w_v.elem_count()).sum();
-        neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>()
+        let contexts: usize =
+            self.contexts.iter().flat_map(|c| c.layers.iter()).map(|(k, v)| k.elem_count() + v.elem_count()).sum();
+        let latent: usize = self.latent.values().map(|(s, p)| s.elem_count() + p.elem_count()).sum();
+        neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>() + contexts + latent
     }
 
     /// Writes `base.safetensors` and `base.json` (`base` is a path without extension).
@@ -125,19 +174,38 @@ impl Patch {
         for (layer, d) in &self.mlp_deltas {
             tensors.insert(format!("layers.{layer}.down_delta"), d.delta.clone());
         }
+        for (i, c) in self.contexts.iter().enumerate() {
+            for (layer, (k, v)) in c.layers.iter().enumerate() {
+                tensors.insert(format!("contexts.{i}.layers.{layer}.k"), k.clone());
+                tensors.insert(format!("contexts.{i}.layers.{layer}.v"), v.clone());
+            }
+        }
+        for (layer, (sem, pos)) in &self.latent {
+            tensors.insert(format!("layers.{layer}.h_sem"), sem.clone());
+            tensors.insert(format!("layers.{layer}.h_pos"), pos.clone());
+        }
         candle_core::safetensors::save(&tensors, &st)?;
         let json = PatchJson {
             format: FORMAT.into(),
             provenance: self.provenance.clone(),
             neurons: self.neurons.iter().map(|(l, n)| (*l, activation_name(n.act).to_string())).collect(),
             mlp_deltas: self.mlp_deltas.keys().copied().collect(),
+            contexts: self.contexts.len(),
+            latent: self.latent.keys().copied().collect(),
+            retrieval: self.retrieval.as_ref().map(|r| RetrievalJson { top_k: r.top_k, alpha: r.alpha }),
         };
         let text = serde_json::to_string_pretty(&json).map_err(|e| data_err(&js, e.to_string()))?;
         std::fs::write(&js, text).map_err(|err| Error::Io { path: js.clone(), err })
     }
 
     /// Reads a patch written by [`Patch::save`], for `model` (down-projection deltas bind to its MLP weights).
+    /// Patches with latent knowledge need [`Patch::load_with`].
     pub fn load(base: &Path, model: &Llava) -> Result<Self> {
+        Self::load_with(base, model, None)
+    }
+
+    /// Reads a patch, joining its latent entries (if any) to `knowledge` (the UniKE memory they were made with).
+    pub fn load_with(base: &Path, model: &Llava, knowledge: Option<Arc<Knowledge>>) -> Result<Self> {
         let device = model.device();
         let (st, js) = (base.with_extension("safetensors"), base.with_extension("json"));
         let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
@@ -165,10 +233,32 @@ impl Patch {
             let delta = tensors.remove(&key).ok_or_else(|| data_err(&st, format!("missing tensor {key}")))?;
             mlp_deltas.insert(layer, down_delta(model, layer, delta)?);
         }
+        let mut take = |key: String| tensors.remove(&key).ok_or_else(|| data_err(&st, format!("missing tensor {key}")));
+        let mut contexts = Vec::new();
+        for i in 0..json.contexts {
+            let layers = (0..model.text().num_layers())
+                .map(|l| Ok((take(format!("contexts.{i}.layers.{l}.k"))?, take(format!("contexts.{i}.layers.{l}.v"))?)))
+                .collect::<Result<Vec<_>>>()?;
+            contexts.push(Arc::new(ContextKv { layers }));
+        }
+        let mut latent = BTreeMap::new();
+        for l in json.latent {
+            latent.insert(l, (take(format!("layers.{l}.h_sem"))?, take(format!("layers.{l}.h_pos"))?));
+        }
         if let Some(extra) = tensors.keys().next() {
             return Err(data_err(&st, format!("unexpected tensor {extra}")));
         }
-        Ok(Self { provenance: json.provenance, neurons, mlp_deltas })
+        let retrieval = match (json.retrieval, latent.is_empty()) {
+            (_, true) => None,
+            (Some(r), false) => {
+                let knowledge = knowledge.ok_or_else(|| {
+                    data_err(&js, "this patch has latent knowledge: load it with the UniKE memory it was made with")
+                })?;
+                Some(Retrieval { knowledge, top_k: r.top_k, alpha: r.alpha })
+            }
+            (None, false) => return Err(data_err(&js, "latent entries without retrieval settings")),
+        };
+        Ok(Self { provenance: json.provenance, neurons, mlp_deltas, contexts, latent, retrieval })
     }
 }
 
@@ -183,6 +273,29 @@ pub fn down_delta(model: &Llava, layer: usize, delta: Tensor) -> Result<DownProj
         )));
     }
     Ok(DownProjDelta { gate, up, act, delta })
+}
+
+/// Hooks of `patches` applied together. Latent entries of every patch join the memory of the first patch that has
+/// one, with its retrieval settings.
+fn stack_hooks<'a>(patches: impl Iterator<Item = &'a Patch>) -> Result<Hooks> {
+    let mut h = Hooks::none();
+    let mut retrieval: Option<&Retrieval> = None;
+    let mut entries: BTreeMap<usize, Vec<(Tensor, Tensor)>> = BTreeMap::new();
+    for p in patches {
+        h.extend(&p.own_hooks());
+        if p.latent.is_empty() {
+            continue;
+        }
+        let r = p.retrieval.as_ref().ok_or_else(|| Error::Invalid("latent entries without a memory".into()))?;
+        retrieval.get_or_insert(r);
+        for (l, e) in &p.latent {
+            entries.entry(*l).or_default().push(e.clone());
+        }
+    }
+    if let Some(r) = retrieval {
+        h.extend(&r.knowledge.hooks(r.top_k, r.alpha, &entries)?);
+    }
+    Ok(h)
 }
 
 /// An ordered stack of patches with stable ids: push, drop any one (undo), apply all through hooks.
@@ -233,13 +346,10 @@ impl PatchStack {
         self.entries.iter().map(|(i, p)| (*i, p.as_ref()))
     }
 
-    /// Hooks applying every patch, bottom first (their extra neurons add up).
-    pub fn hooks(&self) -> Hooks {
-        let mut h = Hooks::none();
-        for (_, p) in &self.entries {
-            h.extend(&p.hooks());
-        }
-        h
+    /// Hooks applying every patch, bottom first (their extra neurons add up, their prefixes sit side by side, their
+    /// latent entries join one retrieval memory).
+    pub fn hooks(&self) -> Result<Hooks> {
+        stack_hooks(self.entries.iter().map(|(_, p)| p.as_ref()))
     }
 
     /// Saves every patch as `dir/NNNN` (bottom first).
@@ -300,7 +410,7 @@ mod tests {
         p.save(&dir.join("p"))?;
         let q = Patch::load(&dir.join("p"), &model)?;
         assert_eq!(q.mlp_deltas[&3].delta.to_vec2::<f32>()?, p.mlp_deltas[&3].delta.to_vec2::<f32>()?);
-        assert_eq!(q.hooks().layer(3).map(|l| l.ffn.len()), Some(2));
+        assert_eq!(q.hooks()?.layer(3).map(|l| l.ffn.len()), Some(2));
         assert_eq!(p.provenance, q.provenance);
         assert_eq!(p.num_parameters(), q.num_parameters());
         for (l, n) in &p.neurons {
@@ -322,17 +432,17 @@ mod tests {
     #[test]
     fn stacks_add_up_and_any_patch_can_be_dropped() -> Result<()> {
         let mut stack = PatchStack::new();
-        assert!(stack.hooks().is_empty());
+        assert!(stack.hooks()?.is_empty());
         let a = stack.push(patch(1.0)?);
         let b = stack.push(patch(2.0)?);
         let c = stack.push(patch(3.0)?);
         assert_eq!(stack.len(), 3);
-        assert_eq!(stack.hooks().layer(2).map(|l| l.ffn.len()), Some(3));
+        assert_eq!(stack.hooks()?.layer(2).map(|l| l.ffn.len()), Some(3));
         // Undo from the middle keeps the others, in order.
         let removed = stack.remove(b)?;
         assert_eq!(removed.provenance.target, "x2");
         assert_eq!(stack.iter().map(|(id, _)| id).collect::<Vec<_>>(), [a, c]);
-        assert_eq!(stack.hooks().layer(3).map(|l| l.ffn.len()), Some(2));
+        assert_eq!(stack.hooks()?.layer(3).map(|l| l.ffn.len()), Some(2));
         assert!(stack.remove(b).is_err());
         // Ids are never reused.
         let d = stack.push(patch(4.0)?);

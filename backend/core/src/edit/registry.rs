@@ -4,9 +4,12 @@ use std::path::Path;
 
 use super::ft::{FineTune, FtParams};
 use super::hparams;
+use super::ike::{Ike, IkeParams};
 use super::t_patcher::{TPatcher, TPatcherParams};
+use super::unike::{Artifacts, UniKe, UniKeParams};
 use super::{EditMethod, EditSequence};
 use crate::error::{Error, Result};
+use crate::model::Llava;
 
 /// Method names as the CLI spells them, in the paper's table order.
 pub const METHODS: [&str; 7] = ["ft", "ke", "t-patcher", "mend", "ike", "serac", "unike"];
@@ -20,6 +23,30 @@ pub struct MethodInputs<'a> {
     /// Unrelated questions from the training split (T-Patcher's memory).
     pub memory: Vec<EditSequence>,
     pub eos: u32,
+    /// The model and its directory (methods with trained artifacts find them there, e.g. `DIR/unike/`).
+    pub llava: &'a Llava,
+    pub model_dir: &'a Path,
+}
+
+/// Splits `unike:variant` into the method name and its variant.
+pub fn split_name(name: &str) -> (&str, Option<&str>) {
+    match name.split_once(':') {
+        Some((m, v)) => (m, Some(v)),
+        None => (name, None),
+    }
+}
+
+/// Checks a method name (with its variant) without building it.
+pub fn check_name(name: &str) -> Result<()> {
+    let (base, variant) = split_name(name);
+    if !METHODS.contains(&base) {
+        return Err(Error::Invalid(format!("unknown method {base:?} (known: {})", METHODS.join(", "))));
+    }
+    match (base, variant) {
+        ("unike", Some(v)) => UniKeParams::default().apply_variant(v),
+        (_, Some(v)) => Err(Error::Invalid(format!("method {base:?} has no variants (got {v:?})"))),
+        _ => Ok(()),
+    }
 }
 
 fn params<T: serde::de::DeserializeOwned + Default>(inputs: &MethodInputs<'_>, method: &str) -> Result<T> {
@@ -33,13 +60,23 @@ fn params<T: serde::de::DeserializeOwned + Default>(inputs: &MethodInputs<'_>, m
 
 /// Builds method `name`.
 pub fn build(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod>> {
-    match name {
-        "ft" => Ok(Box::new(FineTune::new(params::<FtParams>(&inputs, name)?, inputs.eos))),
-        "t-patcher" => Ok(Box::new(TPatcher::new(params::<TPatcherParams>(&inputs, name)?, inputs.memory, inputs.eos))),
-        known if METHODS.contains(&known) => {
-            Err(Error::Invalid(format!("method {known:?} is not implemented yet (implemented: ft, t-patcher)")))
+    check_name(name)?;
+    let (base, variant) = split_name(name);
+    match base {
+        "ft" => Ok(Box::new(FineTune::new(params::<FtParams>(&inputs, base)?, inputs.eos))),
+        "t-patcher" => Ok(Box::new(TPatcher::new(params::<TPatcherParams>(&inputs, base)?, inputs.memory, inputs.eos))),
+        "ike" => Ok(Box::new(Ike { params: params::<IkeParams>(&inputs, base)?, eos: inputs.eos })),
+        "unike" => {
+            let mut p = params::<UniKeParams>(&inputs, base)?;
+            if let Some(v) = variant {
+                p.apply_variant(v)?;
+            }
+            let artifacts = Artifacts::load(inputs.model_dir, inputs.llava.device())?;
+            Ok(Box::new(UniKe::new(name, p, inputs.llava, &artifacts, inputs.memory, inputs.eos)?))
         }
-        other => Err(Error::Invalid(format!("unknown method {other:?} (known: {})", METHODS.join(", ")))),
+        known => Err(Error::Invalid(format!(
+            "method {known:?} is not implemented yet (implemented: ft, t-patcher, ike, unike)"
+        ))),
     }
 }
 
@@ -50,7 +87,16 @@ mod tests {
     #[test]
     fn names_and_hparams_files() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let inputs = |model: &'static str| MethodInputs { root: &root, model, memory: vec![], eos: 2 };
+        let world_cfg = crate::train::world_config_json(40, 8, 1, 8, 4);
+        let llava = crate::train::Trainable::new(&world_cfg, 0, &candle_core::Device::Cpu).unwrap().model;
+        let inputs = |model: &'static str| MethodInputs {
+            root: &root,
+            model,
+            memory: vec![],
+            eos: 2,
+            llava: &llava,
+            model_dir: Path::new("/nonexistent"),
+        };
         assert_eq!(
             build("t-patcher", inputs("default")).map(|m| m.name().to_string()).ok().as_deref(),
             Some("t-patcher")
@@ -63,7 +109,14 @@ mod tests {
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         let good = std::fs::read_to_string(hparams::hparams_path(&root, "t-patcher", "default")).unwrap();
         std::fs::write(&file, good.replace("edit_margin", "edit_margn")).unwrap();
-        let e = build("t-patcher", MethodInputs { root: &dir, model: "m", memory: vec![], eos: 2 }).err();
+        let e = build("t-patcher", MethodInputs { root: &dir, model: "m", ..inputs("default") }).err();
+        // UniKE variants are checked; missing artifacts say how to build them.
+        assert!(check_name("unike:zeta-random,k=10,alpha=0.3").is_ok());
+        let e2 = check_name("unike:wrong").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e2.contains("unknown UniKE variant") && e2.contains("only-intrinsic"), "{e2}");
+        assert!(check_name("unike:alpha=2").is_err() && check_name("ft:x").is_err());
+        let e3 = build("unike", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e3.contains("build-memory"), "{e3}");
         let e = e.map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("edit_margn") && e.contains("m.toml"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);

@@ -215,7 +215,7 @@ pub fn run(
             edit_ms.push(t.elapsed().as_secs_f64() * 1e3);
             stack.push(patch);
         }
-        let hooks = stack.hooks();
+        let hooks = stack.hooks()?;
         for case in chunk {
             ev.score(case, &hooks, &mut sums)?;
             done += 1;

@@ -108,13 +108,25 @@ impl Attention {
     }
 
     /// `x`: `(b, s, d)` normed states at positions `start..start + s`; returns `(b, s, d)`.
-    fn forward(&self, x: &Tensor, start: usize, rope: &Rope, kv: Option<&mut LayerKv>) -> Result<Tensor> {
+    ///
+    /// `prefix`: keys (already rotated for positions `0..n`) and values `(b, kv_heads, n, head_dim)` of an in-context
+    /// prefix that every position attends to, as if it had been prepended; the input's positions then start at
+    /// `n + start`. The cache holds only the input's keys and values.
+    fn forward(
+        &self,
+        x: &Tensor,
+        start: usize,
+        rope: &Rope,
+        kv: Option<&mut LayerKv>,
+        prefix: Option<&(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let split = |t: Tensor, heads: usize| -> Result<Tensor> {
             Ok(t.reshape((b, s, heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = rope.apply(&split(self.q_proj.forward(x)?, self.n_heads)?, start)?;
-        let mut k = rope.apply(&split(self.k_proj.forward(x)?, self.n_kv_heads)?, start)?;
+        let pos = start + prefix.map(|(k, _)| k.dim(2)).transpose()?.unwrap_or(0);
+        let q = rope.apply(&split(self.q_proj.forward(x)?, self.n_heads)?, pos)?;
+        let mut k = rope.apply(&split(self.k_proj.forward(x)?, self.n_kv_heads)?, pos)?;
         let mut v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
         if let Some(slot) = kv {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -122,6 +134,10 @@ impl Attention {
                 v = Tensor::cat(&[pv, &v], 2)?;
             }
             *slot = Some((k.clone(), v.clone()));
+        }
+        if let Some((pk, pv)) = prefix {
+            k = Tensor::cat(&[&pk.to_dtype(k.dtype())?, &k], 2)?;
+            v = Tensor::cat(&[&pv.to_dtype(v.dtype())?, &v], 2)?;
         }
         let total = k.dim(2)?;
         let rep = self.n_heads / self.n_kv_heads;
@@ -209,11 +225,12 @@ impl DecoderLayer {
         rope: &Rope,
         kv: Option<&mut LayerKv>,
         hooks: Option<&LayerHooks>,
+        prefix: Option<&(Tensor, Tensor)>,
         capture: &mut Capture,
     ) -> Result<Tensor> {
         capture.put(idx, CapturePoint::LayerInput, x);
         let normed = self.input_layernorm.forward(x)?;
-        let mut attn = self.self_attn.forward(&normed, start, rope, kv)?;
+        let mut attn = self.self_attn.forward(&normed, start, rope, kv, prefix)?;
         if let Some(h) = hooks {
             let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
             for hook in &h.attn {
@@ -234,6 +251,52 @@ impl DecoderLayer {
         let out = (x + ffn)?;
         capture.put(idx, CapturePoint::LayerOutput, &out);
         Ok(out)
+    }
+}
+
+/// One layer's self-attention projections and input norm, shared with the model (see [`Llama::attention_parts`]).
+#[derive(Debug, Clone)]
+pub struct AttnParts {
+    norm: RmsNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnParts {
+    /// The layer's input RMSNorm, `(.., d)` → `(.., d)`.
+    pub fn norm(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm.forward(x)
+    }
+
+    /// Queries of normed states, `(n, d)` → `(n, n_heads, head_dim)`, without rotary embedding.
+    pub fn queries(&self, normed: &Tensor) -> Result<Tensor> {
+        let n = normed.dim(0)?;
+        Ok(self.q_proj.forward(normed)?.reshape((n, self.n_heads, self.head_dim))?)
+    }
+
+    /// Keys and values of *residual* states (the norm is applied here), `(n, d)` → two `(n, n_kv_heads, head_dim)`,
+    /// keys without rotary embedding.
+    pub fn keys_values(&self, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = residual.dim(0)?;
+        let x = self.norm.forward(residual)?;
+        let k = self.k_proj.forward(&x)?.reshape((n, self.n_kv_heads, self.head_dim))?;
+        let v = self.v_proj.forward(&x)?.reshape((n, self.n_kv_heads, self.head_dim))?;
+        Ok((k, v))
+    }
+
+    /// Dtype of the projections.
+    pub fn dtype(&self) -> DType {
+        self.q_proj.weight().dtype()
+    }
+
+    /// The output projection, `(.., n_heads * head_dim)` → `(.., d)`.
+    pub fn output(&self, y: &Tensor) -> Result<Tensor> {
+        Ok(self.o_proj.forward(y)?)
     }
 }
 
@@ -316,14 +379,61 @@ impl Llama {
             return Err(Error::Invalid(format!("capture at layer {l} but the model has {} layers", self.layers.len())));
         }
         let mut x = x.clone();
+        let b = x.dim(0)?;
         for i in layers {
             let kv = match cache.as_deref_mut() {
                 Some(c) => Some(c.layer_mut(i)?),
                 None => None,
             };
-            x = self.layers[i].forward(i, &x, start, &self.rope, kv, hooks.layer(i), capture)?;
+            let prefix = self.context_prefix(hooks, i, b)?;
+            x = self.layers[i].forward(i, &x, start, &self.rope, kv, hooks.layer(i), prefix.as_ref(), capture)?;
         }
         Ok(x)
+    }
+
+    /// Keys (rotated for positions `0..n`) and values `(b, kv_heads, n, head_dim)` of every in-context prefix of
+    /// `hooks` at layer `i`, in stack order; `None` without one.
+    fn context_prefix(&self, hooks: &Hooks, i: usize, b: usize) -> Result<Option<(Tensor, Tensor)>> {
+        let contexts = hooks.contexts();
+        if contexts.is_empty() {
+            return Ok(None);
+        }
+        let mut ks = Vec::with_capacity(contexts.len());
+        let mut vs = Vec::with_capacity(contexts.len());
+        for c in contexts {
+            let (k, v) = c.layers.get(i).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "in-context prefix has {} layers, the model {}",
+                    c.layers.len(),
+                    self.layers.len()
+                ))
+            })?;
+            ks.push(k.clone());
+            vs.push(v.clone());
+        }
+        let k = self.rope.apply(&Tensor::cat(&ks, 1)?.unsqueeze(0)?, 0)?;
+        let v = Tensor::cat(&vs, 1)?.unsqueeze(0)?;
+        let (_, h, n, hd) = k.dims4()?;
+        Ok(Some((k.expand((b, h, n, hd))?, v.expand((b, h, n, hd))?)))
+    }
+
+    /// The attention projections of layer `layer` and its input norm (shared with the model, not copied), for hooks
+    /// that attend over memory (latent in-context editing) or precompute an in-context prefix.
+    pub fn attention_parts(&self, layer: usize) -> Result<AttnParts> {
+        let l = self.layers.get(layer).ok_or_else(|| {
+            Error::Invalid(format!("layer {layer} does not exist (the decoder has {})", self.layers.len()))
+        })?;
+        let a = &l.self_attn;
+        Ok(AttnParts {
+            norm: l.input_layernorm.clone(),
+            q_proj: a.q_proj.clone(),
+            k_proj: a.k_proj.clone(),
+            v_proj: a.v_proj.clone(),
+            o_proj: a.o_proj.clone(),
+            n_heads: a.n_heads,
+            n_kv_heads: a.n_kv_heads,
+            head_dim: a.head_dim,
+        })
     }
 
     /// Final RMSNorm, `(b, s, d)` → `(b, s, d)`.

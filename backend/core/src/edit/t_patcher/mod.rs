@@ -8,9 +8,10 @@ use std::sync::OnceLock;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::neurons::{memory_queries, train_neurons, NeuronParams};
+use super::neurons::{memory_queries, train_neurons, NeuronParams, NeuronSetting};
 use super::{EditContext, EditMethod, EditRequest, EditSequence, Patch, Provenance};
 use crate::error::Result;
+use crate::hooks::Hooks;
 
 /// Hyper-parameters (`hparams/t-patcher/<model>.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,15 +65,15 @@ impl EditMethod for TPatcher {
             match self.unedited.get() {
                 Some(m) => m,
                 None => {
-                    let m = memory_queries(ctx, &self.memory, &layers)?;
+                    let m = memory_queries(ctx, &self.memory, &layers, &Hooks::none())?;
                     self.unedited.get_or_init(|| m)
                 }
             }
         } else {
-            fresh = memory_queries(ctx, &self.memory, &layers)?;
+            fresh = memory_queries(ctx, &self.memory, &layers, &Hooks::none())?;
             &fresh
         };
-        let neurons = train_neurons(ctx, &seq, memory, &self.params.0, request.seed)?;
+        let neurons = train_neurons(ctx, &seq, memory, &self.params.0, request.seed, &NeuronSetting::default())?;
         let provenance = Provenance::new(self.name(), &self.params, request)?;
         Ok(Patch::new(provenance, neurons))
     }

@@ -1,0 +1,176 @@
+//! `unike build-memory` and `unike train-encoders`: UniKE's in-context knowledge for a world model (its wrong answers
+//! to the world's questions, with hidden states at every decoder layer) and the encoders that disentangle it. Both
+//! write into `MODEL/unike/`; `unike bench` builds them on demand when a UniKE method asks and they are missing.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use unike_core::edit::unike::encoders::{EncoderParams, Encoders};
+use unike_core::edit::unike::memory::{world_candidates, KnowledgeMemory};
+use unike_core::edit::unike::{Artifacts, UniKeParams};
+use unike_core::train::save::TrainingRecord;
+use unike_core::world::World;
+
+use crate::device::{self, Loaded};
+
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    #[command(flatten)]
+    pub model: device::ModelArgs,
+    /// Triplets to collect (default: `memory_size` of hparams/unike/<model>.toml; the paper collects over 15K).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// World seed (default: the seed the model was trained with, from its training.json).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct EncoderArgs {
+    #[command(flatten)]
+    pub model: device::ModelArgs,
+    /// Training steps (default from hparams/unike/<model>.toml).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+fn bar(len: u64, prefix: &str) -> Result<ProgressBar> {
+    let b = ProgressBar::new(len);
+    b.set_style(ProgressStyle::with_template("{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")?);
+    b.set_prefix(prefix.to_string());
+    Ok(b)
+}
+
+/// The UniKE hyper-parameters of the loaded model (file if present, else defaults).
+pub fn unike_params(loaded: &Loaded) -> Result<UniKeParams> {
+    let root = crate::model_dir::repo_root();
+    let path = unike_core::edit::hparams::hparams_path(&root, "unike", &crate::bench_edit::model_name(loaded));
+    Ok(if path.is_file() { unike_core::edit::hparams::load(&path)? } else { UniKeParams::default() })
+}
+
+fn single_thread() {
+    // Tiny models: the matmul thread pool only spins (see eval-base).
+    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, "1");
+        }
+    }
+}
+
+fn build_memory_into(loaded: &Loaded, n: usize, seed: Option<u64>) -> Result<KnowledgeMemory> {
+    let seed = match seed {
+        Some(s) => s,
+        None => TrainingRecord::read(&loaded.dir)?
+            .map(|r| r.recipe.seed)
+            .context("the model has no training.json (not a world model?): pass --seed")?,
+    };
+    let world = World::generate(seed);
+    let eos = loaded.ckpt.eos_token_ids()?;
+    let layers: Vec<usize> = (0..loaded.model.text().num_layers()).collect();
+    let b = bar(n as u64, "memory")?;
+    let mut last = 0;
+    let mut tick = |got: usize, asked: usize| {
+        b.set_position(got as u64);
+        b.set_message(format!("{asked} asked"));
+        if b.is_hidden() && got >= last + n.div_ceil(10) {
+            last = got;
+            eprintln!("memory: {got}/{n} wrong answers collected ({asked} asked)");
+        }
+    };
+    let memory = KnowledgeMemory::build(
+        &loaded.model,
+        &loaded.processor,
+        &eos,
+        world_candidates(&world, 3000, 64),
+        &layers,
+        n,
+        &mut tick,
+    )?;
+    b.finish_and_clear();
+    if memory.len() < n {
+        eprintln!("note: only {} wrong answers found (asked for {n})", memory.len());
+    }
+    memory.save(&Artifacts::dir(&loaded.dir))?;
+    eprintln!("wrote {} triplets to {}", memory.len(), Artifacts::dir(&loaded.dir).display());
+    Ok(memory)
+}
+
+fn train_into(loaded: &Loaded, memory: &KnowledgeMemory, params: &EncoderParams) -> Result<()> {
+    let b = bar(params.steps as u64, "encoders")?;
+    let mut tick = |step: usize, _: usize, p: unike_core::edit::unike::encoders::EncoderStep| {
+        b.set_position(step as u64);
+        b.set_message(format!("L_tru {:.3} L_sem {:.3}", p.truthful, p.semantic));
+        if b.is_hidden() && step.is_multiple_of(200) {
+            eprintln!("encoders: step {step}/{}: L_tru {:.3} L_sem {:.3}", params.steps, p.truthful, p.semantic);
+        }
+    };
+    let (enc, curve) = Encoders::train(memory, params, &mut tick)?;
+    b.finish_and_clear();
+    enc.save(&Artifacts::dir(&loaded.dir), &curve)?;
+    if let Some(last) = curve.last() {
+        eprintln!(
+            "encoders trained ({} steps, final L_tru {:.3}, L_sem {:.3}) into {}",
+            params.steps,
+            last.truthful,
+            last.semantic,
+            Artifacts::dir(&loaded.dir).display()
+        );
+    }
+    Ok(())
+}
+
+pub fn build_memory(args: MemoryArgs) -> Result<()> {
+    single_thread();
+    let loaded = args.model.load()?;
+    let n = args.n.unwrap_or(unike_params(&loaded)?.memory_size);
+    if n == 0 {
+        bail!("--n must be at least 1");
+    }
+    build_memory_into(&loaded, n, args.seed)?;
+    Ok(())
+}
+
+pub fn train_encoders(args: EncoderArgs) -> Result<()> {
+    single_thread();
+    let loaded = args.model.load()?;
+    let mut params = unike_params(&loaded)?.encoders;
+    if let Some(s) = args.steps {
+        if s == 0 {
+            bail!("--steps must be at least 1");
+        }
+        params.steps = s;
+    }
+    if let Some(s) = args.seed {
+        params.seed = s;
+    }
+    let dir = Artifacts::dir(&loaded.dir);
+    if !dir.join("memory.safetensors").is_file() {
+        bail!("no knowledge memory in {}: run `unike build-memory` first", dir.display());
+    }
+    let memory = KnowledgeMemory::load(&dir, loaded.model.device())?;
+    train_into(&loaded, &memory, &params)
+}
+
+/// Builds whatever of the memory and encoders is missing for `loaded` (with progress bars and a message).
+pub fn ensure(loaded: &Loaded) -> Result<()> {
+    if Artifacts::present(&loaded.dir) {
+        return Ok(());
+    }
+    let dir = Artifacts::dir(&loaded.dir);
+    let params = unike_params(loaded)?;
+    let memory = if dir.join("memory.safetensors").is_file() {
+        KnowledgeMemory::load(&dir, loaded.model.device())?
+    } else {
+        eprintln!(
+            "UniKE's knowledge memory is missing from {}: building it now ({} triplets; `unike build-memory` does this \
+             alone)",
+            dir.display(),
+            params.memory_size
+        );
+        build_memory_into(loaded, params.memory_size, None)?
+    };
+    eprintln!("UniKE's encoders are missing: training them now (`unike train-encoders` does this alone)");
+    train_into(loaded, &memory, &params.encoders)
+}

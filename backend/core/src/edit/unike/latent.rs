@@ -1,0 +1,217 @@
+//! Latent in-context editing (paper §3.2, Eq. 2, Appendix A; adaptive α of Eq. 7): in each edited layer the
+//! pre-attention state of every position retrieves the top-K memory entries whose `h_sem` is most similar (cosine),
+//! attends over their `h_pos` with the layer's own query, key, value and output projections (no rotary embedding: the
+//! memory has no position), and the self-attention output becomes `α·h_input + (1 − α)·h_know`.
+//!
+//! Adaptive α (Eq. 7): the relevance `r = cos(Enc_sem(h̄_pos), h_input)` of the retrieved knowledge (`h̄_pos`: the
+//! retrieved `h_pos` weighted by the head-averaged attention, the space `Enc_sem` was trained on) to the position's
+//! own state. The paper's analysis (§3.3) says weak relevance must *reduce* the knowledge's share, while Eq. 7 as
+//! printed gives the knowledge the weight `1 − r`; we follow the analysis: the knowledge's share is `max(r, 0)`, so
+//! α = `1 − max(r, 0)`. Every position retrieves with its own state, so teacher forcing and cached decoding agree.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::encoders::Encoders;
+use super::memory::KnowledgeMemory;
+use crate::error::{Error, Result};
+use crate::hooks::{AttnContext, AttnHook, Hooks};
+use crate::model::llama::AttnParts;
+use crate::model::Llava;
+
+/// How much of the input's own attention output is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Alpha {
+    /// α from the semantic relevance of the retrieved knowledge (Eq. 7, see the module docs).
+    Adaptive,
+    /// A fixed α (Eq. 2): `α·h_input + (1 − α)·h_know`.
+    Fixed(f32),
+}
+
+/// One layer's retrievable entries: unit centred `h_sem` `(m, d)`, keys and values of `h_pos` `(m, kv_heads,
+/// head_dim)`, centred `h_pos` `(m, d)`.
+#[derive(Debug, Clone)]
+pub struct Bank {
+    sem: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    pos: Tensor,
+}
+
+impl Bank {
+    fn new(parts: &AttnParts, centre: &Tensor, h_sem: &Tensor, h_pos: &Tensor) -> Result<Self> {
+        let dtype = centre.dtype();
+        let (h_sem, h_pos) = (h_sem.to_dtype(dtype)?, h_pos.to_dtype(dtype)?);
+        let (keys, values) = parts.keys_values(&h_pos.to_dtype(parts.dtype())?)?;
+        Ok(Self {
+            sem: unit(&h_sem.broadcast_sub(centre)?)?,
+            keys: keys.to_dtype(DType::F32)?,
+            values: values.to_dtype(DType::F32)?,
+            pos: h_pos.broadcast_sub(centre)?,
+        })
+    }
+
+    fn len(&self) -> Result<usize> {
+        Ok(self.sem.dim(0)?)
+    }
+
+    fn cat(&self, other: &Bank) -> Result<Bank> {
+        Ok(Bank {
+            sem: Tensor::cat(&[&self.sem, &other.sem], 0)?,
+            keys: Tensor::cat(&[&self.keys, &other.keys], 0)?,
+            values: Tensor::cat(&[&self.values, &other.values], 0)?,
+            pos: Tensor::cat(&[&self.pos, &other.pos], 0)?,
+        })
+    }
+}
+
+fn unit(x: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_div(&(x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-6)?)?)
+}
+
+/// The shared knowledge memory of the edited layers, ready for retrieval, with the encoders.
+#[derive(Debug)]
+pub struct Knowledge {
+    banks: BTreeMap<usize, Bank>,
+    parts: BTreeMap<usize, AttnParts>,
+    pub encoders: Arc<Encoders>,
+}
+
+impl Knowledge {
+    /// Prepares `memory` at `layers` of `model` (keys and values through each layer's own projections).
+    pub fn new(model: &Llava, memory: &KnowledgeMemory, encoders: Arc<Encoders>, layers: &[usize]) -> Result<Self> {
+        let mut banks = BTreeMap::new();
+        let mut parts = BTreeMap::new();
+        for &l in layers {
+            let i = memory.layer_index(l)?;
+            let p = model.text().attention_parts(l)?;
+            let centre = &encoders.layer(l)?.centre;
+            banks.insert(l, Bank::new(&p, centre, &memory.h_sem[i], &memory.h_pos[i])?);
+            parts.insert(l, p);
+        }
+        Ok(Self { banks, parts, encoders })
+    }
+
+    /// Layers the knowledge covers.
+    pub fn layers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.banks.keys().copied()
+    }
+
+    /// Number of memory entries per layer.
+    pub fn len(&self) -> usize {
+        self.banks.values().next().and_then(|b| b.len().ok()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hooks shifting the attention output of every covered layer with retrieval over the memory plus `entries`
+    /// (per layer, `(h_sem, h_pos)` of the edits in a stack, `(e, d)` each).
+    pub fn hooks(
+        self: &Arc<Self>,
+        top_k: usize,
+        alpha: Alpha,
+        entries: &BTreeMap<usize, Vec<(Tensor, Tensor)>>,
+    ) -> Result<Hooks> {
+        let mut hooks = Hooks::none();
+        for (&l, base) in &self.banks {
+            let mut bank = base.clone();
+            if let Some(list) = entries.get(&l).filter(|v| !v.is_empty()) {
+                let s = Tensor::cat(&list.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>(), 0)?;
+                let p = Tensor::cat(&list.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(), 0)?;
+                let extra = Bank::new(&self.parts[&l], &self.encoders.layer(l)?.centre, &s, &p)?;
+                bank = bank.cat(&extra)?;
+            }
+            hooks.add_attn(l, Arc::new(LatentShift { layer: l, bank, top_k, alpha, knowledge: self.clone() }));
+        }
+        Ok(hooks)
+    }
+}
+
+/// The attention hook of one layer.
+pub struct LatentShift {
+    layer: usize,
+    bank: Bank,
+    top_k: usize,
+    alpha: Alpha,
+    knowledge: Arc<Knowledge>,
+}
+
+impl fmt::Debug for LatentShift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LatentShift").field("layer", &self.layer).field("top_k", &self.top_k).finish()
+    }
+}
+
+/// Indices of the `k` largest entries of each row, best first.
+fn top_k(rows: &[Vec<f32>], k: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(rows.len() * k);
+    for row in rows {
+        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+        let by = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+        if k < idx.len() {
+            idx.select_nth_unstable_by(k, by);
+            idx.truncate(k);
+        }
+        idx.sort_by(by);
+        out.extend(idx);
+    }
+    out
+}
+
+impl AttnHook for LatentShift {
+    fn shift_attention(&self, ctx: &AttnContext<'_>, attn_out: Tensor) -> Result<Tensor> {
+        let parts = self.knowledge.parts.get(&self.layer).ok_or_else(|| Error::Invalid("layer not prepared".into()))?;
+        let enc = self.knowledge.encoders.layer(self.layer)?;
+        let (b, s, d) = attn_out.dims3()?;
+        let n = b * s;
+        let k = self.top_k.min(self.bank.len()?).max(1);
+        let dtype = attn_out.dtype();
+        let x = ctx.residual.reshape((n, d))?.to_dtype(DType::F32)?.broadcast_sub(&enc.centre)?;
+        let sims = unit(&x)?.matmul(&self.bank.sem.t()?)?;
+        let idx = Tensor::new(top_k(&sims.to_vec2::<f32>()?, k).as_slice(), x.device())?;
+        let (h, kvh, hd) = (parts.n_heads, parts.n_kv_heads, parts.head_dim);
+        let gather = |t: &Tensor| -> Result<Tensor> {
+            let g = t.index_select(&idx, 0)?.reshape((n, k, kvh, hd))?.transpose(1, 2)?; // (n, kvh, k, hd)
+            let rep = h / kvh;
+            Ok(if rep == 1 { g } else { g.unsqueeze(2)?.expand((n, kvh, rep, k, hd))?.reshape((n, h, k, hd))? }
+                .contiguous()?)
+        };
+        let (keys, values) = (gather(&self.bank.keys)?, gather(&self.bank.values)?);
+        let q = parts.queries(&ctx.normed.reshape((n, d))?)?.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, h, 1, hd)
+        let att = candle_nn::ops::softmax_last_dim(&(q.matmul(&keys.t()?)? / (hd as f64).sqrt())?)?; // (n, h, 1, k)
+        let y = att.matmul(&values)?.reshape((n, h * hd))?;
+        let h_know = parts.output(&y.to_dtype(parts.dtype())?)?.to_dtype(DType::F32)?; // (n, d)
+        let share = match self.alpha {
+            Alpha::Fixed(a) => Tensor::full(1.0 - a, (n, 1), x.device())?,
+            Alpha::Adaptive => {
+                let w = att.mean(1)?; // (n, 1, k)
+                let pos = self.bank.pos.index_select(&idx, 0)?.reshape((n, k, d))?;
+                let know = w.matmul(&pos)?.squeeze(1)?; // (n, d)
+                let z = enc.semantic.forward(&know)?;
+                (unit(&z)? * unit(&x)?)?.sum_keepdim(1)?.relu()?.clamp(0f32, 1f32)?
+            }
+        };
+        let a = attn_out.reshape((n, d))?.to_dtype(DType::F32)?;
+        let out = (a.broadcast_mul(&share.affine(-1.0, 1.0)?)? + h_know.broadcast_mul(&share)?)?;
+        Ok(out.reshape((b, s, d))?.to_dtype(dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_picks_the_largest_best_first_with_ties_by_index() {
+        let rows = vec![vec![0.1, 0.9, 0.5, 0.9, -1.0], vec![3.0, 2.0, 1.0, 0.0, -1.0]];
+        assert_eq!(top_k(&rows, 3), vec![1, 3, 2, 0, 1, 2]);
+        assert_eq!(top_k(&rows[..1], 9), vec![1, 3, 2, 0, 4]);
+    }
+}

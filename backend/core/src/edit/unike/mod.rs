@@ -1,0 +1,355 @@
+//! UniKE (Pan et al., NeurIPS 2024, "Towards Unified Multimodal Editing with Enhanced Knowledge Collaboration"):
+//! intrinsic editing (extra FFN key-value neurons in the last layers, §3.2 Eq. 3) and latent in-context editing
+//! (retrieved hidden states of in-context knowledge shift the self-attention output, Eq. 2) in the same layers, with
+//! knowledge disentangled into a truthfulness space (its editing direction ζ regulates the new neurons' values, Eq. 6)
+//! and a semantic space (it sets α from the relevance of the retrieved knowledge, Eq. 7).
+//!
+//! An edit's patch holds the new neurons, the edit's own `(h_sem, h_pos)` entries (they join the shared memory of
+//! [`memory`] for retrieval) and, for the "intrinsic + vanilla IKE" ablation, the encoded demonstration. Ablations of
+//! Table 4 and Fig. 4 are variants: `unike:<name>[,<name>...]`, see [`UniKeParams::apply_variant`].
+
+pub mod encoders;
+pub mod latent;
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use self::encoders::{EncoderParams, Encoders};
+use self::latent::{Alpha, Knowledge};
+use self::memory::{knowledge_states, KnowledgeMemory};
+use super::ike::demonstration;
+use super::neurons::{memory_queries, train_neurons, NeuronParams, NeuronSetting};
+use super::patch::Retrieval;
+use super::{EditContext, EditMethod, EditRequest, EditSequence, Patch, Provenance};
+use crate::error::{Error, Result};
+use crate::hooks::Hooks;
+use crate::model::Llava;
+use crate::world::rng::Rng;
+
+/// Where the editing direction of the new neurons comes from (Fig. 4c).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Zeta {
+    /// ζ from the truthfulness space (the method).
+    Truthful,
+    /// ζ from the semantic space (ablation).
+    Semantic,
+    /// A random direction of the same norm (ablation).
+    Random,
+    /// No regulation (ablation).
+    None,
+}
+
+/// The new neurons (T-Patcher's terms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrinsicParams {
+    pub neurons: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub edit_margin: f32,
+    pub memory_margin: f32,
+    pub edit_weight: f32,
+    pub memory_weight: f32,
+}
+
+/// Hyper-parameters (`hparams/unike/<model>.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UniKeParams {
+    /// Both kinds of editing act in the last `layers` decoder layers (paper: 4).
+    pub layers: usize,
+    /// Intrinsic editing (new neurons) on.
+    pub intrinsic: bool,
+    /// Latent in-context editing on.
+    pub latent: bool,
+    /// Vanilla IKE (the edit as an in-context demonstration) instead of latent IKE.
+    pub vanilla_ike: bool,
+    /// Retrieved memory entries per position (paper: 40).
+    pub top_k: usize,
+    /// α: adaptive (Eq. 7) or fixed (Eq. 2).
+    pub alpha: Alpha,
+    /// Scale of `ζ'` added to the new values (Eq. 6).
+    pub beta: f32,
+    pub zeta: Zeta,
+    pub intrinsic_params: IntrinsicParams,
+    /// Triplets `unike build-memory` collects.
+    pub memory_size: usize,
+    pub encoders: EncoderParams,
+}
+
+impl Default for UniKeParams {
+    fn default() -> Self {
+        Self {
+            layers: 2,
+            intrinsic: true,
+            latent: true,
+            vanilla_ike: false,
+            top_k: 40,
+            alpha: Alpha::Adaptive,
+            beta: 0.1,
+            zeta: Zeta::Truthful,
+            intrinsic_params: IntrinsicParams {
+                neurons: 10,
+                steps: 60,
+                lr: 0.05,
+                edit_margin: 2.0,
+                memory_margin: 0.5,
+                edit_weight: 1.0,
+                memory_weight: 1.0,
+            },
+            memory_size: 6000,
+            encoders: EncoderParams::default(),
+        }
+    }
+}
+
+/// Ablation variants, as `unike:<name>`.
+pub const VARIANTS: [(&str, &str); 11] = [
+    ("only-intrinsic", "Table 4 row 1: new neurons only, no ζ"),
+    ("only-latent", "Table 4 row 2: latent IKE only, fixed α"),
+    ("intrinsic+ike", "Table 4 row 3: new neurons + the edit as an in-context demonstration"),
+    ("intrinsic+latent", "Table 4 row 4: new neurons + latent IKE, no collaboration (fixed α, no ζ)"),
+    ("full", "Table 4 row 5: the method (the default)"),
+    ("zeta-none", "Fig. 4c: no ζ"),
+    ("zeta-random", "Fig. 4c: a random direction instead of ζ"),
+    ("zeta-semantic", "Fig. 4c: ζ from the semantic space"),
+    ("alpha=X", "Fig. 4b: fixed α = X in [0, 1]"),
+    ("k=N", "Fig. 4a: N retrieved entries"),
+    ("adaptive", "adaptive α (after alpha=X)"),
+];
+
+/// α of the variants without collaboration.
+pub const FIXED_ALPHA: f32 = 0.8;
+
+impl UniKeParams {
+    /// Applies a comma-separated list of variants (see [`VARIANTS`]).
+    pub fn apply_variant(&mut self, variant: &str) -> Result<()> {
+        for v in variant.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            match v {
+                "full" => {}
+                "only-intrinsic" => {
+                    (self.latent, self.vanilla_ike, self.zeta) = (false, false, Zeta::None);
+                }
+                "only-latent" => {
+                    (self.intrinsic, self.latent, self.vanilla_ike) = (false, true, false);
+                    (self.alpha, self.zeta) = (Alpha::Fixed(FIXED_ALPHA), Zeta::None);
+                }
+                "intrinsic+ike" => {
+                    (self.latent, self.vanilla_ike, self.zeta) = (false, true, Zeta::None);
+                }
+                "intrinsic+latent" => {
+                    (self.alpha, self.zeta) = (Alpha::Fixed(FIXED_ALPHA), Zeta::None);
+                }
+                "zeta-none" => self.zeta = Zeta::None,
+                "zeta-random" => self.zeta = Zeta::Random,
+                "zeta-semantic" => self.zeta = Zeta::Semantic,
+                "adaptive" => self.alpha = Alpha::Adaptive,
+                other => {
+                    if let Some(x) = other.strip_prefix("alpha=") {
+                        let a: f32 = x.parse().map_err(|_| bad_variant(other))?;
+                        if !(0.0..=1.0).contains(&a) {
+                            return Err(bad_variant(other));
+                        }
+                        self.alpha = Alpha::Fixed(a);
+                    } else if let Some(x) = other.strip_prefix("k=") {
+                        self.top_k = x.parse().ok().filter(|k| *k > 0).ok_or_else(|| bad_variant(other))?;
+                    } else {
+                        return Err(bad_variant(other));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn neuron_params(&self) -> NeuronParams {
+        let p = &self.intrinsic_params;
+        NeuronParams {
+            last_layers: self.layers,
+            neurons: p.neurons,
+            steps: p.steps,
+            lr: p.lr,
+            edit_margin: p.edit_margin,
+            memory_margin: p.memory_margin,
+            edit_weight: p.edit_weight,
+            memory_weight: p.memory_weight,
+        }
+    }
+}
+
+fn bad_variant(v: &str) -> Error {
+    let known: Vec<&str> = VARIANTS.iter().map(|(n, _)| *n).collect();
+    Error::Invalid(format!("unknown UniKE variant {v:?} (known: {})", known.join(", ")))
+}
+
+/// The trained artifacts of a model: `DIR/unike/memory.*` and `DIR/unike/encoders.*`.
+pub struct Artifacts {
+    pub memory: KnowledgeMemory,
+    pub encoders: Arc<Encoders>,
+}
+
+impl Artifacts {
+    /// The artifact directory of a model directory.
+    pub fn dir(model_dir: &Path) -> std::path::PathBuf {
+        model_dir.join("unike")
+    }
+
+    /// True when both the memory and the encoders are there.
+    pub fn present(model_dir: &Path) -> bool {
+        let d = Self::dir(model_dir);
+        d.join("memory.safetensors").is_file() && d.join("encoders.safetensors").is_file()
+    }
+
+    /// Loads both; a clear error says how to build them when they are missing.
+    pub fn load(model_dir: &Path, device: &candle_core::Device) -> Result<Self> {
+        let d = Self::dir(model_dir);
+        if !Self::present(model_dir) {
+            return Err(Error::Invalid(format!(
+                "UniKE needs its knowledge memory and encoders in {}: run `unike build-memory` then `unike \
+                 train-encoders` (or `unike bench`, which builds them on demand)",
+                d.display()
+            )));
+        }
+        Ok(Self { memory: KnowledgeMemory::load(&d, device)?, encoders: Arc::new(Encoders::load(&d, device)?) })
+    }
+}
+
+/// The method.
+pub struct UniKe {
+    name: String,
+    pub params: UniKeParams,
+    knowledge: Option<Arc<Knowledge>>,
+    encoders: Arc<Encoders>,
+    memory: Vec<EditSequence>,
+    eos: u32,
+    unedited: OnceLock<BTreeMap<usize, Tensor>>,
+}
+
+impl UniKe {
+    /// `name`: as the CLI spelled it (`unike` or `unike:<variant>`); `memory`: unrelated training questions
+    /// (T-Patcher's locality terms).
+    pub fn new(
+        name: &str,
+        params: UniKeParams,
+        model: &Llava,
+        artifacts: &Artifacts,
+        memory: Vec<EditSequence>,
+        eos: u32,
+    ) -> Result<Self> {
+        let n = model.text().num_layers();
+        if params.layers == 0 || params.layers > n {
+            return Err(Error::Invalid(format!("UniKE layers must be in 1..={n}, not {}", params.layers)));
+        }
+        if !params.intrinsic && !params.latent && !params.vanilla_ike {
+            return Err(Error::Invalid("this UniKE variant edits nothing".into()));
+        }
+        let layers: Vec<usize> = (n - params.layers..n).collect();
+        let knowledge = if params.latent {
+            Some(Arc::new(Knowledge::new(model, &artifacts.memory, artifacts.encoders.clone(), &layers)?))
+        } else {
+            None
+        };
+        Ok(Self {
+            name: name.to_string(),
+            params,
+            knowledge,
+            encoders: artifacts.encoders.clone(),
+            memory,
+            eos,
+            unedited: OnceLock::new(),
+        })
+    }
+
+    fn layers(&self, model: &Llava) -> Vec<usize> {
+        let n = model.text().num_layers();
+        (n - self.params.layers..n).collect()
+    }
+
+    /// `β·ζ'` per edited layer, as the variant asks.
+    fn value_offsets(&self, layers: &[usize], seed: u64) -> Result<BTreeMap<usize, Tensor>> {
+        let mut out = BTreeMap::new();
+        if !self.params.intrinsic || self.params.beta == 0.0 {
+            return Ok(out);
+        }
+        for &l in layers {
+            let e = self.encoders.layer(l)?;
+            let z = match self.params.zeta {
+                Zeta::None => continue,
+                Zeta::Truthful => e.zeta.clone(),
+                Zeta::Semantic => e.zeta_semantic.clone(),
+                Zeta::Random => {
+                    let d = e.zeta.dim(0)?;
+                    let mut rng = Rng::derive(seed, "zeta-random", l as u64);
+                    let r = Tensor::from_vec((0..d).map(|_| rng.normal()).collect::<Vec<f32>>(), d, e.zeta.device())?;
+                    let norm = |t: &Tensor| -> Result<f32> { Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?) };
+                    let scale = f64::from(norm(&e.zeta)? / norm(&r)?.max(1e-6));
+                    (r * scale)?
+                }
+            };
+            out.insert(l, (z.to_dtype(DType::F32)? * f64::from(self.params.beta))?);
+        }
+        Ok(out)
+    }
+}
+
+impl EditMethod for UniKe {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {
+        let model = ctx.model;
+        let seq =
+            EditSequence::new(ctx.processor, &request.question, request.image.as_ref(), &request.target, self.eos)?;
+        let layers = self.layers(model);
+        let provenance = Provenance::new(&self.name, &self.params, request)?;
+        let mut patch = Patch::new(provenance, BTreeMap::new());
+        let stack_hooks = ctx.stack.hooks()?;
+        // External knowledge first: the edit's own states join the memory (latent) or it becomes a demonstration.
+        if let Some(knowledge) = &self.knowledge {
+            for (l, (sem, pos)) in layers.iter().zip(knowledge_states(model, &seq, &layers, &stack_hooks)?) {
+                patch.latent.insert(*l, (sem.unsqueeze(0)?, pos.unsqueeze(0)?));
+            }
+            patch.retrieval =
+                Some(Retrieval { knowledge: knowledge.clone(), top_k: self.params.top_k, alpha: self.params.alpha });
+        }
+        if self.params.vanilla_ike {
+            patch.contexts.push(Arc::new(demonstration(model, &seq, &stack_hooks)?));
+        }
+        if !self.params.intrinsic {
+            return Ok(patch);
+        }
+        // Intrinsic knowledge, trained with the external knowledge in place (the two collaborate in the same layers).
+        let extra = if patch.latent.is_empty() && patch.contexts.is_empty() { Hooks::none() } else { patch.hooks()? };
+        // T-Patcher's memory queries: under the stack and the retrieval over the shared memory (the edit's own entry
+        // left out, so that on an empty stack they are computed once); a demonstration changes them, so then they are
+        // recomputed.
+        let memory_hooks = match (&self.knowledge, patch.contexts.is_empty()) {
+            (_, false) => extra.clone(),
+            (Some(k), true) => k.hooks(self.params.top_k, self.params.alpha, &BTreeMap::new())?,
+            (None, true) => Hooks::none(),
+        };
+        let fresh;
+        let memory = if ctx.stack.is_empty() && patch.contexts.is_empty() {
+            match self.unedited.get() {
+                Some(m) => m,
+                None => {
+                    let m = memory_queries(ctx, &self.memory, &layers, &memory_hooks)?;
+                    self.unedited.get_or_init(|| m)
+                }
+            }
+        } else {
+            fresh = memory_queries(ctx, &self.memory, &layers, &memory_hooks)?;
+            &fresh
+        };
+        let setting = NeuronSetting { extra, value_offset: self.value_offsets(&layers, request.seed)? };
+        patch.neurons = train_neurons(ctx, &seq, memory, &self.params.neuron_params(), request.seed, &setting)?;
+        Ok(patch)
+    }
+}
