@@ -171,6 +171,9 @@ pub fn ensure(loaded: &Loaded) -> Result<()> {
         );
         build_memory_into(loaded, params.memory_size, None)?
     };
+    if dir.join("encoders.safetensors").is_file() {
+        return Ok(());
+    }
     eprintln!("UniKE's encoders are missing: training them now (`unike train-encoders` does this alone)");
     train_into(loaded, &memory, &params.encoders)
 }

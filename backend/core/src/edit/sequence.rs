@@ -73,4 +73,35 @@ impl EditSequence {
     pub fn argmax(&self, model: &Llava, hooks: &Hooks) -> Result<Vec<u32>> {
         Ok(self.target_logits(model, hooks)?.argmax(D::Minus1)?.to_vec1::<u32>()?)
     }
+
+    /// [`EditSequence::argmax`] of many sequences, `chunk` per forward pass (right-padded batches; a causal mask keeps
+    /// real tokens from seeing the padding, so each row equals its own forward pass).
+    pub fn argmax_batch(model: &Llava, seqs: &[&EditSequence], hooks: &Hooks, chunk: usize) -> Result<Vec<Vec<u32>>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for part in seqs.chunks(chunk.max(1)) {
+            let len = part.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+            let pad = part.iter().find_map(|s| s.ids.last().copied()).unwrap_or(0);
+            let ids: Vec<u32> = part
+                .iter()
+                .flat_map(|s| s.ids.iter().copied().chain(std::iter::repeat_n(pad, len - s.ids.len())))
+                .collect();
+            let ids = Tensor::from_vec(ids, (part.len(), len), model.device())?;
+            let pixels: Vec<&Tensor> = part.iter().filter_map(|s| s.pixels.as_ref()).collect();
+            let feats = if pixels.is_empty() { None } else { Some(model.image_features(&Tensor::cat(&pixels, 0)?)?) };
+            let embeds = model.embed_inputs(&ids, feats.as_ref())?;
+            let h = model.forward_embeds(&embeds, 0, None, hooks, &mut Capture::none())?;
+            let top = model.logits(&h)?.argmax(D::Minus1)?.to_vec2::<u32>()?;
+            for (row, s) in top.into_iter().zip(part) {
+                out.push(row[s.prompt_len - 1..s.ids.len() - 1].to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The prompt of this sequence followed by `answer` ids (e.g. a greedy answer, its end of sequence included).
+    pub fn with_answer(&self, answer: &[u32]) -> Self {
+        let mut ids = self.ids[..self.prompt_len].to_vec();
+        ids.extend_from_slice(answer);
+        Self { ids, prompt_len: self.prompt_len, pixels: self.pixels.clone() }
+    }
 }

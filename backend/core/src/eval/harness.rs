@@ -9,12 +9,12 @@ use std::time::Instant;
 use candle_core::Tensor;
 use unike_shared::{BenchResult, MetricSet, Timing};
 
-use super::metrics::{agreement, exact_match, token_accuracy, EditMetric, Mean};
+use super::metrics::{agreement, token_accuracy, EditMetric, Mean};
 use crate::data::EditCase;
 use crate::edit::{EditContext, EditMethod, EditRequest, EditSequence, PatchStack};
 use crate::error::Result;
 use crate::hooks::Hooks;
-use crate::model::{Llava, Processor};
+use crate::model::{GenerateOptions, Llava, Processor};
 
 /// Editing mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +43,12 @@ impl Mode {
 
 /// A locality probe with its pre-edit behaviour.
 struct LocalityProbe {
+    /// The probe with its reference answer (token agreement is scored on it).
     seq: EditSequence,
+    /// Pre-edit top-1 token at each answer position.
     pre_top1: Vec<u32>,
-    pre_answer: String,
+    /// The probe with the pre-edit greedy answer (exact match: the post-edit model reproduces it).
+    pre_greedy: EditSequence,
 }
 
 /// An edit case tokenized, with its pre-edit locality outputs.
@@ -57,9 +60,27 @@ pub struct PreparedCase {
     t_locality: LocalityProbe,
     m_locality: LocalityProbe,
     portability: Vec<EditSequence>,
-    target: String,
-    portability_answers: Vec<String>,
 }
+
+impl PreparedCase {
+    /// Every sequence scored after the edit, in [`Evaluator::score`]'s order.
+    fn sequences(&self) -> Vec<&EditSequence> {
+        let mut v = vec![
+            &self.reliability,
+            &self.t_generality,
+            &self.m_generality,
+            &self.t_locality.seq,
+            &self.t_locality.pre_greedy,
+            &self.m_locality.seq,
+            &self.m_locality.pre_greedy,
+        ];
+        v.extend(self.portability.iter());
+        v
+    }
+}
+
+/// Sequences per forward pass when scoring.
+const BATCH: usize = 32;
 
 /// The model, its processor, its end-of-sequence ids and a cache of preprocessed images.
 pub struct Evaluator<'a> {
@@ -93,8 +114,10 @@ impl<'a> Evaluator<'a> {
         let seq = self.seq(question, image, answer)?;
         let none = Hooks::none();
         let pre_top1 = seq.argmax(self.model, &none)?;
-        let pre_answer = seq.greedy(self.model, self.processor, &none, &self.eos)?;
-        Ok(LocalityProbe { seq, pre_top1, pre_answer })
+        let opts = GenerateOptions { max_new_tokens: 24, eos_token_ids: self.eos.clone() };
+        let gen = self.model.generate(&seq.ids[..seq.prompt_len], seq.pixels.as_ref(), &none, &opts)?;
+        let pre_greedy = seq.with_answer(&gen.tokens);
+        Ok(LocalityProbe { seq, pre_top1, pre_greedy })
     }
 
     /// Tokenizes `case` and computes its pre-edit locality outputs (on the unedited model).
@@ -118,42 +141,42 @@ impl<'a> Evaluator<'a> {
                 .iter()
                 .map(|p| self.seq(&p.question, Some(&case.image), &p.answer))
                 .collect::<Result<_>>()?,
-            portability_answers: case.portability.iter().map(|p| p.answer.clone()).collect(),
-            target: case.target.clone(),
             request,
         })
     }
 
-    fn accuracy(
-        &self,
-        seq: &EditSequence,
-        hooks: &Hooks,
-        expected: &str,
-        m: EditMetric,
-        sums: &mut Sums,
-    ) -> Result<()> {
-        let acc = token_accuracy(&seq.argmax(self.model, hooks)?, seq.targets());
-        let answer = seq.greedy(self.model, self.processor, hooks, &self.eos)?;
-        sums.update(m, acc, exact_match(&answer, expected));
-        Ok(())
-    }
-
-    fn keep(&self, probe: &LocalityProbe, hooks: &Hooks, m: EditMetric, sums: &mut Sums) -> Result<()> {
-        let acc = agreement(&probe.pre_top1, &probe.seq.argmax(self.model, hooks)?);
-        let answer = probe.seq.greedy(self.model, self.processor, hooks, &self.eos)?;
-        sums.update(m, acc, answer == probe.pre_answer);
-        Ok(())
-    }
-
-    /// Scores `case` under `hooks` into the running means.
-    fn score(&self, case: &PreparedCase, hooks: &Hooks, sums: &mut Sums) -> Result<()> {
-        self.accuracy(&case.reliability, hooks, &case.target, EditMetric::Reliability, sums)?;
-        self.accuracy(&case.t_generality, hooks, &case.target, EditMetric::TGenerality, sums)?;
-        self.accuracy(&case.m_generality, hooks, &case.target, EditMetric::MGenerality, sums)?;
-        self.keep(&case.t_locality, hooks, EditMetric::TLocality, sums)?;
-        self.keep(&case.m_locality, hooks, EditMetric::MLocality, sums)?;
-        for (seq, answer) in case.portability.iter().zip(&case.portability_answers) {
-            self.accuracy(seq, hooks, answer, EditMetric::Portability, sums)?;
+    /// Scores `cases` under `hooks` into the running means, every probe of every case batched.
+    ///
+    /// Exact match of a greedy answer is read off teacher forcing: greedy decoding produces the reference (then
+    /// stops) exactly when the reference's every token and its end of sequence are the argmax at their positions.
+    fn score(&self, cases: &[&PreparedCase], hooks: &Hooks, sums: &mut Sums) -> Result<()> {
+        let seqs: Vec<&EditSequence> = cases.iter().flat_map(|c| c.sequences()).collect();
+        let tops = EditSequence::argmax_batch(self.model, &seqs, hooks, BATCH)?;
+        let mut at = 0;
+        for case in cases {
+            let mut next = || {
+                at += 1;
+                (&tops[at - 1], seqs[at - 1])
+            };
+            let mut accuracy = |m: EditMetric, (top, seq): (&Vec<u32>, &EditSequence)| {
+                sums.update(m, token_accuracy(top, seq.targets()), top.as_slice() == seq.targets());
+            };
+            accuracy(EditMetric::Reliability, next());
+            accuracy(EditMetric::TGenerality, next());
+            accuracy(EditMetric::MGenerality, next());
+            for (m, probe) in [(EditMetric::TLocality, &case.t_locality), (EditMetric::MLocality, &case.m_locality)] {
+                let (top, _) = next();
+                let (greedy, g) = next();
+                sums.update(m, agreement(&probe.pre_top1, top), greedy.as_slice() == g.targets());
+            }
+            for _ in &case.portability {
+                let p = next();
+                sums.update(
+                    EditMetric::Portability,
+                    token_accuracy(p.0, p.1.targets()),
+                    p.0.as_slice() == p.1.targets(),
+                );
+            }
         }
         Ok(())
     }
@@ -216,11 +239,9 @@ pub fn run(
             stack.push(patch);
         }
         let hooks = stack.hooks()?;
-        for case in chunk {
-            ev.score(case, &hooks, &mut sums)?;
-            done += 1;
-            progress(done, cases.len());
-        }
+        ev.score(&chunk.iter().collect::<Vec<_>>(), &hooks, &mut sums)?;
+        done += chunk.len();
+        progress(done, cases.len());
     }
     edit_ms.sort_by(f64::total_cmp);
     Ok(BenchResult {
