@@ -52,7 +52,8 @@ pub struct BenchArgs {
     /// it). Default: the synthetic world of `--seed`, generated once into the system's temporary directory.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Training-split questions given to methods that keep a memory of unrelated inputs (T-Patcher).
+    /// Training-split cases whose questions (edit, text and image question: three each) form the memory of unrelated
+    /// inputs of the methods that keep one (T-Patcher, UniKE).
     #[arg(long, default_value_t = 64)]
     pub memory: usize,
     /// Print one JSON object instead of the Markdown table.
@@ -163,16 +164,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if list.is_empty() {
         bail!("no edit cases in {}", data.display());
     }
-    // Memory of unrelated questions, from the training split.
+    // Memory of unrelated inputs, from the training split: its edit questions (with their original answers), its text
+    // questions and its image questions. Never the evaluation probes.
     let train_task = if args.task == TaskArg::Caption { Task::Caption } else { Task::Vqa };
-    let memory: Vec<EditSequence> = cases(&data, train_task, "train", args.memory)
-        .unwrap_or_default()
-        .iter()
-        .map(|c| {
-            let px = ev.pixels(&c.image)?;
-            Ok(EditSequence::new(&loaded.processor, &c.prompt, Some(&px), &c.target, eos0)?)
-        })
-        .collect::<Result<_>>()?;
+    let mut memory: Vec<EditSequence> = Vec::new();
+    for c in cases(&data, train_task, "train", args.memory).unwrap_or_default() {
+        let (px, mpx) = (ev.pixels(&c.image)?, ev.pixels(&c.m_loc_image)?);
+        let answer = c.pre_edit.as_deref().unwrap_or(&c.target);
+        memory.push(EditSequence::new(&loaded.processor, &c.prompt, Some(&px), answer, eos0)?);
+        memory.push(EditSequence::new(&loaded.processor, &c.loc_question, None, &c.loc_answer, eos0)?);
+        memory.push(EditSequence::new(&loaded.processor, &c.m_loc_question, Some(&mpx), &c.m_loc_answer, eos0)?);
+    }
 
     let bar = ProgressBar::new(list.len() as u64);
     bar.set_style(ProgressStyle::with_template("{prefix:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta}")?);

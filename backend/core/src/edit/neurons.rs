@@ -112,24 +112,44 @@ pub fn train_neurons(
     let n_t = seq.targets().len();
     let targets = Tensor::new(seq.targets(), device)?;
 
-    // Initialise: keys along the mean edit query, biases so the edit reaches the margin, values zero.
+    // Initialise: keys along the edit query at the first answer position, biases so the edit reaches the margin,
+    // values zero.
     let mut rng = Rng::derive(seed, "neurons", 0);
     let mut vars: BTreeMap<usize, (Var, Var, Var)> = BTreeMap::new();
     for &l in &layers {
         let q = cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid("ffn input not captured".into()))?;
-        let q = q.narrow(1, seq.prompt_len - 1, 1)?.squeeze(0)?.to_dtype(DType::F32)?.mean(0)?;
+        let q = q.narrow(1, seq.prompt_len - 1, 1)?.squeeze(0)?.to_dtype(DType::F32)?.get(0)?;
         let d = q.dim(0)?;
+        let mem = memory.get(&l).filter(|m| m.dim(0).map(|n| n > 0).unwrap_or(false));
         // Hidden states share a large common component: point the key away from the memory's mean, so the neuron
         // tells the edit apart from unrelated inputs from the first step.
-        let centred = match memory.get(&l) {
-            Some(m) if m.dim(0)? > 0 => (&q - m.mean(0)?)?,
-            _ => q.clone(),
+        let centred = match mem {
+            Some(m) => (&q - m.mean(0)?)?,
+            None => q.clone(),
         };
-        let dir = (&centred / centred.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?.max(1e-6) as f64)?;
+        let norm = centred.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?.max(1e-6);
+        let dir = (&centred / f64::from(norm))?;
+        // Scale the key so that, with the bias putting the edit at the edit margin, most memory queries already sit
+        // below minus the memory margin: the gap `(q − m)·dir` of the 10th-percentile memory query must cover both
+        // margins. Training then starts local instead of having to become so.
+        let scale = match mem {
+            Some(m) => {
+                let gaps = m.broadcast_sub(&q)?.affine(-1.0, 0.0)?.matmul(&dir.unsqueeze(1)?)?;
+                let mut gaps = gaps.flatten_all()?.to_vec1::<f32>()?;
+                gaps.sort_by(f32::total_cmp);
+                let p10 = gaps[gaps.len() / 10];
+                if p10 > 0.0 {
+                    ((params.edit_margin + params.memory_margin) / p10).clamp(1.0, 20.0)
+                } else {
+                    1.0
+                }
+            }
+            None => 1.0,
+        };
         let mut keys = Vec::with_capacity(params.neurons);
         for j in 0..params.neurons {
             let noise: Vec<f32> = (0..d).map(|_| if j == 0 { 0.0 } else { 0.01 * rng.normal() }).collect();
-            keys.push((&dir + Tensor::from_vec(noise, d, device)?)?);
+            keys.push(((&dir + Tensor::from_vec(noise, d, device)?)? * f64::from(scale))?);
         }
         let w_k = Tensor::stack(&keys, 1)?; // (d, n)
         let b_k = (q.unsqueeze(0)?.matmul(&w_k)?.squeeze(0)?.affine(-1.0, params.edit_margin as f64))?;
