@@ -112,42 +112,51 @@ pub fn model_name(loaded: &crate::device::Loaded) -> String {
     }
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
-    if args.n == 0 {
+/// One benchmark configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub methods: Vec<String>,
+    pub task: TaskArg,
+    pub mode: ModeArg,
+    pub k: usize,
+    pub n: usize,
+    pub seed: u64,
+    pub memory: usize,
+}
+
+/// The world's data of `--seed` (generated once) or `--data`.
+pub fn data_dir(data: Option<&Path>, seed: u64) -> Result<PathBuf> {
+    match data {
+        Some(d) if !d.is_dir() => bail!("--data {} is not a directory", d.display()),
+        Some(d) => Ok(d.to_path_buf()),
+        None => world_data(seed),
+    }
+}
+
+/// Runs every method of `cfg` on `loaded` over the cases of `data`, with a progress bar on stderr.
+pub fn bench(loaded: &crate::device::Loaded, data: &Path, cfg: &Config) -> Result<Vec<BenchResult>> {
+    if cfg.n == 0 {
         bail!("--n must be at least 1");
     }
-    if args.mode == ModeArg::Sequential && args.k == 0 {
+    if cfg.mode == ModeArg::Sequential && cfg.k == 0 {
         bail!("--k must be at least 1");
     }
-    for m in &args.methods {
+    for m in &cfg.methods {
         registry::check_name(m)?;
     }
-    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
-        // World models are tiny: the matmul thread pool only spins on them (see eval-base).
-        if std::env::var_os(var).is_none() {
-            std::env::set_var(var, "1");
-        }
-    }
-    let data = match &args.data {
-        Some(d) if !d.is_dir() => bail!("--data {} is not a directory", d.display()),
-        Some(d) => d.clone(),
-        None => world_data(args.seed)?,
-    };
-    let loaded = args.model.load()?;
-    if args.methods.iter().any(|m| registry::split_name(m).0 == "unike") {
-        crate::unike_artifacts::ensure(&loaded)?;
+    if cfg.methods.iter().any(|m| registry::split_name(m).0 == "unike") {
+        crate::unike_artifacts::ensure(loaded)?;
     }
     let eos = loaded.ckpt.eos_token_ids()?;
     let eos0 = *eos.first().context("the checkpoint has no end-of-sequence id")?;
     let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos.clone());
 
     // The cases, in the order they are edited.
-    let (task_name, list) = match args.task {
-        TaskArg::Vqa => ("vqa", cases(&data, Task::Vqa, "eval", args.n)?),
-        TaskArg::Caption => ("caption", cases(&data, Task::Caption, "eval", args.n)?),
+    let (task_name, list) = match cfg.task {
+        TaskArg::Vqa => ("vqa", cases(data, Task::Vqa, "eval", cfg.n)?),
+        TaskArg::Caption => ("caption", cases(data, Task::Caption, "eval", cfg.n)?),
         TaskArg::Cross => {
-            let (v, c) =
-                (cases(&data, Task::Vqa, "eval", args.n / 2)?, cases(&data, Task::Caption, "eval", args.n / 2)?);
+            let (v, c) = (cases(data, Task::Vqa, "eval", cfg.n / 2)?, cases(data, Task::Caption, "eval", cfg.n / 2)?);
             let mut mixed = Vec::new();
             for (a, b) in v.chunks(5).zip(c.chunks(5)) {
                 mixed.extend_from_slice(a);
@@ -156,19 +165,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             ("cross", mixed)
         }
     };
-    let mode = match (args.task, args.mode) {
+    let mode = match (cfg.task, cfg.mode) {
         (TaskArg::Cross, _) => Mode::Sequential(10),
         (_, ModeArg::OneStep) => Mode::OneStep,
-        (_, ModeArg::Sequential) => Mode::Sequential(args.k),
+        (_, ModeArg::Sequential) => Mode::Sequential(cfg.k),
     };
     if list.is_empty() {
         bail!("no edit cases in {}", data.display());
     }
     // Memory of unrelated inputs, from the training split: its edit questions (with their original answers), its text
     // questions and its image questions. Never the evaluation probes.
-    let train_task = if args.task == TaskArg::Caption { Task::Caption } else { Task::Vqa };
+    let train_task = if cfg.task == TaskArg::Caption { Task::Caption } else { Task::Vqa };
     let mut memory: Vec<EditSequence> = Vec::new();
-    for c in cases(&data, train_task, "train", args.memory).unwrap_or_default() {
+    for c in cases(data, train_task, "train", cfg.memory).unwrap_or_default() {
         let (px, mpx) = (ev.pixels(&c.image)?, ev.pixels(&c.m_loc_image)?);
         let answer = c.pre_edit.as_deref().unwrap_or(&c.target);
         memory.push(EditSequence::new(&loaded.processor, &c.prompt, Some(&px), answer, eos0)?);
@@ -177,20 +186,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     let bar = ProgressBar::new(list.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{prefix:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta}")?);
-    bar.set_prefix("pre-edit");
+    bar.set_style(ProgressStyle::with_template("{prefix:>24} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta}")?);
+    bar.set_prefix(format!("pre-edit {task_name}"));
     let prepared: Vec<PreparedCase> = list
         .iter()
         .enumerate()
         .map(|(i, c)| {
             bar.inc(1);
-            ev.prepare(c, args.seed.wrapping_add(i as u64))
+            ev.prepare(c, cfg.seed.wrapping_add(i as u64))
         })
         .collect::<unike_core::Result<_>>()?;
     let root = crate::model_dir::repo_root();
-    let model_name = model_name(&loaded);
+    let model_name = model_name(loaded);
     let mut results = Vec::new();
-    for name in &args.methods {
+    for name in &cfg.methods {
         let inputs = MethodInputs {
             root: &root,
             model: &model_name,
@@ -201,22 +210,63 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         let method = registry::build(name, inputs)?;
         bar.reset();
-        bar.set_prefix(name.clone());
+        bar.set_prefix(format!("{name} {task_name}"));
         let mut tick = |done: usize, _: usize| bar.set_position(done as u64);
         results.push(eval::run(&ev, method.as_ref(), &prepared, mode, task_name, &mut tick)?);
     }
     bar.finish_and_clear();
+    Ok(results)
+}
+
+/// Single-threads the matmul pools unless set: world models are tiny and the pools only spin on them (see eval-base).
+pub fn single_thread() {
+    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, "1");
+        }
+    }
+}
+
+/// The Markdown table of `results`: both conventions per method.
+pub fn markdown(results: &[BenchResult]) -> String {
+    let mut out = String::from(
+        "| method | task | mode | k | n | score | Rel. | T-Gen. | M-Gen. | T-Loc. | M-Loc. | Port. | edit ms (median / p90) |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in results {
+        out.push_str(&row(r, &r.metrics, "token acc."));
+        out.push('\n');
+        out.push_str(&row(r, &r.exact_match, "exact match"));
+        out.push('\n');
+    }
+    out
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    single_thread();
+    let cfg = Config {
+        methods: args.methods.clone(),
+        task: args.task,
+        mode: args.mode,
+        k: args.k,
+        n: args.n,
+        seed: args.seed,
+        memory: args.memory,
+    };
+    // Cheap checks before anything is loaded.
+    if cfg.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    for m in &cfg.methods {
+        registry::check_name(m)?;
+    }
+    let data = data_dir(args.data.as_deref(), args.seed)?;
+    let loaded = args.model.load()?;
+    let results = bench(&loaded, &data, &cfg)?;
     if args.json {
         println!("{}", serde_json::to_string(&BenchReport { results })?);
     } else {
-        println!(
-            "| method | task | mode | k | n | score | Rel. | T-Gen. | M-Gen. | T-Loc. | M-Loc. | Port. | edit ms (median / p90) |"
-        );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-        for r in &results {
-            println!("{}", row(r, &r.metrics, "token acc."));
-            println!("{}", row(r, &r.exact_match, "exact match"));
-        }
+        print!("{}", markdown(&results));
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! unike serve [--addr 127.0.0.1:8080] [--model <DIR|default>] [--dist DIR]
 //! unike train-base [--seed S] [--out models/default] [--recipe default|smoke]
 //! unike eval-base [--model <DIR|default>] [--n N] [--json] [--check]
+//! unike reproduce --out DIR [--n N] [--seed S] [--methods a,b] [--only table1,fig4a,...]
 //! unike build-memory [--model <DIR|default>] [--n N] [--seed S]
 //! unike train-encoders [--model <DIR|default>] [--steps N] [--seed S]
 //! ```
@@ -23,6 +24,8 @@ mod eval_base;
 mod gen_data;
 mod model_dir;
 mod plot;
+mod plot_bench;
+mod reproduce;
 mod serve;
 mod train_base;
 mod unike_artifacts;
@@ -52,6 +55,8 @@ enum Command {
     TrainBase(train_base::TrainArgs),
     /// Evaluate a world model: greedy exact match per split, and its answers to facts it never learned.
     EvalBase(eval_base::EvalArgs),
+    /// Reproduce the paper's tables and Fig. 4 on the world: Markdown + JSON + PNG charts into --out.
+    Reproduce(reproduce::ReproduceArgs),
     /// UniKE: collect the model's wrong answers on the world and their hidden states (in-context knowledge).
     BuildMemory(unike_artifacts::MemoryArgs),
     /// UniKE: train the truthfulness and semantic encoders on the memory (Eq. 4, 5) and fit W_ζ.
@@ -82,6 +87,7 @@ fn main() {
         Command::Serve(a) => serve::run(a),
         Command::TrainBase(a) => train_base::run(a),
         Command::EvalBase(a) => eval_base::run(a),
+        Command::Reproduce(a) => reproduce::run(a),
         Command::BuildMemory(a) => unike_artifacts::build_memory(a),
         Command::TrainEncoders(a) => unike_artifacts::train_encoders(a),
     };

@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 use unike_core::train::driver::{CurvePoint, Stage};
 
-const SERIES: [RGBColor; 8] = [
+pub const SERIES: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -19,7 +19,7 @@ const SERIES: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
 ];
 
-fn register_font() {
+pub fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // The embedded font is valid; a failure would only lose the labels, not the plot.

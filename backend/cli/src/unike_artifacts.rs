@@ -50,15 +50,6 @@ pub fn unike_params(loaded: &Loaded) -> Result<UniKeParams> {
     Ok(if path.is_file() { unike_core::edit::hparams::load(&path)? } else { UniKeParams::default() })
 }
 
-fn single_thread() {
-    // Tiny models: the matmul thread pool only spins (see eval-base).
-    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
-        if std::env::var_os(var).is_none() {
-            std::env::set_var(var, "1");
-        }
-    }
-}
-
 fn build_memory_into(loaded: &Loaded, n: usize, seed: Option<u64>) -> Result<KnowledgeMemory> {
     let seed = match seed {
         Some(s) => s,
@@ -122,7 +113,7 @@ fn train_into(loaded: &Loaded, memory: &KnowledgeMemory, params: &EncoderParams)
 }
 
 pub fn build_memory(args: MemoryArgs) -> Result<()> {
-    single_thread();
+    crate::bench_edit::single_thread();
     let loaded = args.model.load()?;
     let n = args.n.unwrap_or(unike_params(&loaded)?.memory_size);
     if n == 0 {
@@ -133,7 +124,7 @@ pub fn build_memory(args: MemoryArgs) -> Result<()> {
 }
 
 pub fn train_encoders(args: EncoderArgs) -> Result<()> {
-    single_thread();
+    crate::bench_edit::single_thread();
     let loaded = args.model.load()?;
     let mut params = unike_params(&loaded)?.encoders;
     if let Some(s) = args.steps {

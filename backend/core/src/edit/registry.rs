@@ -111,7 +111,7 @@ mod tests {
         std::fs::write(&file, good.replace("edit_margin", "edit_margn")).unwrap();
         let e = build("t-patcher", MethodInputs { root: &dir, model: "m", ..inputs("default") }).err();
         // UniKE variants are checked; missing artifacts say how to build them.
-        assert!(check_name("unike:zeta-random,k=10,alpha=0.3").is_ok());
+        assert!(check_name("unike:zeta-random/k=10/alpha=0.3").is_ok());
         let e2 = check_name("unike:wrong").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e2.contains("unknown UniKE variant") && e2.contains("only-intrinsic"), "{e2}");
         assert!(check_name("unike:alpha=2").is_err() && check_name("ft:x").is_err());

@@ -414,7 +414,7 @@ impl Llama {
         let k = self.rope.apply(&Tensor::cat(&ks, 1)?.unsqueeze(0)?, 0)?;
         let v = Tensor::cat(&vs, 1)?.unsqueeze(0)?;
         let (_, h, n, hd) = k.dims4()?;
-        Ok(Some((k.expand((b, h, n, hd))?, v.expand((b, h, n, hd))?)))
+        Ok(Some((k.expand((b, h, n, hd))?.contiguous()?, v.expand((b, h, n, hd))?.contiguous()?)))
     }
 
     /// The attention projections of layer `layer` and its input norm (shared with the model, not copied), for hooks

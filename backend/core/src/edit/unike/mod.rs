@@ -6,7 +6,7 @@
 //!
 //! An edit's patch holds the new neurons, the edit's own `(h_sem, h_pos)` entries (they join the shared memory of
 //! [`memory`] for retrieval) and, for the "intrinsic + vanilla IKE" ablation, the encoded demonstration. Ablations of
-//! Table 4 and Fig. 4 are variants: `unike:<name>[,<name>...]`, see [`UniKeParams::apply_variant`].
+//! Table 4 and Fig. 4 are variants: `unike:<name>[/<name>...]`, see [`UniKeParams::apply_variant`].
 
 pub mod encoders;
 pub mod latent;
@@ -128,9 +128,9 @@ pub const VARIANTS: [(&str, &str); 11] = [
 pub const FIXED_ALPHA: f32 = 0.8;
 
 impl UniKeParams {
-    /// Applies a comma-separated list of variants (see [`VARIANTS`]).
+    /// Applies a list of variants separated by `/` (`,` too, outside the CLI whose `--methods` splits on commas) (see [`VARIANTS`]).
     pub fn apply_variant(&mut self, variant: &str) -> Result<()> {
-        for v in variant.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        for v in variant.split(['/', ',']).map(str::trim).filter(|v| !v.is_empty()) {
             match v {
                 "full" => {}
                 "only-intrinsic" => {
