@@ -296,6 +296,8 @@ fn bench_edits_the_default_model_deterministically() -> Result<()> {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--methods", "rome"], "unknown method \"rome\""),
         (vec!["--methods", "mend"], "not implemented yet"),
+        (vec!["--methods", "unike:nope"], "unknown UniKE variant \"nope\""),
+        (vec!["--methods", "ft:x"], "has no variants"),
         (vec!["--data", "/no/such/dir"], "is not a directory"),
         (vec!["--data", bad.to_str().context("utf-8 path")?], "vqa_eval.json"),
         (vec!["--n", "0"], "--n must be at least 1"),
@@ -314,6 +316,48 @@ fn bench_edits_the_default_model_deterministically() -> Result<()> {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
+
+#[test]
+fn reproduce_writes_tables_json_and_charts() -> Result<()> {
+    let base = std::env::temp_dir().join(format!("unike-reproduce-{}", std::process::id()));
+    let data = base.join("world");
+    let out = unike().args(["gen-data", "--seed", "0", "--out"]).arg(&data).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = base.join("out");
+    let out = unike()
+        .args(["reproduce", "--only", "table1", "--methods", "ft,ike", "--n", "20", "--memory", "8", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&dir)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["README.md", "table1.md", "table1.json", "table1_vqa.png", "table1_caption.png"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("table1.json"))?)?;
+    let methods: Vec<(&str, &str)> = v["results"]
+        .as_array()
+        .context("results")?
+        .iter()
+        .map(|r| (r["method"].as_str().unwrap_or(""), r["task"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(methods, [("ft", "vqa"), ("ike", "vqa"), ("ft", "caption"), ("ike", "caption")]);
+    let md = std::fs::read_to_string(dir.join("table1.md"))?;
+    assert!(md.contains("| ike | vqa | one-step | 1 | 20 |"), "{md}");
+    // Bad input: one line, exit 1.
+    for (args, needle) in [
+        (vec!["--only", "table9"], "unknown section \"table9\""),
+        (vec!["--n", "5"], "--n must be at least 20"),
+        (vec!["--methods", "rome"], "unknown method"),
+    ] {
+        let out = unike().args(["reproduce", "--out"]).arg(&dir).args(&args).output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle) && err.trim_end().lines().count() == 1, "{args:?}: {err}");
     }
     let _ = std::fs::remove_dir_all(&base);
     Ok(())
