@@ -112,50 +112,80 @@ pub fn train_neurons(
     let n_t = seq.targets().len();
     let targets = Tensor::new(seq.targets(), device)?;
 
-    // Initialise: keys along the edit query at the first answer position, biases so the edit reaches the margin,
-    // values zero.
+    // Where the mistakes are: the answer positions whose pre-edit argmax is not the target (T-Patcher: one mistake,
+    // one neuron). Neuron `j` answers mistake `j mod m`.
+    let mistakes: Vec<usize> = {
+        let h = model.text().final_norm(&model.text().forward_layers(
+            &x0,
+            0,
+            first..n_layers,
+            None,
+            &base,
+            &mut Capture::none(),
+        )?)?;
+        let top =
+            model.logits(&h.narrow(1, seq.prompt_len - 1, n_t)?)?.squeeze(0)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let m: Vec<usize> = (0..n_t).filter(|&i| top[i] != seq.targets()[i]).collect();
+        if m.is_empty() {
+            vec![0]
+        } else {
+            m
+        }
+    };
+    // Initialise: each key points from the memory's mean to the query at its neuron's mistake, scaled so most memory
+    // queries start below the memory margin; the bias puts the mistake's query at the edit margin; values start at 0.
     let mut rng = Rng::derive(seed, "neurons", 0);
     let mut vars: BTreeMap<usize, (Var, Var, Var)> = BTreeMap::new();
     for &l in &layers {
-        let q = cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid("ffn input not captured".into()))?;
-        let q = q.narrow(1, seq.prompt_len - 1, 1)?.squeeze(0)?.to_dtype(DType::F32)?.get(0)?;
-        let d = q.dim(0)?;
+        let qs = cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid("ffn input not captured".into()))?;
+        let qs = qs.narrow(1, seq.prompt_len - 1, n_t)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let d = qs.dim(1)?;
         let mem = memory.get(&l).filter(|m| m.dim(0).map(|n| n > 0).unwrap_or(false));
-        // Hidden states share a large common component: point the key away from the memory's mean, so the neuron
-        // tells the edit apart from unrelated inputs from the first step.
-        let centred = match mem {
-            Some(m) => (&q - m.mean(0)?)?,
-            None => q.clone(),
-        };
-        let norm = centred.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?.max(1e-6);
-        let dir = (&centred / f64::from(norm))?;
-        // Scale the key so that, with the bias putting the edit at the edit margin, most memory queries already sit
-        // below minus the memory margin: the gap `(q − m)·dir` of the 10th-percentile memory query must cover both
-        // margins. Training then starts local instead of having to become so.
-        let scale = match mem {
-            Some(m) => {
-                let gaps = m.broadcast_sub(&q)?.affine(-1.0, 0.0)?.matmul(&dir.unsqueeze(1)?)?;
-                let mut gaps = gaps.flatten_all()?.to_vec1::<f32>()?;
-                gaps.sort_by(f32::total_cmp);
-                let p10 = gaps[gaps.len() / 10];
-                if p10 > 0.0 {
-                    ((params.edit_margin + params.memory_margin) / p10).clamp(1.0, 20.0)
-                } else {
-                    1.0
-                }
-            }
-            None => 1.0,
-        };
         let mut keys = Vec::with_capacity(params.neurons);
+        let mut biases = Vec::with_capacity(params.neurons);
         for j in 0..params.neurons {
-            let noise: Vec<f32> = (0..d).map(|_| if j == 0 { 0.0 } else { 0.01 * rng.normal() }).collect();
-            keys.push(((&dir + Tensor::from_vec(noise, d, device)?)? * f64::from(scale))?);
+            let q = qs.get(mistakes[j % mistakes.len()])?;
+            // Hidden states share a large common component: point the key away from the memory's mean, so the neuron
+            // tells the edit apart from unrelated inputs from the first step.
+            let centred = match mem {
+                Some(m) => (&q - m.mean(0)?)?,
+                None => q.clone(),
+            };
+            let norm = centred.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?.max(1e-6);
+            let noise: Vec<f32> = (0..d).map(|_| if j < mistakes.len() { 0.0 } else { 0.01 * rng.normal() }).collect();
+            let dir = ((&centred / f64::from(norm))? + Tensor::from_vec(noise, d, device)?)?;
+            // The gap `(q − m)·dir` of the 10th-percentile memory query must cover both margins.
+            let scale = match mem {
+                Some(m) => {
+                    let gaps = m.broadcast_sub(&q)?.affine(-1.0, 0.0)?.matmul(&dir.unsqueeze(1)?)?;
+                    let mut gaps = gaps.flatten_all()?.to_vec1::<f32>()?;
+                    gaps.sort_by(f32::total_cmp);
+                    let p10 = gaps[gaps.len() / 10];
+                    if p10 > 0.0 {
+                        ((params.edit_margin + params.memory_margin) / p10).clamp(1.0, 20.0)
+                    } else {
+                        1.0
+                    }
+                }
+                None => 1.0,
+            };
+            let key = (dir * f64::from(scale))?;
+            biases.push(params.edit_margin - (&q * &key)?.sum_all()?.to_scalar::<f32>()?);
+            keys.push(key);
         }
         let w_k = Tensor::stack(&keys, 1)?; // (d, n)
-        let b_k = (q.unsqueeze(0)?.matmul(&w_k)?.squeeze(0)?.affine(-1.0, params.edit_margin as f64))?;
+        let b_k = Tensor::from_vec(biases, params.neurons, device)?;
         let w_v = Tensor::zeros((params.neurons, d), DType::F32, device)?;
         vars.insert(l, (Var::from_tensor(&w_k)?, Var::from_tensor(&b_k)?, Var::from_tensor(&w_v)?));
     }
+    // Each neuron's mistake position, `(n_t, n)` with one 1 per column.
+    let own: Vec<f32> = (0..n_t)
+        .flat_map(|p| {
+            let mistakes = &mistakes;
+            (0..params.neurons).map(move |j| f32::from(u8::from(mistakes[j % mistakes.len()] == p)))
+        })
+        .collect();
+    let own = Tensor::from_vec(own, (n_t, params.neurons), device)?;
     let all: Vec<Var> = vars.values().flat_map(|(a, b, c)| [a.clone(), b.clone(), c.clone()]).collect();
     let mut opt = AdamW::new(all, ParamsAdamW { lr: params.lr, weight_decay: 0.0, ..Default::default() })?;
     let neurons_of = |vars: &BTreeMap<usize, (Var, Var, Var)>| -> Result<BTreeMap<usize, ExtraNeurons>> {
@@ -192,10 +222,11 @@ pub fn train_neurons(
             let q =
                 cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid("ffn input not captured".into()))?;
             let q = q.narrow(1, seq.prompt_len - 1, n_t)?.squeeze(0)?.to_dtype(DType::F32)?;
-            // The activation term holds at the first answer position (the last prompt token), where the mistake is
-            // made; cross-entropy decides whether the neurons should also fire later in the answer.
-            let pre = q.narrow(0, 0, 1)?.matmul(&n.w_k)?.broadcast_add(&n.b_k)?;
-            let a = pre.affine(-1.0, params.edit_margin as f64)?.relu()?.mean_all()?;
+            // The activation term holds at each neuron's mistake; cross-entropy decides whether it should also fire
+            // elsewhere in the answer.
+            let pre = q.matmul(&n.w_k)?.broadcast_add(&n.b_k)?;
+            let a =
+                ((pre.affine(-1.0, params.edit_margin as f64)?.relu()? * &own)?.sum_all()? / params.neurons as f64)?;
             margins_hold &= a.to_scalar::<f32>()? <= 0.0;
             act_loss = (act_loss + a)?;
             if let Some(m) = memory.get(&l) {

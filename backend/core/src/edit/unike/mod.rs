@@ -96,7 +96,7 @@ impl Default for UniKeParams {
             zeta: Zeta::Truthful,
             intrinsic_params: IntrinsicParams {
                 neurons: 10,
-                steps: 60,
+                steps: 100,
                 lr: 0.05,
                 edit_margin: 2.0,
                 memory_margin: 0.5,
