@@ -110,7 +110,23 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         seed: args.seed,
         memory: args.memory,
     };
-    let run = |c: Config| bench_edit::bench(&loaded, &data, &c);
+    // A configuration that fails (e.g. a method's limit) is reported in its place; the others still run.
+    let failures = std::cell::RefCell::new(Vec::<String>::new());
+    let run = |c: Config| -> Result<Vec<BenchResult>> {
+        let mut out = Vec::new();
+        for m in &c.methods {
+            let one = Config { methods: vec![m.clone()], ..c.clone() };
+            match bench_edit::bench(&loaded, &data, &one) {
+                Ok(r) => out.extend(r),
+                Err(e) => {
+                    let msg = format!("{m} ({:?}, {:?}, k {}): {e:#}", c.task, c.mode, c.k).replace('\n', " ");
+                    eprintln!("failed: {msg}");
+                    failures.borrow_mut().push(msg);
+                }
+            }
+        }
+        Ok(out)
+    };
     let out = &args.out;
     let mut readme = format!(
         "# UniKE reproduction on the synthetic world\n\nModel `{}`, seed {}, n = {} per configuration. Command: \
@@ -209,6 +225,14 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         let all = run(cfg(variants, vqa, ModeArg::OneStep, 1))?;
         let mut text = write_section(out, "fig4c", "Fig. 4c: treatments of ζ (E-VQA)", &all)?;
         text.push_str(&bars(out, "fig4c.png", "ζ treatments", &all)?);
+        emit(&mut readme, text)?;
+    }
+    let failed = failures.into_inner();
+    if !failed.is_empty() {
+        let mut text = String::from("## Failed configurations\n\n");
+        for f in &failed {
+            text.push_str(&format!("- {f}\n"));
+        }
         emit(&mut readme, text)?;
     }
     eprintln!("wrote {}", out.join("README.md").display());

@@ -391,16 +391,27 @@ impl Llama {
         Ok(x)
     }
 
-    /// Keys (rotated for positions `0..n`) and values `(b, kv_heads, n, head_dim)` of every in-context prefix of
-    /// `hooks` at layer `i`, in stack order; `None` without one.
+    /// Keys (rotated for positions `0..n`) and values `(b, kv_heads, n, head_dim)` of the in-context prefixes of
+    /// `hooks` at layer `i`, in stack order; `None` without one. Prefixes take at most half of the position window:
+    /// the most recent ones that fit (older demonstrations fall out of the context, as they would from a prompt).
     fn context_prefix(&self, hooks: &Hooks, i: usize, b: usize) -> Result<Option<(Tensor, Tensor)>> {
-        let contexts = hooks.contexts();
-        if contexts.is_empty() {
+        let budget = self.cfg.max_position_embeddings / 2;
+        let mut used = 0;
+        let mut kept = Vec::new();
+        for c in hooks.contexts().iter().rev() {
+            if used + c.len() > budget {
+                break;
+            }
+            used += c.len();
+            kept.push(c);
+        }
+        kept.reverse();
+        if kept.is_empty() {
             return Ok(None);
         }
-        let mut ks = Vec::with_capacity(contexts.len());
-        let mut vs = Vec::with_capacity(contexts.len());
-        for c in contexts {
+        let mut ks = Vec::with_capacity(kept.len());
+        let mut vs = Vec::with_capacity(kept.len());
+        for c in kept {
             let (k, v) = c.layers.get(i).ok_or_else(|| {
                 Error::Invalid(format!(
                     "in-context prefix has {} layers, the model {}",
