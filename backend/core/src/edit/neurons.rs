@@ -61,6 +61,24 @@ pub fn memory_queries(
     rows.into_iter().map(|(l, r)| Ok((l, Tensor::cat(&r, 0)?))).collect()
 }
 
+/// The earlier edits of the stack as memory sequences (T-Patcher keeps previously edited inputs in its memory, so a new
+/// neuron does not fire on them): each patch's question, image (from its provenance path, when readable) and target.
+pub fn stack_memory(ctx: &EditContext<'_>, eos: u32) -> Result<Vec<EditSequence>> {
+    let mut out = Vec::new();
+    for (_, p) in ctx.stack.iter() {
+        let pv = &p.provenance;
+        let pixels = match pv.image.as_deref().map(std::path::Path::new) {
+            Some(path) if path.is_file() => {
+                Some(ctx.processor.image_processor().load_file(path, ctx.model.device())?.unsqueeze(0)?)
+            }
+            Some(_) => continue,
+            None => None,
+        };
+        out.push(EditSequence::new(ctx.processor, &pv.prompt, pixels.as_ref(), &pv.target, eos)?);
+    }
+    Ok(out)
+}
+
 /// What else shapes neuron training besides the hyper-parameters.
 #[derive(Default)]
 pub struct NeuronSetting {

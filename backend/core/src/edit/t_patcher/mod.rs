@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::neurons::{memory_queries, train_neurons, NeuronParams, NeuronSetting};
+use super::neurons::{memory_queries, stack_memory, train_neurons, NeuronParams, NeuronSetting};
 use super::{EditContext, EditMethod, EditRequest, EditSequence, Patch, Provenance};
 use crate::error::Result;
 use crate::hooks::Hooks;
@@ -70,7 +70,9 @@ impl EditMethod for TPatcher {
                 }
             }
         } else {
-            fresh = memory_queries(ctx, &self.memory, &layers, &Hooks::none())?;
+            let mut seqs = self.memory.clone();
+            seqs.extend(stack_memory(ctx, self.eos)?);
+            fresh = memory_queries(ctx, &seqs, &layers, &Hooks::none())?;
             &fresh
         };
         let neurons = train_neurons(ctx, &seq, memory, &self.params.0, request.seed, &NeuronSetting::default())?;

@@ -23,7 +23,7 @@ use self::encoders::{EncoderParams, Encoders};
 use self::latent::{Alpha, Knowledge};
 use self::memory::{knowledge_states, KnowledgeMemory};
 use super::ike::demonstration;
-use super::neurons::{memory_queries, train_neurons, NeuronParams, NeuronSetting};
+use super::neurons::{memory_queries, stack_memory, train_neurons, NeuronParams, NeuronSetting};
 use super::patch::Retrieval;
 use super::{EditContext, EditMethod, EditRequest, EditSequence, Patch, Provenance};
 use crate::error::{Error, Result};
@@ -345,7 +345,9 @@ impl EditMethod for UniKe {
                 }
             }
         } else {
-            fresh = memory_queries(ctx, &self.memory, &layers, &memory_hooks)?;
+            let mut seqs = self.memory.clone();
+            seqs.extend(stack_memory(ctx, self.eos)?);
+            fresh = memory_queries(ctx, &seqs, &layers, &memory_hooks)?;
             &fresh
         };
         let setting = NeuronSetting { extra, value_offset: self.value_offsets(&layers, request.seed)? };
