@@ -218,15 +218,6 @@ pub fn bench(loaded: &crate::device::Loaded, data: &Path, cfg: &Config) -> Resul
     Ok(results)
 }
 
-/// Single-threads the matmul pools unless set: world models are tiny and the pools only spin on them (see eval-base).
-pub fn single_thread() {
-    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
-        if std::env::var_os(var).is_none() {
-            std::env::set_var(var, "1");
-        }
-    }
-}
-
 /// The Markdown table of `results`: both conventions per method.
 pub fn markdown(results: &[BenchResult]) -> String {
     let mut out = String::from(
@@ -243,7 +234,7 @@ pub fn markdown(results: &[BenchResult]) -> String {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    single_thread();
+    crate::device::single_thread_pools();
     let cfg = Config {
         methods: args.methods.clone(),
         task: args.task,

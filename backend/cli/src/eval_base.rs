@@ -31,13 +31,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.n == 0 {
         bail!("--n must be at least 1");
     }
-    // World models are tiny: the matmul thread pool (rayon) mostly spins on them. Measured on --n 500: 47 s wall with
-    // 33 s of system time by default, 22.5 s with RAYON_NUM_THREADS=1. Respect an explicit setting.
-    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
-        if std::env::var_os(var).is_none() {
-            std::env::set_var(var, "1");
-        }
-    }
+    crate::device::single_thread_pools();
     let loaded = args.model.load()?;
     let seed = match args.seed {
         Some(s) => s,

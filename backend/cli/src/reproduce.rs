@@ -85,7 +85,7 @@ fn bars(out: &Path, file: &str, title: &str, results: &[BenchResult]) -> Result<
 }
 
 pub fn run(args: ReproduceArgs) -> Result<()> {
-    bench_edit::single_thread();
+    device::single_thread_pools();
     for s in &args.only {
         if !SECTIONS.contains(&s.as_str()) {
             bail!("unknown section {s:?} (known: {})", SECTIONS.join(", "));

@@ -113,7 +113,7 @@ fn train_into(loaded: &Loaded, memory: &KnowledgeMemory, params: &EncoderParams)
 }
 
 pub fn build_memory(args: MemoryArgs) -> Result<()> {
-    crate::bench_edit::single_thread();
+    crate::device::single_thread_pools();
     let loaded = args.model.load()?;
     let n = args.n.unwrap_or(unike_params(&loaded)?.memory_size);
     if n == 0 {
@@ -124,7 +124,7 @@ pub fn build_memory(args: MemoryArgs) -> Result<()> {
 }
 
 pub fn train_encoders(args: EncoderArgs) -> Result<()> {
-    crate::bench_edit::single_thread();
+    crate::device::single_thread_pools();
     let loaded = args.model.load()?;
     let mut params = unike_params(&loaded)?.encoders;
     if let Some(s) = args.steps {

@@ -122,7 +122,8 @@ pub fn train_neurons(
     let mut cap = Capture::of(
         std::iter::once((first, CapturePoint::LayerInput)).chain(layers.iter().map(|&l| (l, CapturePoint::FfnInput))),
     );
-    model.forward_embeds(&seq.embeds(model)?, 0, None, &base, &mut cap)?;
+    // Its output (the model before the edit, under the stack) also tells where the mistakes are.
+    let pre_edit = model.forward_embeds(&seq.embeds(model)?, 0, None, &base, &mut cap)?;
     let x0 = cap
         .get(first, CapturePoint::LayerInput)
         .ok_or_else(|| Error::Invalid("layer input not captured".into()))?
@@ -133,16 +134,11 @@ pub fn train_neurons(
     // Where the mistakes are: the answer positions whose pre-edit argmax is not the target (T-Patcher: one mistake,
     // one neuron). Neuron `j` answers mistake `j mod m`.
     let mistakes: Vec<usize> = {
-        let h = model.text().final_norm(&model.text().forward_layers(
-            &x0,
-            0,
-            first..n_layers,
-            None,
-            &base,
-            &mut Capture::none(),
-        )?)?;
-        let top =
-            model.logits(&h.narrow(1, seq.prompt_len - 1, n_t)?)?.squeeze(0)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let top = model
+            .logits(&pre_edit.narrow(1, seq.prompt_len - 1, n_t)?)?
+            .squeeze(0)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
         let m: Vec<usize> = (0..n_t).filter(|&i| top[i] != seq.targets()[i]).collect();
         if m.is_empty() {
             vec![0]

@@ -158,24 +158,19 @@ impl<'a> Evaluator<'a> {
                 at += 1;
                 (&tops[at - 1], seqs[at - 1])
             };
-            let mut accuracy = |m: EditMetric, (top, seq): (&Vec<u32>, &EditSequence)| {
+            let accuracy = |sums: &mut Sums, m: EditMetric, (top, seq): (&Vec<u32>, &EditSequence)| {
                 sums.update(m, token_accuracy(top, seq.targets()), top.as_slice() == seq.targets());
             };
-            accuracy(EditMetric::Reliability, next());
-            accuracy(EditMetric::TGenerality, next());
-            accuracy(EditMetric::MGenerality, next());
+            accuracy(sums, EditMetric::Reliability, next());
+            accuracy(sums, EditMetric::TGenerality, next());
+            accuracy(sums, EditMetric::MGenerality, next());
             for (m, probe) in [(EditMetric::TLocality, &case.t_locality), (EditMetric::MLocality, &case.m_locality)] {
                 let (top, _) = next();
                 let (greedy, g) = next();
                 sums.update(m, agreement(&probe.pre_top1, top), greedy.as_slice() == g.targets());
             }
             for _ in &case.portability {
-                let p = next();
-                sums.update(
-                    EditMetric::Portability,
-                    token_accuracy(p.0, p.1.targets()),
-                    p.0.as_slice() == p.1.targets(),
-                );
+                accuracy(sums, EditMetric::Portability, next());
             }
         }
         Ok(())

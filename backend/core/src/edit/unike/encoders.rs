@@ -200,38 +200,25 @@ impl Encoders {
             }
             progress(step, params.steps, point);
         }
-        let mut layers = BTreeMap::new();
+        // ζ' per layer (and its semantic-space twin), then the encoders detached from the optimiser's variables.
+        let mut directions = BTreeMap::new();
         for (i, l) in memory.layers.iter().enumerate() {
-            let (tru, sem) = nets[i].clone();
+            let (tru, sem) = &nets[i];
             let c = &centres[i];
             let hp = memory.h_pos[i].broadcast_sub(c)?;
             let hn = memory.h_neg[i].broadcast_sub(c)?;
             let zeta = (tru.forward(&hp)?.mean(0)? - tru.forward(&hn)?.mean(0)?)?;
             let zeta_s = (sem.forward(&hp)?.mean(0)? - sem.forward(&hn)?.mean(0)?)?;
             let (wz, wzs) = &maps[i];
-            layers.insert(
-                *l,
-                LayerEncoders {
-                    truthful: tru,
-                    semantic: sem,
-                    centre: c.clone(),
-                    zeta: zeta.unsqueeze(0)?.matmul(wz)?.squeeze(0)?.detach(),
-                    zeta_semantic: zeta_s.unsqueeze(0)?.matmul(wzs)?.squeeze(0)?.detach(),
-                },
-            );
+            let project =
+                |z: Tensor, w: &Tensor| -> Result<Tensor> { Ok(z.unsqueeze(0)?.matmul(w)?.squeeze(0)?.detach()) };
+            directions.insert(*l, (c.clone(), project(zeta, wz)?, project(zeta_s, wzs)?));
         }
-        // Detach the encoders from the optimiser's variables.
         let data: HashMap<String, Tensor> = {
             let data = varmap.data().lock().map_err(|_| Error::Invalid("variable map poisoned".into()))?;
             data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
         };
-        let mut out = Self::from_tensors(
-            data,
-            &layers.iter().map(|(l, e)| (*l, (e.centre.clone(), e.zeta.clone(), e.zeta_semantic.clone()))).collect(),
-            params.clone(),
-            d,
-        )?;
-        out.params = params.clone();
+        let out = Self::from_tensors(data, &directions, params.clone(), d)?;
         Ok((out, curve))
     }
 
