@@ -147,6 +147,7 @@ pub fn bench(loaded: &crate::device::Loaded, data: &Path, cfg: &Config) -> Resul
     if cfg.methods.iter().any(|m| registry::split_name(m).0 == "unike") {
         crate::unike_artifacts::ensure(loaded)?;
     }
+    crate::train_method::ensure(loaded, &cfg.methods)?;
     let eos = loaded.ckpt.eos_token_ids()?;
     let eos0 = *eos.first().context("the checkpoint has no end-of-sequence id")?;
     let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos.clone());

@@ -12,6 +12,7 @@
 //! unike reproduce --out DIR [--n N] [--seed S] [--methods a,b] [--only table1,fig4a,...]
 //! unike build-memory [--model <DIR|default>] [--n N] [--seed S]
 //! unike train-encoders [--model <DIR|default>] [--steps N] [--seed S]
+//! unike train-method <ke|mend|serac> [--model <DIR|default>] [--data DIR] [--steps N] [--cases N] [--seed S]
 //! ```
 //!
 //! Errors exit non-zero with a one-line message on stderr.
@@ -28,6 +29,7 @@ mod plot_bench;
 mod reproduce;
 mod serve;
 mod train_base;
+mod train_method;
 mod unike_artifacts;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +63,8 @@ enum Command {
     BuildMemory(unike_artifacts::MemoryArgs),
     /// UniKE: train the truthfulness and semantic encoders on the memory (Eq. 4, 5) and fit W_ζ.
     TrainEncoders(unike_artifacts::EncoderArgs),
+    /// Train a baseline's network on the training split (KE, MEND, SERAC) into MODEL/<method>/.
+    TrainMethod(train_method::TrainMethodArgs),
 }
 
 /// glibc returns every freed block above its mmap threshold to the kernel, and tensors of a training step are just
@@ -90,6 +94,7 @@ fn main() {
         Command::Reproduce(a) => reproduce::run(a),
         Command::BuildMemory(a) => unike_artifacts::build_memory(a),
         Command::TrainEncoders(a) => unike_artifacts::train_encoders(a),
+        Command::TrainMethod(a) => train_method::run(a),
     };
     if let Err(e) = result {
         let msg = format!("{e:#}").replace('\n', " ");

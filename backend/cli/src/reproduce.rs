@@ -32,7 +32,7 @@ pub struct ReproduceArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Methods of Tables 1–3.
-    #[arg(long, default_value = "ft,t-patcher,ike,unike", value_delimiter = ',')]
+    #[arg(long, default_value = "ft,ke,t-patcher,mend,ike,serac,unike", value_delimiter = ',')]
     pub methods: Vec<String>,
     /// Only these sections (table1, table2, table3, table4, fig4a, fig4b, fig4c).
     #[arg(long, value_delimiter = ',')]

@@ -295,7 +295,7 @@ fn bench_edits_the_default_model_deterministically() -> Result<()> {
     std::fs::write(bad.join("vqa_eval.json"), "{not json")?;
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--methods", "rome"], "unknown method \"rome\""),
-        (vec!["--methods", "mend"], "not implemented yet"),
+        (vec!["--methods", "serac:x"], "has no variants"),
         (vec!["--methods", "unike:nope"], "unknown UniKE variant \"nope\""),
         (vec!["--methods", "ft:x"], "has no variants"),
         (vec!["--data", "/no/such/dir"], "is not a directory"),
@@ -359,6 +359,61 @@ fn reproduce_writes_tables_json_and_charts() -> Result<()> {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(needle) && err.trim_end().lines().count() == 1, "{args:?}: {err}");
     }
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
+
+#[test]
+fn train_method_writes_a_deterministic_network_and_rejects_bad_input() -> Result<()> {
+    let base = std::env::temp_dir().join(format!("unike-train-method-{}", std::process::id()));
+    let data = base.join("world");
+    let out = unike().args(["gen-data", "--seed", "0", "--out"]).arg(&data).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A copy of the default model, so that the shipped networks stay as they are.
+    let model = base.join("model");
+    std::fs::create_dir_all(&model)?;
+    for f in ["config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json", "training.json"] {
+        std::fs::copy(root().join("models/default").join(f), model.join(f))?;
+    }
+    for method in ["mend", "ke", "serac"] {
+        let mut bytes = Vec::new();
+        for _ in 0..2 {
+            let out = unike()
+                .args(["train-method", method, "--steps", "3", "--cases", "6", "--model"])
+                .arg(&model)
+                .arg("--data")
+                .arg(&data)
+                .output()?;
+            assert!(out.status.success(), "{method}: {}", String::from_utf8_lossy(&out.stderr));
+            bytes.push(std::fs::read(model.join(method).join("net.safetensors"))?);
+            let header: Value = serde_json::from_str(&std::fs::read_to_string(model.join(method).join("net.json"))?)?;
+            assert_eq!(header["format"].as_str(), Some(format!("unike-{method}/1").as_str()));
+            assert_eq!(header["params"]["train"]["steps"].as_u64(), Some(3), "{header}");
+        }
+        assert_eq!(bytes[0], bytes[1], "{method}: same seed, same network");
+        // The trained network edits through `bench`.
+        let out = unike()
+            .args(["bench", "--methods", method, "--n", "2", "--json", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .output()?;
+        assert!(out.status.success(), "{method}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(v["results"][0]["method"].as_str(), Some(method));
+    }
+    for (args, needle) in [
+        (vec!["train-method", "mend", "--steps", "0"], "--steps must be at least 1"),
+        (vec!["train-method", "ke", "--cases", "0"], "--cases must be at least 1"),
+        (vec!["train-method", "serac", "--data", "/no/such/dir"], "is not a directory"),
+    ] {
+        let out = unike().args(&args).arg("--model").arg(&model).output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle) && err.trim_end().lines().count() == 1, "{args:?}: {err}");
+    }
+    let out = unike().args(["train-method", "rome"]).output()?;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("rome"));
     let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }

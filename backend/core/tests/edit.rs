@@ -252,3 +252,126 @@ fn unike_and_its_ablations_edit_and_keep_other_answers() -> Result<()> {
     assert!(patch.neurons.is_empty() && patch.latent.len() == 2);
     Ok(())
 }
+
+/// The trained baselines (KE, MEND, SERAC) with the networks shipped in `models/default/<method>/`.
+#[test]
+fn trained_baselines_edit_keep_other_answers_stack_undo_and_round_trip() -> Result<()> {
+    use unike_core::edit::registry::{self, MethodInputs};
+    use unike_core::edit::serac::Serac;
+    use unike_core::edit::{Patch, PatchDeps};
+    let f = fixture()?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model_dir = root.join("models/default");
+    let none = Hooks::none();
+    // Counterfactual edits of facts the model knows (as the benchmark's are): each takes another fact's answer.
+    let facts: Vec<Sample> =
+        eval_split(&f.world, Split::FactsSeen, 60).into_iter().filter(|s| s.image.is_some()).take(6).collect();
+    let edits: Vec<(Sample, String)> = facts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let other = facts.iter().cycle().skip(i + 1).take(facts.len()).find(|o| o.answer != s.answer)?;
+            Some((s.clone(), other.answer.clone()))
+        })
+        .collect();
+    assert_eq!(edits.len(), 6);
+    let probes: Vec<Sample> = eval_split(&f.world, Split::FactsSeen, 80)
+        .into_iter()
+        .skip(60)
+        .chain(eval_split(&f.world, Split::TextFacts, 0).into_iter().take(20))
+        .collect();
+    let before: Vec<String> = probes.iter().map(|p| say(&f, p, &none)).collect::<Result<_>>()?;
+    let request = |s: &Sample, target: &str| -> Result<EditRequest> {
+        Ok(EditRequest {
+            question: s.question.clone(),
+            image: pixels(&f, s)?,
+            image_path: None,
+            target: target.into(),
+            seed: 1,
+        })
+    };
+    for name in ["mend", "ke", "serac"] {
+        let inputs = MethodInputs {
+            root: &root,
+            model: "default",
+            memory: vec![],
+            eos: f.eos[0],
+            llava: &f.model,
+            model_dir: &model_dir,
+        };
+        let method = registry::build(name, inputs)?;
+        let mut took = 0;
+        let mut kept = 0;
+        for (s, target) in &edits {
+            let mut stack = PatchStack::new();
+            let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &stack };
+            let patch = method.edit(&ctx, &request(s, target)?)?;
+            assert_eq!(patch.provenance.method, name);
+            stack.push(patch);
+            let hooks = stack.hooks()?;
+            took += usize::from(say(&f, &Sample { answer: target.clone(), ..s.clone() }, &hooks)? == *target);
+            kept += probes.iter().zip(&before).filter(|(p, b)| say(&f, p, &hooks).ok().as_ref() == Some(*b)).count();
+        }
+        // Measured on these six edits: see the note of issue 4; the floors leave one miss of room.
+        assert!(took >= 5, "{name}: {took}/6 edits took");
+        assert!(
+            kept * 100 >= edits.len() * probes.len() * 90,
+            "{name}: locality {kept}/{}",
+            edits.len() * probes.len()
+        );
+
+        // Same request, same patch; the patch round-trips through safetensors + JSON.
+        let stack = PatchStack::new();
+        let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &stack };
+        let (s, target) = &edits[0];
+        let (a, b) = (method.edit(&ctx, &request(s, target)?)?, method.edit(&ctx, &request(s, target)?)?);
+        let dir = std::env::temp_dir().join(format!("unike-trained-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        a.save(&dir.join("a"))?;
+        b.save(&dir.join("b"))?;
+        assert_eq!(std::fs::read(dir.join("a.safetensors"))?, std::fs::read(dir.join("b.safetensors"))?, "{name}");
+        let deps = PatchDeps {
+            serac: if name == "serac" {
+                Some(Serac::load(&model_dir.join("serac"), &f.model, f.eos[0])?.net)
+            } else {
+                None
+            },
+            ..Default::default()
+        };
+        if name == "serac" {
+            let e = Patch::load(&dir.join("a"), &f.model).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("SERAC"), "{e}");
+        }
+        let loaded = Patch::load_with(&dir.join("a"), &f.model, &deps)?;
+        let q = &probes[0];
+        assert_eq!(say(&f, q, &loaded.hooks()?)?, say(&f, q, &a.hooks()?)?);
+        assert_eq!(
+            say(&f, &Sample { answer: target.clone(), ..s.clone() }, &loaded.hooks()?)?,
+            say(&f, s, &a.hooks()?)?
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // Two edits stacked, then the first undone: the second holds, the first is back to its pre-edit answer.
+        let mut stack = PatchStack::new();
+        let mut ids = Vec::new();
+        for (s, target) in &edits[..2] {
+            let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &stack };
+            let p = method.edit(&ctx, &request(s, target)?)?;
+            ids.push(stack.push(p));
+        }
+        let second_alone = {
+            let mut one = PatchStack::new();
+            let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &one };
+            let p = method.edit(&ctx, &request(&edits[1].0, &edits[1].1)?)?;
+            one.push(p);
+            say(&f, &edits[1].0, &one.hooks()?)?
+        };
+        stack.remove(ids[0])?;
+        assert_eq!(say(&f, &edits[0].0, &stack.hooks()?)?, say(&f, &edits[0].0, &none)?, "{name}: undo");
+        if name == "serac" {
+            // Stored edits do not depend on each other: what is left is exactly the second edit alone.
+            assert_eq!(say(&f, &edits[1].0, &stack.hooks()?)?, second_alone);
+        }
+    }
+    Ok(())
+}

@@ -2,16 +2,21 @@
 //! that the methods optimise. One folder per method.
 
 pub mod ft;
+pub mod gradient;
 pub mod hparams;
+pub mod hypernet;
 pub mod ike;
+pub mod ke;
+pub mod mend;
 pub mod neurons;
 pub mod patch;
 pub mod registry;
 pub mod sequence;
+pub mod serac;
 pub mod t_patcher;
 pub mod unike;
 
-pub use patch::{Patch, PatchStack, Provenance};
+pub use patch::{Patch, PatchDeps, PatchStack, Provenance};
 pub use sequence::EditSequence;
 
 use crate::error::Result;

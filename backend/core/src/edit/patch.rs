@@ -10,6 +10,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::serac::{SeracEntry, SeracNet, StoredEdit};
 use super::unike::latent::{Alpha, Knowledge};
 use crate::error::{Error, Result};
 use crate::hooks::{ContextKv, DownProjDelta, ExtraNeurons, Hooks};
@@ -64,6 +65,15 @@ pub struct Patch {
     pub latent: BTreeMap<usize, (Tensor, Tensor)>,
     /// The shared memory the entries join, with the retrieval settings; required when `latent` is not empty.
     pub retrieval: Option<Retrieval>,
+    /// A stored edit with SERAC's trained networks.
+    pub serac: Option<SeracEntry>,
+}
+
+/// What loading a patch may need besides the model: the UniKE memory latent entries join, SERAC's networks.
+#[derive(Default, Clone)]
+pub struct PatchDeps {
+    pub knowledge: Option<Arc<Knowledge>>,
+    pub serac: Option<Arc<SeracNet>>,
 }
 
 /// The knowledge memory a latent patch retrieves from, and how.
@@ -94,6 +104,9 @@ struct PatchJson {
     /// Retrieval settings of the latent entries.
     #[serde(default)]
     retrieval: Option<RetrievalJson>,
+    /// Layers (count) of a SERAC stored edit.
+    #[serde(default)]
+    serac: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -129,6 +142,7 @@ impl Patch {
             contexts: vec![],
             latent: BTreeMap::new(),
             retrieval: None,
+            serac: None,
         }
     }
 
@@ -159,7 +173,8 @@ impl Patch {
         let contexts: usize =
             self.contexts.iter().flat_map(|c| c.layers.iter()).map(|(k, v)| k.elem_count() + v.elem_count()).sum();
         let latent: usize = self.latent.values().map(|(s, p)| s.elem_count() + p.elem_count()).sum();
-        neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>() + contexts + latent
+        let serac: usize = self.serac.iter().flat_map(|e| e.edits.iter()).map(|e| 2 * e.states.elem_count()).sum();
+        neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>() + contexts + latent + serac
     }
 
     /// Writes `base.safetensors` and `base.json` (`base` is a path without extension).
@@ -184,6 +199,11 @@ impl Patch {
             tensors.insert(format!("layers.{layer}.h_sem"), sem.clone());
             tensors.insert(format!("layers.{layer}.h_pos"), pos.clone());
         }
+        for (k, e) in self.serac.iter().flat_map(|e| e.edits.iter()).enumerate() {
+            tensors.insert(format!("serac.{k}.states"), e.states.clone());
+            tensors.insert(format!("serac.{k}.next"), e.next.clone());
+            tensors.insert(format!("serac.{k}.key"), e.key.clone());
+        }
         candle_core::safetensors::save(&tensors, &st)?;
         let json = PatchJson {
             format: FORMAT.into(),
@@ -193,19 +213,21 @@ impl Patch {
             contexts: self.contexts.len(),
             latent: self.latent.keys().copied().collect(),
             retrieval: self.retrieval.as_ref().map(|r| RetrievalJson { top_k: r.top_k, alpha: r.alpha }),
+            serac: self.serac.as_ref().map_or(0, |e| e.edits.len()),
         };
         let text = serde_json::to_string_pretty(&json).map_err(|e| data_err(&js, e.to_string()))?;
         std::fs::write(&js, text).map_err(|err| Error::Io { path: js.clone(), err })
     }
 
     /// Reads a patch written by [`Patch::save`], for `model` (down-projection deltas bind to its MLP weights).
-    /// Patches with latent knowledge need [`Patch::load_with`].
+    /// Patches with latent knowledge or a SERAC stored edit need [`Patch::load_with`].
     pub fn load(base: &Path, model: &Llava) -> Result<Self> {
-        Self::load_with(base, model, None)
+        Self::load_with(base, model, &PatchDeps::default())
     }
 
-    /// Reads a patch, joining its latent entries (if any) to `knowledge` (the UniKE memory they were made with).
-    pub fn load_with(base: &Path, model: &Llava, knowledge: Option<Arc<Knowledge>>) -> Result<Self> {
+    /// Reads a patch, joining its latent entries (if any) to `deps.knowledge` (the UniKE memory they were made with)
+    /// and its SERAC stored edit (if any) to `deps.serac`.
+    pub fn load_with(base: &Path, model: &Llava, deps: &PatchDeps) -> Result<Self> {
         let device = model.device();
         let (st, js) = (base.with_extension("safetensors"), base.with_extension("json"));
         let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
@@ -245,20 +267,36 @@ impl Patch {
         for l in json.latent {
             latent.insert(l, (take(format!("layers.{l}.h_sem"))?, take(format!("layers.{l}.h_pos"))?));
         }
+        let mut stored = Vec::new();
+        for k in 0..json.serac {
+            stored.push(StoredEdit {
+                states: take(format!("serac.{k}.states"))?,
+                next: take(format!("serac.{k}.next"))?,
+                key: take(format!("serac.{k}.key"))?,
+            });
+        }
+        let serac = if stored.is_empty() {
+            None
+        } else {
+            let net = deps.serac.clone().ok_or_else(|| {
+                data_err(&js, "this patch is a SERAC stored edit: load it with SERAC's trained network")
+            })?;
+            Some(SeracEntry { net, edits: stored })
+        };
         if let Some(extra) = tensors.keys().next() {
             return Err(data_err(&st, format!("unexpected tensor {extra}")));
         }
         let retrieval = match (json.retrieval, latent.is_empty()) {
             (_, true) => None,
             (Some(r), false) => {
-                let knowledge = knowledge.ok_or_else(|| {
+                let knowledge = deps.knowledge.clone().ok_or_else(|| {
                     data_err(&js, "this patch has latent knowledge: load it with the UniKE memory it was made with")
                 })?;
                 Some(Retrieval { knowledge, top_k: r.top_k, alpha: r.alpha })
             }
             (None, false) => return Err(data_err(&js, "latent entries without retrieval settings")),
         };
-        Ok(Self { provenance: json.provenance, neurons, mlp_deltas, contexts, latent, retrieval })
+        Ok(Self { provenance: json.provenance, neurons, mlp_deltas, contexts, latent, retrieval, serac })
     }
 }
 
@@ -281,8 +319,10 @@ fn stack_hooks<'a>(patches: impl Iterator<Item = &'a Patch>) -> Result<Hooks> {
     let mut h = Hooks::none();
     let mut retrieval: Option<&Retrieval> = None;
     let mut entries: BTreeMap<usize, Vec<(Tensor, Tensor)>> = BTreeMap::new();
+    let mut serac = Vec::new();
     for p in patches {
         h.extend(&p.own_hooks());
+        serac.extend(p.serac.as_ref());
         if p.latent.is_empty() {
             continue;
         }
@@ -295,6 +335,7 @@ fn stack_hooks<'a>(patches: impl Iterator<Item = &'a Patch>) -> Result<Hooks> {
     if let Some(r) = retrieval {
         h.extend(&r.knowledge.hooks(r.top_k, r.alpha, &entries)?);
     }
+    h.extend(&super::serac::stack_hooks(&serac));
     Ok(h)
 }
 

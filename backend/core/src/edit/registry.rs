@@ -1,10 +1,14 @@
 //! The typed registry of edit methods: CLI names, and building a method from its hyper-parameter file.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::ft::{FineTune, FtParams};
 use super::hparams;
 use super::ike::{Ike, IkeParams};
+use super::ke::{Ke, KeNet};
+use super::mend::{Mend, MendNet};
+use super::serac::Serac;
 use super::t_patcher::{TPatcher, TPatcherParams};
 use super::unike::{Artifacts, UniKe, UniKeParams};
 use super::{EditMethod, EditSequence};
@@ -74,9 +78,16 @@ pub fn build(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod>
             let artifacts = Artifacts::load(inputs.model_dir, inputs.llava.device())?;
             Ok(Box::new(UniKe::new(name, p, inputs.llava, &artifacts, inputs.memory, inputs.eos)?))
         }
-        known => Err(Error::Invalid(format!(
-            "method {known:?} is not implemented yet (implemented: ft, t-patcher, ike, unike)"
-        ))),
+        "mend" => {
+            let net = MendNet::load(&inputs.model_dir.join("mend"), inputs.llava)?;
+            Ok(Box::new(Mend { net: Arc::new(net), eos: inputs.eos }))
+        }
+        "ke" => {
+            let net = KeNet::load(&inputs.model_dir.join("ke"), inputs.llava)?;
+            Ok(Box::new(Ke { net: Arc::new(net), eos: inputs.eos }))
+        }
+        "serac" => Ok(Box::new(Serac::load(&inputs.model_dir.join("serac"), inputs.llava, inputs.eos)?)),
+        known => Err(Error::Invalid(format!("method {known:?} is not known"))),
     }
 }
 

@@ -1,0 +1,253 @@
+//! `unike train-method <ke|mend|serac>`: trains a baseline's network on the training split (`vqa_train.json` and
+//! `caption_train.json`, half each) and writes it into `MODEL/<method>/`. `unike bench` trains whatever a requested
+//! method is missing on demand, with the same code.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use unike_core::data::{load_cases, EditCase, Task};
+use unike_core::edit::hypernet::{self, GradientEditor, TrainParams};
+use unike_core::edit::ke::{KeNet, KeParams};
+use unike_core::edit::mend::{last_layers, MendNet, MendParams};
+use unike_core::edit::serac::{Serac, SeracParams};
+use unike_core::train::save::TrainingRecord;
+
+use crate::device::{self, Loaded};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Trained {
+    Ke,
+    Mend,
+    Serac,
+}
+
+impl Trained {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trained::Ke => "ke",
+            Trained::Mend => "mend",
+            Trained::Serac => "serac",
+        }
+    }
+
+    /// The method of a CLI name, if it is trained.
+    pub fn of(name: &str) -> Option<Self> {
+        match unike_core::edit::registry::split_name(name).0 {
+            "ke" => Some(Trained::Ke),
+            "mend" => Some(Trained::Mend),
+            "serac" => Some(Trained::Serac),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainMethodArgs {
+    /// The method to train.
+    #[arg(value_enum)]
+    pub method: Trained,
+    #[command(flatten)]
+    pub model: device::ModelArgs,
+    /// Directory with `vqa_train.json` and `caption_train.json` (default: the world the model was trained on).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Training steps (default from hparams/<method>/<model>.toml).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Training cases (default from the hyper-parameter file).
+    #[arg(long)]
+    pub cases: Option<usize>,
+    /// Seed of initialisation and sampling (default from the hyper-parameter file).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// `hparams/<method>/<model>.toml` of the loaded model, or the defaults.
+pub fn method_params<T: serde::de::DeserializeOwned + Default>(loaded: &Loaded, method: &str) -> Result<T> {
+    let root = crate::model_dir::repo_root();
+    let path = unike_core::edit::hparams::hparams_path(&root, method, &crate::bench_edit::model_name(loaded));
+    Ok(if path.is_file() { unike_core::edit::hparams::load(&path)? } else { T::default() })
+}
+
+fn bar(len: u64, prefix: &str) -> Result<ProgressBar> {
+    let b = ProgressBar::new(len);
+    b.set_style(ProgressStyle::with_template("{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")?);
+    b.set_prefix(prefix.to_string());
+    Ok(b)
+}
+
+/// The world data the model was trained on (its training.json seed, else 0).
+fn default_data(loaded: &Loaded) -> Result<PathBuf> {
+    let seed = TrainingRecord::read(&loaded.dir)?.map(|r| r.recipe.seed).unwrap_or(0);
+    crate::bench_edit::data_dir(None, seed)
+}
+
+/// `n` training cases, half VQA and half caption, interleaved.
+pub fn training_cases(data: &Path, n: usize) -> Result<Vec<EditCase>> {
+    let load = |name: &str, task| -> Result<Vec<EditCase>> {
+        let path = data.join(format!("{name}_train.json"));
+        if !path.is_file() {
+            bail!("{} is missing (the training split, MMEdit format)", path.display());
+        }
+        Ok(load_cases(&path, task, None)?)
+    };
+    let (v, c) = (load("vqa", Task::Vqa)?, load("caption", Task::Caption)?);
+    let mut out = Vec::with_capacity(n);
+    let mut it = v.iter().zip(c.iter());
+    while out.len() < n {
+        let Some((a, b)) = it.next() else { break };
+        out.push(a.clone());
+        if out.len() < n {
+            out.push(b.clone());
+        }
+    }
+    if out.is_empty() {
+        bail!("no training cases in {}", data.display());
+    }
+    Ok(out)
+}
+
+fn apply_overrides(t: &mut TrainParams, args: &TrainMethodArgs) -> Result<()> {
+    if let Some(s) = args.steps {
+        if s == 0 {
+            bail!("--steps must be at least 1");
+        }
+        t.steps = s;
+    }
+    if let Some(c) = args.cases {
+        if c == 0 {
+            bail!("--cases must be at least 1");
+        }
+        t.cases = c;
+    }
+    if let Some(s) = args.seed {
+        t.seed = s;
+    }
+    Ok(())
+}
+
+fn train_gradient_editor(
+    loaded: &Loaded,
+    net: &dyn GradientEditor,
+    cases: &[hypernet::TrainCase],
+    params: &TrainParams,
+    name: &str,
+) -> Result<Vec<hypernet::TrainStep>> {
+    let b = bar(params.steps as u64, name)?;
+    let mut tick = |step: usize, steps: usize, p: Option<&hypernet::TrainStep>| {
+        b.set_position(step as u64);
+        if let Some(p) = p {
+            b.set_message(format!("edit {:.3} loc {:.3} success {:.2}", p.edit_loss, p.loc_loss, p.edit_success));
+            if b.is_hidden() && step.is_multiple_of(200) {
+                eprintln!(
+                    "{name}: step {step}/{steps}: edit loss {:.3}, locality KL {:.4}, edit success {:.2}",
+                    p.edit_loss, p.loc_loss, p.edit_success
+                );
+            }
+        }
+    };
+    let curve = hypernet::train(&loaded.model, net, cases, params, &mut tick)?;
+    b.finish_and_clear();
+    Ok(curve)
+}
+
+/// Trains `method` for `loaded` on `data` (default: the model's world) into `MODEL/<method>/`.
+pub fn train(loaded: &Loaded, method: Trained, data: Option<&Path>, args: Option<&TrainMethodArgs>) -> Result<()> {
+    let data = match data {
+        Some(d) => crate::bench_edit::data_dir(Some(d), 0)?,
+        None => default_data(loaded)?,
+    };
+    let eos = *loaded.ckpt.eos_token_ids()?.first().context("the checkpoint has no end-of-sequence id")?;
+    let dir = loaded.dir.join(method.name());
+    let (model, processor) = (&loaded.model, &loaded.processor);
+    let prepare = |n: usize, layers: &[usize]| -> Result<Vec<hypernet::TrainCase>> {
+        let cases = training_cases(&data, n)?;
+        let b = bar(cases.len() as u64, "prepare")?;
+        let mut tick = |done: usize, _: usize| b.set_position(done as u64);
+        let out = hypernet::prepare(model, processor, eos, &cases, layers, &mut tick)?;
+        b.finish_and_clear();
+        Ok(out)
+    };
+    let source = data.display().to_string();
+    match method {
+        Trained::Mend => {
+            let mut p: MendParams = method_params(loaded, "mend")?;
+            if let Some(a) = args {
+                apply_overrides(&mut p.train, a)?;
+            }
+            let cases = prepare(p.train.cases, &last_layers(model, p.layers)?)?;
+            let net = MendNet::init(model, p.clone(), &cases)?;
+            let curve = train_gradient_editor(loaded, &net, &cases, &p.train, "mend")?;
+            net.save(&dir, &curve, &source)?;
+            report("mend", &dir, curve.last());
+        }
+        Trained::Ke => {
+            let mut p: KeParams = method_params(loaded, "ke")?;
+            if let Some(a) = args {
+                apply_overrides(&mut p.train, a)?;
+            }
+            let cases = prepare(p.train.cases, &last_layers(model, p.layers)?)?;
+            let net = KeNet::init(model, p.clone(), &cases)?;
+            let curve = train_gradient_editor(loaded, &net, &cases, &p.train, "ke")?;
+            net.save(&dir, &curve, &source)?;
+            report("ke", &dir, curve.last());
+        }
+        Trained::Serac => {
+            let mut p: SeracParams = method_params(loaded, "serac")?;
+            if let Some(a) = args {
+                apply_overrides(&mut p.train, a)?;
+            }
+            let cases = training_cases(&data, p.train.cases)?;
+            let b = bar(p.train.steps as u64, "serac")?;
+            let mut tick = |step: usize, _: usize, msg: &str| {
+                b.set_position(step as u64);
+                b.set_message(msg.to_string());
+                if b.is_hidden() && step.is_multiple_of(200) {
+                    eprintln!("serac: step {step}: {msg}");
+                }
+            };
+            let serac = Serac::train(model, processor, eos, &cases, p, &mut tick)?;
+            b.finish_and_clear();
+            serac.save(&dir, &source)?;
+            eprintln!("serac trained into {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+fn report(name: &str, dir: &Path, last: Option<&hypernet::TrainStep>) {
+    if let Some(p) = last {
+        eprintln!(
+            "{name} trained into {} (last 50 steps: edit loss {:.3}, locality KL {:.4}, edit success {:.2})",
+            dir.display(),
+            p.edit_loss,
+            p.loc_loss,
+            p.edit_success
+        );
+    }
+}
+
+/// Trains every requested method whose network is missing, with a message saying so.
+pub fn ensure(loaded: &Loaded, methods: &[String]) -> Result<()> {
+    for m in methods.iter().filter_map(|m| Trained::of(m)) {
+        if loaded.dir.join(m.name()).join("net.json").is_file() {
+            continue;
+        }
+        eprintln!(
+            "{}'s trained network is missing from {}: training it now (`unike train-method {}` does this alone)",
+            m.name(),
+            loaded.dir.join(m.name()).display(),
+            m.name()
+        );
+        train(loaded, m, None, None)?;
+    }
+    Ok(())
+}
+
+pub fn run(args: TrainMethodArgs) -> Result<()> {
+    crate::device::single_thread_pools();
+    let loaded = args.model.load()?;
+    train(&loaded, args.method, args.data.as_deref(), Some(&args))
+}

@@ -1,0 +1,138 @@
+//! KE, KnowledgeEditor (De Cao et al., EMNLP 2021, "Editing Factual Knowledge in Language Models"), a baseline of the
+//! UniKE paper (Appendix D.2): a hyper-network conditioned on the edit predicts a per-entry gating of the edit's
+//! gradient and an additive term, `ΔW = −η (a γ^T) ⊙ ∇W + a β^T` (KE §3, Eq. 4–5), with `a = i · softmax(W_a c)` over
+//! the input units, `γ = 1 + W_γ c` and `β = W_β c` over the output units. KE encodes the edit `(x, y, a)` with an
+//! LSTM; here `c` is the model's own representation of the edit (its last layer averaged over the answer positions,
+//! RMS-normalised), so no second text encoder is trained. Trained on the training split with `unike train-method ke`
+//! (KE's constrained objective in Lagrangian form: the target's cross-entropy plus a KL term on unrelated inputs).
+//! The conditioning weights start at zero, so training starts from a gradient step of a measured size.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::gradient::EditGrad;
+use super::hypernet::{self, GradientEditor, ParamSet, TrainCase, TrainParams, TrainStep};
+use super::mend::last_layers;
+use super::{EditContext, EditMethod, EditRequest, Patch};
+use crate::error::{Error, Result};
+use crate::model::Llava;
+
+/// Hyper-parameters (`hparams/ke/<model>.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeParams {
+    /// Edit the last `layers` decoder layers.
+    pub layers: usize,
+    pub train: TrainParams,
+}
+
+impl Default for KeParams {
+    fn default() -> Self {
+        Self { layers: 2, train: TrainParams::default() }
+    }
+}
+
+const FORMAT: &str = "unike-ke/1";
+
+/// Scale of the additive term relative to the gated gradient.
+const ADDITIVE: f64 = 1e-2;
+
+/// The hyper-network.
+pub struct KeNet {
+    pub params: KeParams,
+    layers: Vec<usize>,
+    set: ParamSet,
+}
+
+impl KeNet {
+    /// A fresh network for `model`; the initial step size gives the first changes unit Frobenius norm on `cases`.
+    pub fn init(model: &Llava, params: KeParams, cases: &[TrainCase]) -> Result<Self> {
+        let layers = last_layers(model, params.layers)?;
+        let (g, _, _) = model.text().mlp_gate_up(layers[0])?;
+        let (inter, d) = g.dims2()?;
+        let dev = model.device();
+        let mut set = ParamSet::default();
+        for k in 0..layers.len() {
+            set.insert(format!("l{k}.w_a"), Tensor::zeros((d, inter), DType::F32, dev)?)?;
+            set.insert(format!("l{k}.b_a"), Tensor::zeros(inter, DType::F32, dev)?)?;
+            set.insert(format!("l{k}.w_gamma"), Tensor::zeros((d, d), DType::F32, dev)?)?;
+            set.insert(format!("l{k}.w_beta"), Tensor::zeros((d, d), DType::F32, dev)?)?;
+            set.insert(format!("l{k}.log_lr"), Tensor::zeros((), DType::F32, dev)?)?;
+        }
+        let net = Self { params, layers, set };
+        for k in 0..net.layers.len() {
+            let mut norm = 0f32;
+            for c in cases {
+                norm += c.grad.layers[k].full()?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+            }
+            let mean = (norm / cases.len().max(1) as f32).max(1e-12);
+            net.set.set(&format!("l{k}.log_lr"), &Tensor::new(-mean.ln(), dev)?)?;
+        }
+        Ok(net)
+    }
+
+    /// Writes `dir/net.{safetensors,json}` with the training curve.
+    pub fn save(&self, dir: &Path, curve: &[TrainStep], data: &str) -> Result<()> {
+        let header = serde_json::json!({
+            "format": FORMAT, "layers": self.layers, "params": self.params, "curve": curve, "data": data,
+            "parameters": self.set.num_parameters(),
+        });
+        self.set.save(dir, header)
+    }
+
+    /// Reads a network written by [`KeNet::save`] for `model`.
+    pub fn load(dir: &Path, model: &Llava) -> Result<Self> {
+        if !dir.join("net.json").is_file() {
+            return Err(hypernet::missing("ke", dir));
+        }
+        let (header, set) = ParamSet::load(dir, FORMAT, model.device())?;
+        let params: KeParams = hypernet::header_params(dir, &header)?;
+        let layers = last_layers(model, params.layers)?;
+        Ok(Self { params, layers, set })
+    }
+}
+
+impl GradientEditor for KeNet {
+    fn layers(&self) -> &[usize] {
+        &self.layers
+    }
+
+    fn delta(&self, k: usize, grad: &EditGrad) -> Result<Tensor> {
+        let g = grad.layers.get(k).ok_or_else(|| Error::Invalid(format!("no gradient of edited layer {k}")))?;
+        let p = |n: &str| self.set.get(&format!("l{k}.{n}"));
+        let c = &grad.condition;
+        let rms = (c.sqr()?.mean_all()? + 1e-12)?.sqrt()?;
+        let c = c.broadcast_div(&rms)?.unsqueeze(0)?;
+        let inter = g.u.dim(1)?;
+        let a =
+            (candle_nn::ops::softmax(&c.matmul(&p("w_a")?)?.broadcast_add(&p("b_a")?)?, D::Minus1)? * inter as f64)?;
+        let gamma = (c.matmul(&p("w_gamma")?)? + 1.0)?;
+        let beta = c.matmul(&p("w_beta")?)?;
+        let lr = p("log_lr")?.exp()?;
+        let gated = (a.t()?.matmul(&gamma)? * g.full()?)?.broadcast_mul(&lr)?.neg()?;
+        Ok((gated + (a.t()?.matmul(&beta)? * ADDITIVE)?)?)
+    }
+
+    fn params(&self) -> &ParamSet {
+        &self.set
+    }
+}
+
+/// The method.
+pub struct Ke {
+    pub net: Arc<KeNet>,
+    pub eos: u32,
+}
+
+impl EditMethod for Ke {
+    fn name(&self) -> &str {
+        "ke"
+    }
+
+    fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {
+        hypernet::gradient_edit(self.name(), &self.net.params, self.net.as_ref(), self.eos, ctx, request)
+    }
+}
