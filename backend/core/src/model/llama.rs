@@ -453,6 +453,11 @@ impl Llama {
     }
 
     /// Vocabulary logits of normed states: `(b, s, d)` → `(b, s, vocab)` in f32.
+    /// Rows of the output projection for `ids (n)`: the direction each token's logit reads, `(n, d)` f32.
+    pub fn unembedding(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.weight().index_select(ids, 0)?.to_dtype(DType::F32)?)
+    }
+
     pub fn lm_head(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.lm_head.forward(x)?.to_dtype(DType::F32)?)
     }

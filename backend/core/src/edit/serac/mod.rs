@@ -6,8 +6,8 @@
 //! for teacher forcing and for cached decoding): the classifier is an embedding model (SERAC's "embedding" variant:
 //! cosine between projected states of the input and of each stored edit's question, through a sigmoid), and the
 //! counterfactual model is the base model plus a trained reader that attends over the chosen edit's states and adds
-//! the embedding of the token that followed the matching position in the edit (an induction-style copy), weighted by
-//! the scope probability. Out of scope the probability is near zero and the base model answers unchanged. Both are
+//! the output direction of the token that followed the matching position in the edit (a copy mechanism, as in
+//! pointer networks), weighted by the scope probability. Out of scope the probability is near zero and the base model answers unchanged. Both are
 //! trained on the training split (`unike train-method serac`): the target's cross-entropy on the edit and its
 //! rephrasings, a KL term on unrelated questions, and a binary cross-entropy on the classifier, with a second, unrelated
 //! edit in memory so that the classifier learns to pick the right one.
@@ -67,7 +67,7 @@ pub fn store(model: &Llava, seq: &EditSequence, layers: &[usize]) -> Result<Vec<
     let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::LayerInput);
     model.forward_embeds(&seq.embeds(model)?, 0, None, &Hooks::none(), &mut cap)?;
     let n = seq.ids.len() - 1;
-    let next = model.text().embed(&Tensor::new(&seq.ids[1..], model.device())?)?.to_dtype(DType::F32)?;
+    let next = model.text().unembedding(&Tensor::new(&seq.ids[1..], model.device())?)?;
     layers
         .iter()
         .map(|&l| {
@@ -163,7 +163,15 @@ impl Serac {
         if prepared.len() < 2 {
             return Err(Error::Invalid("SERAC training needs at least two cases".into()));
         }
-        let net = Arc::new(SeracNet::init(layers.clone(), d, params.rank, params.train.seed, model.device())?);
+        // The reader starts adding twice the size of the residual stream along the copied token's direction.
+        let mut sizes = (0f32, 0f32);
+        for c in &prepared {
+            let x = &c.edit[0].0.x0;
+            sizes.0 += x.sqr()?.sum(D::Minus1)?.sqrt()?.mean_all()?.to_scalar::<f32>()?;
+            sizes.1 += c.stored[0].next.sqr()?.sum(D::Minus1)?.sqrt()?.mean_all()?.to_scalar::<f32>()?;
+        }
+        let scale = 2.0 * sizes.0 / sizes.1.max(1e-6);
+        let net = Arc::new(SeracNet::init(layers.clone(), d, params.rank, scale, params.train.seed, model.device())?);
         let (vars, _) = net.set.trainable(&[]);
         let mut opt = AdamW::new(vars, ParamsAdamW { lr: params.train.lr, weight_decay: 0.0, ..Default::default() })?;
         let mut rng = Rng::derive(params.train.seed, "serac-train", 0);

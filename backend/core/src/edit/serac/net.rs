@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::hooks::{AttnContext, AttnHook};
 use crate::world::rng::Rng;
 
-/// A stored edit at one layer: its normed states `(n, d)`, the embeddings of the token after each position `(n, d)`,
-/// and its scope key (the normed state at the last prompt position, `(d)`).
+/// A stored edit at one layer: its normed states `(n, d)`, the output-projection rows of the token after each position
+/// `(n, d)` (the direction that raises that token's logit), and its scope key (the normed state at the last prompt position, `(d)`).
 #[derive(Debug, Clone)]
 pub struct StoredEdit {
     pub states: Tensor,
@@ -29,9 +29,9 @@ pub struct SeracNet {
 }
 
 impl SeracNet {
-    /// Fresh parameters: scope projection `(d, r)` with a bias, gate scale and offset; reader `W_q, W_k, W_v (d, r)`
-    /// and `W_o (r, d)` (zero, so an untrained reader changes nothing).
-    pub fn init(layers: Vec<usize>, d: usize, rank: usize, seed: u64, dev: &Device) -> Result<Self> {
+    /// Fresh parameters: scope projection `(d, r)` with a bias, gate scale and offset; reader `W_q, W_k (d, r)` and
+    /// the log scale of what it adds (starting at `ln scale`).
+    pub fn init(layers: Vec<usize>, d: usize, rank: usize, scale: f32, seed: u64, dev: &Device) -> Result<Self> {
         let mut rng = Rng::derive(seed, "serac", 0);
         let mut set = ParamSet::default();
         for k in 0..layers.len() {
@@ -41,8 +41,7 @@ impl SeracNet {
             set.insert(format!("l{k}.gate_offset"), Tensor::new(-5f32, dev)?)?;
             set.normal(&format!("l{k}.w_q"), (d, rank), &mut rng, dev)?;
             set.normal(&format!("l{k}.w_k"), (d, rank), &mut rng, dev)?;
-            set.normal(&format!("l{k}.w_v"), (d, rank), &mut rng, dev)?;
-            set.insert(format!("l{k}.w_o"), Tensor::zeros((rank, d), DType::F32, dev)?)?;
+            set.insert(format!("l{k}.log_scale"), Tensor::new(scale.max(1e-6).ln(), dev)?)?;
         }
         Ok(Self { layers, set })
     }
@@ -65,14 +64,14 @@ impl SeracNet {
         Ok(candle_nn::ops::sigmoid(&logits)?)
     }
 
-    /// The counterfactual reader: attention of `x (n, d)` over one stored edit; returns the shift `(n, d)`.
+    /// The counterfactual reader: attention of `x (n, d)` over one stored edit's positions, reading the direction of
+    /// the token that followed each (a copy mechanism); returns the shift `(n, d)`.
     pub fn read(&self, k: usize, x: &Tensor, edit: &StoredEdit) -> Result<Tensor> {
         let q = x.matmul(&self.p(k, "w_q")?)?;
         let keys = edit.states.matmul(&self.p(k, "w_k")?)?;
-        let v = edit.next.matmul(&self.p(k, "w_v")?)?;
         let r = q.dim(1)? as f64;
         let att = candle_nn::ops::softmax(&(q.matmul(&keys.t()?)? / r.sqrt())?, D::Minus1)?;
-        Ok(att.matmul(&v)?.matmul(&self.p(k, "w_o")?)?)
+        Ok(att.matmul(&edit.next)?.broadcast_mul(&self.p(k, "log_scale")?.exp()?)?)
     }
 
     /// The shift of normed states `x (n, d)` at the `k`-th layer given `edits`: each position reads the edit it is
