@@ -128,15 +128,15 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         Ok(out)
     };
     let out = &args.out;
+    // The command as given (every argument), so that the README says exactly how to redo it.
+    let command: Vec<String> = std::env::args().skip(1).collect();
     let mut readme = format!(
         "# UniKE reproduction on the synthetic world\n\nModel `{}`, seed {}, n = {} per configuration. Command: \
-         `unike reproduce --out {} --n {} --seed {}`.\n\n",
+         `unike {}`.\n\n",
         loaded.dir.display(),
         args.seed,
         args.n,
-        out.display(),
-        args.n,
-        args.seed
+        command.join(" ")
     );
     let emit = |readme: &mut String, text: String| -> Result<()> {
         readme.push_str(&text);
