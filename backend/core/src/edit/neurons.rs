@@ -1,8 +1,8 @@
 //! Training extra FFN key-value neurons on one edit (T-Patcher, Huang et al. 2023; UniKE's intrinsic editing, §3.1):
 //! the new neurons must make the model answer the target (cross-entropy), fire on the edit's positions (activation
 //! above a margin) and stay silent on unrelated inputs (pre-activation below minus a margin on a memory of other
-//! questions). The layers below the first edited one are frozen, so they run once per edit; only the edited layers
-//! run at each optimisation step.
+//! questions). The layers below the first edited one, and that layer's attention half, are frozen, so they run once
+//! per edit; only the rest runs at each optimisation step.
 
 use std::collections::BTreeMap;
 
@@ -120,13 +120,15 @@ pub fn train_neurons(
 
     // Run the frozen part once: the input of the first patched layer and the FFN inputs at the edit positions.
     let mut cap = Capture::of(
-        std::iter::once((first, CapturePoint::LayerInput)).chain(layers.iter().map(|&l| (l, CapturePoint::FfnInput))),
+        std::iter::once((first, CapturePoint::PostAttention)).chain(layers.iter().map(|&l| (l, CapturePoint::FfnInput))),
     );
     // Its output (the model before the edit, under the stack) also tells where the mistakes are.
     let pre_edit = model.forward_embeds(&seq.embeds(model)?, 0, None, &base, &mut cap)?;
+    // The attention half of the first patched layer (with any shift the edit adds) does not depend on the neurons:
+    // steps start at its FFN.
     let x0 = cap
-        .get(first, CapturePoint::LayerInput)
-        .ok_or_else(|| Error::Invalid("layer input not captured".into()))?
+        .get(first, CapturePoint::PostAttention)
+        .ok_or_else(|| Error::Invalid("post-attention state not captured".into()))?
         .detach();
     let n_t = seq.targets().len();
     let targets = Tensor::new(seq.targets(), device)?;
@@ -224,7 +226,7 @@ pub fn train_neurons(
         }
         let _scope = kernels::differentiable();
         let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::FfnInput);
-        let h = model.text().forward_layers(&x0, 0, first..n_layers, None, &hooks, &mut cap)?;
+        let h = model.text().forward_from_ffn(&x0, first, &hooks, &mut cap)?;
         let h = model.text().final_norm(&h.narrow(1, seq.prompt_len - 1, n_t)?)?;
         let logits = model.logits(&h)?.squeeze(0)?;
         let ce = candle_nn::loss::cross_entropy(&logits, &targets)?;

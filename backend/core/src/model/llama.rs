@@ -240,7 +240,12 @@ impl DecoderLayer {
         capture.put(idx, CapturePoint::AttnOutput, &attn);
         let x = (x + attn)?;
         capture.put(idx, CapturePoint::PostAttention, &x);
-        let q = self.post_attention_layernorm.forward(&x)?;
+        self.forward_ffn(idx, &x, hooks, capture)
+    }
+
+    /// The FFN half of the layer on the post-attention state `x (b, s, d)`.
+    fn forward_ffn(&self, idx: usize, x: &Tensor, hooks: Option<&LayerHooks>, capture: &mut Capture) -> Result<Tensor> {
+        let q = self.post_attention_layernorm.forward(x)?;
         capture.put(idx, CapturePoint::FfnInput, &q);
         let mut ffn = self.mlp.forward(&q)?;
         if let Some(h) = hooks {
@@ -389,6 +394,20 @@ impl Llama {
             x = self.layers[i].forward(i, &x, start, &self.rope, kv, hooks.layer(i), prefix.as_ref(), capture)?;
         }
         Ok(x)
+    }
+
+    /// Runs the FFN half of layer `layer` on its post-attention state `x (b, s, d)` (captured as
+    /// [`CapturePoint::PostAttention`]), then layers `layer + 1..` to the end, at positions `0..s` without a cache.
+    /// Edit methods whose parameters sit in the FFN of `layer` and above use it to run the attention half once.
+    /// Returns `(b, s, d)`, as [`Llama::forward_layers`] from `layer` would.
+    pub fn forward_from_ffn(&self, x: &Tensor, layer: usize, hooks: &Hooks, capture: &mut Capture) -> Result<Tensor> {
+        let n = self.layers.len();
+        let block = self
+            .layers
+            .get(layer)
+            .ok_or_else(|| Error::Invalid(format!("layer {layer} of a model with {n} layers")))?;
+        let x = block.forward_ffn(layer, x, hooks.layer(layer), capture)?;
+        self.forward_layers(&x, 0, layer + 1..n, None, hooks, capture)
     }
 
     /// Keys (rotated for positions `0..n`) and values `(b, kv_heads, n, head_dim)` of the in-context prefixes of
