@@ -120,7 +120,8 @@ pub fn train_neurons(
 
     // Run the frozen part once: the input of the first patched layer and the FFN inputs at the edit positions.
     let mut cap = Capture::of(
-        std::iter::once((first, CapturePoint::PostAttention)).chain(layers.iter().map(|&l| (l, CapturePoint::FfnInput))),
+        std::iter::once((first, CapturePoint::PostAttention))
+            .chain(layers.iter().map(|&l| (l, CapturePoint::FfnInput))),
     );
     // Its output (the model before the edit, under the stack) also tells where the mistakes are.
     let pre_edit = model.forward_embeds(&seq.embeds(model)?, 0, None, &base, &mut cap)?;
