@@ -36,6 +36,17 @@ pub struct NeuronParams {
     /// Weights of the activation and memory terms.
     pub edit_weight: f32,
     pub memory_weight: f32,
+    /// Optimise keys and biases too (T-Patcher). When false, the keys keep their initialisation (which already puts
+    /// most memory queries below the memory margin and the edit at the edit margin), only the values are trained, and
+    /// training stops once the target is the argmax everywhere and its cross-entropy is at most `stop_loss`.
+    #[serde(default = "yes")]
+    pub train_keys: bool,
+    #[serde(default)]
+    pub stop_loss: f32,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// FFN inputs of unrelated questions at each patched layer, `(m, d)`: T-Patcher's memory, under the current stack
@@ -203,7 +214,11 @@ pub fn train_neurons(
         })
         .collect();
     let own = Tensor::from_vec(own, (n_t, params.neurons), device)?;
-    let all: Vec<Var> = vars.values().flat_map(|(a, b, c)| [a.clone(), b.clone(), c.clone()]).collect();
+    let all: Vec<Var> = if params.train_keys {
+        vars.values().flat_map(|(a, b, c)| [a.clone(), b.clone(), c.clone()]).collect()
+    } else {
+        vars.values().map(|(_, _, v)| v.clone()).collect()
+    };
     let mut opt = AdamW::new(all, ParamsAdamW { lr: params.lr, weight_decay: 0.0, ..Default::default() })?;
     let neurons_of = |vars: &BTreeMap<usize, (Var, Var, Var)>| -> Result<BTreeMap<usize, ExtraNeurons>> {
         vars.iter()
@@ -253,7 +268,8 @@ pub fn train_neurons(
                 mem_loss = (mem_loss + a)?;
             }
         }
-        if correct && margins_hold {
+        let done = if params.train_keys { margins_hold } else { ce.to_scalar::<f32>()? <= params.stop_loss };
+        if correct && done {
             break;
         }
         let loss = ((ce + (act_loss * params.edit_weight as f64)?)? + (mem_loss * params.memory_weight as f64)?)?;

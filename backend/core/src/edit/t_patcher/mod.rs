@@ -29,6 +29,8 @@ impl Default for TPatcherParams {
             memory_margin: 0.5,
             edit_weight: 1.0,
             memory_weight: 1.0,
+            train_keys: true,
+            stop_loss: 0.0,
         })
     }
 }

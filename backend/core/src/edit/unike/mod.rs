@@ -56,6 +56,10 @@ pub struct IntrinsicParams {
     pub memory_margin: f32,
     pub edit_weight: f32,
     pub memory_weight: f32,
+    /// Train the keys too (T-Patcher); false: values only, from keys initialised on the edit and the memory, until
+    /// the target's cross-entropy is at most `stop_loss` (see `neurons::NeuronParams`).
+    pub train_keys: bool,
+    pub stop_loss: f32,
 }
 
 /// Hyper-parameters (`hparams/unike/<model>.toml`).
@@ -97,11 +101,13 @@ impl Default for UniKeParams {
             intrinsic_params: IntrinsicParams {
                 neurons: 10,
                 steps: 100,
-                lr: 0.05,
+                lr: 0.5,
                 edit_margin: 2.0,
                 memory_margin: 0.5,
                 edit_weight: 1.0,
                 memory_weight: 1.0,
+                train_keys: false,
+                stop_loss: 0.02,
             },
             memory_size: 6000,
             encoders: EncoderParams::default(),
@@ -179,6 +185,8 @@ impl UniKeParams {
             memory_margin: p.memory_margin,
             edit_weight: p.edit_weight,
             memory_weight: p.memory_weight,
+            train_keys: p.train_keys,
+            stop_loss: p.stop_loss,
         }
     }
 }
