@@ -116,7 +116,7 @@ impl Default for UniKeParams {
 }
 
 /// Ablation variants, as `unike:<name>`.
-pub const VARIANTS: [(&str, &str); 11] = [
+pub const VARIANTS: [(&str, &str); 12] = [
     ("only-intrinsic", "Table 4 row 1: new neurons only, no ζ"),
     ("only-latent", "Table 4 row 2: latent IKE only, fixed α"),
     ("intrinsic+ike", "Table 4 row 3: new neurons + the edit as an in-context demonstration"),
@@ -128,6 +128,7 @@ pub const VARIANTS: [(&str, &str); 11] = [
     ("alpha=X", "Fig. 4b: fixed α = X in [0, 1]"),
     ("k=N", "Fig. 4a: N retrieved entries"),
     ("adaptive", "adaptive α (after alpha=X)"),
+    ("train-keys", "the new neurons' keys trained too, T-Patcher style (lr 0.05, until the memory margins hold)"),
 ];
 
 /// α of the variants without collaboration.
@@ -156,6 +157,9 @@ impl UniKeParams {
                 "zeta-random" => self.zeta = Zeta::Random,
                 "zeta-semantic" => self.zeta = Zeta::Semantic,
                 "adaptive" => self.alpha = Alpha::Adaptive,
+                "train-keys" => {
+                    (self.intrinsic_params.train_keys, self.intrinsic_params.lr) = (true, 0.05);
+                }
                 other => {
                     if let Some(x) = other.strip_prefix("alpha=") {
                         let a: f32 = x.parse().map_err(|_| bad_variant(other))?;
