@@ -6,15 +6,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use unike_core::data::{load_cases, EditCase, Task};
+use unike_core::edit::hypernet::last_layers;
 use unike_core::edit::hypernet::{self, GradientEditor, TrainParams};
 use unike_core::edit::ke::{KeNet, KeParams};
-use unike_core::edit::mend::{last_layers, MendNet, MendParams};
+use unike_core::edit::mend::{MendNet, MendParams};
 use unike_core::edit::serac::{Serac, SeracParams};
 use unike_core::train::save::TrainingRecord;
 
 use crate::device::{self, Loaded};
+use crate::unike_artifacts::bar;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Trained {
@@ -71,13 +72,6 @@ pub fn method_params<T: serde::de::DeserializeOwned + Default>(loaded: &Loaded, 
     Ok(if path.is_file() { unike_core::edit::hparams::load(&path)? } else { T::default() })
 }
 
-fn bar(len: u64, prefix: &str) -> Result<ProgressBar> {
-    let b = ProgressBar::new(len);
-    b.set_style(ProgressStyle::with_template("{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")?);
-    b.set_prefix(prefix.to_string());
-    Ok(b)
-}
-
 /// The world data the model was trained on (its training.json seed, else 0).
 fn default_data(loaded: &Loaded) -> Result<PathBuf> {
     let seed = TrainingRecord::read(&loaded.dir)?.map(|r| r.recipe.seed).unwrap_or(0);
@@ -128,13 +122,15 @@ fn apply_overrides(t: &mut TrainParams, args: &TrainMethodArgs) -> Result<()> {
     Ok(())
 }
 
-fn train_gradient_editor(
+/// Trains a gradient editor on prepared `cases` and writes it into `dir`.
+fn fit(
     loaded: &Loaded,
     net: &dyn GradientEditor,
     cases: &[hypernet::TrainCase],
     params: &TrainParams,
     name: &str,
-) -> Result<Vec<hypernet::TrainStep>> {
+    save: impl FnOnce(&[hypernet::TrainStep]) -> unike_core::Result<()>,
+) -> Result<()> {
     let b = bar(params.steps as u64, name)?;
     let mut tick = |step: usize, steps: usize, p: Option<&hypernet::TrainStep>| {
         b.set_position(step as u64);
@@ -150,7 +146,17 @@ fn train_gradient_editor(
     };
     let curve = hypernet::train(&loaded.model, net, cases, params, &mut tick)?;
     b.finish_and_clear();
-    Ok(curve)
+    save(&curve)?;
+    if let Some(p) = curve.last() {
+        eprintln!(
+            "{name} trained into {} (last 50 steps: edit loss {:.3}, locality KL {:.4}, edit success {:.2})",
+            loaded.dir.join(name).display(),
+            p.edit_loss,
+            p.loc_loss,
+            p.edit_success
+        );
+    }
+    Ok(())
 }
 
 /// Trains `method` for `loaded` on `data` (default: the model's world) into `MODEL/<method>/`.
@@ -179,9 +185,7 @@ pub fn train(loaded: &Loaded, method: Trained, data: Option<&Path>, args: Option
             }
             let cases = prepare(p.train.cases, &last_layers(model, p.layers)?)?;
             let net = MendNet::init(model, p.clone(), &cases)?;
-            let curve = train_gradient_editor(loaded, &net, &cases, &p.train, "mend")?;
-            net.save(&dir, &curve, &source)?;
-            report("mend", &dir, curve.last());
+            fit(loaded, &net, &cases, &p.train, "mend", |curve| net.save(&dir, curve, &source))?;
         }
         Trained::Ke => {
             let mut p: KeParams = method_params(loaded, "ke")?;
@@ -190,9 +194,7 @@ pub fn train(loaded: &Loaded, method: Trained, data: Option<&Path>, args: Option
             }
             let cases = prepare(p.train.cases, &last_layers(model, p.layers)?)?;
             let net = KeNet::init(model, p.clone(), &cases)?;
-            let curve = train_gradient_editor(loaded, &net, &cases, &p.train, "ke")?;
-            net.save(&dir, &curve, &source)?;
-            report("ke", &dir, curve.last());
+            fit(loaded, &net, &cases, &p.train, "ke", |curve| net.save(&dir, curve, &source))?;
         }
         Trained::Serac => {
             let mut p: SeracParams = method_params(loaded, "serac")?;
@@ -215,18 +217,6 @@ pub fn train(loaded: &Loaded, method: Trained, data: Option<&Path>, args: Option
         }
     }
     Ok(())
-}
-
-fn report(name: &str, dir: &Path, last: Option<&hypernet::TrainStep>) {
-    if let Some(p) = last {
-        eprintln!(
-            "{name} trained into {} (last 50 steps: edit loss {:.3}, locality KL {:.4}, edit success {:.2})",
-            dir.display(),
-            p.edit_loss,
-            p.loc_loss,
-            p.edit_success
-        );
-    }
 }
 
 /// Trains every requested method whose network is missing, with a message saying so.

@@ -36,7 +36,8 @@ pub struct EncoderArgs {
     pub seed: Option<u64>,
 }
 
-fn bar(len: u64, prefix: &str) -> Result<ProgressBar> {
+/// A progress bar of `len` steps on stderr (hidden when stderr is not a terminal).
+pub fn bar(len: u64, prefix: &str) -> Result<ProgressBar> {
     let b = ProgressBar::new(len);
     b.set_style(ProgressStyle::with_template("{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")?);
     b.set_prefix(prefix.to_string());
@@ -45,9 +46,7 @@ fn bar(len: u64, prefix: &str) -> Result<ProgressBar> {
 
 /// The UniKE hyper-parameters of the loaded model (file if present, else defaults).
 pub fn unike_params(loaded: &Loaded) -> Result<UniKeParams> {
-    let root = crate::model_dir::repo_root();
-    let path = unike_core::edit::hparams::hparams_path(&root, "unike", &crate::bench_edit::model_name(loaded));
-    Ok(if path.is_file() { unike_core::edit::hparams::load(&path)? } else { UniKeParams::default() })
+    crate::train_method::method_params(loaded, "unike")
 }
 
 fn build_memory_into(loaded: &Loaded, n: usize, seed: Option<u64>) -> Result<KnowledgeMemory> {

@@ -17,6 +17,7 @@ use super::gradient::{edit_gradient, EditGrad};
 use super::patch::down_delta;
 use super::{EditContext, EditRequest, EditSequence, Patch, Provenance};
 use crate::error::{Error, Result};
+use crate::model::Llava;
 use crate::world::rng::Rng;
 
 pub use data::{prepare, TrainCase};
@@ -142,14 +143,75 @@ impl ParamSet {
     }
 }
 
-/// Reads the typed `params` of a header written with [`ParamSet::save`].
-pub fn header_params<T: serde::de::DeserializeOwned>(dir: &Path, header: &serde_json::Value) -> Result<T> {
-    serde_json::from_value(header.get("params").cloned().unwrap_or_default())
-        .map_err(|e| Error::Data { path: dir.join("net.json"), msg: format!("params: {e}") })
+/// The last `n` decoder layers of `model`, ascending (the layers the trained editors act in).
+pub fn last_layers(model: &Llava, n: usize) -> Result<Vec<usize>> {
+    let total = model.text().num_layers();
+    if n == 0 || n > total {
+        return Err(Error::Invalid(format!("cannot edit the last {n} of {total} layers")));
+    }
+    Ok((total - n..total).collect())
+}
+
+/// Sets each edited layer's `l{k}.log_lr` so that `change(k, case)` (the layer's change at unit step size) has unit
+/// Frobenius norm on average over `cases`.
+pub fn init_step_sizes(
+    set: &ParamSet,
+    layers: usize,
+    cases: &[TrainCase],
+    change: impl Fn(usize, &TrainCase) -> Result<Tensor>,
+) -> Result<()> {
+    for k in 0..layers {
+        let mut norm = 0f32;
+        for c in cases {
+            norm += change(k, c)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        }
+        let mean = (norm / cases.len().max(1) as f32).max(1e-12);
+        let name = format!("l{k}.{STEP_SUFFIX}");
+        let dev = set.get(&name)?.device().clone();
+        set.set(&name, &Tensor::new(-mean.ln(), &dev)?)?;
+    }
+    Ok(())
+}
+
+/// Writes a trained network: `dir/net.{safetensors,json}`, the header holding the format, layers, hyper-parameters,
+/// training curve, data source and parameter count.
+pub fn save_net(
+    set: &ParamSet,
+    dir: &Path,
+    format: &str,
+    layers: &[usize],
+    params: &impl Serialize,
+    curve: &impl Serialize,
+    data: &str,
+) -> Result<()> {
+    let header = serde_json::json!({
+        "format": format, "layers": layers, "params": params, "curve": curve, "data": data,
+        "parameters": set.num_parameters(),
+    });
+    set.save(dir, header)
+}
+
+/// Reads a network written by [`save_net`] for `model`: its hyper-parameters, edited layers (the last `layers_of`
+/// of them) and parameters. A missing network says how to train it.
+pub fn load_net<P: serde::de::DeserializeOwned>(
+    dir: &Path,
+    model: &Llava,
+    method: &str,
+    format: &str,
+    layers_of: impl Fn(&P) -> usize,
+) -> Result<(P, Vec<usize>, ParamSet)> {
+    if !dir.join("net.json").is_file() {
+        return Err(missing(method, dir));
+    }
+    let (header, set) = ParamSet::load(dir, format, model.device())?;
+    let params: P = serde_json::from_value(header.get("params").cloned().unwrap_or_default())
+        .map_err(|e| Error::Data { path: dir.join("net.json"), msg: format!("params: {e}") })?;
+    let layers = last_layers(model, layers_of(&params))?;
+    Ok((params, layers, set))
 }
 
 /// Message of a missing trained artifact.
-pub fn missing(method: &str, dir: &Path) -> Error {
+fn missing(method: &str, dir: &Path) -> Error {
     Error::Invalid(format!(
         "{method} needs its trained network in {}: run `unike train-method {method}` (or `unike bench`, which trains it \
          on demand)",

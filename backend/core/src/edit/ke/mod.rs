@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use super::gradient::EditGrad;
 use super::hypernet::{self, GradientEditor, ParamSet, TrainCase, TrainParams, TrainStep};
-use super::mend::last_layers;
 use super::{EditContext, EditMethod, EditRequest, Patch};
 use crate::error::{Error, Result};
 use crate::model::Llava;
@@ -50,7 +49,7 @@ pub struct KeNet {
 impl KeNet {
     /// A fresh network for `model`; the initial step size gives the first changes unit Frobenius norm on `cases`.
     pub fn init(model: &Llava, params: KeParams, cases: &[TrainCase]) -> Result<Self> {
-        let layers = last_layers(model, params.layers)?;
+        let layers = hypernet::last_layers(model, params.layers)?;
         let (g, _, _) = model.text().mlp_gate_up(layers[0])?;
         let (inter, d) = g.dims2()?;
         let dev = model.device();
@@ -63,34 +62,18 @@ impl KeNet {
             set.insert(format!("l{k}.log_lr"), Tensor::zeros((), DType::F32, dev)?)?;
         }
         let net = Self { params, layers, set };
-        for k in 0..net.layers.len() {
-            let mut norm = 0f32;
-            for c in cases {
-                norm += c.grad.layers[k].full()?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
-            }
-            let mean = (norm / cases.len().max(1) as f32).max(1e-12);
-            net.set.set(&format!("l{k}.log_lr"), &Tensor::new(-mean.ln(), dev)?)?;
-        }
+        hypernet::init_step_sizes(&net.set, net.layers.len(), cases, |k, c| c.grad.layers[k].full())?;
         Ok(net)
     }
 
     /// Writes `dir/net.{safetensors,json}` with the training curve.
     pub fn save(&self, dir: &Path, curve: &[TrainStep], data: &str) -> Result<()> {
-        let header = serde_json::json!({
-            "format": FORMAT, "layers": self.layers, "params": self.params, "curve": curve, "data": data,
-            "parameters": self.set.num_parameters(),
-        });
-        self.set.save(dir, header)
+        hypernet::save_net(&self.set, dir, FORMAT, &self.layers, &self.params, &curve, data)
     }
 
     /// Reads a network written by [`KeNet::save`] for `model`.
     pub fn load(dir: &Path, model: &Llava) -> Result<Self> {
-        if !dir.join("net.json").is_file() {
-            return Err(hypernet::missing("ke", dir));
-        }
-        let (header, set) = ParamSet::load(dir, FORMAT, model.device())?;
-        let params: KeParams = hypernet::header_params(dir, &header)?;
-        let layers = last_layers(model, params.layers)?;
+        let (params, layers, set) = hypernet::load_net(dir, model, "ke", FORMAT, |p: &KeParams| p.layers)?;
         Ok(Self { params, layers, set })
     }
 }

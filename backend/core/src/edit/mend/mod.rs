@@ -44,20 +44,11 @@ pub struct MendNet {
     set: ParamSet,
 }
 
-/// The last `n` layers of `model`, ascending.
-pub fn last_layers(model: &Llava, n: usize) -> Result<Vec<usize>> {
-    let total = model.text().num_layers();
-    if n == 0 || n > total {
-        return Err(Error::Invalid(format!("cannot edit the last {n} of {total} layers")));
-    }
-    Ok((total - n..total).collect())
-}
-
 impl MendNet {
     /// A fresh network for `model`: feature statistics and the initial step size are measured on `cases` (the step
     /// size so that the first changes have unit Frobenius norm on average).
     pub fn init(model: &Llava, params: MendParams, cases: &[TrainCase]) -> Result<Self> {
-        let layers = last_layers(model, params.layers)?;
+        let layers = hypernet::last_layers(model, params.layers)?;
         let (i, _, _) = model.text().mlp_gate_up(layers[0])?;
         let (inter, d) = i.dims2()?;
         let dev = model.device();
@@ -81,34 +72,18 @@ impl MendNet {
             set.insert(format!("l{k}.log_lr"), Tensor::zeros((), candle_core::DType::F32, dev)?)?;
         }
         let net = Self { params, layers, set };
-        for k in 0..net.layers.len() {
-            let mut norm = 0f32;
-            for c in cases {
-                norm += net.delta(k, &c.grad)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
-            }
-            let mean = (norm / cases.len().max(1) as f32).max(1e-12);
-            net.set.set(&format!("l{k}.log_lr"), &Tensor::new(-mean.ln(), dev)?)?;
-        }
+        hypernet::init_step_sizes(&net.set, net.layers.len(), cases, |k, c| net.delta(k, &c.grad))?;
         Ok(net)
     }
 
     /// Writes `dir/net.{safetensors,json}` with the training curve.
     pub fn save(&self, dir: &Path, curve: &[TrainStep], data: &str) -> Result<()> {
-        let header = serde_json::json!({
-            "format": FORMAT, "layers": self.layers, "params": self.params, "curve": curve, "data": data,
-            "parameters": self.set.num_parameters(),
-        });
-        self.set.save(dir, header)
+        hypernet::save_net(&self.set, dir, FORMAT, &self.layers, &self.params, &curve, data)
     }
 
     /// Reads a network written by [`MendNet::save`] for `model`.
     pub fn load(dir: &Path, model: &Llava) -> Result<Self> {
-        if !dir.join("net.json").is_file() {
-            return Err(hypernet::missing("mend", dir));
-        }
-        let (header, set) = ParamSet::load(dir, FORMAT, model.device())?;
-        let params: MendParams = hypernet::header_params(dir, &header)?;
-        let layers = last_layers(model, params.layers)?;
+        let (params, layers, set) = hypernet::load_net(dir, model, "mend", FORMAT, |p: &MendParams| p.layers)?;
         Ok(Self { params, layers, set })
     }
 }

@@ -24,9 +24,8 @@ use serde::{Deserialize, Serialize};
 
 pub use net::{SeracHook, SeracNet, StoredEdit};
 
-use super::hypernet::data::{probe, Images, Probe};
-use super::hypernet::{self, ParamSet, TrainParams};
-use super::mend::last_layers;
+use super::hypernet::data::{Images, Probe};
+use super::hypernet::{self, TrainParams};
 use super::{EditContext, EditMethod, EditRequest, EditSequence, Patch, Provenance};
 use crate::data::EditCase;
 use crate::error::{Error, Result};
@@ -64,18 +63,55 @@ pub struct SeracEntry {
 
 /// The stored form of `seq` at `layers` (normed layer inputs of the unedited model).
 pub fn store(model: &Llava, seq: &EditSequence, layers: &[usize]) -> Result<Vec<StoredEdit>> {
-    let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::LayerInput);
-    model.forward_embeds(&seq.embeds(model)?, 0, None, &Hooks::none(), &mut cap)?;
+    stored(model, seq, Pass::run(model, seq, layers)?.states)
+}
+
+/// The stored form of `seq` from its normed states at the edited layers.
+fn stored(model: &Llava, seq: &EditSequence, states: Vec<Tensor>) -> Result<Vec<StoredEdit>> {
     let n = seq.ids.len() - 1;
     let next = model.text().unembedding(&Tensor::new(&seq.ids[1..], model.device())?)?;
-    layers
-        .iter()
-        .map(|&l| {
-            let x = cap.get(l, CapturePoint::LayerInput).ok_or_else(|| Error::Invalid(format!("layer {l}")))?;
-            let normed = model.text().attention_parts(l)?.norm(&x.squeeze(0)?)?.to_dtype(DType::F32)?;
-            Ok(StoredEdit { states: normed.narrow(0, 0, n)?, next: next.clone(), key: normed.get(seq.prompt_len - 1)? })
-        })
+    states
+        .into_iter()
+        .map(|x| Ok(StoredEdit { states: x.narrow(0, 0, n)?, next: next.clone(), key: x.get(seq.prompt_len - 1)? }))
         .collect()
+}
+
+/// One unedited forward pass of a sequence, as SERAC reads it.
+struct Pass {
+    /// Input of the first edited layer, `(1, s, d)`.
+    first_input: Tensor,
+    /// Final (normed) hidden states, `(1, s, d)`.
+    output: Tensor,
+    /// Normed inputs of each edited layer, `(s, d)` each.
+    states: Vec<Tensor>,
+}
+
+impl Pass {
+    fn run(model: &Llava, seq: &EditSequence, layers: &[usize]) -> Result<Self> {
+        let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::LayerInput);
+        let output = model.forward_embeds(&seq.embeds(model)?, 0, None, &Hooks::none(), &mut cap)?;
+        let input = |l: usize| cap.get(l, CapturePoint::LayerInput).ok_or_else(|| Error::Invalid(format!("layer {l}")));
+        let states = layers
+            .iter()
+            .map(|&l| Ok(model.text().attention_parts(l)?.norm(&input(l)?.squeeze(0)?)?.to_dtype(DType::F32)?))
+            .collect::<Result<Vec<_>>>()?;
+        let first = *layers.first().ok_or_else(|| Error::Invalid("no edited layers".into()))?;
+        Ok(Self { first_input: input(first)?.detach(), output, states })
+    }
+
+    /// The training probe of `seq` from the first edited layer up (with the unedited answer distribution when
+    /// `with_base`), and the normed states for the classifier.
+    fn probe(self, model: &Llava, seq: &EditSequence, with_base: bool) -> Result<(Probe, Vec<Tensor>)> {
+        let (start, n_t) = (seq.prompt_len - 1, seq.targets().len());
+        let base_logp = if with_base {
+            let logits = model.logits(&self.output.narrow(1, start, n_t)?)?.squeeze(0)?;
+            Some(candle_nn::ops::log_softmax(&logits, D::Minus1)?.detach())
+        } else {
+            None
+        };
+        let probe = Probe { x0: self.first_input, start, targets: seq.targets().to_vec(), base_logp };
+        Ok((probe, self.states))
+    }
 }
 
 /// The hooks of the SERAC entries of a stack: one attention hook per layer over every stored edit.
@@ -94,18 +130,6 @@ struct Case {
     stored: Vec<StoredEdit>,
     edit: Vec<(Probe, Vec<Tensor>)>,
     loc: Vec<(Probe, Vec<Tensor>)>,
-}
-
-fn normed_states(model: &Llava, seq: &EditSequence, layers: &[usize]) -> Result<Vec<Tensor>> {
-    let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::LayerInput);
-    model.forward_embeds(&seq.embeds(model)?, 0, None, &Hooks::none(), &mut cap)?;
-    layers
-        .iter()
-        .map(|&l| {
-            let x = cap.get(l, CapturePoint::LayerInput).ok_or_else(|| Error::Invalid(format!("layer {l}")))?;
-            Ok(model.text().attention_parts(l)?.norm(&x.squeeze(0)?)?.to_dtype(DType::F32)?)
-        })
-        .collect()
 }
 
 fn bce(p: &Tensor, target: f64) -> Result<Tensor> {
@@ -133,7 +157,7 @@ impl Serac {
         params: SeracParams,
         progress: &mut dyn FnMut(usize, usize, &str),
     ) -> Result<Self> {
-        let layers = last_layers(model, params.layers)?;
+        let layers = hypernet::last_layers(model, params.layers)?;
         let first = layers[0];
         let n_layers = model.text().num_layers();
         let d = model.text().config().hidden_size;
@@ -144,13 +168,14 @@ impl Serac {
             let seq = |q: &str, px: &Tensor, a: &str| EditSequence::new(processor, q, Some(px), a, eos);
             let edit = seq(&c.prompt, &img, &c.target)?;
             let with_states = |s: &EditSequence, base: bool| -> Result<(Probe, Vec<Tensor>)> {
-                Ok((probe(model, s, first, base)?, normed_states(model, s, &layers)?))
+                Pass::run(model, s, &layers)?.probe(model, s, base)
             };
             let loc = EditSequence::new(processor, &c.loc_question, None, &c.loc_answer, eos)?;
+            let edit_probe = with_states(&edit, false)?;
             prepared.push(Case {
-                stored: store(model, &edit, &layers)?,
+                stored: stored(model, &edit, edit_probe.1.clone())?,
                 edit: vec![
-                    with_states(&edit, false)?,
+                    edit_probe,
                     with_states(&seq(&c.rephrase_prompt, &img, &c.target)?, false)?,
                     with_states(&seq(&c.prompt, &re, &c.target)?, false)?,
                 ],
@@ -251,21 +276,13 @@ impl Serac {
 
     /// Writes `dir/net.{safetensors,json}` with the training curve.
     pub fn save(&self, dir: &Path, data: &str) -> Result<()> {
-        let header = serde_json::json!({
-            "format": FORMAT, "layers": self.net.layers, "params": self.params, "curve": self.curve, "data": data,
-            "parameters": self.net.set.num_parameters(),
-        });
-        self.net.set.save(dir, header)
+        hypernet::save_net(&self.net.set, dir, FORMAT, &self.net.layers, &self.params, &self.curve, data)
     }
 
     /// Reads a network written by [`Serac::save`] for `model`.
     pub fn load(dir: &Path, model: &Llava, eos: u32) -> Result<Self> {
-        if !dir.join("net.json").is_file() {
-            return Err(hypernet::missing("serac", dir));
-        }
-        let (header, set): (_, ParamSet) = ParamSet::load(dir, FORMAT, model.device())?;
-        let params: SeracParams = hypernet::header_params(dir, &header)?;
-        let net = SeracNet { layers: last_layers(model, params.layers)?, set };
+        let (params, layers, set) = hypernet::load_net(dir, model, "serac", FORMAT, |p: &SeracParams| p.layers)?;
+        let net = SeracNet { layers, set };
         net::check(&net, model.text().config().hidden_size)?;
         Ok(Self { net: Arc::new(net), params, eos, curve: vec![] })
     }
