@@ -2,10 +2,15 @@
 //!
 //! This crate holds data only: serde types and route constants. It builds for `wasm32-unknown-unknown` and native.
 
+pub mod auth;
 pub mod bench;
 pub mod error;
+pub mod events;
 pub mod model;
+pub mod playground;
 pub mod routes;
+pub mod runs;
+pub mod workspace;
 
 pub use bench::{BenchReport, BenchResult, MetricSet, Timing};
 pub use error::ApiError;

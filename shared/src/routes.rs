@@ -1,6 +1,141 @@
 //! Route paths of the JSON API. The server mounts exactly these; the client requests exactly these.
+//!
+//! Paths with `{id}` segments come with a function building the concrete path. Every write (`POST`, `DELETE`) needs
+//! the session's CSRF token in [`crate::auth::CSRF_HEADER`]; every route checks the caller's role in the workspace it
+//! touches. [`ALL`] lists every route for the OpenAPI document.
 
 /// `GET` → [`crate::HealthResponse`].
 pub const HEALTH: &str = "/api/health";
 /// `GET` → [`crate::ModelInfo`] of the model the server runs.
 pub const MODEL: &str = "/api/model";
+/// `GET` → the OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = "/api/openapi.json";
+
+/// `POST` [`crate::auth::Credentials`] → [`crate::auth::SessionInfo`] (sets the session cookie).
+pub const SIGN_UP: &str = "/api/auth/signup";
+/// `POST` [`crate::auth::Credentials`] → [`crate::auth::SessionInfo`].
+pub const SIGN_IN: &str = "/api/auth/signin";
+/// `POST` → [`crate::auth::SessionInfo`] (signed out).
+pub const SIGN_OUT: &str = "/api/auth/signout";
+/// `GET` → [`crate::auth::SessionInfo`]; in demo mode a visitor without a session gets a guest sandbox here.
+pub const SESSION: &str = "/api/auth/session";
+
+/// `GET` → `Vec<`[`crate::playground::GalleryItem`]`>`.
+pub const GALLERY: &str = "/api/gallery";
+/// `GET` → the PNG of a gallery image or of an uploaded image (`{name}`: the gallery id or `upload-<sha>`).
+pub const IMAGE: &str = "/api/images/{name}";
+pub fn image(name: &str) -> String {
+    format!("/api/images/{name}")
+}
+
+/// `GET` → `Vec<`[`crate::workspace::Workspace`]`>`; `POST` [`crate::workspace::NewWorkspace`] → `Workspace`.
+pub const WORKSPACES: &str = "/api/workspaces";
+/// `GET` → [`crate::workspace::Workspace`].
+pub const WORKSPACE: &str = "/api/workspaces/{id}";
+pub fn workspace(id: i64) -> String {
+    format!("/api/workspaces/{id}")
+}
+/// `GET` → `Vec<`[`crate::workspace::Member`]`>`; `POST` [`crate::workspace::Invitation`] (owners) → `Member`.
+pub const MEMBERS: &str = "/api/workspaces/{id}/members";
+pub fn members(id: i64) -> String {
+    format!("/api/workspaces/{id}/members")
+}
+/// `GET` → `Vec<`[`crate::workspace::AuditEntry`]`>`, newest first.
+pub const AUDIT: &str = "/api/workspaces/{id}/audit";
+pub fn audit(id: i64) -> String {
+    format!("/api/workspaces/{id}/audit")
+}
+/// `POST` [`crate::playground::AnswerRequest`] → [`crate::playground::AnswerResponse`] under the workspace's stack.
+pub const ANSWER: &str = "/api/workspaces/{id}/answer";
+pub fn answer(id: i64) -> String {
+    format!("/api/workspaces/{id}/answer")
+}
+/// `GET` → [`crate::playground::EditStack`]; `POST` [`crate::playground::EditRequest`] → `AppliedEdit`.
+pub const EDITS: &str = "/api/workspaces/{id}/edits";
+pub fn edits(id: i64) -> String {
+    format!("/api/workspaces/{id}/edits")
+}
+/// `DELETE` → [`crate::playground::EditStack`] (undo one edit, from anywhere in the stack).
+pub const EDIT: &str = "/api/workspaces/{id}/edits/{edit}";
+pub fn edit(id: i64, edit: i64) -> String {
+    format!("/api/workspaces/{id}/edits/{edit}")
+}
+/// `GET` → `Vec<`[`crate::playground::MmEditCase`]`>` (MMEdit JSON); `POST` [`crate::playground::CaseImport`] →
+/// [`crate::playground::ImportSummary`].
+pub const CASES: &str = "/api/workspaces/{id}/cases";
+pub fn cases(id: i64) -> String {
+    format!("/api/workspaces/{id}/cases")
+}
+/// `GET` → `Vec<`[`crate::runs::RunInfo`]`>`; `POST` [`crate::runs::RunRequest`] → `RunInfo`.
+pub const RUNS: &str = "/api/workspaces/{id}/runs";
+pub fn runs(id: i64) -> String {
+    format!("/api/workspaces/{id}/runs")
+}
+/// `GET` → [`crate::runs::RunInfo`].
+pub const RUN: &str = "/api/runs/{id}";
+pub fn run(id: i64) -> String {
+    format!("/api/runs/{id}")
+}
+/// `POST` → [`crate::runs::RunInfo`] (cancelled).
+pub const RUN_CANCEL: &str = "/api/runs/{id}/cancel";
+pub fn run_cancel(id: i64) -> String {
+    format!("/api/runs/{id}/cancel")
+}
+/// `GET` (query [`crate::runs::LeaderboardQuery`]) → [`crate::runs::Leaderboard`]; public, read-only.
+pub const LEADERBOARD: &str = "/api/leaderboard";
+/// `GET` → the leaderboard as CSV (same filters).
+pub const LEADERBOARD_CSV: &str = "/api/leaderboard.csv";
+/// `GET` (query `workspace=<id>`) → `text/event-stream` of [`crate::events::Event`].
+pub const EVENTS: &str = "/api/events";
+
+/// One route for the OpenAPI document: method, path, summary, request and response type names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteDoc {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub request: Option<&'static str>,
+    pub response: &'static str,
+}
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    request: Option<&'static str>,
+    response: &'static str,
+) -> RouteDoc {
+    RouteDoc { method, path, summary, request, response }
+}
+
+/// Every route of the API.
+pub const ALL: &[RouteDoc] = &[
+    r("get", HEALTH, "Liveness and version", None, "HealthResponse"),
+    r("get", MODEL, "The model the server runs", None, "ModelInfo"),
+    r("get", OPENAPI, "This document", None, "object"),
+    r("post", SIGN_UP, "Create an account and sign in", Some("Credentials"), "SessionInfo"),
+    r("post", SIGN_IN, "Sign in", Some("Credentials"), "SessionInfo"),
+    r("post", SIGN_OUT, "Sign out", None, "SessionInfo"),
+    r("get", SESSION, "The current session (demo mode: a guest sandbox)", None, "SessionInfo"),
+    r("get", GALLERY, "The world's image gallery", None, "GalleryItem[]"),
+    r("get", IMAGE, "A gallery or uploaded image (PNG)", None, "binary"),
+    r("get", WORKSPACES, "The caller's workspaces", None, "Workspace[]"),
+    r("post", WORKSPACES, "Create a workspace", Some("NewWorkspace"), "Workspace"),
+    r("get", WORKSPACE, "One workspace", None, "Workspace"),
+    r("get", MEMBERS, "Members and roles", None, "Member[]"),
+    r("post", MEMBERS, "Invite a user or change a role (owners)", Some("Invitation"), "Member"),
+    r("get", AUDIT, "Activity feed", None, "AuditEntry[]"),
+    r("post", ANSWER, "Answer a question under the workspace's edits", Some("AnswerRequest"), "AnswerResponse"),
+    r("get", EDITS, "The workspace's edit stack", None, "EditStack"),
+    r("post", EDITS, "Apply an edit (editors)", Some("EditRequest"), "AppliedEdit"),
+    r("delete", EDIT, "Undo an edit (editors)", None, "EditStack"),
+    r("get", CASES, "Export the workspace's cases as MMEdit JSON", None, "MmEditCase[]"),
+    r("post", CASES, "Import MMEdit cases (editors)", Some("CaseImport"), "ImportSummary"),
+    r("get", RUNS, "The workspace's benchmark runs", None, "RunInfo[]"),
+    r("post", RUNS, "Launch a benchmark run (editors)", Some("RunRequest"), "RunInfo"),
+    r("get", RUN, "One run", None, "RunInfo"),
+    r("post", RUN_CANCEL, "Cancel a run (editors)", None, "RunInfo"),
+    r("get", LEADERBOARD, "Every finished run's results, best first", None, "Leaderboard"),
+    r("get", LEADERBOARD_CSV, "The leaderboard as CSV", None, "text"),
+    r("get", EVENTS, "Live updates of a workspace (server-sent events)", None, "Event"),
+];

@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the Markdown table.
     #[arg(long)]
     pub json: bool,
+    /// Worker threads editing independent chunks (one-step edits, sequences) side by side; 0 = one per core. The
+    /// metrics do not depend on it, only the edit times (the workers share the memory bandwidth).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 fn world_data(seed: u64) -> Result<PathBuf> {
@@ -70,7 +74,7 @@ fn world_data(seed: u64) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn cases(dir: &Path, task: Task, split: &str, n: usize) -> Result<Vec<EditCase>> {
+pub fn cases(dir: &Path, task: Task, split: &str, n: usize) -> Result<Vec<EditCase>> {
     let name = match task {
         Task::Vqa => "vqa",
         Task::Caption => "caption",
@@ -122,6 +126,8 @@ pub struct Config {
     pub n: usize,
     pub seed: u64,
     pub memory: usize,
+    /// Worker threads (resolved: at least 1).
+    pub threads: usize,
 }
 
 /// The world's data of `--seed` (generated once) or `--data`.
@@ -133,8 +139,75 @@ pub fn data_dir(data: Option<&Path>, seed: u64) -> Result<PathBuf> {
     }
 }
 
+/// T-Patcher's and UniKE's memory of unrelated inputs: for `n` training-split cases of `task`, the edit question
+/// with its pre-edit answer, the text and the image locality questions.
+pub fn memory_sequences(ev: &mut Evaluator<'_>, data: &Path, task: Task, n: usize) -> Result<Vec<EditSequence>> {
+    let eos0 = *ev.eos.first().context("the checkpoint has no end-of-sequence id")?;
+    let mut memory: Vec<EditSequence> = Vec::new();
+    for c in cases(data, task, "train", n).unwrap_or_default() {
+        let (px, mpx) = (ev.pixels(&c.image)?, ev.pixels(&c.m_loc_image)?);
+        let answer = c.pre_edit.as_deref().unwrap_or(&c.target);
+        memory.push(EditSequence::new(ev.processor, &c.prompt, Some(&px), answer, eos0)?);
+        memory.push(EditSequence::new(ev.processor, &c.loc_question, None, &c.loc_answer, eos0)?);
+        memory.push(EditSequence::new(ev.processor, &c.m_loc_question, Some(&mpx), &c.m_loc_answer, eos0)?);
+    }
+    Ok(memory)
+}
+
+/// What a benchmark tells its caller as it goes: the progress bar of the CLI, the studio's run jobs.
+pub trait BenchObserver {
+    /// A stage starts (`pre-edit vqa`, `unike vqa`) with `total` cases.
+    fn stage(&mut self, name: &str, total: usize);
+    /// `done` cases of the stage are finished; `false` cancels the benchmark.
+    fn progress(&mut self, done: usize) -> bool;
+    /// A method's result is complete, with its per-case scores.
+    fn result(&mut self, _result: &BenchResult, _cases: &[eval::CaseScore]) {}
+}
+
+/// The CLI's progress bar on stderr.
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    pub fn new() -> Result<Self> {
+        let bar = ProgressBar::new(0);
+        bar.set_style(ProgressStyle::with_template(
+            "{prefix:>24} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta}",
+        )?);
+        Ok(Self(bar))
+    }
+}
+
+impl BenchObserver for Bar {
+    fn stage(&mut self, name: &str, total: usize) {
+        self.0.reset();
+        self.0.set_length(total as u64);
+        self.0.set_prefix(name.to_string());
+    }
+
+    fn progress(&mut self, done: usize) -> bool {
+        self.0.set_position(done as u64);
+        true
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
 /// Runs every method of `cfg` on `loaded` over the cases of `data`, with a progress bar on stderr.
 pub fn bench(loaded: &crate::device::Loaded, data: &Path, cfg: &Config) -> Result<Vec<BenchResult>> {
+    bench_observed(loaded, data, cfg, &mut Bar::new()?)
+}
+
+/// [`bench`], telling `observer` how it goes (and letting it cancel: the error is then [`unike_core::Error::Cancelled`]).
+pub fn bench_observed(
+    loaded: &crate::device::Loaded,
+    data: &Path,
+    cfg: &Config,
+    observer: &mut dyn BenchObserver,
+) -> Result<Vec<BenchResult>> {
     if cfg.n == 0 {
         bail!("--n must be at least 1");
     }
@@ -177,26 +250,16 @@ pub fn bench(loaded: &crate::device::Loaded, data: &Path, cfg: &Config) -> Resul
     // Memory of unrelated inputs, from the training split: its edit questions (with their original answers), its text
     // questions and its image questions. Never the evaluation probes.
     let train_task = if cfg.task == TaskArg::Caption { Task::Caption } else { Task::Vqa };
-    let mut memory: Vec<EditSequence> = Vec::new();
-    for c in cases(data, train_task, "train", cfg.memory).unwrap_or_default() {
-        let (px, mpx) = (ev.pixels(&c.image)?, ev.pixels(&c.m_loc_image)?);
-        let answer = c.pre_edit.as_deref().unwrap_or(&c.target);
-        memory.push(EditSequence::new(&loaded.processor, &c.prompt, Some(&px), answer, eos0)?);
-        memory.push(EditSequence::new(&loaded.processor, &c.loc_question, None, &c.loc_answer, eos0)?);
-        memory.push(EditSequence::new(&loaded.processor, &c.m_loc_question, Some(&mpx), &c.m_loc_answer, eos0)?);
-    }
+    let memory = memory_sequences(&mut ev, data, train_task, cfg.memory)?;
 
-    let bar = ProgressBar::new(list.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{prefix:>24} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta}")?);
-    bar.set_prefix(format!("pre-edit {task_name}"));
-    let prepared: Vec<PreparedCase> = list
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            bar.inc(1);
-            ev.prepare(c, cfg.seed.wrapping_add(i as u64))
-        })
-        .collect::<unike_core::Result<_>>()?;
+    observer.stage(&format!("pre-edit {task_name}"), list.len());
+    let mut prepared: Vec<PreparedCase> = Vec::with_capacity(list.len());
+    for (i, c) in list.iter().enumerate() {
+        prepared.push(ev.prepare(c, cfg.seed.wrapping_add(i as u64))?);
+        if !observer.progress(i + 1) {
+            return Err(unike_core::Error::Cancelled.into());
+        }
+    }
     let root = crate::model_dir::repo_root();
     let model_name = model_name(loaded);
     let mut results = Vec::new();
@@ -210,12 +273,13 @@ pub fn bench(loaded: &crate::device::Loaded, data: &Path, cfg: &Config) -> Resul
             model_dir: &loaded.dir,
         };
         let method = registry::build(name, inputs)?;
-        bar.reset();
-        bar.set_prefix(format!("{name} {task_name}"));
-        let mut tick = |done: usize, _: usize| bar.set_position(done as u64);
-        results.push(eval::run(&ev, method.as_ref(), &prepared, mode, task_name, &mut tick)?);
+        observer.stage(&format!("{name} {task_name}"), prepared.len());
+        let mut tick = |done: usize, _: usize| observer.progress(done);
+        let (result, per_case) =
+            eval::run_detailed(&ev, method.as_ref(), &prepared, mode, task_name, cfg.threads, &mut tick)?;
+        observer.result(&result, &per_case);
+        results.push(result);
     }
-    bar.finish_and_clear();
     Ok(results)
 }
 
@@ -234,6 +298,15 @@ pub fn markdown(results: &[BenchResult]) -> String {
     out
 }
 
+/// `--threads`: 0 means one per core.
+pub fn worker_threads(threads: usize) -> usize {
+    if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     crate::device::single_thread_pools();
     let cfg = Config {
@@ -244,6 +317,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         n: args.n,
         seed: args.seed,
         memory: args.memory,
+        threads: worker_threads(args.threads),
     };
     // Cheap checks before anything is loaded.
     if cfg.n == 0 {

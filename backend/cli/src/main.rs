@@ -27,7 +27,7 @@ mod model_dir;
 mod plot;
 mod plot_bench;
 mod reproduce;
-mod serve;
+mod studio;
 mod train_base;
 mod train_method;
 mod unike_artifacts;
@@ -52,7 +52,7 @@ enum Command {
     /// Write the synthetic world's edit sets (MMEdit E-VQA / E-IC JSON with VLKEB port_new, PNG images).
     GenData(gen_data::GenDataArgs),
     /// Serve the studio (front end + JSON API).
-    Serve(serve::ServeArgs),
+    Serve(studio::ServeArgs),
     /// Train the default world model from scratch (deterministic by seed) and save it as a checkpoint.
     TrainBase(train_base::TrainArgs),
     /// Evaluate a world model: greedy exact match per split, and its answers to facts it never learned.
@@ -88,7 +88,7 @@ fn main() {
         Command::Bench(a) => bench_edit::run(a),
         Command::BenchModel(a) => bench::run(a),
         Command::GenData(a) => gen_data::run(a),
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => studio::run(a),
         Command::TrainBase(a) => train_base::run(a),
         Command::EvalBase(a) => eval_base::run(a),
         Command::Reproduce(a) => reproduce::run(a),

@@ -39,6 +39,9 @@ pub struct ReproduceArgs {
     pub only: Vec<String>,
     #[arg(long, default_value_t = 64)]
     pub memory: usize,
+    /// Worker threads per benchmark (see `unike bench --threads`); 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 fn mean5(r: &BenchResult) -> f64 {
@@ -109,6 +112,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         n: if mode == ModeArg::Sequential || task == TaskArg::Cross { args.n / k * k } else { args.n },
         seed: args.seed,
         memory: args.memory,
+        threads: bench_edit::worker_threads(args.threads),
     };
     // A configuration that fails (e.g. a method's limit) is reported in its place; the others still run.
     let failures = std::cell::RefCell::new(Vec::<String>::new());

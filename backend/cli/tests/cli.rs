@@ -120,6 +120,8 @@ fn serve_answers_api_and_first_page() -> Result<()> {
     let mut child = unike()
         .args(["serve", "--addr", "127.0.0.1:0", "--model", "tests/fixtures/tiny-llava", "--dist"])
         .arg(&dist)
+        .arg("--db")
+        .arg(format!("sqlite://{}", dist.join("studio.db").display()))
         .stderr(Stdio::piped())
         .spawn()?;
     let result = (|| -> Result<()> {

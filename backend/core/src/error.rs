@@ -36,6 +36,10 @@ pub enum Error {
     /// A caller passed an argument that cannot work (wrong shape, wrong count of image tokens, ...).
     #[error("{0}")]
     Invalid(String),
+
+    /// The caller asked to stop (a progress callback returned `false`).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// Result alias of the core library.

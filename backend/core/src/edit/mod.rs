@@ -49,4 +49,9 @@ pub trait EditMethod: Send + Sync {
 
     /// Computes the patch of `request` on top of `ctx.stack`.
     fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch>;
+
+    /// What loading this method's saved patches needs besides the model ([`Patch::load_with`]).
+    fn patch_deps(&self) -> PatchDeps {
+        PatchDeps::default()
+    }
 }

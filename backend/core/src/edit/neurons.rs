@@ -38,7 +38,8 @@ pub struct NeuronParams {
     pub memory_weight: f32,
     /// Optimise keys and biases too (T-Patcher). When false, the keys keep their initialisation (which already puts
     /// most memory queries below the memory margin and the edit at the edit margin), only the values are trained, and
-    /// training stops once the target is the argmax everywhere and its cross-entropy is at most `stop_loss`.
+    /// training stops once the target is the argmax everywhere and the mean excess cross-entropy is at most
+    /// `stop_loss` (excess: at a mistake its cross-entropy, elsewhere what exceeds the pre-edit cross-entropy).
     #[serde(default = "yes")]
     pub train_keys: bool,
     #[serde(default)]
@@ -147,18 +148,22 @@ pub fn train_neurons(
 
     // Where the mistakes are: the answer positions whose pre-edit argmax is not the target (T-Patcher: one mistake,
     // one neuron). Neuron `j` answers mistake `j mod m`.
+    let pre_logits = model.logits(&pre_edit.narrow(1, seq.prompt_len - 1, n_t)?)?.squeeze(0)?;
     let mistakes: Vec<usize> = {
-        let top = model
-            .logits(&pre_edit.narrow(1, seq.prompt_len - 1, n_t)?)?
-            .squeeze(0)?
-            .argmax(D::Minus1)?
-            .to_vec1::<u32>()?;
+        let top = pre_logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
         let m: Vec<usize> = (0..n_t).filter(|&i| top[i] != seq.targets()[i]).collect();
         if m.is_empty() {
             vec![0]
         } else {
             m
         }
+    };
+    // The stopping rule's allowance per answer position: nothing at a mistake, the pre-edit cross-entropy elsewhere
+    // (a token the model already answered is not held to more confidence than it had: no neuron is aimed at it).
+    let allowance = {
+        let pre_ce = token_ce(&pre_logits, &targets)?;
+        let is_mistake: Vec<f32> = (0..n_t).map(|i| f32::from(u8::from(!mistakes.contains(&i)))).collect();
+        (pre_ce * Tensor::from_vec(is_mistake, n_t, device)?)?
     };
     // Initialise: each key points from the memory's mean to the query at its neuron's mistake, scaled so most memory
     // queries start below the memory margin; the bias puts the mistake's query at the edit margin; values start at 0.
@@ -245,7 +250,8 @@ pub fn train_neurons(
         let h = model.text().forward_from_ffn(&x0, first, &hooks, &mut cap)?;
         let h = model.text().final_norm(&h.narrow(1, seq.prompt_len - 1, n_t)?)?;
         let logits = model.logits(&h)?.squeeze(0)?;
-        let ce = candle_nn::loss::cross_entropy(&logits, &targets)?;
+        let ce_pos = token_ce(&logits, &targets)?;
+        let ce = ce_pos.mean_all()?;
         let correct = logits.argmax(D::Minus1)?.to_vec1::<u32>()? == seq.targets();
         let (mut act_loss, mut mem_loss) =
             (Tensor::zeros((), DType::F32, device)?, Tensor::zeros((), DType::F32, device)?);
@@ -268,7 +274,11 @@ pub fn train_neurons(
                 mem_loss = (mem_loss + a)?;
             }
         }
-        let done = if params.train_keys { margins_hold } else { ce.to_scalar::<f32>()? <= params.stop_loss };
+        let done = if params.train_keys {
+            margins_hold
+        } else {
+            (ce_pos.detach() - &allowance)?.relu()?.mean_all()?.to_scalar::<f32>()? <= params.stop_loss
+        };
         if correct && done {
             break;
         }
@@ -289,4 +299,10 @@ pub fn train_neurons(
             ))
         })
         .collect()
+}
+
+/// Cross-entropy of each row of `logits` `(n, vocab)` against `targets` `(n)`, `(n)`.
+fn token_ce(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let lp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok(lp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
 }

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -12,7 +14,7 @@ use unike_shared::{BenchResult, MetricSet, Timing};
 use super::metrics::{agreement, token_accuracy, EditMetric, Mean};
 use crate::data::EditCase;
 use crate::edit::{EditContext, EditMethod, EditRequest, EditSequence, PatchStack};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hooks::Hooks;
 use crate::model::{GenerateOptions, Llava, Processor};
 
@@ -149,11 +151,12 @@ impl<'a> Evaluator<'a> {
     ///
     /// Exact match of a greedy answer is read off teacher forcing: greedy decoding produces the reference (then
     /// stops) exactly when the reference's every token and its end of sequence are the argmax at their positions.
-    fn score(&self, cases: &[&PreparedCase], hooks: &Hooks, sums: &mut Sums) -> Result<()> {
+    fn score(&self, cases: &[&PreparedCase], first: usize, hooks: &Hooks, sums: &mut Sums) -> Result<()> {
         let seqs: Vec<&EditSequence> = cases.iter().flat_map(|c| c.sequences()).collect();
         let tops = EditSequence::argmax_batch(self.model, &seqs, hooks, BATCH)?;
         let mut at = 0;
-        for case in cases {
+        for (i, case) in cases.iter().enumerate() {
+            sums.case = first + i;
             let mut next = || {
                 at += 1;
                 (&tops[at - 1], seqs[at - 1])
@@ -177,17 +180,49 @@ impl<'a> Evaluator<'a> {
     }
 }
 
-/// Running means per metric: the field's token-level convention and exact match.
+/// The metric updates of a run, in order (replayed into means, so that merging chunks computed on different threads
+/// gives the same floating-point sums as one thread).
 #[derive(Default)]
 struct Sums {
-    token: [Mean; 6],
-    exact: [Mean; 6],
+    /// The case (index into the run's cases) the next updates belong to.
+    case: usize,
+    updates: Vec<(usize, EditMetric, f32, bool)>,
 }
 
 impl Sums {
     fn update(&mut self, m: EditMetric, token: f32, exact: bool) {
-        self.token[m as usize].update(token);
-        self.exact[m as usize].update(f32::from(u8::from(exact)));
+        self.updates.push((self.case, m, token, exact));
+    }
+
+    fn merge(&mut self, other: Sums) {
+        self.updates.extend(other.updates);
+    }
+
+    /// Means of the field's token-level convention.
+    fn token(&self) -> [Mean; 6] {
+        let mut means: [Mean; 6] = Default::default();
+        for &(_, m, token, _) in &self.updates {
+            means[m as usize].update(token);
+        }
+        means
+    }
+
+    /// Per case, its mean token score of each metric (`None` where it has no such probe).
+    fn per_case(&self, n: usize) -> Vec<[Option<f64>; 6]> {
+        let mut means: Vec<[Mean; 6]> = (0..n).map(|_| Default::default()).collect();
+        for &(c, m, token, _) in &self.updates {
+            means[c][m as usize].update(token);
+        }
+        means.iter().map(|ms| std::array::from_fn(|i| ms[i].value().map(|v| v * 100.0))).collect()
+    }
+
+    /// Means of exact match.
+    fn exact(&self) -> [Mean; 6] {
+        let mut means: [Mean; 6] = Default::default();
+        for &(_, m, _, exact) in &self.updates {
+            means[m as usize].update(f32::from(u8::from(exact)));
+        }
+        means
     }
 }
 
@@ -211,42 +246,136 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// What one chunk (a fresh stack of `k` edits) produced: its edit times and its metric updates in order.
+struct ChunkOutcome {
+    edit_ms: Vec<f64>,
+    sums: Sums,
+}
+
+/// Edits one chunk of cases (the run's cases from `first`) onto a fresh stack, then scores them under it.
+fn run_chunk(
+    ev: &Evaluator<'_>,
+    method: &dyn EditMethod,
+    chunk: &[PreparedCase],
+    first: usize,
+) -> Result<ChunkOutcome> {
+    let mut stack = PatchStack::new();
+    let mut edit_ms = Vec::with_capacity(chunk.len());
+    for case in chunk {
+        let t = Instant::now();
+        let ctx = EditContext { model: ev.model, processor: ev.processor, stack: &stack };
+        let patch = method.edit(&ctx, &case.request)?;
+        edit_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        stack.push(patch);
+    }
+    let hooks = stack.hooks()?;
+    let mut sums = Sums::default();
+    ev.score(&chunk.iter().collect::<Vec<_>>(), first, &hooks, &mut sums)?;
+    Ok(ChunkOutcome { edit_ms, sums })
+}
+
 /// Runs `method` over `cases` (already prepared, pre-edit outputs included) in `mode`; `progress(done, total)` after
-/// every evaluated case.
+/// every evaluated chunk; when it returns `false` no further chunk starts and the run ends with [`Error::Cancelled`].
+///
+/// Chunks (one edit in one-step mode, `k` in sequential mode) start from a fresh stack, so they are independent: up
+/// to `threads` worker threads take them in turn. The metrics are merged in chunk order, so the numbers do not depend
+/// on `threads`; only the edit times do (the workers share the machine's memory bandwidth).
 pub fn run(
     ev: &Evaluator<'_>,
     method: &dyn EditMethod,
     cases: &[PreparedCase],
     mode: Mode,
     task: &str,
-    progress: &mut dyn FnMut(usize, usize),
+    threads: usize,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<BenchResult> {
+    Ok(run_detailed(ev, method, cases, mode, task, threads, progress)?.0)
+}
+
+/// One case's scores in a run: its edit time and, per metric ([`EditMetric`] order), its token score in percent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseScore {
+    pub edit_ms: f64,
+    pub token: [Option<f64>; 6],
+}
+
+/// [`run`], with every case's scores too.
+pub fn run_detailed(
+    ev: &Evaluator<'_>,
+    method: &dyn EditMethod,
+    cases: &[PreparedCase],
+    mode: Mode,
+    task: &str,
+    threads: usize,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<(BenchResult, Vec<CaseScore>)> {
+    let chunks: Vec<&[PreparedCase]> = cases.chunks(mode.k()).collect();
+    let mut outcomes: Vec<Option<ChunkOutcome>> = (0..chunks.len()).map(|_| None).collect();
+    let next = AtomicUsize::new(0);
+    let mut failure: Option<(usize, Error)> = None;
+    let mut cancelled = false;
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..threads.clamp(1, chunks.len().max(1)) {
+            let (tx, next, chunks) = (tx.clone(), &next, &chunks);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(chunk) = chunks.get(i) else { break };
+                if tx.send((i, run_chunk(ev, method, chunk, i * mode.k()))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut done = 0;
+        for (i, outcome) in rx {
+            match outcome {
+                Ok(o) => {
+                    done += chunks[i].len();
+                    outcomes[i] = Some(o);
+                    if !cancelled && !progress(done, cases.len()) {
+                        cancelled = true;
+                        next.store(chunks.len(), Ordering::SeqCst);
+                    }
+                }
+                Err(e) => {
+                    // Stop handing out chunks; report the earliest failing chunk, whatever the scheduling.
+                    next.store(chunks.len(), Ordering::SeqCst);
+                    if failure.as_ref().is_none_or(|(j, _)| i < *j) {
+                        failure = Some((i, e));
+                    }
+                }
+            }
+        }
+    });
+    if let Some((_, e)) = failure {
+        return Err(e);
+    }
+    if cancelled {
+        return Err(Error::Cancelled);
+    }
     let mut sums = Sums::default();
     let mut edit_ms = Vec::with_capacity(cases.len());
-    let mut done = 0;
-    for chunk in cases.chunks(mode.k()) {
-        let mut stack = PatchStack::new();
-        for case in chunk {
-            let t = Instant::now();
-            let ctx = EditContext { model: ev.model, processor: ev.processor, stack: &stack };
-            let patch = method.edit(&ctx, &case.request)?;
-            edit_ms.push(t.elapsed().as_secs_f64() * 1e3);
-            stack.push(patch);
-        }
-        let hooks = stack.hooks()?;
-        ev.score(&chunk.iter().collect::<Vec<_>>(), &hooks, &mut sums)?;
-        done += chunk.len();
-        progress(done, cases.len());
+    for o in outcomes.into_iter().flatten() {
+        sums.merge(o.sums);
+        edit_ms.extend(o.edit_ms);
     }
+    let per_case: Vec<CaseScore> = sums
+        .per_case(cases.len())
+        .into_iter()
+        .zip(&edit_ms)
+        .map(|(token, &edit_ms)| CaseScore { edit_ms, token })
+        .collect();
     edit_ms.sort_by(f64::total_cmp);
-    Ok(BenchResult {
+    let result = BenchResult {
         method: method.name().to_string(),
         task: task.to_string(),
         mode: mode.name().to_string(),
         k: mode.k(),
         n: cases.len(),
-        metrics: metric_set(&sums.token),
-        exact_match: metric_set(&sums.exact),
+        metrics: metric_set(&sums.token()),
+        exact_match: metric_set(&sums.exact()),
         timing: Timing { edit_ms_median: percentile(&edit_ms, 0.5), edit_ms_p90: percentile(&edit_ms, 0.9) },
-    })
+    };
+    Ok((result, per_case))
 }

@@ -3,5 +3,5 @@
 pub mod harness;
 pub mod metrics;
 
-pub use harness::{run, Evaluator, Mode, PreparedCase};
+pub use harness::{run, run_detailed, CaseScore, Evaluator, Mode, PreparedCase};
 pub use metrics::{agreement, exact_match, token_accuracy, EditMetric, Mean};

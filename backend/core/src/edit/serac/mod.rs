@@ -293,6 +293,10 @@ impl EditMethod for Serac {
         "serac"
     }
 
+    fn patch_deps(&self) -> crate::edit::PatchDeps {
+        crate::edit::PatchDeps { knowledge: None, serac: Some(self.net.clone()) }
+    }
+
     fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {
         let seq =
             EditSequence::new(ctx.processor, &request.question, request.image.as_ref(), &request.target, self.eos)?;

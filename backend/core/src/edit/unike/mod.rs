@@ -315,6 +315,10 @@ impl EditMethod for UniKe {
         &self.name
     }
 
+    fn patch_deps(&self) -> super::PatchDeps {
+        super::PatchDeps { knowledge: self.knowledge.clone(), serac: None }
+    }
+
     fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {
         let model = ctx.model;
         let seq =

@@ -1,0 +1,132 @@
+//! Sign-up, sign-in, sign-out and the current session (in demo mode, a guest sandbox for visitors).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{AppendHeaders, IntoResponse};
+use axum::Json;
+use unike_shared::auth::{Credentials, SessionInfo, UserInfo};
+
+use super::auth::{self, Caller};
+use super::demo::DEMO_CAPS;
+use super::error::{ApiErr, ApiResult, Body};
+use super::{audit, AppState};
+
+fn info(st: &AppState, c: Option<&Caller>) -> SessionInfo {
+    SessionInfo { user: c.map(|c| c.user.clone()), csrf_token: c.map(|c| c.csrf.clone()), demo: st.demo }
+}
+
+fn with_cookie(token: Option<&str>, body: SessionInfo) -> impl IntoResponse {
+    (AppendHeaders([(header::SET_COOKIE, auth::session_cookie(token))]), Json(body))
+}
+
+/// Creates a user with their first workspace (an owner's), atomically.
+async fn create_user(st: &AppState, username: &str, hash: Option<&str>, guest: bool) -> ApiResult<i64> {
+    let mut tx = st.db.begin().await?;
+    let id: i64 =
+        match sqlx::query_scalar("INSERT INTO users (username, password_hash, guest) VALUES (?, ?, ?) RETURNING id")
+            .bind(username)
+            .bind(hash)
+            .bind(guest)
+            .fetch_one(&mut *tx)
+            .await
+        {
+            Ok(id) => id,
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(ApiErr::conflict(format!("the username {username:?} is taken")))
+            }
+            Err(e) => return Err(e.into()),
+        };
+    let name = if guest { "Sandbox".to_string() } else { format!("{username}'s workspace") };
+    let ws: i64 = sqlx::query_scalar("INSERT INTO workspaces (name, sandbox) VALUES (?, ?) RETURNING id")
+        .bind(&name)
+        .bind(guest)
+        .fetch_one(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO memberships (workspace_id, user_id, role) VALUES (?, ?, 'owner')")
+        .bind(ws)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(&mut tx, Some(ws), id, "workspace.create", &name).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// `POST /api/auth/signup`.
+pub async fn sign_up(
+    State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Body(c): Body<Credentials>,
+) -> ApiResult<impl IntoResponse> {
+    st.limits.check(addr.ip())?;
+    let username = auth::validate(&c)?;
+    let hash = auth::hash_password(c.password).await?;
+    let id = create_user(&st, &username, Some(&hash), false).await?;
+    let (token, csrf) = auth::start_session(&st, id, Some(addr.ip())).await?;
+    let caller = Caller { user: UserInfo { id, username, guest: false }, csrf };
+    Ok(with_cookie(Some(&token), info(&st, Some(&caller))))
+}
+
+/// `POST /api/auth/signin`.
+pub async fn sign_in(
+    State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Body(c): Body<Credentials>,
+) -> ApiResult<impl IntoResponse> {
+    st.limits.check(addr.ip())?;
+    let username = c.username.trim().to_lowercase();
+    let row: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE username = ? AND guest = 0")
+            .bind(&username)
+            .fetch_optional(&st.db)
+            .await?;
+    let wrong = || ApiErr::new(axum::http::StatusCode::UNAUTHORIZED, "wrong username or password");
+    let (id, hash) = match row {
+        Some((id, Some(h))) => (id, h),
+        _ => return Err(wrong()),
+    };
+    if !auth::verify_password(c.password, hash).await? {
+        return Err(wrong());
+    }
+    let (token, csrf) = auth::start_session(&st, id, Some(addr.ip())).await?;
+    let caller = Caller { user: UserInfo { id, username, guest: false }, csrf };
+    Ok(with_cookie(Some(&token), info(&st, Some(&caller))))
+}
+
+/// `POST /api/auth/signout`.
+pub async fn sign_out(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+    auth::end_session(&st, &headers).await?;
+    Ok(with_cookie(None, info(&st, None)))
+}
+
+/// `GET /api/auth/session`: the current session; in demo mode a visitor without one gets a guest sandbox.
+pub async fn session(
+    State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult<axum::response::Response> {
+    if let Some(c) = auth::caller(&st, &headers).await? {
+        return Ok(Json(info(&st, Some(&c))).into_response());
+    }
+    if !st.demo {
+        return Ok(Json(info(&st, None)).into_response());
+    }
+    let ip = addr.ip().to_string();
+    let recent: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.guest = 1 AND s.ip = ? \
+         AND s.created_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-1 hour')",
+    )
+    .bind(&ip)
+    .fetch_one(&st.db)
+    .await?;
+    if recent as usize >= DEMO_CAPS.guests_per_hour {
+        return Err(ApiErr::too_many("too many demo sandboxes from your address in the last hour"));
+    }
+    let username = format!("guest-{}", auth::random_hex(5)?);
+    let id = create_user(&st, &username, None, true).await?;
+    let (token, csrf) = auth::start_session(&st, id, Some(addr.ip())).await?;
+    let caller = Caller { user: UserInfo { id, username, guest: true }, csrf };
+    Ok(with_cookie(Some(&token), info(&st, Some(&caller))).into_response())
+}

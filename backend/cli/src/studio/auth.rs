@@ -1,0 +1,169 @@
+//! Accounts and sessions: argon2 password hashes, http-only session cookies (the database keeps only the token's
+//! SHA-256), a per-session CSRF token required on every write, and in demo mode guest sandboxes and per-IP limits.
+
+use std::net::IpAddr;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::http::{header, HeaderMap, HeaderValue};
+use sha2::{Digest, Sha256};
+use unike_shared::auth::{
+    Credentials, UserInfo, CSRF_HEADER, PASSWORD_MAX, PASSWORD_MIN, SESSION_COOKIE, USERNAME_MAX,
+};
+use unike_shared::workspace::Role;
+
+use super::error::{ApiErr, ApiResult};
+use super::AppState;
+
+/// Sessions last this long.
+const SESSION_DAYS: i64 = 14;
+
+/// The signed-in caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: UserInfo,
+    pub csrf: String,
+}
+
+/// `n` random bytes from the OS, as hex.
+pub fn random_hex(n: usize) -> ApiResult<String> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).map_err(|e| ApiErr::internal(format!("no randomness: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Checks the sign-up rules; returns the normalised username.
+pub fn validate(c: &Credentials) -> ApiResult<String> {
+    let name = c.username.trim().to_lowercase();
+    let ok = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "-_.".contains(ch);
+    if name.is_empty() || name.chars().count() > USERNAME_MAX || !name.chars().all(ok) {
+        return Err(ApiErr::bad_request(format!(
+            "a username has 1 to {USERNAME_MAX} characters of a-z, 0-9, '-', '_', '.'"
+        )));
+    }
+    if name.starts_with("guest-") {
+        return Err(ApiErr::bad_request("usernames starting with 'guest-' are reserved for demo visitors"));
+    }
+    let n = c.password.chars().count();
+    if !(PASSWORD_MIN..=PASSWORD_MAX).contains(&n) {
+        return Err(ApiErr::bad_request(format!("a password has {PASSWORD_MIN} to {PASSWORD_MAX} characters")));
+    }
+    Ok(name)
+}
+
+/// Argon2id hash in PHC format (on a blocking thread: it takes tens of milliseconds on purpose).
+pub async fn hash_password(password: String) -> ApiResult<String> {
+    let salt = random_hex(16)?;
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::encode_b64(salt.as_bytes()).map_err(ApiErr::internal)?;
+        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(ApiErr::internal)
+    })
+    .await
+    .map_err(ApiErr::internal)?
+}
+
+pub async fn verify_password(password: String, hash: String) -> ApiResult<bool> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash).map_err(ApiErr::internal)?;
+        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    })
+    .await
+    .map_err(ApiErr::internal)?
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == SESSION_COOKIE && !v.is_empty()).then(|| v.to_string())
+    })
+}
+
+/// The `Set-Cookie` value of a new session (or of its removal, with `None`).
+pub fn session_cookie(token: Option<&str>) -> HeaderValue {
+    let v = match token {
+        Some(t) => {
+            format!("{SESSION_COOKIE}={t}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}", SESSION_DAYS * 86400)
+        }
+        None => format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"),
+    };
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Starts a session for `user_id`: returns the cookie token and the CSRF token.
+pub async fn start_session(st: &AppState, user_id: i64, ip: Option<IpAddr>) -> ApiResult<(String, String)> {
+    let token = random_hex(32)?;
+    let csrf = random_hex(16)?;
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, user_id, csrf, ip, expires_at) \
+         VALUES (?, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?))",
+    )
+    .bind(sha256_hex(token.as_bytes()))
+    .bind(user_id)
+    .bind(&csrf)
+    .bind(ip.map(|i| i.to_string()))
+    .bind(format!("+{SESSION_DAYS} days"))
+    .execute(&st.db)
+    .await?;
+    Ok((token, csrf))
+}
+
+pub async fn end_session(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    if let Some(t) = cookie_token(headers) {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = ?").bind(sha256_hex(t.as_bytes())).execute(&st.db).await?;
+    }
+    Ok(())
+}
+
+/// The caller, if the request carries a live session.
+pub async fn caller(st: &AppState, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
+    let Some(token) = cookie_token(headers) else { return Ok(None) };
+    let row: Option<(i64, String, bool, String)> = sqlx::query_as(
+        "SELECT u.id, u.username, u.guest, s.csrf FROM sessions s JOIN users u ON u.id = s.user_id \
+         WHERE s.token_hash = ? AND s.expires_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now')",
+    )
+    .bind(sha256_hex(token.as_bytes()))
+    .fetch_optional(&st.db)
+    .await?;
+    Ok(row.map(|(id, username, guest, csrf)| Caller { user: UserInfo { id, username, guest }, csrf }))
+}
+
+/// A signed-in caller, or 401.
+pub async fn signed_in(st: &AppState, headers: &HeaderMap) -> ApiResult<Caller> {
+    caller(st, headers).await?.ok_or_else(ApiErr::unauthorized)
+}
+
+/// A signed-in caller allowed to write: the CSRF header matches the session's token, and in demo mode the caller's
+/// address is within its rate limit.
+pub async fn writer(st: &AppState, headers: &HeaderMap, ip: IpAddr) -> ApiResult<Caller> {
+    let c = signed_in(st, headers).await?;
+    let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if sent != c.csrf {
+        return Err(ApiErr::forbidden(format!("missing or wrong {CSRF_HEADER} header (read it from the session)")));
+    }
+    st.limits.check(ip)?;
+    Ok(c)
+}
+
+/// The caller's role in `workspace`: 404 when the workspace does not exist or the caller is not a member (so ids of
+/// other teams' workspaces leak nothing), 403 when the role is below `need`.
+pub async fn role_in(st: &AppState, caller: &Caller, workspace: i64, need: Role) -> ApiResult<Role> {
+    let role: Option<(String,)> = sqlx::query_as("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?")
+        .bind(workspace)
+        .bind(caller.user.id)
+        .fetch_optional(&st.db)
+        .await?;
+    let role =
+        role.and_then(|(r,)| Role::parse(&r)).ok_or_else(|| ApiErr::not_found(format!("workspace {workspace}")))?;
+    if role < need {
+        return Err(ApiErr::forbidden(format!(
+            "your role in workspace {workspace} is {}; this needs {}",
+            role.as_str(),
+            need.as_str()
+        )));
+    }
+    Ok(role)
+}

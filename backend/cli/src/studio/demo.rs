@@ -1,0 +1,81 @@
+//! Public demo mode (`--demo`): per-IP rate limits on writes and caps on what a guest sandbox may hold.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::error::{ApiErr, ApiResult};
+
+/// Caps of a demo guest's sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoCaps {
+    /// Edits on a sandbox's stack at once.
+    pub edits: usize,
+    /// Benchmark runs a guest may launch.
+    pub runs: usize,
+    /// Cases per run.
+    pub run_n: usize,
+    /// Guest accounts one address may create per hour.
+    pub guests_per_hour: usize,
+}
+
+pub const DEMO_CAPS: DemoCaps = DemoCaps { edits: 10, runs: 3, run_n: 30, guests_per_hour: 20 };
+
+/// A token bucket per client address: `burst` writes at once, refilled at `per_second`.
+pub struct RateLimits {
+    enabled: bool,
+    burst: f64,
+    per_second: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimits {
+    /// Limits that apply only in demo mode.
+    pub fn new(enabled: bool, burst: f64, per_second: f64) -> Self {
+        Self { enabled, burst, per_second, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes one token of `ip`'s bucket, or answers 429.
+    pub fn check(&self, ip: IpAddr) -> ApiResult<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let mut b = self.buckets.lock().map_err(|_| ApiErr::internal("rate limiter poisoned"))?;
+        let now = Instant::now();
+        if b.len() > 100_000 {
+            // Forget idle addresses rather than grow without bound.
+            let full = self.burst / self.per_second;
+            b.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < full);
+        }
+        let (tokens, last) = b.entry(ip).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *last = now;
+        if *tokens < 1.0 {
+            let wait = ((1.0 - *tokens) / self.per_second).ceil();
+            return Err(ApiErr::too_many(format!("too many requests from your address; try again in {wait} s")));
+        }
+        *tokens -= 1.0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refuses_and_other_addresses_are_separate() {
+        let l = RateLimits::new(true, 3.0, 0.001);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            l.check(a).unwrap();
+        }
+        let e = l.check(a).unwrap_err();
+        assert_eq!(e.status.as_u16(), 429);
+        l.check(b).unwrap();
+        let off = RateLimits::new(false, 0.0, 0.0);
+        off.check(a).unwrap();
+    }
+}

@@ -1,0 +1,99 @@
+//! API errors: every failure becomes a JSON [`ApiError`] with its status. A user's mistake is a 4xx with a message;
+//! only the server's own faults are 500s.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use unike_shared::ApiError;
+
+/// A failed request.
+#[derive(Debug)]
+pub struct ApiErr {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+pub type ApiResult<T> = std::result::Result<T, ApiErr>;
+
+impl ApiErr {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "sign in first")
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("{} not found", what.into()))
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        eprintln!("studio: internal error: {message}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error (logged on the server)")
+    }
+}
+
+impl From<sqlx::Error> for ApiErr {
+    fn from(e: sqlx::Error) -> Self {
+        Self::internal(format!("database: {e}"))
+    }
+}
+
+/// Core errors from the model worker: the user's input (`Invalid`, a bad image) is a 400; the rest is ours.
+impl From<unike_core::Error> for ApiErr {
+    fn from(e: unike_core::Error) -> Self {
+        match e {
+            unike_core::Error::Invalid(_) | unike_core::Error::Image { .. } | unike_core::Error::Tokenizer(_) => {
+                Self::bad_request(e.to_string())
+            }
+            unike_core::Error::Cancelled => Self::conflict("cancelled"),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        let body = ApiError { error: self.message, code: self.status.as_u16() };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON request body whose rejections (malformed JSON, wrong fields, too large) are JSON [`ApiErr`]s too.
+pub struct Body<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiErr;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => Err(ApiErr::new(rejection.status(), rejection.body_text())),
+        }
+    }
+}

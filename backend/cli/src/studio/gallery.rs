@@ -1,0 +1,142 @@
+//! The world's image gallery (the Playground's starting points) and image storage: gallery images are the data
+//! set's files; uploads are validated, re-encoded as PNG and stored by content hash.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use base64::Engine;
+use unike_core::data::{EditCase, Task};
+use unike_shared::playground::{GalleryItem, ImageRef, IMAGE_MAX_BYTES};
+use unike_shared::routes;
+
+use super::auth;
+use super::error::{ApiErr, ApiResult};
+use super::AppState;
+
+/// Largest accepted image side, in pixels.
+const SIDE_MAX: u32 = 4096;
+
+/// Gallery entries and the cases they come from.
+pub struct Gallery {
+    pub items: Vec<GalleryItem>,
+    cases: HashMap<String, EditCase>,
+}
+
+impl Gallery {
+    /// The first `vqa` VQA and `caption` caption cases of the world's eval split in `data`.
+    pub fn load(data: &Path, vqa: usize, caption: usize) -> anyhow::Result<Self> {
+        let mut items = Vec::new();
+        let mut cases = HashMap::new();
+        for (task, n) in [(Task::Vqa, vqa), (Task::Caption, caption)] {
+            let name = if task == Task::Vqa { "vqa" } else { "caption" };
+            for (i, c) in crate::bench_edit::cases(data, task, "eval", n)?.into_iter().enumerate() {
+                let id = format!("{name}-{i}");
+                items.push(GalleryItem {
+                    id: id.clone(),
+                    task: name.into(),
+                    url: routes::image(&id),
+                    question: c.prompt.clone(),
+                    target: c.target.clone(),
+                    pre_edit: c.pre_edit.clone(),
+                });
+                cases.insert(id, c);
+            }
+        }
+        Ok(Self { items, cases })
+    }
+
+    pub fn case(&self, id: &str) -> Option<&EditCase> {
+        self.cases.get(id)
+    }
+
+    /// Any case (for the locality probes of an uploaded image).
+    pub fn first(&self) -> Option<(&str, &EditCase)> {
+        self.items.first().and_then(|i| self.cases.get(&i.id).map(|c| (i.id.as_str(), c)))
+    }
+}
+
+/// A resolved image: its file, its URL, and the gallery case it belongs to.
+pub struct ResolvedImage<'a> {
+    pub path: PathBuf,
+    pub url: String,
+    /// The gallery id and case.
+    pub case: Option<(&'a str, &'a EditCase)>,
+}
+
+/// Turns an [`ImageRef`] into a file: a gallery id must exist; an upload must be a PNG or JPEG of at most
+/// [`IMAGE_MAX_BYTES`] and [`SIDE_MAX`] pixels a side.
+pub fn resolve<'a>(st: &'a AppState, image: &ImageRef) -> ApiResult<ResolvedImage<'a>> {
+    match image {
+        ImageRef::Gallery { id } => {
+            let (id, case) = st
+                .gallery
+                .items
+                .iter()
+                .find(|i| &i.id == id)
+                .and_then(|i| st.gallery.case(&i.id).map(|c| (i.id.as_str(), c)))
+                .ok_or_else(|| ApiErr::bad_request(format!("no gallery image {id:?}")))?;
+            Ok(ResolvedImage { path: case.image.clone(), url: routes::image(id), case: Some((id, case)) })
+        }
+        ImageRef::Upload { base64 } => {
+            if base64.len() > IMAGE_MAX_BYTES * 4 / 3 + 8 {
+                return Err(ApiErr::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("images are limited to {} MB", IMAGE_MAX_BYTES / (1024 * 1024)),
+                ));
+            }
+            let b64 = base64.split_once(";base64,").map(|(_, d)| d).unwrap_or(base64);
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| ApiErr::bad_request(format!("the image is not valid base64: {e}")))?;
+            let img = image::load_from_memory(&bytes)
+                .map_err(|e| ApiErr::bad_request(format!("the upload is not a PNG or JPEG image: {e}")))?;
+            if img.width() == 0 || img.height() == 0 || img.width() > SIDE_MAX || img.height() > SIDE_MAX {
+                return Err(ApiErr::bad_request(format!("image sides must be 1 to {SIDE_MAX} pixels")));
+            }
+            let name = format!("upload-{}", &auth::sha256_hex(&bytes)[..32]);
+            let path = st.data_dir.join("uploads").join(format!("{name}.png"));
+            if !path.is_file() {
+                std::fs::create_dir_all(st.data_dir.join("uploads")).map_err(ApiErr::internal)?;
+                let tmp = path.with_extension("tmp");
+                img.to_rgb8().save_with_format(&tmp, image::ImageFormat::Png).map_err(ApiErr::internal)?;
+                std::fs::rename(&tmp, &path).map_err(ApiErr::internal)?;
+            }
+            Ok(ResolvedImage { path, url: routes::image(&name), case: None })
+        }
+    }
+}
+
+/// `GET /api/gallery`.
+pub async fn list(State(st): State<AppState>) -> Json<Vec<GalleryItem>> {
+    Json(st.gallery.items.clone())
+}
+
+/// `GET /api/images/{name}`: a gallery image (`ID`, its entity's other image `ID~other`, its unrelated image
+/// `ID~unrelated`) or a stored upload, as PNG.
+pub async fn image(State(st): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult<impl IntoResponse> {
+    let (base, which) = match name.rsplit_once('~') {
+        Some((b, w)) => (b, w),
+        None => (name.as_str(), ""),
+    };
+    let path = if let Some(c) = st.gallery.case(base) {
+        match which {
+            "" => c.image.clone(),
+            "other" => c.rephrase_image.clone(),
+            "unrelated" => c.m_loc_image.clone(),
+            _ => return Err(ApiErr::not_found(format!("image {name:?}"))),
+        }
+    } else if name.starts_with("upload-")
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        st.data_dir.join("uploads").join(format!("{name}.png"))
+    } else {
+        return Err(ApiErr::not_found(format!("image {name:?}")));
+    };
+    let bytes = tokio::fs::read(&path).await.map_err(|_| ApiErr::not_found(format!("image {name:?}")))?;
+    Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "public, max-age=86400")], bytes))
+}

@@ -1,0 +1,269 @@
+//! `unike serve`: the studio's HTTP server: the built front end (`dist/`, from trunk) and the JSON API whose
+//! routes and messages live in `unike-shared`, over a SQLite database (sqlx, migrations in `backend/cli/migrations`).
+//!
+//! Model work never runs inside an async handler: the model is opened on a blocking thread at start, answers and
+//! edits run on the interactive worker ([`worker`]), benchmark runs on the run worker ([`runs`]).
+
+mod accounts;
+mod audit;
+mod auth;
+mod demo;
+mod error;
+mod events;
+mod gallery;
+mod leaderboard;
+mod openapi;
+mod playground;
+mod runs;
+mod worker;
+mod workspaces;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{any, delete, get, post};
+use axum::{Json, Router};
+use clap::Args;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::SqlitePool;
+use tokio::sync::broadcast;
+use tower_http::services::{ServeDir, ServeFile};
+use unike_shared::events::Event;
+use unike_shared::{routes, ApiError, HealthResponse, ModelInfo};
+
+use self::demo::RateLimits;
+use self::gallery::Gallery;
+use self::runs::RunQueue;
+use self::worker::Worker;
+use crate::device;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub model: device::ModelArgs,
+    /// The built front end (default: `dist/` of the repository).
+    #[arg(long)]
+    pub dist: Option<PathBuf>,
+    /// The SQLite database (created with its schema if missing). Patches and uploads go to a `PATH.d` folder beside
+    /// it.
+    #[arg(long, default_value = "sqlite://studio-data/studio.db")]
+    pub db: String,
+    /// Public demo mode: visitors get a guest sandbox without signing up; per-IP rate limits and caps apply.
+    #[arg(long)]
+    pub demo: bool,
+    /// Jobs the interactive model worker queues before answering 503.
+    #[arg(long, default_value_t = 32)]
+    pub queue: usize,
+}
+
+/// Everything a handler reaches.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: SqlitePool,
+    pub info: Arc<ModelInfo>,
+    pub worker: Worker,
+    pub runs: RunQueue,
+    pub events: broadcast::Sender<Event>,
+    pub limits: Arc<RateLimits>,
+    pub demo: bool,
+    /// Patches and uploads.
+    pub data_dir: PathBuf,
+    pub gallery: Arc<Gallery>,
+    /// Applying and undoing edits is one step per workspace stack; the single worker serialises them anyway.
+    pub edit_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(args))
+}
+
+fn model_info(args: &ServeArgs, loaded: &device::Loaded) -> ModelInfo {
+    let device::Loaded { dir, ckpt, model, device: dev, .. } = loaded;
+    let cfg = model.config();
+    let name = if args.model.model == "default" {
+        "default".to_string()
+    } else {
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.model.model.clone())
+    };
+    ModelInfo {
+        name,
+        source: dir.display().to_string(),
+        dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        device: device::device_name(dev),
+        parameters: ckpt.num_parameters,
+        vocab_size: cfg.text.vocab_size,
+        text_layers: cfg.text.num_hidden_layers,
+        text_hidden_size: cfg.text.hidden_size,
+        vision_layers: cfg.vision.num_hidden_layers,
+        vision_hidden_size: cfg.vision.hidden_size,
+        image_size: cfg.vision.image_size,
+        image_seq_length: cfg.image_seq_length,
+    }
+}
+
+fn find_dist(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    let mut roots = vec![std::env::current_dir().ok()?];
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
+    }
+    roots.into_iter().map(|r| r.join("dist")).find(|d| d.join("index.html").is_file())
+}
+
+/// The router: API routes, JSON 404 for unknown API paths, then the front end (SPA fallback to index.html).
+fn router(state: AppState, dist: Option<&Path>) -> Router {
+    let api = Router::new()
+        .route(routes::HEALTH, get(health))
+        .route(routes::MODEL, get(model))
+        .route(routes::OPENAPI, get(openapi))
+        .route(routes::SIGN_UP, post(accounts::sign_up))
+        .route(routes::SIGN_IN, post(accounts::sign_in))
+        .route(routes::SIGN_OUT, post(accounts::sign_out))
+        .route(routes::SESSION, get(accounts::session))
+        .route(routes::GALLERY, get(gallery::list))
+        .route(routes::IMAGE, get(gallery::image))
+        .route(routes::WORKSPACES, get(workspaces::list).post(workspaces::create))
+        .route(routes::WORKSPACE, get(workspaces::get))
+        .route(routes::MEMBERS, get(workspaces::members).post(workspaces::invite))
+        .route(routes::AUDIT, get(workspaces::audit_feed))
+        .route(routes::ANSWER, post(playground::answer))
+        .route(routes::EDITS, get(playground::list).post(playground::apply))
+        .route(routes::EDIT, delete(playground::undo))
+        .route(routes::CASES, get(playground::export).post(playground::import))
+        .route(routes::RUNS, get(runs::list).post(runs::create))
+        .route(routes::RUN, get(runs::get))
+        .route(routes::RUN_CANCEL, post(runs::cancel))
+        .route(routes::LEADERBOARD, get(leaderboard::json))
+        .route(routes::LEADERBOARD_CSV, get(leaderboard::csv))
+        .route(routes::EVENTS, get(events::stream))
+        .route("/api/{*rest}", any(api_not_found))
+        .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
+        .with_state(state);
+    match dist {
+        Some(d) => api.fallback_service(ServeDir::new(d).fallback(ServeFile::new(d.join("index.html")))),
+        None => api.fallback(no_front_end),
+    }
+}
+
+/// Opens (creating if needed) the SQLite database of `url` and brings its schema up to date; returns it with the
+/// data folder beside it.
+async fn open_db(url: &str) -> Result<(SqlitePool, PathBuf)> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .with_context(|| format!("--db {url:?}: expected sqlite://PATH"))?;
+    if path.is_empty() || path.starts_with(':') {
+        anyhow::bail!("--db {url:?}: the studio needs a database file (sqlite://PATH)");
+    }
+    let path = PathBuf::from(path);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .foreign_keys(true)
+        .busy_timeout(std::time::Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts)
+        .await
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
+    sqlx::migrate!("./migrations").run(&pool).await.context("database migration failed")?;
+    let mut data = path.into_os_string();
+    data.push(".d");
+    Ok((pool, PathBuf::from(data)))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let dist = find_dist(args.dist.as_deref());
+    match &dist {
+        Some(d) if d.join("index.html").is_file() => {}
+        Some(d) => anyhow::bail!("{} has no index.html: build the front end with trunk first", d.display()),
+        None => eprintln!("warning: no built front end (dist/index.html) found; serving the API only"),
+    }
+    let (db, data_dir) = open_db(&args.db).await?;
+    let addr = args.addr;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let model_args = args.model.clone();
+    let loaded = Arc::new(tokio::task::spawn_blocking(move || model_args.load()).await??);
+    let info = model_info(&args, &loaded);
+    let loaded_dir = loaded.dir.clone();
+    // The world's data (seed 0): the gallery, and the memory of unrelated inputs of T-Patcher and UniKE.
+    let world = crate::bench_edit::data_dir(None, 0)?;
+    let gallery = Arc::new(Gallery::load(&world, 24, 12)?);
+    let worker = Worker::spawn(loaded.clone(), world, crate::model_dir::repo_root(), info.name.clone(), args.queue);
+    let (runs, updates) = RunQueue::spawn(loaded);
+    let state = AppState {
+        db,
+        info: Arc::new(info.clone()),
+        worker,
+        runs,
+        events: broadcast::channel(256).0,
+        limits: Arc::new(RateLimits::new(args.demo, 30.0, 0.5)),
+        demo: args.demo,
+        data_dir,
+        gallery,
+        edit_lock: Arc::default(),
+    };
+    tokio::spawn(runs::record(state.clone(), updates));
+    let resumed = runs::resume(&state).await?;
+    // Load UniKE's memory and encoders ahead of the first edit when they are built (building them is left to the first
+    // UniKE edit, which says so in the log).
+    if unike_core::edit::unike::Artifacts::present(&loaded_dir) {
+        state.worker.warm("unike");
+    }
+    let app = router(state, dist.as_deref());
+    eprintln!(
+        "UniKE Studio on http://{} (model {} from {}, {} parameters; database {}{}{})",
+        listener.local_addr()?,
+        info.name,
+        info.source,
+        info.parameters,
+        args.db,
+        if args.demo { "; demo mode" } else { "" },
+        if resumed > 0 { format!("; resuming {resumed} unfinished runs") } else { String::new() },
+    );
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(openapi::document(env!("CARGO_PKG_VERSION")))
+}
+
+async fn health() -> Json<HealthResponse> {
+    Json(HealthResponse { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+}
+
+async fn model(State(s): State<AppState>) -> Json<ModelInfo> {
+    Json((*s.info).clone())
+}
+
+async fn api_not_found() -> Response {
+    let body = ApiError { error: "no such API route".into(), code: 404 };
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+async fn no_front_end() -> Html<&'static str> {
+    Html(
+        "<!doctype html><title>UniKE Studio</title><p>The front end is not built. Run <code>./studio serve</code> \
+         from the repository (it builds it with trunk), or pass <code>--dist DIR</code>.</p>",
+    )
+}

@@ -1,0 +1,351 @@
+//! The Playground's API: answers under a workspace's edits, applying and undoing edits (with their probes), and the
+//! workspace's edit cases as MMEdit JSON.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use unike_core::edit::registry;
+use unike_shared::events::Event;
+use unike_shared::playground::{
+    AnswerRequest, AnswerResponse, AppliedEdit, CaseImport, EditRequest, EditStack, ImportSummary, MmEditCase,
+    ProbeKind, TEXT_MAX,
+};
+use unike_shared::routes;
+use unike_shared::workspace::Role;
+
+use super::auth::{self, Caller};
+use super::demo::DEMO_CAPS;
+use super::error::{ApiErr, ApiResult, Body};
+use super::gallery::{self, ResolvedImage};
+use super::worker::{EditJob, Expect, ProbeSpec, StackEntry};
+use super::{audit, events, AppState};
+
+/// Checks a user-typed text: not empty, at most [`TEXT_MAX`] characters.
+pub fn text(what: &str, s: &str) -> ApiResult<String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(ApiErr::bad_request(format!("the {what} is empty")));
+    }
+    if t.chars().count() > TEXT_MAX {
+        return Err(ApiErr::bad_request(format!("the {what} is longer than {TEXT_MAX} characters")));
+    }
+    Ok(t.to_string())
+}
+
+/// The workspace's stack as the database has it, bottom first.
+async fn stack(st: &AppState, ws: i64) -> ApiResult<Vec<StackEntry>> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT patch_dir, method FROM applied_edits WHERE workspace_id = ? AND active = 1 ORDER BY id")
+            .bind(ws)
+            .fetch_all(&st.db)
+            .await?;
+    Ok(rows.into_iter().map(|(d, method)| StackEntry { dir: st.data_dir.join(d), method }).collect())
+}
+
+async fn edit_stack(st: &AppState, ws: i64) -> ApiResult<EditStack> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT result_json FROM applied_edits WHERE workspace_id = ? AND active = 1 ORDER BY id")
+            .bind(ws)
+            .fetch_all(&st.db)
+            .await?;
+    let edits = rows.iter().map(|(j,)| serde_json::from_str(j)).collect::<Result<_, _>>().map_err(ApiErr::internal)?;
+    Ok(EditStack { edits })
+}
+
+/// `POST /api/workspaces/{id}/answer` (viewers and up).
+pub async fn answer(
+    State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(ws): Path<i64>,
+    Body(req): Body<AnswerRequest>,
+) -> ApiResult<Json<AnswerResponse>> {
+    let c = auth::writer(&st, &headers, addr.ip()).await?;
+    auth::role_in(&st, &c, ws, Role::Viewer).await?;
+    let question = text("question", &req.question)?;
+    let image = req.image.as_ref().map(|i| gallery::resolve(&st, i)).transpose()?.map(|r| r.path);
+    let entries = stack(&st, ws).await?;
+    let edits = entries.len();
+    let t = Instant::now();
+    let answer = st.worker.answer(entries, image, question).await?;
+    Ok(Json(AnswerResponse { answer, edits, ms: t.elapsed().as_secs_f64() * 1e3 }))
+}
+
+/// `GET /api/workspaces/{id}/edits`.
+pub async fn list(State(st): State<AppState>, headers: HeaderMap, Path(ws): Path<i64>) -> ApiResult<Json<EditStack>> {
+    let c = auth::signed_in(&st, &headers).await?;
+    auth::role_in(&st, &c, ws, Role::Viewer).await?;
+    Ok(Json(edit_stack(&st, ws).await?))
+}
+
+/// The probes of an edit: from the gallery case of its image when there is one (rephrased question, the entity's
+/// other image, portability), and the unrelated text and image questions of that case (or of the gallery's first).
+fn probes(st: &AppState, img: Option<&ResolvedImage<'_>>, question: &str) -> Vec<ProbeSpec> {
+    let mut out = Vec::new();
+    let case = img.and_then(|i| i.case);
+    if let (Some((id, c)), Some(i)) = (case, img) {
+        if c.prompt.trim() == question {
+            out.push(ProbeSpec {
+                kind: ProbeKind::TGenerality,
+                question: c.rephrase_prompt.clone(),
+                image: Some(i.path.clone()),
+                image_url: Some(i.url.clone()),
+                expect: Expect::Target,
+            });
+        }
+        out.push(ProbeSpec {
+            kind: ProbeKind::MGenerality,
+            question: question.to_string(),
+            image: Some(c.rephrase_image.clone()),
+            image_url: Some(routes::image(&format!("{id}~other"))),
+            expect: Expect::Target,
+        });
+    }
+    if let Some((id, c)) = case.or_else(|| st.gallery.first()) {
+        out.push(ProbeSpec {
+            kind: ProbeKind::TLocality,
+            question: c.loc_question.clone(),
+            image: None,
+            image_url: None,
+            expect: Expect::Unchanged,
+        });
+        out.push(ProbeSpec {
+            kind: ProbeKind::MLocality,
+            question: c.m_loc_question.clone(),
+            image: Some(c.m_loc_image.clone()),
+            image_url: Some(routes::image(&format!("{id}~unrelated"))),
+            expect: Expect::Unchanged,
+        });
+    }
+    if let (Some((_, c)), Some(i)) = (case, img) {
+        for p in &c.portability {
+            out.push(ProbeSpec {
+                kind: ProbeKind::Portability,
+                question: p.question.clone(),
+                image: Some(i.path.clone()),
+                image_url: Some(i.url.clone()),
+                expect: Expect::Answer(p.answer.clone()),
+            });
+        }
+    }
+    out
+}
+
+/// `POST /api/workspaces/{id}/edits` (editors): computes the edit on the worker, then stores the case, the patch and
+/// the audit entry in one transaction, and tells the workspace's open pages.
+pub async fn apply(
+    State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(ws): Path<i64>,
+    Body(req): Body<EditRequest>,
+) -> ApiResult<Json<AppliedEdit>> {
+    let c = auth::writer(&st, &headers, addr.ip()).await?;
+    auth::role_in(&st, &c, ws, Role::Editor).await?;
+    let question = text("question", &req.question)?;
+    let target = text("target", &req.target)?;
+    let method = req.method.trim().to_string();
+    registry::check_name(&method).map_err(|e| ApiErr::bad_request(e.to_string()))?;
+    let img = req.image.as_ref().map(|i| gallery::resolve(&st, i)).transpose()?;
+    // One edit at a time: a stack is read, extended and written as one step.
+    let _guard = st.edit_lock.lock().await;
+    let entries = stack(&st, ws).await?;
+    if c.user.guest && entries.len() >= DEMO_CAPS.edits {
+        return Err(ApiErr::too_many(format!("a demo sandbox holds {} edits; undo one first", DEMO_CAPS.edits)));
+    }
+    let rel = PathBuf::from("patches").join(format!("ws{ws}")).join(auth::random_hex(8)?);
+    let job = EditJob {
+        method: method.clone(),
+        question: question.clone(),
+        target: target.clone(),
+        image: img.as_ref().map(|i| i.path.clone()),
+        seed: req.seed,
+        probes: probes(&st, img.as_ref(), &question),
+        save_to: st.data_dir.join(&rel),
+    };
+    let mut out = st.worker.edit(entries, job).await?;
+    if let Some(first) = out.probes.first_mut() {
+        first.image_url = img.as_ref().map(|i| i.url.clone());
+    }
+    let mut edit = AppliedEdit {
+        id: 0,
+        method: method.clone(),
+        question: question.clone(),
+        target: target.clone(),
+        image_url: img.as_ref().map(|i| i.url.clone()),
+        seed: req.seed,
+        author: c.user.username.clone(),
+        created_at: String::new(),
+        before: out.before,
+        after: out.after,
+        edit_ms: out.edit_ms,
+        probes: out.probes,
+    };
+    let mut tx = st.db.begin().await?;
+    let case_id: i64 = sqlx::query_scalar(
+        "INSERT INTO edit_cases (workspace_id, question, target, pred, image, rephrase, source) \
+         VALUES (?, ?, ?, ?, ?, ?, 'playground') RETURNING id",
+    )
+    .bind(ws)
+    .bind(&question)
+    .bind(&target)
+    .bind(&edit.before)
+    .bind(&edit.image_url)
+    .bind(
+        img.as_ref()
+            .and_then(|i| i.case)
+            .filter(|(_, c)| c.prompt.trim() == question)
+            .map(|(_, c)| c.rephrase_prompt.clone()),
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let (id, created_at): (i64, String) = sqlx::query_as(
+        "INSERT INTO applied_edits (workspace_id, case_id, author_id, method, seed, patch_dir, result_json) \
+         VALUES (?, ?, ?, ?, ?, ?, '{}') RETURNING id, created_at",
+    )
+    .bind(ws)
+    .bind(case_id)
+    .bind(c.user.id)
+    .bind(&method)
+    .bind(req.seed as i64)
+    .bind(rel.to_string_lossy().as_ref())
+    .fetch_one(&mut *tx)
+    .await?;
+    (edit.id, edit.created_at) = (id, created_at);
+    sqlx::query("UPDATE applied_edits SET result_json = ? WHERE id = ?")
+        .bind(serde_json::to_string(&edit).map_err(ApiErr::internal)?)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(&mut tx, Some(ws), c.user.id, "edit.apply", &format!("#{id} {method}: {question} → {target}"))
+        .await?;
+    tx.commit().await?;
+    events::publish(&st, Event::EditApplied { workspace_id: ws, edit: edit.clone() });
+    Ok(Json(edit))
+}
+
+/// `DELETE /api/workspaces/{id}/edits/{edit}` (editors): drops one edit from anywhere in the stack.
+pub async fn undo(
+    State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((ws, edit)): Path<(i64, i64)>,
+) -> ApiResult<Json<EditStack>> {
+    let c: Caller = auth::writer(&st, &headers, addr.ip()).await?;
+    auth::role_in(&st, &c, ws, Role::Editor).await?;
+    let _guard = st.edit_lock.lock().await;
+    let mut tx = st.db.begin().await?;
+    let n = sqlx::query(
+        "UPDATE applied_edits SET active = 0, undone_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
+         WHERE id = ? AND workspace_id = ? AND active = 1",
+    )
+    .bind(edit)
+    .bind(ws)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        return Err(ApiErr::not_found(format!("edit {edit} on workspace {ws}'s stack")));
+    }
+    audit::record(&mut tx, Some(ws), c.user.id, "edit.undo", &format!("#{edit}")).await?;
+    tx.commit().await?;
+    events::publish(&st, Event::EditUndone { workspace_id: ws, edit_id: edit, by: c.user.username.clone() });
+    Ok(Json(edit_stack(&st, ws).await?))
+}
+
+/// A stored case, as MMEdit writes it.
+#[derive(sqlx::FromRow)]
+struct CaseDb {
+    question: String,
+    target: String,
+    pred: Option<String>,
+    image: Option<String>,
+    rephrase: Option<String>,
+    image_rephrase: Option<String>,
+    loc: Option<String>,
+    loc_ans: Option<String>,
+    m_loc: Option<String>,
+    m_loc_q: Option<String>,
+    m_loc_a: Option<String>,
+}
+
+/// `GET /api/workspaces/{id}/cases`: the workspace's cases as MMEdit JSON.
+pub async fn export(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(ws): Path<i64>,
+) -> ApiResult<Json<Vec<MmEditCase>>> {
+    let c = auth::signed_in(&st, &headers).await?;
+    auth::role_in(&st, &c, ws, Role::Viewer).await?;
+    let rows: Vec<CaseDb> = sqlx::query_as(
+        "SELECT question, target, pred, image, rephrase, image_rephrase, loc, loc_ans, m_loc, m_loc_q, m_loc_a \
+         FROM edit_cases WHERE workspace_id = ? ORDER BY id",
+    )
+    .bind(ws)
+    .fetch_all(&st.db)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| MmEditCase {
+                src: r.question,
+                pred: r.pred,
+                alt: r.target,
+                rephrase: r.rephrase,
+                image: r.image.unwrap_or_default(),
+                image_rephrase: r.image_rephrase,
+                loc: r.loc,
+                loc_ans: r.loc_ans,
+                m_loc: r.m_loc,
+                m_loc_q: r.m_loc_q,
+                m_loc_a: r.m_loc_a,
+            })
+            .collect(),
+    ))
+}
+
+/// `POST /api/workspaces/{id}/cases` (editors): imports MMEdit cases, all or none.
+pub async fn import(
+    State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(ws): Path<i64>,
+    Body(req): Body<CaseImport>,
+) -> ApiResult<Json<ImportSummary>> {
+    let c = auth::writer(&st, &headers, addr.ip()).await?;
+    auth::role_in(&st, &c, ws, Role::Editor).await?;
+    if req.cases.is_empty() || req.cases.len() > 5000 {
+        return Err(ApiErr::bad_request("an import has 1 to 5000 cases"));
+    }
+    for (i, case) in req.cases.iter().enumerate() {
+        text(&format!("case {i}'s src"), &case.src)?;
+        text(&format!("case {i}'s alt"), &case.alt)?;
+    }
+    let mut tx = st.db.begin().await?;
+    for case in &req.cases {
+        sqlx::query(
+            "INSERT INTO edit_cases (workspace_id, question, target, pred, image, rephrase, image_rephrase, loc, loc_ans, \
+             m_loc, m_loc_q, m_loc_a, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'import')",
+        )
+        .bind(ws)
+        .bind(case.src.trim())
+        .bind(case.alt.trim())
+        .bind(&case.pred)
+        .bind(Some(&case.image).filter(|s| !s.is_empty()))
+        .bind(&case.rephrase)
+        .bind(&case.image_rephrase)
+        .bind(&case.loc)
+        .bind(&case.loc_ans)
+        .bind(&case.m_loc)
+        .bind(&case.m_loc_q)
+        .bind(&case.m_loc_a)
+        .execute(&mut *tx)
+        .await?;
+    }
+    audit::record(&mut tx, Some(ws), c.user.id, "cases.import", &format!("{} cases", req.cases.len())).await?;
+    tx.commit().await?;
+    Ok(Json(ImportSummary { imported: req.cases.len() }))
+}

@@ -1,0 +1,464 @@
+//! Benchmark runs: launched from the studio, persisted, executed on their own worker thread (one case at a time, so
+//! the interactive worker keeps the other core), streamed to open pages, cancellable, and resumed after a restart
+//! (methods whose results were stored are not run again). Finished results feed the public leaderboard.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use unike_core::edit::registry;
+use unike_core::eval::CaseScore;
+use unike_shared::events::Event;
+use unike_shared::runs::{RunInfo, RunRequest, RunStatus, RUN_N_MAX};
+use unike_shared::workspace::Role;
+use unike_shared::BenchResult;
+
+use super::auth;
+use super::demo::DEMO_CAPS;
+use super::error::{ApiErr, ApiResult, Body};
+use super::{audit, events, AppState};
+use crate::bench_edit::{self, BenchObserver, Config, ModeArg, TaskArg};
+use crate::device::Loaded;
+
+/// A run for the worker thread.
+struct RunJob {
+    id: i64,
+    req: RunRequest,
+    /// Methods with stored results (a resumed run).
+    skip: Vec<String>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// What the run worker thread reports.
+pub enum Update {
+    Progress { id: i64, done: usize, total: usize },
+    Result { id: i64, result: Box<BenchResult>, cases: Vec<CaseScore> },
+    End { id: i64, status: RunStatus, error: Option<String> },
+}
+
+/// Handle of the run worker.
+#[derive(Clone)]
+pub struct RunQueue {
+    tx: std::sync::mpsc::Sender<RunJob>,
+    cancels: Arc<Mutex<HashMap<i64, Arc<AtomicBool>>>>,
+}
+
+/// Mean of the five metrics (the leaderboard's score).
+pub fn score(r: &BenchResult) -> f64 {
+    let m = &r.metrics;
+    (m.reliability + m.t_generality + m.m_generality + m.t_locality + m.m_locality) / 5.0
+}
+
+fn parse_task(s: &str) -> ApiResult<TaskArg> {
+    match s {
+        "vqa" => Ok(TaskArg::Vqa),
+        "caption" => Ok(TaskArg::Caption),
+        "cross" => Ok(TaskArg::Cross),
+        _ => Err(ApiErr::bad_request(format!("unknown task {s:?} (vqa, caption, cross)"))),
+    }
+}
+
+fn parse_mode(s: &str) -> ApiResult<ModeArg> {
+    match s {
+        "one-step" => Ok(ModeArg::OneStep),
+        "sequential" => Ok(ModeArg::Sequential),
+        _ => Err(ApiErr::bad_request(format!("unknown mode {s:?} (one-step, sequential)"))),
+    }
+}
+
+struct Observer<'a> {
+    id: i64,
+    tx: &'a UnboundedSender<Update>,
+    cancel: &'a AtomicBool,
+    n: usize,
+    /// Stages finished before the current one (pre-edit, then one per method; skipped methods count as finished).
+    stages_done: usize,
+    stage: usize,
+    total: usize,
+}
+
+impl BenchObserver for Observer<'_> {
+    fn stage(&mut self, _name: &str, total: usize) {
+        self.stage += 1;
+        self.n = total;
+    }
+
+    fn progress(&mut self, done: usize) -> bool {
+        let done = (self.stages_done + self.stage.saturating_sub(1)) * self.n + done;
+        let _ = self.tx.send(Update::Progress { id: self.id, done, total: self.total });
+        !self.cancel.load(Ordering::SeqCst)
+    }
+
+    fn result(&mut self, result: &BenchResult, cases: &[CaseScore]) {
+        let _ = self.tx.send(Update::Result { id: self.id, result: Box::new(result.clone()), cases: cases.to_vec() });
+    }
+}
+
+fn execute(loaded: &Loaded, job: &RunJob, tx: &UnboundedSender<Update>) -> (RunStatus, Option<String>) {
+    let methods: Vec<String> = job.req.methods.iter().filter(|m| !job.skip.contains(m)).cloned().collect();
+    let n = job.req.n;
+    let total = n * (1 + job.req.methods.len());
+    if methods.is_empty() {
+        return (RunStatus::Finished, None);
+    }
+    let run = || -> anyhow::Result<()> {
+        let cfg = Config {
+            methods: methods.clone(),
+            task: parse_task(&job.req.task).map_err(|e| anyhow::anyhow!(e.message))?,
+            mode: parse_mode(&job.req.mode).map_err(|e| anyhow::anyhow!(e.message))?,
+            k: job.req.k,
+            n,
+            seed: job.req.seed,
+            memory: 64,
+            threads: 1,
+        };
+        let data = bench_edit::data_dir(None, job.req.seed)?;
+        let mut obs = Observer { id: job.id, tx, cancel: &job.cancel, n, stages_done: job.skip.len(), stage: 0, total };
+        bench_edit::bench_observed(loaded, &data, &cfg, &mut obs)?;
+        Ok(())
+    };
+    match run() {
+        Ok(()) => (RunStatus::Finished, None),
+        Err(e) if matches!(e.downcast_ref::<unike_core::Error>(), Some(unike_core::Error::Cancelled)) => {
+            (RunStatus::Cancelled, None)
+        }
+        Err(e) => (RunStatus::Failed, Some(format!("{e:#}"))),
+    }
+}
+
+impl RunQueue {
+    /// Starts the run worker thread and the task that records its updates.
+    pub fn spawn(loaded: Arc<Loaded>) -> (Self, UnboundedReceiver<Update>) {
+        let (tx, rx) = std::sync::mpsc::channel::<RunJob>();
+        let (utx, urx) = unbounded_channel();
+        std::thread::Builder::new()
+            .name("unike-runs".into())
+            .spawn(move || {
+                for job in rx {
+                    let _ = utx.send(Update::Progress {
+                        id: job.id,
+                        done: 0,
+                        total: job.req.n * (1 + job.req.methods.len()),
+                    });
+                    let (status, error) = if job.cancel.load(Ordering::SeqCst) {
+                        (RunStatus::Cancelled, None)
+                    } else {
+                        execute(&loaded, &job, &utx)
+                    };
+                    let _ = utx.send(Update::End { id: job.id, status, error });
+                }
+            })
+            .expect("spawning the run worker thread");
+        (Self { tx, cancels: Arc::default() }, urx)
+    }
+
+    fn submit(&self, id: i64, req: RunRequest, skip: Vec<String>) -> ApiResult<()> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.cancels.lock().map_err(|_| ApiErr::internal("poisoned"))?.insert(id, cancel.clone());
+        self.tx.send(RunJob { id, req, skip, cancel }).map_err(|_| ApiErr::internal("the run worker stopped"))
+    }
+
+    fn cancel(&self, id: i64) {
+        if let Ok(m) = self.cancels.lock() {
+            if let Some(c) = m.get(&id) {
+                c.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Writes the run worker's updates to the database and to open pages.
+pub async fn record(st: AppState, mut rx: UnboundedReceiver<Update>) {
+    while let Some(u) = rx.recv().await {
+        let id = match &u {
+            Update::Progress { id, .. } | Update::Result { id, .. } | Update::End { id, .. } => *id,
+        };
+        if let Err(e) = apply(&st, u).await {
+            eprintln!("studio: recording run {id}: {}", e.message);
+            continue;
+        }
+        if let Ok(run) = load(&st, id).await {
+            events::publish(&st, Event::Run { run });
+        }
+    }
+}
+
+async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
+    match u {
+        Update::Progress { id, done, total } => {
+            sqlx::query("UPDATE benchmark_runs SET status = 'running', done = ?, total = ? WHERE id = ? AND status IN ('queued', 'running')")
+                .bind(done as i64)
+                .bind(total as i64)
+                .bind(id)
+                .execute(&st.db)
+                .await?;
+        }
+        Update::Result { id, result, cases } => {
+            let mut tx = st.db.begin().await?;
+            sqlx::query("INSERT OR REPLACE INTO run_results (run_id, method, result_json, score) VALUES (?, ?, ?, ?)")
+                .bind(id)
+                .bind(&result.method)
+                .bind(serde_json::to_string(&result).map_err(ApiErr::internal)?)
+                .bind(score(&result))
+                .execute(&mut *tx)
+                .await?;
+            for (i, c) in cases.iter().enumerate() {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO run_cases (run_id, method, case_index, edit_ms, reliability, t_generality, \
+                     m_generality, t_locality, m_locality, portability) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(id)
+                .bind(&result.method)
+                .bind(i as i64)
+                .bind(c.edit_ms)
+                .bind(c.token[0])
+                .bind(c.token[1])
+                .bind(c.token[2])
+                .bind(c.token[3])
+                .bind(c.token[4])
+                .bind(c.token[5])
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        }
+        Update::End { id, status, error } => {
+            sqlx::query(
+                "UPDATE benchmark_runs SET status = ?, error = ?, done = CASE WHEN ? = 'finished' THEN total ELSE done END, \
+                 finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE id = ?",
+            )
+            .bind(status.as_str())
+            .bind(error)
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&st.db)
+            .await?;
+            if let Ok(mut m) = st.runs.cancels.lock() {
+                m.remove(&id);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: i64,
+    workspace_id: i64,
+    author: String,
+    model: String,
+    request_json: String,
+    status: String,
+    done: i64,
+    total: i64,
+    error: Option<String>,
+    created_at: String,
+    finished_at: Option<String>,
+}
+
+const RUN_SELECT: &str =
+    "SELECT r.id, r.workspace_id, u.username AS author, r.model, r.request_json, r.status, r.done, \
+    r.total, r.error, r.created_at, r.finished_at FROM benchmark_runs r JOIN users u ON u.id = r.author_id";
+
+async fn info(st: &AppState, r: RunRow) -> ApiResult<RunInfo> {
+    let results: Vec<(String,)> = sqlx::query_as("SELECT result_json FROM run_results WHERE run_id = ? ORDER BY rowid")
+        .bind(r.id)
+        .fetch_all(&st.db)
+        .await?;
+    Ok(RunInfo {
+        id: r.id,
+        workspace_id: r.workspace_id,
+        author: r.author,
+        model: r.model,
+        request: serde_json::from_str(&r.request_json).map_err(ApiErr::internal)?,
+        status: RunStatus::parse(&r.status).unwrap_or(RunStatus::Failed),
+        done: r.done as usize,
+        total: r.total as usize,
+        error: r.error,
+        results: results
+            .iter()
+            .map(|(j,)| serde_json::from_str(j))
+            .collect::<Result<_, _>>()
+            .map_err(ApiErr::internal)?,
+        created_at: r.created_at,
+        finished_at: r.finished_at,
+    })
+}
+
+pub async fn load(st: &AppState, id: i64) -> ApiResult<RunInfo> {
+    let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{RUN_SELECT} WHERE r.id = ?")))
+        .bind(id)
+        .fetch_optional(&st.db)
+        .await?;
+    info(st, row.ok_or_else(|| ApiErr::not_found(format!("run {id}")))?).await
+}
+
+/// Re-queues the runs a previous server left unfinished, each skipping the methods whose results it stored.
+pub async fn resume(st: &AppState) -> anyhow::Result<usize> {
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, request_json FROM benchmark_runs WHERE status IN ('queued', 'running') ORDER BY id")
+            .fetch_all(&st.db)
+            .await?;
+    let mut resumed = 0;
+    for (id, json) in rows {
+        let Ok(req) = serde_json::from_str::<RunRequest>(&json) else {
+            sqlx::query("UPDATE benchmark_runs SET status = 'failed', error = 'unreadable request' WHERE id = ?")
+                .bind(id)
+                .execute(&st.db)
+                .await?;
+            continue;
+        };
+        let skip: Vec<(String,)> =
+            sqlx::query_as("SELECT method FROM run_results WHERE run_id = ?").bind(id).fetch_all(&st.db).await?;
+        sqlx::query("UPDATE benchmark_runs SET status = 'queued' WHERE id = ?").bind(id).execute(&st.db).await?;
+        st.runs.submit(id, req, skip.into_iter().map(|(m,)| m).collect()).map_err(|e| anyhow::anyhow!(e.message))?;
+        resumed += 1;
+    }
+    Ok(resumed)
+}
+
+fn validate(req: &RunRequest, guest: bool) -> ApiResult<()> {
+    if req.methods.is_empty() || req.methods.len() > 16 {
+        return Err(ApiErr::bad_request("a run has 1 to 16 methods"));
+    }
+    for m in &req.methods {
+        registry::check_name(m).map_err(|e| ApiErr::bad_request(e.to_string()))?;
+    }
+    let mut seen = req.methods.clone();
+    seen.sort();
+    seen.dedup();
+    if seen.len() != req.methods.len() {
+        return Err(ApiErr::bad_request("a method is listed twice"));
+    }
+    parse_task(&req.task)?;
+    let mode = parse_mode(&req.mode)?;
+    let cap = if guest { DEMO_CAPS.run_n } else { RUN_N_MAX };
+    if req.n == 0 || req.n > cap {
+        return Err(ApiErr::bad_request(format!("n must be 1 to {cap}")));
+    }
+    if mode == ModeArg::Sequential && (req.k == 0 || req.k > req.n) {
+        return Err(ApiErr::bad_request("k must be 1 to n"));
+    }
+    if req.data != "world" {
+        return Err(ApiErr::bad_request(format!(
+            "unknown data {:?}: runs use the synthetic world of their seed (\"world\")",
+            req.data
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /api/workspaces/{id}/runs` (editors).
+pub async fn create(
+    State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(ws): Path<i64>,
+    Body(mut req): Body<RunRequest>,
+) -> ApiResult<Json<RunInfo>> {
+    let c = auth::writer(&st, &headers, addr.ip()).await?;
+    auth::role_in(&st, &c, ws, Role::Editor).await?;
+    req.methods = req.methods.iter().map(|m| m.trim().to_string()).collect();
+    validate(&req, c.user.guest)?;
+    if req.task == "cross" {
+        (req.mode, req.k, req.n) = ("sequential".into(), 10, (req.n / 10).max(1) * 10);
+    } else if req.mode == "sequential" {
+        req.n = req.n / req.k * req.k;
+    } else {
+        req.k = 1;
+    }
+    if c.user.guest {
+        let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM benchmark_runs WHERE author_id = ?")
+            .bind(c.user.id)
+            .fetch_one(&st.db)
+            .await?;
+        if runs as usize >= DEMO_CAPS.runs {
+            return Err(ApiErr::too_many(format!("a demo sandbox may launch {} runs", DEMO_CAPS.runs)));
+        }
+    }
+    let mut tx = st.db.begin().await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO benchmark_runs (workspace_id, author_id, model, request_json, status, total) \
+         VALUES (?, ?, ?, ?, 'queued', ?) RETURNING id",
+    )
+    .bind(ws)
+    .bind(c.user.id)
+    .bind(&st.info.name)
+    .bind(serde_json::to_string(&req).map_err(ApiErr::internal)?)
+    .bind((req.n * (1 + req.methods.len())) as i64)
+    .fetch_one(&mut *tx)
+    .await?;
+    let detail = format!("#{id} {} {} {} n={} seed={}", req.methods.join(","), req.task, req.mode, req.n, req.seed);
+    audit::record(&mut tx, Some(ws), c.user.id, "run.start", &detail).await?;
+    tx.commit().await?;
+    st.runs.submit(id, req, Vec::new())?;
+    let run = load(&st, id).await?;
+    events::publish(&st, Event::Run { run: run.clone() });
+    Ok(Json(run))
+}
+
+/// `GET /api/workspaces/{id}/runs`.
+pub async fn list(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(ws): Path<i64>,
+) -> ApiResult<Json<Vec<RunInfo>>> {
+    let c = auth::signed_in(&st, &headers).await?;
+    auth::role_in(&st, &c, ws, Role::Viewer).await?;
+    let rows: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{RUN_SELECT} WHERE r.workspace_id = ? ORDER BY r.id DESC LIMIT 100"
+    )))
+    .bind(ws)
+    .fetch_all(&st.db)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(info(&st, r).await?);
+    }
+    Ok(Json(out))
+}
+
+/// `GET /api/runs/{id}`: members of its workspace; anyone once it is finished (the leaderboard links to it).
+pub async fn get(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> ApiResult<Json<RunInfo>> {
+    let run = load(&st, id).await?;
+    if run.status != RunStatus::Finished {
+        let c = auth::signed_in(&st, &headers).await?;
+        auth::role_in(&st, &c, run.workspace_id, Role::Viewer)
+            .await
+            .map_err(|_| ApiErr::not_found(format!("run {id}")))?;
+    }
+    Ok(Json(run))
+}
+
+/// `POST /api/runs/{id}/cancel` (editors of its workspace).
+pub async fn cancel(
+    State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<RunInfo>> {
+    let c = auth::writer(&st, &headers, addr.ip()).await?;
+    let run = load(&st, id).await?;
+    auth::role_in(&st, &c, run.workspace_id, Role::Editor).await?;
+    if run.status.is_final() {
+        return Err(ApiErr::conflict(format!("run {id} is already {}", run.status.as_str())));
+    }
+    st.runs.cancel(id);
+    let mut tx = st.db.begin().await?;
+    // A queued run never starts; a running one stops after its current case (the worker then records it).
+    sqlx::query(
+        "UPDATE benchmark_runs SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
+         WHERE id = ? AND status = 'queued'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    audit::record(&mut tx, Some(run.workspace_id), c.user.id, "run.cancel", &format!("#{id}")).await?;
+    tx.commit().await?;
+    Ok(Json(load(&st, id).await?))
+}

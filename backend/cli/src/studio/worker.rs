@@ -1,0 +1,324 @@
+//! The interactive model worker: one thread owns the built edit methods and the loaded patches and runs every answer
+//! and edit, fed by a bounded queue (a full queue is a 503, never a blocked async handler). candle never runs inside
+//! an async handler.
+//!
+//! Stacks are not kept per workspace: every job names its stack (patch directories, bottom first) as the database
+//! has it, and the worker assembles it from patches it already holds or loads them from disk, so a restart, an undo
+//! or a teammate's edit can never leave the worker with a stale stack.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use tokio::sync::oneshot;
+use unike_core::data::Task;
+use unike_core::edit::registry::{self, MethodInputs};
+use unike_core::edit::{EditContext, EditMethod, EditRequest, EditSequence, Patch, PatchStack};
+use unike_core::eval::Evaluator;
+use unike_core::hooks::Hooks;
+use unike_core::model::GenerateOptions;
+use unike_core::Error as CoreError;
+use unike_shared::playground::{Probe, ProbeKind};
+
+use super::error::{ApiErr, ApiResult};
+use crate::device::Loaded;
+
+type CoreResult<T> = std::result::Result<T, CoreError>;
+
+/// Longest generated answer, in tokens.
+const MAX_NEW_TOKENS: usize = 24;
+
+/// One patch of a stack: where it is saved and the method that made it (whose networks loading may need).
+#[derive(Debug, Clone)]
+pub struct StackEntry {
+    pub dir: PathBuf,
+    pub method: String,
+}
+
+/// What a probe expects after the edit.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// The edit's target.
+    Target,
+    /// The answer it gave before the edit.
+    Unchanged,
+    /// A given answer (portability).
+    Answer(String),
+}
+
+/// A probe to run before and after an edit.
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    pub kind: ProbeKind,
+    pub question: String,
+    pub image: Option<PathBuf>,
+    pub image_url: Option<String>,
+    pub expect: Expect,
+}
+
+/// An edit to compute, with its probes.
+#[derive(Debug, Clone)]
+pub struct EditJob {
+    pub method: String,
+    pub question: String,
+    pub target: String,
+    pub image: Option<PathBuf>,
+    pub seed: u64,
+    pub probes: Vec<ProbeSpec>,
+    /// Where to save the patch (`DIR.safetensors` + `DIR.json`).
+    pub save_to: PathBuf,
+}
+
+/// What an edit did.
+#[derive(Debug, Clone)]
+pub struct EditOutcome {
+    pub before: String,
+    pub after: String,
+    pub edit_ms: f64,
+    pub probes: Vec<Probe>,
+}
+
+enum Job {
+    Answer {
+        stack: Vec<StackEntry>,
+        image: Option<PathBuf>,
+        question: String,
+        reply: oneshot::Sender<CoreResult<String>>,
+    },
+    Edit {
+        stack: Vec<StackEntry>,
+        job: Box<EditJob>,
+        reply: oneshot::Sender<CoreResult<EditOutcome>>,
+    },
+    /// Build (or train) a method's artifacts ahead of the first edit.
+    Warm {
+        method: String,
+    },
+}
+
+/// Handle of the worker thread.
+#[derive(Clone)]
+pub struct Worker {
+    tx: SyncSender<Job>,
+}
+
+impl Worker {
+    /// Starts the worker on `loaded`; `data` is the world's data directory (training split: the memory of unrelated
+    /// inputs), `root` the repository root (hyper-parameter files).
+    pub fn spawn(loaded: Arc<Loaded>, data: PathBuf, root: PathBuf, model_name: String, queue: usize) -> Self {
+        let (tx, rx) = sync_channel::<Job>(queue);
+        std::thread::Builder::new()
+            .name("unike-model".into())
+            .spawn(move || {
+                let mut st = State {
+                    loaded,
+                    data,
+                    root,
+                    model_name,
+                    memory: None,
+                    methods: HashMap::new(),
+                    patches: HashMap::new(),
+                };
+                for job in rx {
+                    match job {
+                        Job::Answer { stack, image, question, reply } => {
+                            let _ = reply.send(st.answer_job(&stack, image.as_deref(), &question));
+                        }
+                        Job::Edit { stack, job, reply } => {
+                            let _ = reply.send(st.edit_job(&stack, &job));
+                        }
+                        Job::Warm { method } => {
+                            if let Err(e) = st.method(&method) {
+                                eprintln!("studio: preparing {method} failed: {e}");
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawning the model worker thread");
+        Self { tx }
+    }
+
+    fn submit(&self, job: Job) -> ApiResult<()> {
+        self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => ApiErr::unavailable("the model is busy; try again in a moment"),
+            TrySendError::Disconnected(_) => ApiErr::internal("the model worker stopped"),
+        })
+    }
+
+    /// Asks the worker to prepare `method` (e.g. build UniKE's memory) in the background.
+    pub fn warm(&self, method: &str) {
+        let _ = self.submit(Job::Warm { method: method.to_string() });
+    }
+
+    /// The model's greedy answer under `stack`.
+    pub async fn answer(&self, stack: Vec<StackEntry>, image: Option<PathBuf>, question: String) -> ApiResult<String> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Answer { stack, image, question, reply })?;
+        Ok(rx.await.map_err(|_| ApiErr::internal("the model worker dropped a job"))??)
+    }
+
+    /// Computes, saves and probes an edit on top of `stack`.
+    pub async fn edit(&self, stack: Vec<StackEntry>, job: EditJob) -> ApiResult<EditOutcome> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Edit { stack, job: Box::new(job), reply })?;
+        Ok(rx.await.map_err(|_| ApiErr::internal("the model worker dropped a job"))??)
+    }
+}
+
+struct State {
+    loaded: Arc<Loaded>,
+    data: PathBuf,
+    root: PathBuf,
+    model_name: String,
+    memory: Option<Vec<EditSequence>>,
+    methods: HashMap<String, Box<dyn EditMethod>>,
+    patches: HashMap<PathBuf, Patch>,
+}
+
+fn anyhow_to_core(e: anyhow::Error) -> CoreError {
+    match e.downcast::<CoreError>() {
+        Ok(c) => c,
+        Err(e) => CoreError::Invalid(format!("{e:#}")),
+    }
+}
+
+impl State {
+    fn eos(&self) -> CoreResult<Vec<u32>> {
+        self.loaded.ckpt.eos_token_ids()
+    }
+
+    fn method(&mut self, name: &str) -> CoreResult<&dyn EditMethod> {
+        if !self.methods.contains_key(name) {
+            registry::check_name(name)?;
+            if registry::split_name(name).0 == "unike" {
+                crate::unike_artifacts::ensure(&self.loaded).map_err(anyhow_to_core)?;
+            }
+            crate::train_method::ensure(&self.loaded, &[name.to_string()]).map_err(anyhow_to_core)?;
+            if self.memory.is_none() {
+                let mut ev = Evaluator::new(&self.loaded.model, &self.loaded.processor, self.eos()?);
+                let m =
+                    crate::bench_edit::memory_sequences(&mut ev, &self.data, Task::Vqa, 64).map_err(anyhow_to_core)?;
+                self.memory = Some(m);
+            }
+            let eos =
+                *self.eos()?.first().ok_or_else(|| CoreError::Invalid("the model has no end-of-sequence id".into()))?;
+            let inputs = MethodInputs {
+                root: &self.root,
+                model: &self.model_name,
+                memory: self.memory.clone().unwrap_or_default(),
+                eos,
+                llava: &self.loaded.model,
+                model_dir: &self.loaded.dir,
+            };
+            let m = registry::build(name, inputs)?;
+            self.methods.insert(name.to_string(), m);
+        }
+        self.methods.get(name).map(|m| m.as_ref()).ok_or_else(|| CoreError::Invalid(format!("method {name} missing")))
+    }
+
+    fn stack(&mut self, entries: &[StackEntry]) -> CoreResult<PatchStack> {
+        let mut stack = PatchStack::new();
+        for e in entries {
+            if !self.patches.contains_key(&e.dir) {
+                let deps = self.method(&e.method)?.patch_deps();
+                let p = Patch::load_with(&e.dir, &self.loaded.model, &deps)?;
+                self.patches.insert(e.dir.clone(), p);
+            }
+            if let Some(p) = self.patches.get(&e.dir) {
+                stack.push(p.clone());
+            }
+        }
+        Ok(stack)
+    }
+
+    fn pixels(&self, image: Option<&Path>) -> CoreResult<Option<Tensor>> {
+        image
+            .map(|p| Ok(self.loaded.processor.image_processor().load_file(p, &self.loaded.device)?.unsqueeze(0)?))
+            .transpose()
+    }
+
+    fn greedy(&self, question: &str, pixels: Option<&Tensor>, hooks: &Hooks) -> CoreResult<String> {
+        let p = &self.loaded.processor;
+        let ids = p.encode(&p.question_prompt(question, pixels.is_some()), usize::from(pixels.is_some()))?;
+        let opts = GenerateOptions { max_new_tokens: MAX_NEW_TOKENS, eos_token_ids: self.eos()? };
+        let gen = self.loaded.model.generate(&ids, pixels, hooks, &opts)?;
+        Ok(p.decode(&gen.tokens)?.trim().to_string())
+    }
+
+    fn answer_job(&mut self, stack: &[StackEntry], image: Option<&Path>, question: &str) -> CoreResult<String> {
+        let hooks = self.stack(stack)?.hooks()?;
+        let px = self.pixels(image)?;
+        self.greedy(question, px.as_ref(), &hooks)
+    }
+
+    fn edit_job(&mut self, entries: &[StackEntry], job: &EditJob) -> CoreResult<EditOutcome> {
+        let stack = self.stack(entries)?;
+        let before_hooks = stack.hooks()?;
+        let px = self.pixels(job.image.as_deref())?;
+        let probe_px: Vec<Option<Tensor>> =
+            job.probes.iter().map(|p| self.pixels(p.image.as_deref())).collect::<CoreResult<_>>()?;
+        let before = self.greedy(&job.question, px.as_ref(), &before_hooks)?;
+        let probes_before: Vec<String> = job
+            .probes
+            .iter()
+            .zip(&probe_px)
+            .map(|(p, x)| self.greedy(&p.question, x.as_ref(), &before_hooks))
+            .collect::<CoreResult<_>>()?;
+        let request = EditRequest {
+            question: job.question.clone(),
+            image: px.clone(),
+            image_path: job.image.as_ref().map(|p| p.display().to_string()),
+            target: job.target.clone(),
+            seed: job.seed,
+        };
+        let t = Instant::now();
+        let patch = {
+            let loaded = self.loaded.clone();
+            let method = self.method(&job.method)?;
+            let ctx = EditContext { model: &loaded.model, processor: &loaded.processor, stack: &stack };
+            method.edit(&ctx, &request)?
+        };
+        let edit_ms = t.elapsed().as_secs_f64() * 1e3;
+        if let Some(parent) = job.save_to.parent() {
+            std::fs::create_dir_all(parent).map_err(|err| CoreError::Io { path: parent.to_path_buf(), err })?;
+        }
+        patch.save(&job.save_to)?;
+        let mut after_stack = stack.clone();
+        after_stack.push(patch.clone());
+        self.patches.insert(job.save_to.clone(), patch);
+        let after_hooks = after_stack.hooks()?;
+        let after = self.greedy(&job.question, px.as_ref(), &after_hooks)?;
+        let norm = |s: &str| s.trim().trim_end_matches('.').to_lowercase();
+        let mut probes = vec![Probe {
+            kind: ProbeKind::Reliability,
+            question: job.question.clone(),
+            image_url: None,
+            expected: job.target.clone(),
+            before: before.clone(),
+            after: after.clone(),
+            pass: norm(&after) == norm(&job.target),
+        }];
+        for ((spec, x), b) in job.probes.iter().zip(&probe_px).zip(probes_before) {
+            let a = self.greedy(&spec.question, x.as_ref(), &after_hooks)?;
+            let expected = match &spec.expect {
+                Expect::Target => job.target.clone(),
+                Expect::Unchanged => b.clone(),
+                Expect::Answer(s) => s.clone(),
+            };
+            probes.push(Probe {
+                kind: spec.kind,
+                question: spec.question.clone(),
+                image_url: spec.image_url.clone(),
+                pass: norm(&a) == norm(&expected),
+                expected,
+                before: b,
+                after: a,
+            });
+        }
+        Ok(EditOutcome { before, after, edit_ms, probes })
+    }
+}

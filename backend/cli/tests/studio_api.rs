@@ -1,0 +1,457 @@
+//! The studio's JSON API against a real server process (`unike serve` on the shipped default model) and a real SQLite
+//! file: accounts, CSRF, roles, edits with probes, undo, live events, MMEdit import/export, benchmark runs (finished,
+//! cancelled, resumed after the server is killed), the leaderboard, demo sandboxes, and clear 4xx errors for bad
+//! input that leave nothing half-written.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use unike_shared::routes;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A running `unike serve`; killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(db: &Path, extra: &[&str]) -> Result<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_unike"))
+            .current_dir(root())
+            .args(["serve", "--addr", "127.0.0.1:0", "--model", "default", "--db"])
+            .arg(format!("sqlite://{}", db.display()))
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let port = loop {
+            ensure!(Instant::now() < deadline, "server did not start");
+            let line = lines.next().context("server exited")??;
+            if let Some(rest) = line.split("http://").nth(1) {
+                let addr = rest.split_whitespace().next().context("addr")?;
+                break addr.rsplit(':').next().context("port")?.parse::<u16>()?;
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Ok(Self { child, port })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A browser-like client: keeps the session cookie and sends the CSRF token on writes.
+#[derive(Clone)]
+struct Client {
+    port: u16,
+    cookie: Option<String>,
+    csrf: Option<String>,
+}
+
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {}", self.body))
+    }
+}
+
+impl Client {
+    fn new(port: u16) -> Self {
+        Self { port, cookie: None, csrf: None }
+    }
+
+    fn raw(&mut self, method: &str, path: &str, body: Option<&str>, csrf: bool) -> Result<Reply> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        if let Some(c) = &self.cookie {
+            req.push_str(&format!("Cookie: unike_session={c}\r\n"));
+        }
+        if let (true, Some(t)) = (csrf, &self.csrf) {
+            req.push_str(&format!("x-csrf-token: {t}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+        s.write_all(req.as_bytes())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+        let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
+        for line in head.lines() {
+            if let Some(v) = line.strip_prefix("set-cookie: unike_session=") {
+                let token = v.split(';').next().unwrap_or("");
+                self.cookie = (!token.is_empty()).then(|| token.to_string());
+            }
+        }
+        Ok(Reply { status, body: body.to_string() })
+    }
+
+    fn get(&mut self, path: &str) -> Result<Reply> {
+        self.raw("GET", path, None, false)
+    }
+
+    fn post(&mut self, path: &str, body: &Value) -> Result<Reply> {
+        self.raw("POST", path, Some(&body.to_string()), true)
+    }
+
+    /// Signs up (or in) and keeps the session's CSRF token.
+    fn auth(&mut self, route: &str, user: &str) -> Result<Reply> {
+        let r =
+            self.raw("POST", route, Some(&json!({"username": user, "password": "correct horse"}).to_string()), false)?;
+        if r.status == 200 {
+            self.csrf = r.json()?["csrf_token"].as_str().map(str::to_string);
+        }
+        Ok(r)
+    }
+}
+
+fn expect_error(r: &Reply, status: u16, needle: &str) -> Result<()> {
+    ensure!(r.status == status, "expected {status}, got {}: {}", r.status, r.body);
+    let v = r.json()?;
+    ensure!(v["code"] == status, "{}", r.body);
+    let msg = v["error"].as_str().unwrap_or("");
+    ensure!(msg.contains(needle), "expected {needle:?} in {msg:?}");
+    Ok(())
+}
+
+fn wait_run(c: &mut Client, id: i64, want: &[&str]) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let run = c.get(&routes::run(id))?.json()?;
+        if want.contains(&run["status"].as_str().unwrap_or("")) {
+            return Ok(run);
+        }
+        ensure!(Instant::now() < deadline, "run {id} stuck: {run}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn temp_dir(name: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("unike-studio-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// Reads a server-sent event stream until `needle` shows up.
+fn sse_until(port: u16, cookie: &str, workspace: i64, needle: &str) -> std::thread::JoinHandle<Result<String>> {
+    let (cookie, needle) = (cookie.to_string(), needle.to_string());
+    let mut s = TcpStream::connect(("127.0.0.1", port));
+    if let Ok(s) = &mut s {
+        let _ = write!(
+            s,
+            "GET {}?workspace={workspace} HTTP/1.1\r\nHost: x\r\nCookie: unike_session={cookie}\r\n\r\n",
+            routes::EVENTS
+        );
+    }
+    std::thread::spawn(move || {
+        let mut s = s?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while !seen.contains(&needle) {
+            let n = s.read(&mut buf)?;
+            ensure!(n > 0, "stream ended: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        Ok(seen)
+    })
+}
+
+#[test]
+fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()> {
+    let dir = temp_dir("api")?;
+    let db = dir.join("studio.db");
+    let mut server = Server::start(&db, &[])?;
+    let port = server.port;
+
+    // Accounts.
+    let mut anon = Client::new(port);
+    let s = anon.get(routes::SESSION)?.json()?;
+    assert_eq!(s["user"], Value::Null);
+    assert_eq!(s["demo"], false);
+    let mut alice = Client::new(port);
+    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
+    expect_error(&Client::new(port).auth(routes::SIGN_UP, "alice")?, 409, "taken")?;
+    expect_error(&Client::new(port).auth(routes::SIGN_UP, "Not Valid!")?, 400, "username")?;
+    let r = Client::new(port).raw("POST", routes::SIGN_UP, Some(r#"{"username":"eve","password":"short"}"#), false)?;
+    expect_error(&r, 400, "password")?;
+    let r = Client::new(port).raw(
+        "POST",
+        routes::SIGN_IN,
+        Some(r#"{"username":"alice","password":"wrong one"}"#),
+        false,
+    )?;
+    expect_error(&r, 401, "wrong username or password")?;
+    let mut alice2 = Client::new(port);
+    assert_eq!(alice2.auth(routes::SIGN_IN, "alice")?.status, 200);
+    expect_error(&anon.get(routes::WORKSPACES)?, 401, "sign in")?;
+
+    let ws = alice.get(routes::WORKSPACES)?.json()?;
+    let ws_id = ws[0]["id"].as_i64().context("workspace id")?;
+    assert_eq!(ws[0]["role"], "owner");
+
+    // The gallery, and an answer before any edit.
+    let gallery = alice.get(routes::GALLERY)?.json()?;
+    let item = &gallery[0];
+    let (gid, question, target) = (
+        item["id"].as_str().context("id")?,
+        item["question"].as_str().context("q")?,
+        item["target"].as_str().context("t")?,
+    );
+    let img = alice.get(&routes::image(gid))?;
+    assert_eq!(img.status, 200);
+    let ask = json!({"image": {"kind": "gallery", "id": gid}, "question": question});
+    let mut no_csrf = alice.clone();
+    no_csrf.csrf = None;
+    expect_error(&no_csrf.post(&routes::answer(ws_id), &ask)?, 403, "x-csrf-token")?;
+    let before = alice.post(&routes::answer(ws_id), &ask)?.json()?;
+    let before = before["answer"].as_str().context("answer")?.to_string();
+    assert_ne!(before, target, "the gallery's target is a counterfactual");
+
+    // Bad input: 4xx with a message, nothing written.
+    let edit = |q: &str, t: &str, m: &str| json!({"image": {"kind": "gallery", "id": gid}, "question": q, "target": t, "method": m});
+    expect_error(&alice.post(&routes::edits(ws_id), &edit("", target, "serac"))?, 400, "question is empty")?;
+    expect_error(&alice.post(&routes::edits(ws_id), &edit(question, " ", "serac"))?, 400, "target is empty")?;
+    expect_error(&alice.post(&routes::edits(ws_id), &edit(&"why ".repeat(100), target, "serac"))?, 400, "longer than")?;
+    expect_error(&alice.post(&routes::edits(ws_id), &edit(question, target, "rome"))?, 400, "unknown method")?;
+    expect_error(&alice.post(&routes::edits(ws_id), &edit(question, target, "unike:nope"))?, 400, "variant")?;
+    let bad_img = |b: &str| json!({"image": {"kind": "upload", "base64": b}, "question": question, "target": target, "method": "serac"});
+    expect_error(&alice.post(&routes::edits(ws_id), &bad_img("***"))?, 400, "base64")?;
+    expect_error(&alice.post(&routes::edits(ws_id), &bad_img("aGVsbG8gd29ybGQ="))?, 400, "not a PNG or JPEG")?;
+    let gid_bad =
+        json!({"image": {"kind": "gallery", "id": "nope"}, "question": question, "target": target, "method": "serac"});
+    expect_error(&alice.post(&routes::edits(ws_id), &gid_bad)?, 400, "no gallery image")?;
+    let r = alice.raw("POST", &routes::edits(ws_id), Some("{\"question\": "), true)?;
+    ensure!(r.status == 400 && r.json()?["error"].is_string(), "{}", r.body);
+    expect_error(&alice.post(&routes::edits(9999), &edit(question, target, "serac"))?, 404, "workspace 9999")?;
+    expect_error(&alice.raw("DELETE", &routes::edit(ws_id, 77), None, true)?, 404, "edit 77")?;
+    expect_error(&alice.get("/api/nothing-here")?, 404, "no such API route")?;
+    assert_eq!(alice.get(&routes::edits(ws_id))?.json()?["edits"].as_array().map(Vec::len), Some(0));
+    assert_eq!(alice.get(&routes::cases(ws_id))?.json()?.as_array().map(Vec::len), Some(0));
+
+    // Live events: a teammate's page sees the edit arrive.
+    let events = sse_until(port, alice2.cookie.as_deref().context("cookie")?, ws_id, "edit_applied");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Apply an edit: the post-edit answer is the target; probes are reported.
+    let applied = alice.post(&routes::edits(ws_id), &edit(question, target, "serac"))?;
+    ensure!(applied.status == 200, "{}", applied.body);
+    let applied = applied.json()?;
+    assert_eq!(applied["after"], target);
+    assert_eq!(applied["before"], before.as_str());
+    let probes = applied["probes"].as_array().context("probes")?;
+    let kinds: Vec<&str> = probes.iter().filter_map(|p| p["kind"].as_str()).collect();
+    for k in ["reliability", "t_generality", "m_generality", "t_locality", "m_locality"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    assert_eq!(probes[0]["pass"], true);
+    let seen = events.join().map_err(|_| anyhow::anyhow!("sse thread panicked"))??;
+    assert!(seen.contains("text/event-stream") && seen.contains(target), "{seen}");
+    let after = alice.post(&routes::answer(ws_id), &ask)?.json()?;
+    assert_eq!(after["answer"], target);
+    assert_eq!(after["edits"], 1);
+    let first_edit = applied["id"].as_i64().context("edit id")?;
+
+    // Roles: a stranger sees nothing; a viewer reads but cannot edit; an editor can.
+    let mut bob = Client::new(port);
+    assert_eq!(bob.auth(routes::SIGN_UP, "bob")?.status, 200);
+    expect_error(&bob.get(&routes::edits(ws_id))?, 404, "workspace")?;
+    let invite = |role: &str| json!({"username": "bob", "role": role});
+    expect_error(&bob.post(&routes::members(ws_id), &invite("owner"))?, 404, "workspace")?;
+    assert_eq!(alice.post(&routes::members(ws_id), &invite("viewer"))?.status, 200);
+    assert_eq!(bob.get(&routes::edits(ws_id))?.json()?["edits"].as_array().map(Vec::len), Some(1));
+    expect_error(&bob.post(&routes::edits(ws_id), &edit(question, "lebel", "serac"))?, 403, "needs editor")?;
+    expect_error(&bob.post(&routes::members(ws_id), &invite("owner"))?, 403, "needs owner")?;
+    assert_eq!(alice.post(&routes::members(ws_id), &invite("editor"))?.status, 200);
+    let other = &gallery[1];
+    let e2 = json!({"image": {"kind": "gallery", "id": other["id"]}, "question": other["question"],
+        "target": other["target"], "method": "ft", "seed": 3});
+    let r = bob.post(&routes::edits(ws_id), &e2)?;
+    ensure!(r.status == 200, "{}", r.body);
+    assert_eq!(r.json()?["author"], "bob");
+    assert_eq!(r.json()?["after"], other["target"], "{}", r.body);
+    let q2 = json!({"image": {"kind": "gallery", "id": other["id"]}, "question": other["question"]});
+    assert_eq!(alice.post(&routes::answer(ws_id), &q2)?.json()?["answer"], other["target"]);
+
+    // Undo the first edit from under the second: the first question answers as before, the second edit stays.
+    let stack = alice.raw("DELETE", &routes::edit(ws_id, first_edit), None, true)?.json()?;
+    let ids: Vec<i64> = stack["edits"].as_array().context("edits")?.iter().filter_map(|e| e["id"].as_i64()).collect();
+    assert_eq!(ids.len(), 1);
+    assert_ne!(ids[0], first_edit);
+    assert_eq!(alice.post(&routes::answer(ws_id), &ask)?.json()?["answer"], before.as_str());
+    let q2_after_undo = alice.post(&routes::answer(ws_id), &q2)?.json()?["answer"].clone();
+
+    // Cases: exported as MMEdit, imported into another workspace, all or nothing.
+    let cases = alice.get(&routes::cases(ws_id))?.json()?;
+    assert_eq!(cases.as_array().map(Vec::len), Some(2));
+    assert_eq!(cases[0]["src"], question);
+    assert_eq!(cases[0]["alt"], target);
+    let bob_ws = bob.get(routes::WORKSPACES)?.json()?;
+    let bob_own = bob_ws.as_array().context("ws")?.iter().find(|w| w["role"] == "owner").context("bob's own")?["id"]
+        .as_i64()
+        .context("id")?;
+    let mut bad_cases = cases.clone();
+    bad_cases[1]["alt"] = json!("");
+    expect_error(&bob.post(&routes::cases(bob_own), &json!({ "cases": bad_cases }))?, 400, "case 1")?;
+    assert_eq!(bob.get(&routes::cases(bob_own))?.json()?.as_array().map(Vec::len), Some(0));
+    assert_eq!(bob.post(&routes::cases(bob_own), &json!({ "cases": cases }))?.json()?["imported"], 2);
+
+    // Benchmark runs: a run finishes with results; the public leaderboard lists them (JSON and CSV, filtered).
+    let bad_run = |m: Value| alice.clone().post(&routes::runs(ws_id), &m);
+    expect_error(
+        &bad_run(json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 0}))?,
+        400,
+        "n must be",
+    )?;
+    expect_error(&bad_run(json!({"methods": [], "task": "vqa", "mode": "one-step", "n": 4}))?, 400, "methods")?;
+    expect_error(&bad_run(json!({"methods": ["serac"], "task": "nope", "mode": "one-step", "n": 4}))?, 400, "task")?;
+    let run = alice
+        .post(&routes::runs(ws_id), &json!({"methods": ["serac", "ike"], "task": "vqa", "mode": "one-step", "n": 6}))?;
+    ensure!(run.status == 200, "{}", run.body);
+    let run_id = run.json()?["id"].as_i64().context("run id")?;
+    let run = wait_run(&mut alice, run_id, &["finished", "failed"])?;
+    assert_eq!(run["status"], "finished", "{run}");
+    assert_eq!(run["results"].as_array().map(Vec::len), Some(2));
+    assert_eq!(run["done"], run["total"]);
+    let board = anon.get(routes::LEADERBOARD)?.json()?;
+    let rows = board["rows"].as_array().context("rows")?;
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0]["score"].as_f64() >= rows[1]["score"].as_f64());
+    let only = anon.get(&format!("{}?method=ike", routes::LEADERBOARD))?.json()?;
+    assert_eq!(only["rows"].as_array().map(Vec::len), Some(1));
+    assert_eq!(only["rows"][0]["result"]["method"], "ike");
+    let csv = anon.get(routes::LEADERBOARD_CSV)?;
+    assert_eq!(csv.status, 200);
+    assert!(csv.body.starts_with("run_id,model,method,task"), "{}", csv.body);
+    assert_eq!(csv.body.lines().count(), 3);
+
+    // Cancel a long run.
+    let long = alice
+        .post(&routes::runs(ws_id), &json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 400}))?;
+    let long_id = long.json()?["id"].as_i64().context("id")?;
+    let r = alice.post(&routes::run_cancel(long_id), &json!({}))?;
+    ensure!(r.status == 200, "{}", r.body);
+    let cancelled = wait_run(&mut alice, long_id, &["cancelled", "finished", "failed"])?;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    expect_error(&alice.post(&routes::run_cancel(long_id), &json!({}))?, 409, "already cancelled")?;
+
+    // A run the server is killed in the middle of resumes on restart, keeping what it had stored.
+    let resumed = alice.post(
+        &routes::runs(ws_id),
+        &json!({"methods": ["ike", "serac"], "task": "vqa", "mode": "one-step", "n": 40}),
+    )?;
+    let resumed_id = resumed.json()?["id"].as_i64().context("id")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while alice.get(&routes::run(resumed_id))?.json()?["status"] != "running" {
+        ensure!(Instant::now() < deadline, "run never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.kill();
+    let server2 = Server::start(&db, &[])?;
+    alice.port = server2.port;
+    anon.port = server2.port;
+    let done = wait_run(&mut alice, resumed_id, &["finished", "failed", "cancelled"])?;
+    assert_eq!(done["status"], "finished", "{done}");
+    assert_eq!(done["results"].as_array().map(Vec::len), Some(2));
+
+    // The activity feed and the persisted stack survive the restart.
+    let feed = alice.get(&routes::audit(ws_id))?.json()?;
+    let actions: Vec<&str> = feed.as_array().context("feed")?.iter().filter_map(|e| e["action"].as_str()).collect();
+    for a in ["workspace.create", "member.set", "edit.apply", "edit.undo", "run.start", "run.cancel"] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    assert_eq!(alice.get(&routes::edits(ws_id))?.json()?["edits"].as_array().map(Vec::len), Some(1));
+    // The stack reloaded from its saved patches answers as it did before the restart.
+    assert_eq!(alice.post(&routes::answer(ws_id), &q2)?.json()?["answer"], q2_after_undo);
+
+    // The OpenAPI document lists every route.
+    let doc = anon.get(routes::OPENAPI)?.json()?;
+    assert_eq!(doc["openapi"], "3.1.0");
+    for r in routes::ALL {
+        assert!(doc["paths"][r.path][r.method].is_object(), "{} {} missing", r.method, r.path);
+    }
+    drop(server2);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn demo_mode_gives_each_visitor_an_isolated_capped_rate_limited_sandbox() -> Result<()> {
+    let dir = temp_dir("demo")?;
+    let server = Server::start(&dir.join("demo.db"), &["--demo"])?;
+    let port = server.port;
+    let visitor = |port| -> Result<(Client, i64)> {
+        let mut c = Client::new(port);
+        let s = c.get(routes::SESSION)?.json()?;
+        assert_eq!(s["demo"], true);
+        assert_eq!(s["user"]["guest"], true);
+        c.csrf = s["csrf_token"].as_str().map(str::to_string);
+        let ws = c.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("sandbox")?;
+        Ok((c, ws))
+    };
+    let (mut a, a_ws) = visitor(port)?;
+    let (mut b, b_ws) = visitor(port)?;
+    assert_ne!(a_ws, b_ws);
+    // The same session comes back as the same guest.
+    assert_eq!(a.get(routes::SESSION)?.json()?["user"]["id"], a.get(routes::SESSION)?.json()?["user"]["id"]);
+    expect_error(&a.get(&routes::edits(b_ws))?, 404, "workspace")?;
+
+    let gallery = a.get(routes::GALLERY)?.json()?;
+    let item = &gallery[2];
+    let ask = json!({"image": {"kind": "gallery", "id": item["id"]}, "question": item["question"]});
+    let before = b.post(&routes::answer(b_ws), &ask)?.json()?["answer"].clone();
+    let e = json!({"image": {"kind": "gallery", "id": item["id"]}, "question": item["question"], "target": item["target"], "method": "serac"});
+    let r = a.post(&routes::edits(a_ws), &e)?;
+    ensure!(r.status == 200, "{}", r.body);
+    assert_eq!(a.post(&routes::answer(a_ws), &ask)?.json()?["answer"], item["target"]);
+    // Visitor b's model is untouched by a's edit.
+    assert_eq!(b.post(&routes::answer(b_ws), &ask)?.json()?["answer"], before);
+
+    // Caps: no team workspaces, small runs only.
+    expect_error(&a.post(routes::WORKSPACES, &json!({"name": "team"}))?, 403, "sandbox")?;
+    let big = json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 200});
+    expect_error(&a.post(&routes::runs(a_ws), &big)?, 400, "n must be 1 to 30")?;
+    // The leaderboard is public and read-only.
+    assert_eq!(Client::new(port).get(routes::LEADERBOARD)?.status, 200);
+    assert_eq!(Client::new(port).raw("POST", routes::LEADERBOARD, Some("{}"), false)?.status, 405);
+
+    // Per-address rate limit: a burst of writes ends in 429 with a message.
+    let mut limited = None;
+    for _ in 0..60 {
+        let r = a.post(&routes::answer(a_ws), &ask)?;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    expect_error(&limited.context("never rate limited")?, 429, "too many requests")?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

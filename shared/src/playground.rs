@@ -1,0 +1,164 @@
+//! The Playground: the world's image gallery, answers, applied edits with their probes, the edit stack.
+
+use serde::{Deserialize, Serialize};
+
+/// Limits the server enforces on user input.
+pub const TEXT_MAX: usize = 300;
+/// Largest accepted image upload, in bytes (before base64).
+pub const IMAGE_MAX_BYTES: usize = 2 * 1024 * 1024;
+
+/// One gallery entry: an image of the synthetic world with the edit case it comes from (question, the model's answer
+/// in the data, a counterfactual target), which the Playground offers as a starting point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GalleryItem {
+    /// Stable id (`vqa-12`, `caption-3`).
+    pub id: String,
+    /// `vqa` or `caption`.
+    pub task: String,
+    /// Where the PNG is served.
+    pub url: String,
+    pub question: String,
+    pub target: String,
+    /// The ground truth before any edit, where the data records it.
+    pub pre_edit: Option<String>,
+}
+
+/// An image: one of the gallery's, or an upload (PNG or JPEG, base64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ImageRef {
+    Gallery { id: String },
+    Upload { base64: String },
+}
+
+/// `POST` answer body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerRequest {
+    pub image: Option<ImageRef>,
+    pub question: String,
+}
+
+/// The model's greedy answer under the workspace's patch stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerResponse {
+    pub answer: String,
+    /// Edits applied when it answered.
+    pub edits: usize,
+    pub ms: f64,
+}
+
+/// `POST` apply-edit body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditRequest {
+    pub image: Option<ImageRef>,
+    pub question: String,
+    pub target: String,
+    /// `unike`, `ft`, `ke`, `t-patcher`, `mend`, `ike`, `serac` or `unike:<variant>`.
+    pub method: String,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// What a probe checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// The edit question itself: answers the target.
+    Reliability,
+    /// A rephrased question, same image: answers the target.
+    TGenerality,
+    /// The same question about another image of the same entity: answers the target.
+    MGenerality,
+    /// An unrelated text question: answer unchanged.
+    TLocality,
+    /// An unrelated image question: answer unchanged.
+    MLocality,
+    /// A question whose answer follows from the edit (one hop): answers the data's answer.
+    Portability,
+}
+
+/// One probe after an edit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub kind: ProbeKind,
+    pub question: String,
+    /// Image URL, if the probe has one.
+    pub image_url: Option<String>,
+    /// What passing means: the target, the pre-edit answer (locality) or the portability answer.
+    pub expected: String,
+    pub before: String,
+    pub after: String,
+    pub pass: bool,
+}
+
+/// An edit on a workspace's patch stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedEdit {
+    pub id: i64,
+    pub method: String,
+    pub question: String,
+    pub target: String,
+    pub image_url: Option<String>,
+    pub seed: u64,
+    pub author: String,
+    pub created_at: String,
+    /// The edit question's answer before and after.
+    pub before: String,
+    pub after: String,
+    pub edit_ms: f64,
+    pub probes: Vec<Probe>,
+}
+
+/// A workspace's patch stack, bottom first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditStack {
+    pub edits: Vec<AppliedEdit>,
+}
+
+/// `POST` import body / export result: MMEdit-format cases (`src`, `pred`, `alt`, `rephrase`, `image`,
+/// `image_rephrase`, `loc`, `loc_ans`, `m_loc`, `m_loc_q`, `m_loc_a`), as the JSON array the data sets use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseImport {
+    pub cases: Vec<MmEditCase>,
+}
+
+/// Import result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportSummary {
+    pub imported: usize,
+}
+
+/// A stored edit case of a workspace (authored in the Playground or imported).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditCaseRow {
+    pub id: i64,
+    pub question: String,
+    pub target: String,
+    pub image_url: Option<String>,
+    pub rephrase: Option<String>,
+    pub source: String,
+}
+
+/// One MMEdit E-VQA / E-IC case (the fields the studio reads and writes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmEditCase {
+    pub src: String,
+    #[serde(default)]
+    pub pred: Option<String>,
+    pub alt: String,
+    #[serde(default)]
+    pub rephrase: Option<String>,
+    pub image: String,
+    #[serde(default)]
+    pub image_rephrase: Option<String>,
+    #[serde(default)]
+    pub loc: Option<String>,
+    #[serde(default)]
+    pub loc_ans: Option<String>,
+    #[serde(default)]
+    pub m_loc: Option<String>,
+    #[serde(default)]
+    pub m_loc_q: Option<String>,
+    #[serde(default)]
+    pub m_loc_a: Option<String>,
+}
