@@ -5,9 +5,23 @@
 
 use std::fmt;
 
-use gloo_net::http::{Request, Response};
+use std::cell::RefCell;
+
+use gloo_net::http::{Request, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
+use unike_shared::auth::{SessionInfo, CSRF_HEADER};
 use unike_shared::{routes, ApiError, HealthResponse, ModelInfo};
+
+thread_local! {
+    /// The session's CSRF token, sent with every write.
+    static CSRF: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Remembers the CSRF token of `session` for later writes.
+pub fn remember(session: &SessionInfo) {
+    CSRF.with(|c| *c.borrow_mut() = session.csrf_token.clone());
+}
 
 /// Why an API call failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,8 +59,39 @@ pub async fn fetch_model() -> Result<ModelInfo, ClientError> {
     get_json(routes::MODEL).await
 }
 
+/// `GET` [`routes::SESSION`] (remembering its CSRF token).
+pub async fn fetch_session() -> Result<SessionInfo, ClientError> {
+    let s: SessionInfo = get_json(routes::SESSION).await?;
+    remember(&s);
+    Ok(s)
+}
+
+fn with_csrf(builder: RequestBuilder) -> RequestBuilder {
+    let token = CSRF.with(|c| c.borrow().clone()).unwrap_or_default();
+    builder.header(CSRF_HEADER, &token).header("Accept", "application/json")
+}
+
+async fn decode<T: DeserializeOwned>(sent: Result<Response, gloo_net::Error>) -> Result<T, ClientError> {
+    let response = sent.map_err(|err| ClientError::Network(err.to_string()))?;
+    if !response.ok() {
+        return Err(error_from(response).await);
+    }
+    response.json::<T>().await.map_err(|err| ClientError::Decode(err.to_string()))
+}
+
+/// `POST`s `body` as JSON to `path` (with the CSRF token) and decodes a 2xx JSON answer as `T`.
+pub async fn post_json<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Result<T, ClientError> {
+    let request = with_csrf(Request::post(path)).json(body).map_err(|err| ClientError::Decode(err.to_string()))?;
+    decode(request.send().await).await
+}
+
+/// `DELETE`s `path` (with the CSRF token) and decodes a 2xx JSON answer as `T`.
+pub async fn delete_json<T: DeserializeOwned>(path: &str) -> Result<T, ClientError> {
+    decode(with_csrf(Request::delete(path)).send().await).await
+}
+
 /// Sends a `GET` for `path` and decodes a 2xx JSON body as `T`.
-async fn get_json<T: DeserializeOwned>(path: &str) -> Result<T, ClientError> {
+pub async fn get_json<T: DeserializeOwned>(path: &str) -> Result<T, ClientError> {
     let response = Request::get(path)
         .header("Accept", "application/json")
         .send()

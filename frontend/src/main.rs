@@ -5,9 +5,12 @@
 
 mod api;
 mod app;
+mod charts;
 mod components;
 mod format;
+mod live;
 mod pages;
+mod session;
 
 fn main() {
     // Turn Rust panics into readable messages in the browser console.

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Edit methods, as the API names them (UniKE variants: `unike:<variant>`).
+pub const METHODS: [&str; 7] = ["unike", "t-patcher", "serac", "mend", "ke", "ft", "ike"];
+
 /// Limits the server enforces on user input.
 pub const TEXT_MAX: usize = 300;
 /// Largest accepted image upload, in bytes (before base64).

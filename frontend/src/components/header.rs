@@ -5,11 +5,21 @@ use leptos::wasm_bindgen::JsCast;
 use leptos::web_sys::HtmlElement;
 use leptos_router::components::A;
 
+use crate::session::SessionCtx;
+
 /// Header with a skip link, the product name and one link per page.
 ///
 /// The router's `<A>` marks the current page with `aria-current="page"`, which the stylesheet highlights.
 #[component]
 pub fn Header() -> impl IntoView {
+    let ctx = SessionCtx::get();
+    let who = move || {
+        ctx.session.with(|s| match s.as_ref().and_then(|s| s.user.as_ref()) {
+            Some(u) if u.guest => format!("Demo sandbox ({})", u.username),
+            Some(u) => u.username.clone(),
+            None => "Sign in".to_string(),
+        })
+    };
     view! {
         // rel="external" keeps the router from treating the fragment link as a page change.
         <a class="skip-link" href="#main" rel="external" on:click=focus_main>
@@ -24,6 +34,7 @@ pub fn Header() -> impl IntoView {
                     <li><A href="/benchmarks">"Benchmarks"</A></li>
                     <li><A href="/leaderboard">"Leaderboard"</A></li>
                     <li><A href="/workspaces">"Workspaces"</A></li>
+                    <li class="account"><A href="/signin">{who}</A></li>
                 </ul>
             </nav>
         </header>

@@ -1,9 +1,17 @@
 //! One module per routed page.
 
-mod coming_soon;
+mod benchmarks;
 mod home;
+mod leaderboard;
 mod not_found;
+mod playground;
+mod signin;
+mod workspaces;
 
-pub use coming_soon::ComingSoon;
+pub use benchmarks::Benchmarks;
 pub use home::Home;
+pub use leaderboard::Leaderboard;
 pub use not_found::NotFound;
+pub use playground::Playground;
+pub use signin::SignIn;
+pub use workspaces::Workspaces;

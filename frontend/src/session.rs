@@ -1,0 +1,105 @@
+//! The signed-in session, shared by every page through Leptos context, and the workspace the pages work in.
+
+use leptos::prelude::*;
+use unike_shared::auth::SessionInfo;
+use unike_shared::workspace::Workspace;
+
+use crate::api;
+
+/// The session (`None` until the first answer) and the chosen workspace id.
+#[derive(Clone, Copy)]
+pub struct SessionCtx {
+    pub session: RwSignal<Option<SessionInfo>>,
+    pub workspace: RwSignal<Option<i64>>,
+    pub workspaces: RwSignal<Vec<Workspace>>,
+}
+
+impl SessionCtx {
+    /// Provides the context and loads the session and the caller's workspaces.
+    pub fn provide() -> Self {
+        let ctx =
+            Self { session: RwSignal::new(None), workspace: RwSignal::new(None), workspaces: RwSignal::new(vec![]) };
+        provide_context(ctx);
+        ctx.reload();
+        ctx
+    }
+
+    pub fn get() -> Self {
+        expect_context::<Self>()
+    }
+
+    /// Fetches the session and workspaces again (after signing in or out, or creating a workspace).
+    pub fn reload(self) {
+        leptos::task::spawn_local(async move {
+            if let Ok(s) = api::fetch_session().await {
+                let signed_in = s.user.is_some();
+                self.session.set(Some(s));
+                if signed_in {
+                    self.load_workspaces().await;
+                } else {
+                    self.workspaces.set(vec![]);
+                    self.workspace.set(None);
+                }
+            }
+        });
+    }
+
+    pub async fn load_workspaces(self) {
+        if let Ok(ws) = api::get_json::<Vec<Workspace>>(unike_shared::routes::WORKSPACES).await {
+            let keep = self.workspace.get_untracked().filter(|id| ws.iter().any(|w| w.id == *id));
+            self.workspace.set(keep.or_else(|| ws.first().map(|w| w.id)));
+            self.workspaces.set(ws);
+        }
+    }
+
+    pub fn signed_in(&self) -> bool {
+        self.session.with(|s| s.as_ref().is_some_and(|s| s.user.is_some()))
+    }
+}
+
+/// Shows `children` when signed in, and a sign-in prompt otherwise.
+#[component]
+pub fn RequireSession(children: ChildrenFn) -> impl IntoView {
+    let ctx = SessionCtx::get();
+    move || {
+        if ctx.session.with(|s| s.is_none()) {
+            view! { <p class="status" role="status">"Loading your session…"</p> }.into_any()
+        } else if ctx.signed_in() {
+            children().into_any()
+        } else {
+            view! {
+                <p class="status">
+                    "Sign in to use this page. " <a href="/signin">"Sign in or create an account"</a>
+                </p>
+            }
+            .into_any()
+        }
+    }
+}
+
+/// A select of the caller's workspaces bound to the session's current workspace.
+#[component]
+pub fn WorkspacePicker() -> impl IntoView {
+    let ctx = SessionCtx::get();
+    view! {
+        <label class="field inline">
+            "Workspace "
+            <select on:change=move |ev| ctx.workspace.set(event_target_value(&ev).parse().ok())>
+                {move || {
+                    ctx.workspaces
+                        .get()
+                        .into_iter()
+                        .map(|w| {
+                            let selected = ctx.workspace.get() == Some(w.id);
+                            view! {
+                                <option value=w.id.to_string() selected=selected>
+                                    {format!("{} ({}, {} edits)", w.name, w.role.as_str(), w.edits)}
+                                </option>
+                            }
+                        })
+                        .collect_view()
+                }}
+            </select>
+        </label>
+    }
+}

@@ -1,0 +1,119 @@
+// End-to-end test of the studio in headless Chromium (Debian's chromium, driven by playwright-core):
+// sign up, apply an edit in the Playground and see the post-edit answer and probes, launch a benchmark run and watch
+// it finish live, open the leaderboard chart, and open a demo sandbox. Screenshots go to tests/artifacts/.
+//
+// Usage: node tests/e2e/studio.mjs <unike binary>   (run by `./studio test` after the front end is built)
+import { createRequire } from 'node:module';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+// playwright-core lives in the repository's tool folder (.tools/node_modules), installed by `./studio setup`.
+const { chromium } = createRequire(join(process.cwd(), '.tools', 'package.json'))('playwright-core');
+const bin = process.argv[2];
+const artifacts = 'tests/artifacts';
+mkdirSync(artifacts, { recursive: true });
+
+function check(cond, msg) {
+  if (!cond) throw new Error(`check failed: ${msg}`);
+}
+
+// Starts `unike serve` on a free port with a fresh database; resolves to { url, child }.
+function serve(extra = []) {
+  const db = join(mkdtempSync(join(tmpdir(), 'unike-e2e-')), 'studio.db');
+  const child = spawn(bin, ['serve', '--addr', '127.0.0.1:0', '--db', `sqlite://${db}`, ...extra], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  return new Promise((resolve, reject) => {
+    let log = '';
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${log}`)), 120000);
+    child.stderr.on('data', (d) => {
+      log += d;
+      const m = log.match(/http:\/\/(127\.0\.0\.1:\d+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ url: `http://${m[1]}`, child });
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`server exited ${code}: ${log}`)));
+  });
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+});
+const servers = [];
+try {
+  const { url, child } = await serve();
+  servers.push(child);
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  page.setDefaultTimeout(60000);
+
+  // Sign up.
+  await page.goto(`${url}/signin`);
+  await page.fill('#username', 'e2e-user');
+  await page.fill('#password', 'e2e password');
+  await page.click('#signup');
+  await page.waitForURL(`${url}/playground`);
+  await page.screenshot({ path: `${artifacts}/01-playground.png`, fullPage: true });
+
+  // Pick the first gallery image (fills question and target), ask, apply, see the post-edit answer.
+  await page.click('.gallery .thumb >> nth=0');
+  const target = await page.inputValue('#target');
+  check(target.length > 0, 'the gallery fills the target');
+  await page.click('#ask');
+  const before = (await page.textContent('#answer')) ?? '';
+  check(!before.includes(target), `the unedited model does not answer the target already (${before})`);
+  await page.selectOption('#method', 'serac');
+  await page.click('#apply');
+  await page.waitForSelector('#edit-result');
+  const after = (await page.textContent('#after'))?.trim();
+  check(after === target, `post-edit answer ${after} is the target ${target}`);
+  await page.waitForSelector('#stack li');
+  await page.click('#ask');
+  await page.waitForFunction((t) => document.querySelector('#answer')?.textContent.includes(t), target);
+  await page.screenshot({ path: `${artifacts}/02-edit-applied.png`, fullPage: true });
+
+  // A benchmark run, watched live to the end.
+  await page.click('a[href="/benchmarks"]');
+  // T-Patcher and SERAC (UniKE's memory may still be building on a fresh clone).
+  await page.getByLabel('unike', { exact: true }).uncheck();
+  await page.getByLabel('serac', { exact: true }).check();
+  await page.click('button[type=submit]');
+  await page.waitForSelector('.run progress');
+  await page.waitForFunction(() => document.querySelector('.run p')?.textContent.startsWith('finished'), null, {
+    timeout: 240000,
+  });
+  await page.screenshot({ path: `${artifacts}/03-run-finished.png`, fullPage: true });
+
+  // The leaderboard with its chart.
+  await page.click('a[href="/leaderboard"]');
+  await page.waitForSelector('#chart-bars svg');
+  const rows = await page.locator('#leaderboard tbody tr').count();
+  check(rows >= 2, `leaderboard rows: ${rows}`);
+  await page.screenshot({ path: `${artifacts}/04-leaderboard.png`, fullPage: true });
+  // The filtered view is a shareable link.
+  await page.goto(`${url}/leaderboard?method=serac`);
+  await page.waitForSelector('#leaderboard');
+  check((await page.locator('#leaderboard tbody tr').count()) === 1, 'the method filter from the URL applies');
+
+  // Phone-sized layout renders the same page.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: `${artifacts}/05-leaderboard-phone.png`, fullPage: true });
+
+  // Demo mode: a visitor gets a sandbox without signing up.
+  const demo = await serve(['--demo']);
+  servers.push(demo.child);
+  const visitor = await browser.newPage();
+  visitor.setDefaultTimeout(60000);
+  await visitor.goto(`${demo.url}/playground`);
+  await visitor.waitForSelector('.gallery .thumb');
+  check(((await visitor.textContent('.site-header')) ?? '').includes('Demo sandbox'), 'the header names the sandbox');
+  await visitor.screenshot({ path: `${artifacts}/06-demo-sandbox.png`, fullPage: true });
+  console.log('e2e: all checks passed; screenshots in tests/artifacts/');
+} finally {
+  await browser.close();
+  for (const s of servers) s.kill();
+}
