@@ -19,6 +19,7 @@
 
 mod answer;
 mod bench;
+mod bench_api;
 mod bench_edit;
 mod device;
 mod eval_base;
@@ -49,6 +50,8 @@ enum Command {
     Bench(bench_edit::BenchArgs),
     /// Benchmark the model path: forward tokens/s, greedy answer latency, peak memory.
     BenchModel(bench::BenchArgs),
+    /// Latency of a running studio's API (leaderboard, answers) under a loopback load.
+    BenchApi(bench_api::BenchApiArgs),
     /// Write the synthetic world's edit sets (MMEdit E-VQA / E-IC JSON with VLKEB port_new, PNG images).
     GenData(gen_data::GenDataArgs),
     /// Serve the studio (front end + JSON API).
@@ -87,6 +90,7 @@ fn main() {
         Command::Answer(a) => answer::run(a),
         Command::Bench(a) => bench_edit::run(a),
         Command::BenchModel(a) => bench::run(a),
+        Command::BenchApi(a) => bench_api::run(a),
         Command::GenData(a) => gen_data::run(a),
         Command::Serve(a) => studio::run(a),
         Command::TrainBase(a) => train_base::run(a),
