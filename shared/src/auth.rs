@@ -14,6 +14,7 @@ pub const SESSION_COOKIE: &str = "unike_session";
 
 /// `POST` sign-up and sign-in body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Credentials {
     /// 1 to [`USERNAME_MAX`] characters of `a-z`, `0-9`, `-`, `_`, `.`.
     pub username: String,
@@ -23,6 +24,7 @@ pub struct Credentials {
 
 /// A user as others see them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct UserInfo {
     pub id: i64,
     pub username: String,
@@ -32,6 +34,7 @@ pub struct UserInfo {
 
 /// The current session: who, the CSRF token writes must send in [`CSRF_HEADER`], and the server's mode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SessionInfo {
     pub user: Option<UserInfo>,
     pub csrf_token: Option<String>,

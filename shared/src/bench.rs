@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The five (six) editing metrics, in percent. `portability` only where the data has portability questions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MetricSet {
     pub reliability: f64,
     pub t_generality: f64,
@@ -16,6 +17,7 @@ pub struct MetricSet {
 
 /// Edit latency of a run, in milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Timing {
     pub edit_ms_median: f64,
     pub edit_ms_p90: f64,
@@ -23,6 +25,7 @@ pub struct Timing {
 
 /// One (method, task, mode) row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BenchResult {
     pub method: String,
     /// `vqa`, `caption` or `cross`.
@@ -42,6 +45,7 @@ pub struct BenchResult {
 
 /// What `unike bench --json` prints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BenchReport {
     pub results: Vec<BenchResult>,
 }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Error body: `{"error": "...", "code": 400}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ApiError {
     /// Human-readable, one line.
     pub error: String,

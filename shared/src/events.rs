@@ -7,6 +7,7 @@ use crate::runs::RunInfo;
 
 /// One event; the SSE `event:` field is [`Event::name`], the `data:` field this value as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum Event {
     /// A run moved (progress, status, a method's result).

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Answer of [`crate::routes::HEALTH`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HealthResponse {
     pub status: String,
     pub version: String,
@@ -11,6 +12,7 @@ pub struct HealthResponse {
 
 /// Answer of [`crate::routes::MODEL`]: what the loaded checkpoint is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ModelInfo {
     /// Short name (directory name, or `default`).
     pub name: String,

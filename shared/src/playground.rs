@@ -13,6 +13,7 @@ pub const IMAGE_MAX_BYTES: usize = 2 * 1024 * 1024;
 /// One gallery entry: an image of the synthetic world with the edit case it comes from (question, the model's answer
 /// in the data, a counterfactual target), which the Playground offers as a starting point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GalleryItem {
     /// Stable id (`vqa-12`, `caption-3`).
     pub id: String,
@@ -28,6 +29,7 @@ pub struct GalleryItem {
 
 /// An image: one of the gallery's, or an upload (PNG or JPEG, base64).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ImageRef {
     Gallery { id: String },
@@ -36,6 +38,7 @@ pub enum ImageRef {
 
 /// `POST` answer body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AnswerRequest {
     pub image: Option<ImageRef>,
     pub question: String,
@@ -43,6 +46,7 @@ pub struct AnswerRequest {
 
 /// The model's greedy answer under the workspace's patch stack.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AnswerResponse {
     pub answer: String,
     /// Edits applied when it answered.
@@ -52,6 +56,7 @@ pub struct AnswerResponse {
 
 /// `POST` apply-edit body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EditRequest {
     pub image: Option<ImageRef>,
     pub question: String,
@@ -64,6 +69,7 @@ pub struct EditRequest {
 
 /// What a probe checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeKind {
     /// The edit question itself: answers the target.
@@ -82,6 +88,7 @@ pub enum ProbeKind {
 
 /// One probe after an edit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Probe {
     pub kind: ProbeKind,
     pub question: String,
@@ -96,6 +103,7 @@ pub struct Probe {
 
 /// An edit on a workspace's patch stack.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AppliedEdit {
     pub id: i64,
     pub method: String,
@@ -114,6 +122,7 @@ pub struct AppliedEdit {
 
 /// A workspace's patch stack, bottom first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EditStack {
     pub edits: Vec<AppliedEdit>,
 }
@@ -121,18 +130,21 @@ pub struct EditStack {
 /// `POST` import body / export result: MMEdit-format cases (`src`, `pred`, `alt`, `rephrase`, `image`,
 /// `image_rephrase`, `loc`, `loc_ans`, `m_loc`, `m_loc_q`, `m_loc_a`), as the JSON array the data sets use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CaseImport {
     pub cases: Vec<MmEditCase>,
 }
 
 /// Import result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ImportSummary {
     pub imported: usize,
 }
 
 /// A stored edit case of a workspace (authored in the Playground or imported).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EditCaseRow {
     pub id: i64,
     pub question: String,
@@ -144,6 +156,7 @@ pub struct EditCaseRow {
 
 /// One MMEdit E-VQA / E-IC case (the fields the studio reads and writes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MmEditCase {
     pub src: String,
     #[serde(default)]

@@ -9,6 +9,7 @@ pub const RUN_N_MAX: usize = 500;
 
 /// `POST` launch-run body: what `unike bench` takes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunRequest {
     pub methods: Vec<String>,
     /// `vqa`, `caption` or `cross`.
@@ -35,6 +36,7 @@ fn world() -> String {
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Queued,
@@ -69,6 +71,7 @@ impl RunStatus {
 
 /// One run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunInfo {
     pub id: i64,
     pub workspace_id: i64,
@@ -89,6 +92,7 @@ pub struct RunInfo {
 
 /// One row of the leaderboard: a method's result in a finished run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LeaderboardRow {
     pub run_id: i64,
     pub model: String,
@@ -101,12 +105,14 @@ pub struct LeaderboardRow {
 
 /// The leaderboard, best score first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Leaderboard {
     pub rows: Vec<LeaderboardRow>,
 }
 
 /// Leaderboard filters (query string); empty fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LeaderboardQuery {
     #[serde(default)]
     pub method: Option<String>,

@@ -7,6 +7,7 @@ use crate::auth::UserInfo;
 /// What a member may do. Viewers read; editors also apply and undo edits, import cases and launch runs; owners also
 /// manage members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Viewer,
@@ -35,6 +36,7 @@ impl Role {
 
 /// `POST` create-workspace body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NewWorkspace {
     /// 1 to 64 characters.
     pub name: String,
@@ -42,6 +44,7 @@ pub struct NewWorkspace {
 
 /// A workspace, with the caller's role in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Workspace {
     pub id: i64,
     pub name: String,
@@ -53,6 +56,7 @@ pub struct Workspace {
 
 /// A member and their role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Member {
     pub user: UserInfo,
     pub role: Role,
@@ -60,6 +64,7 @@ pub struct Member {
 
 /// `POST` invite body: add an existing user, or change their role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Invitation {
     pub username: String,
     pub role: Role,
@@ -67,6 +72,7 @@ pub struct Invitation {
 
 /// One line of a workspace's activity feed (its audit log).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuditEntry {
     pub id: i64,
     pub at: String,

@@ -395,7 +395,19 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     assert_eq!(doc["openapi"], "3.1.0");
     for r in routes::ALL {
         assert!(doc["paths"][r.path][r.method].is_object(), "{} {} missing", r.method, r.path);
+        for name in r.request.into_iter().chain([r.response]) {
+            let name = name.trim_end_matches("[]");
+            if !["binary", "text", "object"].contains(&name) {
+                assert!(
+                    doc["components"]["schemas"][name]["properties"].is_object()
+                        || doc["components"]["schemas"][name]["oneOf"].is_array(),
+                    "schema of {name}: {}",
+                    doc["components"]["schemas"][name]
+                );
+            }
+        }
     }
+    assert!(doc["components"]["schemas"]["EditRequest"]["properties"]["target"].is_object());
     drop(server2);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

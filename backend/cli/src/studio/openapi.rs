@@ -1,9 +1,53 @@
 //! `GET /api/openapi.json`: the OpenAPI 3.1 document, generated from the route table of `unike-shared`
-//! ([`unike_shared::routes::ALL`]) so it cannot list a route the server does not mount.
+//! ([`unike_shared::routes::ALL`]) so it cannot list a route the server does not mount, with the JSON Schemas of
+//! every message derived from the shared types themselves (schemars, the `schema` feature of `unike-shared`).
 
+use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
-use unike_shared::auth::{CSRF_HEADER, SESSION_COOKIE};
+use unike_shared::auth::{Credentials, SessionInfo, CSRF_HEADER, SESSION_COOKIE};
+use unike_shared::events::Event;
+use unike_shared::playground::{
+    AnswerRequest, AnswerResponse, AppliedEdit, CaseImport, EditRequest, EditStack, GalleryItem, ImportSummary,
+    MmEditCase,
+};
 use unike_shared::routes::ALL;
+use unike_shared::runs::{Leaderboard, RunInfo, RunRequest};
+use unike_shared::workspace::{AuditEntry, Invitation, Member, NewWorkspace, Workspace};
+use unike_shared::{ApiError, HealthResponse, ModelInfo};
+
+/// The component schemas of every message type, keyed by type name.
+fn schemas() -> Map<String, Value> {
+    let mut g = SchemaSettings::openapi3().into_generator();
+    macro_rules! register {
+        ($($t:ty),*) => { $( let _ = g.subschema_for::<$t>(); )* };
+    }
+    register!(
+        HealthResponse,
+        ModelInfo,
+        ApiError,
+        Credentials,
+        SessionInfo,
+        GalleryItem,
+        Workspace,
+        NewWorkspace,
+        Member,
+        Invitation,
+        AuditEntry,
+        AnswerRequest,
+        AnswerResponse,
+        EditRequest,
+        AppliedEdit,
+        EditStack,
+        MmEditCase,
+        CaseImport,
+        ImportSummary,
+        RunRequest,
+        RunInfo,
+        Leaderboard,
+        Event
+    );
+    g.take_definitions(true)
+}
 
 fn schema_ref(name: &str) -> Value {
     match name {
@@ -20,7 +64,7 @@ fn schema_ref(name: &str) -> Value {
 /// The document.
 pub fn document(version: &str) -> Value {
     let mut paths = Map::new();
-    let mut schemas = Map::new();
+    let schemas = schemas();
     for r in ALL {
         let mut op = Map::new();
         op.insert("summary".into(), json!(r.summary));
@@ -48,23 +92,9 @@ pub fn document(version: &str) -> Value {
         if r.method != "get" {
             op.insert("security".into(), json!([{"session": [], "csrf": []}]));
         }
-        for name in r.request.into_iter().chain([r.response]) {
-            let base = name.trim_end_matches("[]");
-            if !["binary", "text", "object"].contains(&base) {
-                schemas.insert(
-                    base.to_string(),
-                    json!({"type": "object", "description": format!("unike_shared::{base}")}),
-                );
-            }
-        }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         entry[r.method] = Value::Object(op);
     }
-    schemas.insert(
-        "ApiError".into(),
-        json!({"type": "object", "required": ["error", "code"],
-            "properties": {"error": {"type": "string"}, "code": {"type": "integer"}}}),
-    );
     json!({
         "openapi": "3.1.0",
         "info": {"title": "UniKE Studio API", "version": version},
