@@ -15,6 +15,18 @@ pub struct MetricSet {
     pub portability: Option<f64>,
 }
 
+impl MetricSet {
+    /// Reliability, T-Generality, M-Generality, T-Locality, M-Locality, in that order.
+    pub fn five(&self) -> [f64; 5] {
+        [self.reliability, self.t_generality, self.m_generality, self.t_locality, self.m_locality]
+    }
+
+    /// Mean of the five metrics (the leaderboard's score).
+    pub fn mean5(&self) -> f64 {
+        self.five().iter().sum::<f64>() / 5.0
+    }
+}
+
 /// Edit latency of a run, in milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -70,7 +70,8 @@ fn time<F: FnMut() -> Result<()>>(iters: usize, mut f: F) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+/// The `q` quantile of ascending `sorted` (nearest rank).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[i]
 }

@@ -12,6 +12,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use unike_shared::routes;
 
+use crate::bench::quantile;
+
 #[derive(Args, Debug)]
 pub struct BenchApiArgs {
     /// Address of a running `unike serve`.
@@ -50,10 +52,6 @@ fn call(
         .find_map(|l| l.strip_prefix("set-cookie: unike_session="))
         .map(|v| v.split(';').next().unwrap_or_default().to_string());
     Ok((status, cookie, body.to_string()))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Runs `n` requests over `threads` threads; returns sorted latencies (ms) and the wall time.
@@ -126,9 +124,9 @@ pub fn run(args: BenchApiArgs) -> Result<()> {
             "| {name} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} |",
             args.requests,
             args.concurrency,
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.9),
-            percentile(&lat, 0.99),
+            quantile(&lat, 0.5),
+            quantile(&lat, 0.9),
+            quantile(&lat, 0.99),
             args.requests as f64 / wall
         );
     }

@@ -5,17 +5,11 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
-use unike_shared::MetricSet;
 
 use crate::plot::{register_font, SERIES};
 
 /// The five metrics every table reports, with their labels.
 pub const METRICS: [&str; 5] = ["Reliability", "T-Generality", "M-Generality", "T-Locality", "M-Locality"];
-
-/// The five metrics of `m`, in [`METRICS`] order.
-pub fn values(m: &MetricSet) -> [f64; 5] {
-    [m.reliability, m.t_generality, m.m_generality, m.t_locality, m.m_locality]
-}
 
 /// Grouped bars: one group per metric, one bar per series (`(label, values)`), 0–100 %.
 pub fn grouped_bars(path: &Path, title: &str, series: &[(String, [f64; 5])]) -> Result<()> {

@@ -11,7 +11,7 @@ use unike_shared::{BenchReport, BenchResult};
 
 use crate::bench_edit::{self, Config, ModeArg, TaskArg};
 use crate::device;
-use crate::plot_bench::{grouped_bars, metric_lines, values};
+use crate::plot_bench::{grouped_bars, metric_lines};
 
 /// Sections, in order.
 pub const SECTIONS: [&str; 7] = ["table1", "table2", "table3", "table4", "fig4a", "fig4b", "fig4c"];
@@ -44,10 +44,6 @@ pub struct ReproduceArgs {
     pub threads: usize,
 }
 
-fn mean5(r: &BenchResult) -> f64 {
-    values(&r.metrics).iter().sum::<f64>() / 5.0
-}
-
 fn write_section(out: &Path, name: &str, title: &str, results: &[BenchResult]) -> Result<String> {
     let json = serde_json::to_string_pretty(&BenchReport { results: results.to_vec() })?;
     std::fs::write(out.join(format!("{name}.json")), json)?;
@@ -70,7 +66,7 @@ fn write_section(out: &Path, name: &str, title: &str, results: &[BenchResult]) -
             m.m_generality,
             m.t_locality,
             m.m_locality,
-            mean5(r),
+            r.metrics.mean5(),
             m.portability.map_or("-".into(), |p| format!("{p:.1}")),
             r.timing.edit_ms_median
         ));
@@ -82,7 +78,7 @@ fn write_section(out: &Path, name: &str, title: &str, results: &[BenchResult]) -
 }
 
 fn bars(out: &Path, file: &str, title: &str, results: &[BenchResult]) -> Result<String> {
-    let series: Vec<(String, [f64; 5])> = results.iter().map(|r| (r.method.clone(), values(&r.metrics))).collect();
+    let series: Vec<(String, [f64; 5])> = results.iter().map(|r| (r.method.clone(), r.metrics.five())).collect();
     grouped_bars(&out.join(file), title, &series)?;
     Ok(format!("![{title}]({file})\n\n"))
 }
@@ -206,7 +202,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         let mut text =
             write_section(out, "fig4a", "Fig. 4a: intrinsic + latent IKE, number of retrieved states K (E-VQA)", &all)?;
         let xs: Vec<f64> = ks.iter().map(|k| *k as f64).collect();
-        let vals: Vec<[f64; 5]> = all.iter().map(|r| values(&r.metrics)).collect();
+        let vals: Vec<[f64; 5]> = all.iter().map(|r| r.metrics.five()).collect();
         metric_lines(&out.join("fig4a.png"), "Latent IKE: retrieved states K", "K", &xs, &vals)?;
         text.push_str("![Fig. 4a](fig4a.png)\n\n");
         emit(&mut readme, text)?;
@@ -217,7 +213,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         variants.push("unike".into());
         let all = run(cfg(variants, vqa, ModeArg::OneStep, 1))?;
         let mut text = write_section(out, "fig4b", "Fig. 4b: fixed α vs adaptive α (E-VQA)", &all)?;
-        let vals: Vec<[f64; 5]> = all.iter().take(alphas.len()).map(|r| values(&r.metrics)).collect();
+        let vals: Vec<[f64; 5]> = all.iter().take(alphas.len()).map(|r| r.metrics.five()).collect();
         metric_lines(&out.join("fig4b.png"), "Fixed α (adaptive: see the table)", "α", &alphas, &vals)?;
         text.push_str("![Fig. 4b](fig4b.png)\n\n");
         text.push_str(&bars(out, "fig4b_bars.png", "Fixed and adaptive α", &all)?);

@@ -105,11 +105,7 @@ pub fn Leaderboard() -> impl IntoView {
             let mut best: Vec<(String, [f64; 5])> = Vec::new();
             for r in b.rows.iter().filter(|r| r.result.mode == "one-step") {
                 if !best.iter().any(|(m, _)| *m == r.result.method) {
-                    let m = &r.result.metrics;
-                    best.push((
-                        r.result.method.clone(),
-                        [m.reliability, m.t_generality, m.m_generality, m.t_locality, m.m_locality],
-                    ));
+                    best.push((r.result.method.clone(), r.result.metrics.five()));
                 }
             }
             let mut seq: Vec<(String, Vec<(usize, f64)>)> = Vec::new();

@@ -1,13 +1,11 @@
 //! Live updates: every change a page may show (run progress, teammates' edits) goes out on one broadcast channel;
 //! each open page subscribes over server-sent events to the workspace it shows.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use serde::Deserialize;
+use std::convert::Infallible;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 use unike_shared::events::Event;
@@ -25,7 +23,6 @@ pub struct EventsQuery {
 /// `GET /api/events?workspace=ID`: the workspace's events as they happen (viewers and up).
 pub async fn stream(
     State(st): State<AppState>,
-    ConnectInfo(_addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {

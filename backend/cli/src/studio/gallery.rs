@@ -49,13 +49,14 @@ impl Gallery {
         Ok(Self { items, cases })
     }
 
-    pub fn case(&self, id: &str) -> Option<&EditCase> {
-        self.cases.get(id)
+    /// The gallery id (as stored) and case of `id`.
+    pub fn case(&self, id: &str) -> Option<(&str, &EditCase)> {
+        self.cases.get_key_value(id).map(|(k, c)| (k.as_str(), c))
     }
 
     /// Any case (for the locality probes of an uploaded image).
     pub fn first(&self) -> Option<(&str, &EditCase)> {
-        self.items.first().and_then(|i| self.cases.get(&i.id).map(|c| (i.id.as_str(), c)))
+        self.items.first().and_then(|i| self.case(&i.id))
     }
 }
 
@@ -72,13 +73,8 @@ pub struct ResolvedImage<'a> {
 pub fn resolve<'a>(st: &'a AppState, image: &ImageRef) -> ApiResult<ResolvedImage<'a>> {
     match image {
         ImageRef::Gallery { id } => {
-            let (id, case) = st
-                .gallery
-                .items
-                .iter()
-                .find(|i| &i.id == id)
-                .and_then(|i| st.gallery.case(&i.id).map(|c| (i.id.as_str(), c)))
-                .ok_or_else(|| ApiErr::bad_request(format!("no gallery image {id:?}")))?;
+            let (id, case) =
+                st.gallery.case(id).ok_or_else(|| ApiErr::bad_request(format!("no gallery image {id:?}")))?;
             Ok(ResolvedImage { path: case.image.clone(), url: routes::image(id), case: Some((id, case)) })
         }
         ImageRef::Upload { base64 } => {
@@ -122,7 +118,7 @@ pub async fn image(State(st): State<AppState>, UrlPath(name): UrlPath<String>) -
         Some((b, w)) => (b, w),
         None => (name.as_str(), ""),
     };
-    let path = if let Some(c) = st.gallery.case(base) {
+    let path = if let Some((_, c)) = st.gallery.case(base) {
         match which {
             "" => c.image.clone(),
             "other" => c.rephrase_image.clone(),

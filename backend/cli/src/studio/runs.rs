@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
+use clap::ValueEnum;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use unike_core::edit::registry;
 use unike_core::eval::CaseScore;
@@ -48,27 +49,21 @@ pub struct RunQueue {
     cancels: Arc<Mutex<HashMap<i64, Arc<AtomicBool>>>>,
 }
 
-/// Mean of the five metrics (the leaderboard's score).
-pub fn score(r: &BenchResult) -> f64 {
-    let m = &r.metrics;
-    (m.reliability + m.t_generality + m.m_generality + m.t_locality + m.m_locality) / 5.0
+/// Parses a task or mode name as `unike bench` spells it.
+fn parse<T: ValueEnum>(what: &str, s: &str) -> ApiResult<T> {
+    T::from_str(s, false).map_err(|_| {
+        let known: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|p| p.get_name().to_string())
+            .collect();
+        ApiErr::bad_request(format!("unknown {what} {s:?} ({})", known.join(", ")))
+    })
 }
 
-fn parse_task(s: &str) -> ApiResult<TaskArg> {
-    match s {
-        "vqa" => Ok(TaskArg::Vqa),
-        "caption" => Ok(TaskArg::Caption),
-        "cross" => Ok(TaskArg::Cross),
-        _ => Err(ApiErr::bad_request(format!("unknown task {s:?} (vqa, caption, cross)"))),
-    }
-}
-
-fn parse_mode(s: &str) -> ApiResult<ModeArg> {
-    match s {
-        "one-step" => Ok(ModeArg::OneStep),
-        "sequential" => Ok(ModeArg::Sequential),
-        _ => Err(ApiErr::bad_request(format!("unknown mode {s:?} (one-step, sequential)"))),
-    }
+/// Cases a run evaluates: `n` per stage, the pre-edit stage and one per method.
+fn total(req: &RunRequest) -> usize {
+    req.n * (1 + req.methods.len())
 }
 
 struct Observer<'a> {
@@ -102,15 +97,15 @@ impl BenchObserver for Observer<'_> {
 fn execute(loaded: &Loaded, job: &RunJob, tx: &UnboundedSender<Update>) -> (RunStatus, Option<String>) {
     let methods: Vec<String> = job.req.methods.iter().filter(|m| !job.skip.contains(m)).cloned().collect();
     let n = job.req.n;
-    let total = n * (1 + job.req.methods.len());
+    let total = total(&job.req);
     if methods.is_empty() {
         return (RunStatus::Finished, None);
     }
     let run = || -> anyhow::Result<()> {
         let cfg = Config {
             methods: methods.clone(),
-            task: parse_task(&job.req.task).map_err(|e| anyhow::anyhow!(e.message))?,
-            mode: parse_mode(&job.req.mode).map_err(|e| anyhow::anyhow!(e.message))?,
+            task: parse("task", &job.req.task).map_err(|e| anyhow::anyhow!(e.message))?,
+            mode: parse("mode", &job.req.mode).map_err(|e| anyhow::anyhow!(e.message))?,
             k: job.req.k,
             n,
             seed: job.req.seed,
@@ -140,11 +135,7 @@ impl RunQueue {
             .name("unike-runs".into())
             .spawn(move || {
                 for job in rx {
-                    let _ = utx.send(Update::Progress {
-                        id: job.id,
-                        done: 0,
-                        total: job.req.n * (1 + job.req.methods.len()),
-                    });
+                    let _ = utx.send(Update::Progress { id: job.id, done: 0, total: total(&job.req) });
                     let (status, error) = if job.cancel.load(Ordering::SeqCst) {
                         (RunStatus::Cancelled, None)
                     } else {
@@ -204,7 +195,7 @@ async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
                 .bind(id)
                 .bind(&result.method)
                 .bind(serde_json::to_string(&result).map_err(ApiErr::internal)?)
-                .bind(score(&result))
+                .bind(result.metrics.mean5())
                 .execute(&mut *tx)
                 .await?;
             for (i, c) in cases.iter().enumerate() {
@@ -335,8 +326,8 @@ fn validate(req: &RunRequest, guest: bool) -> ApiResult<()> {
     if seen.len() != req.methods.len() {
         return Err(ApiErr::bad_request("a method is listed twice"));
     }
-    parse_task(&req.task)?;
-    let mode = parse_mode(&req.mode)?;
+    parse::<TaskArg>("task", &req.task)?;
+    let mode: ModeArg = parse("mode", &req.mode)?;
     let cap = if guest { DEMO_CAPS.run_n } else { RUN_N_MAX };
     if req.n == 0 || req.n > cap {
         return Err(ApiErr::bad_request(format!("n must be 1 to {cap}")));
@@ -390,7 +381,7 @@ pub async fn create(
     .bind(c.user.id)
     .bind(&st.info.name)
     .bind(serde_json::to_string(&req).map_err(ApiErr::internal)?)
-    .bind((req.n * (1 + req.methods.len())) as i64)
+    .bind(total(&req) as i64)
     .fetch_one(&mut *tx)
     .await?;
     let detail = format!("#{id} {} {} {} n={} seed={}", req.methods.join(","), req.task, req.mode, req.n, req.seed);
