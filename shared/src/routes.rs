@@ -35,10 +35,39 @@ pub const WORKSPACE: &str = "/api/workspaces/{id}";
 pub fn workspace(id: i64) -> String {
     format!("/api/workspaces/{id}")
 }
-/// `GET` → `Vec<`[`crate::workspace::Member`]`>`; `POST` [`crate::workspace::Invitation`] (owners) → `Member`.
+/// `GET` → `Vec<`[`crate::workspace::Member`]`>`.
 pub const MEMBERS: &str = "/api/workspaces/{id}/members";
 pub fn members(id: i64) -> String {
     format!("/api/workspaces/{id}/members")
+}
+/// `POST` [`crate::workspace::RoleChange`] (owners) → [`crate::workspace::Member`]; `DELETE` (owners, or the member
+/// leaving) → `Vec<Member>`. A workspace always keeps one owner.
+pub const MEMBER: &str = "/api/workspaces/{id}/members/{user}";
+pub fn member(id: i64, user: i64) -> String {
+    format!("/api/workspaces/{id}/members/{user}")
+}
+/// `GET` → `Vec<`[`crate::workspace::PendingInvitation`]`>`; `POST` [`crate::workspace::Invitation`] (owners) →
+/// `PendingInvitation`.
+pub const INVITATIONS: &str = "/api/workspaces/{id}/invitations";
+pub fn invitations(id: i64) -> String {
+    format!("/api/workspaces/{id}/invitations")
+}
+/// `DELETE` (owners: revoke) → `Vec<`[`crate::workspace::PendingInvitation`]`>` still pending.
+pub const INVITATION: &str = "/api/workspaces/{id}/invitations/{invitation}";
+pub fn invitation(id: i64, invitation: i64) -> String {
+    format!("/api/workspaces/{id}/invitations/{invitation}")
+}
+/// `GET` → `Vec<`[`crate::workspace::PendingInvitation`]`>` addressed to the caller.
+pub const MY_INVITATIONS: &str = "/api/invitations";
+/// `POST` → [`crate::workspace::Workspace`] joined.
+pub const INVITATION_ACCEPT: &str = "/api/invitations/{id}/accept";
+pub fn invitation_accept(id: i64) -> String {
+    format!("/api/invitations/{id}/accept")
+}
+/// `POST` → `Vec<`[`crate::workspace::PendingInvitation`]`>` still addressed to the caller.
+pub const INVITATION_DECLINE: &str = "/api/invitations/{id}/decline";
+pub fn invitation_decline(id: i64) -> String {
+    format!("/api/invitations/{id}/decline")
 }
 /// `GET` → `Vec<`[`crate::workspace::AuditEntry`]`>`, newest first.
 pub const AUDIT: &str = "/api/workspaces/{id}/audit";
@@ -123,7 +152,14 @@ pub const ALL: &[RouteDoc] = &[
     r("post", WORKSPACES, "Create a workspace", Some("NewWorkspace"), "Workspace"),
     r("get", WORKSPACE, "One workspace", None, "Workspace"),
     r("get", MEMBERS, "Members and roles", None, "Member[]"),
-    r("post", MEMBERS, "Invite a user or change a role (owners)", Some("Invitation"), "Member"),
+    r("post", MEMBER, "Change a member's role (owners)", Some("RoleChange"), "Member"),
+    r("delete", MEMBER, "Remove a member (owners) or leave", None, "Member[]"),
+    r("get", INVITATIONS, "The workspace's pending invitations", None, "PendingInvitation[]"),
+    r("post", INVITATIONS, "Invite a user (owners)", Some("Invitation"), "PendingInvitation"),
+    r("delete", INVITATION, "Revoke an invitation (owners)", None, "PendingInvitation[]"),
+    r("get", MY_INVITATIONS, "Invitations addressed to the caller", None, "PendingInvitation[]"),
+    r("post", INVITATION_ACCEPT, "Accept an invitation", None, "Workspace"),
+    r("post", INVITATION_DECLINE, "Decline an invitation", None, "PendingInvitation[]"),
     r("get", AUDIT, "Activity feed", None, "AuditEntry[]"),
     r("post", ANSWER, "Answer a question under the workspace's edits", Some("AnswerRequest"), "AnswerResponse"),
     r("get", EDITS, "The workspace's edit stack", None, "EditStack"),

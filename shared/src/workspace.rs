@@ -62,11 +62,34 @@ pub struct Member {
     pub role: Role,
 }
 
-/// `POST` invite body: add an existing user, or change their role.
+/// `POST` invite body: invite an existing user with a role; they join once they accept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Invitation {
     pub username: String,
+    pub role: Role,
+}
+
+/// An invitation waiting for its invitee to accept or decline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PendingInvitation {
+    pub id: i64,
+    pub workspace_id: i64,
+    /// The workspace's name.
+    pub workspace: String,
+    /// Who is invited.
+    pub username: String,
+    pub role: Role,
+    /// The owner who sent it.
+    pub invited_by: String,
+    pub created_at: String,
+}
+
+/// `POST` change-role body (owners).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RoleChange {
     pub role: Role,
 }
 
@@ -77,7 +100,7 @@ pub struct AuditEntry {
     pub id: i64,
     pub at: String,
     pub actor: String,
-    /// `workspace.create`, `member.set`, `edit.apply`, `edit.undo`, `cases.import`, `run.start`, `run.cancel`, ...
+    /// `workspace.create`, `member.invite`, `member.join`, `member.role`, `member.remove`, `edit.apply`, `edit.undo`, `cases.import`, `run.start`, `run.cancel`, ...
     pub action: String,
     pub detail: String,
 }

@@ -283,12 +283,46 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     assert_eq!(bob.auth(routes::SIGN_UP, "bob")?.status, 200);
     expect_error(&bob.get(&routes::edits(ws_id))?, 404, "workspace")?;
     let invite = |role: &str| json!({"username": "bob", "role": role});
-    expect_error(&bob.post(&routes::members(ws_id), &invite("owner"))?, 404, "workspace")?;
-    assert_eq!(alice.post(&routes::members(ws_id), &invite("viewer"))?.status, 200);
+    expect_error(&bob.post(&routes::invitations(ws_id), &invite("owner"))?, 404, "workspace")?;
+    expect_error(
+        &alice.post(&routes::invitations(ws_id), &json!({"username": "nobody", "role": "editor"}))?,
+        404,
+        "user",
+    )?;
+    expect_error(
+        &alice.post(&routes::invitations(ws_id), &json!({"username": "alice", "role": "editor"}))?,
+        409,
+        "already",
+    )?;
+    // An invitation is pending until bob accepts it: before that he sees nothing of the workspace.
+    let inv = alice.post(&routes::invitations(ws_id), &invite("viewer"))?;
+    ensure!(inv.status == 200, "{}", inv.body);
+    let inv_id = inv.json()?["id"].as_i64().context("invitation id")?;
+    expect_error(&bob.get(&routes::edits(ws_id))?, 404, "workspace")?;
+    let mine = bob.get(routes::MY_INVITATIONS)?.json()?;
+    assert_eq!(mine[0]["invited_by"], "alice");
+    assert_eq!(mine[0]["role"], "viewer");
+    expect_error(&alice.post(&routes::invitation_accept(inv_id), &json!({}))?, 404, "invitation")?;
+    let joined = bob.post(&routes::invitation_accept(inv_id), &json!({}))?;
+    ensure!(joined.status == 200, "{}", joined.body);
+    assert_eq!(joined.json()?["role"], "viewer");
+    assert_eq!(bob.get(routes::MY_INVITATIONS)?.json()?.as_array().map(Vec::len), Some(0));
+    expect_error(&bob.post(&routes::invitation_accept(inv_id), &json!({}))?, 404, "invitation")?;
+    expect_error(&alice.post(&routes::invitations(ws_id), &invite("editor"))?, 409, "already a member")?;
     assert_eq!(bob.get(&routes::edits(ws_id))?.json()?["edits"].as_array().map(Vec::len), Some(1));
     expect_error(&bob.post(&routes::edits(ws_id), &edit(question, "lebel", "serac"))?, 403, "needs editor")?;
-    expect_error(&bob.post(&routes::members(ws_id), &invite("owner"))?, 403, "needs owner")?;
-    assert_eq!(alice.post(&routes::members(ws_id), &invite("editor"))?.status, 200);
+    expect_error(&bob.post(&routes::invitations(ws_id), &invite("owner"))?, 403, "needs owner")?;
+    let bob_id = bob.get(routes::SESSION)?.json()?["user"]["id"].as_i64().context("bob's id")?;
+    let alice_id = alice.get(routes::SESSION)?.json()?["user"]["id"].as_i64().context("alice's id")?;
+    expect_error(&bob.post(&routes::member(ws_id, bob_id), &json!({"role": "owner"}))?, 403, "needs owner")?;
+    expect_error(
+        &alice.post(&routes::member(ws_id, alice_id), &json!({"role": "viewer"}))?,
+        409,
+        "at least one owner",
+    )?;
+    let promoted = alice.post(&routes::member(ws_id, bob_id), &json!({"role": "editor"}))?;
+    ensure!(promoted.status == 200, "{}", promoted.body);
+    assert_eq!(promoted.json()?["role"], "editor");
     let other = &gallery[1];
     let e2 = json!({"image": {"kind": "gallery", "id": other["id"]}, "question": other["question"],
         "target": other["target"], "method": "ft", "seed": 3});
@@ -376,6 +410,7 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     let server2 = Server::start(&db, &[])?;
     alice.port = server2.port;
     anon.port = server2.port;
+    bob.port = server2.port;
     let done = wait_run(&mut alice, resumed_id, &["finished", "failed", "cancelled"])?;
     assert_eq!(done["status"], "finished", "{done}");
     assert_eq!(done["results"].as_array().map(Vec::len), Some(2));
@@ -383,12 +418,41 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     // The activity feed and the persisted stack survive the restart.
     let feed = alice.get(&routes::audit(ws_id))?.json()?;
     let actions: Vec<&str> = feed.as_array().context("feed")?.iter().filter_map(|e| e["action"].as_str()).collect();
-    for a in ["workspace.create", "member.set", "edit.apply", "edit.undo", "run.start", "run.cancel"] {
+    for a in [
+        "workspace.create",
+        "member.invite",
+        "member.join",
+        "member.role",
+        "edit.apply",
+        "edit.undo",
+        "run.start",
+        "run.cancel",
+    ] {
         assert!(actions.contains(&a), "{a} missing from {actions:?}");
     }
     assert_eq!(alice.get(&routes::edits(ws_id))?.json()?["edits"].as_array().map(Vec::len), Some(1));
     // The stack reloaded from its saved patches answers as it did before the restart.
     assert_eq!(alice.post(&routes::answer(ws_id), &q2)?.json()?["answer"], q2_after_undo);
+
+    // Members: a declined invitation adds nobody; a revoked one cannot be accepted; the last owner cannot leave;
+    // an owner removes a member, who then sees nothing of the workspace.
+    let mut carol = Client::new(alice.port);
+    assert_eq!(carol.auth(routes::SIGN_UP, "carol")?.status, 200);
+    let to_carol = json!({"username": "carol", "role": "editor"});
+    let inv = alice.post(&routes::invitations(ws_id), &to_carol)?.json()?["id"].as_i64().context("id")?;
+    assert_eq!(carol.post(&routes::invitation_decline(inv), &json!({}))?.json()?.as_array().map(Vec::len), Some(0));
+    let inv = alice.post(&routes::invitations(ws_id), &to_carol)?.json()?["id"].as_i64().context("id")?;
+    assert_eq!(alice.get(&routes::invitations(ws_id))?.json()?.as_array().map(Vec::len), Some(1));
+    let left = alice.raw("DELETE", &routes::invitation(ws_id, inv), None, true)?.json()?;
+    assert_eq!(left.as_array().map(Vec::len), Some(0));
+    expect_error(&carol.post(&routes::invitation_accept(inv), &json!({}))?, 404, "invitation")?;
+    expect_error(&carol.get(&routes::edits(ws_id))?, 404, "workspace")?;
+    expect_error(&alice.raw("DELETE", &routes::member(ws_id, alice_id), None, true)?, 409, "at least one owner")?;
+    expect_error(&carol.raw("DELETE", &routes::member(ws_id, bob_id), None, true)?, 404, "workspace")?;
+    let members = alice.raw("DELETE", &routes::member(ws_id, bob_id), None, true)?;
+    ensure!(members.status == 200, "{}", members.body);
+    assert_eq!(members.json()?.as_array().map(Vec::len), Some(1));
+    expect_error(&bob.get(&routes::edits(ws_id))?, 404, "workspace")?;
 
     // The OpenAPI document lists every route.
     let doc = anon.get(routes::OPENAPI)?.json()?;

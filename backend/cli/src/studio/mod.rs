@@ -12,6 +12,7 @@ mod error;
 mod events;
 mod gallery;
 mod leaderboard;
+mod members;
 mod openapi;
 mod playground;
 mod runs;
@@ -136,7 +137,13 @@ fn router(state: AppState, dist: Option<&Path>) -> Router {
         .route(routes::IMAGE, get(gallery::image))
         .route(routes::WORKSPACES, get(workspaces::list).post(workspaces::create))
         .route(routes::WORKSPACE, get(workspaces::get))
-        .route(routes::MEMBERS, get(workspaces::members).post(workspaces::invite))
+        .route(routes::MEMBERS, get(members::members))
+        .route(routes::MEMBER, post(members::set_role).delete(members::remove))
+        .route(routes::INVITATIONS, get(members::list).post(members::invite))
+        .route(routes::INVITATION, delete(members::revoke))
+        .route(routes::MY_INVITATIONS, get(members::mine))
+        .route(routes::INVITATION_ACCEPT, post(members::accept))
+        .route(routes::INVITATION_DECLINE, post(members::decline))
         .route(routes::AUDIT, get(workspaces::audit_feed))
         .route(routes::ANSWER, post(playground::answer))
         .route(routes::EDITS, get(playground::list).post(playground::apply))

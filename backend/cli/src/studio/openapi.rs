@@ -12,7 +12,7 @@ use unike_shared::playground::{
 };
 use unike_shared::routes::ALL;
 use unike_shared::runs::{Leaderboard, RunInfo, RunRequest};
-use unike_shared::workspace::{AuditEntry, Invitation, Member, NewWorkspace, Workspace};
+use unike_shared::workspace::{AuditEntry, Invitation, Member, NewWorkspace, PendingInvitation, RoleChange, Workspace};
 use unike_shared::{ApiError, HealthResponse, ModelInfo};
 
 /// The component schemas of every message type, keyed by type name.
@@ -32,6 +32,8 @@ fn schemas() -> Map<String, Value> {
         NewWorkspace,
         Member,
         Invitation,
+        PendingInvitation,
+        RoleChange,
         AuditEntry,
         AnswerRequest,
         AnswerResponse,

@@ -1,12 +1,11 @@
-//! Workspaces, their members and roles, and their activity feed.
+//! Workspaces and their activity feed (members and invitations: [`super::members`]).
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use unike_shared::auth::UserInfo;
-use unike_shared::workspace::{AuditEntry, Invitation, Member, NewWorkspace, Role, Workspace};
+use unike_shared::workspace::{AuditEntry, NewWorkspace, Role, Workspace};
 
 use super::auth::{self, Caller};
 use super::error::{ApiErr, ApiResult, Body};
@@ -75,75 +74,6 @@ pub async fn create(
 pub async fn get(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> ApiResult<Json<Workspace>> {
     let c = auth::signed_in(&st, &headers).await?;
     Ok(Json(get_one(&st, &c, id).await?))
-}
-
-/// `GET /api/workspaces/{id}/members`.
-pub async fn members(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> ApiResult<Json<Vec<Member>>> {
-    let c = auth::signed_in(&st, &headers).await?;
-    auth::role_in(&st, &c, id, Role::Viewer).await?;
-    let rows: Vec<(i64, String, bool, String)> = sqlx::query_as(
-        "SELECT u.id, u.username, u.guest, m.role FROM memberships m JOIN users u ON u.id = m.user_id \
-         WHERE m.workspace_id = ? ORDER BY u.username",
-    )
-    .bind(id)
-    .fetch_all(&st.db)
-    .await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|(id, username, guest, role)| Member {
-                user: UserInfo { id, username, guest },
-                role: Role::parse(&role).unwrap_or(Role::Viewer),
-            })
-            .collect(),
-    ))
-}
-
-/// `POST /api/workspaces/{id}/members`: owners invite an existing user or change a member's role.
-pub async fn invite(
-    State(st): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-    Body(inv): Body<Invitation>,
-) -> ApiResult<Json<Member>> {
-    let c = auth::writer(&st, &headers, addr.ip()).await?;
-    auth::role_in(&st, &c, id, Role::Owner).await?;
-    let username = inv.username.trim().to_lowercase();
-    let user: Option<(i64, String, bool)> = sqlx::query_as("SELECT id, username, guest FROM users WHERE username = ?")
-        .bind(&username)
-        .fetch_optional(&st.db)
-        .await?;
-    let (uid, uname, guest) = user.ok_or_else(|| ApiErr::not_found(format!("user {username:?}")))?;
-    if guest {
-        return Err(ApiErr::bad_request("demo guests cannot join workspaces"));
-    }
-    let mut tx = st.db.begin().await?;
-    if uid == c.user.id && inv.role != Role::Owner {
-        let owners: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE workspace_id = ? AND role = 'owner'")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
-        if owners <= 1 {
-            return Err(ApiErr::conflict("a workspace keeps at least one owner"));
-        }
-    }
-    sqlx::query(
-        "INSERT INTO memberships (workspace_id, user_id, role) VALUES (?, ?, ?) \
-         ON CONFLICT (workspace_id, user_id) DO UPDATE SET role = excluded.role",
-    )
-    .bind(id)
-    .bind(uid)
-    .bind(inv.role.as_str())
-    .execute(&mut *tx)
-    .await?;
-    audit::record(&mut tx, Some(id), c.user.id, "member.set", &format!("{uname} as {}", inv.role.as_str())).await?;
-    tx.commit().await?;
-    Ok(Json(Member { user: UserInfo { id: uid, username: uname, guest }, role: inv.role }))
 }
 
 /// `GET /api/workspaces/{id}/audit`: the newest 200 entries.
