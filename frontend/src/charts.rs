@@ -1,5 +1,5 @@
-//! Charts drawn with plotters into SVG strings: grouped bars of the five metrics per method, and a metric against K
-//! for sequential editing.
+//! Charts drawn with plotters into SVG strings: grouped bars of the five metrics per method (and per ζ treatment), a
+//! metric against K for sequential editing, and the five metrics against a swept parameter (fixed α, retrieved K).
 
 use plotters::prelude::*;
 
@@ -91,6 +91,58 @@ pub fn metric_vs_k(title: &str, lines: &[(String, Vec<(usize, f64)>)]) -> Result
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], colour.stroke_width(2)));
         }
         chart.configure_series_labels().border_style(BLACK).draw().map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// The five metrics against a swept parameter (one line per metric, with markers), and the unswept variant's values
+/// as dashed horizontal lines of the same colours (`reference`: adaptive α, default K).
+pub fn sweep(
+    title: &str,
+    x_desc: &str,
+    points: &[(f64, [f64; 5])],
+    reference: Option<[f64; 5]>,
+) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (760, 360)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let (lo, hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
+        let pad = ((hi - lo) * 0.05).max(0.01);
+        let lows = points.iter().flat_map(|(_, v)| v.iter()).chain(reference.iter().flatten());
+        let y0 = (lows.fold(100f64, |a, v| a.min(*v)) - 5.0).clamp(0.0, 80.0);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(44)
+            .build_cartesian_2d((lo - pad)..(hi + pad), y0..101f64)
+            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc(x_desc).y_desc("%").draw().map_err(|e| e.to_string())?;
+        for (j, (name, colour)) in METRICS.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = points.iter().map(|(x, v)| (*x, v[j])).collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], colour.stroke_width(2)));
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, colour.filled())))
+                .map_err(|e| e.to_string())?;
+            if let Some(r) = reference {
+                let dashes =
+                    DashedLineSeries::new(vec![(lo - pad, r[j]), (hi + pad, r[j])], 6, 4, colour.stroke_width(1));
+                chart.draw_series(dashes).map_err(|e| e.to_string())?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)

@@ -2,6 +2,7 @@
 //!
 //! This crate holds data only: serde types and route constants. It builds for `wasm32-unknown-unknown` and native.
 
+pub mod ablation;
 pub mod auth;
 pub mod bench;
 pub mod error;

@@ -21,7 +21,8 @@ pub struct RunRequest {
     pub n: usize,
     #[serde(default)]
     pub seed: u64,
-    /// `world` (the synthetic world of `seed`) or `workspace` (the workspace's stored cases).
+    /// `world` (the synthetic world of `seed`) or `workspace` (the workspace's stored cases, snapshotted at launch;
+    /// such runs stay private to the workspace and are not on the public leaderboard).
     #[serde(default = "world")]
     pub data: String,
 }
@@ -84,6 +85,9 @@ pub struct RunInfo {
     pub total: usize,
     /// Why it failed.
     pub error: Option<String>,
+    /// What the reader should know (e.g. workspace cases left out of the run, and why).
+    #[serde(default)]
+    pub note: Option<String>,
     /// One row per finished method.
     pub results: Vec<BenchResult>,
     pub created_at: String,

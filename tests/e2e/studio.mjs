@@ -1,6 +1,7 @@
 // End-to-end test of the studio in headless Chromium (Debian's chromium, driven by playwright-core):
 // sign up, apply an edit in the Playground and see the post-edit answer and probes, launch a benchmark run and watch
-// it finish live, open the leaderboard chart, and open a demo sandbox. Screenshots go to tests/artifacts/.
+// it finish live, run on the workspace's own cases, run the α and ζ ablations and see their charts, invite and accept a
+// teammate, open the leaderboard charts, and open a demo sandbox. Screenshots go to tests/artifacts/.
 //
 // Usage: node tests/e2e/studio.mjs <unike binary>   (run by `./studio test` after the front end is built)
 import { createRequire } from 'node:module';
@@ -83,10 +84,31 @@ try {
   await page.getByLabel('serac', { exact: true }).check();
   await page.click('button[type=submit]');
   await page.waitForSelector('.run progress');
-  await page.waitForFunction(() => document.querySelector('.run p')?.textContent.startsWith('finished'), null, {
-    timeout: 240000,
-  });
+  const newestFinished = (label) =>
+    page.waitForFunction(
+      (l) =>
+        document.querySelector('.run h3')?.textContent.includes(l) &&
+        document.querySelector('.run .run-status')?.textContent.startsWith('finished'),
+      label,
+      { timeout: 600000 },
+    );
+  await newestFinished('serac');
   await page.screenshot({ path: `${artifacts}/03-run-finished.png`, fullPage: true });
+
+  // A run on the workspace's own cases (the edit applied above): private to the workspace, and marked so.
+  await page.selectOption('#run-data', 'workspace');
+  await page.click('button[type=submit]');
+  await newestFinished('workspace cases');
+  check(/n=1 /.test((await page.textContent('.run h3')) ?? ''), 'the run evaluates the one workspace case');
+
+  // The fixed-α and ζ ablations (builds UniKE's memory on a fresh clone, ~3 minutes on 2 cores).
+  await page.selectOption('#run-data', 'world');
+  await page.click('#preset-alpha');
+  check((await page.inputValue('#extra-methods')).includes('unike:alpha=0.2'), 'the α preset fills the variants');
+  await page.fill('#extra-methods', 'unike:alpha=0.2 unike:alpha=1 unike:zeta-none');
+  await page.getByLabel('Cases (n)').fill('3');
+  await page.click('button[type=submit]');
+  await newestFinished('unike:zeta-none');
 
   // The leaderboard with its chart.
   await page.click('a[href="/leaderboard"]');
@@ -94,14 +116,47 @@ try {
   const rows = await page.locator('#leaderboard tbody tr').count();
   check(rows >= 2, `leaderboard rows: ${rows}`);
   await page.screenshot({ path: `${artifacts}/04-leaderboard.png`, fullPage: true });
+  await page.waitForSelector('#chart-sweep-0 svg');
+  await page.waitForSelector('#chart-zeta-0 svg');
+  check(((await page.textContent('#chart-sweep-0')) ?? '').includes('fixed α'), 'the α sweep chart is labelled');
+  check(
+    !((await page.textContent('#leaderboard')) ?? '').includes('workspace'),
+    'runs on workspace cases stay off the public leaderboard',
+  );
+  await page.locator('#chart-sweep-0').screenshot({ path: `${artifacts}/04b-alpha-sweep.png` });
+  await page.locator('#chart-zeta-0').screenshot({ path: `${artifacts}/04c-zeta.png` });
   // The filtered view is a shareable link.
   await page.goto(`${url}/leaderboard?method=serac`);
   await page.waitForSelector('#leaderboard');
   check((await page.locator('#leaderboard tbody tr').count()) === 1, 'the method filter from the URL applies');
 
+  // Invitations: the owner invites a teammate, who sees the invitation and accepts it.
+  const mate = await (await browser.newContext()).newPage();
+  mate.setDefaultTimeout(60000);
+  await mate.goto(`${url}/signin`);
+  await mate.fill('#username', 'e2e-mate');
+  await mate.fill('#password', 'e2e password');
+  await mate.click('#signup');
+  await mate.waitForURL(`${url}/playground`);
+  await page.goto(`${url}/workspaces`);
+  await page.fill('#invitee', 'e2e-mate');
+  await page.click('form:has(#invitee) button[type=submit]');
+  await page.waitForSelector('#pending li');
+  await mate.goto(`${url}/workspaces`);
+  await mate.waitForSelector('#my-invitations li');
+  await mate.click('#my-invitations button:has-text("Accept")');
+  await mate.waitForFunction(() =>
+    [...document.querySelectorAll('.status')].some((e) => e.textContent.includes('You joined')),
+  );
+  await page.reload();
+  await page.waitForFunction(() => document.querySelector('#members')?.textContent.includes('e2e-mate'));
+  await page.screenshot({ path: `${artifacts}/05-workspace-members.png`, fullPage: true });
+  await page.goto(`${url}/leaderboard`);
+  await page.waitForSelector('#leaderboard');
+
   // Phone-sized layout renders the same page.
   await page.setViewportSize({ width: 390, height: 844 });
-  await page.screenshot({ path: `${artifacts}/05-leaderboard-phone.png`, fullPage: true });
+  await page.screenshot({ path: `${artifacts}/06-leaderboard-phone.png`, fullPage: true });
 
   // Demo mode: a visitor gets a sandbox without signing up.
   const demo = await serve(['--demo']);
@@ -111,7 +166,7 @@ try {
   await visitor.goto(`${demo.url}/playground`);
   await visitor.waitForSelector('.gallery .thumb');
   check(((await visitor.textContent('.site-header')) ?? '').includes('Demo sandbox'), 'the header names the sandbox');
-  await visitor.screenshot({ path: `${artifacts}/06-demo-sandbox.png`, fullPage: true });
+  await visitor.screenshot({ path: `${artifacts}/07-demo-sandbox.png`, fullPage: true });
   console.log('e2e: all checks passed; screenshots in tests/artifacts/');
 } finally {
   await browser.close();

@@ -385,6 +385,37 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     assert!(csv.body.starts_with("run_id,model,method,task"), "{}", csv.body);
     assert_eq!(csv.body.lines().count(), 3);
 
+    // A run on the workspace's own cases: its two Playground cases (probes completed from their gallery cases);
+    // private to the workspace, so not on the public leaderboard.
+    let on_ws =
+        |task: &str| json!({"methods": ["serac"], "task": task, "mode": "one-step", "n": 10, "data": "workspace"});
+    expect_error(&alice.post(&routes::runs(ws_id), &on_ws("cross"))?, 400, "cross-task")?;
+    let wr = alice.post(&routes::runs(ws_id), &on_ws("vqa"))?;
+    ensure!(wr.status == 200, "{}", wr.body);
+    let wr = wr.json()?;
+    assert_eq!(wr["request"]["n"], 2, "{wr}");
+    assert_eq!(wr["note"], Value::Null, "{wr}");
+    let wr_id = wr["id"].as_i64().context("id")?;
+    let wr = wait_run(&mut alice, wr_id, &["finished", "failed"])?;
+    assert_eq!(wr["status"], "finished", "{wr}");
+    assert_eq!(wr["results"][0]["n"], 2, "{wr}");
+    expect_error(&anon.get(&routes::run(wr_id))?, 401, "sign in")?;
+    assert_eq!(anon.get(routes::LEADERBOARD)?.json()?["rows"].as_array().map(Vec::len), Some(2));
+    // Bob's workspace: the two imported cases, and one whose image is not in this studio (left out, and said so).
+    let foreign = json!({"src": "What is this?", "alt": "a cat", "image": "val2014/a.jpg", "rephrase": "What's this?",
+        "image_rephrase": "val2014/b.jpg", "loc": "q", "loc_ans": "a", "m_loc": "c.jpg", "m_loc_q": "mq", "m_loc_a": "ma"});
+    assert_eq!(bob.post(&routes::cases(bob_own), &json!({ "cases": [foreign] }))?.json()?["imported"], 1);
+    let br = bob.post(&routes::runs(bob_own), &on_ws("vqa"))?.json()?;
+    assert_eq!(br["request"]["n"], 2, "{br}");
+    let note = br["note"].as_str().context("note")?;
+    assert!(note.contains("1 of the workspace's cases") && note.contains("val2014/a.jpg"), "{note}");
+    let br = wait_run(&mut bob, br["id"].as_i64().context("id")?, &["finished", "failed"])?;
+    assert_eq!(br["status"], "finished", "{br}");
+    let mut empty = Client::new(port);
+    assert_eq!(empty.auth(routes::SIGN_UP, "dave")?.status, 200);
+    let dave_ws = empty.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    expect_error(&empty.post(&routes::runs(dave_ws), &on_ws("vqa"))?, 400, "no cases yet")?;
+
     // Cancel a long run.
     let long = alice
         .post(&routes::runs(ws_id), &json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 400}))?;

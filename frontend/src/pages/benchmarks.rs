@@ -11,6 +11,17 @@ use crate::format::pct;
 use crate::live::LiveEvents;
 use crate::session::{RequireSession, SessionCtx, WorkspacePicker};
 
+/// Ablation presets: label, element id, the variants run beside `unike`.
+const PRESETS: [(&str, &str, &str); 3] = [
+    ("fixed α sweep", "preset-alpha", "unike:alpha=0.2 unike:alpha=0.4 unike:alpha=0.6 unike:alpha=0.8 unike:alpha=1"),
+    ("treatments of ζ", "preset-zeta", "unike:zeta-none unike:zeta-random unike:zeta-semantic"),
+    (
+        "retrieved states K",
+        "preset-k",
+        "unike:intrinsic+latent unike:intrinsic+latent/k=1 unike:intrinsic+latent/k=5 unike:intrinsic+latent/k=20 unike:intrinsic+latent/k=40",
+    ),
+];
+
 #[component]
 pub fn Benchmarks() -> impl IntoView {
     view! {
@@ -30,6 +41,9 @@ fn BenchmarksBody() -> impl IntoView {
     let k = RwSignal::new(10usize);
     let n = RwSignal::new(20usize);
     let seed = RwSignal::new(0u64);
+    let data = RwSignal::new("world".to_string());
+    // UniKE variants and other method names beyond the checkboxes, space-separated (`unike:alpha=0.4`).
+    let extra = RwSignal::new(String::new());
     let runs = RwSignal::new(Vec::<RunInfo>::new());
     let error = RwSignal::new(None::<String>);
 
@@ -62,13 +76,17 @@ fn BenchmarksBody() -> impl IntoView {
         ev.prevent_default();
         let Some(ws) = ctx.workspace.get_untracked() else { return };
         let req = RunRequest {
-            methods: chosen.get_untracked(),
+            methods: chosen
+                .get_untracked()
+                .into_iter()
+                .chain(extra.get_untracked().split_whitespace().map(str::to_string))
+                .collect(),
             task: task.get_untracked(),
             mode: mode.get_untracked(),
             k: k.get_untracked(),
             n: n.get_untracked(),
             seed: seed.get_untracked(),
-            data: "world".into(),
+            data: data.get_untracked(),
         };
         leptos::task::spawn_local(async move {
             match api::post_json::<_, RunInfo>(&routes::runs(ws), &req).await {
@@ -129,12 +147,32 @@ fn BenchmarksBody() -> impl IntoView {
                         on:change=move |_| toggle(m)/>{*m}</label>
                 }).collect_view()}
             </fieldset>
+            <label class="field">"More methods or UniKE variants (space-separated, e.g. unike:alpha=0.4 unike:zeta-none)"
+                <input id="extra-methods" prop:value=extra on:input=move |ev| extra.set(event_target_value(&ev))/>
+            </label>
+            <p class="actions">
+                "Presets (paper Fig. 4, E-VQA one-step): "
+                {PRESETS.iter().map(|(label, id, methods)| view! {
+                    <button type="button" id=*id class="button small secondary" on:click=move |_| {
+                        chosen.set(vec!["unike".to_string()]);
+                        extra.set(methods.to_string());
+                        task.set("vqa".into());
+                        mode.set("one-step".into());
+                    }>{*label}</button>
+                }).collect_view()}
+            </p>
             <div class="grid three">
+                <label class="field">"Data"
+                    <select id="run-data" on:change=move |ev| data.set(event_target_value(&ev))>
+                        <option value="world" selected=move || data.get() == "world">"the synthetic world (public leaderboard)"</option>
+                        <option value="workspace" selected=move || data.get() == "workspace">"this workspace's cases (private)"</option>
+                    </select>
+                </label>
                 {select("Task", task, &["vqa", "caption", "cross"])}
                 {select("Mode", mode, &["one-step", "sequential"])}
                 {number("K (sequential)", k)}
                 {number("Cases (n)", n)}
-                <label class="field">"Seed (world data)"
+                <label class="field">"Seed"
                     <input type="number" min="0" prop:value=move || seed.get().to_string()
                         on:input=move |ev| if let Ok(v) = event_target_value(&ev).parse() { seed.set(v) }/>
                 </label>
@@ -154,9 +192,11 @@ fn BenchmarksBody() -> impl IntoView {
                     let running = !r.status.is_final();
                     view! {
                         <article class="card run">
-                            <h3>{format!("Run #{} — {} · {} · {} · n={} · seed {}", r.id, r.request.methods.join(", "),
-                                r.request.task, r.request.mode, r.request.n, r.request.seed)}</h3>
-                            <p>{format!("{} by {} on {}", r.status.as_str(), r.author, r.model)}
+                            <h3>{format!("Run #{} — {} · {} · {} · n={} · seed {}{}", r.id, r.request.methods.join(", "),
+                                r.request.task, r.request.mode, r.request.n, r.request.seed,
+                                if r.request.data == "workspace" { " · workspace cases" } else { "" })}</h3>
+                            {r.note.clone().map(|n| view! { <p class="hint">{n}</p> })}
+                            <p class="run-status">{format!("{} by {} on {}", r.status.as_str(), r.author, r.model)}
                                {r.error.clone().map(|e| format!(": {e}"))}</p>
                             <progress max=r.total.max(1).to_string() value=r.done.to_string()
                                 aria-label=format!("Run {} progress", r.id)>{format!("{}/{}", r.done, r.total)}</progress>

@@ -1,10 +1,11 @@
 //! The leaderboard: every finished run's results, filterable (the filters live in the URL, so a filtered view is a
-//! shareable read-only link), sortable by any column, charted, and exported as CSV or JSON.
+//! shareable read-only link), sortable by any column, charted (five metrics per method, mean against K, and the α,
+//! K and ζ ablations), and exported as CSV or JSON. Runs on a workspace's own cases are not here: they stay private.
 
 use leptos::prelude::*;
 use leptos_router::hooks::{use_navigate, use_query_map};
-use unike_shared::routes;
 use unike_shared::runs::{Leaderboard as Board, LeaderboardRow};
+use unike_shared::{ablation, routes};
 
 use crate::api;
 use crate::charts;
@@ -116,6 +117,34 @@ pub fn Leaderboard() -> impl IntoView {
                     None => seq.push((r.result.method.clone(), vec![(r.result.k, r.score)])),
                 }
             }
+            // Ablations (paper Fig. 4): fixed-α and K sweeps against the unswept variant, and the treatments of ζ.
+            let sweeps: Vec<Result<String, String>> = ablation::sweeps(&b.rows)
+                .iter()
+                .map(|s| {
+                    let title = format!(
+                        "{}: {} ({}; dashed: {})",
+                        s.base,
+                        s.param.label(),
+                        s.task,
+                        if s.param == ablation::Param::Alpha { "adaptive α" } else { "default K" }
+                    );
+                    charts::sweep(&title, s.param.label(), &s.points, s.reference)
+                })
+                .collect();
+            let zetas: Vec<Result<String, String>> = ablation::zeta(&b.rows)
+                .iter()
+                .map(|z| charts::grouped_bars(&format!("Treatments of ζ ({})", z.task), &z.bars))
+                .collect();
+            let figure = |id: String, svg: Result<String, String>| match svg {
+                Ok(svg) => view! { <figure class="chart" id=id inner_html=svg></figure> }.into_any(),
+                Err(e) => view! { <p class="status error">{e}</p> }.into_any(),
+            };
+            let ablations = sweeps
+                .into_iter()
+                .enumerate()
+                .map(|(i, svg)| figure(format!("chart-sweep-{i}"), svg))
+                .chain(zetas.into_iter().enumerate().map(|(i, svg)| figure(format!("chart-zeta-{i}"), svg)))
+                .collect_view();
             let bars = (!best.is_empty())
                 .then(|| charts::grouped_bars("One-step editing: the five metrics per method", &best));
             let lines =
@@ -129,6 +158,7 @@ pub fn Leaderboard() -> impl IntoView {
                     Ok(svg) => view! { <figure class="chart" id="chart-k" inner_html=svg></figure> }.into_any(),
                     Err(e) => view! { <p class="status error">{e}</p> }.into_any(),
                 })}
+                {ablations}
                 {if rows.is_empty() {
                     view! { <p>"No finished runs match. Launch one from Benchmarks."</p> }.into_any()
                 } else {

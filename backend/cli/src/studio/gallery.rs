@@ -111,28 +111,29 @@ pub async fn list(State(st): State<AppState>) -> Json<Vec<GalleryItem>> {
     Json(st.gallery.items.clone())
 }
 
+/// The file of an image name (`ID`, `ID~other`, `ID~unrelated` of the gallery, or `upload-<sha>`; a `/api/images/`
+/// URL is accepted too), with the gallery case when the name is a gallery image itself. `None` for unknown names.
+pub fn file_of<'a>(st: &'a AppState, name: &str) -> Option<(PathBuf, Option<(&'a str, &'a EditCase)>)> {
+    let name = name.trim();
+    let name = name.strip_prefix(routes::image("").as_str()).unwrap_or(name);
+    let (base, which) = name.rsplit_once('~').unwrap_or((name, ""));
+    if let Some((id, c)) = st.gallery.case(base) {
+        return match which {
+            "" => Some((c.image.clone(), Some((id, c)))),
+            "other" => Some((c.rephrase_image.clone(), None)),
+            "unrelated" => Some((c.m_loc_image.clone(), None)),
+            _ => None,
+        };
+    }
+    let upload =
+        name.starts_with("upload-") && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    upload.then(|| (st.data_dir.join("uploads").join(format!("{name}.png")), None))
+}
+
 /// `GET /api/images/{name}`: a gallery image (`ID`, its entity's other image `ID~other`, its unrelated image
 /// `ID~unrelated`) or a stored upload, as PNG.
 pub async fn image(State(st): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult<impl IntoResponse> {
-    let (base, which) = match name.rsplit_once('~') {
-        Some((b, w)) => (b, w),
-        None => (name.as_str(), ""),
-    };
-    let path = if let Some((_, c)) = st.gallery.case(base) {
-        match which {
-            "" => c.image.clone(),
-            "other" => c.rephrase_image.clone(),
-            "unrelated" => c.m_loc_image.clone(),
-            _ => return Err(ApiErr::not_found(format!("image {name:?}"))),
-        }
-    } else if name.starts_with("upload-")
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        st.data_dir.join("uploads").join(format!("{name}.png"))
-    } else {
-        return Err(ApiErr::not_found(format!("image {name:?}")));
-    };
+    let (path, _) = file_of(&st, &name).ok_or_else(|| ApiErr::not_found(format!("image {name:?}")))?;
     let bytes = tokio::fs::read(&path).await.map_err(|_| ApiErr::not_found(format!("image {name:?}")))?;
     Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "public, max-age=86400")], bytes))
 }

@@ -1,5 +1,5 @@
-//! The public, read-only leaderboard: every method result of every finished run, best mean first, filterable; as
-//! JSON or CSV.
+//! The public, read-only leaderboard: every method result of every finished run on the world, best mean first,
+//! filterable; as JSON or CSV.
 
 use axum::extract::{Query, State};
 use axum::http::header;
@@ -26,6 +26,10 @@ async fn rows(st: &AppState, q: &LeaderboardQuery) -> ApiResult<Vec<LeaderboardR
     for (run_id, model, req, finished_at, result, score) in raw {
         let req: RunRequest = serde_json::from_str(&req).map_err(ApiErr::internal)?;
         let result: BenchResult = serde_json::from_str(&result).map_err(ApiErr::internal)?;
+        // Runs on a workspace's own cases are private to it, and not comparable with runs on the world.
+        if req.data != "world" {
+            continue;
+        }
         if want(&q.method, &result.method) && want(&q.task, &result.task) && want(&q.mode, &result.mode) {
             out.push(LeaderboardRow {
                 run_id,

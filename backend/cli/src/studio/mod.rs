@@ -15,6 +15,7 @@ mod leaderboard;
 mod members;
 mod openapi;
 mod playground;
+mod run_data;
 mod runs;
 mod worker;
 mod workspaces;
@@ -79,6 +80,8 @@ pub struct AppState {
     /// Patches and uploads.
     pub data_dir: PathBuf,
     pub gallery: Arc<Gallery>,
+    /// The world's data (seed 0): the gallery's source, and the memory of unrelated inputs of runs on workspace cases.
+    pub world: PathBuf,
     /// Applying and undoing edits is one step per workspace stack; the single worker serialises them anyway.
     pub edit_lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -211,8 +214,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // The world's data (seed 0): the gallery, and the memory of unrelated inputs of T-Patcher and UniKE.
     let world = crate::bench_edit::data_dir(None, 0)?;
     let gallery = Arc::new(Gallery::load(&world, 24, 12)?);
-    let worker = Worker::spawn(loaded.clone(), world, crate::model_dir::repo_root(), info.name.clone(), args.queue);
-    let (runs, updates) = RunQueue::spawn(loaded);
+    let worker =
+        Worker::spawn(loaded.clone(), world.clone(), crate::model_dir::repo_root(), info.name.clone(), args.queue);
+    let (runs, updates) = RunQueue::spawn(loaded, data_dir.clone());
     let state = AppState {
         db,
         info: Arc::new(info.clone()),
@@ -223,6 +227,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         demo: args.demo,
         data_dir,
         gallery,
+        world,
         edit_lock: Arc::default(),
     };
     tokio::spawn(runs::record(state.clone(), updates));

@@ -257,20 +257,32 @@ pub async fn undo(
     Ok(Json(edit_stack(&st, ws).await?))
 }
 
-/// A stored case, as MMEdit writes it.
+/// A stored case of a workspace (authored in the Playground or imported), as MMEdit names its fields.
 #[derive(sqlx::FromRow)]
-struct CaseDb {
-    question: String,
-    target: String,
-    pred: Option<String>,
-    image: Option<String>,
-    rephrase: Option<String>,
-    image_rephrase: Option<String>,
-    loc: Option<String>,
-    loc_ans: Option<String>,
-    m_loc: Option<String>,
-    m_loc_q: Option<String>,
-    m_loc_a: Option<String>,
+pub struct StoredCase {
+    pub id: i64,
+    pub question: String,
+    pub target: String,
+    pub pred: Option<String>,
+    pub image: Option<String>,
+    pub rephrase: Option<String>,
+    pub image_rephrase: Option<String>,
+    pub loc: Option<String>,
+    pub loc_ans: Option<String>,
+    pub m_loc: Option<String>,
+    pub m_loc_q: Option<String>,
+    pub m_loc_a: Option<String>,
+}
+
+/// The workspace's cases, oldest first.
+pub async fn stored_cases(st: &AppState, ws: i64) -> ApiResult<Vec<StoredCase>> {
+    Ok(sqlx::query_as(
+        "SELECT id, question, target, pred, image, rephrase, image_rephrase, loc, loc_ans, m_loc, m_loc_q, m_loc_a \
+         FROM edit_cases WHERE workspace_id = ? ORDER BY id",
+    )
+    .bind(ws)
+    .fetch_all(&st.db)
+    .await?)
 }
 
 /// `GET /api/workspaces/{id}/cases`: the workspace's cases as MMEdit JSON.
@@ -281,13 +293,7 @@ pub async fn export(
 ) -> ApiResult<Json<Vec<MmEditCase>>> {
     let c = auth::signed_in(&st, &headers).await?;
     auth::role_in(&st, &c, ws, Role::Viewer).await?;
-    let rows: Vec<CaseDb> = sqlx::query_as(
-        "SELECT question, target, pred, image, rephrase, image_rephrase, loc, loc_ans, m_loc, m_loc_q, m_loc_a \
-         FROM edit_cases WHERE workspace_id = ? ORDER BY id",
-    )
-    .bind(ws)
-    .fetch_all(&st.db)
-    .await?;
+    let rows = stored_cases(&st, ws).await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| MmEditCase {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +13,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use clap::ValueEnum;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use unike_core::data::Task;
 use unike_core::edit::registry;
 use unike_core::eval::CaseScore;
 use unike_shared::events::Event;
@@ -22,14 +24,19 @@ use unike_shared::BenchResult;
 use super::auth;
 use super::demo::DEMO_CAPS;
 use super::error::{ApiErr, ApiResult, Body};
-use super::{audit, events, AppState};
+use super::{audit, events, playground, run_data, AppState};
 use crate::bench_edit::{self, BenchObserver, Config, ModeArg, TaskArg};
 use crate::device::Loaded;
+
+/// `data` of a run on the workspace's own cases.
+const WORKSPACE: &str = "workspace";
 
 /// A run for the worker thread.
 struct RunJob {
     id: i64,
     req: RunRequest,
+    /// The data set: the world of the request's seed, or the run's snapshot of its workspace's cases.
+    data: Option<PathBuf>,
     /// Methods with stored results (a resumed run).
     skip: Vec<String>,
     cancel: Arc<AtomicBool>,
@@ -47,6 +54,8 @@ pub enum Update {
 pub struct RunQueue {
     tx: std::sync::mpsc::Sender<RunJob>,
     cancels: Arc<Mutex<HashMap<i64, Arc<AtomicBool>>>>,
+    /// Where snapshots of workspace cases live.
+    data_dir: PathBuf,
 }
 
 /// Parses a task or mode name as `unike bench` spells it.
@@ -112,7 +121,7 @@ fn execute(loaded: &Loaded, job: &RunJob, tx: &UnboundedSender<Update>) -> (RunS
             memory: 64,
             threads: 1,
         };
-        let data = bench_edit::data_dir(None, job.req.seed)?;
+        let data = bench_edit::data_dir(job.data.as_deref(), job.req.seed)?;
         let mut obs = Observer { id: job.id, tx, cancel: &job.cancel, n, stages_done: job.skip.len(), stage: 0, total };
         bench_edit::bench_observed(loaded, &data, &cfg, &mut obs)?;
         Ok(())
@@ -128,7 +137,7 @@ fn execute(loaded: &Loaded, job: &RunJob, tx: &UnboundedSender<Update>) -> (RunS
 
 impl RunQueue {
     /// Starts the run worker thread and the task that records its updates.
-    pub fn spawn(loaded: Arc<Loaded>) -> (Self, UnboundedReceiver<Update>) {
+    pub fn spawn(loaded: Arc<Loaded>, data_dir: PathBuf) -> (Self, UnboundedReceiver<Update>) {
         let (tx, rx) = std::sync::mpsc::channel::<RunJob>();
         let (utx, urx) = unbounded_channel();
         std::thread::Builder::new()
@@ -145,13 +154,14 @@ impl RunQueue {
                 }
             })
             .expect("spawning the run worker thread");
-        (Self { tx, cancels: Arc::default() }, urx)
+        (Self { tx, cancels: Arc::default(), data_dir }, urx)
     }
 
     fn submit(&self, id: i64, req: RunRequest, skip: Vec<String>) -> ApiResult<()> {
         let cancel = Arc::new(AtomicBool::new(false));
         self.cancels.lock().map_err(|_| ApiErr::internal("poisoned"))?.insert(id, cancel.clone());
-        self.tx.send(RunJob { id, req, skip, cancel }).map_err(|_| ApiErr::internal("the run worker stopped"))
+        let data = (req.data == WORKSPACE).then(|| run_data::dir(&self.data_dir, id));
+        self.tx.send(RunJob { id, req, data, skip, cancel }).map_err(|_| ApiErr::internal("the run worker stopped"))
     }
 
     fn cancel(&self, id: i64) {
@@ -248,13 +258,14 @@ struct RunRow {
     done: i64,
     total: i64,
     error: Option<String>,
+    note: Option<String>,
     created_at: String,
     finished_at: Option<String>,
 }
 
 const RUN_SELECT: &str =
     "SELECT r.id, r.workspace_id, u.username AS author, r.model, r.request_json, r.status, r.done, \
-    r.total, r.error, r.created_at, r.finished_at FROM benchmark_runs r JOIN users u ON u.id = r.author_id";
+    r.total, r.error, r.note, r.created_at, r.finished_at FROM benchmark_runs r JOIN users u ON u.id = r.author_id";
 
 async fn info(st: &AppState, r: RunRow) -> ApiResult<RunInfo> {
     let results: Vec<(String,)> = sqlx::query_as("SELECT result_json FROM run_results WHERE run_id = ? ORDER BY rowid")
@@ -271,6 +282,7 @@ async fn info(st: &AppState, r: RunRow) -> ApiResult<RunInfo> {
         done: r.done as usize,
         total: r.total as usize,
         error: r.error,
+        note: r.note,
         results: results
             .iter()
             .map(|(j,)| serde_json::from_str(j))
@@ -335,13 +347,61 @@ fn validate(req: &RunRequest, guest: bool) -> ApiResult<()> {
     if mode == ModeArg::Sequential && (req.k == 0 || req.k > req.n) {
         return Err(ApiErr::bad_request("k must be 1 to n"));
     }
-    if req.data != "world" {
-        return Err(ApiErr::bad_request(format!(
-            "unknown data {:?}: runs use the synthetic world of their seed (\"world\")",
-            req.data
-        )));
+    match req.data.as_str() {
+        "world" => {}
+        WORKSPACE if req.task == "cross" => {
+            return Err(ApiErr::bad_request(
+                "cross-task runs use the world: a workspace's cases are all edited as the run's task (vqa or caption)",
+            ))
+        }
+        WORKSPACE => {}
+        other => {
+            return Err(ApiErr::bad_request(format!(
+                "unknown data {other:?}: \"world\" (the synthetic world of the seed) or \"workspace\" (its cases)"
+            )))
+        }
     }
     Ok(())
+}
+
+/// Writes the workspace's usable cases as the data set of a new run (in a fresh folder the caller renames to the run's
+/// once it has an id) and bounds the request's `n` by them.
+async fn snapshot(st: &AppState, ws: i64, req: &mut RunRequest) -> ApiResult<(PathBuf, run_data::Snapshot)> {
+    let cases = playground::stored_cases(st, ws).await?;
+    if cases.is_empty() {
+        return Err(ApiErr::bad_request(
+            "this workspace has no cases yet: apply edits in the Playground or import MMEdit JSON",
+        ));
+    }
+    let task = if parse::<TaskArg>("task", &req.task)? == TaskArg::Caption { Task::Caption } else { Task::Vqa };
+    let tmp = st.data_dir.join("runs").join(format!("new-{}", auth::random_hex(8)?));
+    let (st2, out) = (st.clone(), tmp.clone());
+    let written = tokio::task::spawn_blocking(move || run_data::write(&st2, &st2.world, task, &cases, &out))
+        .await
+        .map_err(ApiErr::internal)
+        .and_then(|r| r);
+    let refuse = |msg: String| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        Err(ApiErr::bad_request(msg))
+    };
+    let snap = match written {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if snap.cases == 0 {
+        return refuse(format!("none of the workspace's cases can be evaluated: {}", snap.note().unwrap_or_default()));
+    }
+    req.n = req.n.min(snap.cases);
+    if req.mode == "sequential" {
+        req.n = req.n / req.k * req.k;
+        if req.n == 0 {
+            return refuse(format!("k = {} is more than the {} usable cases of the workspace", req.k, snap.cases));
+        }
+    }
+    Ok((tmp, snap))
 }
 
 /// `POST /api/workspaces/{id}/runs` (editors).
@@ -372,21 +432,46 @@ pub async fn create(
             return Err(ApiErr::too_many(format!("a demo sandbox may launch {} runs", DEMO_CAPS.runs)));
         }
     }
-    let mut tx = st.db.begin().await?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO benchmark_runs (workspace_id, author_id, model, request_json, status, total) \
-         VALUES (?, ?, ?, ?, 'queued', ?) RETURNING id",
-    )
-    .bind(ws)
-    .bind(c.user.id)
-    .bind(&st.info.name)
-    .bind(serde_json::to_string(&req).map_err(ApiErr::internal)?)
-    .bind(total(&req) as i64)
-    .fetch_one(&mut *tx)
-    .await?;
-    let detail = format!("#{id} {} {} {} n={} seed={}", req.methods.join(","), req.task, req.mode, req.n, req.seed);
-    audit::record(&mut tx, Some(ws), c.user.id, "run.start", &detail).await?;
-    tx.commit().await?;
+    let snapshot = if req.data == WORKSPACE { Some(snapshot(&st, ws, &mut req).await?) } else { None };
+    let stored = async {
+        let mut tx = st.db.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO benchmark_runs (workspace_id, author_id, model, request_json, status, total, note) \
+             VALUES (?, ?, ?, ?, 'queued', ?, ?) RETURNING id",
+        )
+        .bind(ws)
+        .bind(c.user.id)
+        .bind(&st.info.name)
+        .bind(serde_json::to_string(&req).map_err(ApiErr::internal)?)
+        .bind(total(&req) as i64)
+        .bind(snapshot.as_ref().and_then(|(_, s)| s.note()))
+        .fetch_one(&mut *tx)
+        .await?;
+        let detail = format!(
+            "#{id} {} {} {} n={} seed={}{}",
+            req.methods.join(","),
+            req.task,
+            req.mode,
+            req.n,
+            req.seed,
+            if req.data == WORKSPACE { " on the workspace's cases" } else { "" }
+        );
+        audit::record(&mut tx, Some(ws), c.user.id, "run.start", &detail).await?;
+        if let Some((tmp, _)) = &snapshot {
+            std::fs::rename(tmp, run_data::dir(&st.data_dir, id)).map_err(ApiErr::internal)?;
+        }
+        tx.commit().await?;
+        Ok::<_, ApiErr>(id)
+    };
+    let id = match stored.await {
+        Ok(id) => id,
+        Err(e) => {
+            if let Some((tmp, _)) = &snapshot {
+                let _ = std::fs::remove_dir_all(tmp);
+            }
+            return Err(e);
+        }
+    };
     st.runs.submit(id, req, Vec::new())?;
     let run = load(&st, id).await?;
     events::publish(&st, Event::Run { run: run.clone() });
@@ -414,10 +499,11 @@ pub async fn list(
     Ok(Json(out))
 }
 
-/// `GET /api/runs/{id}`: members of its workspace; anyone once it is finished (the leaderboard links to it).
+/// `GET /api/runs/{id}`: members of its workspace; anyone once a run on the world is finished (the leaderboard links
+/// to it).
 pub async fn get(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> ApiResult<Json<RunInfo>> {
     let run = load(&st, id).await?;
-    if run.status != RunStatus::Finished {
+    if run.status != RunStatus::Finished || run.request.data == WORKSPACE {
         let c = auth::signed_in(&st, &headers).await?;
         auth::role_in(&st, &c, run.workspace_id, Role::Viewer)
             .await
