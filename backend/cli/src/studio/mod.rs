@@ -14,6 +14,7 @@ mod gallery;
 mod leaderboard;
 mod members;
 mod openapi;
+mod patch_cache;
 mod playground;
 mod run_data;
 mod runs;
@@ -65,6 +66,10 @@ pub struct ServeArgs {
     /// Jobs the interactive model worker queues before answering 503.
     #[arg(long, default_value_t = 32)]
     pub queue: usize,
+    /// Loaded patches the model worker keeps between jobs, in millions of parameters (least recently used ones are
+    /// dropped and reloaded from disk when needed).
+    #[arg(long, default_value_t = 256)]
+    pub patch_cache: usize,
 }
 
 /// Everything a handler reaches.
@@ -214,8 +219,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // The world's data (seed 0): the gallery, and the memory of unrelated inputs of T-Patcher and UniKE.
     let world = crate::bench_edit::data_dir(None, 0)?;
     let gallery = Arc::new(Gallery::load(&world, 24, 12)?);
-    let worker =
-        Worker::spawn(loaded.clone(), world.clone(), crate::model_dir::repo_root(), info.name.clone(), args.queue);
+    let worker = Worker::spawn(
+        loaded.clone(),
+        world.clone(),
+        crate::model_dir::repo_root(),
+        info.name.clone(),
+        args.queue,
+        args.patch_cache.saturating_mul(1_000_000),
+    );
     let (runs, updates) = RunQueue::spawn(loaded, data_dir.clone());
     let state = AppState {
         db,

@@ -24,6 +24,7 @@ use unike_core::Error as CoreError;
 use unike_shared::playground::{Probe, ProbeKind};
 
 use super::error::{ApiErr, ApiResult};
+use super::patch_cache::LruCache;
 use crate::device::Loaded;
 
 type CoreResult<T> = std::result::Result<T, CoreError>;
@@ -108,7 +109,15 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker on `loaded`; `data` is the world's data directory (training split: the memory of unrelated
     /// inputs), `root` the repository root (hyper-parameter files).
-    pub fn spawn(loaded: Arc<Loaded>, data: PathBuf, root: PathBuf, model_name: String, queue: usize) -> Self {
+    /// `patch_cache` bounds the loaded patches kept between jobs, in parameters.
+    pub fn spawn(
+        loaded: Arc<Loaded>,
+        data: PathBuf,
+        root: PathBuf,
+        model_name: String,
+        queue: usize,
+        patch_cache: usize,
+    ) -> Self {
         let (tx, rx) = sync_channel::<Job>(queue);
         std::thread::Builder::new()
             .name("unike-model".into())
@@ -120,7 +129,7 @@ impl Worker {
                     model_name,
                     memory: None,
                     methods: HashMap::new(),
-                    patches: HashMap::new(),
+                    patches: LruCache::new(patch_cache),
                 };
                 for job in rx {
                     match job {
@@ -176,7 +185,7 @@ struct State {
     model_name: String,
     memory: Option<Vec<EditSequence>>,
     methods: HashMap<String, Box<dyn EditMethod>>,
-    patches: HashMap<PathBuf, Patch>,
+    patches: LruCache<PathBuf, Patch>,
 }
 
 fn anyhow_to_core(e: anyhow::Error) -> CoreError {
@@ -223,14 +232,15 @@ impl State {
     fn stack(&mut self, entries: &[StackEntry]) -> CoreResult<PatchStack> {
         let mut stack = PatchStack::new();
         for e in entries {
-            if !self.patches.contains_key(&e.dir) {
-                let deps = self.method(&e.method)?.patch_deps();
-                let p = Patch::load_with(&e.dir, &self.loaded.model, &deps)?;
-                self.patches.insert(e.dir.clone(), p);
-            }
             if let Some(p) = self.patches.get(&e.dir) {
                 stack.push(p.clone());
+                continue;
             }
+            let deps = self.method(&e.method)?.patch_deps();
+            let p = Patch::load_with(&e.dir, &self.loaded.model, &deps)?;
+            stack.push(p.clone());
+            let size = p.num_parameters();
+            self.patches.insert(e.dir.clone(), p, size);
         }
         Ok(stack)
     }
@@ -289,7 +299,8 @@ impl State {
         patch.save(&job.save_to)?;
         let mut after_stack = stack.clone();
         after_stack.push(patch.clone());
-        self.patches.insert(job.save_to.clone(), patch);
+        let size = patch.num_parameters();
+        self.patches.insert(job.save_to.clone(), patch, size);
         let after_hooks = after_stack.hooks()?;
         let after = self.greedy(&job.question, px.as_ref(), &after_hooks)?;
         let norm = |s: &str| s.trim().trim_end_matches('.').to_lowercase();
