@@ -84,7 +84,12 @@ struct Observer<'a> {
     stages_done: usize,
     stage: usize,
     total: usize,
+    /// When progress was last reported (reports are throttled to [`PROGRESS_EVERY`], and a stage's end).
+    reported: Option<std::time::Instant>,
 }
+
+/// The least time between two progress reports of a run (each is a database write and an event to open pages).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl BenchObserver for Observer<'_> {
     fn stage(&mut self, _name: &str, total: usize) {
@@ -93,8 +98,12 @@ impl BenchObserver for Observer<'_> {
     }
 
     fn progress(&mut self, done: usize) -> bool {
-        let done = (self.stages_done + self.stage.saturating_sub(1)) * self.n + done;
-        let _ = self.tx.send(Update::Progress { id: self.id, done, total: self.total });
+        let due = self.reported.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) || done == self.n;
+        if due {
+            self.reported = Some(std::time::Instant::now());
+            let done = (self.stages_done + self.stage.saturating_sub(1)) * self.n + done;
+            let _ = self.tx.send(Update::Progress { id: self.id, done, total: self.total });
+        }
         !self.cancel.load(Ordering::SeqCst)
     }
 
@@ -122,7 +131,16 @@ fn execute(loaded: &Loaded, job: &RunJob, tx: &UnboundedSender<Update>) -> (RunS
             threads: 1,
         };
         let data = bench_edit::data_dir(job.data.as_deref(), job.req.seed)?;
-        let mut obs = Observer { id: job.id, tx, cancel: &job.cancel, n, stages_done: job.skip.len(), stage: 0, total };
+        let mut obs = Observer {
+            id: job.id,
+            tx,
+            cancel: &job.cancel,
+            n,
+            stages_done: job.skip.len(),
+            stage: 0,
+            total,
+            reported: None,
+        };
         bench_edit::bench_observed(loaded, &data, &cfg, &mut obs)?;
         Ok(())
     };
