@@ -144,7 +144,14 @@ pub fn train_encoders(args: EncoderArgs) -> Result<()> {
 }
 
 /// Builds whatever of the memory and encoders is missing for `loaded` (with progress bars and a message).
+/// Threads of one process (the studio's model and run workers) build them one at a time: a second caller waits for
+/// the first and finds them present.
 pub fn ensure(loaded: &Loaded) -> Result<()> {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if Artifacts::present(&loaded.dir) {
+        return Ok(());
+    }
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if Artifacts::present(&loaded.dir) {
         return Ok(());
     }
