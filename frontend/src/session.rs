@@ -2,7 +2,7 @@
 
 use leptos::prelude::*;
 use unike_shared::auth::SessionInfo;
-use unike_shared::workspace::Workspace;
+use unike_shared::workspace::{PendingInvitation, Workspace};
 
 use crate::api;
 
@@ -12,13 +12,19 @@ pub struct SessionCtx {
     pub session: RwSignal<Option<SessionInfo>>,
     pub workspace: RwSignal<Option<i64>>,
     pub workspaces: RwSignal<Vec<Workspace>>,
+    /// Invitations waiting for the caller's answer (shown beside Workspaces in the header).
+    pub invitations: RwSignal<usize>,
 }
 
 impl SessionCtx {
     /// Provides the context and loads the session and the caller's workspaces.
     pub fn provide() -> Self {
-        let ctx =
-            Self { session: RwSignal::new(None), workspace: RwSignal::new(None), workspaces: RwSignal::new(vec![]) };
+        let ctx = Self {
+            session: RwSignal::new(None),
+            workspace: RwSignal::new(None),
+            workspaces: RwSignal::new(vec![]),
+            invitations: RwSignal::new(0),
+        };
         provide_context(ctx);
         ctx.reload();
         ctx
@@ -44,7 +50,10 @@ impl SessionCtx {
         });
     }
 
+    /// Fetches the caller's workspaces (keeping the chosen one when it is still theirs) and pending invitations.
     pub async fn load_workspaces(self) {
+        let pending = api::get_json::<Vec<PendingInvitation>>(unike_shared::routes::MY_INVITATIONS).await;
+        self.invitations.set(pending.map(|p| p.len()).unwrap_or(0));
         if let Ok(ws) = api::get_json::<Vec<Workspace>>(unike_shared::routes::WORKSPACES).await {
             let keep = self.workspace.get_untracked().filter(|id| ws.iter().any(|w| w.id == *id));
             self.workspace.set(keep.or_else(|| ws.first().map(|w| w.id)));

@@ -142,12 +142,16 @@ try {
   await page.fill('#invitee', 'e2e-mate');
   await page.click('form:has(#invitee) button[type=submit]');
   await page.waitForSelector('#pending li');
-  await mate.goto(`${url}/workspaces`);
+  await mate.reload();
+  await mate.waitForSelector('#invitation-count');
+  check((await mate.textContent('#invitation-count')) === '1', 'the header counts the pending invitation');
+  await mate.click('a[href="/workspaces"]');
   await mate.waitForSelector('#my-invitations li');
   await mate.click('#my-invitations button:has-text("Accept")');
   await mate.waitForFunction(() =>
     [...document.querySelectorAll('.status')].some((e) => e.textContent.includes('You joined')),
   );
+  check((await mate.locator('#invitation-count').count()) === 0, 'the count goes once the invitation is answered');
   await page.reload();
   await page.waitForFunction(() => document.querySelector('#members')?.textContent.includes('e2e-mate'));
   await page.screenshot({ path: `${artifacts}/05-workspace-members.png`, fullPage: true });

@@ -33,7 +33,16 @@ pub fn Header() -> impl IntoView {
                     <li><A href="/playground">"Playground"</A></li>
                     <li><A href="/benchmarks">"Benchmarks"</A></li>
                     <li><A href="/leaderboard">"Leaderboard"</A></li>
-                    <li><A href="/workspaces">"Workspaces"</A></li>
+                    <li>
+                        <A href="/workspaces">"Workspaces"
+                            {move || {
+                                let n = ctx.invitations.get();
+                                (n > 0).then(|| view! {
+                                    <span class="badge" id="invitation-count" title=format!("{n} pending invitations")>{n}</span>
+                                })
+                            }}
+                        </A>
+                    </li>
                     <li class="account"><A href="/signin">{who}</A></li>
                 </ul>
             </nav>

@@ -44,6 +44,7 @@ fn WorkspacesBody() -> impl IntoView {
     let load = move || {
         leptos::task::spawn_local(async move {
             if let Ok(m) = api::get_json::<Vec<PendingInvitation>>(routes::MY_INVITATIONS).await {
+                ctx.invitations.set(m.len());
                 mine.set(m);
             }
         });
