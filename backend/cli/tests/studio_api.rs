@@ -404,11 +404,15 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     // Bob's workspace: the two imported cases, and one whose image is not in this studio (left out, and said so).
     let foreign = json!({"src": "What is this?", "alt": "a cat", "image": "val2014/a.jpg", "rephrase": "What's this?",
         "image_rephrase": "val2014/b.jpg", "loc": "q", "loc_ans": "a", "m_loc": "c.jpg", "m_loc_q": "mq", "m_loc_a": "ma"});
-    assert_eq!(bob.post(&routes::cases(bob_own), &json!({ "cases": [foreign] }))?.json()?["imported"], 1);
+    // And one on a gallery image with a question of its own and no rephrasing: the gallery cannot complete it.
+    let own_question = json!({"src": "Is this a drawing?", "alt": "yes", "image": routes::image(gid)});
+    let imported = bob.post(&routes::cases(bob_own), &json!({ "cases": [foreign, own_question] }))?;
+    assert_eq!(imported.json()?["imported"], 2, "{}", imported.body);
     let br = bob.post(&routes::runs(bob_own), &on_ws("vqa"))?.json()?;
     assert_eq!(br["request"]["n"], 2, "{br}");
     let note = br["note"].as_str().context("note")?;
-    assert!(note.contains("1 of the workspace's cases") && note.contains("val2014/a.jpg"), "{note}");
+    assert!(note.contains("2 of the workspace's cases") && note.contains("val2014/a.jpg"), "{note}");
+    assert!(note.contains("no rephrased question") && !note.contains("no other image"), "{note}");
     let br = wait_run(&mut bob, br["id"].as_i64().context("id")?, &["finished", "failed"])?;
     assert_eq!(br["status"], "finished", "{br}");
     let mut empty = Client::new(port);

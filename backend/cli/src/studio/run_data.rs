@@ -56,51 +56,41 @@ fn filled(s: &Option<String>) -> Option<String> {
 
 /// The MMEdit record of `c` with image paths as files of this studio, or why it cannot be evaluated.
 fn complete(st: &AppState, c: &StoredCase) -> Result<(MmeditRecord, [PathBuf; 3]), String> {
+    let file = |name: &str| {
+        gallery::file_of(st, name).map(|(p, _)| p).ok_or_else(|| format!("image {name:?} is not in this studio"))
+    };
     let image_name = filled(&c.image).ok_or("no image")?;
     let (image, gallery_case) =
         gallery::file_of(st, &image_name).ok_or_else(|| format!("image {image_name:?} is not in this studio"))?;
     let g = gallery_case.map(|(_, g)| g);
-    let from_gallery = |f: fn(&unike_core::data::EditCase) -> String| g.map(f);
+    // Each probe comes whole from the case, or else whole from the gallery case of its image.
     let rephrase = filled(&c.rephrase)
         .or_else(|| g.filter(|g| g.prompt.trim() == c.question.trim()).map(|g| g.rephrase_prompt.clone()));
     let other = match filled(&c.image_rephrase) {
-        Some(name) => {
-            Some(gallery::file_of(st, &name).ok_or_else(|| format!("image {name:?} is not in this studio"))?.0)
-        }
+        Some(name) => Some(file(&name)?),
         None => g.map(|g| g.rephrase_image.clone()),
     };
-    let unrelated = match filled(&c.m_loc) {
-        Some(name) => {
-            Some(gallery::file_of(st, &name).ok_or_else(|| format!("image {name:?} is not in this studio"))?.0)
-        }
-        None => g.map(|g| g.m_loc_image.clone()),
+    let text_loc = match (filled(&c.loc), filled(&c.loc_ans)) {
+        (Some(q), Some(a)) => Some((q, a)),
+        _ => g.map(|g| (g.loc_question.clone(), g.loc_answer.clone())),
     };
-    let (loc, loc_ans) = match (filled(&c.loc), filled(&c.loc_ans)) {
-        (Some(q), Some(a)) => (Some(q), Some(a)),
-        _ => (from_gallery(|g| g.loc_question.clone()), from_gallery(|g| g.loc_answer.clone())),
+    let image_loc = match (filled(&c.m_loc), filled(&c.m_loc_q), filled(&c.m_loc_a)) {
+        (Some(name), Some(q), Some(a)) => Some((file(&name)?, q, a)),
+        _ => g.map(|g| (g.m_loc_image.clone(), g.m_loc_question.clone(), g.m_loc_answer.clone())),
     };
-    let (m_loc_q, m_loc_a) = match (filled(&c.m_loc_q), filled(&c.m_loc_a), filled(&c.m_loc)) {
-        (Some(q), Some(a), Some(_)) => (Some(q), Some(a)),
-        _ => (from_gallery(|g| g.m_loc_question.clone()), from_gallery(|g| g.m_loc_answer.clone())),
-    };
-    let mut missing = Vec::new();
-    for (what, v) in [
-        ("rephrased question", rephrase.is_some()),
-        ("other image of the entity", other.is_some()),
-        ("unrelated text question", loc.is_some() && loc_ans.is_some()),
-        ("unrelated image question", unrelated.is_some() && m_loc_q.is_some() && m_loc_a.is_some()),
-    ] {
-        if !v {
-            missing.push(what);
-        }
-    }
-    if !missing.is_empty() {
-        return Err(format!("no {}", missing.join(", no ")));
-    }
-    let (Some(rephrase), Some(other), Some(loc), Some(loc_ans), Some(unrelated), Some(m_loc_q), Some(m_loc_a)) =
-        (rephrase, other, loc, loc_ans, unrelated, m_loc_q, m_loc_a)
+    let (Some(rephrase), Some(other), Some((loc, loc_ans)), Some((unrelated, m_loc_q, m_loc_a))) =
+        (rephrase.clone(), other.clone(), text_loc.clone(), image_loc.clone())
     else {
-        return Err("incomplete".into());
+        let missing: Vec<&str> = [
+            (rephrase.is_none(), "rephrased question"),
+            (other.is_none(), "other image of the entity"),
+            (text_loc.is_none(), "unrelated text question"),
+            (image_loc.is_none(), "unrelated image question"),
+        ]
+        .into_iter()
+        .filter_map(|(m, what)| m.then_some(what))
+        .collect();
+        return Err(format!("no {}", missing.join(", no ")));
     };
     let record = MmeditRecord {
         src: c.question.trim().to_string(),
