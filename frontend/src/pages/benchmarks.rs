@@ -164,8 +164,8 @@ fn BenchmarksBody() -> impl IntoView {
             <div class="grid three">
                 <label class="field">"Data"
                     <select id="run-data" on:change=move |ev| data.set(event_target_value(&ev))>
-                        <option value="world" selected=move || data.get() == "world">"the synthetic world (public leaderboard)"</option>
-                        <option value="workspace" selected=move || data.get() == "workspace">"this workspace's cases (private)"</option>
+                        <option value="world" selected=move || data.get() == "world">"world (public)"</option>
+                        <option value="workspace" selected=move || data.get() == "workspace">"workspace cases (private)"</option>
                     </select>
                 </label>
                 {select("Task", task, &["vqa", "caption", "cross"])}

@@ -111,12 +111,14 @@ fn PlaygroundBody() -> impl IntoView {
             applied.set(Some(api::post_json(&routes::edits(ws), &req).await.map_err(|e| e.to_string())));
             busy.set(false);
             load_stack();
+            ctx.load_workspaces().await; // the picker shows each workspace's edit count
         });
     };
     let undo = move |id: i64| {
         let Some(ws) = ctx.workspace.get_untracked() else { return };
         leptos::task::spawn_local(async move {
             stack.set(Some(api::delete_json::<EditStack>(&routes::edit(ws, id)).await.map_err(|e| e.to_string())));
+            ctx.load_workspaces().await;
         });
     };
     let import = move |ev: leptos::ev::Event| {
