@@ -92,6 +92,10 @@ pub struct AppState {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    // As in `unike bench`: each model worker runs its matmuls on its own thread (on world-sized models the shared
+    // pools only spin: interactive edits took 2.6-4.6 s instead of ~0.2 s). RAYON_NUM_THREADS / CANDLE_NUM_THREADS
+    // set by the caller win (a large checkpoint on CPU wants them).
+    crate::device::single_thread_pools();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(args))
 }
