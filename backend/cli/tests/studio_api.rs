@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use base64::Engine;
 use serde_json::{json, Value};
 use unike_shared::routes;
 
@@ -158,7 +159,7 @@ fn temp_dir(name: &str) -> Result<PathBuf> {
     Ok(d)
 }
 
-/// Reads a server-sent event stream until `needle` shows up.
+/// Reads a server-sent event stream until `needle` shows up or the stream ends; returns what it read.
 fn sse_until(port: u16, cookie: &str, workspace: i64, needle: &str) -> std::thread::JoinHandle<Result<String>> {
     let (cookie, needle) = (cookie.to_string(), needle.to_string());
     let mut s = TcpStream::connect(("127.0.0.1", port));
@@ -174,9 +175,10 @@ fn sse_until(port: u16, cookie: &str, workspace: i64, needle: &str) -> std::thre
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut seen = String::new();
         let mut buf = [0u8; 4096];
-        while !seen.contains(&needle) {
+        // Until the needle shows up or the server ends the (chunked) stream.
+        while !seen.contains(&needle) && !seen.ends_with("\r\n0\r\n\r\n") {
             let n = s.read(&mut buf)?;
-            ensure!(n > 0, "stream ended: {seen}");
+            ensure!(n > 0, "connection closed: {seen}");
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
         Ok(seen)
@@ -252,6 +254,17 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     expect_error(&alice.post(&routes::edits(9999), &edit(question, target, "serac"))?, 404, "workspace 9999")?;
     expect_error(&alice.raw("DELETE", &routes::edit(ws_id, 77), None, true)?, 404, "edit 77")?;
     expect_error(&alice.get("/api/nothing-here")?, 404, "no such API route")?;
+    // What axum itself rejects (a path id that is no number, a malformed query, a method the route lacks) is JSON too.
+    expect_error(&alice.get("/api/workspaces/abc")?, 400, "parse")?;
+    expect_error(&alice.get("/api/runs/99999999999999999999")?, 400, "parse")?;
+    expect_error(&alice.get(routes::EVENTS)?, 400, "workspace")?;
+    expect_error(&alice.get(&format!("{}?workspace=x", routes::EVENTS))?, 400, "workspace")?;
+    expect_error(&alice.raw("PUT", &routes::workspace(ws_id), Some("{}"), true)?, 405, "method not allowed")?;
+    // An image whose header claims more than 4096 pixels a side is refused before it is decoded.
+    let mut png = Vec::new();
+    image::RgbImage::new(5000, 1).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    let wide = base64::engine::general_purpose::STANDARD.encode(&png);
+    expect_error(&alice.post(&routes::edits(ws_id), &bad_img(&wide))?, 400, "sides must be 1 to 4096")?;
     assert_eq!(alice.get(&routes::edits(ws_id))?.json()?["edits"].as_array().map(Vec::len), Some(0));
     assert_eq!(alice.get(&routes::cases(ws_id))?.json()?.as_array().map(Vec::len), Some(0));
 
@@ -353,6 +366,9 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     let mut bad_cases = cases.clone();
     bad_cases[1]["alt"] = json!("");
     expect_error(&bob.post(&routes::cases(bob_own), &json!({ "cases": bad_cases }))?, 400, "case 1")?;
+    let mut long_cases = cases.clone();
+    long_cases[0]["rephrase"] = json!("why ".repeat(200));
+    expect_error(&bob.post(&routes::cases(bob_own), &json!({ "cases": long_cases }))?, 400, "rephrase is longer")?;
     assert_eq!(bob.get(&routes::cases(bob_own))?.json()?.as_array().map(Vec::len), Some(0));
     assert_eq!(bob.post(&routes::cases(bob_own), &json!({ "cases": cases }))?.json()?["imported"], 2);
 
@@ -429,6 +445,22 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     let cancelled = wait_run(&mut alice, long_id, &["cancelled", "finished", "failed"])?;
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     expect_error(&alice.post(&routes::run_cancel(long_id), &json!({}))?, 409, "already cancelled")?;
+    // One author's unfinished runs are bounded (the run worker's queue cannot grow without end); cancelling frees room.
+    let long_run = json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 400});
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        let r = alice.post(&routes::runs(ws_id), &long_run)?;
+        ensure!(r.status == 200, "{}", r.body);
+        queued.push(r.json()?["id"].as_i64().context("id")?);
+    }
+    expect_error(&alice.post(&routes::runs(ws_id), &long_run)?, 429, "unfinished runs")?;
+    for id in queued.iter().rev() {
+        let r = alice.post(&routes::run_cancel(*id), &json!({}))?;
+        ensure!(r.status == 200, "{}", r.body);
+    }
+    for id in &queued {
+        assert_eq!(wait_run(&mut alice, *id, &["cancelled", "finished", "failed"])?["status"], "cancelled");
+    }
 
     // A run the server is killed in the middle of resumes on restart, keeping what it had stored.
     let resumed = alice.post(
@@ -484,10 +516,18 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     expect_error(&carol.get(&routes::edits(ws_id))?, 404, "workspace")?;
     expect_error(&alice.raw("DELETE", &routes::member(ws_id, alice_id), None, true)?, 409, "at least one owner")?;
     expect_error(&carol.raw("DELETE", &routes::member(ws_id, bob_id), None, true)?, 404, "workspace")?;
+    // Bob's open page stops receiving the workspace's events once he is removed.
+    let bob_events = sse_until(bob.port, bob.cookie.as_deref().context("cookie")?, ws_id, "edit_undone");
+    std::thread::sleep(Duration::from_millis(300));
     let members = alice.raw("DELETE", &routes::member(ws_id, bob_id), None, true)?;
     ensure!(members.status == 200, "{}", members.body);
     assert_eq!(members.json()?.as_array().map(Vec::len), Some(1));
     expect_error(&bob.get(&routes::edits(ws_id))?, 404, "workspace")?;
+    let last = alice.get(&routes::edits(ws_id))?.json()?["edits"][0]["id"].as_i64().context("edit id")?;
+    let r = alice.raw("DELETE", &routes::edit(ws_id, last), None, true)?;
+    ensure!(r.status == 200, "{}", r.body);
+    let seen = bob_events.join().map_err(|_| anyhow::anyhow!("sse thread panicked"))??;
+    assert!(!seen.contains("edit_undone") && seen.ends_with("0\r\n\r\n"), "bob's stream: {seen}");
 
     // The OpenAPI document lists every route.
     let doc = anon.get(routes::OPENAPI)?.json()?;
@@ -551,6 +591,21 @@ fn demo_mode_gives_each_visitor_an_isolated_capped_rate_limited_sandbox() -> Res
     // The leaderboard is public and read-only.
     assert_eq!(Client::new(port).get(routes::LEADERBOARD)?.status, 200);
     assert_eq!(Client::new(port).raw("POST", routes::LEADERBOARD, Some("{}"), false)?.status, 405);
+
+    // A guest cannot invite anyone into its sandbox.
+    expect_error(&a.post(&routes::invitations(a_ws), &json!({"username": "x", "role": "editor"}))?, 403, "guests")?;
+    // Sandboxes per address and hour are capped by the guests created, so signing out does not make room.
+    let mut refused = None;
+    for _ in 0..30 {
+        let mut g = Client::new(port);
+        let r = g.get(routes::SESSION)?;
+        if r.status == 429 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(g.raw("POST", routes::SIGN_OUT, None, false)?.status, 200);
+    }
+    expect_error(&refused.context("guests never capped")?, 429, "too many demo sandboxes")?;
 
     // Per-address rate limit: a burst of writes ends in 429 with a message.
     let mut limited = None;

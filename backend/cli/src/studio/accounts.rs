@@ -6,7 +6,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{AppendHeaders, IntoResponse};
 use axum::Json;
-use unike_shared::auth::{Credentials, SessionInfo, UserInfo};
+use unike_shared::auth::{Credentials, SessionInfo, UserInfo, PASSWORD_MAX};
 
 use super::auth::{self, Caller};
 use super::demo::DEMO_CAPS;
@@ -17,27 +17,48 @@ fn info(st: &AppState, c: Option<&Caller>) -> SessionInfo {
     SessionInfo { user: c.map(|c| c.user.clone()), csrf_token: c.map(|c| c.csrf.clone()), demo: st.demo }
 }
 
-fn with_cookie(token: Option<&str>, body: SessionInfo) -> impl IntoResponse {
-    (AppendHeaders([(header::SET_COOKIE, auth::session_cookie(token))]), Json(body))
+fn with_cookie(st: &AppState, token: Option<&str>, body: SessionInfo) -> impl IntoResponse {
+    (AppendHeaders([(header::SET_COOKIE, auth::session_cookie(token, st.secure_cookies))]), Json(body))
 }
 
 /// Creates a user with their first workspace (an owner's), atomically.
-async fn create_user(st: &AppState, username: &str, hash: Option<&str>, guest: bool) -> ApiResult<i64> {
-    let mut tx = st.db.begin().await?;
-    let id: i64 =
-        match sqlx::query_scalar("INSERT INTO users (username, password_hash, guest) VALUES (?, ?, ?) RETURNING id")
-            .bind(username)
-            .bind(hash)
-            .bind(guest)
-            .fetch_one(&mut *tx)
-            .await
-        {
-            Ok(id) => id,
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(ApiErr::conflict(format!("the username {username:?} is taken")))
-            }
-            Err(e) => return Err(e.into()),
-        };
+async fn create_user(
+    st: &AppState,
+    username: &str,
+    hash: Option<&str>,
+    guest: bool,
+    ip: std::net::IpAddr,
+) -> ApiResult<i64> {
+    let mut tx = super::write_tx(&st.db).await?;
+    if guest {
+        // Counted in the write transaction, so parallel requests cannot all pass the cap.
+        let recent: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM users WHERE guest = 1 AND created_ip = ? \
+             AND created_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-1 hour')",
+        )
+        .bind(ip.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        if recent as usize >= DEMO_CAPS.guests_per_hour {
+            return Err(ApiErr::too_many("too many demo sandboxes from your address in the last hour"));
+        }
+    }
+    let id: i64 = match sqlx::query_scalar(
+        "INSERT INTO users (username, password_hash, guest, created_ip) VALUES (?, ?, ?, ?) RETURNING id",
+    )
+    .bind(username)
+    .bind(hash)
+    .bind(guest)
+    .bind(ip.to_string())
+    .fetch_one(&mut *tx)
+    .await
+    {
+        Ok(id) => id,
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            return Err(ApiErr::conflict(format!("the username {username:?} is taken")))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let name = if guest { "Sandbox".to_string() } else { format!("{username}'s workspace") };
     let ws: i64 = sqlx::query_scalar("INSERT INTO workspaces (name, sandbox) VALUES (?, ?) RETURNING id")
         .bind(&name)
@@ -58,24 +79,28 @@ async fn create_user(st: &AppState, username: &str, hash: Option<&str>, guest: b
 pub async fn sign_up(
     State(st): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Body(c): Body<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
-    st.limits.check(addr.ip())?;
+    let ip = auth::client_ip(&st, &headers, addr.ip());
+    st.limits.check(ip)?;
     let username = auth::validate(&c)?;
     let hash = auth::hash_password(c.password).await?;
-    let id = create_user(&st, &username, Some(&hash), false).await?;
-    let (token, csrf) = auth::start_session(&st, id, Some(addr.ip())).await?;
+    let id = create_user(&st, &username, Some(&hash), false, ip).await?;
+    let (token, csrf) = auth::start_session(&st, id, Some(ip)).await?;
     let caller = Caller { user: UserInfo { id, username, guest: false }, csrf };
-    Ok(with_cookie(Some(&token), info(&st, Some(&caller))))
+    Ok(with_cookie(&st, Some(&token), info(&st, Some(&caller))))
 }
 
 /// `POST /api/auth/signin`.
 pub async fn sign_in(
     State(st): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Body(c): Body<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
-    st.limits.check(addr.ip())?;
+    let ip = auth::client_ip(&st, &headers, addr.ip());
+    st.limits.check(ip)?;
     let username = c.username.trim().to_lowercase();
     let row: Option<(i64, Option<String>)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE username = ? AND guest = 0")
@@ -83,22 +108,25 @@ pub async fn sign_in(
             .fetch_optional(&st.db)
             .await?;
     let wrong = || ApiErr::new(axum::http::StatusCode::UNAUTHORIZED, "wrong username or password");
-    let (id, hash) = match row {
-        Some((id, Some(h))) => (id, h),
-        _ => return Err(wrong()),
-    };
-    if !auth::verify_password(c.password, hash).await? {
+    if c.password.chars().count() > PASSWORD_MAX {
         return Err(wrong());
     }
-    let (token, csrf) = auth::start_session(&st, id, Some(addr.ip())).await?;
+    // An unknown name costs the same hash as a known one, so timing does not tell which names exist.
+    let (id, hash) = match row {
+        Some((id, Some(h))) => (Some(id), h),
+        _ => (None, auth::dummy_hash()?),
+    };
+    let verified = auth::verify_password(c.password, hash).await?;
+    let Some(id) = id.filter(|_| verified) else { return Err(wrong()) };
+    let (token, csrf) = auth::start_session(&st, id, Some(ip)).await?;
     let caller = Caller { user: UserInfo { id, username, guest: false }, csrf };
-    Ok(with_cookie(Some(&token), info(&st, Some(&caller))))
+    Ok(with_cookie(&st, Some(&token), info(&st, Some(&caller))))
 }
 
 /// `POST /api/auth/signout`.
 pub async fn sign_out(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
     auth::end_session(&st, &headers).await?;
-    Ok(with_cookie(None, info(&st, None)))
+    Ok(with_cookie(&st, None, info(&st, None)))
 }
 
 /// `GET /api/auth/session`: the current session; in demo mode a visitor without one gets a guest sandbox.
@@ -113,20 +141,10 @@ pub async fn session(
     if !st.demo {
         return Ok(Json(info(&st, None)).into_response());
     }
-    let ip = addr.ip().to_string();
-    let recent: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.guest = 1 AND s.ip = ? \
-         AND s.created_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-1 hour')",
-    )
-    .bind(&ip)
-    .fetch_one(&st.db)
-    .await?;
-    if recent as usize >= DEMO_CAPS.guests_per_hour {
-        return Err(ApiErr::too_many("too many demo sandboxes from your address in the last hour"));
-    }
+    let ip = auth::client_ip(&st, &headers, addr.ip());
     let username = format!("guest-{}", auth::random_hex(5)?);
-    let id = create_user(&st, &username, None, true).await?;
-    let (token, csrf) = auth::start_session(&st, id, Some(addr.ip())).await?;
+    let id = create_user(&st, &username, None, true, ip).await?;
+    let (token, csrf) = auth::start_session(&st, id, Some(ip)).await?;
     let caller = Caller { user: UserInfo { id, username, guest: true }, csrf };
-    Ok(with_cookie(Some(&token), info(&st, Some(&caller))).into_response())
+    Ok(with_cookie(&st, Some(&token), info(&st, Some(&caller))).into_response())
 }

@@ -75,6 +75,17 @@ pub async fn verify_password(password: String, hash: String) -> ApiResult<bool> 
     .map_err(ApiErr::internal)?
 }
 
+/// A hash of a random password, verified against when a sign-in names an unknown user (made once per process).
+pub fn dummy_hash() -> ApiResult<String> {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(h) = HASH.get() {
+        return Ok(h.clone());
+    }
+    let salt = SaltString::encode_b64(random_hex(16)?.as_bytes()).map_err(ApiErr::internal)?;
+    let h = Argon2::default().hash_password(random_hex(16)?.as_bytes(), &salt).map_err(ApiErr::internal)?;
+    Ok(HASH.get_or_init(|| h.to_string()).clone())
+}
+
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
     headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
@@ -82,13 +93,15 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-/// The `Set-Cookie` value of a new session (or of its removal, with `None`).
-pub fn session_cookie(token: Option<&str>) -> HeaderValue {
+/// The `Set-Cookie` value of a new session (or of its removal, with `None`); `secure` adds `Secure` (served over
+/// HTTPS).
+pub fn session_cookie(token: Option<&str>, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
     let v = match token {
         Some(t) => {
-            format!("{SESSION_COOKIE}={t}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}", SESSION_DAYS * 86400)
+            format!("{SESSION_COOKIE}={t}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{secure}", SESSION_DAYS * 86400)
         }
-        None => format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"),
+        None => format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{secure}"),
     };
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -136,15 +149,36 @@ pub async fn signed_in(st: &AppState, headers: &HeaderMap) -> ApiResult<Caller> 
     caller(st, headers).await?.ok_or_else(ApiErr::unauthorized)
 }
 
+/// The address limits and caps apply to: the peer's, or behind a trusted reverse proxy (`--trust-proxy`) the last
+/// address of its `X-Forwarded-For`; an IPv6 address stands for its /64 (one host's usual share).
+pub fn client_ip(st: &AppState, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+    let forwarded = st
+        .trust_proxy
+        .then(|| headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()))
+        .flatten()
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    match forwarded.unwrap_or(peer) {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// A signed-in caller allowed to write: the CSRF header matches the session's token, and in demo mode the caller's
-/// address is within its rate limit.
-pub async fn writer(st: &AppState, headers: &HeaderMap, ip: IpAddr) -> ApiResult<Caller> {
+/// address ([`client_ip`] of `peer`) is within its rate limit.
+pub async fn writer(st: &AppState, headers: &HeaderMap, peer: IpAddr) -> ApiResult<Caller> {
     let c = signed_in(st, headers).await?;
     let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
     if sent != c.csrf {
         return Err(ApiErr::forbidden(format!("missing or wrong {CSRF_HEADER} header (read it from the session)")));
     }
-    st.limits.check(ip)?;
+    st.limits.check(client_ip(st, headers, peer))?;
     Ok(c)
 }
 

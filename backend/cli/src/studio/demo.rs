@@ -12,15 +12,20 @@ use super::error::{ApiErr, ApiResult};
 pub struct DemoCaps {
     /// Edits on a sandbox's stack at once.
     pub edits: usize,
+    /// Edits a sandbox may make in all (undone ones count: their patches stay on disk).
+    pub edits_total: usize,
     /// Benchmark runs a guest may launch.
     pub runs: usize,
     /// Cases per run.
     pub run_n: usize,
+    /// Seeds (worlds) a guest's runs may use: `0..seeds`.
+    pub seeds: u64,
     /// Guest accounts one address may create per hour.
     pub guests_per_hour: usize,
 }
 
-pub const DEMO_CAPS: DemoCaps = DemoCaps { edits: 10, runs: 3, run_n: 30, guests_per_hour: 20 };
+pub const DEMO_CAPS: DemoCaps =
+    DemoCaps { edits: 10, edits_total: 50, runs: 3, run_n: 30, seeds: 10, guests_per_hour: 20 };
 
 /// A token bucket per client address: `burst` writes at once, refilled at `per_second`.
 pub struct RateLimits {

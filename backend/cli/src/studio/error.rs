@@ -97,3 +97,31 @@ where
         }
     }
 }
+
+/// Makes every API error a JSON [`ApiError`]: the rejections axum writes as plain text (a path id that is not a
+/// number, a malformed query string, a method the route does not have) keep their status and get their text as the
+/// message. Responses that are already JSON, and successes, pass unchanged.
+pub async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_string(),
+        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let mut out = ApiErr::new(status, text).into_response();
+    // Keep what the rejection says about the route (e.g. `Allow` of a 405).
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}

@@ -20,7 +20,8 @@ pub struct EventsQuery {
     pub workspace: i64,
 }
 
-/// `GET /api/events?workspace=ID`: the workspace's events as they happen (viewers and up).
+/// `GET /api/events?workspace=ID`: the workspace's events as they happen (viewers and up). Access is checked again
+/// before each event goes out: a member removed, or a session ended, stops the stream.
 pub async fn stream(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -29,14 +30,24 @@ pub async fn stream(
     let caller = auth::signed_in(&st, &headers).await?;
     auth::role_in(&st, &caller, q.workspace, Role::Viewer).await?;
     let ws = q.workspace;
-    let events = BroadcastStream::new(st.events.subscribe()).filter_map(move |e| {
-        let e = e.ok()?; // a lagging page skips what it missed; it refetches on the next event
-        if e.workspace_id() != ws {
-            return None;
-        }
-        let data = serde_json::to_string(&e).ok()?;
-        Some(Ok(SseEvent::default().event(e.name()).data(data)))
-    });
+    let events = BroadcastStream::new(st.events.subscribe())
+        .filter_map(move |e| {
+            let e = e.ok()?; // a lagging page skips what it missed; it refetches on the next event
+            if e.workspace_id() != ws {
+                return None;
+            }
+            let data = serde_json::to_string(&e).ok()?;
+            Some(SseEvent::default().event(e.name()).data(data))
+        })
+        .then(move |event| {
+            let (st, headers) = (st.clone(), headers.clone());
+            async move {
+                let caller = auth::signed_in(&st, &headers).await.ok()?;
+                auth::role_in(&st, &caller, ws, Role::Viewer).await.ok()?;
+                Some(event)
+            }
+        })
+        .map_while(|event| event.map(Ok));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 

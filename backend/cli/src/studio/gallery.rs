@@ -69,8 +69,9 @@ pub struct ResolvedImage<'a> {
 }
 
 /// Turns an [`ImageRef`] into a file: a gallery id must exist; an upload must be a PNG or JPEG of at most
-/// [`IMAGE_MAX_BYTES`] and [`SIDE_MAX`] pixels a side.
-pub fn resolve<'a>(st: &'a AppState, image: &ImageRef) -> ApiResult<ResolvedImage<'a>> {
+/// [`IMAGE_MAX_BYTES`] and [`SIDE_MAX`] pixels a side (checked from its header before anything is decoded, and decoded
+/// on a blocking thread).
+pub async fn resolve<'a>(st: &'a AppState, image: &ImageRef) -> ApiResult<ResolvedImage<'a>> {
     match image {
         ImageRef::Gallery { id } => {
             let (id, case) =
@@ -79,31 +80,58 @@ pub fn resolve<'a>(st: &'a AppState, image: &ImageRef) -> ApiResult<ResolvedImag
         }
         ImageRef::Upload { base64 } => {
             if base64.len() > IMAGE_MAX_BYTES * 4 / 3 + 8 {
-                return Err(ApiErr::new(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("images are limited to {} MB", IMAGE_MAX_BYTES / (1024 * 1024)),
-                ));
+                return Err(too_large());
             }
             let b64 = base64.split_once(";base64,").map(|(_, d)| d).unwrap_or(base64);
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .map_err(|e| ApiErr::bad_request(format!("the image is not valid base64: {e}")))?;
-            let img = image::load_from_memory(&bytes)
-                .map_err(|e| ApiErr::bad_request(format!("the upload is not a PNG or JPEG image: {e}")))?;
-            if img.width() == 0 || img.height() == 0 || img.width() > SIDE_MAX || img.height() > SIDE_MAX {
-                return Err(ApiErr::bad_request(format!("image sides must be 1 to {SIDE_MAX} pixels")));
+            if bytes.len() > IMAGE_MAX_BYTES {
+                return Err(too_large());
             }
             let name = format!("upload-{}", &auth::sha256_hex(&bytes)[..32]);
-            let path = st.data_dir.join("uploads").join(format!("{name}.png"));
+            let dir = st.data_dir.join("uploads");
+            let path = dir.join(format!("{name}.png"));
             if !path.is_file() {
-                std::fs::create_dir_all(st.data_dir.join("uploads")).map_err(ApiErr::internal)?;
-                let tmp = path.with_extension("tmp");
-                img.to_rgb8().save_with_format(&tmp, image::ImageFormat::Png).map_err(ApiErr::internal)?;
-                std::fs::rename(&tmp, &path).map_err(ApiErr::internal)?;
+                let out = path.clone();
+                tokio::task::spawn_blocking(move || store_upload(&bytes, &dir, &out))
+                    .await
+                    .map_err(ApiErr::internal)??;
             }
             Ok(ResolvedImage { path, url: routes::image(&name), case: None })
         }
     }
+}
+
+fn too_large() -> ApiErr {
+    ApiErr::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        format!("images are limited to {} MB", IMAGE_MAX_BYTES / (1024 * 1024)),
+    )
+}
+
+/// Validates an uploaded image and stores it as PNG at `path` (in `dir`). The sides are read from the header first,
+/// so a small file that claims a huge image (a decompression bomb) is refused without being decoded.
+fn store_upload(bytes: &[u8], dir: &Path, path: &Path) -> ApiResult<()> {
+    let not_image = |e: image::ImageError| ApiErr::bad_request(format!("the upload is not a PNG or JPEG image: {e}"));
+    let reader =
+        || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(ApiErr::internal);
+    let (w, h) = reader()?.into_dimensions().map_err(not_image)?;
+    if w == 0 || h == 0 || w > SIDE_MAX || h > SIDE_MAX {
+        return Err(ApiErr::bad_request(format!("image sides must be 1 to {SIDE_MAX} pixels (this one is {w} x {h})")));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(SIDE_MAX);
+    limits.max_image_height = Some(SIDE_MAX);
+    limits.max_alloc = Some(256 * 1024 * 1024);
+    let mut r = reader()?;
+    r.limits(limits);
+    let img = r.decode().map_err(not_image)?;
+    std::fs::create_dir_all(dir).map_err(ApiErr::internal)?;
+    let tmp = path.with_extension(format!("{}.tmp", auth::random_hex(4)?));
+    img.to_rgb8().save_with_format(&tmp, image::ImageFormat::Png).map_err(ApiErr::internal)?;
+    std::fs::rename(&tmp, path).map_err(ApiErr::internal)?;
+    Ok(())
 }
 
 /// `GET /api/gallery`.

@@ -17,8 +17,8 @@ async fn rows(st: &AppState, q: &LeaderboardQuery) -> ApiResult<Vec<LeaderboardR
          JOIN benchmark_runs r ON r.id = rr.run_id WHERE r.status = 'finished' AND (? IS NULL OR r.model = ?) \
          ORDER BY rr.score DESC, r.id, rr.method",
     )
-    .bind(&q.model)
-    .bind(&q.model)
+    .bind(q.model.as_deref().filter(|m| !m.is_empty()))
+    .bind(q.model.as_deref().filter(|m| !m.is_empty()))
     .fetch_all(&st.db)
     .await?;
     let want = |f: &Option<String>, v: &str| f.as_deref().is_none_or(|f| f.is_empty() || f == v);

@@ -79,7 +79,7 @@ pub async fn set_role(
 ) -> ApiResult<Json<Member>> {
     let c = auth::writer(&st, &headers, addr.ip()).await?;
     auth::role_in(&st, &c, ws, Role::Owner).await?;
-    let mut tx = st.db.begin().await?;
+    let mut tx = super::write_tx(&st.db).await?;
     let (name, guest, old) = member_of(&mut tx, ws, user).await?;
     if old == Role::Owner && req.role != Role::Owner {
         keep_an_owner(&mut tx, ws).await?;
@@ -106,7 +106,7 @@ pub async fn remove(
     let c = auth::writer(&st, &headers, addr.ip()).await?;
     let leaving = user == c.user.id;
     auth::role_in(&st, &c, ws, if leaving { Role::Viewer } else { Role::Owner }).await?;
-    let mut tx = st.db.begin().await?;
+    let mut tx = super::write_tx(&st.db).await?;
     let (name, _, role) = member_of(&mut tx, ws, user).await?;
     if role == Role::Owner {
         keep_an_owner(&mut tx, ws).await?;
@@ -180,6 +180,9 @@ pub async fn invite(
 ) -> ApiResult<Json<PendingInvitation>> {
     let c = auth::writer(&st, &headers, addr.ip()).await?;
     auth::role_in(&st, &c, ws, Role::Owner).await?;
+    if c.user.guest {
+        return Err(ApiErr::forbidden("a demo sandbox is its visitor's alone: guests cannot invite"));
+    }
     let username = inv.username.trim().to_lowercase();
     if username.is_empty() {
         return Err(ApiErr::bad_request("name the user to invite"));
@@ -190,7 +193,7 @@ pub async fn invite(
     if guest {
         return Err(ApiErr::bad_request("demo guests cannot join workspaces"));
     }
-    let mut tx = st.db.begin().await?;
+    let mut tx = super::write_tx(&st.db).await?;
     let member: Option<(String,)> =
         sqlx::query_as("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?")
             .bind(ws)
@@ -231,7 +234,7 @@ pub async fn revoke(
 ) -> ApiResult<Json<Vec<PendingInvitation>>> {
     let c = auth::writer(&st, &headers, addr.ip()).await?;
     auth::role_in(&st, &c, ws, Role::Owner).await?;
-    let mut tx = st.db.begin().await?;
+    let mut tx = super::write_tx(&st.db).await?;
     let name: Option<(String,)> = sqlx::query_as(
         "DELETE FROM invitations WHERE id = ? AND workspace_id = ? \
          RETURNING (SELECT username FROM users WHERE users.id = invitations.user_id)",
@@ -272,7 +275,7 @@ pub async fn accept(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Workspace>> {
     let c = auth::writer(&st, &headers, addr.ip()).await?;
-    let mut tx = st.db.begin().await?;
+    let mut tx = super::write_tx(&st.db).await?;
     let (ws, role) = take(&mut tx, id, c.user.id).await?;
     sqlx::query("INSERT OR IGNORE INTO memberships (workspace_id, user_id, role) VALUES (?, ?, ?)")
         .bind(ws)
@@ -294,7 +297,7 @@ pub async fn decline(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Vec<PendingInvitation>>> {
     let c = auth::writer(&st, &headers, addr.ip()).await?;
-    let mut tx = st.db.begin().await?;
+    let mut tx = super::write_tx(&st.db).await?;
     let (ws, _) = take(&mut tx, id, c.user.id).await?;
     audit::record(&mut tx, Some(ws), c.user.id, "member.decline", &c.user.username).await?;
     tx.commit().await?;

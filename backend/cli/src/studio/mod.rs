@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// Jobs the interactive model worker queues before answering 503.
     #[arg(long, default_value_t = 32)]
     pub queue: usize,
+    /// Mark the session cookie `Secure` (the studio is served over HTTPS, e.g. behind a reverse proxy).
+    #[arg(long)]
+    pub secure_cookies: bool,
+    /// Take the client's address for demo limits from the last `X-Forwarded-For` entry (only behind a reverse proxy
+    /// that sets it; otherwise clients could claim any address).
+    #[arg(long)]
+    pub trust_proxy: bool,
     /// Loaded patches the model worker keeps between jobs, in millions of parameters (least recently used ones are
     /// dropped and reloaded from disk when needed).
     #[arg(long, default_value_t = 256)]
@@ -82,13 +89,35 @@ pub struct AppState {
     pub events: broadcast::Sender<Event>,
     pub limits: Arc<RateLimits>,
     pub demo: bool,
+    pub secure_cookies: bool,
+    pub trust_proxy: bool,
     /// Patches and uploads.
     pub data_dir: PathBuf,
     pub gallery: Arc<Gallery>,
     /// The world's data (seed 0): the gallery's source, and the memory of unrelated inputs of runs on workspace cases.
     pub world: PathBuf,
-    /// Applying and undoing edits is one step per workspace stack; the single worker serialises them anyway.
-    pub edit_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Applying and undoing edits is one step per workspace stack (other workspaces do not wait for it).
+    pub edit_locks: Arc<StackLocks>,
+}
+
+/// One lock per workspace stack: an edit reads the stack, extends it and writes it as one step, and an undo waits for
+/// it; edits of other workspaces go on meanwhile.
+#[derive(Default)]
+pub struct StackLocks {
+    locks: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl StackLocks {
+    /// Waits for workspace `ws`'s stack.
+    pub async fn lock(&self, ws: i64) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget the locks nobody holds or waits for, so the map stays the size of the busy workspaces.
+            m.retain(|_, l| Arc::strong_count(l) > 1);
+            m.entry(ws).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -168,12 +197,24 @@ fn router(state: AppState, dist: Option<&Path>) -> Router {
         .route(routes::LEADERBOARD_CSV, get(leaderboard::csv))
         .route(routes::EVENTS, get(events::stream))
         .route("/api/{*rest}", any(api_not_found))
+        // A handler's panic is our bug: a logged JSON 500, and the server goes on.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|p: Box<dyn std::any::Any + Send>| {
+            error::ApiErr::internal(format!("a handler panicked: {}", worker::panic_message(&*p))).into_response()
+        }))
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
         .with_state(state);
     match dist {
         Some(d) => api.fallback_service(ServeDir::new(d).fallback(ServeFile::new(d.join("index.html")))),
         None => api.fallback(no_front_end),
     }
+}
+
+/// Starts a write transaction that takes SQLite's write lock at once (`BEGIN IMMEDIATE`, waiting up to the busy
+/// timeout for it): a deferred transaction that reads and then writes fails with `SQLITE_BUSY` when another
+/// connection wrote in between, which WAL mode cannot wait out.
+pub async fn write_tx(db: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    db.begin_with("BEGIN IMMEDIATE").await
 }
 
 /// Opens (creating if needed) the SQLite database of `url` and brings its schema up to date; returns it with the
@@ -240,10 +281,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         events: broadcast::channel(256).0,
         limits: Arc::new(RateLimits::new(args.demo, 30.0, 0.5)),
         demo: args.demo,
+        secure_cookies: args.secure_cookies,
+        trust_proxy: args.trust_proxy,
         data_dir,
         gallery,
         world,
-        edit_lock: Arc::default(),
+        edit_locks: Arc::default(),
     };
     tokio::spawn(runs::record(state.clone(), updates));
     let resumed = runs::resume(&state).await?;

@@ -10,7 +10,7 @@ use unike_shared::playground::{
     AnswerRequest, AnswerResponse, AppliedEdit, CaseImport, EditRequest, EditStack, GalleryItem, ImportSummary,
     MmEditCase,
 };
-use unike_shared::routes::ALL;
+use unike_shared::routes::{ALL, EVENTS, LEADERBOARD, LEADERBOARD_CSV, SIGN_IN, SIGN_OUT, SIGN_UP};
 use unike_shared::runs::{Leaderboard, RunInfo, RunRequest};
 use unike_shared::workspace::{AuditEntry, Invitation, Member, NewWorkspace, PendingInvitation, RoleChange, Workspace};
 use unike_shared::{ApiError, HealthResponse, ModelInfo};
@@ -63,6 +63,18 @@ fn schema_ref(name: &str) -> Value {
     }
 }
 
+/// The query parameters of `path`.
+fn query_params(path: &str) -> Vec<Value> {
+    let q = |name: &str, required: bool, ty: &str| json!({"name": name, "in": "query", "required": required, "schema": {"type": ty}});
+    match path {
+        EVENTS => vec![q("workspace", true, "integer")],
+        LEADERBOARD | LEADERBOARD_CSV => {
+            ["method", "task", "mode", "model"].iter().map(|n| q(n, false, "string")).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// The document.
 pub fn document(version: &str) -> Value {
     let mut paths = Map::new();
@@ -74,7 +86,12 @@ pub fn document(version: &str) -> Value {
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| {
+                // Ids are integers; only image names are strings.
+                let ty = if name == "name" { "string" } else { "integer" };
+                json!({"name": name, "in": "path", "required": true, "schema": {"type": ty}})
+            })
+            .chain(query_params(r.path))
             .collect();
         if !params.is_empty() {
             op.insert("parameters".into(), json!(params));
@@ -91,7 +108,8 @@ pub fn document(version: &str) -> Value {
             json!({"200": ok, "4XX": {"description": "the request cannot be served",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}}}}),
         );
-        if r.method != "get" {
+        // Every write but signing up, in and out needs the session and its CSRF token.
+        if r.method != "get" && ![SIGN_UP, SIGN_IN, SIGN_OUT].contains(&r.path) {
             op.insert("security".into(), json!([{"session": [], "csrf": []}]));
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));

@@ -24,6 +24,9 @@ use super::gallery::{self, ResolvedImage};
 use super::worker::{EditJob, Expect, ProbeSpec, StackEntry};
 use super::{audit, events, AppState};
 
+/// Longest image name or path an imported case may give.
+const IMAGE_NAME_MAX: usize = 1024;
+
 /// Checks a user-typed text: not empty, at most [`TEXT_MAX`] characters.
 pub fn text(what: &str, s: &str) -> ApiResult<String> {
     let t = s.trim();
@@ -67,7 +70,10 @@ pub async fn answer(
     let c = auth::writer(&st, &headers, addr.ip()).await?;
     auth::role_in(&st, &c, ws, Role::Viewer).await?;
     let question = text("question", &req.question)?;
-    let image = req.image.as_ref().map(|i| gallery::resolve(&st, i)).transpose()?.map(|r| r.path);
+    let image = match &req.image {
+        Some(i) => Some(gallery::resolve(&st, i).await?.path),
+        None => None,
+    };
     let entries = stack(&st, ws).await?;
     let edits = entries.len();
     let t = Instant::now();
@@ -150,12 +156,25 @@ pub async fn apply(
     let target = text("target", &req.target)?;
     let method = req.method.trim().to_string();
     registry::check_name(&method).map_err(|e| ApiErr::bad_request(e.to_string()))?;
-    let img = req.image.as_ref().map(|i| gallery::resolve(&st, i)).transpose()?;
+    let img = match &req.image {
+        Some(i) => Some(gallery::resolve(&st, i).await?),
+        None => None,
+    };
     // One edit at a time: a stack is read, extended and written as one step.
-    let _guard = st.edit_lock.lock().await;
+    let _guard = st.edit_locks.lock(ws).await;
     let entries = stack(&st, ws).await?;
-    if c.user.guest && entries.len() >= DEMO_CAPS.edits {
-        return Err(ApiErr::too_many(format!("a demo sandbox holds {} edits; undo one first", DEMO_CAPS.edits)));
+    if c.user.guest {
+        // Every edit keeps its patch on disk (undone ones too, for the audit trail), so a sandbox's total is capped.
+        let made: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM applied_edits WHERE workspace_id = ?")
+            .bind(ws)
+            .fetch_one(&st.db)
+            .await?;
+        if entries.len() >= DEMO_CAPS.edits {
+            return Err(ApiErr::too_many(format!("a demo sandbox holds {} edits; undo one first", DEMO_CAPS.edits)));
+        }
+        if made as usize >= DEMO_CAPS.edits_total {
+            return Err(ApiErr::too_many(format!("a demo sandbox may make {} edits", DEMO_CAPS.edits_total)));
+        }
     }
     let rel = PathBuf::from("patches").join(format!("ws{ws}")).join(auth::random_hex(8)?);
     let job = EditJob {
@@ -185,7 +204,7 @@ pub async fn apply(
         edit_ms: out.edit_ms,
         probes: out.probes,
     };
-    let mut tx = st.db.begin().await?;
+    let mut tx = super::write_tx(&st.db).await?;
     let case_id: i64 = sqlx::query_scalar(
         "INSERT INTO edit_cases (workspace_id, question, target, pred, image, rephrase, source) \
          VALUES (?, ?, ?, ?, ?, ?, 'playground') RETURNING id",
@@ -237,8 +256,8 @@ pub async fn undo(
 ) -> ApiResult<Json<EditStack>> {
     let c: Caller = auth::writer(&st, &headers, addr.ip()).await?;
     auth::role_in(&st, &c, ws, Role::Editor).await?;
-    let _guard = st.edit_lock.lock().await;
-    let mut tx = st.db.begin().await?;
+    let _guard = st.edit_locks.lock(ws).await;
+    let mut tx = super::write_tx(&st.db).await?;
     let n = sqlx::query(
         "UPDATE applied_edits SET active = 0, undone_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
          WHERE id = ? AND workspace_id = ? AND active = 1",
@@ -329,8 +348,33 @@ pub async fn import(
     for (i, case) in req.cases.iter().enumerate() {
         text(&format!("case {i}'s src"), &case.src)?;
         text(&format!("case {i}'s alt"), &case.alt)?;
+        let optional = [
+            ("pred", &case.pred),
+            ("rephrase", &case.rephrase),
+            ("loc", &case.loc),
+            ("loc_ans", &case.loc_ans),
+            ("m_loc_q", &case.m_loc_q),
+            ("m_loc_a", &case.m_loc_a),
+        ];
+        for (field, value) in optional {
+            if value.as_deref().is_some_and(|v| v.chars().count() > TEXT_MAX) {
+                return Err(ApiErr::bad_request(format!("case {i}'s {field} is longer than {TEXT_MAX} characters")));
+            }
+        }
+        let images = [
+            ("image", Some(&case.image)),
+            ("image_rephrase", case.image_rephrase.as_ref()),
+            ("m_loc", case.m_loc.as_ref()),
+        ];
+        for (field, value) in images {
+            if value.is_some_and(|v| v.len() > IMAGE_NAME_MAX) {
+                return Err(ApiErr::bad_request(format!(
+                    "case {i}'s {field} is longer than {IMAGE_NAME_MAX} bytes (an image name or path)"
+                )));
+            }
+        }
     }
-    let mut tx = st.db.begin().await?;
+    let mut tx = super::write_tx(&st.db).await?;
     for case in &req.cases {
         sqlx::query(
             "INSERT INTO edit_cases (workspace_id, question, target, pred, image, rephrase, image_rephrase, loc, loc_ans, \

@@ -118,14 +118,25 @@ fn copy_image(from: &Path, out: &Path, name: String) -> ApiResult<String> {
     Ok(rel)
 }
 
-/// Writes the usable `cases` of `task` (and the world's memory records) as an MMEdit data set in `out`.
+/// Writes the first `limit` usable `cases` of `task` (and the world's memory records) as an MMEdit data set in
+/// `out` (cases past the limit are not looked at, so a small run of a big workspace copies little).
 /// Blocking (file copies): call it off the async threads.
-pub fn write(st: &AppState, world: &Path, task: Task, cases: &[StoredCase], out: &Path) -> ApiResult<Snapshot> {
+pub fn write(
+    st: &AppState,
+    world: &Path,
+    task: Task,
+    cases: &[StoredCase],
+    limit: usize,
+    out: &Path,
+) -> ApiResult<Snapshot> {
     std::fs::create_dir_all(out.join("images")).map_err(ApiErr::internal)?;
     let name = if task == Task::Vqa { "vqa" } else { "caption" };
     let mut records = Vec::new();
     let mut left_out = Vec::new();
     for c in cases {
+        if records.len() >= limit {
+            break;
+        }
         match complete(st, c) {
             Ok((mut r, [image, other, unrelated])) => {
                 if !image.is_file() || !other.is_file() || !unrelated.is_file() {

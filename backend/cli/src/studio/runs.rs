@@ -166,7 +166,12 @@ impl RunQueue {
                     let (status, error) = if job.cancel.load(Ordering::SeqCst) {
                         (RunStatus::Cancelled, None)
                     } else {
-                        execute(&loaded, &job, &utx)
+                        // A panic fails this run (its finished methods are kept) and the worker takes the next one.
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(&loaded, &job, &utx)))
+                            .unwrap_or_else(|p| {
+                                let msg = super::worker::panic_message(&*p);
+                                (RunStatus::Failed, Some(format!("internal error: {msg}")))
+                            })
                     };
                     let _ = utx.send(Update::End { id: job.id, status, error });
                 }
@@ -218,7 +223,7 @@ async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
                 .await?;
         }
         Update::Result { id, result, cases } => {
-            let mut tx = st.db.begin().await?;
+            let mut tx = super::write_tx(&st.db).await?;
             sqlx::query("INSERT OR REPLACE INTO run_results (run_id, method, result_json, score) VALUES (?, ?, ?, ?)")
                 .bind(id)
                 .bind(&result.method)
@@ -321,6 +326,23 @@ pub async fn load(st: &AppState, id: i64) -> ApiResult<RunInfo> {
 
 /// Re-queues the runs a previous server left unfinished, each skipping the methods whose results it stored.
 pub async fn resume(st: &AppState) -> anyhow::Result<usize> {
+    // Cancelled before the restart: stays cancelled (its finished methods kept).
+    sqlx::query(
+        "UPDATE benchmark_runs SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
+         WHERE status IN ('queued', 'running') AND cancel_requested = 1",
+    )
+    .execute(&st.db)
+    .await?;
+    // Launched on another model: its results would be mixed with this model's; it fails, its finished methods kept.
+    sqlx::query(
+        "UPDATE benchmark_runs SET status = 'failed', finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), \
+         error = 'the server was restarted on model ' || ? || '; this run was launched on ' || model \
+         WHERE status IN ('queued', 'running') AND model <> ?",
+    )
+    .bind(&st.info.name)
+    .bind(&st.info.name)
+    .execute(&st.db)
+    .await?;
     let rows: Vec<(i64, String)> =
         sqlx::query_as("SELECT id, request_json FROM benchmark_runs WHERE status IN ('queued', 'running') ORDER BY id")
             .fetch_all(&st.db)
@@ -358,6 +380,13 @@ fn validate(req: &RunRequest, guest: bool) -> ApiResult<()> {
     }
     parse::<TaskArg>("task", &req.task)?;
     let mode: ModeArg = parse("mode", &req.mode)?;
+    // Each seed's world is generated (and kept) on the server: a sandbox picks among a few.
+    if guest && req.seed >= DEMO_CAPS.seeds {
+        return Err(ApiErr::bad_request(format!(
+            "a demo sandbox runs on the worlds of seeds 0 to {}",
+            DEMO_CAPS.seeds - 1
+        )));
+    }
     let cap = if guest { DEMO_CAPS.run_n } else { RUN_N_MAX };
     if req.n == 0 || req.n > cap {
         return Err(ApiErr::bad_request(format!("n must be 1 to {cap}")));
@@ -393,8 +422,8 @@ async fn snapshot(st: &AppState, ws: i64, req: &mut RunRequest) -> ApiResult<(Pa
     }
     let task = if parse::<TaskArg>("task", &req.task)? == TaskArg::Caption { Task::Caption } else { Task::Vqa };
     let tmp = st.data_dir.join("runs").join(format!("new-{}", auth::random_hex(8)?));
-    let (st2, out) = (st.clone(), tmp.clone());
-    let written = tokio::task::spawn_blocking(move || run_data::write(&st2, &st2.world, task, &cases, &out))
+    let (st2, out, limit) = (st.clone(), tmp.clone(), req.n);
+    let written = tokio::task::spawn_blocking(move || run_data::write(&st2, &st2.world, task, &cases, limit, &out))
         .await
         .map_err(ApiErr::internal)
         .and_then(|r| r);
@@ -422,6 +451,29 @@ async fn snapshot(st: &AppState, ws: i64, req: &mut RunRequest) -> ApiResult<(Pa
     Ok((tmp, snap))
 }
 
+/// Unfinished (queued or running) runs one user may have at once: the run worker takes runs one at a time, so this
+/// bounds its queue per user.
+pub const UNFINISHED_MAX: usize = 4;
+
+/// Refuses a run its author may not launch: more than [`UNFINISHED_MAX`] unfinished, or past a demo guest's cap.
+async fn check_caps(conn: &mut sqlx::SqliteConnection, c: &auth::Caller) -> ApiResult<()> {
+    let (all, unfinished): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(status IN ('queued', 'running')), 0) FROM benchmark_runs WHERE author_id = ?",
+    )
+    .bind(c.user.id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if c.user.guest && all as usize >= DEMO_CAPS.runs {
+        return Err(ApiErr::too_many(format!("a demo sandbox may launch {} runs", DEMO_CAPS.runs)));
+    }
+    if unfinished as usize >= UNFINISHED_MAX {
+        return Err(ApiErr::too_many(format!(
+            "you have {UNFINISHED_MAX} unfinished runs; wait for one to finish or cancel one"
+        )));
+    }
+    Ok(())
+}
+
 /// `POST /api/workspaces/{id}/runs` (editors).
 pub async fn create(
     State(st): State<AppState>,
@@ -441,18 +493,12 @@ pub async fn create(
     } else {
         req.k = 1;
     }
-    if c.user.guest {
-        let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM benchmark_runs WHERE author_id = ?")
-            .bind(c.user.id)
-            .fetch_one(&st.db)
-            .await?;
-        if runs as usize >= DEMO_CAPS.runs {
-            return Err(ApiErr::too_many(format!("a demo sandbox may launch {} runs", DEMO_CAPS.runs)));
-        }
-    }
+    // Checked before the (possibly slow) snapshot, and again in the transaction that stores the run.
+    check_caps(&mut *st.db.acquire().await?, &c).await?;
     let snapshot = if req.data == WORKSPACE { Some(snapshot(&st, ws, &mut req).await?) } else { None };
     let stored = async {
-        let mut tx = st.db.begin().await?;
+        let mut tx = super::write_tx(&st.db).await?;
+        check_caps(&mut tx, &c).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO benchmark_runs (workspace_id, author_id, model, request_json, status, total, note) \
              VALUES (?, ?, ?, ?, 'queued', ?, ?) RETURNING id",
@@ -544,11 +590,13 @@ pub async fn cancel(
         return Err(ApiErr::conflict(format!("run {id} is already {}", run.status.as_str())));
     }
     st.runs.cancel(id);
-    let mut tx = st.db.begin().await?;
-    // A queued run never starts; a running one stops after its current case (the worker then records it).
+    let mut tx = super::write_tx(&st.db).await?;
+    // A queued run never starts; a running one stops after its current case (the worker then records it), and is
+    // not resumed by a restart before then.
     sqlx::query(
-        "UPDATE benchmark_runs SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
-         WHERE id = ? AND status = 'queued'",
+        "UPDATE benchmark_runs SET status = CASE status WHEN 'queued' THEN 'cancelled' ELSE status END, \
+         finished_at = CASE status WHEN 'queued' THEN strftime('%Y-%m-%dT%H:%M:%SZ', 'now') ELSE finished_at END, \
+         cancel_requested = 1 WHERE id = ? AND status IN ('queued', 'running')",
     )
     .bind(id)
     .execute(&mut *tx)

@@ -132,7 +132,9 @@ impl Worker {
                     patches: LruCache::new(patch_cache),
                 };
                 for job in rx {
-                    match job {
+                    // A panic is our bug, not the user's: its job's reply is dropped (a 500) and the worker goes on
+                    // with the next job instead of leaving every later request without a model.
+                    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
                         Job::Answer { stack, image, question, reply } => {
                             let _ = reply.send(st.answer_job(&stack, image.as_deref(), &question));
                         }
@@ -144,6 +146,9 @@ impl Worker {
                                 eprintln!("studio: preparing {method} failed: {e}");
                             }
                         }
+                    }));
+                    if let Err(p) = done {
+                        eprintln!("studio: the model worker recovered from a panic: {}", panic_message(&*p));
                     }
                 }
             })
@@ -188,10 +193,23 @@ struct State {
     patches: LruCache<PathBuf, Patch>,
 }
 
+/// The message of a caught panic.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Errors of preparing a method (building UniKE's memory, training a network) are the server's, not the user's: they
+/// keep their core error when they have one and are otherwise I/O-like faults (a 500, logged), never a 400.
 fn anyhow_to_core(e: anyhow::Error) -> CoreError {
     match e.downcast::<CoreError>() {
         Ok(c) => c,
-        Err(e) => CoreError::Invalid(format!("{e:#}")),
+        Err(e) => CoreError::Io {
+            path: PathBuf::from("(preparing an edit method)"),
+            err: std::io::Error::other(format!("{e:#}")),
+        },
     }
 }
 

@@ -55,7 +55,7 @@ pub async fn create(
     if name.is_empty() || name.chars().count() > 64 {
         return Err(ApiErr::bad_request("a workspace name has 1 to 64 characters"));
     }
-    let mut tx = st.db.begin().await?;
+    let mut tx = super::write_tx(&st.db).await?;
     let id: i64 = sqlx::query_scalar("INSERT INTO workspaces (name) VALUES (?) RETURNING id")
         .bind(name)
         .fetch_one(&mut *tx)
