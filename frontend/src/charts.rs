@@ -85,10 +85,14 @@ pub fn metric_vs_k(title: &str, lines: &[(String, Vec<(usize, f64)>)]) -> Result
             let mut pts = pts.clone();
             pts.sort_by_key(|p| p.0);
             chart
-                .draw_series(LineSeries::new(pts, colour.stroke_width(2)))
+                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
                 .map_err(|e| e.to_string())?
                 .label(name.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], colour.stroke_width(2)));
+            // Markers: a method measured at one K is a point, not an invisible one-point line.
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, colour.filled())))
+                .map_err(|e| e.to_string())?;
         }
         chart.configure_series_labels().border_style(BLACK).draw().map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;

@@ -14,6 +14,8 @@ pub struct SessionCtx {
     pub workspaces: RwSignal<Vec<Workspace>>,
     /// Invitations waiting for the caller's answer (shown beside Workspaces in the header).
     pub invitations: RwSignal<usize>,
+    /// Why the session or the workspaces could not be loaded (shown with a retry).
+    pub error: RwSignal<Option<String>>,
 }
 
 impl SessionCtx {
@@ -24,6 +26,7 @@ impl SessionCtx {
             workspace: RwSignal::new(None),
             workspaces: RwSignal::new(vec![]),
             invitations: RwSignal::new(0),
+            error: RwSignal::new(None),
         };
         provide_context(ctx);
         ctx.reload();
@@ -37,15 +40,19 @@ impl SessionCtx {
     /// Fetches the session and workspaces again (after signing in or out, or creating a workspace).
     pub fn reload(self) {
         leptos::task::spawn_local(async move {
-            if let Ok(s) = api::fetch_session().await {
-                let signed_in = s.user.is_some();
-                self.session.set(Some(s));
-                if signed_in {
-                    self.load_workspaces().await;
-                } else {
-                    self.workspaces.set(vec![]);
-                    self.workspace.set(None);
+            match api::fetch_session().await {
+                Ok(s) => {
+                    self.error.set(None);
+                    let signed_in = s.user.is_some();
+                    self.session.set(Some(s));
+                    if signed_in {
+                        self.load_workspaces().await;
+                    } else {
+                        self.workspaces.set(vec![]);
+                        self.workspace.set(None);
+                    }
                 }
+                Err(e) => self.error.set(Some(format!("Your session could not be loaded: {e}"))),
             }
         });
     }
@@ -54,10 +61,18 @@ impl SessionCtx {
     pub async fn load_workspaces(self) {
         let pending = api::get_json::<Vec<PendingInvitation>>(unike_shared::routes::MY_INVITATIONS).await;
         self.invitations.set(pending.map(|p| p.len()).unwrap_or(0));
-        if let Ok(ws) = api::get_json::<Vec<Workspace>>(unike_shared::routes::WORKSPACES).await {
-            let keep = self.workspace.get_untracked().filter(|id| ws.iter().any(|w| w.id == *id));
-            self.workspace.set(keep.or_else(|| ws.first().map(|w| w.id)));
-            self.workspaces.set(ws);
+        match api::get_json::<Vec<Workspace>>(unike_shared::routes::WORKSPACES).await {
+            Ok(ws) => {
+                let current = self.workspace.get_untracked();
+                let keep = current.filter(|id| ws.iter().any(|w| w.id == *id));
+                let chosen = keep.or_else(|| ws.first().map(|w| w.id));
+                // Only a change re-runs what follows the workspace (its stack, its live connection).
+                if chosen != current {
+                    self.workspace.set(chosen);
+                }
+                self.workspaces.set(ws);
+            }
+            Err(e) => self.error.set(Some(format!("Your workspaces could not be loaded: {e}"))),
         }
     }
 
@@ -71,7 +86,15 @@ impl SessionCtx {
 pub fn RequireSession(children: ChildrenFn) -> impl IntoView {
     let ctx = SessionCtx::get();
     move || {
-        if ctx.session.with(|s| s.is_none()) {
+        if let Some(e) = ctx.error.get() {
+            view! {
+                <div class="status error" role="alert">
+                    <p>{e}</p>
+                    <button type="button" class="button secondary" on:click=move |_| ctx.reload()>"Try again"</button>
+                </div>
+            }
+            .into_any()
+        } else if ctx.session.with(|s| s.is_none()) {
             view! { <p class="status" role="status">"Loading your session…"</p> }.into_any()
         } else if ctx.signed_in() {
             children().into_any()

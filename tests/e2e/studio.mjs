@@ -72,6 +72,11 @@ try {
   await page.waitForSelector('#edit-result');
   const after = (await page.textContent('#after'))?.trim();
   check(after === target, `post-edit answer ${after} is the target ${target}`);
+  // The probes are listed, each marked pass or fail; the edit question itself passes.
+  const probes = await page.locator('#edit-result tbody tr').allTextContents();
+  check(probes.length >= 5, `probe rows: ${probes.length}`);
+  check(probes.every((p) => /pass$|fail$/.test(p.trim())), `every probe is marked: ${probes}`);
+  check(probes[0].includes('Edit question') && probes[0].trim().endsWith('pass'), `the edit question passes: ${probes[0]}`);
   await page.waitForSelector('#stack li');
   await page.click('#ask');
   await page.waitForFunction((t) => document.querySelector('#answer')?.textContent.includes(t), target);
@@ -105,15 +110,16 @@ try {
   await page.selectOption('#run-data', 'world');
   await page.click('#preset-alpha');
   check((await page.inputValue('#extra-methods')).includes('unike:alpha=0.2'), 'the α preset fills the variants');
-  await page.fill('#extra-methods', 'unike:alpha=0.2 unike:alpha=1 unike:zeta-none');
+  await page.fill('#extra-methods', 'unike:alpha=0.2 unike:alpha=1 unike:zeta-none unike:intrinsic+latent');
   await page.getByLabel('Cases (n)').fill('3');
   await page.click('button[type=submit]');
-  await newestFinished('unike:zeta-none');
+  await newestFinished('unike:intrinsic+latent');
 
   // The leaderboard with its chart.
   await page.click('a[href="/leaderboard"]');
-  await page.waitForSelector('#chart-bars svg');
-  const rows = await page.locator('#leaderboard tbody tr').count();
+  await page.waitForSelector('.chart-bars svg');
+  await page.waitForSelector('#leaderboard tbody tr.result');
+  const rows = await page.locator('#leaderboard tbody tr.result').count();
   check(rows >= 2, `leaderboard rows: ${rows}`);
   await page.screenshot({ path: `${artifacts}/04-leaderboard.png`, fullPage: true });
   await page.waitForSelector('#chart-sweep-0 svg');
@@ -125,10 +131,44 @@ try {
   );
   await page.locator('#chart-sweep-0').screenshot({ path: `${artifacts}/04b-alpha-sweep.png` });
   await page.locator('#chart-zeta-0').screenshot({ path: `${artifacts}/04c-zeta.png` });
-  // The filtered view is a shareable link.
+  // Sorting: a header button sorts (and keeps the keyboard focus), a second press reverses; the sort is in the URL.
+  await page.focus('#sort-reliability');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.querySelector('#sort-reliability')?.closest('th')?.getAttribute('aria-sort') === 'descending');
+  check(page.url().includes('sort=reliability') && page.url().includes('dir=desc'), `sorted URL: ${page.url()}`);
+  check(await page.evaluate(() => document.activeElement?.id === 'sort-reliability'), 'the sort button keeps the focus');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.querySelector('#sort-reliability')?.closest('th')?.getAttribute('aria-sort') === 'ascending');
+  const rel = await page.locator('#leaderboard tbody tr.result td:nth-of-type(7)').allTextContents();
+  const relNums = rel.map((t) => parseFloat(t));
+  check(relNums.every((v, i) => i === 0 || relNums[i - 1] <= v), `reliability ascending: ${rel}`);
+  // A filter picked on the page (a method name holding '+') is a shareable link that keeps filter and sort.
+  await page.selectOption('#filter-method', 'unike:intrinsic+latent');
+  await page.waitForFunction(() => location.search.includes('method=unike%3Aintrinsic%2Blatent'));
+  await page.waitForFunction(() => document.querySelectorAll('#leaderboard tbody tr.result').length === 1);
+  const share = await page.getAttribute('#share-link', 'href');
+  check(share.includes('sort=reliability'), `the shareable link keeps the sort: ${share}`);
+  await page.goto(`${url}${share}`);
+  await page.waitForSelector('#leaderboard tbody tr.result');
+  check((await page.locator('#leaderboard tbody tr.result').count()) === 1, 'the shared link applies its filter');
+  check(
+    ((await page.textContent('#leaderboard tbody tr.result th')) ?? '') === 'unike:intrinsic+latent',
+    'the shared link shows the filtered method',
+  );
   await page.goto(`${url}/leaderboard?method=serac`);
-  await page.waitForSelector('#leaderboard');
-  check((await page.locator('#leaderboard tbody tr').count()) === 1, 'the method filter from the URL applies');
+  await page.waitForSelector('#leaderboard tbody tr.result');
+  check((await page.locator('#leaderboard tbody tr.result').count()) === 1, 'the method filter from the URL applies');
+
+  // Page after page of the app (each with its live connection) keeps answering: connections of pages left are
+  // closed (a browser keeps six per host on HTTP/1.1).
+  for (let i = 0; i < 5; i++) {
+    for (const href of ['/playground', '/benchmarks', '/workspaces']) {
+      await page.click(`a[href="${href}"]`);
+      await page.waitForURL(`${url}${href}`);
+    }
+  }
+  await page.click('a[href="/playground"]');
+  await page.waitForSelector('#stack li', { timeout: 15000 });
 
   // Invitations: the owner invites a teammate, who sees the invitation and accepts it.
   const mate = await (await browser.newContext()).newPage();
@@ -158,8 +198,11 @@ try {
   await page.goto(`${url}/leaderboard`);
   await page.waitForSelector('#leaderboard');
 
-  // Phone-sized layout renders the same page.
+  // Phone-sized layout renders the same page, without sideways scrolling of the page itself.
   await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForSelector('.chart-bars svg');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 1, `the phone layout does not scroll sideways (${overflow} px too wide)`);
   await page.screenshot({ path: `${artifacts}/06-leaderboard-phone.png`, fullPage: true });
 
   // Demo mode: a visitor gets a sandbox without signing up.
@@ -172,6 +215,15 @@ try {
   check(((await visitor.textContent('.site-header')) ?? '').includes('Demo sandbox'), 'the header names the sandbox');
   await visitor.screenshot({ path: `${artifacts}/07-demo-sandbox.png`, fullPage: true });
   console.log('e2e: all checks passed; screenshots in tests/artifacts/');
+} catch (e) {
+  // What every open page showed when the test failed.
+  let i = 0;
+  for (const ctx of browser.contexts()) {
+    for (const p of ctx.pages()) {
+      await p.screenshot({ path: `${artifacts}/failure-${i++}.png`, fullPage: true }).catch(() => {});
+    }
+  }
+  throw e;
 } finally {
   await browser.close();
   for (const s of servers) s.kill();

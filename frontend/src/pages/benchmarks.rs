@@ -4,7 +4,7 @@ use leptos::prelude::*;
 use unike_shared::events::Event;
 use unike_shared::playground::METHODS;
 use unike_shared::routes;
-use unike_shared::runs::{RunInfo, RunRequest, RunStatus};
+use unike_shared::runs::{RunInfo, RunRequest, RunStatus, RUN_N_MAX};
 
 use crate::api;
 use crate::format::pct;
@@ -45,14 +45,21 @@ fn BenchmarksBody() -> impl IntoView {
     // UniKE variants and other method names beyond the checkboxes, space-separated (`unike:alpha=0.4`).
     let extra = RwSignal::new(String::new());
     let runs = RwSignal::new(Vec::<RunInfo>::new());
+    // `None` while the workspace's runs load; the error of loading them.
+    let loaded = RwSignal::new(None::<Result<(), String>>);
     let error = RwSignal::new(None::<String>);
+    let launching = RwSignal::new(false);
 
     let load = move || {
         if let Some(ws) = ctx.workspace.get_untracked() {
+            loaded.set(None);
             leptos::task::spawn_local(async move {
                 match api::get_json::<Vec<RunInfo>>(&routes::runs(ws)).await {
-                    Ok(r) => runs.set(r),
-                    Err(e) => error.set(Some(e.to_string())),
+                    Ok(r) => {
+                        runs.set(r);
+                        loaded.set(Some(Ok(())));
+                    }
+                    Err(e) => loaded.set(Some(Err(format!("The runs could not be loaded: {e}")))),
                 }
             });
         }
@@ -62,7 +69,7 @@ fn BenchmarksBody() -> impl IntoView {
         load();
     });
     // Progress arrives live: replace the run in place.
-    let live = LiveEvents::new(ctx.workspace);
+    let live = LiveEvents::new(ctx.workspace, crate::live::RUNS);
     Effect::new(move |_| {
         if let Some(Event::Run { run }) = live.last.get() {
             runs.update(|rs| match rs.iter_mut().find(|r| r.id == run.id) {
@@ -75,6 +82,9 @@ fn BenchmarksBody() -> impl IntoView {
     let launch = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let Some(ws) = ctx.workspace.get_untracked() else { return };
+        if launching.get_untracked() {
+            return;
+        }
         let req = RunRequest {
             methods: chosen
                 .get_untracked()
@@ -88,8 +98,11 @@ fn BenchmarksBody() -> impl IntoView {
             seed: seed.get_untracked(),
             data: data.get_untracked(),
         };
+        launching.set(true);
         leptos::task::spawn_local(async move {
-            match api::post_json::<_, RunInfo>(&routes::runs(ws), &req).await {
+            let sent = api::post_json::<_, RunInfo>(&routes::runs(ws), &req).await;
+            launching.set(false);
+            match sent {
                 Ok(r) => {
                     error.set(None);
                     runs.update(|rs| {
@@ -127,11 +140,16 @@ fn BenchmarksBody() -> impl IntoView {
             </label>
         }
     };
+    // A number field; leaving it shows the value a launch sends (the last valid one typed).
     let number = |label: &'static str, sig: RwSignal<usize>| {
         view! {
             <label class="field">{label}
-                <input type="number" min="1" prop:value=move || sig.get().to_string()
-                    on:input=move |ev| if let Ok(v) = event_target_value(&ev).parse() { sig.set(v) }/>
+                <input type="number" min="1" max=RUN_N_MAX.to_string() prop:value=move || sig.get().to_string()
+                    on:input=move |ev| if let Ok(v) = event_target_value(&ev).parse() { sig.set(v) }
+                    on:change=move |ev| {
+                        let input: leptos::web_sys::HtmlInputElement = event_target(&ev);
+                        input.set_value(&sig.get_untracked().to_string());
+                    }/>
             </label>
         }
     };
@@ -177,40 +195,61 @@ fn BenchmarksBody() -> impl IntoView {
                         on:input=move |ev| if let Ok(v) = event_target_value(&ev).parse() { seed.set(v) }/>
                 </label>
             </div>
-            <button type="submit" class="button">"Launch"</button>
+            <button type="submit" class="button" disabled=move || launching.get()>
+                {move || if launching.get() { "Launching…" } else { "Launch" }}
+            </button>
             {move || error.get().map(|e| view! { <p class="status error" role="alert">{e}</p> })}
         </form>
         <section aria-labelledby="runs-heading">
             <h2 id="runs-heading">"Runs"</h2>
-            {move || {
-                let rs = runs.get();
-                if rs.is_empty() {
-                    return view! { <p>"No runs in this workspace yet."</p> }.into_any();
-                }
-                rs.into_iter().map(|r| {
-                    let id = r.id;
-                    let running = !r.status.is_final();
-                    view! {
-                        <article class="card run">
-                            <h3>{format!("Run #{} — {} · {} · {} · n={} · seed {}{}", r.id, r.request.methods.join(", "),
-                                r.request.task, r.request.mode, r.request.n, r.request.seed,
-                                if r.request.data == "workspace" { " · workspace cases" } else { "" })}</h3>
-                            {r.note.clone().map(|n| view! { <p class="hint">{n}</p> })}
-                            <p class="run-status">{format!("{} by {} on {}", r.status.as_str(), r.author, r.model)}
-                               {r.error.clone().map(|e| format!(": {e}"))}</p>
-                            <progress max=r.total.max(1).to_string() value=r.done.to_string()
-                                aria-label=format!("Run {} progress", r.id)>{format!("{}/{}", r.done, r.total)}</progress>
-                            <Show when=move || running>
-                                <button type="button" class="button small secondary" on:click=move |_| cancel(id)>"Cancel"</button>
-                            </Show>
-                            {(r.status == RunStatus::Finished || !r.results.is_empty())
-                                .then(|| view! { <ResultsTable results=r.results.clone()/> })}
-                        </article>
-                    }
-                }).collect_view().into_any()
+            {move || match loaded.get() {
+                None => view! { <p class="status" role="status">"Loading the runs…"</p> }.into_any(),
+                Some(Err(e)) => view! { <p class="status error" role="alert">{e}</p> }.into_any(),
+                Some(Ok(())) if runs.with(Vec::is_empty) => view! { <p>"No runs in this workspace yet."</p> }.into_any(),
+                Some(Ok(())) => ().into_any(),
             }}
+            // Keyed by run: live progress updates a card in place, so its Cancel button keeps the keyboard focus.
+            <For each=move || runs.with(|rs| rs.iter().map(|r| r.id).collect::<Vec<_>>()) key=|id| *id let:id>
+                <RunCard id runs cancel/>
+            </For>
         </section>
     }
+}
+
+/// One run of `runs`, updated in place as its progress arrives.
+#[component]
+fn RunCard(
+    id: i64,
+    runs: RwSignal<Vec<RunInfo>>,
+    cancel: impl Fn(i64) + Copy + Send + Sync + 'static,
+) -> impl IntoView {
+    let run = Memo::new(move |_| runs.with(|rs| rs.iter().find(|r| r.id == id).cloned()));
+    let Some(first) = run.get_untracked() else { return ().into_any() };
+    let running = move || run.with(|r| r.as_ref().is_some_and(|r| !r.status.is_final()));
+    let field = move |f: fn(&RunInfo) -> String| move || run.with(|r| r.as_ref().map(f).unwrap_or_default());
+    let r = first.request;
+    view! {
+        <article class="card run">
+            <h3>{format!("Run #{} — {} · {} · {} · n={} · seed {}{}", id, r.methods.join(", "), r.task, r.mode, r.n, r.seed,
+                if r.data == "workspace" { " · workspace cases" } else { "" })}</h3>
+            {first.note.map(|n| view! { <p class="hint">{n}</p> })}
+            <p class="run-status">{field(|r| {
+                let error = r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default();
+                format!("{} by {} on {}{error}", r.status.as_str(), r.author, r.model)
+            })}</p>
+            <p class="progress-line">
+                <progress max=field(|r| r.total.max(1).to_string()) value=field(|r| r.done.to_string())
+                    aria-label=format!("Run {id} progress")></progress>
+                " " <span class="hint">{field(|r| format!("{} / {} steps", r.done, r.total))}</span>
+            </p>
+            <Show when=running>
+                <button type="button" class="button small secondary" on:click=move |_| cancel(id)>"Cancel"</button>
+            </Show>
+            {move || run.with(|r| r.as_ref().filter(|r| r.status == RunStatus::Finished || !r.results.is_empty())
+                .map(|r| view! { <ResultsTable results=r.results.clone()/> }))}
+        </article>
+    }
+    .into_any()
 }
 
 /// One row per method: the five metrics (and portability), token convention.

@@ -13,48 +13,139 @@ use crate::format::pct;
 
 const FILTERS: [&str; 4] = ["method", "task", "mode", "model"];
 
-fn metric(r: &LeaderboardRow, col: &str) -> f64 {
-    let m = &r.result.metrics;
-    match col {
-        "reliability" => m.reliability,
-        "t_generality" => m.t_generality,
-        "m_generality" => m.m_generality,
-        "t_locality" => m.t_locality,
-        "m_locality" => m.m_locality,
-        "edit_ms" => -r.result.timing.edit_ms_median,
-        _ => r.score,
+/// Sortable columns: query value, header label, and whether the first click sorts ascending (text, and times where
+/// less is better) rather than descending (scores).
+const COLUMNS: [(&str, &str, bool); 13] = [
+    ("method", "Method", true),
+    ("task", "Task", true),
+    ("mode", "Mode", true),
+    ("k", "K", true),
+    ("n", "n", false),
+    ("model", "Model", true),
+    ("score", "Score", false),
+    ("reliability", "Rel.", false),
+    ("t_generality", "T-Gen.", false),
+    ("m_generality", "M-Gen.", false),
+    ("t_locality", "T-Loc.", false),
+    ("m_locality", "M-Loc.", false),
+    ("edit_ms", "Edit ms", true),
+];
+
+/// Compares two rows by column `col`, ascending.
+fn compare(a: &LeaderboardRow, b: &LeaderboardRow, col: &str) -> std::cmp::Ordering {
+    let text = |r: &LeaderboardRow| match col {
+        "method" => Some(r.result.method.clone()),
+        "task" => Some(r.result.task.clone()),
+        "mode" => Some(r.result.mode.clone()),
+        "model" => Some(r.model.clone()),
+        _ => None,
+    };
+    if let (Some(x), Some(y)) = (text(a), text(b)) {
+        return x.cmp(&y);
+    }
+    let num = |r: &LeaderboardRow| {
+        let m = &r.result.metrics;
+        match col {
+            "k" => r.result.k as f64,
+            "n" => r.result.n as f64,
+            "reliability" => m.reliability,
+            "t_generality" => m.t_generality,
+            "m_generality" => m.m_generality,
+            "t_locality" => m.t_locality,
+            "m_locality" => m.m_locality,
+            "edit_ms" => r.result.timing.edit_ms_median,
+            _ => r.score,
+        }
+    };
+    num(a).total_cmp(&num(b))
+}
+
+/// `?k=v&...` of the non-empty pairs, URL-encoded (method names such as `unike:intrinsic+latent/k=5` hold `+`).
+fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let enc = |s: &str| String::from(js_sys::encode_uri_component(s));
+    let parts: Vec<String> =
+        pairs.into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{}={}", enc(k), enc(&v))).collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// The charts' groups: one per (task, model), in the order the rows first show them.
+fn groups(rows: &[LeaderboardRow], mode: &str) -> Vec<((String, String), Vec<LeaderboardRow>)> {
+    let mut out: Vec<((String, String), Vec<LeaderboardRow>)> = Vec::new();
+    for r in rows.iter().filter(|r| r.result.mode == mode) {
+        let key = (r.result.task.clone(), r.model.clone());
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(r.clone()),
+            None => out.push((key, vec![r.clone()])),
+        }
+    }
+    out
+}
+
+fn figure(id: String, class: &'static str, label: String, svg: Result<String, String>) -> AnyView {
+    match svg {
+        Ok(svg) => {
+            view! { <figure class=format!("chart {class}") id=id role="img" aria-label=label inner_html=svg></figure> }
+                .into_any()
+        }
+        Err(e) => view! { <p class="status error">{e}</p> }.into_any(),
     }
 }
 
 #[component]
 pub fn Leaderboard() -> impl IntoView {
     let query = use_query_map();
-    let qs = move || {
-        let q = query.get();
-        let parts: Vec<String> =
-            FILTERS.iter().filter_map(|f| q.get(f).filter(|v| !v.is_empty()).map(|v| format!("{f}={v}"))).collect();
-        if parts.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", parts.join("&"))
+    // The filters of the view (the server applies them).
+    let filters = move || query.with(|q| FILTERS.map(|f| (f, q.get(f).unwrap_or_default())));
+    let qs = move || query_string(filters());
+    let sort = move || query.with(|q| q.get("sort")).filter(|c| COLUMNS.iter().any(|(k, ..)| *k == c.as_str()));
+    let sort_col = move || sort().unwrap_or_else(|| "score".into());
+    let ascending = move || {
+        let col = sort_col();
+        match query.with(|q| q.get("dir")).as_deref() {
+            Some("asc") => true,
+            Some("desc") => false,
+            _ => COLUMNS.iter().any(|(k, _, asc)| *k == col && *asc),
         }
+    };
+    // The whole view (filters and sort) as a query string: the shareable link.
+    let view_qs = move || {
+        let mut pairs: Vec<(&str, String)> = filters().to_vec();
+        if let Some(col) = sort() {
+            pairs.push(("sort", col));
+            pairs.push(("dir", if ascending() { "asc" } else { "desc" }.into()));
+        }
+        query_string(pairs)
     };
     let board = LocalResource::new(move || {
         let path = format!("{}{}", routes::LEADERBOARD, qs());
         async move { api::get_json::<Board>(&path).await }
     });
     let all = LocalResource::new(|| api::get_json::<Board>(routes::LEADERBOARD));
-    let sort = RwSignal::new("score".to_string());
     let navigate = use_navigate();
-    let set_filter = move |name: &'static str, value: String| {
-        let mut q = query.get_untracked();
-        if value.is_empty() {
-            q.remove(name);
-        } else {
-            q.replace(name, value);
+    // Goes to this view with the filters changed by `filter` and the sort `(column, ascending)`.
+    let go = move |filter: Option<(&'static str, String)>, sorted: Option<(String, bool)>| {
+        let mut pairs: Vec<(&str, String)> = filters().to_vec();
+        if let Some((name, value)) = filter {
+            pairs.retain(|(f, _)| *f != name);
+            pairs.push((name, value));
         }
-        let parts: Vec<String> = FILTERS.iter().filter_map(|f| q.get(f).map(|v| format!("{f}={v}"))).collect();
-        navigate(&format!("/leaderboard?{}", parts.join("&")), Default::default());
+        if let Some((col, asc)) = sorted {
+            pairs.push(("sort", col));
+            pairs.push(("dir", if asc { "asc" } else { "desc" }.into()));
+        }
+        navigate(&format!("/leaderboard{}", query_string(pairs)), Default::default());
+    };
+    let set_filter = {
+        let go = go.clone();
+        move |name: &'static str, value: String| go(Some((name, value)), sort().map(|c| (c, ascending())))
+    };
+    let set_sort = move |col: &'static str| {
+        let asc = if sort_col() == col { !ascending() } else { COLUMNS.iter().any(|(k, _, asc)| *k == col && *asc) };
+        go(None, Some((col.to_string(), asc)));
     };
     let options = move |name: &'static str| {
         let values = all.get().and_then(|b| b.ok()).map(|b| {
@@ -78,7 +169,7 @@ pub fn Leaderboard() -> impl IntoView {
         let set_filter = set_filter.clone();
         view! {
             <label class="field">{name}
-                <select on:change=move |ev| set_filter(name, event_target_value(&ev))>
+                <select id=format!("filter-{name}") on:change=move |ev| set_filter(name, event_target_value(&ev))>
                     <option value="">"all"</option>
                     {move || options(name).into_iter().map(|v| {
                         let sel = query.get().get(name).as_deref() == Some(v.as_str());
@@ -88,114 +179,123 @@ pub fn Leaderboard() -> impl IntoView {
             </label>
         }
     };
-    let header = move |label: &'static str, col: &'static str| {
+    // Header buttons live outside the rows' re-rendering, so a sorted column keeps the keyboard focus.
+    let header = move |(col, label, _): (&'static str, &'static str, bool)| {
+        let set_sort = set_sort.clone();
+        let state = move || match (sort_col() == col, ascending()) {
+            (false, _) => "none",
+            (true, true) => "ascending",
+            (true, false) => "descending",
+        };
+        let arrow = move || match state() {
+            "ascending" => " ▲",
+            "descending" => " ▼",
+            _ => "",
+        };
         view! {
-            <th scope="col" aria-sort=move || if sort.get() == col { "descending" } else { "none" }>
-                <button type="button" class="sort" on:click=move |_| sort.set(col.to_string())>{label}</button>
+            <th scope="col" aria-sort=state>
+                <button type="button" class="sort" id=format!("sort-{col}") on:click=move |_| set_sort(col)>
+                    {label}<span aria-hidden="true">{arrow}</span>
+                </button>
             </th>
         }
     };
 
-    let content = move || {
+    let charts = move || {
+        Suspend::new(async move {
+            let b = board.await?;
+            let mut out = Vec::new();
+            // The best one-step result per method, and the mean against K of sequential runs, per task and model.
+            for (i, ((task, model), rows)) in groups(&b.rows, "one-step").into_iter().enumerate() {
+                let mut best: Vec<(String, [f64; 5])> = Vec::new();
+                for r in &rows {
+                    if !best.iter().any(|(m, _)| *m == r.result.method) {
+                        best.push((r.result.method.clone(), r.result.metrics.five()));
+                    }
+                }
+                let title = format!("One-step editing, {task} ({model}): the five metrics per method");
+                out.push(figure(
+                    format!("chart-bars-{i}"),
+                    "chart-bars",
+                    title.clone(),
+                    charts::grouped_bars(&title, &best),
+                ));
+            }
+            for (i, ((task, model), rows)) in groups(&b.rows, "sequential").into_iter().enumerate() {
+                let mut seq: Vec<(String, Vec<(usize, f64)>)> = Vec::new();
+                for r in &rows {
+                    match seq.iter_mut().find(|(m, _)| *m == r.result.method) {
+                        Some((_, pts)) if !pts.iter().any(|p| p.0 == r.result.k) => pts.push((r.result.k, r.score)),
+                        Some(_) => {}
+                        None => seq.push((r.result.method.clone(), vec![(r.result.k, r.score)])),
+                    }
+                }
+                let title = format!("Sequential editing, {task} ({model}): mean of the five metrics against K");
+                out.push(figure(format!("chart-k-{i}"), "chart-k", title.clone(), charts::metric_vs_k(&title, &seq)));
+            }
+            // Ablations (paper Fig. 4): fixed-α and K sweeps against the unswept variant, and the treatments of ζ.
+            for (i, s) in ablation::sweeps(&b.rows).iter().enumerate() {
+                let title = format!(
+                    "{}: {} ({}; dashed: {})",
+                    s.base,
+                    s.param.label(),
+                    s.task,
+                    if s.param == ablation::Param::Alpha { "adaptive α" } else { "default K" }
+                );
+                let svg = charts::sweep(&title, s.param.label(), &s.points, s.reference);
+                out.push(figure(format!("chart-sweep-{i}"), "chart-sweep", title, svg));
+            }
+            for (i, z) in ablation::zeta(&b.rows).iter().enumerate() {
+                let title = format!("Treatments of ζ ({})", z.task);
+                out.push(figure(
+                    format!("chart-zeta-{i}"),
+                    "chart-zeta",
+                    title.clone(),
+                    charts::grouped_bars(&title, &z.bars),
+                ));
+            }
+            Ok::<_, api::ClientError>(out.into_iter().collect_view())
+        })
+    };
+    let rows = move || {
         Suspend::new(async move {
             let b = board.await?;
             let mut rows = b.rows.clone();
-            let col = sort.get();
-            rows.sort_by(|a, b| metric(b, &col).total_cmp(&metric(a, &col)));
-            // Charts: the best one-step result per method, and the mean against K of sequential runs.
-            let mut best: Vec<(String, [f64; 5])> = Vec::new();
-            for r in b.rows.iter().filter(|r| r.result.mode == "one-step") {
-                if !best.iter().any(|(m, _)| *m == r.result.method) {
-                    best.push((r.result.method.clone(), r.result.metrics.five()));
-                }
+            let col = sort_col();
+            rows.sort_by(|a, b| compare(a, b, &col));
+            if !ascending() {
+                rows.reverse();
             }
-            let mut seq: Vec<(String, Vec<(usize, f64)>)> = Vec::new();
-            for r in b.rows.iter().filter(|r| r.result.mode == "sequential") {
-                match seq.iter_mut().find(|(m, _)| *m == r.result.method) {
-                    Some((_, pts)) if !pts.iter().any(|p| p.0 == r.result.k) => pts.push((r.result.k, r.score)),
-                    Some(_) => {}
-                    None => seq.push((r.result.method.clone(), vec![(r.result.k, r.score)])),
+            if rows.is_empty() {
+                return Ok(view! {
+                    <tr><td colspan="14">"No finished runs match. Launch one from Benchmarks."</td></tr>
                 }
+                .into_any());
             }
-            // Ablations (paper Fig. 4): fixed-α and K sweeps against the unswept variant, and the treatments of ζ.
-            let sweeps: Vec<Result<String, String>> = ablation::sweeps(&b.rows)
-                .iter()
-                .map(|s| {
-                    let title = format!(
-                        "{}: {} ({}; dashed: {})",
-                        s.base,
-                        s.param.label(),
-                        s.task,
-                        if s.param == ablation::Param::Alpha { "adaptive α" } else { "default K" }
-                    );
-                    charts::sweep(&title, s.param.label(), &s.points, s.reference)
-                })
-                .collect();
-            let zetas: Vec<Result<String, String>> = ablation::zeta(&b.rows)
-                .iter()
-                .map(|z| charts::grouped_bars(&format!("Treatments of ζ ({})", z.task), &z.bars))
-                .collect();
-            let figure = |id: String, svg: Result<String, String>| match svg {
-                Ok(svg) => view! { <figure class="chart" id=id inner_html=svg></figure> }.into_any(),
-                Err(e) => view! { <p class="status error">{e}</p> }.into_any(),
-            };
-            let ablations = sweeps
-                .into_iter()
-                .enumerate()
-                .map(|(i, svg)| figure(format!("chart-sweep-{i}"), svg))
-                .chain(zetas.into_iter().enumerate().map(|(i, svg)| figure(format!("chart-zeta-{i}"), svg)))
-                .collect_view();
-            let bars = (!best.is_empty())
-                .then(|| charts::grouped_bars("One-step editing: the five metrics per method", &best));
-            let lines =
-                (!seq.is_empty()).then(|| charts::metric_vs_k("Sequential editing: mean of the five metrics", &seq));
-            Ok::<_, api::ClientError>(view! {
-                {bars.map(|svg| match svg {
-                    Ok(svg) => view! { <figure class="chart" id="chart-bars" inner_html=svg></figure> }.into_any(),
-                    Err(e) => view! { <p class="status error">{e}</p> }.into_any(),
-                })}
-                {lines.map(|svg| match svg {
-                    Ok(svg) => view! { <figure class="chart" id="chart-k" inner_html=svg></figure> }.into_any(),
-                    Err(e) => view! { <p class="status error">{e}</p> }.into_any(),
-                })}
-                {ablations}
-                {if rows.is_empty() {
-                    view! { <p>"No finished runs match. Launch one from Benchmarks."</p> }.into_any()
-                } else {
-                    view! {
-                        <div class="table-scroll">
-                            <table id="leaderboard">
-                                <caption>"Finished runs (token convention, %)"</caption>
-                                <thead><tr>
-                                    <th scope="col">"Method"</th><th scope="col">"Task"</th><th scope="col">"Mode"</th>
-                                    <th scope="col">"K"</th><th scope="col">"n"</th><th scope="col">"Model"</th>
-                                    {header("Score", "score")}{header("Rel.", "reliability")}{header("T-Gen.", "t_generality")}
-                                    {header("M-Gen.", "m_generality")}{header("T-Loc.", "t_locality")}
-                                    {header("M-Loc.", "m_locality")}{header("Edit ms", "edit_ms")}
-                                    <th scope="col">"Run"</th>
-                                </tr></thead>
-                                <tbody>
-                                    {rows.into_iter().map(|r| {
-                                        let m = r.result.metrics.clone();
-                                        view! {
-                                            <tr>
-                                                <th scope="row">{r.result.method.clone()}</th><td>{r.result.task.clone()}</td>
-                                                <td>{r.result.mode.clone()}</td><td>{r.result.k}</td><td>{r.result.n}</td>
-                                                <td>{r.model.clone()}</td><td><strong>{pct(r.score)}</strong></td>
-                                                <td>{pct(m.reliability)}</td><td>{pct(m.t_generality)}</td><td>{pct(m.m_generality)}</td>
-                                                <td>{pct(m.t_locality)}</td><td>{pct(m.m_locality)}</td>
-                                                <td>{format!("{:.0}", r.result.timing.edit_ms_median)}</td>
-                                                <td><a href=routes::run(r.run_id)>{format!("#{} (seed {})", r.run_id, r.seed)}</a></td>
-                                            </tr>
-                                        }
-                                    }).collect_view()}
-                                </tbody>
-                            </table>
-                        </div>
-                    }.into_any()
-                }}
-            })
+            Ok::<_, api::ClientError>(
+                rows.into_iter()
+                    .map(|r| {
+                        let m = r.result.metrics.clone();
+                        view! {
+                            <tr class="result">
+                                <th scope="row">{r.result.method.clone()}</th><td>{r.result.task.clone()}</td>
+                                <td>{r.result.mode.clone()}</td><td>{r.result.k}</td><td>{r.result.n}</td>
+                                <td>{r.model.clone()}</td><td><strong>{pct(r.score)}</strong></td>
+                                <td>{pct(m.reliability)}</td><td>{pct(m.t_generality)}</td><td>{pct(m.m_generality)}</td>
+                                <td>{pct(m.t_locality)}</td><td>{pct(m.m_locality)}</td>
+                                <td>{format!("{:.0}", r.result.timing.edit_ms_median)}</td>
+                                <td><a href=routes::run(r.run_id) title="The run as JSON">{format!("#{} · seed {}", r.run_id, r.seed)}</a></td>
+                            </tr>
+                        }
+                    })
+                    .collect_view()
+                    .into_any(),
+            )
         })
+    };
+    let failed = |errors: ArcRwSignal<Errors>| {
+        let text = move || errors.get().into_iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ");
+        view! { <p class="status error" role="alert">"The leaderboard could not be loaded: " {text}</p> }
     };
 
     view! {
@@ -206,12 +306,24 @@ pub fn Leaderboard() -> impl IntoView {
         <p class="actions">
             <a class="button secondary" href=move || format!("{}{}", routes::LEADERBOARD_CSV, qs()) download="leaderboard.csv">"Export CSV"</a>
             <a class="button secondary" href=move || format!("{}{}", routes::LEADERBOARD, qs()) download="leaderboard.json">"Export JSON"</a>
-            <a class="button secondary" href=move || format!("/leaderboard{}", qs())>"Shareable link to this view"</a>
+            <a class="button secondary" id="share-link" href=move || format!("/leaderboard{}", view_qs())>"Shareable link to this view"</a>
         </p>
         <Suspense fallback=|| view! { <p class="status" role="status">"Loading the leaderboard…"</p> }>
-            <ErrorBoundary fallback=|_| view! { <p class="status error" role="alert">"The leaderboard could not be loaded."</p> }>
-                {content}
-            </ErrorBoundary>
+            <ErrorBoundary fallback=failed>{charts}</ErrorBoundary>
         </Suspense>
+        <div class="table-scroll">
+            <table id="leaderboard">
+                <caption>"Finished runs (token convention, %)"</caption>
+                <thead><tr>
+                    {COLUMNS.into_iter().map(header).collect_view()}
+                    <th scope="col">"Run"</th>
+                </tr></thead>
+                <tbody>
+                    <Suspense fallback=|| view! { <tr><td colspan="14" role="status">"Loading…"</td></tr> }>
+                        <ErrorBoundary fallback=|_| view! { <tr><td colspan="14">"–"</td></tr> }>{rows}</ErrorBoundary>
+                    </Suspense>
+                </tbody>
+            </table>
+        </div>
     }
 }

@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 use unike_shared::playground::{
     AnswerRequest, AnswerResponse, AppliedEdit, CaseImport, EditRequest, EditStack, GalleryItem, ImageRef,
-    ImportSummary, MmEditCase, ProbeKind, METHODS,
+    ImportSummary, MmEditCase, ProbeKind, IMAGE_MAX_BYTES, METHODS,
 };
 use unike_shared::routes;
 
@@ -48,6 +48,10 @@ fn PlaygroundBody() -> impl IntoView {
     let busy = RwSignal::new(false);
     let stack = RwSignal::new(None::<Result<EditStack, String>>);
     let notice = RwSignal::new(None::<String>);
+    // Why an upload was refused (shown under the upload field).
+    let upload_note = RwSignal::new(None::<String>);
+    // Edits whose undo is on its way (their buttons are disabled meanwhile).
+    let undoing = RwSignal::new(Vec::<i64>::new());
 
     let load_stack = move || {
         if let Some(ws) = ctx.workspace.get_untracked() {
@@ -61,7 +65,7 @@ fn PlaygroundBody() -> impl IntoView {
         load_stack();
     });
     // Teammates' edits and undos arrive live.
-    let live = LiveEvents::new(ctx.workspace);
+    let live = LiveEvents::new(ctx.workspace, crate::live::EDITS);
     Effect::new(move |_| {
         if live.tick.get() > 0 {
             load_stack();
@@ -79,12 +83,27 @@ fn PlaygroundBody() -> impl IntoView {
     let upload = move |ev: leptos::ev::Event| {
         let input: leptos::web_sys::HtmlInputElement = event_target(&ev);
         let Some(file) = input.files().and_then(|f| f.get(0)) else { return };
+        answer.set(None);
+        applied.set(None);
+        if file.size() > IMAGE_MAX_BYTES as f64 {
+            upload_note.set(Some(format!(
+                "{} is larger than the {} MB an image may have.",
+                file.name(),
+                IMAGE_MAX_BYTES / (1024 * 1024)
+            )));
+            input.set_value("");
+            return;
+        }
         leptos::task::spawn_local(async move {
-            let Ok(buf) = wasm_bindgen_futures::JsFuture::from(file.array_buffer()).await else { return };
+            let Ok(buf) = wasm_bindgen_futures::JsFuture::from(file.array_buffer()).await else {
+                upload_note.set(Some(format!("{} could not be read.", file.name())));
+                return;
+            };
             let bytes = js_sys::Uint8Array::new(&buf).to_vec();
             let b64 = base64(&bytes);
             preview.set(Some(format!("data:{};base64,{b64}", file.type_())));
             image.set(Some(ImageRef::Upload { base64: b64 }));
+            upload_note.set(None);
         });
     };
     let ask = move |_| {
@@ -116,8 +135,17 @@ fn PlaygroundBody() -> impl IntoView {
     };
     let undo = move |id: i64| {
         let Some(ws) = ctx.workspace.get_untracked() else { return };
+        if undoing.with_untracked(|u| u.contains(&id)) {
+            return;
+        }
+        undoing.update(|u| u.push(id));
         leptos::task::spawn_local(async move {
-            stack.set(Some(api::delete_json::<EditStack>(&routes::edit(ws, id)).await.map_err(|e| e.to_string())));
+            match api::delete_json::<EditStack>(&routes::edit(ws, id)).await {
+                Ok(s) => stack.set(Some(Ok(s))),
+                // The stack stays as it was; the error says why this edit was not undone.
+                Err(e) => notice.set(Some(format!("Edit {id} was not undone: {e}"))),
+            }
+            undoing.update(|u| u.retain(|x| *x != id));
             ctx.load_workspaces().await;
         });
     };
@@ -125,6 +153,9 @@ fn PlaygroundBody() -> impl IntoView {
         let Some(ws) = ctx.workspace.get_untracked() else { return };
         let input: leptos::web_sys::HtmlInputElement = event_target(&ev);
         let Some(file) = input.files().and_then(|f| f.get(0)) else { return };
+        // Cleared, so choosing the same file again imports it again.
+        input.set_value("");
+        notice.set(Some(format!("Importing {}…", file.name())));
         leptos::task::spawn_local(async move {
             let text = wasm_bindgen_futures::JsFuture::from(file.text()).await.ok().and_then(|t| t.as_string());
             let parsed = text
@@ -155,7 +186,8 @@ fn PlaygroundBody() -> impl IntoView {
                         };
                         view! {
                             <li>
-                                <button type="button" class="thumb" class:selected=selected
+                                <button type="button" class="thumb" class:selected=selected.clone()
+                                    aria-pressed=move || if selected() { "true" } else { "false" }
                                     aria-label=format!("{} image: {}", item.task, item.question)
                                     on:click=move |_| pick(it.clone())>
                                     <img src=item.url.clone() alt="" width="64" height="64"/>
@@ -175,13 +207,17 @@ fn PlaygroundBody() -> impl IntoView {
             <section class="card" aria-labelledby="pick-heading">
                 <h2 id="pick-heading">"1. Image"</h2>
                 <Suspense fallback=|| view! { <p class="status" role="status">"Loading the gallery…"</p> }>
-                    <ErrorBoundary fallback=|_| view! { <p class="status error" role="alert">"The gallery could not be loaded."</p> }>
+                    <ErrorBoundary fallback=|errors| {
+                        let why = move || errors.get().into_iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ");
+                        view! { <p class="status error" role="alert">"The gallery could not be loaded: " {why}</p> }
+                    }>
                         <ul class="gallery">{gallery_view}</ul>
                     </ErrorBoundary>
                 </Suspense>
                 <label class="field">"…or upload a PNG or JPEG"
                     <input type="file" accept="image/png,image/jpeg" on:change=upload/>
                 </label>
+                {move || upload_note.get().map(|n| view! { <p class="status error" role="alert">{n}</p> })}
                 {move || preview.get().map(|src| view! { <img class="preview" src=src alt="The chosen image" width="128" height="128"/> })}
             </section>
             <section class="card" aria-labelledby="ask-heading">
@@ -223,6 +259,7 @@ fn PlaygroundBody() -> impl IntoView {
                                 <li>
                                     <span>{format!("#{} {} — {} → {} ({}, by {})", e.id, e.method, e.question, e.target, e.created_at, e.author)}</span>
                                     <button type="button" class="button small secondary" on:click=move |_| undo(id)
+                                        disabled=move || undoing.with(|u| u.contains(&id))
                                         aria-label=format!("Undo edit {id}")>"Undo"</button>
                                 </li>
                             }

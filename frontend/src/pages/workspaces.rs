@@ -35,6 +35,10 @@ fn WorkspacesBody() -> impl IntoView {
     let mine = RwSignal::new(Vec::<PendingInvitation>::new());
     let feed = RwSignal::new(Vec::<AuditEntry>::new());
     let message = RwSignal::new(None::<String>);
+    // The last write's or load's failure (shown as an error, apart from the last success).
+    let failure = RwSignal::new(None::<String>);
+    // Whether the workspace's members and feed have loaded.
+    let loaded = RwSignal::new(false);
     let me = move || ctx.session.with(|s| s.as_ref().and_then(|s| s.user.as_ref()).map(|u| u.id));
     let my_role = move || {
         let ws = ctx.workspace.get()?;
@@ -43,21 +47,30 @@ fn WorkspacesBody() -> impl IntoView {
     let is_owner = move || my_role() == Some(Role::Owner);
     let load = move || {
         leptos::task::spawn_local(async move {
-            if let Ok(m) = api::get_json::<Vec<PendingInvitation>>(routes::MY_INVITATIONS).await {
-                ctx.invitations.set(m.len());
-                mine.set(m);
+            match api::get_json::<Vec<PendingInvitation>>(routes::MY_INVITATIONS).await {
+                Ok(m) => {
+                    ctx.invitations.set(m.len());
+                    mine.set(m);
+                }
+                Err(e) => failure.set(Some(format!("Your invitations could not be loaded: {e}"))),
             }
         });
         if let Some(ws) = ctx.workspace.get_untracked() {
             leptos::task::spawn_local(async move {
-                if let Ok(m) = api::get_json::<Vec<Member>>(&routes::members(ws)).await {
-                    members.set(m);
-                }
-                if let Ok(p) = api::get_json::<Vec<PendingInvitation>>(&routes::invitations(ws)).await {
-                    pending.set(p);
-                }
-                if let Ok(f) = api::get_json::<Vec<AuditEntry>>(&routes::audit(ws)).await {
-                    feed.set(f);
+                let fetched = async {
+                    let m = api::get_json::<Vec<Member>>(&routes::members(ws)).await?;
+                    let p = api::get_json::<Vec<PendingInvitation>>(&routes::invitations(ws)).await?;
+                    let f = api::get_json::<Vec<AuditEntry>>(&routes::audit(ws)).await?;
+                    Ok::<_, api::ClientError>((m, p, f))
+                };
+                match fetched.await {
+                    Ok((m, p, f)) => {
+                        members.set(m);
+                        pending.set(p);
+                        feed.set(f);
+                        loaded.set(true);
+                    }
+                    Err(e) => failure.set(Some(format!("The workspace could not be loaded: {e}"))),
                 }
             });
         }
@@ -66,7 +79,7 @@ fn WorkspacesBody() -> impl IntoView {
         ctx.workspace.track();
         load();
     });
-    let live = LiveEvents::new(ctx.workspace);
+    let live = LiveEvents::new(ctx.workspace, crate::live::EDITS);
     Effect::new(move |_| {
         if live.tick.get() > 0 {
             load();
@@ -74,7 +87,13 @@ fn WorkspacesBody() -> impl IntoView {
     });
     // Reports the outcome of a write and reloads what it touched.
     let done = move |outcome: Result<String, api::ClientError>| {
-        message.set(Some(outcome.unwrap_or_else(|e| e.to_string())));
+        match outcome {
+            Ok(m) => {
+                failure.set(None);
+                message.set(Some(m));
+            }
+            Err(e) => failure.set(Some(e.to_string())),
+        }
         load();
     };
     let create = move |ev: leptos::ev::SubmitEvent| {
@@ -83,11 +102,13 @@ fn WorkspacesBody() -> impl IntoView {
         leptos::task::spawn_local(async move {
             match api::post_json::<_, Workspace>(routes::WORKSPACES, &body).await {
                 Ok(w) => {
+                    failure.set(None);
                     message.set(Some(format!("Created {}.", w.name)));
+                    name.set(String::new());
                     ctx.load_workspaces().await;
                     ctx.workspace.set(Some(w.id));
                 }
-                Err(e) => message.set(Some(e.to_string())),
+                Err(e) => failure.set(Some(e.to_string())),
             }
         });
     };
@@ -97,6 +118,9 @@ fn WorkspacesBody() -> impl IntoView {
         let body = Invitation { username: invitee.get_untracked(), role: role.get_untracked() };
         leptos::task::spawn_local(async move {
             let r = api::post_json::<_, PendingInvitation>(&routes::invitations(ws), &body).await;
+            if r.is_ok() {
+                invitee.set(String::new());
+            }
             done(r.map(|i| format!("Invited {} as {}; they join once they accept.", i.username, i.role.as_str())));
         });
     };
@@ -190,9 +214,11 @@ fn WorkspacesBody() -> impl IntoView {
         })}
         <WorkspacePicker/>
         {move || message.get().map(|m| view! { <p class="status" role="status">{m}</p> })}
+        {move || failure.get().map(|m| view! { <p class="status error" role="alert">{m}</p> })}
         <div class="grid two">
             <section class="card" aria-labelledby="members-heading">
                 <h2 id="members-heading">"Members"</h2>
+                {move || (!loaded.get()).then(|| view! { <p class="status" role="status">"Loading the members…"</p> })}
                 <ul id="members">{move || members.get().into_iter().map(member_row).collect_view()}</ul>
                 {move || (!pending.get().is_empty()).then(|| view! {
                     <h3>"Pending invitations"</h3>
@@ -240,6 +266,7 @@ fn WorkspacesBody() -> impl IntoView {
         </div>
         <section class="card" aria-labelledby="feed-heading">
             <h2 id="feed-heading">"Activity"</h2>
+            {move || (loaded.get() && feed.with(Vec::is_empty)).then(|| view! { <p>"No activity yet."</p> })}
             <ol class="feed">
                 {move || feed.get().into_iter().map(|e| view! {
                     <li><time>{e.at}</time>" "<strong>{e.actor}</strong>" "{e.action}" — "{e.detail}</li>
