@@ -191,7 +191,8 @@ try {
   await mate.waitForFunction(() =>
     [...document.querySelectorAll('.status')].some((e) => e.textContent.includes('You joined')),
   );
-  check((await mate.locator('#invitation-count').count()) === 0, 'the count goes once the invitation is answered');
+  // The count goes once the invitation is answered (waited for: it follows a refetch).
+  await mate.waitForFunction(() => !document.querySelector('#invitation-count'), null, { timeout: 15000 });
   await page.reload();
   await page.waitForFunction(() => document.querySelector('#members')?.textContent.includes('e2e-mate'));
   await page.screenshot({ path: `${artifacts}/05-workspace-members.png`, fullPage: true });

@@ -129,9 +129,11 @@ fn WorkspacesBody() -> impl IntoView {
             if accept {
                 match api::post_json::<_, Workspace>(&routes::invitation_accept(inv.id), &()).await {
                     Ok(w) => {
-                        message.set(Some(format!("You joined {} as {}.", w.name, w.role.as_str())));
+                        // Reported once the header's invitation count and the workspaces have caught up.
                         ctx.load_workspaces().await;
                         ctx.workspace.set(Some(w.id));
+                        failure.set(None);
+                        message.set(Some(format!("You joined {} as {}.", w.name, w.role.as_str())));
                         load();
                     }
                     Err(e) => done(Err(e)),
