@@ -145,7 +145,7 @@ mod tests {
             m_generality: 80.0,
             t_locality: 70.0,
             m_locality: 60.0,
-            portability: None,
+            ..Default::default()
         };
         LeaderboardRow {
             run_id: 1,
@@ -153,12 +153,15 @@ mod tests {
             seed: 0,
             finished_at: String::new(),
             score: metrics.mean5(),
+            convention: Default::default(),
+            convention_label: String::new(),
             result: BenchResult {
                 method: method.into(),
                 task: task.into(),
                 mode: mode.into(),
                 k: 1,
                 n: 30,
+                convention: Default::default(),
                 exact_match: metrics.clone(),
                 metrics,
                 timing: Timing { edit_ms_median: 1.0, edit_ms_p90: 2.0 },

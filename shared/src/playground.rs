@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Edit methods, as the API names them (UniKE variants: `unike:<variant>`).
-pub const METHODS: [&str; 7] = ["unike", "t-patcher", "serac", "mend", "ke", "ft", "ike"];
+/// Edit methods, as the API names them (UniKE variants: `unike:<variant>`). `none` is the unedited model (its patch
+/// is empty): the baseline row of a benchmark.
+pub const METHODS: [&str; 8] = ["unike", "t-patcher", "serac", "mend", "ke", "ft", "ike", "none"];
 
 /// Limits the server enforces on user input.
 pub const TEXT_MAX: usize = 300;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bench::BenchResult;
+use crate::bench::{BenchResult, MetricConvention};
 
 /// Limits of a studio run (`--demo` lowers `n`).
 pub const RUN_N_MAX: usize = 500;
@@ -104,6 +104,11 @@ pub struct LeaderboardRow {
     pub finished_at: String,
     /// Mean of the five metrics (token convention).
     pub score: f64,
+    /// How the row's figures were computed (rows stored before conventions were recorded: `v1`); rows of different
+    /// conventions are not comparable.
+    pub convention: MetricConvention,
+    /// [`MetricConvention::label`] of `convention`.
+    pub convention_label: String,
     pub result: BenchResult,
 }
 
@@ -126,4 +131,7 @@ pub struct LeaderboardQuery {
     pub mode: Option<String>,
     #[serde(default)]
     pub model: Option<String>,
+    /// `v1` or `v2` ([`MetricConvention`]).
+    #[serde(default)]
+    pub convention: Option<String>,
 }

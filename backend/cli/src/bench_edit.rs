@@ -33,7 +33,7 @@ pub enum ModeArg {
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: device::ModelArgs,
-    /// Comma-separated methods (ft, ke, t-patcher, mend, ike, serac, unike).
+    /// Comma-separated methods (none, ft, ke, t-patcher, mend, ike, serac, unike; `none` is the unedited model).
     #[arg(long, default_value = "t-patcher", value_delimiter = ',')]
     pub methods: Vec<String>,
     #[arg(long, value_enum, default_value = "vqa")]
@@ -88,10 +88,14 @@ pub fn cases(dir: &Path, task: Task, split: &str, n: usize) -> Result<Vec<EditCa
     Ok(all)
 }
 
+/// `12.3`, or `-` for a figure the result does not have.
+pub fn opt_pct(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |p| format!("{p:.1}"))
+}
+
 fn row(r: &BenchResult, m: &MetricSet, kind: &str) -> String {
-    let port = m.portability.map_or("-".to_string(), |p| format!("{p:.1}"));
     format!(
-        "| {} | {} | {} | {} | {} | {kind} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {port} | {:.0} / {:.0} |",
+        "| {} | {} | {} | {} | {} | {kind} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.0} / {:.0} |",
         r.method,
         r.task,
         r.mode,
@@ -102,6 +106,9 @@ fn row(r: &BenchResult, m: &MetricSet, kind: &str) -> String {
         m.m_generality,
         m.t_locality,
         m.m_locality,
+        opt_pct(m.m_locality_top1),
+        opt_pct(m.portability),
+        opt_pct(m.portability_base),
         r.timing.edit_ms_median,
         r.timing.edit_ms_p90
     )
@@ -283,20 +290,30 @@ pub fn bench_observed(
     Ok(results)
 }
 
-/// The Markdown table of `results`: both conventions per method.
+/// The Markdown table of `results`: both scores per method, then what the columns are.
 pub fn markdown(results: &[BenchResult]) -> String {
     let mut out = String::from(
-        "| method | task | mode | k | n | score | Rel. | T-Gen. | M-Gen. | T-Loc. | M-Loc. | Port. | edit ms (median / p90) |\n",
+        "| method | task | mode | k | n | score | Rel. | T-Gen. | M-Gen. | T-Loc. | M-Loc. | M-Loc. top-1 | Port. | \
+         Port. base | edit ms (median / p90) |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in results {
         out.push_str(&row(r, &r.metrics, "token acc."));
         out.push('\n');
         out.push_str(&row(r, &r.exact_match, "exact match"));
         out.push('\n');
     }
+    out.push_str(&format!("\n{}\n", CONVENTION_NOTE));
     out
 }
+
+/// What the token scores of the current convention are, under a table.
+pub const CONVENTION_NOTE: &str = "Token scores, convention v2 (EasyEdit's multimodal evaluation): Rel. / Gen. / \
+    Port. = teacher-forced token accuracy over the answer tokens (end of sequence not scored); T-Loc. = top-1 \
+    agreement with the unedited model at each answer position; M-Loc. = its top-10 lists compared slot by slot at \
+    each answer position (M-Loc. top-1: top-1 agreement there); Port. base = the unedited model on the same \
+    portability questions. Exact match: greedy answer (answer tokens and end of sequence) equals the reference \
+    (locality: the unedited model's greedy answer).";
 
 /// `--threads`: 0 means one per core.
 pub fn worker_threads(threads: usize) -> usize {

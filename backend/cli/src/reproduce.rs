@@ -31,8 +31,8 @@ pub struct ReproduceArgs {
     /// MMEdit / VLKEB data directory (default: the world of --seed).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Methods of Tables 1–3.
-    #[arg(long, default_value = "ft,ke,t-patcher,mend,ike,serac,unike", value_delimiter = ',')]
+    /// Methods of Tables 1–3 (`none`: the unedited model, the row every method is compared with).
+    #[arg(long, default_value = "none,ft,ke,t-patcher,mend,ike,serac,unike", value_delimiter = ',')]
     pub methods: Vec<String>,
     /// Only these sections (table1, table2, table3, table4, fig4a, fig4b, fig4c).
     #[arg(long, value_delimiter = ',')]
@@ -49,13 +49,13 @@ fn write_section(out: &Path, name: &str, title: &str, results: &[BenchResult]) -
     std::fs::write(out.join(format!("{name}.json")), json)?;
     let mut md = format!("## {title}\n\n");
     md.push_str(
-        "| method | task | mode | k | n | Rel. | T-Gen. | M-Gen. | T-Loc. | M-Loc. | mean | Port. | edit ms |\n",
+        "| method | task | mode | k | n | Rel. | T-Gen. | M-Gen. | T-Loc. | M-Loc. | mean | Port. | Port. base | edit ms |\n",
     );
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in results {
         let m = &r.metrics;
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {:.0} |\n",
             r.method,
             r.task,
             r.mode,
@@ -67,12 +67,13 @@ fn write_section(out: &Path, name: &str, title: &str, results: &[BenchResult]) -
             m.t_locality,
             m.m_locality,
             r.metrics.mean5(),
-            m.portability.map_or("-".into(), |p| format!("{p:.1}")),
+            bench_edit::opt_pct(m.portability),
+            bench_edit::opt_pct(m.portability_base),
             r.timing.edit_ms_median
         ));
     }
-    md.push_str("\nToken-level convention (teacher-forced token accuracy; locality = agreement with the pre-edit top-1 token). ");
-    md.push_str(&format!("Exact-match scores are in `{name}.json`.\n\n"));
+    md.push_str(&format!("\n{} ", bench_edit::CONVENTION_NOTE));
+    md.push_str(&format!("Exact-match scores and M-Loc. top-1 are in `{name}.json`.\n\n"));
     std::fs::write(out.join(format!("{name}.md")), &md)?;
     Ok(md)
 }
@@ -132,11 +133,12 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let command: Vec<String> = std::env::args().skip(1).collect();
     let mut readme = format!(
         "# UniKE reproduction on the synthetic world\n\nModel `{}`, seed {}, n = {} per configuration. Command: \
-         `unike {}`.\n\n",
+         `unike {}`. Metric convention {}.\n\n",
         loaded.dir.display(),
         args.seed,
         args.n,
-        command.join(" ")
+        command.join(" "),
+        unike_shared::MetricConvention::CURRENT.label()
     );
     let emit = |readme: &mut String, text: String| -> Result<()> {
         readme.push_str(&text);

@@ -263,7 +263,7 @@ fn bench_edits_the_default_model_deterministically() -> Result<()> {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bench = |extra: &[&str]| -> Result<Value> {
         let out = unike()
-            .args(["bench", "--methods", "t-patcher", "--n", "6", "--memory", "16", "--json", "--data"])
+            .args(["bench", "--methods", "t-patcher,none", "--n", "6", "--memory", "16", "--json", "--data"])
             .arg(&data)
             .args(extra)
             .output()?;
@@ -281,6 +281,17 @@ fn bench_edits_the_default_model_deterministically() -> Result<()> {
         assert!((0.0..=100.0).contains(&v), "{key} {v}");
         assert!(r["exact_match"][key].as_f64().is_some(), "{key}");
     }
+    assert_eq!(r["convention"], "v2", "{r}");
+    assert!(r["metrics"]["portability_base"].as_f64().is_some() && r["metrics"]["m_locality_top1"].as_f64().is_some());
+    // `none`, the unedited model: locality 100, portability equal to the unedited model's (the base).
+    let none = &a["results"][1];
+    assert_eq!(none["method"], "none", "{a}");
+    assert_eq!(
+        (none["metrics"]["t_locality"].as_f64(), none["metrics"]["m_locality"].as_f64()),
+        (Some(100.0), Some(100.0))
+    );
+    assert_eq!(none["metrics"]["portability"], none["metrics"]["portability_base"], "{none}");
+    assert_eq!(none["metrics"]["portability_base"], r["metrics"]["portability_base"], "{a}");
     // T-Patcher makes the edits: reliability is high on the default model.
     assert!(r["metrics"]["reliability"].as_f64().unwrap_or(0.0) >= 80.0, "{r}");
     assert!(r["timing"]["edit_ms_median"].as_f64().unwrap_or(0.0) > 0.0);
@@ -350,6 +361,7 @@ fn reproduce_writes_tables_json_and_charts() -> Result<()> {
     assert_eq!(methods, [("ft", "vqa"), ("ike", "vqa"), ("ft", "caption"), ("ike", "caption")]);
     let md = std::fs::read_to_string(dir.join("table1.md"))?;
     assert!(md.contains("| ike | vqa | one-step | 1 | 20 |"), "{md}");
+    assert!(md.contains("| Port. base |") && md.contains("convention v2"), "{md}");
     // Bad input: one line, exit 1.
     for (args, needle) in [
         (vec!["--only", "table9"], "unknown section \"table9\""),

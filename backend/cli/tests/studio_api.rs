@@ -381,25 +381,42 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     )?;
     expect_error(&bad_run(json!({"methods": [], "task": "vqa", "mode": "one-step", "n": 4}))?, 400, "methods")?;
     expect_error(&bad_run(json!({"methods": ["serac"], "task": "nope", "mode": "one-step", "n": 4}))?, 400, "task")?;
-    let run = alice
-        .post(&routes::runs(ws_id), &json!({"methods": ["serac", "ike"], "task": "vqa", "mode": "one-step", "n": 6}))?;
+    // `none`, the unedited model, is a method like the others.
+    let run = alice.post(
+        &routes::runs(ws_id),
+        &json!({"methods": ["serac", "ike", "none"], "task": "vqa", "mode": "one-step", "n": 6}),
+    )?;
     ensure!(run.status == 200, "{}", run.body);
     let run_id = run.json()?["id"].as_i64().context("run id")?;
     let run = wait_run(&mut alice, run_id, &["finished", "failed"])?;
     assert_eq!(run["status"], "finished", "{run}");
-    assert_eq!(run["results"].as_array().map(Vec::len), Some(2));
+    assert_eq!(run["results"].as_array().map(Vec::len), Some(3));
     assert_eq!(run["done"], run["total"]);
     let board = anon.get(routes::LEADERBOARD)?.json()?;
     let rows = board["rows"].as_array().context("rows")?;
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 3);
     assert!(rows[0]["score"].as_f64() >= rows[1]["score"].as_f64());
+    // Every row says its metric convention; new runs are v2 (answer tokens, M-Locality top-10).
+    for r in rows {
+        assert_eq!((r["convention"].as_str(), r["result"]["convention"].as_str()), (Some("v2"), Some("v2")), "{r}");
+        assert!(r["convention_label"].as_str().is_some_and(|l| l.contains("top-10")), "{r}");
+    }
+    let none = anon.get(&format!("{}?method=none", routes::LEADERBOARD))?.json()?;
+    let m = &none["rows"][0]["result"]["metrics"];
+    assert_eq!((m["t_locality"].as_f64(), m["m_locality"].as_f64()), (Some(100.0), Some(100.0)), "{none}");
+    assert_eq!(m["portability"], m["portability_base"], "{none}");
+    assert_eq!(
+        anon.get(&format!("{}?convention=v1", routes::LEADERBOARD))?.json()?["rows"].as_array().map(Vec::len),
+        Some(0)
+    );
     let only = anon.get(&format!("{}?method=ike", routes::LEADERBOARD))?.json()?;
     assert_eq!(only["rows"].as_array().map(Vec::len), Some(1));
     assert_eq!(only["rows"][0]["result"]["method"], "ike");
     let csv = anon.get(routes::LEADERBOARD_CSV)?;
     assert_eq!(csv.status, 200);
-    assert!(csv.body.starts_with("run_id,model,method,task"), "{}", csv.body);
-    assert_eq!(csv.body.lines().count(), 3);
+    assert!(csv.body.starts_with("run_id,model,method,task,mode,k,n,seed,convention"), "{}", csv.body);
+    assert!(csv.body.lines().skip(1).all(|l| l.contains(",v2,")), "{}", csv.body);
+    assert_eq!(csv.body.lines().count(), 4);
 
     // A run on the workspace's own cases: its two Playground cases (probes completed from their gallery cases);
     // private to the workspace, so not on the public leaderboard.
@@ -416,7 +433,7 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     assert_eq!(wr["status"], "finished", "{wr}");
     assert_eq!(wr["results"][0]["n"], 2, "{wr}");
     expect_error(&anon.get(&routes::run(wr_id))?, 401, "sign in")?;
-    assert_eq!(anon.get(routes::LEADERBOARD)?.json()?["rows"].as_array().map(Vec::len), Some(2));
+    assert_eq!(anon.get(routes::LEADERBOARD)?.json()?["rows"].as_array().map(Vec::len), Some(3));
     // Bob's workspace: the two imported cases, and one whose image is not in this studio (left out, and said so).
     let foreign = json!({"src": "What is this?", "alt": "a cat", "image": "val2014/a.jpg", "rephrase": "What's this?",
         "image_rephrase": "val2014/b.jpg", "loc": "q", "loc_ans": "a", "m_loc": "c.jpg", "m_loc_q": "mq", "m_loc_a": "ma"});

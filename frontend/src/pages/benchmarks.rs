@@ -252,7 +252,8 @@ fn RunCard(
     .into_any()
 }
 
-/// One row per method: the five metrics (and portability), token convention.
+/// One row per method: the five metrics, portability and the unedited model's portability, token convention (the
+/// convention each row was computed with: v1 results stored earlier are not comparable with v2).
 #[component]
 pub fn ResultsTable(results: Vec<unike_shared::BenchResult>) -> impl IntoView {
     view! {
@@ -260,7 +261,8 @@ pub fn ResultsTable(results: Vec<unike_shared::BenchResult>) -> impl IntoView {
             <table>
                 <thead><tr><th scope="col">"Method"</th><th scope="col">"Rel."</th><th scope="col">"T-Gen."</th>
                     <th scope="col">"M-Gen."</th><th scope="col">"T-Loc."</th><th scope="col">"M-Loc."</th>
-                    <th scope="col">"Port."</th><th scope="col">"Edit ms (median)"</th></tr></thead>
+                    <th scope="col">"Port."</th><th scope="col">"Port. base"</th><th scope="col">"Edit ms (median)"</th>
+                    <th scope="col">"Convention"</th></tr></thead>
                 <tbody>
                     {results.into_iter().map(|r| {
                         let m = r.metrics;
@@ -268,7 +270,9 @@ pub fn ResultsTable(results: Vec<unike_shared::BenchResult>) -> impl IntoView {
                             <tr><th scope="row">{r.method}</th><td>{pct(m.reliability)}</td><td>{pct(m.t_generality)}</td>
                                 <td>{pct(m.m_generality)}</td><td>{pct(m.t_locality)}</td><td>{pct(m.m_locality)}</td>
                                 <td>{m.portability.map(pct).unwrap_or_else(|| "–".into())}</td>
-                                <td>{format!("{:.0}", r.timing.edit_ms_median)}</td></tr>
+                                <td>{m.portability_base.map(pct).unwrap_or_else(|| "–".into())}</td>
+                                <td>{format!("{:.0}", r.timing.edit_ms_median)}</td>
+                                <td title=r.convention.label()>{r.convention.as_str()}</td></tr>
                         }
                     }).collect_view()}
                 </tbody>

@@ -11,11 +11,11 @@ use crate::api;
 use crate::charts;
 use crate::format::pct;
 
-const FILTERS: [&str; 4] = ["method", "task", "mode", "model"];
+const FILTERS: [&str; 5] = ["method", "task", "mode", "model", "convention"];
 
 /// Sortable columns: query value, header label, and whether the first click sorts ascending (text, and times where
 /// less is better) rather than descending (scores).
-const COLUMNS: [(&str, &str, bool); 13] = [
+const COLUMNS: [(&str, &str, bool); 14] = [
     ("method", "Method", true),
     ("task", "Task", true),
     ("mode", "Mode", true),
@@ -29,6 +29,7 @@ const COLUMNS: [(&str, &str, bool); 13] = [
     ("t_locality", "T-Loc.", false),
     ("m_locality", "M-Loc.", false),
     ("edit_ms", "Edit ms", true),
+    ("convention", "Convention", true),
 ];
 
 /// Compares two rows by column `col`, ascending.
@@ -38,6 +39,7 @@ fn compare(a: &LeaderboardRow, b: &LeaderboardRow, col: &str) -> std::cmp::Order
         "task" => Some(r.result.task.clone()),
         "mode" => Some(r.result.mode.clone()),
         "model" => Some(r.model.clone()),
+        "convention" => Some(r.convention.as_str().to_string()),
         _ => None,
     };
     if let (Some(x), Some(y)) = (text(a), text(b)) {
@@ -156,6 +158,7 @@ pub fn Leaderboard() -> impl IntoView {
                     "method" => r.result.method.clone(),
                     "task" => r.result.task.clone(),
                     "mode" => r.result.mode.clone(),
+                    "convention" => r.convention.as_str().to_string(),
                     _ => r.model.clone(),
                 })
                 .collect();
@@ -268,7 +271,7 @@ pub fn Leaderboard() -> impl IntoView {
             }
             if rows.is_empty() {
                 return Ok(view! {
-                    <tr><td colspan="14">"No finished runs match. Launch one from Benchmarks."</td></tr>
+                    <tr><td colspan="15">"No finished runs match. Launch one from Benchmarks."</td></tr>
                 }
                 .into_any());
             }
@@ -284,6 +287,7 @@ pub fn Leaderboard() -> impl IntoView {
                                 <td>{pct(m.reliability)}</td><td>{pct(m.t_generality)}</td><td>{pct(m.m_generality)}</td>
                                 <td>{pct(m.t_locality)}</td><td>{pct(m.m_locality)}</td>
                                 <td>{format!("{:.0}", r.result.timing.edit_ms_median)}</td>
+                                <td title=r.convention_label.clone()>{r.convention.as_str()}</td>
                                 <td><a href=routes::run(r.run_id) title="The run as JSON">{format!("#{} · seed {}", r.run_id, r.seed)}</a></td>
                             </tr>
                         }
@@ -302,6 +306,7 @@ pub fn Leaderboard() -> impl IntoView {
         <h1>"Leaderboard"</h1>
         <div class="grid four">
             {filter_select("method")}{filter_select("task")}{filter_select("mode")}{filter_select("model")}
+            {filter_select("convention")}
         </div>
         <p class="actions">
             <a class="button secondary" href=move || format!("{}{}", routes::LEADERBOARD_CSV, qs()) download="leaderboard.csv">"Export CSV"</a>
@@ -313,14 +318,14 @@ pub fn Leaderboard() -> impl IntoView {
         </Suspense>
         <div class="table-scroll">
             <table id="leaderboard">
-                <caption>"Finished runs (token convention, %)"</caption>
+                <caption>"Finished runs (token convention, %; v1 rows: answer + end of sequence, M-Loc. top-1; v2: answer tokens, M-Loc. top-10 — not comparable)"</caption>
                 <thead><tr>
                     {COLUMNS.into_iter().map(header).collect_view()}
                     <th scope="col">"Run"</th>
                 </tr></thead>
                 <tbody>
-                    <Suspense fallback=|| view! { <tr><td colspan="14" role="status">"Loading…"</td></tr> }>
-                        <ErrorBoundary fallback=|_| view! { <tr><td colspan="14">"–"</td></tr> }>{rows}</ErrorBoundary>
+                    <Suspense fallback=|| view! { <tr><td colspan="15" role="status">"Loading…"</td></tr> }>
+                        <ErrorBoundary fallback=|_| view! { <tr><td colspan="15">"–"</td></tr> }>{rows}</ErrorBoundary>
                     </Suspense>
                 </tbody>
             </table>

@@ -69,7 +69,7 @@ fn query_params(path: &str) -> Vec<Value> {
     match path {
         EVENTS => vec![q("workspace", true, "integer")],
         LEADERBOARD | LEADERBOARD_CSV => {
-            ["method", "task", "mode", "model"].iter().map(|n| q(n, false, "string")).collect()
+            ["method", "task", "mode", "model", "convention"].iter().map(|n| q(n, false, "string")).collect()
         }
         _ => Vec::new(),
     }

@@ -15,7 +15,7 @@ use clap::ValueEnum;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use unike_core::data::Task;
 use unike_core::edit::registry;
-use unike_core::eval::CaseScore;
+use unike_core::eval::{CaseScore, EditMetric};
 use unike_shared::events::Event;
 use unike_shared::runs::{RunInfo, RunRequest, RunStatus, RUN_N_MAX};
 use unike_shared::workspace::Role;
@@ -224,28 +224,37 @@ async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
         }
         Update::Result { id, result, cases } => {
             let mut tx = super::write_tx(&st.db).await?;
-            sqlx::query("INSERT OR REPLACE INTO run_results (run_id, method, result_json, score) VALUES (?, ?, ?, ?)")
-                .bind(id)
-                .bind(&result.method)
-                .bind(serde_json::to_string(&result).map_err(ApiErr::internal)?)
-                .bind(result.metrics.mean5())
-                .execute(&mut *tx)
-                .await?;
+            let convention = result.convention.as_str();
+            sqlx::query(
+                "INSERT OR REPLACE INTO run_results (run_id, method, result_json, score, convention) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(&result.method)
+            .bind(serde_json::to_string(&result).map_err(ApiErr::internal)?)
+            .bind(result.metrics.mean5())
+            .bind(convention)
+            .execute(&mut *tx)
+            .await?;
             for (i, c) in cases.iter().enumerate() {
+                let t = |m: EditMetric| c.token[m as usize];
                 sqlx::query(
                     "INSERT OR REPLACE INTO run_cases (run_id, method, case_index, edit_ms, reliability, t_generality, \
-                     m_generality, t_locality, m_locality, portability) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     m_generality, t_locality, m_locality, portability, m_locality_top1, convention) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(id)
                 .bind(&result.method)
                 .bind(i as i64)
                 .bind(c.edit_ms)
-                .bind(c.token[0])
-                .bind(c.token[1])
-                .bind(c.token[2])
-                .bind(c.token[3])
-                .bind(c.token[4])
-                .bind(c.token[5])
+                .bind(t(EditMetric::Reliability))
+                .bind(t(EditMetric::TGenerality))
+                .bind(t(EditMetric::MGenerality))
+                .bind(t(EditMetric::TLocality))
+                .bind(t(EditMetric::MLocality))
+                .bind(t(EditMetric::Portability))
+                .bind(t(EditMetric::MLocalityTop1))
+                .bind(convention)
                 .execute(&mut *tx)
                 .await?;
             }

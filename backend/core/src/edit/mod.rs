@@ -9,6 +9,7 @@ pub mod ike;
 pub mod ke;
 pub mod mend;
 pub mod neurons;
+pub mod none;
 pub mod patch;
 pub mod registry;
 pub mod sequence;
@@ -17,7 +18,7 @@ pub mod t_patcher;
 pub mod unike;
 
 pub use patch::{Patch, PatchDeps, PatchStack, Provenance};
-pub use sequence::EditSequence;
+pub use sequence::{EditSequence, Prediction};
 
 use crate::error::Result;
 use crate::model::{Llava, Processor};

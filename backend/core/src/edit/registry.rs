@@ -8,6 +8,7 @@ use super::hparams;
 use super::ike::{Ike, IkeParams};
 use super::ke::{Ke, KeNet};
 use super::mend::{Mend, MendNet};
+use super::none::NoEdit;
 use super::serac::Serac;
 use super::t_patcher::{TPatcher, TPatcherParams};
 use super::unike::{Artifacts, UniKe, UniKeParams};
@@ -15,8 +16,8 @@ use super::{EditMethod, EditSequence};
 use crate::error::{Error, Result};
 use crate::model::Llava;
 
-/// Method names as the CLI spells them, in the paper's table order.
-pub const METHODS: [&str; 7] = ["ft", "ke", "t-patcher", "mend", "ike", "serac", "unike"];
+/// Method names as the CLI spells them: `none` (the unedited model, an empty patch), then the paper's table order.
+pub const METHODS: [&str; 8] = ["none", "ft", "ke", "t-patcher", "mend", "ike", "serac", "unike"];
 
 /// What building a method needs besides its name.
 pub struct MethodInputs<'a> {
@@ -67,6 +68,7 @@ pub fn build(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod>
     check_name(name)?;
     let (base, variant) = split_name(name);
     match base {
+        "none" => Ok(Box::new(NoEdit)),
         "ft" => Ok(Box::new(FineTune::new(params::<FtParams>(&inputs, base)?, inputs.eos))),
         "t-patcher" => Ok(Box::new(TPatcher::new(params::<TPatcherParams>(&inputs, base)?, inputs.memory, inputs.eos))),
         "ike" => Ok(Box::new(Ike { params: params::<IkeParams>(&inputs, base)?, eos: inputs.eos })),
@@ -126,6 +128,8 @@ mod tests {
         let e2 = check_name("unike:wrong").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e2.contains("unknown UniKE variant") && e2.contains("only-intrinsic"), "{e2}");
         assert!(check_name("unike:alpha=2").is_err() && check_name("ft:x").is_err());
+        assert!(check_name("none").is_ok() && check_name("none:x").is_err());
+        assert_eq!(build("none", inputs("default")).map(|m| m.name().to_string()).ok().as_deref(), Some("none"));
         let e3 = build("unike", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e3.contains("build-memory"), "{e3}");
         let e = e.map(|e| e.to_string()).unwrap_or_default();

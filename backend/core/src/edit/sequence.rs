@@ -1,11 +1,21 @@
 //! The tokenized form of a question and an answer, as edit methods optimise and metrics score it: the prompt in the
-//! model's template (image tokens expanded), then the answer tokens and end of sequence, teacher-forced.
+//! model's template (image tokens expanded), then the answer tokens and end of sequence, teacher-forced. Methods
+//! train on every target (answer and end of sequence); the token metrics score the answer tokens only.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
 use crate::model::{kernels, Llava, Processor};
+
+/// What [`EditSequence::predict_batch`] reads off one sequence's logits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prediction {
+    /// Argmax at each target position (answer and end of sequence).
+    pub argmax: Vec<u32>,
+    /// The requested top-k ids at each answer position (empty when none were requested).
+    pub top: Vec<Vec<u32>>,
+}
 
 /// A prompt followed by a supervised answer.
 #[derive(Debug, Clone)]
@@ -35,6 +45,12 @@ impl EditSequence {
     /// Supervised targets: the answer ids and end of sequence.
     pub fn targets(&self) -> &[u32] {
         &self.ids[self.prompt_len..]
+    }
+
+    /// The answer ids: the targets without the final end-of-sequence id (for a sequence [`EditSequence::new`] built).
+    pub fn answer(&self) -> &[u32] {
+        let t = self.targets();
+        &t[..t.len().saturating_sub(1)]
     }
 
     /// Input embeddings of the whole sequence, image features merged: `(1, s, d)`.
@@ -77,22 +93,44 @@ impl EditSequence {
     /// [`EditSequence::argmax`] of many sequences, `chunk` per forward pass (right-padded batches; a causal mask keeps
     /// real tokens from seeing the padding, so each row equals its own forward pass).
     pub fn argmax_batch(model: &Llava, seqs: &[&EditSequence], hooks: &Hooks, chunk: usize) -> Result<Vec<Vec<u32>>> {
+        let asks: Vec<(&EditSequence, usize)> = seqs.iter().map(|s| (*s, 0)).collect();
+        Ok(Self::predict_batch(model, &asks, hooks, chunk)?.into_iter().map(|p| p.argmax).collect())
+    }
+
+    /// For each `(sequence, k)`: the argmax at each target position and, when `k > 0`, the `k` highest-logit ids
+    /// (highest first, [`crate::eval::top_k_ids`]) at each answer position (the end-of-sequence position excluded).
+    /// Batched as [`EditSequence::argmax_batch`]: logits `(chunk, s, vocab)` per forward pass.
+    pub fn predict_batch(
+        model: &Llava,
+        seqs: &[(&EditSequence, usize)],
+        hooks: &Hooks,
+        chunk: usize,
+    ) -> Result<Vec<Prediction>> {
         let mut out = Vec::with_capacity(seqs.len());
         for part in seqs.chunks(chunk.max(1)) {
-            let len = part.iter().map(|s| s.ids.len()).max().unwrap_or(0);
-            let pad = part.iter().find_map(|s| s.ids.last().copied()).unwrap_or(0);
+            let len = part.iter().map(|(s, _)| s.ids.len()).max().unwrap_or(0);
+            let pad = part.iter().find_map(|(s, _)| s.ids.last().copied()).unwrap_or(0);
             let ids: Vec<u32> = part
                 .iter()
-                .flat_map(|s| s.ids.iter().copied().chain(std::iter::repeat_n(pad, len - s.ids.len())))
+                .flat_map(|(s, _)| s.ids.iter().copied().chain(std::iter::repeat_n(pad, len - s.ids.len())))
                 .collect();
             let ids = Tensor::from_vec(ids, (part.len(), len), model.device())?;
-            let pixels: Vec<&Tensor> = part.iter().filter_map(|s| s.pixels.as_ref()).collect();
+            let pixels: Vec<&Tensor> = part.iter().filter_map(|(s, _)| s.pixels.as_ref()).collect();
             let feats = if pixels.is_empty() { None } else { Some(model.image_features(&Tensor::cat(&pixels, 0)?)?) };
             let embeds = model.embed_inputs(&ids, feats.as_ref())?;
             let h = model.forward_embeds(&embeds, 0, None, hooks, &mut Capture::none())?;
-            let top = model.logits(&h)?.argmax(D::Minus1)?.to_vec2::<u32>()?;
-            for (row, s) in top.into_iter().zip(part) {
-                out.push(row[s.prompt_len - 1..s.ids.len() - 1].to_vec());
+            let logits = model.logits(&h)?;
+            let top = logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
+            for (row, (i, (s, k))) in top.into_iter().zip(part.iter().enumerate()) {
+                let argmax = row[s.prompt_len - 1..s.ids.len() - 1].to_vec();
+                let n = s.answer().len();
+                let top = if *k > 0 && n > 0 {
+                    let rows = logits.get(i)?.narrow(0, s.prompt_len - 1, n)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                    rows.iter().map(|r| crate::eval::top_k_ids(r, *k)).collect()
+                } else {
+                    vec![]
+                };
+                out.push(Prediction { argmax, top });
             }
         }
         Ok(out)

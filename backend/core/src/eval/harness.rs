@@ -1,6 +1,9 @@
 //! The MMEdit / VLKEB evaluation harness: pre-edit outputs computed once before any edit, then one-step editing
 //! (every edit on a fresh stack) or sequential editing (K edits stacked, then every case of the sequence evaluated).
 //! Cross-task editing is sequential editing over a list that mixes VQA and caption cases.
+//!
+//! Token metrics follow [`MetricConvention::V2`] (see [`super::metrics`]): answer tokens only; T-Locality top-1 and
+//! M-Locality element-wise top-10 agreement at the locality answer's positions; the unedited model's portability.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,11 +12,11 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use candle_core::Tensor;
-use unike_shared::{BenchResult, MetricSet, Timing};
+use unike_shared::{BenchResult, MetricConvention, MetricSet, Timing};
 
-use super::metrics::{agreement, token_accuracy, EditMetric, Mean};
+use super::metrics::{agreement, answer_scores, top_k_agreement, EditMetric, Mean};
 use crate::data::EditCase;
-use crate::edit::{EditContext, EditMethod, EditRequest, EditSequence, PatchStack};
+use crate::edit::{EditContext, EditMethod, EditRequest, EditSequence, PatchStack, Prediction};
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
 use crate::model::{GenerateOptions, Llava, Processor};
@@ -43,17 +46,22 @@ impl Mode {
     }
 }
 
-/// A locality probe with its pre-edit behaviour.
+/// Ids compared per answer position by M-Locality (EasyEdit's multimodal locality: top-10).
+pub const M_LOCALITY_TOP_K: usize = 10;
+
+/// A locality probe with its pre-edit behaviour, computed once before any edit.
 struct LocalityProbe {
-    /// The probe with its reference answer (token agreement is scored on it).
+    /// The probe with its reference answer (agreement is scored at its answer positions, not at its end of sequence).
     seq: EditSequence,
     /// Pre-edit top-1 token at each answer position.
     pre_top1: Vec<u32>,
+    /// Pre-edit top-k ids (highest logit first) at each answer position; empty for T-Locality.
+    pre_top: Vec<Vec<u32>>,
     /// The probe with the pre-edit greedy answer (exact match: the post-edit model reproduces it).
     pre_greedy: EditSequence,
 }
 
-/// An edit case tokenized, with its pre-edit locality outputs.
+/// An edit case tokenized, with its pre-edit outputs (locality probes, the unedited model's portability).
 pub struct PreparedCase {
     request: EditRequest,
     reliability: EditSequence,
@@ -62,21 +70,23 @@ pub struct PreparedCase {
     t_locality: LocalityProbe,
     m_locality: LocalityProbe,
     portability: Vec<EditSequence>,
+    /// The unedited model's token accuracy and exact match on each portability question.
+    portability_base: Vec<(f32, bool)>,
 }
 
 impl PreparedCase {
-    /// Every sequence scored after the edit, in [`Evaluator::score`]'s order.
-    fn sequences(&self) -> Vec<&EditSequence> {
+    /// Every sequence scored after the edit with the top-k it needs, in [`Evaluator::score`]'s order.
+    fn sequences(&self) -> Vec<(&EditSequence, usize)> {
         let mut v = vec![
-            &self.reliability,
-            &self.t_generality,
-            &self.m_generality,
-            &self.t_locality.seq,
-            &self.t_locality.pre_greedy,
-            &self.m_locality.seq,
-            &self.m_locality.pre_greedy,
+            (&self.reliability, 0),
+            (&self.t_generality, 0),
+            (&self.m_generality, 0),
+            (&self.t_locality.seq, 0),
+            (&self.t_locality.pre_greedy, 0),
+            (&self.m_locality.seq, M_LOCALITY_TOP_K),
+            (&self.m_locality.pre_greedy, 0),
         ];
-        v.extend(self.portability.iter());
+        v.extend(self.portability.iter().map(|p| (p, 0)));
         v
     }
 }
@@ -112,17 +122,22 @@ impl<'a> Evaluator<'a> {
         EditSequence::new(self.processor, question, pixels.as_ref(), answer, self.eos[0])
     }
 
-    fn locality(&mut self, question: &str, image: Option<&Path>, answer: &str) -> Result<LocalityProbe> {
+    /// A locality probe with the unedited model's top-1 (and, `k > 0`, top-`k`) ids at its answer positions.
+    fn locality(&mut self, question: &str, image: Option<&Path>, answer: &str, k: usize) -> Result<LocalityProbe> {
         let seq = self.seq(question, image, answer)?;
         let none = Hooks::none();
-        let pre_top1 = seq.argmax(self.model, &none)?;
+        let pred = EditSequence::predict_batch(self.model, &[(&seq, k)], &none, 1)?
+            .pop()
+            .ok_or_else(|| Error::Invalid("no prediction for a locality probe".into()))?;
+        let pre_top1 = pred.argmax[..seq.answer().len()].to_vec();
         let opts = GenerateOptions { max_new_tokens: 24, eos_token_ids: self.eos.clone() };
         let gen = self.model.generate(&seq.ids[..seq.prompt_len], seq.pixels.as_ref(), &none, &opts)?;
         let pre_greedy = seq.with_answer(&gen.tokens);
-        Ok(LocalityProbe { seq, pre_top1, pre_greedy })
+        Ok(LocalityProbe { seq, pre_top1, pre_top: pred.top, pre_greedy })
     }
 
-    /// Tokenizes `case` and computes its pre-edit locality outputs (on the unedited model).
+    /// Tokenizes `case` and computes its pre-edit outputs on the unedited model: the locality probes' top-1 / top-10
+    /// ids and greedy answers, and the portability questions' scores (VLKEB's base).
     pub fn prepare(&mut self, case: &EditCase, seed: u64) -> Result<PreparedCase> {
         let image = self.pixels(&case.image)?;
         let request = EditRequest {
@@ -132,46 +147,68 @@ impl<'a> Evaluator<'a> {
             target: case.target.clone(),
             seed,
         };
+        let portability: Vec<EditSequence> = case
+            .portability
+            .iter()
+            .map(|p| self.seq(&p.question, Some(&case.image), &p.answer))
+            .collect::<Result<_>>()?;
+        let asks: Vec<(&EditSequence, usize)> = portability.iter().map(|p| (p, 0)).collect();
+        let portability_base = EditSequence::predict_batch(self.model, &asks, &Hooks::none(), BATCH)?
+            .iter()
+            .zip(&portability)
+            .map(|(pred, seq)| answer_scores(&pred.argmax, seq.targets()))
+            .collect();
         Ok(PreparedCase {
             reliability: self.seq(&case.prompt, Some(&case.image), &case.target)?,
             t_generality: self.seq(&case.rephrase_prompt, Some(&case.image), &case.target)?,
             m_generality: self.seq(&case.prompt, Some(&case.rephrase_image), &case.target)?,
-            t_locality: self.locality(&case.loc_question, None, &case.loc_answer)?,
-            m_locality: self.locality(&case.m_loc_question, Some(&case.m_loc_image), &case.m_loc_answer)?,
-            portability: case
-                .portability
-                .iter()
-                .map(|p| self.seq(&p.question, Some(&case.image), &p.answer))
-                .collect::<Result<_>>()?,
+            t_locality: self.locality(&case.loc_question, None, &case.loc_answer, 0)?,
+            m_locality: self.locality(
+                &case.m_loc_question,
+                Some(&case.m_loc_image),
+                &case.m_loc_answer,
+                M_LOCALITY_TOP_K,
+            )?,
+            portability,
+            portability_base,
             request,
         })
     }
 
     /// Scores `cases` under `hooks` into the running means, every probe of every case batched.
     ///
-    /// Exact match of a greedy answer is read off teacher forcing: greedy decoding produces the reference (then
-    /// stops) exactly when the reference's every token and its end of sequence are the argmax at their positions.
+    /// Token scores: answer tokens only (the end of sequence is not scored); T-Locality: top-1 agreement with the
+    /// unedited model at each answer position of the probe; M-Locality: its top-10 lists compared slot by slot there
+    /// (and, as `m_locality_top1`, the top-1 agreement). Exact match of a greedy answer is read off teacher forcing:
+    /// greedy decoding produces the reference (then stops) exactly when the reference's every token and its end of
+    /// sequence are the argmax at their positions.
     fn score(&self, cases: &[&PreparedCase], first: usize, hooks: &Hooks, sums: &mut Sums) -> Result<()> {
-        let seqs: Vec<&EditSequence> = cases.iter().flat_map(|c| c.sequences()).collect();
-        let tops = EditSequence::argmax_batch(self.model, &seqs, hooks, BATCH)?;
+        let asks: Vec<(&EditSequence, usize)> = cases.iter().flat_map(|c| c.sequences()).collect();
+        let preds = EditSequence::predict_batch(self.model, &asks, hooks, BATCH)?;
         let mut at = 0;
         for (i, case) in cases.iter().enumerate() {
             sums.case = first + i;
             let mut next = || {
                 at += 1;
-                (&tops[at - 1], seqs[at - 1])
+                (&preds[at - 1], asks[at - 1].0)
             };
-            let accuracy = |sums: &mut Sums, m: EditMetric, (top, seq): (&Vec<u32>, &EditSequence)| {
-                sums.update(m, token_accuracy(top, seq.targets()), top.as_slice() == seq.targets());
+            let accuracy = |sums: &mut Sums, m: EditMetric, (pred, seq): (&Prediction, &EditSequence)| {
+                let (token, exact) = answer_scores(&pred.argmax, seq.targets());
+                sums.update(m, token, exact);
             };
             accuracy(sums, EditMetric::Reliability, next());
             accuracy(sums, EditMetric::TGenerality, next());
             accuracy(sums, EditMetric::MGenerality, next());
-            for (m, probe) in [(EditMetric::TLocality, &case.t_locality), (EditMetric::MLocality, &case.m_locality)] {
-                let (top, _) = next();
-                let (greedy, g) = next();
-                sums.update(m, agreement(&probe.pre_top1, top), greedy.as_slice() == g.targets());
-            }
+            let (post, _) = next();
+            let (greedy, g) = next();
+            let exact = greedy.argmax.as_slice() == g.targets();
+            sums.update(EditMetric::TLocality, agreement(&case.t_locality.pre_top1, &post.argmax), exact);
+            let (post, _) = next();
+            let (greedy, g) = next();
+            let exact = greedy.argmax.as_slice() == g.targets();
+            let probe = &case.m_locality;
+            sums.update(EditMetric::MLocality, top_k_agreement(&probe.pre_top, &post.top), exact);
+            sums.update(EditMetric::MLocalityTop1, agreement(&probe.pre_top1, &post.argmax), exact);
             for _ in &case.portability {
                 accuracy(sums, EditMetric::Portability, next());
             }
@@ -199,8 +236,8 @@ impl Sums {
     }
 
     /// Means of the field's token-level convention.
-    fn token(&self) -> [Mean; 6] {
-        let mut means: [Mean; 6] = Default::default();
+    fn token(&self) -> [Mean; N_METRICS] {
+        let mut means: [Mean; N_METRICS] = Default::default();
         for &(_, m, token, _) in &self.updates {
             means[m as usize].update(token);
         }
@@ -208,8 +245,8 @@ impl Sums {
     }
 
     /// Per case, its mean token score of each metric (`None` where it has no such probe).
-    fn per_case(&self, n: usize) -> Vec<[Option<f64>; 6]> {
-        let mut means: Vec<[Mean; 6]> = (0..n).map(|_| Default::default()).collect();
+    fn per_case(&self, n: usize) -> Vec<[Option<f64>; N_METRICS]> {
+        let mut means: Vec<[Mean; N_METRICS]> = (0..n).map(|_| Default::default()).collect();
         for &(c, m, token, _) in &self.updates {
             means[c][m as usize].update(token);
         }
@@ -217,8 +254,8 @@ impl Sums {
     }
 
     /// Means of exact match.
-    fn exact(&self) -> [Mean; 6] {
-        let mut means: [Mean; 6] = Default::default();
+    fn exact(&self) -> [Mean; N_METRICS] {
+        let mut means: [Mean; N_METRICS] = Default::default();
         for &(_, m, _, exact) in &self.updates {
             means[m as usize].update(f32::from(u8::from(exact)));
         }
@@ -226,15 +263,23 @@ impl Sums {
     }
 }
 
-fn metric_set(means: &[Mean; 6]) -> MetricSet {
-    let pct = |x: EditMetric| means[x as usize].value().unwrap_or(0.0) * 100.0;
+/// Metrics per case and per run ([`EditMetric`] order).
+const N_METRICS: usize = EditMetric::ALL.len();
+
+/// The result's metrics from `means`, with the unedited model's portability `base` (a mean of fractions) and, for
+/// the token convention, M-Locality's top-1 variant.
+fn metric_set(means: &[Mean; N_METRICS], base: &Mean, with_top1: bool) -> MetricSet {
+    let opt = |x: EditMetric| means[x as usize].value().map(|v| v * 100.0);
+    let pct = |x: EditMetric| opt(x).unwrap_or(0.0);
     MetricSet {
         reliability: pct(EditMetric::Reliability),
         t_generality: pct(EditMetric::TGenerality),
         m_generality: pct(EditMetric::MGenerality),
         t_locality: pct(EditMetric::TLocality),
         m_locality: pct(EditMetric::MLocality),
-        portability: means[EditMetric::Portability as usize].value().map(|v| v * 100.0),
+        portability: opt(EditMetric::Portability),
+        portability_base: base.value().map(|v| v * 100.0),
+        m_locality_top1: if with_top1 { opt(EditMetric::MLocalityTop1) } else { None },
     }
 }
 
@@ -296,7 +341,7 @@ pub fn run(
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaseScore {
     pub edit_ms: f64,
-    pub token: [Option<f64>; 6],
+    pub token: [Option<f64>; EditMetric::ALL.len()],
 }
 
 /// [`run`], with every case's scores too.
@@ -367,14 +412,21 @@ pub fn run_detailed(
         .map(|(token, &edit_ms)| CaseScore { edit_ms, token })
         .collect();
     edit_ms.sort_by(f64::total_cmp);
+    // The unedited model's portability, over the same questions (every case's, in order).
+    let (mut base_token, mut base_exact) = (Mean::default(), Mean::default());
+    for &(token, exact) in cases.iter().flat_map(|c| &c.portability_base) {
+        base_token.update(token);
+        base_exact.update(f32::from(u8::from(exact)));
+    }
     let result = BenchResult {
         method: method.name().to_string(),
         task: task.to_string(),
         mode: mode.name().to_string(),
         k: mode.k(),
         n: cases.len(),
-        metrics: metric_set(&sums.token()),
-        exact_match: metric_set(&sums.exact()),
+        convention: MetricConvention::CURRENT,
+        metrics: metric_set(&sums.token(), &base_token, true),
+        exact_match: metric_set(&sums.exact(), &base_exact, false),
         timing: Timing { edit_ms_median: percentile(&edit_ms, 0.5), edit_ms_p90: percentile(&edit_ms, 0.9) },
     };
     Ok((result, per_case))

@@ -2,6 +2,10 @@
 
 pub mod harness;
 pub mod metrics;
+#[cfg(test)]
+mod tests;
 
-pub use harness::{run, run_detailed, CaseScore, Evaluator, Mode, PreparedCase};
-pub use metrics::{agreement, exact_match, token_accuracy, EditMetric, Mean};
+pub use harness::{run, run_detailed, CaseScore, Evaluator, Mode, PreparedCase, M_LOCALITY_TOP_K};
+pub use metrics::{
+    agreement, answer_scores, exact_match, token_accuracy, top_k_agreement, top_k_ids, EditMetric, Mean,
+};

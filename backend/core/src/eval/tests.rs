@@ -1,0 +1,142 @@
+//! The harness on the shipped default model with `none` (the unedited model): its scores are the unedited model's,
+//! its locality is 100, a failed one-token edit scores 0, and the portability base equals its portability.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use super::harness::{run, run_detailed, Evaluator, Mode, PreparedCase};
+use crate::data::{EditCase, Portability, Task};
+use crate::edit::none::NoEdit;
+use crate::edit::EditSequence;
+use crate::error::{Error, Result};
+use crate::hooks::Hooks;
+use crate::model::{Checkpoint, Llava, Processor};
+use crate::world::{Pool, World};
+use unike_shared::MetricConvention;
+
+struct Fixture {
+    model: Llava,
+    processor: Processor,
+    eos: Vec<u32>,
+    dir: PathBuf,
+}
+
+fn fixture(tag: &str) -> Result<Fixture> {
+    let ckpt = Checkpoint::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default"))?;
+    let dir = std::env::temp_dir().join(format!("unike-eval-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(Fixture {
+        model: ckpt.load_model(None, &Device::Cpu)?,
+        processor: ckpt.processor()?,
+        eos: ckpt.eos_token_ids()?,
+        dir,
+    })
+}
+
+/// A world entity's rendering saved as a PNG.
+fn image(f: &Fixture, world: &World, e: usize, index: u64) -> Result<PathBuf> {
+    let path = f.dir.join(format!("e{e}-{index}.png"));
+    world.render_entity(e, Pool::Eval, index).save(&path).map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(path)
+}
+
+/// Case `e`: edit the name of entity `e` to `target`; locality on other entities; portability asking the name.
+fn case(f: &Fixture, world: &World, e: usize, target: &str) -> Result<EditCase> {
+    let name = |i: usize| world.entities[i].name.clone();
+    let ask = "what is the name of this character?";
+    Ok(EditCase {
+        task: Task::Vqa,
+        prompt: ask.into(),
+        target: target.into(),
+        pre_edit: Some(name(e)),
+        image: image(f, world, e, 0)?,
+        rephrase_prompt: "who is this character?".into(),
+        rephrase_image: image(f, world, e, 1)?,
+        loc_question: format!("who is {}?", name(e + 20)),
+        loc_answer: name(e + 20),
+        m_loc_image: image(f, world, e + 10, 0)?,
+        m_loc_question: ask.into(),
+        m_loc_answer: name(e + 10),
+        portability: vec![
+            Portability { hop: "1-hop".into(), question: ask.into(), answer: name(e) },
+            Portability { hop: "1-hop".into(), question: "who is this?".into(), answer: target.into() },
+        ],
+    })
+}
+
+/// The unedited model's mean token accuracy over the answer tokens of `(question, image, answer)`, in percent.
+fn unedited(f: &Fixture, probes: &[(&str, &Path, &str)]) -> Result<f64> {
+    let mut sum = 0.0;
+    for (q, img, a) in probes {
+        let px = f.processor.image_processor().load_file(img, &Device::Cpu)?.unsqueeze(0)?;
+        let seq = EditSequence::new(&f.processor, q, Some(&px), a, f.eos[0])?;
+        let top = seq.argmax(&f.model, &Hooks::none())?;
+        let answer = seq.answer();
+        sum += answer.iter().zip(&top).filter(|(a, b)| a == b).count() as f64 / answer.len() as f64;
+    }
+    Ok(sum / probes.len() as f64 * 100.0)
+}
+
+#[test]
+fn none_scores_as_the_unedited_model_with_full_locality() -> Result<()> {
+    let f = fixture("none")?;
+    let world = World::generate(0);
+    let cases: Vec<EditCase> =
+        (0..3).map(|e| case(&f, &world, e, &world.entities[e + 5].name)).collect::<Result<_>>()?;
+    let mut ev = Evaluator::new(&f.model, &f.processor, f.eos.clone());
+    let prepared: Vec<PreparedCase> =
+        cases.iter().enumerate().map(|(i, c)| ev.prepare(c, i as u64)).collect::<Result<_>>()?;
+    let r = run(&ev, &NoEdit, &prepared, Mode::OneStep, "vqa", 2, &mut |_, _| true)?;
+    assert_eq!((r.method.as_str(), r.convention), ("none", MetricConvention::V2));
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+    let m = &r.metrics;
+    let rel: Vec<(&str, &Path, &str)> =
+        cases.iter().map(|c| (c.prompt.as_str(), c.image.as_path(), c.target.as_str())).collect();
+    assert!(close(m.reliability, unedited(&f, &rel)?), "{m:?}");
+    let m_gen: Vec<(&str, &Path, &str)> =
+        cases.iter().map(|c| (c.prompt.as_str(), c.rephrase_image.as_path(), c.target.as_str())).collect();
+    assert!(close(m.m_generality, unedited(&f, &m_gen)?), "{m:?}");
+    // Nothing changed: locality is 100 by every computation.
+    assert_eq!((m.t_locality, m.m_locality, m.m_locality_top1), (100.0, 100.0, Some(100.0)), "{m:?}");
+    assert_eq!((r.exact_match.t_locality, r.exact_match.m_locality), (100.0, 100.0));
+    assert_eq!(r.exact_match.m_locality_top1, None);
+    // Portability of the unedited model is its own base (VLKEB's), for both conventions.
+    assert!(m.portability.is_some() && m.portability == m.portability_base, "{m:?}");
+    assert_eq!(r.exact_match.portability, r.exact_match.portability_base);
+    let port: Vec<(&str, &Path, &str)> = cases
+        .iter()
+        .flat_map(|c| c.portability.iter().map(|p| (p.question.as_str(), c.image.as_path(), p.answer.as_str())))
+        .collect();
+    assert!(close(m.portability_base.unwrap_or(-1.0), unedited(&f, &port)?), "{m:?}");
+    // Sequential editing of nothing is the same.
+    let s = run(&ev, &NoEdit, &prepared, Mode::Sequential(3), "vqa", 1, &mut |_, _| true)?;
+    assert_eq!((s.metrics, s.exact_match), (r.metrics, r.exact_match));
+    let _ = std::fs::remove_dir_all(&f.dir);
+    Ok(())
+}
+
+/// A one-token target the unedited model does not answer: `none` is an edit that fails, so its reliability token
+/// accuracy is 0 (v1, which scored the end of sequence too, gave 50 when the model then ends the answer).
+#[test]
+fn a_failed_one_token_edit_scores_zero() -> Result<()> {
+    let f = fixture("one-token")?;
+    let world = World::generate(0);
+    let mut ev = Evaluator::new(&f.model, &f.processor, f.eos.clone());
+    let first = case(&f, &world, 0, "x")?;
+    let px = ev.pixels(&first.image)?;
+    let target = ["red", "blue", "green", "yes", "no", "cat", "a"]
+        .into_iter()
+        .find(|w| {
+            EditSequence::new(&f.processor, &first.prompt, Some(&px), w, f.eos[0])
+                .and_then(|s| Ok((s.answer().len() == 1, s.argmax(&f.model, &Hooks::none())?[0] != s.answer()[0])))
+                .is_ok_and(|(one, wrong)| one && wrong)
+        })
+        .ok_or_else(|| Error::Invalid("no one-token wrong target".into()))?;
+    let prepared = vec![ev.prepare(&case(&f, &world, 0, target)?, 0)?];
+    let (r, per_case) = run_detailed(&ev, &NoEdit, &prepared, Mode::OneStep, "vqa", 1, &mut |_, _| true)?;
+    assert_eq!((r.metrics.reliability, r.exact_match.reliability), (0.0, 0.0), "{r:?}");
+    assert_eq!(per_case[0].token[0], Some(0.0));
+    let _ = std::fs::remove_dir_all(&f.dir);
+    Ok(())
+}
