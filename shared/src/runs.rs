@@ -19,9 +19,10 @@ pub struct RunRequest {
     #[serde(default = "ten")]
     pub k: usize,
     pub n: usize,
+    /// Draws the run's cases (a deterministic sample of `n`) and every random choice of the run.
     #[serde(default)]
     pub seed: u64,
-    /// `world` (the synthetic world of `seed`) or `workspace` (the workspace's stored cases, snapshotted at launch;
+    /// `world` (the evaluation split of the model's own synthetic world) or `workspace` (the workspace's stored cases, snapshotted at launch;
     /// such runs stay private to the workspace and are not on the public leaderboard).
     #[serde(default = "world")]
     pub data: String,

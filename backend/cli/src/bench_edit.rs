@@ -1,7 +1,7 @@
-//! `unike bench`: edit methods on MMEdit / VLKEB-format data (by default the synthetic world's eval split), one-step,
-//! sequential or cross-task, with the protocol's metrics.
+//! `unike bench`: edit methods on MMEdit / VLKEB-format data (by default the evaluation split of the model's own
+//! synthetic world; see [`crate::dataset`]), one-step, sequential or cross-task, with the protocol's metrics.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -10,9 +10,9 @@ use unike_core::data::{load_cases, EditCase, Task};
 use unike_core::edit::registry::{self, MethodInputs};
 use unike_core::edit::EditSequence;
 use unike_core::eval::{self, Evaluator, Mode, PreparedCase};
-use unike_core::world::{export, World};
-use unike_shared::{BenchReport, BenchResult, MetricSet};
+use unike_shared::{BenchResult, MetricSet};
 
+use crate::dataset::{self, DataArgs, DataSource, Split};
 use crate::device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -36,22 +36,23 @@ pub struct BenchArgs {
     /// Comma-separated methods (none, ft, ke, t-patcher, mend, ike, serac, unike; `none` is the unedited model).
     #[arg(long, default_value = "t-patcher", value_delimiter = ',')]
     pub methods: Vec<String>,
-    #[arg(long, value_enum, default_value = "vqa")]
-    pub task: TaskArg,
+    /// vqa, caption or cross (default: vqa, or the task of a single --data file).
+    #[arg(long, value_enum)]
+    pub task: Option<TaskArg>,
     #[arg(long, value_enum, default_value = "one-step")]
     pub mode: ModeArg,
     /// Edits per sequence in sequential mode (cross-task: always 10, 5 + 5).
     #[arg(long, default_value_t = 10)]
     pub k: usize,
-    /// Edit cases to evaluate.
+    /// Edit cases to evaluate: a sample drawn by --seed from the split.
     #[arg(long, default_value_t = 100)]
     pub n: usize,
+    /// Draws the cases and every random choice of the run (same seed, same cases, same numbers). It does not change
+    /// the data: that stays the model's own world unless --world or --data says otherwise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Directory with `vqa_{train,eval}.json` / `caption_{train,eval}.json` (MMEdit / VLKEB format; images relative to
-    /// it). Default: the synthetic world of `--seed`, generated once into the system's temporary directory.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Training-split cases whose questions (edit, text and image question: three each) form the memory of unrelated
     /// inputs of the methods that keep one (T-Patcher, UniKE).
     #[arg(long, default_value_t = 64)]
@@ -65,20 +66,9 @@ pub struct BenchArgs {
     pub threads: usize,
 }
 
-fn world_data(seed: u64) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("unike-world-{seed}"));
-    if !dir.join("vqa_eval.json").is_file() || !dir.join("caption_eval.json").is_file() {
-        eprintln!("generating the world's edit sets (seed {seed}) into {}", dir.display());
-        export::write(&World::generate(seed), &dir)?;
-    }
-    Ok(dir)
-}
-
+/// The first `n` cases of `dir`'s `{task}_{split}.json` (the studio's gallery).
 pub fn cases(dir: &Path, task: Task, split: &str, n: usize) -> Result<Vec<EditCase>> {
-    let name = match task {
-        Task::Vqa => "vqa",
-        Task::Caption => "caption",
-    };
+    let name = dataset::task_name(task);
     let path = dir.join(format!("{name}_{split}.json"));
     if !path.is_file() {
         bail!("{} is missing (expected MMEdit-format {name}_{split}.json in --data)", path.display());
@@ -135,23 +125,16 @@ pub struct Config {
     pub memory: usize,
     /// Worker threads (resolved: at least 1).
     pub threads: usize,
+    /// The split the cases are drawn from.
+    pub split: Split,
 }
 
-/// The world's data of `--seed` (generated once) or `--data`.
-pub fn data_dir(data: Option<&Path>, seed: u64) -> Result<PathBuf> {
-    match data {
-        Some(d) if !d.is_dir() => bail!("--data {} is not a directory", d.display()),
-        Some(d) => Ok(d.to_path_buf()),
-        None => world_data(seed),
-    }
-}
-
-/// T-Patcher's and UniKE's memory of unrelated inputs: for `n` training-split cases of `task`, the edit question
-/// with its pre-edit answer, the text and the image locality questions.
-pub fn memory_sequences(ev: &mut Evaluator<'_>, data: &Path, task: Task, n: usize) -> Result<Vec<EditSequence>> {
+/// T-Patcher's and UniKE's memory of unrelated inputs: for each of `cases` (from the front of the training split),
+/// the edit question with its pre-edit answer, the text and the image locality questions.
+pub fn memory_sequences(ev: &mut Evaluator<'_>, cases: &[EditCase]) -> Result<Vec<EditSequence>> {
     let eos0 = *ev.eos.first().context("the checkpoint has no end-of-sequence id")?;
     let mut memory: Vec<EditSequence> = Vec::new();
-    for c in cases(data, task, "train", n).unwrap_or_default() {
+    for c in cases {
         let (px, mpx) = (ev.pixels(&c.image)?, ev.pixels(&c.m_loc_image)?);
         let answer = c.pre_edit.as_deref().unwrap_or(&c.target);
         memory.push(EditSequence::new(ev.processor, &c.prompt, Some(&px), answer, eos0)?);
@@ -159,6 +142,59 @@ pub fn memory_sequences(ev: &mut Evaluator<'_>, data: &Path, task: Task, n: usiz
         memory.push(EditSequence::new(ev.processor, &c.m_loc_question, Some(&mpx), &c.m_loc_answer, eos0)?);
     }
     Ok(memory)
+}
+
+/// The tasks whose cases a configuration edits.
+fn tasks(task: TaskArg) -> Vec<Task> {
+    match task {
+        TaskArg::Vqa => vec![Task::Vqa],
+        TaskArg::Caption => vec![Task::Caption],
+        TaskArg::Cross => vec![Task::Vqa, Task::Caption],
+    }
+}
+
+/// The task whose training split gives the memory of unrelated inputs (cross-task: VQA's).
+fn memory_task(task: TaskArg) -> Task {
+    if task == TaskArg::Caption {
+        Task::Caption
+    } else {
+        Task::Vqa
+    }
+}
+
+/// Where everything a benchmark of `cfg` uses comes from, one line each: cases, training split and memory, trained
+/// networks, in-context knowledge.
+pub fn provenance(loaded: &crate::device::Loaded, data: &DataSource, cfg: &Config) -> Result<Vec<String>> {
+    let per_task = if cfg.task == TaskArg::Cross { cfg.n / 2 } else { cfg.n };
+    let mut out = Vec::new();
+    for (i, task) in tasks(cfg.task).into_iter().enumerate() {
+        out.push(data.describe_cases(task, cfg.split, per_task, cfg.seed)?);
+        if i == 0 {
+            let mem = data.memory_cases(memory_task(cfg.task), cfg.memory)?.len();
+            out.push(format!(
+                "training split: {}; memory of unrelated inputs: the first {mem} {} cases of its front; its last {} \
+                 cases per file are the development slice (--split dev)",
+                data.train_label,
+                dataset::task_name(memory_task(cfg.task)),
+                unike_core::data::DEV_CASES
+            ));
+        }
+    }
+    for m in &cfg.methods {
+        if let Some(t) = crate::train_method::Trained::of(m) {
+            out.push(crate::train_method::provenance(loaded, t, data));
+        }
+        match registry::split_name(m).0 {
+            "ike" => out.push(format!("{m}: its demonstration is the edit itself (no training data)")),
+            "unike" => out.push(format!(
+                "{m}: in-context knowledge from {} (built from the model's own world)",
+                unike_core::edit::unike::Artifacts::dir(&loaded.dir).display()
+            )),
+            _ => {}
+        }
+    }
+    out.dedup();
+    Ok(out)
 }
 
 /// What a benchmark tells its caller as it goes: the progress bar of the CLI, the studio's run jobs.
@@ -204,14 +240,54 @@ impl Drop for Bar {
 }
 
 /// Runs every method of `cfg` on `loaded` over the cases of `data`, with a progress bar on stderr.
-pub fn bench(loaded: &crate::device::Loaded, data: &Path, cfg: &Config) -> Result<Vec<BenchResult>> {
+pub fn bench(loaded: &crate::device::Loaded, data: &DataSource, cfg: &Config) -> Result<Vec<BenchResult>> {
     bench_observed(loaded, data, cfg, &mut Bar::new()?)
+}
+
+/// The `n` cases of `task` that `cfg.seed` draws from `data`'s split, after checking the model can read the split.
+fn draw(
+    loaded: &crate::device::Loaded,
+    data: &DataSource,
+    cfg: &Config,
+    task: Task,
+    n: usize,
+) -> Result<Vec<EditCase>> {
+    let (pool, _) = data.pool(task, cfg.split)?;
+    data.check_vocabulary(&loaded.processor, &format!("the {} cases", dataset::task_name(task)), &pool)?;
+    Ok(dataset::draw(&pool, task, n, cfg.seed))
+}
+
+/// The cases a benchmark of `cfg` edits, in order, and the task's name: `cfg.n` drawn by `cfg.seed` from the split
+/// (cross-task: n/2 of each task, in groups of 5 + 5).
+pub fn select_cases(
+    loaded: &crate::device::Loaded,
+    data: &DataSource,
+    cfg: &Config,
+) -> Result<(&'static str, Vec<EditCase>)> {
+    let (task_name, list) = match cfg.task {
+        TaskArg::Vqa => ("vqa", draw(loaded, data, cfg, Task::Vqa, cfg.n)?),
+        TaskArg::Caption => ("caption", draw(loaded, data, cfg, Task::Caption, cfg.n)?),
+        TaskArg::Cross => {
+            let v = draw(loaded, data, cfg, Task::Vqa, cfg.n / 2)?;
+            let c = draw(loaded, data, cfg, Task::Caption, cfg.n / 2)?;
+            let mut mixed = Vec::new();
+            for (a, b) in v.chunks(5).zip(c.chunks(5)) {
+                mixed.extend_from_slice(a);
+                mixed.extend_from_slice(b);
+            }
+            ("cross", mixed)
+        }
+    };
+    if list.is_empty() {
+        bail!("no edit cases in {}", data.label);
+    }
+    Ok((task_name, list))
 }
 
 /// [`bench`], telling `observer` how it goes (and letting it cancel: the error is then [`unike_core::Error::Cancelled`]).
 pub fn bench_observed(
     loaded: &crate::device::Loaded,
-    data: &Path,
+    data: &DataSource,
     cfg: &Config,
     observer: &mut dyn BenchObserver,
 ) -> Result<Vec<BenchResult>> {
@@ -224,40 +300,26 @@ pub fn bench_observed(
     for m in &cfg.methods {
         registry::check_name(m)?;
     }
+    // The cases, in the order they are edited (drawn before anything is built or trained, so data the model cannot
+    // read is refused at once).
+    let (task_name, list) = select_cases(loaded, data, cfg)?;
+    // Memory of unrelated inputs, from the front of the training split: its edit questions (with their original
+    // answers), its text questions and its image questions. Never the evaluation probes, never the dev slice.
+    let memory_cases = data.memory_cases(memory_task(cfg.task), cfg.memory)?;
+    data.check_vocabulary(&loaded.processor, "the memory cases", &memory_cases)?;
     if cfg.methods.iter().any(|m| registry::split_name(m).0 == "unike") {
         crate::unike_artifacts::ensure(loaded)?;
     }
-    crate::train_method::ensure(loaded, &cfg.methods)?;
+    crate::train_method::ensure(loaded, &cfg.methods, data)?;
     let eos = loaded.ckpt.eos_token_ids()?;
     let eos0 = *eos.first().context("the checkpoint has no end-of-sequence id")?;
     let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos.clone());
-
-    // The cases, in the order they are edited.
-    let (task_name, list) = match cfg.task {
-        TaskArg::Vqa => ("vqa", cases(data, Task::Vqa, "eval", cfg.n)?),
-        TaskArg::Caption => ("caption", cases(data, Task::Caption, "eval", cfg.n)?),
-        TaskArg::Cross => {
-            let (v, c) = (cases(data, Task::Vqa, "eval", cfg.n / 2)?, cases(data, Task::Caption, "eval", cfg.n / 2)?);
-            let mut mixed = Vec::new();
-            for (a, b) in v.chunks(5).zip(c.chunks(5)) {
-                mixed.extend_from_slice(a);
-                mixed.extend_from_slice(b);
-            }
-            ("cross", mixed)
-        }
-    };
     let mode = match (cfg.task, cfg.mode) {
         (TaskArg::Cross, _) => Mode::Sequential(10),
         (_, ModeArg::OneStep) => Mode::OneStep,
         (_, ModeArg::Sequential) => Mode::Sequential(cfg.k),
     };
-    if list.is_empty() {
-        bail!("no edit cases in {}", data.display());
-    }
-    // Memory of unrelated inputs, from the training split: its edit questions (with their original answers), its text
-    // questions and its image questions. Never the evaluation probes.
-    let train_task = if cfg.task == TaskArg::Caption { Task::Caption } else { Task::Vqa };
-    let memory = memory_sequences(&mut ev, data, train_task, cfg.memory)?;
+    let memory = memory_sequences(&mut ev, &memory_cases)?;
 
     observer.stage(&format!("pre-edit {task_name}"), list.len());
     let mut prepared: Vec<PreparedCase> = Vec::with_capacity(list.len());
@@ -324,31 +386,68 @@ pub fn worker_threads(threads: usize) -> usize {
     }
 }
 
+/// The task of a run: `--task`, else the task of a single `--data` file, else VQA.
+pub fn resolve_task(given: Option<TaskArg>, data: &DataSource) -> Result<TaskArg> {
+    let file_task = data.single_file.then(|| data.eval.first().map(|f| f.task)).flatten();
+    match (given, file_task) {
+        (Some(TaskArg::Cross), Some(_)) => {
+            bail!("--task cross edits VQA and caption cases together: give --data a directory with both")
+        }
+        (Some(t), _) => Ok(t),
+        (None, Some(Task::Caption)) => Ok(TaskArg::Caption),
+        (None, _) => Ok(TaskArg::Vqa),
+    }
+}
+
+/// `--task` as a data task (`None` for cross or absent).
+pub fn given_task(task: Option<TaskArg>) -> Option<Task> {
+    match task {
+        Some(TaskArg::Vqa) => Some(Task::Vqa),
+        Some(TaskArg::Caption) => Some(Task::Caption),
+        _ => None,
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     crate::device::single_thread_pools();
+    // Cheap checks before anything is loaded.
+    if args.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    for m in &args.methods {
+        registry::check_name(m)?;
+    }
+    let loaded = args.model.load()?;
+    let data = DataSource::resolve(&args.data, &loaded, given_task(args.task))?;
     let cfg = Config {
         methods: args.methods.clone(),
-        task: args.task,
+        task: resolve_task(args.task, &data)?,
         mode: args.mode,
         k: args.k,
         n: args.n,
         seed: args.seed,
         memory: args.memory,
         threads: worker_threads(args.threads),
+        split: args.data.split,
     };
-    // Cheap checks before anything is loaded.
-    if cfg.n == 0 {
-        bail!("--n must be at least 1");
-    }
-    for m in &cfg.methods {
-        registry::check_name(m)?;
-    }
-    let data = data_dir(args.data.as_deref(), args.seed)?;
-    let loaded = args.model.load()?;
     let results = bench(&loaded, &data, &cfg)?;
+    let notes = provenance(&loaded, &data, &cfg)?;
     if args.json {
-        println!("{}", serde_json::to_string(&BenchReport { results })?);
+        // The results, where the data came from, and the cases drawn (in edit order).
+        let (_, list) = select_cases(&loaded, &data, &cfg)?;
+        let cases: Vec<serde_json::Value> = list
+            .iter()
+            .map(|c| {
+                serde_json::json!({"task": dataset::task_name(c.task), "prompt": c.prompt, "target": c.target,
+                    "image": c.image.display().to_string()})
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&serde_json::json!({"results": results, "data": notes, "cases": cases}))?);
     } else {
+        for line in &notes {
+            println!("{line}  ");
+        }
+        println!();
         print!("{}", markdown(&results));
     }
     Ok(())

@@ -21,6 +21,7 @@ mod answer;
 mod bench;
 mod bench_api;
 mod bench_edit;
+mod dataset;
 mod device;
 mod eval_base;
 mod gen_data;

@@ -3,13 +3,15 @@
 //! vs adaptive α, ζ variants) — as Markdown + JSON per section and PNG charts, plus `DIR/README.md` with every table.
 //! Each section is written as soon as it is done.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use unike_shared::{BenchReport, BenchResult};
 
 use crate::bench_edit::{self, Config, ModeArg, TaskArg};
+use crate::dataset::{DataArgs, DataSource};
 use crate::device;
 use crate::plot_bench::{grouped_bars, metric_lines};
 
@@ -26,11 +28,12 @@ pub struct ReproduceArgs {
     /// Edit cases per configuration (sequential runs use the largest multiple of K not above it).
     #[arg(long, default_value_t = 100)]
     pub n: usize,
+    /// Draws each configuration's cases (and every random choice); the data stays the model's own world unless
+    /// --world or --data says otherwise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// MMEdit / VLKEB data directory (default: the world of --seed).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Methods of Tables 1–3 (`none`: the unedited model, the row every method is compared with).
     #[arg(long, default_value = "none,ft,ke,t-patcher,mend,ike,serac,unike", value_delimiter = ',')]
     pub methods: Vec<String>,
@@ -98,8 +101,8 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         unike_core::edit::registry::check_name(m)?;
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let data = bench_edit::data_dir(args.data.as_deref(), args.seed)?;
     let loaded = args.model.load()?;
+    let data = DataSource::resolve(&args.data, &loaded, None)?;
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let cfg = |methods: Vec<String>, task: TaskArg, mode: ModeArg, k: usize| Config {
         methods,
@@ -110,6 +113,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         seed: args.seed,
         memory: args.memory,
         threads: bench_edit::worker_threads(args.threads),
+        split: args.data.split,
     };
     // A configuration that fails (e.g. a method's limit) is reported in its place; the others still run.
     let failures = std::cell::RefCell::new(Vec::<String>::new());
@@ -132,14 +136,24 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     // The command as given (every argument), so that the README says exactly how to redo it.
     let command: Vec<String> = std::env::args().skip(1).collect();
     let mut readme = format!(
-        "# UniKE reproduction on the synthetic world\n\nModel `{}`, seed {}, n = {} per configuration. Command: \
-         `unike {}`. Metric convention {}.\n\n",
+        "# UniKE reproduction on {}\n\nModel `{}`, seed {}, n = {} per configuration. Command: `unike {}`. \
+         Metric convention {}.\n\n",
+        data.label,
         loaded.dir.display(),
         args.seed,
         args.n,
         command.join(" "),
         unike_shared::MetricConvention::CURRENT.label()
     );
+    // Where the data comes from (as `unike bench` prints it), for a one-step VQA configuration of every method.
+    if let Ok(lines) =
+        bench_edit::provenance(&loaded, &data, &cfg(args.methods.clone(), TaskArg::Vqa, ModeArg::OneStep, 1))
+    {
+        for l in lines {
+            readme.push_str(&format!("- {l}\n"));
+        }
+        readme.push('\n');
+    }
     let emit = |readme: &mut String, text: String| -> Result<()> {
         readme.push_str(&text);
         std::fs::write(out.join("README.md"), &*readme)?;

@@ -1,19 +1,19 @@
-//! `unike train-method <ke|mend|serac>`: trains a baseline's network on the training split (`vqa_train.json` and
-//! `caption_train.json`, half each) and writes it into `MODEL/<method>/`. `unike bench` trains whatever a requested
+//! `unike train-method <ke|mend|serac>`: trains a baseline's network on the front of the training split
+//! (`vqa_train.json` and `caption_train.json`, half each; never their development slice, see
+//! [`unike_core::data::select`]) and writes it into `MODEL/<method>/`. `unike bench` trains whatever a requested
 //! method is missing on demand, with the same code.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use unike_core::data::{load_cases, EditCase, Task};
 use unike_core::edit::hypernet::last_layers;
 use unike_core::edit::hypernet::{self, GradientEditor, TrainParams};
 use unike_core::edit::ke::{KeNet, KeParams};
 use unike_core::edit::mend::{MendNet, MendParams};
 use unike_core::edit::serac::{Serac, SeracParams};
-use unike_core::train::save::TrainingRecord;
 
+use crate::dataset::{self, DataSource, TaskFile};
 use crate::device::{self, Loaded};
 use crate::unike_artifacts::bar;
 
@@ -51,7 +51,8 @@ pub struct TrainMethodArgs {
     pub method: Trained,
     #[command(flatten)]
     pub model: device::ModelArgs,
-    /// Directory with `vqa_train.json` and `caption_train.json` (default: the world the model was trained on).
+    /// Directory with `vqa_train.json` and `caption_train.json`, or one MMEdit / VLKEB training file (default: the
+    /// world the model was trained on). Only the front is used: each file's last cases are the development slice.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Training steps (default from hparams/<method>/<model>.toml).
@@ -72,35 +73,25 @@ pub fn method_params<T: serde::de::DeserializeOwned + Default>(loaded: &Loaded, 
     Ok(if path.is_file() { unike_core::edit::hparams::load(&path)? } else { T::default() })
 }
 
-/// The world data the model was trained on (its training.json seed, else 0).
-fn default_data(loaded: &Loaded) -> Result<PathBuf> {
-    let seed = TrainingRecord::read(&loaded.dir)?.map(|r| r.recipe.seed).unwrap_or(0);
-    crate::bench_edit::data_dir(None, seed)
-}
-
-/// `n` training cases, half VQA and half caption, interleaved.
-pub fn training_cases(data: &Path, n: usize) -> Result<Vec<EditCase>> {
-    let load = |name: &str, task| -> Result<Vec<EditCase>> {
-        let path = data.join(format!("{name}_train.json"));
-        if !path.is_file() {
-            bail!("{} is missing (the training split, MMEdit format)", path.display());
+/// The training data of `train-method --data` (a directory or one file), else the model's own world.
+fn training_data(loaded: &Loaded, data: Option<&std::path::Path>) -> Result<DataSource> {
+    match data {
+        Some(d) if d.is_dir() => Ok(DataSource::from_dir(d, d.display().to_string())),
+        Some(f) if f.is_file() => {
+            let records = unike_core::data::read_records(f)?;
+            let (task, _) = unike_core::data::select::detect_task(&records, f)
+                .map_err(|why| anyhow::anyhow!("cannot tell whether {} is E-VQA or E-IC ({why})", f.display()))?;
+            let mut s = DataSource::from_dir(std::path::Path::new(""), f.display().to_string());
+            s.train = vec![TaskFile { task, path: f.to_path_buf(), images: None }];
+            s.train_label = f.display().to_string();
+            Ok(s)
         }
-        Ok(load_cases(&path, task, None)?)
-    };
-    let (v, c) = (load("vqa", Task::Vqa)?, load("caption", Task::Caption)?);
-    let mut out = Vec::with_capacity(n);
-    let mut it = v.iter().zip(c.iter());
-    while out.len() < n {
-        let Some((a, b)) = it.next() else { break };
-        out.push(a.clone());
-        if out.len() < n {
-            out.push(b.clone());
-        }
+        Some(p) => bail!("--data {}: no such file or directory", p.display()),
+        None => match dataset::model_world(loaded)? {
+            Some(seed) => DataSource::world(seed, Some(seed)),
+            None => bail!("the model {} has no training.json (no world of its own): pass --data", loaded.dir.display()),
+        },
     }
-    if out.is_empty() {
-        bail!("no training cases in {}", data.display());
-    }
-    Ok(out)
 }
 
 fn apply_overrides(t: &mut TrainParams, args: &TrainMethodArgs) -> Result<()> {
@@ -159,24 +150,20 @@ fn fit(
     Ok(())
 }
 
-/// Trains `method` for `loaded` on `data` (default: the model's world) into `MODEL/<method>/`.
-pub fn train(loaded: &Loaded, method: Trained, data: Option<&Path>, args: Option<&TrainMethodArgs>) -> Result<()> {
-    let data = match data {
-        Some(d) => crate::bench_edit::data_dir(Some(d), 0)?,
-        None => default_data(loaded)?,
-    };
+/// Trains `method` for `loaded` on the front of `data`'s training split into `MODEL/<method>/`.
+pub fn train(loaded: &Loaded, method: Trained, data: &DataSource, args: Option<&TrainMethodArgs>) -> Result<()> {
     let eos = *loaded.ckpt.eos_token_ids()?.first().context("the checkpoint has no end-of-sequence id")?;
     let dir = loaded.dir.join(method.name());
     let (model, processor) = (&loaded.model, &loaded.processor);
     let prepare = |n: usize, layers: &[usize]| -> Result<Vec<hypernet::TrainCase>> {
-        let cases = training_cases(&data, n)?;
+        let cases = data.training_cases(n)?;
         let b = bar(cases.len() as u64, "prepare")?;
         let mut tick = |done: usize, _: usize| b.set_position(done as u64);
         let out = hypernet::prepare(model, processor, eos, &cases, layers, &mut tick)?;
         b.finish_and_clear();
         Ok(out)
     };
-    let source = data.display().to_string();
+    let source = data.train_label.clone();
     match method {
         Trained::Mend => {
             let mut p: MendParams = method_params(loaded, "mend")?;
@@ -201,7 +188,7 @@ pub fn train(loaded: &Loaded, method: Trained, data: Option<&Path>, args: Option
             if let Some(a) = args {
                 apply_overrides(&mut p.train, a)?;
             }
-            let cases = training_cases(&data, p.train.cases)?;
+            let cases = data.training_cases(p.train.cases)?;
             let b = bar(p.train.steps as u64, "serac")?;
             let mut tick = |step: usize, _: usize, msg: &str| {
                 b.set_position(step as u64);
@@ -219,19 +206,47 @@ pub fn train(loaded: &Loaded, method: Trained, data: Option<&Path>, args: Option
     Ok(())
 }
 
-/// Trains every requested method whose network is missing, with a message saying so.
-pub fn ensure(loaded: &Loaded, methods: &[String]) -> Result<()> {
+/// Where `method`'s network comes from, for a benchmark's output.
+pub fn provenance(loaded: &Loaded, method: Trained, data: &DataSource) -> String {
+    let dir = loaded.dir.join(method.name());
+    let header = std::fs::read_to_string(dir.join("net.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    match header {
+        Some(h) => format!(
+            "{}: trained network {} (trained on {})",
+            method.name(),
+            dir.display(),
+            h["data"].as_str().unwrap_or("an unrecorded training split")
+        ),
+        None => format!("{}: network trained for this run on the training split ({})", method.name(), data.train_label),
+    }
+}
+
+/// Trains every requested method whose network is missing (on `data`'s training split), with a message saying so.
+pub fn ensure(loaded: &Loaded, methods: &[String], data: &DataSource) -> Result<()> {
     for m in methods.iter().filter_map(|m| Trained::of(m)) {
-        if loaded.dir.join(m.name()).join("net.json").is_file() {
+        let dir = loaded.dir.join(m.name());
+        if dir.join("net.json").is_file() {
             continue;
         }
+        if !data.has_training_split() {
+            bail!(
+                "{} has no trained network in {} and there is no training split to train one on ({}): pass --train \
+                 FILE",
+                m.name(),
+                dir.display(),
+                data.train_label
+            );
+        }
         eprintln!(
-            "{}'s trained network is missing from {}: training it now (`unike train-method {}` does this alone)",
+            "{}'s trained network is missing from {}: training it now on {} (`unike train-method {}` does this alone)",
             m.name(),
-            loaded.dir.join(m.name()).display(),
+            dir.display(),
+            data.train_label,
             m.name()
         );
-        train(loaded, m, None, None)?;
+        train(loaded, m, data, None)?;
     }
     Ok(())
 }
@@ -239,5 +254,6 @@ pub fn ensure(loaded: &Loaded, methods: &[String]) -> Result<()> {
 pub fn run(args: TrainMethodArgs) -> Result<()> {
     crate::device::single_thread_pools();
     let loaded = args.model.load()?;
-    train(&loaded, args.method, args.data.as_deref(), Some(&args))
+    let data = training_data(&loaded, args.data.as_deref())?;
+    train(&loaded, args.method, &data, Some(&args))
 }

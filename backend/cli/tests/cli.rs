@@ -195,7 +195,8 @@ fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
         let out = unike().args(["train-base", "--recipe", "smoke", "--seed", "5", "--out"]).arg(d).output()?;
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    for f in ["model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json"] {
+    for f in ["model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json", "processor_config.json"]
+    {
         assert_eq!(std::fs::read(a.join(f))?, std::fs::read(b.join(f))?, "{f} differs between runs");
     }
     let png = std::fs::read(a.join("training_curve.png"))?;
@@ -311,7 +312,7 @@ fn bench_edits_the_default_model_deterministically() -> Result<()> {
         (vec!["--methods", "serac:x"], "has no variants"),
         (vec!["--methods", "unike:nope"], "unknown UniKE variant \"nope\""),
         (vec!["--methods", "ft:x"], "has no variants"),
-        (vec!["--data", "/no/such/dir"], "is not a directory"),
+        (vec!["--data", "/no/such/dir"], "--data /no/such/dir: no such file or directory"),
         (vec!["--data", bad.to_str().context("utf-8 path")?], "vqa_eval.json"),
         (vec!["--n", "0"], "--n must be at least 1"),
     ];
@@ -419,7 +420,7 @@ fn train_method_writes_a_deterministic_network_and_rejects_bad_input() -> Result
     for (args, needle) in [
         (vec!["train-method", "mend", "--steps", "0"], "--steps must be at least 1"),
         (vec!["train-method", "ke", "--cases", "0"], "--cases must be at least 1"),
-        (vec!["train-method", "serac", "--data", "/no/such/dir"], "is not a directory"),
+        (vec!["train-method", "serac", "--data", "/no/such/dir"], "no such file or directory"),
     ] {
         let out = unike().args(&args).arg("--model").arg(&model).output()?;
         let err = String::from_utf8_lossy(&out.stderr);
@@ -428,6 +429,151 @@ fn train_method_writes_a_deterministic_network_and_rejects_bad_input() -> Result
     }
     let out = unike().args(["train-method", "rome"]).output()?;
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("rome"));
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
+
+/// The one `error: ...` line of a failure's stderr, which ends it (a world generated on the way may be said before).
+fn one_error_line(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert_eq!(stderr.trim_end().lines().last(), errors.first().copied(), "{stderr}");
+    errors[0].to_string()
+}
+
+/// `unike bench --json` on the default model with `extra` flags: the parsed output, or the failure's stderr.
+fn bench_json(extra: &[&str]) -> Result<std::result::Result<Value, String>> {
+    let out = unike()
+        .args(["bench", "--model", "default", "--methods", "ike", "--memory", "4", "--json"])
+        .args(extra)
+        .output()?;
+    if !out.status.success() {
+        return Ok(Err(String::from_utf8_lossy(&out.stderr).to_string()));
+    }
+    Ok(Ok(serde_json::from_slice(&out.stdout)?))
+}
+
+#[test]
+fn bench_seeds_draw_cases_from_the_models_own_world() -> Result<()> {
+    let run = |extra: &[&str]| -> Result<Value> { bench_json(extra)?.map_err(|e| anyhow::anyhow!("{extra:?}: {e}")) };
+    let a = run(&["--n", "4", "--seed", "1"])?;
+    let b = run(&["--n", "4", "--seed", "1"])?;
+    let c = run(&["--n", "4", "--seed", "2"])?;
+    // Same seed, same cases, same numbers.
+    assert_eq!(a["cases"], b["cases"]);
+    assert_eq!(a["results"][0]["metrics"], b["results"][0]["metrics"]);
+    assert_eq!(a["cases"].as_array().map(Vec::len), Some(4));
+    // Another seed, other cases of the same world (the model's own, world 0).
+    assert_ne!(a["cases"], c["cases"]);
+    for v in [&a, &c] {
+        let notes = v["data"].to_string();
+        assert!(notes.contains("world 0 (the model's own)") && notes.contains("evaluation split"), "{notes}");
+        for case in v["cases"].as_array().context("cases")? {
+            let img = PathBuf::from(case["image"].as_str().context("image")?);
+            assert!(img.starts_with(std::env::temp_dir().join("unike-world-0")), "{img:?}");
+        }
+    }
+    // Not just the first n: a draw of 4 from hundreds is (here) not the file's first four.
+    let first: Vec<Value> = unike_core::data::load_cases(
+        &std::env::temp_dir().join("unike-world-0/vqa_eval.json"),
+        unike_core::data::Task::Vqa,
+        None,
+    )?
+    .iter()
+    .take(4)
+    .map(|c| Value::String(c.prompt.clone() + &c.target))
+    .collect();
+    let drawn: Vec<Value> = a["cases"]
+        .as_array()
+        .context("cases")?
+        .iter()
+        .map(|c| Value::String(c["prompt"].as_str().unwrap_or("").to_string() + c["target"].as_str().unwrap_or("")))
+        .collect();
+    assert_ne!(first, drawn);
+    // The development slice: training cases, said so.
+    let d = run(&["--n", "2", "--split", "dev"])?;
+    let notes = d["data"].to_string();
+    assert!(notes.contains("development slice") && notes.contains("vqa_train.json"), "{notes}");
+    // Another world is asked for explicitly, and refused: its names are not in the model's word-level tokenizer.
+    let err = bench_json(&["--n", "2", "--world", "7"])?.err().context("--world 7 must be refused")?;
+    let line = one_error_line(&err);
+    assert!(
+        line.contains("world 7") && line.contains("outside the model's tokenizer") && line.contains("e.g."),
+        "{err}"
+    );
+    // A model without a world of its own needs --data.
+    let out =
+        unike().args(["bench", "--model", "tests/fixtures/tiny-llava", "--methods", "ike", "--n", "1"]).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no training.json") && err.contains("--data"), "{err}");
+    Ok(())
+}
+
+/// A JPEG (or PNG) photo of `w`x`h` that is not a world image.
+fn photo(path: &std::path::Path, w: u32, h: u32) -> Result<()> {
+    std::fs::create_dir_all(path.parent().context("parent")?)?;
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, ((x ^ y) & 0xff) as u8])
+    });
+    img.save(path)?;
+    Ok(())
+}
+
+#[test]
+fn bench_reads_a_downloaded_file_with_photos_of_any_size() -> Result<()> {
+    let base = std::env::temp_dir().join(format!("unike-real-{}", std::process::id()));
+    let images = base.join("coco");
+    photo(&images.join("val2014/a.jpg"), 96, 80)?;
+    photo(&images.join("val2014/b.jpg"), 120, 90)?;
+    photo(&images.join("train2014/c.png"), 64, 48)?;
+    // Records as E-VQA ships them (pred as a list, extra keys), in the default model's words.
+    let world = unike_core::world::World::generate(0);
+    let name = unike_core::world::Relation::Name.paraphrases();
+    let (f0, f1) = (&world.text_facts[0], &world.text_facts[1]);
+    let record = |src: &str, alt: &str| {
+        serde_json::json!({"src": src, "pred": [world.entities[3].name], "rephrase": name[1], "alt": alt,
+            "image": "val2014/a.jpg", "image_rephrase": "val2014/b.jpg", "loc": f0.question, "loc_ans": f0.answer,
+            "m_loc": "train2014/c.png", "m_loc_q": f1.question, "m_loc_a": f1.answer, "textual_rephrase": "x"})
+    };
+    let vqa = base.join("data/E-VQA_eval.json");
+    std::fs::create_dir_all(vqa.parent().context("parent")?)?;
+    std::fs::write(&vqa, serde_json::to_string(&[record(name[0], &world.entities[5].name)])?)?;
+    let file = vqa.to_str().context("utf-8")?;
+    let imgs = images.to_str().context("utf-8")?;
+    let v = bench_json(&["--data", file, "--images", imgs, "--n", "1"])?.map_err(anyhow::Error::msg)?;
+    let r = &v["results"][0];
+    assert_eq!((r["task"].as_str(), r["n"].as_u64()), (Some("vqa"), Some(1)), "{v}");
+    let notes = v["data"].to_string();
+    // No training split came with the file: the output says where the memory comes from.
+    assert!(notes.contains("not in --data") && notes.contains("world 0"), "{notes}");
+    // A caption file is told from its records; --train gives the training split (here the file itself).
+    let ic = base.join("data/captions.json");
+    let caption = unike_core::world::scene::caption(&world.scene(unike_core::world::Pool::Eval, 5).0);
+    std::fs::write(&ic, serde_json::to_string(&[record("describe the image.", &caption)])?)?;
+    let icf = ic.to_str().context("utf-8")?;
+    let v = bench_json(&["--data", icf, "--images", imgs, "--train", icf, "--n", "1"])?.map_err(anyhow::Error::msg)?;
+    assert_eq!(v["results"][0]["task"].as_str(), Some("caption"), "{v}");
+    assert!(v["data"].to_string().contains(&format!("--train {icf}")), "{v}");
+
+    // Bad input: one line, exit 1, and what to do.
+    let mixed = base.join("data/mixed.json");
+    std::fs::write(&mixed, serde_json::to_string(&[record(name[0], "x"), record("describe the image.", "y")])?)?;
+    let mixedf = mixed.to_str().context("utf-8")?;
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--data", file], "cannot read"),
+        (vec!["--data", file, "--images", imgs, "--task", "cross"], "--task cross"),
+        (vec!["--data", mixedf, "--images", imgs], "pass --task vqa|caption"),
+        (vec!["--data", file, "--images", "/no/such/images"], "--images /no/such/images: not a directory"),
+        (vec!["--data", file, "--images", imgs, "--train", "/no/such.json"], "--train /no/such.json: no such file"),
+        (vec!["--data", file, "--images", imgs, "--split", "dev", "--train", file], "no development slice"),
+    ];
+    for (args, needle) in cases {
+        let mut a = args.clone();
+        a.extend(["--n", "1"]);
+        let err = bench_json(&a)?.err().with_context(|| format!("{args:?} must fail"))?;
+        assert!(one_error_line(&err).contains(needle), "{args:?}: {err}");
+    }
     let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }

@@ -18,7 +18,7 @@ pub struct DemoCaps {
     pub runs: usize,
     /// Cases per run.
     pub run_n: usize,
-    /// Seeds (worlds) a guest's runs may use: `0..seeds`.
+    /// Seeds a guest's runs may use, `0..seeds` (each draws other cases from the model's world).
     pub seeds: u64,
     /// Guest accounts one address may create per hour.
     pub guests_per_hour: usize,

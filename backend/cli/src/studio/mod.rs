@@ -94,7 +94,8 @@ pub struct AppState {
     /// Patches and uploads.
     pub data_dir: PathBuf,
     pub gallery: Arc<Gallery>,
-    /// The world's data (seed 0): the gallery's source, and the memory of unrelated inputs of runs on workspace cases.
+    /// The model's own world's data (generated once): the gallery's source, the cases of runs on the world (a run's
+    /// seed draws them), and the memory of unrelated inputs of runs on workspace cases.
     pub world: PathBuf,
     /// Applying and undoing edits is one step per workspace stack (other workspaces do not wait for it).
     pub edit_locks: Arc<StackLocks>,
@@ -261,8 +262,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let loaded = Arc::new(tokio::task::spawn_blocking(move || model_args.load()).await??);
     let info = model_info(&args, &loaded);
     let loaded_dir = loaded.dir.clone();
-    // The world's data (seed 0): the gallery, and the memory of unrelated inputs of T-Patcher and UniKE.
-    let world = crate::bench_edit::data_dir(None, 0)?;
+    // The model's own world (the seed its training.json records; world 0 for a model without one), generated once:
+    // the gallery, the memory of unrelated inputs of T-Patcher and UniKE, and the cases of every run on the world
+    // (a run's seed draws its cases; it no longer makes a world).
+    let own = crate::dataset::model_world(&loaded)?;
+    let world_source = crate::dataset::DataSource::world(own.unwrap_or(0), own)?;
+    let world = crate::dataset::world_dir(own.unwrap_or(0))?;
     let gallery = Arc::new(Gallery::load(&world, 24, 12)?);
     let worker = Worker::spawn(
         loaded.clone(),
@@ -272,7 +277,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         args.queue,
         args.patch_cache.saturating_mul(1_000_000),
     );
-    let (runs, updates) = RunQueue::spawn(loaded, data_dir.clone());
+    let (runs, updates) = RunQueue::spawn(loaded, data_dir.clone(), world_source);
     let state = AppState {
         db,
         info: Arc::new(info.clone()),

@@ -26,6 +26,7 @@ use super::demo::DEMO_CAPS;
 use super::error::{ApiErr, ApiResult, Body};
 use super::{audit, events, playground, run_data, AppState};
 use crate::bench_edit::{self, BenchObserver, Config, ModeArg, TaskArg};
+use crate::dataset::{DataSource, Split};
 use crate::device::Loaded;
 
 /// `data` of a run on the workspace's own cases.
@@ -35,7 +36,7 @@ const WORKSPACE: &str = "workspace";
 struct RunJob {
     id: i64,
     req: RunRequest,
-    /// The data set: the world of the request's seed, or the run's snapshot of its workspace's cases.
+    /// The data set: the run's snapshot of its workspace's cases (`None`: the model's world).
     data: Option<PathBuf>,
     /// Methods with stored results (a resumed run).
     skip: Vec<String>,
@@ -56,6 +57,14 @@ pub struct RunQueue {
     cancels: Arc<Mutex<HashMap<i64, Arc<AtomicBool>>>>,
     /// Where snapshots of workspace cases live.
     data_dir: PathBuf,
+}
+
+/// What a run reads: the model's world, or a workspace snapshot.
+fn source(world: &DataSource, job: &RunJob) -> DataSource {
+    match &job.data {
+        Some(dir) => DataSource::from_dir(dir, "the workspace's cases".into()),
+        None => world.clone(),
+    }
 }
 
 /// Parses a task or mode name as `unike bench` spells it.
@@ -112,7 +121,12 @@ impl BenchObserver for Observer<'_> {
     }
 }
 
-fn execute(loaded: &Loaded, job: &RunJob, tx: &UnboundedSender<Update>) -> (RunStatus, Option<String>) {
+fn execute(
+    loaded: &Loaded,
+    world: &DataSource,
+    job: &RunJob,
+    tx: &UnboundedSender<Update>,
+) -> (RunStatus, Option<String>) {
     let methods: Vec<String> = job.req.methods.iter().filter(|m| !job.skip.contains(m)).cloned().collect();
     let n = job.req.n;
     let total = total(&job.req);
@@ -129,8 +143,9 @@ fn execute(loaded: &Loaded, job: &RunJob, tx: &UnboundedSender<Update>) -> (RunS
             seed: job.req.seed,
             memory: 64,
             threads: 1,
+            split: Split::Eval,
         };
-        let data = bench_edit::data_dir(job.data.as_deref(), job.req.seed)?;
+        let data = source(world, job);
         let mut obs = Observer {
             id: job.id,
             tx,
@@ -155,7 +170,7 @@ fn execute(loaded: &Loaded, job: &RunJob, tx: &UnboundedSender<Update>) -> (RunS
 
 impl RunQueue {
     /// Starts the run worker thread and the task that records its updates.
-    pub fn spawn(loaded: Arc<Loaded>, data_dir: PathBuf) -> (Self, UnboundedReceiver<Update>) {
+    pub fn spawn(loaded: Arc<Loaded>, data_dir: PathBuf, world: DataSource) -> (Self, UnboundedReceiver<Update>) {
         let (tx, rx) = std::sync::mpsc::channel::<RunJob>();
         let (utx, urx) = unbounded_channel();
         std::thread::Builder::new()
@@ -167,7 +182,7 @@ impl RunQueue {
                         (RunStatus::Cancelled, None)
                     } else {
                         // A panic fails this run (its finished methods are kept) and the worker takes the next one.
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(&loaded, &job, &utx)))
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(&loaded, &world, &job, &utx)))
                             .unwrap_or_else(|p| {
                                 let msg = super::worker::panic_message(&*p);
                                 (RunStatus::Failed, Some(format!("internal error: {msg}")))
@@ -389,12 +404,9 @@ fn validate(req: &RunRequest, guest: bool) -> ApiResult<()> {
     }
     parse::<TaskArg>("task", &req.task)?;
     let mode: ModeArg = parse("mode", &req.mode)?;
-    // Each seed's world is generated (and kept) on the server: a sandbox picks among a few.
+    // A seed draws a run's cases from the model's world: a sandbox picks among a few.
     if guest && req.seed >= DEMO_CAPS.seeds {
-        return Err(ApiErr::bad_request(format!(
-            "a demo sandbox runs on the worlds of seeds 0 to {}",
-            DEMO_CAPS.seeds - 1
-        )));
+        return Err(ApiErr::bad_request(format!("a demo sandbox runs with seeds 0 to {}", DEMO_CAPS.seeds - 1)));
     }
     let cap = if guest { DEMO_CAPS.run_n } else { RUN_N_MAX };
     if req.n == 0 || req.n > cap {
@@ -413,7 +425,7 @@ fn validate(req: &RunRequest, guest: bool) -> ApiResult<()> {
         WORKSPACE => {}
         other => {
             return Err(ApiErr::bad_request(format!(
-                "unknown data {other:?}: \"world\" (the synthetic world of the seed) or \"workspace\" (its cases)"
+                "unknown data {other:?}: \"world\" (the model's synthetic world) or \"workspace\" (its cases)"
             )))
         }
     }

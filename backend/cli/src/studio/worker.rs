@@ -224,11 +224,12 @@ impl State {
             if registry::split_name(name).0 == "unike" {
                 crate::unike_artifacts::ensure(&self.loaded).map_err(anyhow_to_core)?;
             }
-            crate::train_method::ensure(&self.loaded, &[name.to_string()]).map_err(anyhow_to_core)?;
+            let world = crate::dataset::DataSource::from_dir(&self.data, "the model's world".into());
+            crate::train_method::ensure(&self.loaded, &[name.to_string()], &world).map_err(anyhow_to_core)?;
             if self.memory.is_none() {
                 let mut ev = Evaluator::new(&self.loaded.model, &self.loaded.processor, self.eos()?);
-                let m =
-                    crate::bench_edit::memory_sequences(&mut ev, &self.data, Task::Vqa, 64).map_err(anyhow_to_core)?;
+                let cases = world.memory_cases(Task::Vqa, 64).map_err(anyhow_to_core)?;
+                let m = crate::bench_edit::memory_sequences(&mut ev, &cases).map_err(anyhow_to_core)?;
                 self.memory = Some(m);
             }
             let eos =

@@ -67,9 +67,11 @@ impl Checkpoint {
         Processor::load(&self.dir, &self.config, self.image_processor()?)
     }
 
-    /// Loads `preprocessor_config.json`.
+    /// Loads `preprocessor_config.json`, for the checkpoint's vision tower (its input size: every image is brought
+    /// to it, see [`ImageProcessor::with_tower`]).
     pub fn image_processor(&self) -> Result<ImageProcessor> {
-        ImageProcessor::from_file(&self.dir.join("preprocessor_config.json"))
+        Ok(ImageProcessor::from_file(&self.dir.join("preprocessor_config.json"))?
+            .with_tower(self.config.vision.image_size))
     }
 
     /// EOS ids: `generation_config.json` if present, else the text config's.

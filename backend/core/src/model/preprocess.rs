@@ -2,6 +2,12 @@
 //! `preprocessor_config.json`: convert to RGB, resize (shortest edge, or exact height/width) with PIL's resampling
 //! filters, center crop, rescale, normalize. The resize reproduces Pillow's fixed-point two-pass convolution
 //! byte for byte, so pixel values match transformers exactly.
+//!
+//! Any image fits any model: a processor that knows its vision tower's input size ([`ImageProcessor::with_tower`],
+//! as every checkpoint's does) whose configured steps would not produce that size (e.g. `do_resize: false` with an
+//! image of another size) resizes the shortest edge to the tower's size and center-crops a square instead, with the
+//! configured filter, rather than hand the tower pixel values it cannot take. An image the configured steps already
+//! bring to the tower's size is processed exactly as configured.
 
 use std::path::Path;
 
@@ -71,6 +77,8 @@ pub struct ImageProcessor {
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub normalize: bool,
+    /// The vision tower's (square) input size, when known: the size every output must have (see the module docs).
+    pub tower: Option<usize>,
 }
 
 impl ImageProcessor {
@@ -160,7 +168,28 @@ impl ImageProcessor {
         if std.contains(&0.0) {
             return Err("image_std must not contain 0".into());
         }
-        Ok(Self { resize, resample, crop, rescale, mean, std, normalize: flag("do_normalize")? })
+        Ok(Self { resize, resample, crop, rescale, mean, std, normalize: flag("do_normalize")?, tower: None })
+    }
+
+    /// This processor for a vision tower taking `size`x`size` images.
+    pub fn with_tower(mut self, size: usize) -> Self {
+        self.tower = Some(size);
+        self
+    }
+
+    /// The resize and crop applied to a `w`x`h` image: the configured ones, unless they would not give the tower's
+    /// size; then shortest edge to the tower's size and a center crop of it.
+    pub fn geometry(&self, w: usize, h: usize) -> (Option<ResizeTo>, Option<(usize, usize)>) {
+        let (rw, rh) = match self.resize {
+            None => (w, h),
+            Some(ResizeTo::Exact(th, tw)) => (tw, th),
+            Some(ResizeTo::ShortestEdge(s)) => shortest_edge(w, h, s),
+        };
+        let (ow, oh) = self.crop.map_or((rw, rh), |(ch, cw)| (cw, ch));
+        match self.tower {
+            Some(s) if (ow, oh) != (s, s) => (Some(ResizeTo::ShortestEdge(s)), Some((s, s))),
+            _ => (self.resize, self.crop),
+        }
     }
 
     /// Decodes an image file (PNG or JPEG) and preprocesses it: `(3, H, W)` f32.
@@ -178,18 +207,17 @@ impl ImageProcessor {
             return Err(Error::Invalid("image has zero size".into()));
         }
         let (w, h) = (w as usize, h as usize);
-        let resized = match self.resize {
+        let (resize, crop) = self.geometry(w, h);
+        let resized = match resize {
             None => img.clone(),
             Some(ResizeTo::Exact(th, tw)) => pil_resize(img, tw, th, self.resample),
             Some(ResizeTo::ShortestEdge(s)) => {
-                let (short, long) = if w <= h { (w, h) } else { (h, w) };
-                let new_long = (s as f64 * long as f64 / short as f64) as usize;
-                let (tw, th) = if w <= h { (s, new_long) } else { (new_long, s) };
+                let (tw, th) = shortest_edge(w, h, s);
                 pil_resize(img, tw, th, self.resample)
             }
         };
         let (mut chw, mut h, mut w) = to_chw(&resized);
-        if let Some((ch, cw)) = self.crop {
+        if let Some((ch, cw)) = crop {
             chw = center_crop(&chw, h, w, ch, cw);
             (h, w) = (ch, cw);
         }
@@ -206,6 +234,18 @@ impl ImageProcessor {
             out.push(x);
         }
         Ok(Tensor::from_vec(out, (3, h, w), device)?)
+    }
+}
+
+/// transformers' `get_resize_output_image_size` for `{"shortest_edge": s}`: `(width, height)` with the short edge
+/// `s` and the long edge scaled and floored.
+fn shortest_edge(w: usize, h: usize, s: usize) -> (usize, usize) {
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (s as f64 * long as f64 / short as f64) as usize;
+    if w <= h {
+        (s, new_long)
+    } else {
+        (new_long, s)
     }
 }
 

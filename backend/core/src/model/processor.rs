@@ -126,6 +126,32 @@ impl Processor {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The id of the tokenizer's unknown token, if its model has one (word level, word piece, BPE with an unknown
+    /// token). A byte-level tokenizer has none: it can represent any text.
+    pub fn unk_id(&self) -> Option<u32> {
+        use tokenizers::models::ModelWrapper;
+        let unk = match self.tokenizer.get_model() {
+            ModelWrapper::WordLevel(m) => Some(m.unk_token.clone()),
+            ModelWrapper::WordPiece(m) => Some(m.unk_token.clone()),
+            ModelWrapper::BPE(m) => m.unk_token.clone(),
+            _ => None,
+        }?;
+        self.tokenizer.token_to_id(&unk)
+    }
+
+    /// The words of `text` that the tokenizer maps to its unknown token (each as written in `text`).
+    pub fn unknown_words(&self, text: &str) -> Result<Vec<String>> {
+        let Some(unk) = self.unk_id() else { return Ok(Vec::new()) };
+        let enc = self.tokenizer.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_offsets())
+            .filter(|(&id, _)| id == unk)
+            .map(|(_, &(a, b))| text.get(a..b).unwrap_or("<unk>").to_string())
+            .collect())
+    }
+
     /// Decodes ids, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))

@@ -42,10 +42,21 @@ pub fn world_config_json(
     .to_string()
 }
 
-/// `preprocessor_config.json` of world models: images are already 32x32, so only rescale and normalise.
-pub const WORLD_PREPROCESSOR: &str = r#"{"do_resize": false, "do_center_crop": false, "do_rescale": true,
+/// `preprocessor_config.json` of world models, as transformers' `CLIPImageProcessor` spells it: shortest edge to 32
+/// (bicubic, Pillow's filter 3), center crop 32x32, rescale, normalise. A world image is already 32x32, so resizing
+/// and cropping leave it unchanged bit for bit; any other image is brought to the tower's 32x32.
+pub const WORLD_PREPROCESSOR: &str = r#"{"do_resize": true, "size": {"shortest_edge": 32}, "resample": 3,
+ "do_center_crop": true, "crop_size": {"height": 32, "width": 32}, "do_rescale": true,
  "rescale_factor": 0.00392156862745098, "do_normalize": true, "image_mean": [0.5, 0.5, 0.5],
- "image_std": [0.25, 0.25, 0.25], "image_processor_type": "CLIPImageProcessor"}"#;
+ "image_std": [0.25, 0.25, 0.25], "do_convert_rgb": true, "image_processor_type": "CLIPImageProcessor"}"#;
+
+/// `processor_config.json` of world models, so that transformers' `AutoProcessor` (a `LlavaProcessor`) expands each
+/// `<image>` into the model's 16 image tokens: (32 / 8)² = 16 patches + 1 class token (`num_additional_image_tokens`),
+/// less the class token the "default" strategy drops. The chat template is llava-1.5's, which renders a user turn
+/// with an image as `USER: <image>\n{question} ASSISTANT:`, the model's prompt template.
+pub const WORLD_PROCESSOR: &str = r#"{"processor_class": "LlavaProcessor", "image_token": "<image>", "patch_size": 8,
+ "num_additional_image_tokens": 1, "vision_feature_select_strategy": "default",
+ "chat_template": "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"}"#;
 
 /// A trainable model: its variables and the model reading them.
 pub struct Trainable {
@@ -142,6 +153,71 @@ mod tests {
         }
         let last = loss(&t.model, &batch, false)?.to_scalar::<f32>()?;
         assert!(first > 5.0 && last < first * 0.5, "loss {first} -> {last}");
+        Ok(())
+    }
+
+    /// The world preprocessor before issue 14 (no resize, no crop).
+    const OLD_PREPROCESSOR: &str = r#"{"do_resize": false, "do_center_crop": false, "do_rescale": true,
+     "rescale_factor": 0.00392156862745098, "do_normalize": true, "image_mean": [0.5, 0.5, 0.5],
+     "image_std": [0.25, 0.25, 0.25], "image_processor_type": "CLIPImageProcessor"}"#;
+
+    fn values(p: &ImageProcessor, img: &image::RgbImage) -> Result<Vec<f32>> {
+        Ok(p.preprocess(img, &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    #[test]
+    fn world_images_keep_their_pixel_values_and_other_images_fit_the_tower() -> Result<()> {
+        let world = World::generate(0);
+        let new = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(Error::Invalid)?.with_tower(32);
+        let old = ImageProcessor::from_json_str(OLD_PREPROCESSOR).map_err(Error::Invalid)?;
+        assert!(matches!(new.resample, crate::model::preprocess::Resample::Bicubic));
+        let mut images: Vec<image::RgbImage> =
+            (0..8).map(|i| world.render_entity(i * 7, crate::world::Pool::Eval, i as u64)).collect();
+        images.extend((0..4).map(|i| world.scene(crate::world::Pool::Eval, i).1));
+        for img in &images {
+            assert_eq!(img.dimensions(), (32, 32));
+            assert_eq!(values(&new, img)?, values(&old, img)?, "a world image changed");
+        }
+        // A 96x80 photo: the new config and the old one (no resize, but told the tower's size) give the same 32x32.
+        let photo =
+            image::RgbImage::from_fn(96, 80, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8]));
+        let a = new.preprocess(&photo, &Device::Cpu)?;
+        assert_eq!(a.dims(), &[3, 32, 32]);
+        assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, values(&old.clone().with_tower(32), &photo)?);
+        // Without knowing the tower, the old config passes the photo through unchanged (the tower would refuse it).
+        assert_eq!(old.preprocess(&photo, &Device::Cpu)?.dims(), &[3, 80, 96]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_default_model_ships_the_world_processor_configs() -> Result<()> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+        for (file, want) in
+            [("preprocessor_config.json", WORLD_PREPROCESSOR), ("processor_config.json", WORLD_PROCESSOR)]
+        {
+            let path = dir.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let parse =
+                |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(|e| Error::Invalid(e.to_string()));
+            assert_eq!(parse(&text)?, parse(want)?, "{file}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_processor_config_expands_an_image_into_the_models_image_tokens() -> Result<()> {
+        let p: serde_json::Value = serde_json::from_str(WORLD_PROCESSOR).map_err(|e| Error::Invalid(e.to_string()))?;
+        let cfg: serde_json::Value =
+            serde_json::from_str(&world_config_json(100, 32, 1, 48, 1)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let side = cfg["vision_config"]["image_size"].as_u64().unwrap_or(0) / p["patch_size"].as_u64().unwrap_or(1);
+        // transformers' LlavaProcessor: patches + num_additional_image_tokens, minus 1 with the "default" strategy.
+        let mut n = side * side + p["num_additional_image_tokens"].as_u64().unwrap_or(0);
+        if p["vision_feature_select_strategy"] == "default" {
+            n -= 1;
+        }
+        assert_eq!(Some(n), cfg["image_seq_length"].as_u64());
+        assert_eq!(p["patch_size"], cfg["vision_config"]["patch_size"]);
+        assert_eq!(p["vision_feature_select_strategy"], cfg["vision_feature_select_strategy"]);
         Ok(())
     }
 }

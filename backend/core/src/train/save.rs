@@ -1,5 +1,6 @@
 //! Writing a trained world model as an llava-hf checkpoint directory: `model.safetensors` (llava-hf tensor names),
-//! `config.json`, `tokenizer.json`, `preprocessor_config.json`, and `training.json` (the recipe and the curve).
+//! `config.json`, `tokenizer.json`, `preprocessor_config.json`, `processor_config.json` (for transformers'
+//! `AutoProcessor`), and `training.json` (the recipe and the curve).
 
 use std::path::Path;
 
@@ -7,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::driver::{CurvePoint, Trained};
 use super::recipe::Recipe;
-use super::WORLD_PREPROCESSOR;
+use super::{WORLD_PREPROCESSOR, WORLD_PROCESSOR};
 use crate::error::{Error, Result};
 
 /// Name of the training record in a checkpoint directory.
@@ -47,6 +48,7 @@ pub fn save(trained: &Trained, dir: &Path) -> Result<()> {
     trained.trainable.varmap.save(dir.join("model.safetensors"))?;
     write(&dir.join("config.json"), &pretty(&trained.config_json)?)?;
     write(&dir.join("preprocessor_config.json"), &pretty(WORLD_PREPROCESSOR)?)?;
+    write(&dir.join("processor_config.json"), &pretty(WORLD_PROCESSOR)?)?;
     let tok = dir.join("tokenizer.json");
     trained.tokenizer.save(&tok, true).map_err(|e| Error::Tokenizer(format!("{}: {e}", tok.display())))?;
     let record = TrainingRecord { recipe: trained.recipe.clone(), curve: trained.curve.clone() };
