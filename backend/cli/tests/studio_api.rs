@@ -291,6 +291,10 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     assert_eq!(after["edits"], 1);
     let first_edit = applied["id"].as_i64().context("edit id")?;
 
+    // The model's description names no server path.
+    let source = Client::new(port).get(routes::MODEL)?.json()?["source"].as_str().unwrap_or("/").to_string();
+    assert!(!Path::new(&source).is_absolute() && !source.contains(".."), "{source}");
+
     // Roles: a stranger sees nothing; a viewer reads but cannot edit; an editor can.
     let mut bob = Client::new(port);
     assert_eq!(bob.auth(routes::SIGN_UP, "bob")?.status, 200);
@@ -462,6 +466,11 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     let cancelled = wait_run(&mut alice, long_id, &["cancelled", "finished", "failed"])?;
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     expect_error(&alice.post(&routes::run_cancel(long_id), &json!({}))?, 409, "already cancelled")?;
+    // A stranger learns nothing from cancelling it: the same 404 as reading it, without the workspace's id.
+    for r in [empty.get(&routes::run(long_id))?, empty.post(&routes::run_cancel(long_id), &json!({}))?] {
+        expect_error(&r, 404, &format!("run {long_id}"))?;
+        assert!(!r.body.contains("workspace"), "{}", r.body);
+    }
     // One author's unfinished runs are bounded (the run worker's queue cannot grow without end); cancelling frees room.
     let long_run = json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 400});
     let mut queued = Vec::new();
@@ -620,7 +629,10 @@ fn demo_mode_gives_each_visitor_an_isolated_capped_rate_limited_sandbox() -> Res
             refused = Some(r);
             break;
         }
-        assert_eq!(g.raw("POST", routes::SIGN_OUT, None, false)?.status, 200);
+        // Signing out a live session needs its CSRF token (a third-party page cannot sign a visitor out).
+        expect_error(&g.raw("POST", routes::SIGN_OUT, None, false)?, 403, "csrf")?;
+        g.csrf = r.json()?["csrf_token"].as_str().map(str::to_string);
+        assert_eq!(g.raw("POST", routes::SIGN_OUT, None, true)?.status, 200);
     }
     expect_error(&refused.context("guests never capped")?, 429, "too many demo sandboxes")?;
 

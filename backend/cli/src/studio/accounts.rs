@@ -123,8 +123,12 @@ pub async fn sign_in(
     Ok(with_cookie(&st, Some(&token), info(&st, Some(&caller))))
 }
 
-/// `POST /api/auth/signout`.
+/// `POST /api/auth/signout`: ends a live session only with its CSRF token (a third-party page cannot sign a visitor
+/// out); without a live session it only clears the cookie.
 pub async fn sign_out(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+    if let Some(c) = auth::caller(&st, &headers).await? {
+        auth::check_csrf(&c, &headers)?;
+    }
     auth::end_session(&st, &headers).await?;
     Ok(with_cookie(&st, None, info(&st, None)))
 }

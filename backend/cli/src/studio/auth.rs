@@ -149,16 +149,27 @@ pub async fn signed_in(st: &AppState, headers: &HeaderMap) -> ApiResult<Caller> 
     caller(st, headers).await?.ok_or_else(ApiErr::unauthorized)
 }
 
-/// The address limits and caps apply to: the peer's, or behind a trusted reverse proxy (`--trust-proxy`) the last
-/// address of its `X-Forwarded-For`; an IPv6 address stands for its /64 (one host's usual share).
+/// The address limits and caps apply to: the peer's, or behind `--trust-proxy N` reverse proxies the N-th address of
+/// `X-Forwarded-For` from the right (the one the outermost trusted proxy saw); an IPv6 address stands for its /64
+/// (one host's usual share).
 pub fn client_ip(st: &AppState, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
-    let forwarded = st
-        .trust_proxy
-        .then(|| headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()))
-        .flatten()
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|v| v.trim().parse::<IpAddr>().ok());
-    match forwarded.unwrap_or(peer) {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    block_of(forwarded_client(forwarded, st.trust_proxy).unwrap_or(peer))
+}
+
+/// The client behind `hops` trusted proxies: the `hops`-th entry of `X-Forwarded-For` from the right (each proxy
+/// appends the address it received from). `None` without proxies, or when the header is shorter than the chain or
+/// that entry is not an address (a misconfigured chain: the peer's address is used).
+pub fn forwarded_client(header: Option<&str>, hops: usize) -> Option<IpAddr> {
+    if hops == 0 {
+        return None;
+    }
+    header?.rsplit(',').nth(hops - 1).and_then(|v| v.trim().parse::<IpAddr>().ok())
+}
+
+/// `ip` itself, or for an IPv6 address its /64.
+fn block_of(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
             None => {
@@ -174,12 +185,24 @@ pub fn client_ip(st: &AppState, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
 /// address ([`client_ip`] of `peer`) is within its rate limit.
 pub async fn writer(st: &AppState, headers: &HeaderMap, peer: IpAddr) -> ApiResult<Caller> {
     let c = signed_in(st, headers).await?;
-    let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if sent != c.csrf {
-        return Err(ApiErr::forbidden(format!("missing or wrong {CSRF_HEADER} header (read it from the session)")));
-    }
+    check_csrf(&c, headers)?;
     st.limits.check(client_ip(st, headers, peer))?;
     Ok(c)
+}
+
+/// 403 unless the request's CSRF header carries the session's token (compared in constant time).
+pub fn check_csrf(c: &Caller, headers: &HeaderMap) -> ApiResult<()> {
+    let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !same_secret(sent.as_bytes(), c.csrf.as_bytes()) {
+        return Err(ApiErr::forbidden(format!("missing or wrong {CSRF_HEADER} header (read it from the session)")));
+    }
+    Ok(())
+}
+
+/// Equality of two secrets whose time does not depend on where they first differ (only on their lengths, which are
+/// public: tokens have a fixed length).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The caller's role in `workspace`: 404 when the workspace does not exist or the caller is not a member (so ids of
@@ -200,4 +223,32 @@ pub async fn role_in(st: &AppState, caller: &Caller, workspace: i64, need: Role)
         )));
     }
     Ok(role)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_entry_the_outermost_trusted_proxy_appended() {
+        // client (claims 6.6.6.6) -> proxy A (appends 1.2.3.4) -> proxy B (appends 10.0.0.2) -> studio
+        let h = Some("6.6.6.6, 1.2.3.4, 10.0.0.2");
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        assert_eq!(forwarded_client(h, 0), None, "no proxy: the header is ignored");
+        assert_eq!(forwarded_client(h, 1), ip("10.0.0.2"));
+        assert_eq!(forwarded_client(h, 2), ip("1.2.3.4"));
+        // A chain longer than the header, or a forged non-address entry, falls back to the peer.
+        assert_eq!(forwarded_client(h, 4), None);
+        assert_eq!(forwarded_client(Some("x, 1.2.3.4"), 2), None);
+        assert_eq!(forwarded_client(None, 1), None);
+    }
+
+    #[test]
+    fn secrets_compare_equal_only_when_identical() {
+        assert!(same_secret(b"0123abcd", b"0123abcd"));
+        assert!(!same_secret(b"0123abcd", b"0123abce"));
+        assert!(!same_secret(b"0123abcd", b"1123abcd"));
+        assert!(!same_secret(b"0123abcd", b"0123abc"));
+        assert!(!same_secret(b"", b"0"));
+    }
 }

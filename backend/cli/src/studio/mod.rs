@@ -69,10 +69,11 @@ pub struct ServeArgs {
     /// Mark the session cookie `Secure` (the studio is served over HTTPS, e.g. behind a reverse proxy).
     #[arg(long)]
     pub secure_cookies: bool,
-    /// Take the client's address for demo limits from the last `X-Forwarded-For` entry (only behind a reverse proxy
-    /// that sets it; otherwise clients could claim any address).
-    #[arg(long)]
-    pub trust_proxy: bool,
+    /// Behind N reverse proxies that each append to `X-Forwarded-For` (`--trust-proxy` alone: one), take the client's
+    /// address for limits from the N-th entry counted from the right; entries further left are the client's own claims
+    /// and are never trusted. Without it the peer's address is used (clients could otherwise claim any address).
+    #[arg(long, value_name = "HOPS", num_args = 0..=1, default_missing_value = "1", default_value_t = 0)]
+    pub trust_proxy: usize,
     /// Loaded patches the model worker keeps between jobs, in millions of parameters (least recently used ones are
     /// dropped and reloaded from disk when needed).
     #[arg(long, default_value_t = 256)]
@@ -90,7 +91,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     pub demo: bool,
     pub secure_cookies: bool,
-    pub trust_proxy: bool,
+    /// Trusted reverse proxies in front of the studio (`--trust-proxy`).
+    pub trust_proxy: usize,
     /// Patches and uploads.
     pub data_dir: PathBuf,
     pub gallery: Arc<Gallery>,
@@ -130,6 +132,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
     rt.block_on(serve(args))
 }
 
+/// Where the weights came from, without revealing the server's file system: a path under the working directory
+/// relative to it (`models/default`), anything else by its directory name only.
+fn public_source(dir: &std::path::Path) -> String {
+    let cwd = std::env::current_dir().ok();
+    let relative = if dir.is_relative() { Some(dir) } else { cwd.as_deref().and_then(|c| dir.strip_prefix(c).ok()) };
+    match relative.filter(|r| !r.components().any(|c| matches!(c, std::path::Component::ParentDir))) {
+        Some(r) => r.display().to_string(),
+        None => dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+    }
+}
+
 fn model_info(args: &ServeArgs, loaded: &device::Loaded) -> ModelInfo {
     let device::Loaded { dir, ckpt, model, device: dev, .. } = loaded;
     let cfg = model.config();
@@ -140,7 +153,7 @@ fn model_info(args: &ServeArgs, loaded: &device::Loaded) -> ModelInfo {
     };
     ModelInfo {
         name,
-        source: dir.display().to_string(),
+        source: public_source(dir),
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
         device: device::device_name(dev),
         parameters: ckpt.num_parameters,

@@ -10,7 +10,7 @@ use unike_shared::playground::{
     AnswerRequest, AnswerResponse, AppliedEdit, CaseImport, EditRequest, EditStack, GalleryItem, ImportSummary,
     MmEditCase,
 };
-use unike_shared::routes::{ALL, EVENTS, LEADERBOARD, LEADERBOARD_CSV, SIGN_IN, SIGN_OUT, SIGN_UP};
+use unike_shared::routes::{ALL, EVENTS, LEADERBOARD, LEADERBOARD_CSV, SIGN_IN, SIGN_UP};
 use unike_shared::runs::{Leaderboard, RunInfo, RunRequest};
 use unike_shared::workspace::{AuditEntry, Invitation, Member, NewWorkspace, PendingInvitation, RoleChange, Workspace};
 use unike_shared::{ApiError, HealthResponse, ModelInfo};
@@ -108,8 +108,8 @@ pub fn document(version: &str) -> Value {
             json!({"200": ok, "4XX": {"description": "the request cannot be served",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}}}}),
         );
-        // Every write but signing up, in and out needs the session and its CSRF token.
-        if r.method != "get" && ![SIGN_UP, SIGN_IN, SIGN_OUT].contains(&r.path) {
+        // Every write but signing up and in needs the session and its CSRF token (signing out: when a session is live).
+        if r.method != "get" && ![SIGN_UP, SIGN_IN].contains(&r.path) {
             op.insert("security".into(), json!([{"session": [], "csrf": []}]));
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
