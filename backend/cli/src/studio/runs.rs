@@ -607,8 +607,13 @@ pub async fn cancel(
     let c = auth::writer(&st, &headers, addr.ip()).await?;
     let run = load(&st, id).await?;
     // As `get`: a run of a workspace the caller cannot see does not exist for them (nor does its workspace's id).
-    auth::role_in(&st, &c, run.workspace_id, Role::Viewer).await.map_err(|_| ApiErr::not_found(format!("run {id}")))?;
-    auth::role_in(&st, &c, run.workspace_id, Role::Editor).await?;
+    auth::role_in(&st, &c, run.workspace_id, Role::Editor).await.map_err(|e| {
+        if e.status == axum::http::StatusCode::NOT_FOUND {
+            ApiErr::not_found(format!("run {id}"))
+        } else {
+            e
+        }
+    })?;
     if run.status.is_final() {
         return Err(ApiErr::conflict(format!("run {id} is already {}", run.status.as_str())));
     }
