@@ -445,7 +445,15 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     let own_question = json!({"src": "Is this a drawing?", "alt": "yes", "image": routes::image(gid)});
     let imported = bob.post(&routes::cases(bob_own), &json!({ "cases": [foreign, own_question] }))?;
     assert_eq!(imported.json()?["imported"], 2, "{}", imported.body);
-    let br = bob.post(&routes::runs(bob_own), &on_ws("vqa"))?.json()?;
+    // A folder left where the next run's data goes (a run id SQLite gives out again) is replaced, not a 500.
+    let stale = dir.join("studio.db.d").join("runs").join((wr_id + 1).to_string());
+    std::fs::create_dir_all(&stale)?;
+    std::fs::write(stale.join("left-over"), "x")?;
+    let br = bob.post(&routes::runs(bob_own), &on_ws("vqa"))?;
+    ensure!(br.status == 200, "{}", br.body);
+    let br = br.json()?;
+    assert_eq!(br["id"].as_i64(), Some(wr_id + 1), "{br}");
+    assert!(!stale.join("left-over").exists());
     assert_eq!(br["request"]["n"], 2, "{br}");
     let note = br["note"].as_str().context("note")?;
     assert!(note.contains("2 of the workspace's cases") && note.contains("val2014/a.jpg"), "{note}");
@@ -647,6 +655,36 @@ fn demo_mode_gives_each_visitor_an_isolated_capped_rate_limited_sandbox() -> Res
     }
     expect_error(&limited.context("never rate limited")?, 429, "too many requests")?;
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn password_guessing_is_throttled_per_account_and_per_address_outside_demo_mode() -> Result<()> {
+    let dir = temp_dir("throttle")?;
+    let server = Server::start(&dir.join("t.db"), &["--auth-attempts", "8", "--auth-failures", "3"])?;
+    let port = server.port;
+    let guess = |user: &str, password: &str| -> Result<Reply> {
+        let body = json!({"username": user, "password": password}).to_string();
+        Client::new(port).raw("POST", routes::SIGN_IN, Some(&body), false)
+    };
+    // Attempts 1-2: two accounts.
+    assert_eq!(Client::new(port).auth(routes::SIGN_UP, "alice")?.status, 200);
+    assert_eq!(Client::new(port).auth(routes::SIGN_UP, "bob")?.status, 200);
+    // Attempts 3-5: three wrong passwords for alice, then her account is locked, even with the right password (6).
+    for _ in 0..3 {
+        expect_error(&guess("alice", "wrong guess")?, 401, "wrong username or password")?;
+    }
+    expect_error(&guess("alice", "correct horse")?, 429, "too many failed sign-ins for this account")?;
+    // Bob is not locked out by guesses at alice (7, 8).
+    assert_eq!(Client::new(port).auth(routes::SIGN_IN, "bob")?.status, 200);
+    expect_error(&guess("nobody", "wrong guess")?, 401, "wrong username or password")?;
+    // The address has used its 8 attempts: the 9th is refused before any password work.
+    expect_error(&Client::new(port).auth(routes::SIGN_IN, "bob")?, 429, "too many sign-in attempts from your address")?;
+    drop(server);
+    // Bad flags are refused with a message.
+    let out = Command::new(env!("CARGO_BIN_EXE_unike")).args(["serve", "--hash-concurrency", "0"]).output()?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("hash-concurrency"));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -6,7 +6,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{AppendHeaders, IntoResponse};
 use axum::Json;
-use unike_shared::auth::{Credentials, SessionInfo, UserInfo, PASSWORD_MAX};
+use unike_shared::auth::{Credentials, SessionInfo, UserInfo, PASSWORD_MAX, USERNAME_MAX};
 
 use super::auth::{self, Caller};
 use super::demo::DEMO_CAPS;
@@ -84,8 +84,12 @@ pub async fn sign_up(
 ) -> ApiResult<impl IntoResponse> {
     let ip = auth::client_ip(&st, &headers, addr.ip());
     st.limits.check(ip)?;
+    st.auth_throttle.attempt(ip)?;
     let username = auth::validate(&c)?;
-    let hash = auth::hash_password(c.password).await?;
+    let hash = {
+        let _slot = st.auth_throttle.hash_slot().await?;
+        auth::hash_password(c.password).await?
+    };
     let id = create_user(&st, &username, Some(&hash), false, ip).await?;
     let (token, csrf) = auth::start_session(&st, id, Some(ip)).await?;
     let caller = Caller { user: UserInfo { id, username, guest: false }, csrf };
@@ -101,7 +105,10 @@ pub async fn sign_in(
 ) -> ApiResult<impl IntoResponse> {
     let ip = auth::client_ip(&st, &headers, addr.ip());
     st.limits.check(ip)?;
-    let username = c.username.trim().to_lowercase();
+    st.auth_throttle.attempt(ip)?;
+    // (Bounded: a name longer than any account's is throttled as its first characters.)
+    let username: String = c.username.trim().to_lowercase().chars().take(USERNAME_MAX + 1).collect();
+    st.auth_throttle.check_account(&username)?;
     let row: Option<(i64, Option<String>)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE username = ? AND guest = 0")
             .bind(&username)
@@ -109,6 +116,7 @@ pub async fn sign_in(
             .await?;
     let wrong = || ApiErr::new(axum::http::StatusCode::UNAUTHORIZED, "wrong username or password");
     if c.password.chars().count() > PASSWORD_MAX {
+        st.auth_throttle.failed(&username)?;
         return Err(wrong());
     }
     // An unknown name costs the same hash as a known one, so timing does not tell which names exist.
@@ -116,8 +124,14 @@ pub async fn sign_in(
         Some((id, Some(h))) => (Some(id), h),
         _ => (None, auth::dummy_hash()?),
     };
-    let verified = auth::verify_password(c.password, hash).await?;
-    let Some(id) = id.filter(|_| verified) else { return Err(wrong()) };
+    let verified = {
+        let _slot = st.auth_throttle.hash_slot().await?;
+        auth::verify_password(c.password, hash).await?
+    };
+    let Some(id) = id.filter(|_| verified) else {
+        st.auth_throttle.failed(&username)?;
+        return Err(wrong());
+    };
     let (token, csrf) = auth::start_session(&st, id, Some(ip)).await?;
     let caller = Caller { user: UserInfo { id, username, guest: false }, csrf };
     Ok(with_cookie(&st, Some(&token), info(&st, Some(&caller))))

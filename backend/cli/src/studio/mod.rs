@@ -18,6 +18,7 @@ mod patch_cache;
 mod playground;
 mod run_data;
 mod runs;
+mod throttle;
 mod worker;
 mod workspaces;
 
@@ -78,6 +79,15 @@ pub struct ServeArgs {
     /// dropped and reloaded from disk when needed).
     #[arg(long, default_value_t = 256)]
     pub patch_cache: usize,
+    /// Sign-in and sign-up attempts allowed per client address every 10 minutes (in every mode).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_attempts: u32,
+    /// Failed sign-ins allowed per account every 10 minutes; then the account's sign-ins answer 429 until it refills.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failures: u32,
+    /// Password hashes (argon2, 19 MiB each) computed at once; up to 8 times as many sign-ins wait, others get 429.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub hash_concurrency: u32,
 }
 
 /// Everything a handler reaches.
@@ -89,6 +99,8 @@ pub struct AppState {
     pub runs: RunQueue,
     pub events: broadcast::Sender<Event>,
     pub limits: Arc<RateLimits>,
+    /// Throttles of password work (every mode).
+    pub auth_throttle: Arc<throttle::AuthThrottle>,
     pub demo: bool,
     pub secure_cookies: bool,
     /// Trusted reverse proxies in front of the studio (`--trust-proxy`).
@@ -298,6 +310,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         runs,
         events: broadcast::channel(256).0,
         limits: Arc::new(RateLimits::new(args.demo, 30.0, 0.5)),
+        auth_throttle: Arc::new(throttle::AuthThrottle::new(
+            args.auth_attempts as usize,
+            args.auth_failures as usize,
+            args.hash_concurrency as usize,
+        )),
         demo: args.demo,
         secure_cookies: args.secure_cookies,
         trust_proxy: args.trust_proxy,

@@ -542,9 +542,6 @@ pub async fn create(
             if req.data == WORKSPACE { " on the workspace's cases" } else { "" }
         );
         audit::record(&mut tx, Some(ws), c.user.id, "run.start", &detail).await?;
-        if let Some((tmp, _)) = &snapshot {
-            std::fs::rename(tmp, run_data::dir(&st.data_dir, id)).map_err(ApiErr::internal)?;
-        }
         tx.commit().await?;
         Ok::<_, ApiErr>(id)
     };
@@ -557,6 +554,27 @@ pub async fn create(
             return Err(e);
         }
     };
+    // The snapshot takes the run's id only once the row is committed, so a failed commit leaves no folder behind. A
+    // folder already there belongs to no run (the id was just given out: one left by a crash between an earlier
+    // commit's rollback and its clean-up) and is replaced.
+    if let Some((tmp, _)) = &snapshot {
+        let dest = run_data::dir(&st.data_dir, id);
+        let moved = (|| {
+            if dest.exists() {
+                std::fs::remove_dir_all(&dest)?;
+            }
+            std::fs::rename(tmp, &dest)
+        })();
+        if let Err(e) = moved {
+            let _ = std::fs::remove_dir_all(tmp);
+            sqlx::query("UPDATE benchmark_runs SET status = 'failed', error = ? WHERE id = ?")
+                .bind("the run's data could not be stored on the server")
+                .bind(id)
+                .execute(&st.db)
+                .await?;
+            return Err(ApiErr::internal(e));
+        }
+    }
     st.runs.submit(id, req, Vec::new())?;
     let run = load(&st, id).await?;
     events::publish(&st, Event::Run { run: run.clone() });
