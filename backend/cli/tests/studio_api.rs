@@ -242,6 +242,14 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     expect_error(&alice.post(&routes::edits(ws_id), &edit(question, " ", "serac"))?, 400, "target is empty")?;
     expect_error(&alice.post(&routes::edits(ws_id), &edit(&"why ".repeat(100), target, "serac"))?, 400, "longer than")?;
     expect_error(&alice.post(&routes::edits(ws_id), &edit(question, target, "rome"))?, 400, "unknown method")?;
+    // UniKE variants have one spelling each and bounded values, so a visitor cannot make the server build (and keep)
+    // a method per made-up name.
+    let e = edit(question, target, "unike:alpha=0.5000001");
+    expect_error(&alice.post(&routes::edits(ws_id), &e)?, 400, "at most two decimals")?;
+    expect_error(&alice.post(&routes::edits(ws_id), &edit(question, target, "unike:k=100000"))?, 400, "k is 1 to")?;
+    let twice =
+        json!({"methods": ["unike:k=3/alpha=0.5", "unike:alpha=0.50,k=3"], "task": "vqa", "mode": "one-step", "n": 5});
+    expect_error(&alice.post(&routes::runs(ws_id), &twice)?, 400, "are the same method (unike:alpha=0.5/k=3)")?;
     expect_error(&alice.post(&routes::edits(ws_id), &edit(question, target, "unike:nope"))?, 400, "variant")?;
     let bad_img = |b: &str| json!({"image": {"kind": "upload", "base64": b}, "question": question, "target": target, "method": "serac"});
     expect_error(&alice.post(&routes::edits(ws_id), &bad_img("***"))?, 400, "base64")?;

@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// dropped and reloaded from disk when needed).
     #[arg(long, default_value_t = 256)]
     pub patch_cache: usize,
+    /// Built edit methods the model worker keeps (each UniKE variant is one; the least recently used is dropped and
+    /// rebuilt when needed).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub method_cache: u32,
     /// Sign-in and sign-up attempts allowed per client address every 10 minutes (in every mode).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_attempts: u32,
@@ -301,6 +305,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         info.name.clone(),
         args.queue,
         args.patch_cache.saturating_mul(1_000_000),
+        args.method_cache as usize,
     );
     let (runs, updates) = RunQueue::spawn(loaded, data_dir.clone(), world_source);
     let state = AppState {

@@ -393,14 +393,17 @@ fn validate(req: &RunRequest, guest: bool) -> ApiResult<()> {
     if req.methods.is_empty() || req.methods.len() > 16 {
         return Err(ApiErr::bad_request("a run has 1 to 16 methods"));
     }
+    // Two spellings of one UniKE variant are one method (built and scored once).
+    let mut seen = std::collections::BTreeMap::new();
     for m in &req.methods {
-        registry::check_name(m).map_err(|e| ApiErr::bad_request(e.to_string()))?;
-    }
-    let mut seen = req.methods.clone();
-    seen.sort();
-    seen.dedup();
-    if seen.len() != req.methods.len() {
-        return Err(ApiErr::bad_request("a method is listed twice"));
+        let canonical = registry::canonical_name(m).map_err(|e| ApiErr::bad_request(e.to_string()))?;
+        if let Some(first) = seen.insert(canonical.clone(), m) {
+            return Err(ApiErr::bad_request(if first == m {
+                format!("method {m} is listed twice")
+            } else {
+                format!("{first} and {m} are the same method ({canonical})")
+            }));
+        }
     }
     parse::<TaskArg>("task", &req.task)?;
     let mode: ModeArg = parse("mode", &req.mode)?;

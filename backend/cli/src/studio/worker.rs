@@ -6,7 +6,6 @@
 //! has it, and the worker assembles it from patches it already holds or loads them from disk, so a restart, an undo
 //! or a teammate's edit can never leave the worker with a stale stack.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -109,7 +108,7 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker on `loaded`; `data` is the world's data directory (training split: the memory of unrelated
     /// inputs), `root` the repository root (hyper-parameter files).
-    /// `patch_cache` bounds the loaded patches kept between jobs, in parameters.
+    /// `patch_cache` bounds the loaded patches kept between jobs, in parameters; `method_cache` the built methods.
     pub fn spawn(
         loaded: Arc<Loaded>,
         data: PathBuf,
@@ -117,6 +116,7 @@ impl Worker {
         model_name: String,
         queue: usize,
         patch_cache: usize,
+        method_cache: usize,
     ) -> Self {
         let (tx, rx) = sync_channel::<Job>(queue);
         std::thread::Builder::new()
@@ -128,7 +128,7 @@ impl Worker {
                     root,
                     model_name,
                     memory: None,
-                    methods: HashMap::new(),
+                    methods: LruCache::new(method_cache.max(1)),
                     patches: LruCache::new(patch_cache),
                 };
                 for job in rx {
@@ -189,7 +189,9 @@ struct State {
     root: PathBuf,
     model_name: String,
     memory: Option<Vec<EditSequence>>,
-    methods: HashMap<String, Box<dyn EditMethod>>,
+    /// Built methods by canonical name ([`registry::canonical_name`]), at most `method_cache` of them (the least
+    /// recently used is dropped and rebuilt when asked for again): every UniKE variant is a method of its own.
+    methods: LruCache<String, Box<dyn EditMethod>>,
     patches: LruCache<PathBuf, Patch>,
 }
 
@@ -219,8 +221,9 @@ impl State {
     }
 
     fn method(&mut self, name: &str) -> CoreResult<&dyn EditMethod> {
-        if !self.methods.contains_key(name) {
-            registry::check_name(name)?;
+        let key = registry::canonical_name(name)?;
+        let name = key.as_str();
+        if self.methods.get(&key).is_none() {
             if registry::split_name(name).0 == "unike" {
                 crate::unike_artifacts::ensure(&self.loaded).map_err(anyhow_to_core)?;
             }
@@ -243,9 +246,9 @@ impl State {
                 model_dir: &self.loaded.dir,
             };
             let m = registry::build(name, inputs)?;
-            self.methods.insert(name.to_string(), m);
+            self.methods.insert(key.clone(), m, 1);
         }
-        self.methods.get(name).map(|m| m.as_ref()).ok_or_else(|| CoreError::Invalid(format!("method {name} missing")))
+        self.methods.get(&key).map(|m| m.as_ref()).ok_or_else(|| CoreError::Invalid(format!("method {name} missing")))
     }
 
     fn stack(&mut self, entries: &[StackEntry]) -> CoreResult<PatchStack> {

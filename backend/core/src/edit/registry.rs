@@ -54,6 +54,20 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// The one spelling of method `name` (a UniKE variant's tokens in a fixed order, see [`super::unike::variant`]):
+/// names that configure the same method share it, so a server builds each method once.
+pub fn canonical_name(name: &str) -> Result<String> {
+    check_name(name)?;
+    let (base, variant) = split_name(name.trim());
+    match (base, variant) {
+        ("unike", Some(v)) => {
+            let v = super::unike::variant::canonical(v, |t| Error::Invalid(format!("unknown UniKE variant {t:?}")))?;
+            Ok(if v.is_empty() { "unike".into() } else { format!("unike:{v}") })
+        }
+        _ => Ok(base.to_string()),
+    }
+}
+
 fn params<T: serde::de::DeserializeOwned + Default>(inputs: &MethodInputs<'_>, method: &str) -> Result<T> {
     let path = hparams::hparams_path(inputs.root, method, inputs.model);
     if path.is_file() {
@@ -129,6 +143,10 @@ mod tests {
         assert!(e2.contains("unknown UniKE variant") && e2.contains("only-intrinsic"), "{e2}");
         assert!(check_name("unike:alpha=2").is_err() && check_name("ft:x").is_err());
         assert!(check_name("none").is_ok() && check_name("none:x").is_err());
+        assert_eq!(canonical_name("unike:k=3/alpha=0.50").ok().as_deref(), Some("unike:alpha=0.5/k=3"));
+        assert_eq!(canonical_name("unike:full").ok().as_deref(), Some("unike"));
+        assert_eq!(canonical_name("serac").ok().as_deref(), Some("serac"));
+        assert!(canonical_name("unike:alpha=0.5000001").is_err() && canonical_name("rome").is_err());
         assert_eq!(build("none", inputs("default")).map(|m| m.name().to_string()).ok().as_deref(), Some("none"));
         let e3 = build("unike", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e3.contains("build-memory"), "{e3}");

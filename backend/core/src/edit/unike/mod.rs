@@ -11,6 +11,7 @@
 pub mod encoders;
 pub mod latent;
 pub mod memory;
+pub mod variant;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -136,7 +137,9 @@ pub const FIXED_ALPHA: f32 = 0.8;
 
 impl UniKeParams {
     /// Applies a list of variants separated by `/` (`,` too, outside the CLI whose `--methods` splits on commas) (see [`VARIANTS`]).
+    /// Values are bounded and one mode at most is named (see [`variant`]).
     pub fn apply_variant(&mut self, variant: &str) -> Result<()> {
+        variant::check(variant, bad_variant)?;
         for v in variant.split(['/', ',']).map(str::trim).filter(|v| !v.is_empty()) {
             match v {
                 "full" => {}
