@@ -696,3 +696,49 @@ fn password_guessing_is_throttled_per_account_and_per_address_outside_demo_mode(
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn a_member_removed_while_an_edit_runs_commits_nothing() -> Result<()> {
+    let dir = temp_dir("recheck")?;
+    let server = Server::start(&dir.join("r.db"), &[])?;
+    let port = server.port;
+    let mut alice = Client::new(port);
+    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
+    let ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let mut bob = Client::new(port);
+    assert_eq!(bob.auth(routes::SIGN_UP, "bob")?.status, 200);
+    let bob_id = bob.get(routes::SESSION)?.json()?["user"]["id"].as_i64().context("bob's id")?;
+    let inv = alice.post(&routes::invitations(ws), &json!({"username": "bob", "role": "editor"}))?;
+    let inv_id = inv.json()?["id"].as_i64().context("invitation")?;
+    assert_eq!(bob.post(&routes::invitation_accept(inv_id), &json!({}))?.status, 200);
+    let gallery = alice.get(routes::GALLERY)?.json()?;
+    let edit = |i: usize, method: &str| {
+        let g = &gallery[i];
+        json!({"image": {"kind": "gallery", "id": g["id"]}, "question": g["question"], "target": g["target"], "method": method})
+    };
+    // Alice's T-Patcher edit holds the model worker (seconds); Bob's edit waits behind it, and Alice removes Bob
+    // meanwhile. His edit passed the role check when it started, but must not be stored when it ends.
+    let (e_alice, e_bob) = (edit(0, "t-patcher"), edit(1, "t-patcher"));
+    let mut a2 = alice.clone();
+    let first = std::thread::spawn(move || a2.post(&routes::edits(ws), &e_alice));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b2 = bob.clone();
+    let second = std::thread::spawn(move || b2.post(&routes::edits(ws), &e_bob));
+    std::thread::sleep(Duration::from_millis(300));
+    let removed = alice.raw("DELETE", &routes::member(ws, bob_id), None, true)?;
+    ensure!(removed.status == 200, "{}", removed.body);
+    let first = first.join().map_err(|_| anyhow::anyhow!("alice's edit panicked"))??;
+    ensure!(first.status == 200, "{}", first.body);
+    let second = second.join().map_err(|_| anyhow::anyhow!("bob's edit panicked"))??;
+    expect_error(&second, 404, "workspace")?;
+    // Only Alice's edit is on the stack, and only her patch (its .json and .safetensors) is on disk.
+    let edits = alice.get(&routes::edits(ws))?.json()?;
+    assert_eq!(edits["edits"].as_array().map(Vec::len), Some(1), "{edits}");
+    let patches = dir.join("r.db.d").join("patches").join(format!("ws{ws}"));
+    let names: Vec<String> =
+        std::fs::read_dir(&patches)?.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -208,10 +208,21 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
 /// The caller's role in `workspace`: 404 when the workspace does not exist or the caller is not a member (so ids of
 /// other teams' workspaces leak nothing), 403 when the role is below `need`.
 pub async fn role_in(st: &AppState, caller: &Caller, workspace: i64, need: Role) -> ApiResult<Role> {
+    recheck(&mut *st.db.acquire().await?, caller, workspace, need).await
+}
+
+/// [`role_in`] on `conn`: inside the write transaction that stores what a (possibly long) operation made, so that a
+/// member removed or demoted meanwhile commits nothing.
+pub async fn recheck(
+    conn: &mut sqlx::SqliteConnection,
+    caller: &Caller,
+    workspace: i64,
+    need: Role,
+) -> ApiResult<Role> {
     let role: Option<(String,)> = sqlx::query_as("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?")
         .bind(workspace)
         .bind(caller.user.id)
-        .fetch_optional(&st.db)
+        .fetch_optional(&mut *conn)
         .await?;
     let role =
         role.and_then(|(r,)| Role::parse(&r)).ok_or_else(|| ApiErr::not_found(format!("workspace {workspace}")))?;

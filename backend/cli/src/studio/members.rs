@@ -80,6 +80,7 @@ pub async fn set_role(
     let c = auth::writer(&st, &headers, addr.ip()).await?;
     auth::role_in(&st, &c, ws, Role::Owner).await?;
     let mut tx = super::write_tx(&st.db).await?;
+    auth::recheck(&mut tx, &c, ws, Role::Owner).await?;
     let (name, guest, old) = member_of(&mut tx, ws, user).await?;
     if old == Role::Owner && req.role != Role::Owner {
         keep_an_owner(&mut tx, ws).await?;
@@ -107,6 +108,7 @@ pub async fn remove(
     let leaving = user == c.user.id;
     auth::role_in(&st, &c, ws, if leaving { Role::Viewer } else { Role::Owner }).await?;
     let mut tx = super::write_tx(&st.db).await?;
+    auth::recheck(&mut tx, &c, ws, if leaving { Role::Viewer } else { Role::Owner }).await?;
     let (name, _, role) = member_of(&mut tx, ws, user).await?;
     if role == Role::Owner {
         keep_an_owner(&mut tx, ws).await?;
@@ -194,6 +196,7 @@ pub async fn invite(
         return Err(ApiErr::bad_request("demo guests cannot join workspaces"));
     }
     let mut tx = super::write_tx(&st.db).await?;
+    auth::recheck(&mut tx, &c, ws, Role::Owner).await?;
     let member: Option<(String,)> =
         sqlx::query_as("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?")
             .bind(ws)
@@ -235,6 +238,7 @@ pub async fn revoke(
     let c = auth::writer(&st, &headers, addr.ip()).await?;
     auth::role_in(&st, &c, ws, Role::Owner).await?;
     let mut tx = super::write_tx(&st.db).await?;
+    auth::recheck(&mut tx, &c, ws, Role::Owner).await?;
     let name: Option<(String,)> = sqlx::query_as(
         "DELETE FROM invitations WHERE id = ? AND workspace_id = ? \
          RETURNING (SELECT username FROM users WHERE users.id = invitations.user_id)",

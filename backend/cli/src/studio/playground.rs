@@ -204,7 +204,32 @@ pub async fn apply(
         edit_ms: out.edit_ms,
         probes: out.probes,
     };
+    let stored = store_edit(&st, &c, ws, &req, &rel, img.as_ref(), &mut edit).await;
+    if let Err(e) = stored {
+        // Nothing refers to the patch: a member removed meanwhile, or a failed write, leaves no file behind.
+        for f in unike_core::edit::Patch::files(&st.data_dir.join(&rel)) {
+            let _ = std::fs::remove_file(f);
+        }
+        return Err(e);
+    }
+    events::publish(&st, Event::EditApplied { workspace_id: ws, edit: edit.clone() });
+    Ok(Json(edit))
+}
+
+/// Stores an applied edit (its case, its row, the audit line) in one transaction, after checking again that the
+/// caller may still edit the workspace.
+async fn store_edit(
+    st: &AppState,
+    c: &Caller,
+    ws: i64,
+    req: &EditRequest,
+    rel: &std::path::Path,
+    img: Option<&gallery::ResolvedImage<'_>>,
+    edit: &mut AppliedEdit,
+) -> ApiResult<()> {
+    let (question, target, method) = (edit.question.clone(), edit.target.clone(), edit.method.clone());
     let mut tx = super::write_tx(&st.db).await?;
+    auth::recheck(&mut tx, c, ws, Role::Editor).await?;
     let case_id: i64 = sqlx::query_scalar(
         "INSERT INTO edit_cases (workspace_id, question, target, pred, image, rephrase, source) \
          VALUES (?, ?, ?, ?, ?, ?, 'playground') RETURNING id",
@@ -214,12 +239,7 @@ pub async fn apply(
     .bind(&target)
     .bind(&edit.before)
     .bind(&edit.image_url)
-    .bind(
-        img.as_ref()
-            .and_then(|i| i.case)
-            .filter(|(_, c)| c.prompt.trim() == question)
-            .map(|(_, c)| c.rephrase_prompt.clone()),
-    )
+    .bind(img.and_then(|i| i.case).filter(|(_, c)| c.prompt.trim() == question).map(|(_, c)| c.rephrase_prompt.clone()))
     .fetch_one(&mut *tx)
     .await?;
     let (id, created_at): (i64, String) = sqlx::query_as(
@@ -236,15 +256,14 @@ pub async fn apply(
     .await?;
     (edit.id, edit.created_at) = (id, created_at);
     sqlx::query("UPDATE applied_edits SET result_json = ? WHERE id = ?")
-        .bind(serde_json::to_string(&edit).map_err(ApiErr::internal)?)
+        .bind(serde_json::to_string(&*edit).map_err(ApiErr::internal)?)
         .bind(id)
         .execute(&mut *tx)
         .await?;
     audit::record(&mut tx, Some(ws), c.user.id, "edit.apply", &format!("#{id} {method}: {question} → {target}"))
         .await?;
     tx.commit().await?;
-    events::publish(&st, Event::EditApplied { workspace_id: ws, edit: edit.clone() });
-    Ok(Json(edit))
+    Ok(())
 }
 
 /// `DELETE /api/workspaces/{id}/edits/{edit}` (editors): drops one edit from anywhere in the stack.
@@ -258,6 +277,7 @@ pub async fn undo(
     auth::role_in(&st, &c, ws, Role::Editor).await?;
     let _guard = st.edit_locks.lock(ws).await;
     let mut tx = super::write_tx(&st.db).await?;
+    auth::recheck(&mut tx, &c, ws, Role::Editor).await?;
     let n = sqlx::query(
         "UPDATE applied_edits SET active = 0, undone_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
          WHERE id = ? AND workspace_id = ? AND active = 1",
@@ -375,6 +395,7 @@ pub async fn import(
         }
     }
     let mut tx = super::write_tx(&st.db).await?;
+    auth::recheck(&mut tx, &c, ws, Role::Editor).await?;
     for case in &req.cases {
         sqlx::query(
             "INSERT INTO edit_cases (workspace_id, question, target, pred, image, rephrase, image_rephrase, loc, loc_ans, \

@@ -522,6 +522,7 @@ pub async fn create(
     let snapshot = if req.data == WORKSPACE { Some(snapshot(&st, ws, &mut req).await?) } else { None };
     let stored = async {
         let mut tx = super::write_tx(&st.db).await?;
+        auth::recheck(&mut tx, &c, ws, Role::Editor).await?;
         check_caps(&mut tx, &c).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO benchmark_runs (workspace_id, author_id, model, request_json, status, total, note) \
@@ -628,18 +629,20 @@ pub async fn cancel(
     let c = auth::writer(&st, &headers, addr.ip()).await?;
     let run = load(&st, id).await?;
     // As `get`: a run of a workspace the caller cannot see does not exist for them (nor does its workspace's id).
-    auth::role_in(&st, &c, run.workspace_id, Role::Editor).await.map_err(|e| {
+    let hide = |e: ApiErr| {
         if e.status == axum::http::StatusCode::NOT_FOUND {
             ApiErr::not_found(format!("run {id}"))
         } else {
             e
         }
-    })?;
+    };
+    auth::role_in(&st, &c, run.workspace_id, Role::Editor).await.map_err(hide)?;
     if run.status.is_final() {
         return Err(ApiErr::conflict(format!("run {id} is already {}", run.status.as_str())));
     }
-    st.runs.cancel(id);
     let mut tx = super::write_tx(&st.db).await?;
+    auth::recheck(&mut tx, &c, run.workspace_id, Role::Editor).await.map_err(hide)?;
+    st.runs.cancel(id);
     // A queued run never starts; a running one stops after its current case (the worker then records it), and is
     // not resumed by a restart before then.
     sqlx::query(

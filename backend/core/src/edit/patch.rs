@@ -177,6 +177,11 @@ impl Patch {
         neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>() + contexts + latent + serac
     }
 
+    /// The files [`Patch::save`] writes for `base`.
+    pub fn files(base: &Path) -> [PathBuf; 2] {
+        [base.with_extension("safetensors"), base.with_extension("json")]
+    }
+
     /// Writes `base.safetensors` and `base.json` (`base` is a path without extension).
     pub fn save(&self, base: &Path) -> Result<()> {
         let (st, js) = (base.with_extension("safetensors"), base.with_extension("json"));
