@@ -742,3 +742,68 @@ fn a_member_removed_while_an_edit_runs_commits_nothing() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Sends a request and hangs up after `wait` (a visitor who closes the tab).
+fn hang_up(c: &Client, path: &str, body: &Value, wait: Duration) -> Result<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", c.port))?;
+    let body = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCookie: unike_session={}\r\nx-csrf-token: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        c.cookie.as_deref().unwrap_or(""),
+        c.csrf.as_deref().unwrap_or(""),
+        body.len()
+    );
+    s.write_all(req.as_bytes())?;
+    std::thread::sleep(wait);
+    s.shutdown(std::net::Shutdown::Both)?;
+    Ok(())
+}
+
+#[test]
+fn a_visitor_who_hangs_up_leaves_no_work_and_no_files_behind() -> Result<()> {
+    let dir = temp_dir("hangup")?;
+    let db = dir.join("h.db");
+    let mut server = Server::start(&db, &[])?;
+    let port = server.port;
+    let mut alice = Client::new(port);
+    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
+    let a_ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let mut bob = Client::new(port);
+    assert_eq!(bob.auth(routes::SIGN_UP, "bob")?.status, 200);
+    let b_ws = bob.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let gallery = alice.get(routes::GALLERY)?.json()?;
+    let edit = |i: usize| {
+        let g = &gallery[i];
+        json!({"image": {"kind": "gallery", "id": g["id"]}, "question": g["question"], "target": g["target"], "method": "t-patcher"})
+    };
+    // Alice's edit holds the model worker; Bob asks for three edits and hangs up each time once they are queued.
+    let mut a2 = alice.clone();
+    let e0 = edit(0);
+    let first = std::thread::spawn(move || a2.post(&routes::edits(a_ws), &e0));
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 1..4 {
+        hang_up(&bob, &routes::edits(b_ws), &edit(i), Duration::from_millis(150))?;
+    }
+    let first = first.join().map_err(|_| anyhow::anyhow!("alice's edit panicked"))??;
+    ensure!(first.status == 200, "{}", first.body);
+    // An answer queued behind Bob's jobs returns once the worker has passed them.
+    let g = &gallery[0];
+    let ask = json!({"image": {"kind": "gallery", "id": g["id"]}, "question": g["question"]});
+    assert_eq!(alice.post(&routes::answer(a_ws), &ask)?.status, 200);
+    assert_eq!(bob.get(&routes::edits(b_ws))?.json()?["edits"].as_array().map(Vec::len), Some(0));
+    let patches = dir.join("h.db.d").join("patches");
+    let count = |ws: i64| std::fs::read_dir(patches.join(format!("ws{ws}"))).map_or(0, |d| d.count());
+    assert_eq!(count(b_ws), 0, "no patch of a dropped edit stays on disk");
+    assert_eq!(count(a_ws), 2);
+    // A patch nobody refers to (a server stopped between saving and recording it) is removed at start-up.
+    let orphan = patches.join(format!("ws{a_ws}")).join("0123456789abcdef.json");
+    std::fs::write(&orphan, "{}")?;
+    server.kill();
+    let _server = Server::start(&db, &[])?;
+    assert!(!orphan.exists());
+    assert_eq!(count(a_ws), 2, "the recorded patch stays");
+    drop(_server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -330,6 +330,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     tokio::spawn(runs::record(state.clone(), updates));
     let resumed = runs::resume(&state).await?;
+    let orphans = playground::remove_orphan_patches(&state).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    if orphans > 0 {
+        eprintln!("studio: removed {orphans} patch(es) no edit refers to");
+    }
     // Load UniKE's memory and encoders ahead of the first edit when they are built (building them is left to the first
     // UniKE edit, which says so in the log).
     if unike_core::edit::unike::Artifacts::present(&loaded_dir) {

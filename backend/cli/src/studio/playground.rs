@@ -161,7 +161,7 @@ pub async fn apply(
         None => None,
     };
     // One edit at a time: a stack is read, extended and written as one step.
-    let _guard = st.edit_locks.lock(ws).await;
+    let guard = st.edit_locks.lock(ws).await;
     let entries = stack(&st, ws).await?;
     if c.user.guest {
         // Every edit keeps its patch on disk (undone ones too, for the audit trail), so a sandbox's total is capped.
@@ -204,16 +204,27 @@ pub async fn apply(
         edit_ms: out.edit_ms,
         probes: out.probes,
     };
-    let stored = store_edit(&st, &c, ws, &req, &rel, img.as_ref(), &mut edit).await;
-    if let Err(e) = stored {
-        // Nothing refers to the patch: a member removed meanwhile, or a failed write, leaves no file behind.
-        for f in unike_core::edit::Patch::files(&st.data_dir.join(&rel)) {
-            let _ = std::fs::remove_file(f);
+    let rephrase = img
+        .as_ref()
+        .and_then(|i| i.case)
+        .filter(|(_, c)| c.prompt.trim() == question)
+        .map(|(_, c)| c.rephrase_prompt.clone());
+    // Once the model has made the patch it is recorded (or removed) in a task of its own, also when the client has
+    // gone meanwhile: what is on disk is what the database counts. The stack's lock goes with it.
+    let task = tokio::spawn(async move {
+        let _guard = guard;
+        let stored = store_edit(&st, &c, ws, req.seed, &rel, rephrase, &mut edit).await;
+        if let Err(e) = stored {
+            // Nothing refers to the patch: a member removed meanwhile, or a failed write, leaves no file behind.
+            for f in unike_core::edit::Patch::files(&st.data_dir.join(&rel)) {
+                let _ = std::fs::remove_file(f);
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
-    events::publish(&st, Event::EditApplied { workspace_id: ws, edit: edit.clone() });
-    Ok(Json(edit))
+        events::publish(&st, Event::EditApplied { workspace_id: ws, edit: edit.clone() });
+        Ok(edit)
+    });
+    Ok(Json(task.await.map_err(ApiErr::internal)??))
 }
 
 /// Stores an applied edit (its case, its row, the audit line) in one transaction, after checking again that the
@@ -222,9 +233,9 @@ async fn store_edit(
     st: &AppState,
     c: &Caller,
     ws: i64,
-    req: &EditRequest,
+    seed: u64,
     rel: &std::path::Path,
-    img: Option<&gallery::ResolvedImage<'_>>,
+    rephrase: Option<String>,
     edit: &mut AppliedEdit,
 ) -> ApiResult<()> {
     let (question, target, method) = (edit.question.clone(), edit.target.clone(), edit.method.clone());
@@ -239,7 +250,7 @@ async fn store_edit(
     .bind(&target)
     .bind(&edit.before)
     .bind(&edit.image_url)
-    .bind(img.and_then(|i| i.case).filter(|(_, c)| c.prompt.trim() == question).map(|(_, c)| c.rephrase_prompt.clone()))
+    .bind(rephrase)
     .fetch_one(&mut *tx)
     .await?;
     let (id, created_at): (i64, String) = sqlx::query_as(
@@ -250,7 +261,7 @@ async fn store_edit(
     .bind(case_id)
     .bind(c.user.id)
     .bind(&method)
-    .bind(req.seed as i64)
+    .bind(seed as i64)
     .bind(rel.to_string_lossy().as_ref())
     .fetch_one(&mut *tx)
     .await?;
@@ -419,4 +430,33 @@ pub async fn import(
     audit::record(&mut tx, Some(ws), c.user.id, "cases.import", &format!("{} cases", req.cases.len())).await?;
     tx.commit().await?;
     Ok(Json(ImportSummary { imported: req.cases.len() }))
+}
+
+/// Removes the patch files no edit refers to (an edit whose server stopped between saving its patch and recording
+/// it); run at start-up, before any edit can be in flight. Returns how many patches were removed.
+pub async fn remove_orphan_patches(st: &AppState) -> ApiResult<usize> {
+    let known: std::collections::HashSet<String> =
+        sqlx::query_scalar::<_, String>("SELECT patch_dir FROM applied_edits")
+            .fetch_all(&st.db)
+            .await?
+            .into_iter()
+            .collect();
+    let root = st.data_dir.join("patches");
+    let Ok(workspaces) = std::fs::read_dir(&root) else { return Ok(0) };
+    let mut removed = std::collections::BTreeSet::new();
+    for ws in workspaces.flatten() {
+        let Ok(files) = std::fs::read_dir(ws.path()) else { continue };
+        for f in files.flatten() {
+            let path = f.path();
+            let (Some(stem), Some(ext)) = (path.file_stem(), path.extension()) else { continue };
+            if ext != "json" && ext != "safetensors" {
+                continue;
+            }
+            let rel = PathBuf::from("patches").join(ws.file_name()).join(stem);
+            if !known.contains(rel.to_string_lossy().as_ref()) && std::fs::remove_file(&path).is_ok() {
+                removed.insert(rel);
+            }
+        }
+    }
+    Ok(removed.len())
 }

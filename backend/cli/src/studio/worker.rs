@@ -135,11 +135,23 @@ impl Worker {
                     // A panic is our bug, not the user's: its job's reply is dropped (a 500) and the worker goes on
                     // with the next job instead of leaving every later request without a model.
                     let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
+                        // A job whose requester is gone (the client disconnected) is skipped: it would only keep
+                        // everyone else waiting.
                         Job::Answer { stack, image, question, reply } => {
-                            let _ = reply.send(st.answer_job(&stack, image.as_deref(), &question));
+                            if !reply.is_closed() {
+                                let _ = reply.send(st.answer_job(&stack, image.as_deref(), &question));
+                            }
                         }
                         Job::Edit { stack, job, reply } => {
-                            let _ = reply.send(st.edit_job(&stack, &job));
+                            if !reply.is_closed() {
+                                let out = st.edit_job(&stack, &job);
+                                if reply.send(out).is_err() {
+                                    // Nobody will record the patch it saved.
+                                    for f in Patch::files(&job.save_to) {
+                                        let _ = std::fs::remove_file(f);
+                                    }
+                                }
+                            }
                         }
                         Job::Warm { method } => {
                             if let Err(e) = st.method(&method) {
