@@ -807,3 +807,60 @@ fn a_visitor_who_hangs_up_leaves_no_work_and_no_files_behind() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Opens an event stream and reads its status line; the connection stays open while the stream lives.
+fn open_stream(c: &Client, workspace: i64) -> Result<(u16, TcpStream)> {
+    let mut s = TcpStream::connect(("127.0.0.1", c.port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {}?workspace={workspace} HTTP/1.1\r\nHost: x\r\nCookie: unike_session={}\r\n\r\n",
+        routes::EVENTS,
+        c.cookie.as_deref().unwrap_or("")
+    )?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        ensure!(s.read(&mut byte)? == 1, "closed before a status line");
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head).split_whitespace().nth(1).context("status")?.parse()?;
+    Ok((status, s))
+}
+
+#[test]
+fn live_update_streams_are_capped_per_session_and_address() -> Result<()> {
+    let dir = temp_dir("streams")?;
+    let server = Server::start(&dir.join("s.db"), &["--streams-per-session", "3", "--streams-per-address", "5"])?;
+    let port = server.port;
+    let mut alice = Client::new(port);
+    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
+    let ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (status, s) = open_stream(&alice, ws)?;
+        assert_eq!(status, 200);
+        open.push(s);
+    }
+    assert_eq!(open_stream(&alice, ws)?.0, 429, "a fourth stream of one session");
+    // A closed page frees its slot.
+    drop(open.pop());
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, s) = open_stream(&alice, ws)?;
+    assert_eq!(status, 200);
+    open.push(s);
+    // Another session from the same address: two more, then the address is full.
+    let mut bob = Client::new(port);
+    assert_eq!(bob.auth(routes::SIGN_UP, "bob")?.status, 200);
+    let bws = bob.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    for _ in 0..2 {
+        let (status, s) = open_stream(&bob, bws)?;
+        assert_eq!(status, 200);
+        open.push(s);
+    }
+    assert_eq!(open_stream(&bob, bws)?.0, 429, "a sixth stream from one address");
+    drop(open);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

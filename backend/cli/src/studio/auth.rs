@@ -127,8 +127,20 @@ pub async fn start_session(st: &AppState, user_id: i64, ip: Option<IpAddr>) -> A
 pub async fn end_session(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     if let Some(t) = cookie_token(headers) {
         sqlx::query("DELETE FROM sessions WHERE token_hash = ?").bind(sha256_hex(t.as_bytes())).execute(&st.db).await?;
+        access_changed(st);
     }
     Ok(())
+}
+
+/// The session a request carries, as the database knows it (the token's SHA-256), for per-session limits.
+pub fn session_key(headers: &HeaderMap) -> Option<String> {
+    cookie_token(headers).map(|t| sha256_hex(t.as_bytes()))
+}
+
+/// Says that someone may have lost access (a session ended, a membership removed or changed): open event streams
+/// check their caller's access again before their next event instead of trusting what they checked last.
+pub fn access_changed(st: &AppState) {
+    st.access_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// The caller, if the request carries a live session.

@@ -94,6 +94,7 @@ pub async fn set_role(
     let detail = format!("{name}: {} → {}", old.as_str(), req.role.as_str());
     audit::record(&mut tx, Some(ws), c.user.id, "member.role", &detail).await?;
     tx.commit().await?;
+    auth::access_changed(&st);
     Ok(Json(Member { user: UserInfo { id: user, username: name, guest }, role: req.role }))
 }
 
@@ -121,6 +122,7 @@ pub async fn remove(
     let (action, detail) = if leaving { ("member.leave", name) } else { ("member.remove", name) };
     audit::record(&mut tx, Some(ws), c.user.id, action, &detail).await?;
     tx.commit().await?;
+    auth::access_changed(&st);
     Ok(Json(member_list(&st, ws).await?))
 }
 

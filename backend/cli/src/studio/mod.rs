@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// rebuilt when needed).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub method_cache: u32,
+    /// Live-update streams (server-sent events) one session may hold open at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub streams_per_session: u32,
+    /// Live-update streams one client address may hold open at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub streams_per_address: u32,
     /// Sign-in and sign-up attempts allowed per client address every 10 minutes (in every mode).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_attempts: u32,
@@ -105,6 +111,10 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// Throttles of password work (every mode).
     pub auth_throttle: Arc<throttle::AuthThrottle>,
+    /// Open live-update streams per session and address.
+    pub streams: Arc<events::StreamCounts>,
+    /// Bumped whenever someone may have lost access (see [`auth::access_changed`]).
+    pub access_epoch: Arc<std::sync::atomic::AtomicU64>,
     pub demo: bool,
     pub secure_cookies: bool,
     /// Trusted reverse proxies in front of the studio (`--trust-proxy`).
@@ -320,6 +330,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             args.auth_failures as usize,
             args.hash_concurrency as usize,
         )),
+        streams: Arc::new(events::StreamCounts::new(
+            args.streams_per_session as usize,
+            args.streams_per_address as usize,
+        )),
+        access_epoch: Arc::default(),
         demo: args.demo,
         secure_cookies: args.secure_cookies,
         trust_proxy: args.trust_proxy,
