@@ -864,3 +864,33 @@ fn live_update_streams_are_capped_per_session_and_address() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn a_workspace_holds_at_most_its_case_quota() -> Result<()> {
+    let dir = temp_dir("quota")?;
+    let server = Server::start(&dir.join("q.db"), &["--cases-per-workspace", "3"])?;
+    let port = server.port;
+    let mut alice = Client::new(port);
+    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
+    let ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let case = |q: &str| json!({"src": q, "alt": "yes", "image": "a.jpg"});
+    let two = json!({"cases": [case("one?"), case("two?")]});
+    assert_eq!(alice.post(&routes::cases(ws), &two)?.status, 200);
+    let r = alice.post(&routes::cases(ws), &two)?;
+    expect_error(&r, 413, "at most 3 cases")?;
+    assert_eq!(alice.get(&routes::cases(ws))?.json()?.as_array().map(Vec::len), Some(2), "all or nothing");
+    // A Playground edit adds a case too: the third fits, a fourth does not (and leaves no patch behind).
+    let gallery = alice.get(routes::GALLERY)?.json()?;
+    let edit = |i: usize| {
+        let g = &gallery[i];
+        json!({"image": {"kind": "gallery", "id": g["id"]}, "question": g["question"], "target": g["target"], "method": "serac"})
+    };
+    let r = alice.post(&routes::edits(ws), &edit(0))?;
+    ensure!(r.status == 200, "{}", r.body);
+    expect_error(&alice.post(&routes::edits(ws), &edit(1))?, 413, "at most 3 cases")?;
+    let patches = dir.join("q.db.d").join("patches").join(format!("ws{ws}"));
+    assert_eq!(std::fs::read_dir(&patches)?.count(), 2, "only the stored edit's patch");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

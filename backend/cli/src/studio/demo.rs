@@ -22,10 +22,12 @@ pub struct DemoCaps {
     pub seeds: u64,
     /// Guest accounts one address may create per hour.
     pub guests_per_hour: usize,
+    /// Cases a sandbox may hold (imports and edits together).
+    pub cases: usize,
 }
 
 pub const DEMO_CAPS: DemoCaps =
-    DemoCaps { edits: 10, edits_total: 50, runs: 3, run_n: 30, seeds: 10, guests_per_hour: 20 };
+    DemoCaps { edits: 10, edits_total: 50, runs: 3, run_n: 30, seeds: 10, guests_per_hour: 20, cases: 200 };
 
 /// A token bucket per client address: `burst` writes at once, refilled at `per_second`.
 pub struct RateLimits {

@@ -40,6 +40,11 @@ impl ApiErr {
         Self::new(StatusCode::CONFLICT, message)
     }
 
+    /// A storage quota is full (413 with the quota in the message).
+    pub fn quota(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+
     pub fn too_many(message: impl Into<String>) -> Self {
         Self::new(StatusCode::TOO_MANY_REQUESTS, message)
     }

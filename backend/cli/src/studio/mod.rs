@@ -83,6 +83,9 @@ pub struct ServeArgs {
     /// rebuilt when needed).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub method_cache: u32,
+    /// Cases one workspace may hold (imports and Playground edits together; demo sandboxes: 200).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cases_per_workspace: u32,
     /// Live-update streams (server-sent events) one session may hold open at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub streams_per_session: u32,
@@ -113,6 +116,8 @@ pub struct AppState {
     pub auth_throttle: Arc<throttle::AuthThrottle>,
     /// Open live-update streams per session and address.
     pub streams: Arc<events::StreamCounts>,
+    /// Cases one (non-demo) workspace may hold.
+    pub cases_per_workspace: usize,
     /// Bumped whenever someone may have lost access (see [`auth::access_changed`]).
     pub access_epoch: Arc<std::sync::atomic::AtomicU64>,
     pub demo: bool,
@@ -335,6 +340,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             args.streams_per_address as usize,
         )),
         access_epoch: Arc::default(),
+        cases_per_workspace: args.cases_per_workspace as usize,
         demo: args.demo,
         secure_cookies: args.secure_cookies,
         trust_proxy: args.trust_proxy,

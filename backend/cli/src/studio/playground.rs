@@ -241,6 +241,14 @@ async fn store_edit(
     let (question, target, method) = (edit.question.clone(), edit.target.clone(), edit.method.clone());
     let mut tx = super::write_tx(&st.db).await?;
     auth::recheck(&mut tx, c, ws, Role::Editor).await?;
+    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM edit_cases WHERE workspace_id = ?")
+        .bind(ws)
+        .fetch_one(&mut *tx)
+        .await?;
+    let quota = if c.user.guest { DEMO_CAPS.cases } else { st.cases_per_workspace };
+    if held as usize >= quota {
+        return Err(ApiErr::quota(format!("a workspace holds at most {quota} cases (each edit adds one)")));
+    }
     let case_id: i64 = sqlx::query_scalar(
         "INSERT INTO edit_cases (workspace_id, question, target, pred, image, rephrase, source) \
          VALUES (?, ?, ?, ?, ?, ?, 'playground') RETURNING id",
@@ -407,6 +415,18 @@ pub async fn import(
     }
     let mut tx = super::write_tx(&st.db).await?;
     auth::recheck(&mut tx, &c, ws, Role::Editor).await?;
+    // Counted in the transaction that writes, so parallel imports cannot each pass the check.
+    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM edit_cases WHERE workspace_id = ?")
+        .bind(ws)
+        .fetch_one(&mut *tx)
+        .await?;
+    let quota = if c.user.guest { DEMO_CAPS.cases } else { st.cases_per_workspace };
+    if held as usize + req.cases.len() > quota {
+        return Err(ApiErr::quota(format!(
+            "a workspace holds at most {quota} cases; it has {held}, and this import adds {}",
+            req.cases.len()
+        )));
+    }
     for case in &req.cases {
         sqlx::query(
             "INSERT INTO edit_cases (workspace_id, question, target, pred, image, rephrase, image_rephrase, loc, loc_ans, \
