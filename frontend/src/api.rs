@@ -59,9 +59,13 @@ pub async fn fetch_model() -> Result<ModelInfo, ClientError> {
     get_json(routes::MODEL).await
 }
 
-/// `GET` [`routes::SESSION`] (remembering its CSRF token).
+/// `GET` [`routes::SESSION`] (remembering its CSRF token); in demo mode a visitor without a session then asks for a
+/// guest sandbox ([`routes::GUEST`]: the server creates one only on this explicit request).
 pub async fn fetch_session() -> Result<SessionInfo, ClientError> {
-    let s: SessionInfo = get_json(routes::SESSION).await?;
+    let mut s: SessionInfo = get_json(routes::SESSION).await?;
+    if s.user.is_none() && s.demo {
+        s = post_json(routes::GUEST, &()).await?;
+    }
     remember(&s);
     Ok(s)
 }

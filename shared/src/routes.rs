@@ -17,8 +17,11 @@ pub const SIGN_UP: &str = "/api/auth/signup";
 pub const SIGN_IN: &str = "/api/auth/signin";
 /// `POST` → [`crate::auth::SessionInfo`] (signed out).
 pub const SIGN_OUT: &str = "/api/auth/signout";
-/// `GET` → [`crate::auth::SessionInfo`]; in demo mode a visitor without a session gets a guest sandbox here.
+/// `GET` → [`crate::auth::SessionInfo`] (no session: `user` is empty).
 pub const SESSION: &str = "/api/auth/session";
+/// `POST` → [`crate::auth::SessionInfo`]: in demo mode, a guest sandbox for a visitor without a session (the CSRF
+/// header must be present, so a third-party page cannot create one).
+pub const GUEST: &str = "/api/auth/guest";
 
 /// `GET` → `Vec<`[`crate::playground::GalleryItem`]`>`.
 pub const GALLERY: &str = "/api/gallery";
@@ -145,7 +148,8 @@ pub const ALL: &[RouteDoc] = &[
     r("post", SIGN_UP, "Create an account and sign in", Some("Credentials"), "SessionInfo"),
     r("post", SIGN_IN, "Sign in", Some("Credentials"), "SessionInfo"),
     r("post", SIGN_OUT, "Sign out", None, "SessionInfo"),
-    r("get", SESSION, "The current session (demo mode: a guest sandbox)", None, "SessionInfo"),
+    r("get", SESSION, "The current session", None, "SessionInfo"),
+    r("post", GUEST, "Demo mode: start a guest sandbox", None, "SessionInfo"),
     r("get", GALLERY, "The world's image gallery", None, "GalleryItem[]"),
     r("get", IMAGE, "A gallery or uploaded image (PNG)", None, "binary"),
     r("get", WORKSPACES, "The caller's workspaces", None, "Workspace[]"),

@@ -120,6 +120,17 @@ impl Client {
         self.raw("POST", path, Some(&body.to_string()), true)
     }
 
+    /// Starts a demo guest sandbox (the CSRF header must be there; any value before a session exists) and keeps the
+    /// session's CSRF token.
+    fn guest(&mut self) -> Result<Reply> {
+        self.csrf.get_or_insert_with(|| "new".into());
+        let r = self.raw("POST", routes::GUEST, None, true)?;
+        if r.status == 200 {
+            self.csrf = r.json()?["csrf_token"].as_str().map(str::to_string);
+        }
+        Ok(r)
+    }
+
     /// Signs up (or in) and keeps the session's CSRF token.
     fn auth(&mut self, route: &str, user: &str) -> Result<Reply> {
         let r =
@@ -599,9 +610,16 @@ fn demo_mode_gives_each_visitor_an_isolated_capped_rate_limited_sandbox() -> Res
     let dir = temp_dir("demo")?;
     let server = Server::start(&dir.join("demo.db"), &["--demo"])?;
     let port = server.port;
+    // Loading a page creates nothing: a cookie-less session request answers without a user, and a guest sandbox is
+    // created only by an explicit POST carrying the CSRF header (a third-party page can send neither).
+    let mut stranger = Client::new(port);
+    let s = stranger.get(routes::SESSION)?.json()?;
+    assert_eq!((s["demo"].clone(), s["user"].clone()), (json!(true), Value::Null), "{s}");
+    assert!(stranger.cookie.is_none());
+    expect_error(&stranger.raw("POST", routes::GUEST, None, false)?, 403, "header")?;
     let visitor = |port| -> Result<(Client, i64)> {
         let mut c = Client::new(port);
-        let s = c.get(routes::SESSION)?.json()?;
+        let s = c.guest()?.json()?;
         assert_eq!(s["demo"], true);
         assert_eq!(s["user"]["guest"], true);
         c.csrf = s["csrf_token"].as_str().map(str::to_string);
@@ -640,7 +658,7 @@ fn demo_mode_gives_each_visitor_an_isolated_capped_rate_limited_sandbox() -> Res
     let mut refused = None;
     for _ in 0..30 {
         let mut g = Client::new(port);
-        let r = g.get(routes::SESSION)?;
+        let r = g.guest()?;
         if r.status == 429 {
             refused = Some(r);
             break;
@@ -891,6 +909,81 @@ fn a_workspace_holds_at_most_its_case_quota() -> Result<()> {
     let patches = dir.join("q.db.d").join("patches").join(format!("ws{ws}"));
     assert_eq!(std::fs::read_dir(&patches)?.count(), 2, "only the stored edit's patch");
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Runs `sql` on the studio's database file (the server may be running: SQLite serialises writers).
+fn sql(db: &Path, statements: &[&str]) -> Result<Vec<i64>> {
+    let url = format!("sqlite://{}", db.display());
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&url).await?;
+        let mut out = Vec::new();
+        for s in statements {
+            if s.trim_start().to_uppercase().starts_with("SELECT") {
+                out.push(sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(s.to_string())).fetch_one(&pool).await?);
+            } else {
+                sqlx::query(sqlx::AssertSqlSafe(s.to_string())).execute(&pool).await?;
+            }
+        }
+        pool.close().await;
+        Ok(out)
+    })
+}
+
+#[test]
+fn sessions_slide_and_old_guests_are_cleaned_up_with_their_sandboxes() -> Result<()> {
+    let dir = temp_dir("cleanup")?;
+    let db = dir.join("c.db");
+    let mut server = Server::start(&db, &["--demo"])?;
+    let mut guest = Client::new(server.port);
+    let s = guest.guest()?.json()?;
+    guest.csrf = s["csrf_token"].as_str().map(str::to_string);
+    let ws = guest.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("sandbox")?;
+    let g = &guest.get(routes::GALLERY)?.json()?[0];
+    let e = json!({"image": {"kind": "gallery", "id": g["id"]}, "question": g["question"], "target": g["target"], "method": "serac"});
+    let r = guest.post(&routes::edits(ws), &e)?;
+    ensure!(r.status == 200, "{}", r.body);
+    let patches = dir.join("c.db.d").join("patches").join(format!("ws{ws}"));
+    assert!(patches.is_dir());
+
+    // A session in use in its last week gets a full two weeks again.
+    let left = "SELECT CAST((julianday(expires_at) - julianday('now')) AS INTEGER) FROM sessions";
+    sql(&db, &["UPDATE sessions SET expires_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '+2 days')"])?;
+    assert_eq!(guest.get(routes::SESSION)?.json()?["user"]["id"], s["user"]["id"]);
+    assert_eq!(sql(&db, &[left])?, [13], "slid to 14 days");
+    // An expired session is not a session (and a demo visitor gets a new guest).
+    sql(&db, &["UPDATE sessions SET expires_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-1 minute')"])?;
+    assert_eq!(guest.get(routes::SESSION)?.json()?["user"], Value::Null);
+    let again = guest.guest()?.json()?;
+    assert_ne!(again["user"]["id"], s["user"]["id"]);
+
+    // A day later the first guest, its sandbox, its edit and its patch are gone (the clean-up runs at start-up and
+    // then every 10 minutes); the second guest, with a live session, stays.
+    server.kill();
+    let old = s["user"]["id"].as_i64().context("id")?;
+    sql(
+        &db,
+        &[&format!("UPDATE users SET created_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-2 days') WHERE id = {old}")],
+    )?;
+    let _server = Server::start(&db, &["--demo"])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sql(&db, &[&format!("SELECT COUNT(*) FROM users WHERE id = {old}")])? != [0] {
+        ensure!(Instant::now() < deadline, "the old guest was not cleaned up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let counts = sql(
+        &db,
+        &[
+            &format!("SELECT COUNT(*) FROM workspaces WHERE id = {ws}"),
+            &format!("SELECT COUNT(*) FROM applied_edits WHERE workspace_id = {ws}"),
+            "SELECT COUNT(*) FROM sessions WHERE expires_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now')",
+            "SELECT COUNT(*) FROM users WHERE guest = 1",
+        ],
+    )?;
+    assert_eq!(counts, [0, 0, 0, 1]);
+    assert!(!patches.exists());
+    drop(_server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -147,8 +147,17 @@ pub async fn sign_out(State(st): State<AppState>, headers: HeaderMap) -> ApiResu
     Ok(with_cookie(&st, None, info(&st, None)))
 }
 
-/// `GET /api/auth/session`: the current session; in demo mode a visitor without one gets a guest sandbox.
-pub async fn session(
+/// `GET /api/auth/session`: the current session (it creates nothing: a demo visitor asks for a sandbox with
+/// [`guest`]).
+pub async fn session(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<SessionInfo>> {
+    let c = auth::caller(&st, &headers).await?;
+    Ok(Json(info(&st, c.as_ref())))
+}
+
+/// `POST /api/auth/guest`: in demo mode, a guest sandbox for a visitor without a session (one with a session gets
+/// it back). Only on an explicit request that carries the CSRF header: a third-party page can neither send it nor
+/// make the studio create sandboxes against its visitors' address quota by loading a URL.
+pub async fn guest(
     State(st): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -157,7 +166,10 @@ pub async fn session(
         return Ok(Json(info(&st, Some(&c))).into_response());
     }
     if !st.demo {
-        return Ok(Json(info(&st, None)).into_response());
+        return Err(ApiErr::forbidden("guest sandboxes exist only in demo mode; sign up instead"));
+    }
+    if !headers.contains_key(unike_shared::auth::CSRF_HEADER) {
+        return Err(ApiErr::forbidden(format!("a guest sandbox needs the {} header", unike_shared::auth::CSRF_HEADER)));
     }
     let ip = auth::client_ip(&st, &headers, addr.ip());
     let username = format!("guest-{}", auth::random_hex(5)?);

@@ -17,6 +17,8 @@ use super::AppState;
 
 /// Sessions last this long.
 const SESSION_DAYS: i64 = 14;
+/// A session slides (see [`caller`]) for at most this long after sign-in; then the user signs in again.
+const SESSION_MAX_DAYS: i64 = 90;
 
 /// The signed-in caller of a request.
 #[derive(Debug, Clone)]
@@ -99,7 +101,11 @@ pub fn session_cookie(token: Option<&str>, secure: bool) -> HeaderValue {
     let secure = if secure { "; Secure" } else { "" };
     let v = match token {
         Some(t) => {
-            format!("{SESSION_COOKIE}={t}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{secure}", SESSION_DAYS * 86400)
+            // The cookie lives as long as the session may slide; the server's `expires_at` decides when it ends.
+            format!(
+                "{SESSION_COOKIE}={t}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{secure}",
+                SESSION_MAX_DAYS * 86400
+            )
         }
         None => format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{secure}"),
     };
@@ -146,14 +152,32 @@ pub fn access_changed(st: &AppState) {
 /// The caller, if the request carries a live session.
 pub async fn caller(st: &AppState, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
     let Some(token) = cookie_token(headers) else { return Ok(None) };
-    let row: Option<(i64, String, bool, String)> = sqlx::query_as(
-        "SELECT u.id, u.username, u.guest, s.csrf FROM sessions s JOIN users u ON u.id = s.user_id \
+    let hash = sha256_hex(token.as_bytes());
+    let row: Option<(i64, String, bool, String, bool)> = sqlx::query_as(
+        "SELECT u.id, u.username, u.guest, s.csrf, \
+         s.expires_at < strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?) AND s.created_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?) \
+         FROM sessions s JOIN users u ON u.id = s.user_id \
          WHERE s.token_hash = ? AND s.expires_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now')",
     )
-    .bind(sha256_hex(token.as_bytes()))
+    .bind(format!("+{} days", SESSION_DAYS / 2))
+    .bind(format!("-{SESSION_MAX_DAYS} days"))
+    .bind(&hash)
     .fetch_optional(&st.db)
     .await?;
-    Ok(row.map(|(id, username, guest, csrf)| Caller { user: UserInfo { id, username, guest }, csrf }))
+    let Some((id, username, guest, csrf, slide)) = row else { return Ok(None) };
+    if slide {
+        // Sliding: a session in use past half its lifetime gets a full one again (never past SESSION_MAX_DAYS).
+        sqlx::query(
+            "UPDATE sessions SET expires_at = MIN(strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?), \
+             strftime('%Y-%m-%dT%H:%M:%SZ', created_at, ?)) WHERE token_hash = ?",
+        )
+        .bind(format!("+{SESSION_DAYS} days"))
+        .bind(format!("+{SESSION_MAX_DAYS} days"))
+        .bind(&hash)
+        .execute(&st.db)
+        .await?;
+    }
+    Ok(Some(Caller { user: UserInfo { id, username, guest }, csrf }))
 }
 
 /// A signed-in caller, or 401.

@@ -43,6 +43,13 @@ impl RateLimits {
         Self { enabled, burst, per_second, buckets: Mutex::new(HashMap::new()) }
     }
 
+    /// Forgets the buckets that have refilled (they carry no state).
+    pub fn prune(&self) {
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (now, full) = (Instant::now(), self.burst / self.per_second.max(1e-9));
+        b.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < full);
+    }
+
     /// Takes one token of `ip`'s bucket, or answers 429.
     pub fn check(&self, ip: IpAddr) -> ApiResult<()> {
         if !self.enabled {

@@ -7,6 +7,7 @@
 mod accounts;
 mod audit;
 mod auth;
+mod cleanup;
 mod demo;
 mod error;
 mod events;
@@ -219,6 +220,7 @@ fn router(state: AppState, dist: Option<&Path>) -> Router {
         .route(routes::SIGN_IN, post(accounts::sign_in))
         .route(routes::SIGN_OUT, post(accounts::sign_out))
         .route(routes::SESSION, get(accounts::session))
+        .route(routes::GUEST, post(accounts::guest))
         .route(routes::GALLERY, get(gallery::list))
         .route(routes::IMAGE, get(gallery::image))
         .route(routes::WORKSPACES, get(workspaces::list).post(workspaces::create))
@@ -351,6 +353,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     tokio::spawn(runs::record(state.clone(), updates));
     let resumed = runs::resume(&state).await?;
+    cleanup::spawn(state.clone());
     let orphans = playground::remove_orphan_patches(&state).await.map_err(|e| anyhow::anyhow!(e.message))?;
     if orphans > 0 {
         eprintln!("studio: removed {orphans} patch(es) no edit refers to");

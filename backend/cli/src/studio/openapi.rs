@@ -10,7 +10,7 @@ use unike_shared::playground::{
     AnswerRequest, AnswerResponse, AppliedEdit, CaseImport, EditRequest, EditStack, GalleryItem, ImportSummary,
     MmEditCase,
 };
-use unike_shared::routes::{ALL, EVENTS, LEADERBOARD, LEADERBOARD_CSV, SIGN_IN, SIGN_UP};
+use unike_shared::routes::{ALL, EVENTS, GUEST, LEADERBOARD, LEADERBOARD_CSV, SIGN_IN, SIGN_UP};
 use unike_shared::runs::{Leaderboard, RunInfo, RunRequest};
 use unike_shared::workspace::{AuditEntry, Invitation, Member, NewWorkspace, PendingInvitation, RoleChange, Workspace};
 use unike_shared::{ApiError, HealthResponse, ModelInfo};
@@ -108,8 +108,11 @@ pub fn document(version: &str) -> Value {
             json!({"200": ok, "4XX": {"description": "the request cannot be served",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}}}}),
         );
-        // Every write but signing up and in needs the session and its CSRF token (signing out: when a session is live).
-        if r.method != "get" && ![SIGN_UP, SIGN_IN].contains(&r.path) {
+        // Every write but signing up and in needs the session and its CSRF token (signing out: when a session is live);
+        // starting a guest sandbox needs the CSRF header only (there is no session yet).
+        if r.path == GUEST {
+            op.insert("security".into(), json!([{"csrf": []}]));
+        } else if r.method != "get" && ![SIGN_UP, SIGN_IN].contains(&r.path) {
             op.insert("security".into(), json!([{"session": [], "csrf": []}]));
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));

@@ -47,6 +47,14 @@ impl<K: Hash + Eq> Buckets<K> {
         self.map.lock().map_err(|_| ApiErr::internal("throttle poisoned"))
     }
 
+    /// Forgets the buckets that have refilled (they carry no state).
+    pub fn prune(&self) {
+        if let Ok(mut map) = self.lock() {
+            let (now, full) = (Instant::now(), self.burst / self.per_second);
+            map.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < full);
+        }
+    }
+
     /// Seconds until `key` has a token again, or `None` when it has one now (nothing is taken).
     pub fn wait(&self, key: &K) -> ApiResult<Option<f64>> {
         let map = self.lock()?;
@@ -102,6 +110,12 @@ impl AuthThrottle {
             waiting: AtomicUsize::new(0),
             max_waiting: 8 * concurrency,
         }
+    }
+
+    /// Forgets refilled buckets.
+    pub fn prune(&self) {
+        self.by_address.prune();
+        self.failures.prune();
     }
 
     /// One sign-in or sign-up attempt from `ip`: 429 past the address's allowance.
