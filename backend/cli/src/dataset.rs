@@ -100,7 +100,13 @@ pub fn model_world(loaded: &Loaded) -> Result<Option<u64>> {
 /// The edit sets of world `seed`, generated once into the system's temporary directory (written to a fresh folder
 /// and renamed into place, so concurrent runs never read a half-written world).
 pub fn world_dir(seed: u64) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("unike-world-{seed}"));
+    world_dir_in(&std::env::temp_dir(), seed)
+}
+
+/// [`world_dir`] under `base` (the studio keeps its world in its own data folder, not at a predictable path of the
+/// shared temporary directory).
+pub fn world_dir_in(base: &Path, seed: u64) -> Result<PathBuf> {
+    let dir = base.join(format!("unike-world-{seed}"));
     let complete = |d: &Path| {
         ["vqa_train.json", "vqa_eval.json", "caption_train.json", "caption_eval.json"]
             .iter()
@@ -110,7 +116,7 @@ pub fn world_dir(seed: u64) -> Result<PathBuf> {
         return Ok(dir);
     }
     eprintln!("generating world {seed}'s edit sets into {}", dir.display());
-    let tmp = std::env::temp_dir().join(format!("unike-world-{seed}.tmp-{}", std::process::id()));
+    let tmp = base.join(format!("unike-world-{seed}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     export::write(&World::generate(seed), &tmp)?;
     if std::fs::rename(&tmp, &dir).is_err() {
@@ -159,8 +165,13 @@ impl DataSource {
 
     /// The synthetic world `seed` (generated once).
     pub fn world(seed: u64, model_world: Option<u64>) -> Result<Self> {
+        Self::world_in(&std::env::temp_dir(), seed, model_world)
+    }
+
+    /// [`DataSource::world`] generated under `base`.
+    pub fn world_in(base: &Path, seed: u64, model_world: Option<u64>) -> Result<Self> {
         let own = if model_world == Some(seed) { " (the model's own)" } else { "" };
-        let dir = world_dir(seed)?;
+        let dir = world_dir_in(base, seed)?;
         let mut s = Self::from_dir(&dir, format!("world {seed}{own}"));
         s.train_label = format!("world {seed}{own}, {}", dir.display());
         s.model_world = model_world;

@@ -312,8 +312,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // the gallery, the memory of unrelated inputs of T-Patcher and UniKE, and the cases of every run on the world
     // (a run's seed draws its cases; it no longer makes a world).
     let own = crate::dataset::model_world(&loaded)?;
-    let world_source = crate::dataset::DataSource::world(own.unwrap_or(0), own)?;
-    let world = crate::dataset::world_dir(own.unwrap_or(0))?;
+    // Under the studio's own data folder, not at a predictable path of the shared temporary directory.
+    let world_source = crate::dataset::DataSource::world_in(&data_dir, own.unwrap_or(0), own)?;
+    let world = crate::dataset::world_dir_in(&data_dir, own.unwrap_or(0))?;
     let gallery = Arc::new(Gallery::load(&world, 24, 12)?);
     let worker = Worker::spawn(
         loaded.clone(),
