@@ -97,14 +97,9 @@ pub fn model_world(loaded: &Loaded) -> Result<Option<u64>> {
     Ok(TrainingRecord::read(&loaded.dir)?.map(|r| r.recipe.seed))
 }
 
-/// The edit sets of world `seed`, generated once into the system's temporary directory (written to a fresh folder
-/// and renamed into place, so concurrent runs never read a half-written world).
-pub fn world_dir(seed: u64) -> Result<PathBuf> {
-    world_dir_in(&std::env::temp_dir(), seed)
-}
-
-/// [`world_dir`] under `base` (the studio keeps its world in its own data folder, not at a predictable path of the
-/// shared temporary directory).
+/// The edit sets of world `seed`, generated once under `base` (written to a fresh folder and renamed into place, so
+/// concurrent runs never read a half-written world). The CLI uses the system's temporary directory; the studio its
+/// own data folder (not a predictable path of the shared temporary directory).
 pub fn world_dir_in(base: &Path, seed: u64) -> Result<PathBuf> {
     let dir = base.join(format!("unike-world-{seed}"));
     let complete = |d: &Path| {
