@@ -987,3 +987,29 @@ fn sessions_slide_and_old_guests_are_cleaned_up_with_their_sandboxes() -> Result
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn the_benchmark_queue_is_bounded() -> Result<()> {
+    let dir = temp_dir("runqueue")?;
+    let server = Server::start(&dir.join("q.db"), &["--run-queue", "1"])?;
+    let mut alice = Client::new(server.port);
+    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
+    let ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let long = json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 400});
+    // The first run is taken by the worker, the second waits in the queue (of one), the third is refused.
+    let first = alice.post(&routes::runs(ws), &long)?.json()?["id"].as_i64().context("first")?;
+    wait_run(&mut alice, first, &["running", "finished", "failed"])?;
+    let second = alice.post(&routes::runs(ws), &long)?;
+    ensure!(second.status == 200, "{}", second.body);
+    let third = alice.post(&routes::runs(ws), &long)?;
+    expect_error(&third, 503, "benchmark queue is full")?;
+    let runs = alice.get(&routes::runs(ws))?.json()?;
+    assert_eq!(runs[0]["status"], "failed", "the refused run says why: {}", runs[0]);
+    assert!(runs[0]["error"].as_str().unwrap_or("").contains("queue is full"), "{}", runs[0]);
+    for r in [first, second.json()?["id"].as_i64().context("second")?] {
+        alice.post(&routes::run_cancel(r), &json!({}))?;
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

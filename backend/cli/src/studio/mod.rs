@@ -18,6 +18,7 @@ mod openapi;
 mod patch_cache;
 mod playground;
 mod run_data;
+mod run_schedule;
 mod runs;
 mod throttle;
 mod worker;
@@ -84,6 +85,10 @@ pub struct ServeArgs {
     /// rebuilt when needed).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub method_cache: u32,
+    /// Benchmark runs queued at once (taken round robin across authors, members before demo guests); past it a new
+    /// run answers 503.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub run_queue: u32,
     /// Cases one workspace may hold (imports and Playground edits together; demo sandboxes: 200).
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub cases_per_workspace: u32,
@@ -325,7 +330,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         args.patch_cache.saturating_mul(1_000_000),
         args.method_cache as usize,
     );
-    let (runs, updates) = RunQueue::spawn(loaded, data_dir.clone(), world_source);
+    let (runs, updates) = RunQueue::spawn(loaded, data_dir.clone(), world_source, args.run_queue as usize);
     let state = AppState {
         db,
         info: Arc::new(info.clone()),

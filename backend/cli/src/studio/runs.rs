@@ -24,6 +24,7 @@ use unike_shared::BenchResult;
 use super::auth;
 use super::demo::DEMO_CAPS;
 use super::error::{ApiErr, ApiResult, Body};
+use super::run_schedule::{Author, Schedule};
 use super::{audit, events, playground, run_data, AppState};
 use crate::bench_edit::{self, BenchObserver, Config, ModeArg, TaskArg};
 use crate::dataset::{DataSource, Split};
@@ -53,7 +54,7 @@ pub enum Update {
 /// Handle of the run worker.
 #[derive(Clone)]
 pub struct RunQueue {
-    tx: std::sync::mpsc::Sender<RunJob>,
+    schedule: Arc<Schedule<RunJob>>,
     cancels: Arc<Mutex<HashMap<i64, Arc<AtomicBool>>>>,
     /// Where snapshots of workspace cases live.
     data_dir: PathBuf,
@@ -170,13 +171,21 @@ fn execute(
 
 impl RunQueue {
     /// Starts the run worker thread and the task that records its updates.
-    pub fn spawn(loaded: Arc<Loaded>, data_dir: PathBuf, world: DataSource) -> (Self, UnboundedReceiver<Update>) {
-        let (tx, rx) = std::sync::mpsc::channel::<RunJob>();
+    /// `capacity` bounds the queued runs (fair across authors, see [`Schedule`]).
+    pub fn spawn(
+        loaded: Arc<Loaded>,
+        data_dir: PathBuf,
+        world: DataSource,
+        capacity: usize,
+    ) -> (Self, UnboundedReceiver<Update>) {
+        let schedule = Arc::new(Schedule::<RunJob>::new(capacity));
+        let queue = schedule.clone();
         let (utx, urx) = unbounded_channel();
         std::thread::Builder::new()
             .name("unike-runs".into())
             .spawn(move || {
-                for job in rx {
+                loop {
+                    let job = queue.pop();
                     let _ = utx.send(Update::Progress { id: job.id, done: 0, total: total(&job.req) });
                     let (status, error) = if job.cancel.load(Ordering::SeqCst) {
                         (RunStatus::Cancelled, None)
@@ -192,14 +201,27 @@ impl RunQueue {
                 }
             })
             .expect("spawning the run worker thread");
-        (Self { tx, cancels: Arc::default(), data_dir }, urx)
+        (Self { schedule, cancels: Arc::default(), data_dir }, urx)
     }
 
-    fn submit(&self, id: i64, req: RunRequest, skip: Vec<String>) -> ApiResult<()> {
+    /// Queues run `id` of `author` (`resumed`: accepted before a restart, queued past the bound).
+    fn submit(&self, id: i64, req: RunRequest, skip: Vec<String>, author: Author, resumed: bool) -> ApiResult<()> {
         let cancel = Arc::new(AtomicBool::new(false));
-        self.cancels.lock().map_err(|_| ApiErr::internal("poisoned"))?.insert(id, cancel.clone());
         let data = (req.data == WORKSPACE).then(|| run_data::dir(&self.data_dir, id));
-        self.tx.send(RunJob { id, req, data, skip, cancel }).map_err(|_| ApiErr::internal("the run worker stopped"))
+        let job = RunJob { id, req, data, skip, cancel: cancel.clone() };
+        self.cancels.lock().map_err(|_| ApiErr::internal("poisoned"))?.insert(id, cancel);
+        if resumed {
+            self.schedule.push_resumed(author, job);
+        } else if self.schedule.push(author, job).is_err() {
+            if let Ok(mut m) = self.cancels.lock() {
+                m.remove(&id);
+            }
+            return Err(ApiErr::unavailable(format!(
+                "the benchmark queue is full ({} runs waiting); try again later",
+                self.schedule.len()
+            )));
+        }
+        Ok(())
     }
 
     fn cancel(&self, id: i64) {
@@ -367,12 +389,14 @@ pub async fn resume(st: &AppState) -> anyhow::Result<usize> {
     .bind(&st.info.name)
     .execute(&st.db)
     .await?;
-    let rows: Vec<(i64, String)> =
-        sqlx::query_as("SELECT id, request_json FROM benchmark_runs WHERE status IN ('queued', 'running') ORDER BY id")
-            .fetch_all(&st.db)
-            .await?;
+    let rows: Vec<(i64, String, i64, bool)> = sqlx::query_as(
+        "SELECT r.id, r.request_json, r.author_id, u.guest FROM benchmark_runs r JOIN users u ON u.id = r.author_id \
+         WHERE r.status IN ('queued', 'running') ORDER BY r.id",
+    )
+    .fetch_all(&st.db)
+    .await?;
     let mut resumed = 0;
-    for (id, json) in rows {
+    for (id, json, author, guest) in rows {
         let Ok(req) = serde_json::from_str::<RunRequest>(&json) else {
             sqlx::query("UPDATE benchmark_runs SET status = 'failed', error = 'unreadable request' WHERE id = ?")
                 .bind(id)
@@ -383,7 +407,10 @@ pub async fn resume(st: &AppState) -> anyhow::Result<usize> {
         let skip: Vec<(String,)> =
             sqlx::query_as("SELECT method FROM run_results WHERE run_id = ?").bind(id).fetch_all(&st.db).await?;
         sqlx::query("UPDATE benchmark_runs SET status = 'queued' WHERE id = ?").bind(id).execute(&st.db).await?;
-        st.runs.submit(id, req, skip.into_iter().map(|(m,)| m).collect()).map_err(|e| anyhow::anyhow!(e.message))?;
+        let author = Author { id: author, guest };
+        st.runs
+            .submit(id, req, skip.into_iter().map(|(m,)| m).collect(), author, true)
+            .map_err(|e| anyhow::anyhow!(e.message))?;
         resumed += 1;
     }
     Ok(resumed)
@@ -579,7 +606,22 @@ pub async fn create(
             return Err(ApiErr::internal(e));
         }
     }
-    st.runs.submit(id, req, Vec::new())?;
+    let req_data_is_workspace = req.data == WORKSPACE;
+    if let Err(e) = st.runs.submit(id, req, Vec::new(), Author { id: c.user.id, guest: c.user.guest }, false) {
+        // Stored but never queued: it says why instead of waiting forever.
+        sqlx::query(
+            "UPDATE benchmark_runs SET status = 'failed', error = ?, \
+             finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE id = ?",
+        )
+        .bind(&e.message)
+        .bind(id)
+        .execute(&st.db)
+        .await?;
+        if req_data_is_workspace {
+            let _ = std::fs::remove_dir_all(run_data::dir(&st.data_dir, id));
+        }
+        return Err(e);
+    }
     let run = load(&st, id).await?;
     events::publish(&st, Event::Run { run: run.clone() });
     Ok(Json(run))
