@@ -1013,3 +1013,59 @@ fn the_benchmark_queue_is_bounded() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A PNG of `side` x `side` noise (incompressible), base64.
+fn noise_png(side: u32, seed: u32) -> Result<String> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
+    });
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+#[test]
+fn uploads_are_kept_only_for_edits_within_a_quota_and_collected_when_unused() -> Result<()> {
+    let dir = temp_dir("uploads")?;
+    let db = dir.join("u.db");
+    let mut server = Server::start(&db, &["--uploads-mb", "1"])?;
+    let mut alice = Client::new(server.port);
+    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
+    let ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let uploads = dir.join("u.db.d").join("uploads");
+    let kept = || std::fs::read_dir(&uploads).map_or(0, |d| d.flatten().filter(|e| e.path().is_file()).count());
+    // An answer's upload is not kept.
+    let (a, b) = (noise_png(400, 1)?, noise_png(400, 2)?);
+    let ask = json!({"image": {"kind": "upload", "base64": a}, "question": "what is this?"});
+    assert_eq!(alice.post(&routes::answer(ws), &ask)?.status, 200);
+    assert_eq!(kept(), 0);
+    // An edit's is (~470 KB); a second one passes the 1 MB quota, a third does not.
+    let edit = |img: &str, target: &str| json!({"image": {"kind": "upload", "base64": img}, "question": "what is this?", "target": target, "method": "serac"});
+    for (img, target) in [(&a, "noise"), (&b, "static")] {
+        let r = alice.post(&routes::edits(ws), &edit(img, target))?;
+        ensure!(r.status == 200, "{}", r.body);
+    }
+    assert_eq!(kept(), 2);
+    expect_error(&alice.post(&routes::edits(ws), &edit(&noise_png(400, 3)?, "snow"))?, 413, "quota")?;
+    assert_eq!(kept(), 2);
+    // Undone edits keep their cases (and so their images); an image no case refers to is collected after an hour.
+    let stray = uploads.join("upload-00000000000000000000000000000000.png");
+    std::fs::write(&stray, b"x")?;
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options().write(true).open(&stray)?.set_modified(hour_ago)?;
+    server.kill();
+    let _server = Server::start(&db, &[])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stray.exists() {
+        ensure!(Instant::now() < deadline, "the stray upload was not collected");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(kept(), 2, "referenced uploads stay");
+    drop(_server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

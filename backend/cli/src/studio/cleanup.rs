@@ -1,7 +1,7 @@
 //! The periodic clean-up (issue 16): what visitors leave behind is removed instead of kept forever. Every
 //! [`EVERY`]: expired sessions; demo guests without a live session whose account is older than [`GUEST_TTL`], with
-//! their sandboxes (edits, cases, runs, and the patch and run files on disk); and the rate-limit buckets that have
-//! refilled (they carry no state).
+//! their sandboxes (edits, cases, runs, and the patch and run files on disk); uploaded images no case refers to; and
+//! the rate-limit buckets that have refilled (they carry no state).
 
 use std::time::Duration;
 
@@ -12,6 +12,9 @@ use super::{run_data, AppState};
 pub const EVERY: Duration = Duration::from_secs(600);
 /// How long a demo guest (and its sandbox) is kept after its last session ended.
 pub const GUEST_TTL: &str = "-1 day";
+/// How old an unreferenced upload must be before it is removed (an edit in flight refers to its image only once it
+/// is stored).
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(3600);
 
 /// What one clean-up removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -19,6 +22,7 @@ pub struct Swept {
     pub sessions: u64,
     pub guests: usize,
     pub workspaces: usize,
+    pub uploads: usize,
 }
 
 /// Runs [`sweep`] every [`EVERY`] for as long as the server runs.
@@ -29,8 +33,8 @@ pub fn spawn(st: AppState) {
             tick.tick().await;
             match sweep(&st).await {
                 Ok(s) if s != Swept::default() => eprintln!(
-                    "studio: clean-up removed {} expired session(s), {} demo guest(s) and {} sandbox(es)",
-                    s.sessions, s.guests, s.workspaces
+                    "studio: clean-up removed {} expired session(s), {} demo guest(s), {} sandbox(es), {} upload(s)",
+                    s.sessions, s.guests, s.workspaces, s.uploads
                 ),
                 Ok(_) => {}
                 Err(e) => eprintln!("studio: clean-up failed: {}", e.message),
@@ -88,7 +92,38 @@ pub async fn sweep(st: &AppState) -> ApiResult<Swept> {
         swept.guests += 1;
         swept.workspaces += sandboxes.len();
     }
+    swept.uploads = remove_unreferenced_uploads(st).await?;
     st.limits.prune();
     st.auth_throttle.prune();
     Ok(swept)
+}
+
+/// Removes uploaded images older than [`UPLOAD_GRACE`] that no case refers to (an edit refused after its image was
+/// stored, a sandbox cleaned up, an answer's image left by a crash).
+async fn remove_unreferenced_uploads(st: &AppState) -> ApiResult<usize> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT image FROM edit_cases WHERE image LIKE '%upload-%' \
+         UNION SELECT image_rephrase FROM edit_cases WHERE image_rephrase LIKE '%upload-%' \
+         UNION SELECT m_loc FROM edit_cases WHERE m_loc LIKE '%upload-%'",
+    )
+    .fetch_all(&st.db)
+    .await?;
+    let used: std::collections::HashSet<String> =
+        rows.iter().filter_map(|r| r.rsplit('/').next()).map(|n| n.trim_end_matches(".png").to_string()).collect();
+    let dir = st.data_dir.join("uploads");
+    let old = |p: &std::path::Path| {
+        p.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e > UPLOAD_GRACE))
+    };
+    let mut removed = 0;
+    for sub in [dir.clone(), dir.join("transient")] {
+        let Ok(files) = std::fs::read_dir(&sub) else { continue };
+        for f in files.flatten() {
+            let path = f.path();
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
+            if path.is_file() && !used.contains(&stem) && old(&path) && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }

@@ -66,17 +66,47 @@ pub struct ResolvedImage<'a> {
     pub url: String,
     /// The gallery id and case.
     pub case: Option<(&'a str, &'a EditCase)>,
+    /// A transient upload's file, removed when this is dropped.
+    _transient: Option<Transient>,
+}
+
+/// What [`resolve`] does with an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// An edit's image: kept under `uploads/` (counted against the upload quota) for the edit's probes and pages.
+    Stored,
+    /// An answer's image: written for the answer only and removed afterwards (unless it is stored already).
+    Transient,
+}
+
+/// A file removed on drop.
+struct Transient(PathBuf);
+
+impl Drop for Transient {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Bytes held under `dir` (one level).
+fn bytes_in(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
 }
 
 /// Turns an [`ImageRef`] into a file: a gallery id must exist; an upload must be a PNG or JPEG of at most
 /// [`IMAGE_MAX_BYTES`] and [`SIDE_MAX`] pixels a side (checked from its header before anything is decoded, and decoded
 /// on a blocking thread).
-pub async fn resolve<'a>(st: &'a AppState, image: &ImageRef) -> ApiResult<ResolvedImage<'a>> {
+pub async fn resolve<'a>(st: &'a AppState, image: &ImageRef, keep: Keep) -> ApiResult<ResolvedImage<'a>> {
     match image {
         ImageRef::Gallery { id } => {
             let (id, case) =
                 st.gallery.case(id).ok_or_else(|| ApiErr::bad_request(format!("no gallery image {id:?}")))?;
-            Ok(ResolvedImage { path: case.image.clone(), url: routes::image(id), case: Some((id, case)) })
+            Ok(ResolvedImage {
+                path: case.image.clone(),
+                url: routes::image(id),
+                case: Some((id, case)),
+                _transient: None,
+            })
         }
         ImageRef::Upload { base64 } => {
             if base64.len() > IMAGE_MAX_BYTES * 4 / 3 + 8 {
@@ -92,13 +122,39 @@ pub async fn resolve<'a>(st: &'a AppState, image: &ImageRef) -> ApiResult<Resolv
             let name = format!("upload-{}", &auth::sha256_hex(&bytes)[..32]);
             let dir = st.data_dir.join("uploads");
             let path = dir.join(format!("{name}.png"));
-            if !path.is_file() {
-                let out = path.clone();
-                tokio::task::spawn_blocking(move || store_upload(&bytes, &dir, &out))
+            if path.is_file() {
+                return Ok(ResolvedImage { path, url: routes::image(&name), case: None, _transient: None });
+            }
+            if keep == Keep::Transient {
+                let tmp_dir = dir.join("transient");
+                let out = tmp_dir.join(format!("{}.png", auth::random_hex(8)?));
+                let guard = Transient(out.clone());
+                tokio::task::spawn_blocking(move || store_upload(&bytes, &tmp_dir, &out))
                     .await
                     .map_err(ApiErr::internal)??;
+                return Ok(ResolvedImage {
+                    path: guard.0.clone(),
+                    url: routes::image(&name),
+                    case: None,
+                    _transient: Some(guard),
+                });
             }
-            Ok(ResolvedImage { path, url: routes::image(&name), case: None })
+            let quota = st.uploads_bytes;
+            let held = tokio::task::spawn_blocking({
+                let dir = dir.clone();
+                move || bytes_in(&dir)
+            })
+            .await
+            .map_err(ApiErr::internal)?;
+            if held + bytes.len() as u64 > quota {
+                return Err(ApiErr::quota(format!(
+                    "the studio's uploaded images fill their quota ({} MB); use a gallery image",
+                    quota / (1024 * 1024)
+                )));
+            }
+            let out = path.clone();
+            tokio::task::spawn_blocking(move || store_upload(&bytes, &dir, &out)).await.map_err(ApiErr::internal)??;
+            Ok(ResolvedImage { path, url: routes::image(&name), case: None, _transient: None })
         }
     }
 }

@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// run answers 503.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub run_queue: u32,
+    /// Megabytes of uploaded images the studio keeps (edits' images; an answer's upload is not kept); past it an edit
+    /// on a new upload answers 413.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub uploads_mb: u32,
     /// Cases one workspace may hold (imports and Playground edits together; demo sandboxes: 200).
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub cases_per_workspace: u32,
@@ -124,6 +128,8 @@ pub struct AppState {
     pub streams: Arc<events::StreamCounts>,
     /// Cases one (non-demo) workspace may hold.
     pub cases_per_workspace: usize,
+    /// Bytes of kept uploads.
+    pub uploads_bytes: u64,
     /// Bumped whenever someone may have lost access (see [`auth::access_changed`]).
     pub access_epoch: Arc<std::sync::atomic::AtomicU64>,
     pub demo: bool,
@@ -349,6 +355,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )),
         access_epoch: Arc::default(),
         cases_per_workspace: args.cases_per_workspace as usize,
+        uploads_bytes: u64::from(args.uploads_mb) * 1024 * 1024,
         demo: args.demo,
         secure_cookies: args.secure_cookies,
         trust_proxy: args.trust_proxy,

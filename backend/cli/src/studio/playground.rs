@@ -70,10 +70,12 @@ pub async fn answer(
     let c = auth::writer(&st, &headers, addr.ip()).await?;
     auth::role_in(&st, &c, ws, Role::Viewer).await?;
     let question = text("question", &req.question)?;
-    let image = match &req.image {
-        Some(i) => Some(gallery::resolve(&st, i).await?.path),
+    // An answer's upload is not kept (the resolved image removes it once the answer is back).
+    let resolved = match &req.image {
+        Some(i) => Some(gallery::resolve(&st, i, gallery::Keep::Transient).await?),
         None => None,
     };
+    let image = resolved.as_ref().map(|r| r.path.clone());
     let entries = stack(&st, ws).await?;
     let edits = entries.len();
     let t = Instant::now();
@@ -156,10 +158,6 @@ pub async fn apply(
     let target = text("target", &req.target)?;
     let method = req.method.trim().to_string();
     registry::check_name(&method).map_err(|e| ApiErr::bad_request(e.to_string()))?;
-    let img = match &req.image {
-        Some(i) => Some(gallery::resolve(&st, i).await?),
-        None => None,
-    };
     // One edit at a time: a stack is read, extended and written as one step.
     let guard = st.edit_locks.lock(ws).await;
     let entries = stack(&st, ws).await?;
@@ -176,6 +174,11 @@ pub async fn apply(
             return Err(ApiErr::too_many(format!("a demo sandbox may make {} edits", DEMO_CAPS.edits_total)));
         }
     }
+    // Stored only once the caps allow the edit.
+    let img = match &req.image {
+        Some(i) => Some(gallery::resolve(&st, i, gallery::Keep::Stored).await?),
+        None => None,
+    };
     let rel = PathBuf::from("patches").join(format!("ws{ws}")).join(auth::random_hex(8)?);
     let job = EditJob {
         method: method.clone(),
