@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 
 /// The most retrieved entries a variant may ask for.
-pub const MAX_TOP_K: usize = 64;
+pub const MAX_TOP_K: usize = 256;
 
 /// Table 4's rows; `full` is the method itself (no override).
 const MODES: [&str; 5] = ["full", "only-intrinsic", "only-latent", "intrinsic+ike", "intrinsic+latent"];
@@ -135,10 +135,10 @@ mod tests {
         assert_eq!(c("only-intrinsic/zeta-random")?, "only-intrinsic/zeta-random");
         assert_eq!(c("alpha=0.3/adaptive/k=2/k=5")?, "adaptive/k=5");
         // Bounded values: the set of names is finite.
-        for bad in ["alpha=0.5000001", "alpha=1.5", "alpha=x", "k=0", "k=65", "k=-1", "only-latent/only-intrinsic"] {
+        for bad in ["alpha=0.5000001", "alpha=1.5", "alpha=x", "k=0", "k=257", "k=-1", "only-latent/only-intrinsic"] {
             assert!(c(bad).is_err(), "{bad}");
         }
-        assert!(c("k=64").is_ok() && c("only-latent/only-latent").is_ok());
+        assert!(c("k=256").is_ok() && c("only-latent/only-latent").is_ok());
         assert!(c("nonsense").unwrap_err().to_string().contains("unknown nonsense"));
         Ok(())
     }
