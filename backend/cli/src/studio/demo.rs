@@ -1,11 +1,9 @@
 //! Public demo mode (`--demo`): per-IP rate limits on writes and caps on what a guest sandbox may hold.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::Instant;
 
 use super::error::{ApiErr, ApiResult};
+use super::throttle::Buckets;
 
 /// Caps of a demo guest's sandbox.
 #[derive(Debug, Clone, Copy)]
@@ -29,25 +27,22 @@ pub struct DemoCaps {
 pub const DEMO_CAPS: DemoCaps =
     DemoCaps { edits: 10, edits_total: 50, runs: 3, run_n: 30, seeds: 10, guests_per_hour: 20, cases: 200 };
 
-/// A token bucket per client address: `burst` writes at once, refilled at `per_second`.
+/// A token bucket per client address: `burst` writes at once, refilled at `per_second` (the buckets of
+/// [`Buckets`], shared with the sign-in throttles).
 pub struct RateLimits {
     enabled: bool,
-    burst: f64,
-    per_second: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Buckets<IpAddr>,
 }
 
 impl RateLimits {
     /// Limits that apply only in demo mode.
     pub fn new(enabled: bool, burst: f64, per_second: f64) -> Self {
-        Self { enabled, burst, per_second, buckets: Mutex::new(HashMap::new()) }
+        Self { enabled, buckets: Buckets::new(burst, per_second) }
     }
 
     /// Forgets the buckets that have refilled (they carry no state).
     pub fn prune(&self) {
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (now, full) = (Instant::now(), self.burst / self.per_second.max(1e-9));
-        b.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < full);
+        self.buckets.prune();
     }
 
     /// Takes one token of `ip`'s bucket, or answers 429.
@@ -55,22 +50,9 @@ impl RateLimits {
         if !self.enabled {
             return Ok(());
         }
-        let mut b = self.buckets.lock().map_err(|_| ApiErr::internal("rate limiter poisoned"))?;
-        let now = Instant::now();
-        if b.len() > 100_000 {
-            // Forget idle addresses rather than grow without bound.
-            let full = self.burst / self.per_second;
-            b.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < full);
-        }
-        let (tokens, last) = b.entry(ip).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
-        *last = now;
-        if *tokens < 1.0 {
-            let wait = ((1.0 - *tokens) / self.per_second).ceil();
-            return Err(ApiErr::too_many(format!("too many requests from your address; try again in {wait} s")));
-        }
-        *tokens -= 1.0;
-        Ok(())
+        self.buckets
+            .take(ip)?
+            .map_err(|wait| ApiErr::too_many(format!("too many requests from your address; try again in {wait} s")))
     }
 }
 
