@@ -196,6 +196,21 @@ fn sse_until(port: u16, cookie: &str, workspace: i64, needle: &str) -> std::thre
     })
 }
 
+/// A new account `user` signed up on `port`, with the id of its own first workspace.
+fn signed_up(port: u16, user: &str) -> Result<(Client, i64)> {
+    let mut c = Client::new(port);
+    let r = c.auth(routes::SIGN_UP, user)?;
+    ensure!(r.status == 200, "{}", r.body);
+    let ws = c.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("workspace")?;
+    Ok((c, ws))
+}
+
+/// An edit request on gallery item `i` with its own question and target.
+fn gallery_edit(gallery: &Value, i: usize, method: &str) -> Value {
+    let g = &gallery[i];
+    json!({"image": {"kind": "gallery", "id": g["id"]}, "question": g["question"], "target": g["target"], "method": method})
+}
+
 #[test]
 fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()> {
     let dir = temp_dir("api")?;
@@ -479,9 +494,7 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     assert!(note.contains("no rephrased question") && !note.contains("no other image"), "{note}");
     let br = wait_run(&mut bob, br["id"].as_i64().context("id")?, &["finished", "failed"])?;
     assert_eq!(br["status"], "finished", "{br}");
-    let mut empty = Client::new(port);
-    assert_eq!(empty.auth(routes::SIGN_UP, "dave")?.status, 200);
-    let dave_ws = empty.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let (mut empty, dave_ws) = signed_up(port, "dave")?;
     expect_error(&empty.post(&routes::runs(dave_ws), &on_ws("vqa"))?, 400, "no cases yet")?;
 
     // Cancel a long run.
@@ -720,9 +733,7 @@ fn a_member_removed_while_an_edit_runs_commits_nothing() -> Result<()> {
     let dir = temp_dir("recheck")?;
     let server = Server::start(&dir.join("r.db"), &[])?;
     let port = server.port;
-    let mut alice = Client::new(port);
-    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
-    let ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let (mut alice, ws) = signed_up(port, "alice")?;
     let mut bob = Client::new(port);
     assert_eq!(bob.auth(routes::SIGN_UP, "bob")?.status, 200);
     let bob_id = bob.get(routes::SESSION)?.json()?["user"]["id"].as_i64().context("bob's id")?;
@@ -730,10 +741,7 @@ fn a_member_removed_while_an_edit_runs_commits_nothing() -> Result<()> {
     let inv_id = inv.json()?["id"].as_i64().context("invitation")?;
     assert_eq!(bob.post(&routes::invitation_accept(inv_id), &json!({}))?.status, 200);
     let gallery = alice.get(routes::GALLERY)?.json()?;
-    let edit = |i: usize, method: &str| {
-        let g = &gallery[i];
-        json!({"image": {"kind": "gallery", "id": g["id"]}, "question": g["question"], "target": g["target"], "method": method})
-    };
+    let edit = |i: usize, method: &str| gallery_edit(&gallery, i, method);
     // Alice's T-Patcher edit holds the model worker (seconds); Bob's edit waits behind it, and Alice removes Bob
     // meanwhile. His edit passed the role check when it started, but must not be stored when it ends.
     let (e_alice, e_bob) = (edit(0, "t-patcher"), edit(1, "t-patcher"));
@@ -784,17 +792,10 @@ fn a_visitor_who_hangs_up_leaves_no_work_and_no_files_behind() -> Result<()> {
     let db = dir.join("h.db");
     let mut server = Server::start(&db, &[])?;
     let port = server.port;
-    let mut alice = Client::new(port);
-    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
-    let a_ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
-    let mut bob = Client::new(port);
-    assert_eq!(bob.auth(routes::SIGN_UP, "bob")?.status, 200);
-    let b_ws = bob.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let (mut alice, a_ws) = signed_up(port, "alice")?;
+    let (mut bob, b_ws) = signed_up(port, "bob")?;
     let gallery = alice.get(routes::GALLERY)?.json()?;
-    let edit = |i: usize| {
-        let g = &gallery[i];
-        json!({"image": {"kind": "gallery", "id": g["id"]}, "question": g["question"], "target": g["target"], "method": "t-patcher"})
-    };
+    let edit = |i: usize| gallery_edit(&gallery, i, "t-patcher");
     // Alice's edit holds the model worker; Bob asks for three edits and hangs up each time once they are queued.
     let mut a2 = alice.clone();
     let e0 = edit(0);
@@ -851,9 +852,7 @@ fn live_update_streams_are_capped_per_session_and_address() -> Result<()> {
     let dir = temp_dir("streams")?;
     let server = Server::start(&dir.join("s.db"), &["--streams-per-session", "3", "--streams-per-address", "5"])?;
     let port = server.port;
-    let mut alice = Client::new(port);
-    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
-    let ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let (alice, ws) = signed_up(port, "alice")?;
     let mut open = Vec::new();
     for _ in 0..3 {
         let (status, s) = open_stream(&alice, ws)?;
@@ -868,9 +867,7 @@ fn live_update_streams_are_capped_per_session_and_address() -> Result<()> {
     assert_eq!(status, 200);
     open.push(s);
     // Another session from the same address: two more, then the address is full.
-    let mut bob = Client::new(port);
-    assert_eq!(bob.auth(routes::SIGN_UP, "bob")?.status, 200);
-    let bws = bob.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let (bob, bws) = signed_up(port, "bob")?;
     for _ in 0..2 {
         let (status, s) = open_stream(&bob, bws)?;
         assert_eq!(status, 200);
@@ -888,9 +885,7 @@ fn a_workspace_holds_at_most_its_case_quota() -> Result<()> {
     let dir = temp_dir("quota")?;
     let server = Server::start(&dir.join("q.db"), &["--cases-per-workspace", "3"])?;
     let port = server.port;
-    let mut alice = Client::new(port);
-    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
-    let ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let (mut alice, ws) = signed_up(port, "alice")?;
     let case = |q: &str| json!({"src": q, "alt": "yes", "image": "a.jpg"});
     let two = json!({"cases": [case("one?"), case("two?")]});
     assert_eq!(alice.post(&routes::cases(ws), &two)?.status, 200);
@@ -899,10 +894,7 @@ fn a_workspace_holds_at_most_its_case_quota() -> Result<()> {
     assert_eq!(alice.get(&routes::cases(ws))?.json()?.as_array().map(Vec::len), Some(2), "all or nothing");
     // A Playground edit adds a case too: the third fits, a fourth does not (and leaves no patch behind).
     let gallery = alice.get(routes::GALLERY)?.json()?;
-    let edit = |i: usize| {
-        let g = &gallery[i];
-        json!({"image": {"kind": "gallery", "id": g["id"]}, "question": g["question"], "target": g["target"], "method": "serac"})
-    };
+    let edit = |i: usize| gallery_edit(&gallery, i, "serac");
     let r = alice.post(&routes::edits(ws), &edit(0))?;
     ensure!(r.status == 200, "{}", r.body);
     expect_error(&alice.post(&routes::edits(ws), &edit(1))?, 413, "at most 3 cases")?;
@@ -992,9 +984,7 @@ fn sessions_slide_and_old_guests_are_cleaned_up_with_their_sandboxes() -> Result
 fn the_benchmark_queue_is_bounded() -> Result<()> {
     let dir = temp_dir("runqueue")?;
     let server = Server::start(&dir.join("q.db"), &["--run-queue", "1"])?;
-    let mut alice = Client::new(server.port);
-    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
-    let ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let (mut alice, ws) = signed_up(server.port, "alice")?;
     let long = json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 400});
     // The first run is taken by the worker, the second waits in the queue (of one), the third is refused.
     let first = alice.post(&routes::runs(ws), &long)?.json()?["id"].as_i64().context("first")?;
@@ -1033,9 +1023,7 @@ fn uploads_are_kept_only_for_edits_within_a_quota_and_collected_when_unused() ->
     let dir = temp_dir("uploads")?;
     let db = dir.join("u.db");
     let mut server = Server::start(&db, &["--uploads-mb", "1"])?;
-    let mut alice = Client::new(server.port);
-    assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
-    let ws = alice.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("ws")?;
+    let (mut alice, ws) = signed_up(server.port, "alice")?;
     let uploads = dir.join("u.db.d").join("uploads");
     let kept = || std::fs::read_dir(&uploads).map_or(0, |d| d.flatten().filter(|e| e.path().is_file()).count());
     // An answer's upload is not kept.
