@@ -1,12 +1,13 @@
 //! The periodic clean-up (issue 16): what visitors leave behind is removed instead of kept forever. Every
 //! [`EVERY`]: expired sessions; demo guests without a live session whose account is older than [`GUEST_TTL`], with
-//! their sandboxes (edits, cases, runs, and the patch and run files on disk); uploaded images no case refers to; and
-//! the rate-limit buckets that have refilled (they carry no state).
+//! their sandboxes (edits, cases, runs, and the patch and run files on disk); uploaded images no case refers to; run
+//! data no unfinished run needs (and stored images no run data links to); and the rate-limit buckets that have
+//! refilled (they carry no state).
 
 use std::time::Duration;
 
 use super::error::ApiResult;
-use super::{run_data, AppState};
+use super::{run_data, snapshots, AppState};
 
 /// How often the clean-up runs.
 pub const EVERY: Duration = Duration::from_secs(600);
@@ -23,6 +24,7 @@ pub struct Swept {
     pub guests: usize,
     pub workspaces: usize,
     pub uploads: usize,
+    pub snapshots: usize,
 }
 
 /// Runs [`sweep`] every [`EVERY`] for as long as the server runs.
@@ -33,8 +35,9 @@ pub fn spawn(st: AppState) {
             tick.tick().await;
             match sweep(&st).await {
                 Ok(s) if s != Swept::default() => eprintln!(
-                    "studio: clean-up removed {} expired session(s), {} demo guest(s), {} sandbox(es), {} upload(s)",
-                    s.sessions, s.guests, s.workspaces, s.uploads
+                    "studio: clean-up removed {} expired session(s), {} demo guest(s), {} sandbox(es), {} upload(s), \
+                     {} run data folder(s)",
+                    s.sessions, s.guests, s.workspaces, s.uploads, s.snapshots
                 ),
                 Ok(_) => {}
                 Err(e) => eprintln!("studio: clean-up failed: {}", e.message),
@@ -93,6 +96,7 @@ pub async fn sweep(st: &AppState) -> ApiResult<Swept> {
         swept.workspaces += sandboxes.len();
     }
     swept.uploads = remove_unreferenced_uploads(st).await?;
+    swept.snapshots = remove_unneeded_snapshots(st).await?;
     st.limits.prune();
     st.auth_throttle.prune();
     Ok(swept)
@@ -125,5 +129,49 @@ async fn remove_unreferenced_uploads(st: &AppState) -> ApiResult<usize> {
             }
         }
     }
+    Ok(removed)
+}
+
+/// Removes the data folders of runs that ended (or whose row is gone) and snapshots a crash left half-written, then
+/// the stored images no folder links to.
+async fn remove_unneeded_snapshots(st: &AppState) -> ApiResult<usize> {
+    let runs_dir = st.data_dir.join("runs");
+    // Folders first: a run's folder appears only after its row is committed, so the query below sees every row.
+    let mut ids: Vec<(i64, std::path::PathBuf)> = Vec::new();
+    let mut stale = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&runs_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Ok(id) = name.parse::<i64>() {
+                ids.push((id, e.path()));
+            } else if name.starts_with("new-")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > snapshots::STALE))
+            {
+                stale.push(e.path());
+            }
+        }
+    }
+    let mut removed = 0;
+    for (id, path) in ids {
+        let unfinished: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM benchmark_runs WHERE id = ? AND status IN ('queued', 'running')")
+                .bind(id)
+                .fetch_optional(&st.db)
+                .await?;
+        if unfinished.is_none() {
+            stale.push(path);
+        }
+    }
+    for path in stale {
+        if std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    let blobs = snapshots::blobs_dir(&st.data_dir);
+    tokio::task::spawn_blocking(move || snapshots::sweep_blobs(&blobs))
+        .await
+        .map_err(super::error::ApiErr::internal)?;
     Ok(removed)
 }

@@ -1,12 +1,15 @@
 //! Runs on a workspace's own cases (`data: "workspace"`). At launch the cases are written as an MMEdit data set, with
-//! copies of every image, into the run's folder (`runs/<id>/` of the data directory): the run evaluates exactly the
-//! cases it was launched on, and resumes from the same files after a restart, whatever the workspace does meanwhile.
+//! every image (linked from the image store), into the run's folder (`runs/<id>/` of the data directory): the run
+//! evaluates exactly the cases it was launched on, and resumes from the same files after a restart, whatever the
+//! workspace does meanwhile.
 //!
 //! A case needs every probe of the five metrics. Cases authored in the Playground on a gallery image take the probes
 //! they lack from that gallery case (its rephrased question when the question is the gallery's, the entity's other
 //! image, the unrelated text and image questions); imported cases bring their own. Cases still lacking a probe, or
 //! whose images are not gallery images or uploads of this studio, are left out, and the run says how many and why.
-//! The memory of unrelated inputs (T-Patcher, UniKE) comes from the world's training split, copied alongside.
+//! The memory of unrelated inputs (T-Patcher, UniKE) comes from the world's training split, stored alongside. Images
+//! are links into the studio's image store, counted against the workspace's snapshot quota before anything is
+//! written, and the folder goes when the run ends (`snapshots.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +17,7 @@ use unike_core::data::{read_records, write_records, MmeditRecord, Task};
 
 use super::error::{ApiErr, ApiResult};
 use super::playground::StoredCase;
-use super::{gallery, AppState};
+use super::{gallery, snapshots, AppState};
 
 /// The folder of run `id`'s data set.
 pub fn dir(data_dir: &Path, id: i64) -> PathBuf {
@@ -109,58 +112,76 @@ fn complete(st: &AppState, c: &StoredCase) -> Result<(MmeditRecord, [PathBuf; 3]
     Ok((record, [image, other, unrelated]))
 }
 
-/// Copies `from` into `images/NAME` of `out` and returns the record's relative path.
-fn copy_image(from: &Path, out: &Path, name: String) -> ApiResult<String> {
-    let ext = from.extension().and_then(|e| e.to_str()).unwrap_or("png");
-    let rel = format!("images/{name}.{ext}");
-    std::fs::copy(from, out.join(&rel))
-        .map_err(|e| ApiErr::internal(format!("copying the image {}: {e}", from.display())))?;
-    Ok(rel)
+/// A snapshot before it is written: the usable cases with their image files, the memory records, and the bytes of
+/// their distinct images (what the workspace's snapshot quota counts).
+pub struct Plan {
+    name: &'static str,
+    cases: Vec<(MmeditRecord, [PathBuf; 3])>,
+    memory: Vec<(MmeditRecord, [PathBuf; 2])>,
+    left_out: Vec<String>,
+    pub bytes: u64,
 }
 
-/// Writes the first `limit` usable `cases` of `task` (and the world's memory records) as an MMEdit data set in
-/// `out` (cases past the limit are not looked at, so a small run of a big workspace copies little).
-/// Blocking (file copies): call it off the async threads.
-pub fn write(
-    st: &AppState,
-    world: &Path,
-    task: Task,
-    cases: &[StoredCase],
-    limit: usize,
-    out: &Path,
-) -> ApiResult<Snapshot> {
-    std::fs::create_dir_all(out.join("images")).map_err(ApiErr::internal)?;
+/// The first `limit` usable `cases` of `task` and the world's memory records, as [`write`] will store them (cases past
+/// the limit are not looked at, so a small run of a big workspace costs little). Reads only file sizes.
+pub fn plan(st: &AppState, world: &Path, task: Task, cases: &[StoredCase], limit: usize) -> ApiResult<Plan> {
     let name = if task == Task::Vqa { "vqa" } else { "caption" };
-    let mut records = Vec::new();
+    let mut usable = Vec::new();
     let mut left_out = Vec::new();
     for c in cases {
-        if records.len() >= limit {
+        if usable.len() >= limit {
             break;
         }
         match complete(st, c) {
-            Ok((mut r, [image, other, unrelated])) => {
-                if !image.is_file() || !other.is_file() || !unrelated.is_file() {
-                    left_out.push(format!("case {}: an image file is missing", c.id));
-                    continue;
-                }
-                let i = records.len();
-                r.image = copy_image(&image, out, format!("{i}-image"))?;
-                r.image_rephrase = copy_image(&other, out, format!("{i}-other"))?;
-                r.m_loc = copy_image(&unrelated, out, format!("{i}-unrelated"))?;
-                records.push(r);
+            Ok((_, files)) if files.iter().any(|f| !f.is_file()) => {
+                left_out.push(format!("case {}: an image file is missing", c.id));
             }
+            Ok(found) => usable.push(found),
             Err(why) => left_out.push(format!("case {}: {why}", c.id)),
         }
     }
-    write_records(&out.join(format!("{name}_eval.json")), &records).map_err(ApiErr::internal)?;
-    let memory = read_records(&world.join(format!("{name}_train.json"))).map_err(ApiErr::internal)?;
-    let mut copied = Vec::new();
-    for (i, mut r) in memory.into_iter().take(MEMORY).enumerate() {
-        r.image = copy_image(&world.join(&r.image), out, format!("train-{i}-image"))?;
-        r.m_loc = copy_image(&world.join(&r.m_loc), out, format!("train-{i}-unrelated"))?;
-        r.image_rephrase = r.image.clone();
-        copied.push(r);
+    let memory: Vec<(MmeditRecord, [PathBuf; 2])> = read_records(&world.join(format!("{name}_train.json")))
+        .map_err(ApiErr::internal)?
+        .into_iter()
+        .take(MEMORY)
+        .map(|r| {
+            let files = [world.join(&r.image), world.join(&r.m_loc)];
+            (r, files)
+        })
+        .collect();
+    let files = usable.iter().flat_map(|(_, f)| f.iter()).chain(memory.iter().flat_map(|(_, f)| f.iter()));
+    let bytes = snapshots::distinct_bytes(files.map(PathBuf::as_path));
+    Ok(Plan { name, cases: usable, memory, left_out, bytes })
+}
+
+/// Links `from` into `images/NAME` of `out` through the image store and returns the record's relative path.
+fn link_image(blobs: &Path, from: &Path, out: &Path, name: String) -> ApiResult<String> {
+    let ext = from.extension().and_then(|e| e.to_str()).unwrap_or("png");
+    let rel = format!("images/{name}.{ext}");
+    snapshots::link_into(blobs, from, &out.join(&rel))
+        .map_err(|e| ApiErr::internal(format!("storing the image {}: {e}", from.display())))?;
+    Ok(rel)
+}
+
+/// Writes `plan` as an MMEdit data set in `out`, its images linked from the store `blobs`.
+/// Blocking (file reads and links): call it off the async threads.
+pub fn write(plan: Plan, blobs: &Path, out: &Path) -> ApiResult<Snapshot> {
+    std::fs::create_dir_all(out.join("images")).map_err(ApiErr::internal)?;
+    let mut records = Vec::with_capacity(plan.cases.len());
+    for (i, (mut r, [image, other, unrelated])) in plan.cases.into_iter().enumerate() {
+        r.image = link_image(blobs, &image, out, format!("{i}-image"))?;
+        r.image_rephrase = link_image(blobs, &other, out, format!("{i}-other"))?;
+        r.m_loc = link_image(blobs, &unrelated, out, format!("{i}-unrelated"))?;
+        records.push(r);
     }
-    write_records(&out.join(format!("{name}_train.json")), &copied).map_err(ApiErr::internal)?;
-    Ok(Snapshot { cases: records.len(), left_out })
+    write_records(&out.join(format!("{}_eval.json", plan.name)), &records).map_err(ApiErr::internal)?;
+    let mut memory = Vec::with_capacity(plan.memory.len());
+    for (i, (mut r, [image, unrelated])) in plan.memory.into_iter().enumerate() {
+        r.image = link_image(blobs, &image, out, format!("train-{i}-image"))?;
+        r.m_loc = link_image(blobs, &unrelated, out, format!("train-{i}-unrelated"))?;
+        r.image_rephrase = r.image.clone();
+        memory.push(r);
+    }
+    write_records(&out.join(format!("{}_train.json", plan.name)), &memory).map_err(ApiErr::internal)?;
+    Ok(Snapshot { cases: records.len(), left_out: plan.left_out })
 }

@@ -25,7 +25,7 @@ use super::auth;
 use super::demo::DEMO_CAPS;
 use super::error::{ApiErr, ApiResult, Body};
 use super::run_schedule::{Author, Schedule};
-use super::{audit, events, playground, run_data, AppState};
+use super::{audit, events, playground, run_data, snapshots, AppState};
 use crate::bench_edit::{self, BenchObserver, Config, ModeArg, TaskArg};
 use crate::dataset::{DataSource, Split};
 use crate::device::Loaded;
@@ -311,6 +311,16 @@ async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
             if let Ok(mut m) = st.runs.cancels.lock() {
                 m.remove(&id);
             }
+            // Its results are stored: no run needs its data any more.
+            let (folder, blobs) = (run_data::dir(&st.data_dir, id), snapshots::blobs_dir(&st.data_dir));
+            if folder.exists() {
+                tokio::task::spawn_blocking(move || {
+                    let _ = std::fs::remove_dir_all(&folder);
+                    snapshots::sweep_blobs(&blobs);
+                })
+                .await
+                .map_err(ApiErr::internal)?;
+            }
         }
     }
     Ok(())
@@ -462,9 +472,20 @@ fn validate(req: &RunRequest, guest: bool) -> ApiResult<()> {
     Ok(())
 }
 
-/// Writes the workspace's usable cases as the data set of a new run (in a fresh folder the caller renames to the run's
-/// once it has an id) and bounds the request's `n` by them.
-async fn snapshot(st: &AppState, ws: i64, req: &mut RunRequest) -> ApiResult<(PathBuf, run_data::Snapshot)> {
+/// A workspace run's data, written and waiting for the run's id.
+struct Written {
+    /// The fresh folder the caller renames to the run's once it has an id.
+    tmp: PathBuf,
+    snapshot: run_data::Snapshot,
+    /// Bytes counted against the workspace's snapshot quota (stored with the run).
+    bytes: u64,
+    /// Held until the run's row (which counts the bytes from then on) is committed.
+    _reserved: snapshots::Reservation,
+}
+
+/// Writes the workspace's usable cases as the data set of a new run, within the workspace's snapshot quota (checked
+/// and reserved before anything is written), and bounds the request's `n` by them.
+async fn snapshot(st: &AppState, ws: i64, sandbox: bool, req: &mut RunRequest) -> ApiResult<Written> {
     let cases = playground::stored_cases(st, ws).await?;
     if cases.is_empty() {
         return Err(ApiErr::bad_request(
@@ -472,9 +493,15 @@ async fn snapshot(st: &AppState, ws: i64, req: &mut RunRequest) -> ApiResult<(Pa
         ));
     }
     let task = if parse::<TaskArg>("task", &req.task)? == TaskArg::Caption { Task::Caption } else { Task::Vqa };
+    let (st2, limit) = (st.clone(), req.n);
+    let plan = tokio::task::spawn_blocking(move || run_data::plan(&st2, &st2.world, task, &cases, limit))
+        .await
+        .map_err(ApiErr::internal)??;
+    let bytes = plan.bytes;
+    let reserved = st.snapshot_quota.reserve(&st.db, ws, sandbox, bytes).await?;
     let tmp = st.data_dir.join("runs").join(format!("new-{}", auth::random_hex(8)?));
-    let (st2, out, limit) = (st.clone(), tmp.clone(), req.n);
-    let written = tokio::task::spawn_blocking(move || run_data::write(&st2, &st2.world, task, &cases, limit, &out))
+    let (out, blobs) = (tmp.clone(), snapshots::blobs_dir(&st.data_dir));
+    let written = tokio::task::spawn_blocking(move || run_data::write(plan, &blobs, &out))
         .await
         .map_err(ApiErr::internal)
         .and_then(|r| r);
@@ -499,7 +526,7 @@ async fn snapshot(st: &AppState, ws: i64, req: &mut RunRequest) -> ApiResult<(Pa
             return refuse(format!("k = {} is more than the {} usable cases of the workspace", req.k, snap.cases));
         }
     }
-    Ok((tmp, snap))
+    Ok(Written { tmp, snapshot: snap, bytes, _reserved: reserved })
 }
 
 /// Unfinished (queued or running) runs one user may have at once: the run worker takes runs one at a time, so this
@@ -546,21 +573,22 @@ pub async fn create(
     }
     // Checked before the (possibly slow) snapshot, and again in the transaction that stores the run.
     check_caps(&mut *st.db.acquire().await?, &c).await?;
-    let snapshot = if req.data == WORKSPACE { Some(snapshot(&st, ws, &mut req).await?) } else { None };
+    let snapshot = if req.data == WORKSPACE { Some(snapshot(&st, ws, c.user.guest, &mut req).await?) } else { None };
     let stored = async {
         let mut tx = super::write_tx(&st.db).await?;
         auth::recheck(&mut tx, &c, ws, Role::Editor).await?;
         check_caps(&mut tx, &c).await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO benchmark_runs (workspace_id, author_id, model, request_json, status, total, note) \
-             VALUES (?, ?, ?, ?, 'queued', ?, ?) RETURNING id",
+            "INSERT INTO benchmark_runs (workspace_id, author_id, model, request_json, status, total, note, \
+             snapshot_bytes) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
         )
         .bind(ws)
         .bind(c.user.id)
         .bind(&st.info.name)
         .bind(serde_json::to_string(&req).map_err(ApiErr::internal)?)
         .bind(total(&req) as i64)
-        .bind(snapshot.as_ref().and_then(|(_, s)| s.note()))
+        .bind(snapshot.as_ref().and_then(|w| w.snapshot.note()))
+        .bind(snapshot.as_ref().map_or(0, |w| w.bytes as i64))
         .fetch_one(&mut *tx)
         .await?;
         let detail = format!(
@@ -579,8 +607,8 @@ pub async fn create(
     let id = match stored.await {
         Ok(id) => id,
         Err(e) => {
-            if let Some((tmp, _)) = &snapshot {
-                let _ = std::fs::remove_dir_all(tmp);
+            if let Some(w) = &snapshot {
+                let _ = std::fs::remove_dir_all(&w.tmp);
             }
             return Err(e);
         }
@@ -588,16 +616,16 @@ pub async fn create(
     // The snapshot takes the run's id only once the row is committed, so a failed commit leaves no folder behind. A
     // folder already there belongs to no run (the id was just given out: one left by a crash between an earlier
     // commit's rollback and its clean-up) and is replaced.
-    if let Some((tmp, _)) = &snapshot {
+    if let Some(w) = snapshot {
         let dest = run_data::dir(&st.data_dir, id);
         let moved = (|| {
             if dest.exists() {
                 std::fs::remove_dir_all(&dest)?;
             }
-            std::fs::rename(tmp, &dest)
+            std::fs::rename(&w.tmp, &dest)
         })();
         if let Err(e) = moved {
-            let _ = std::fs::remove_dir_all(tmp);
+            let _ = std::fs::remove_dir_all(&w.tmp);
             sqlx::query("UPDATE benchmark_runs SET status = 'failed', error = ? WHERE id = ?")
                 .bind("the run's data could not be stored on the server")
                 .bind(id)
