@@ -20,6 +20,7 @@ mod playground;
 mod run_data;
 mod run_schedule;
 mod runs;
+mod snapshots;
 mod throttle;
 mod worker;
 mod workspaces;
@@ -81,10 +82,11 @@ pub struct ServeArgs {
     /// dropped and reloaded from disk when needed).
     #[arg(long, default_value_t = 256)]
     pub patch_cache: usize,
-    /// Built edit methods the model worker keeps (each UniKE variant is one; the least recently used is dropped and
-    /// rebuilt when needed).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub method_cache: u32,
+    /// Megabytes the edit methods the model worker keeps built may hold beyond the model (trained networks, UniKE's
+    /// prepared memory: each UniKE variant is a method of its own); the least recently used are dropped and rebuilt
+    /// when needed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub method_cache_mb: u32,
     /// Benchmark runs queued at once (taken round robin across authors, members before demo guests); past it a new
     /// run answers 503.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
@@ -93,6 +95,10 @@ pub struct ServeArgs {
     /// on a new upload answers 413.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub uploads_mb: u32,
+    /// Megabytes of images the unfinished runs on one workspace's cases may hold in their data snapshots (images shared
+    /// between runs are stored once; a run's data goes when it ends). Demo sandboxes: 64 or this, the smaller.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub snapshot_mb: u32,
     /// Cases one workspace may hold (imports and Playground edits together; demo sandboxes: 200).
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub cases_per_workspace: u32,
@@ -130,6 +136,8 @@ pub struct AppState {
     pub cases_per_workspace: usize,
     /// Bytes of kept uploads.
     pub uploads_bytes: u64,
+    /// Bytes of run data snapshots per workspace, and what launches have reserved of them.
+    pub snapshot_quota: Arc<snapshots::SnapshotQuota>,
     /// Bumped whenever someone may have lost access (see [`auth::access_changed`]).
     pub access_epoch: Arc<std::sync::atomic::AtomicU64>,
     pub demo: bool,
@@ -334,7 +342,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         info.name.clone(),
         args.queue,
         args.patch_cache.saturating_mul(1_000_000),
-        args.method_cache as usize,
+        args.method_cache_mb as usize * 1024 * 1024,
     );
     let (runs, updates) = RunQueue::spawn(loaded, data_dir.clone(), world_source, args.run_queue as usize);
     let state = AppState {
@@ -356,6 +364,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         access_epoch: Arc::default(),
         cases_per_workspace: args.cases_per_workspace as usize,
         uploads_bytes: u64::from(args.uploads_mb) * 1024 * 1024,
+        snapshot_quota: Arc::new(snapshots::SnapshotQuota::new(
+            u64::from(args.snapshot_mb) * 1024 * 1024,
+            u64::from(args.snapshot_mb.min(64)) * 1024 * 1024,
+        )),
         demo: args.demo,
         secure_cookies: args.secure_cookies,
         trust_proxy: args.trust_proxy,

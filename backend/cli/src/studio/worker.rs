@@ -108,7 +108,8 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker on `loaded`; `data` is the world's data directory (training split: the memory of unrelated
     /// inputs), `root` the repository root (hyper-parameter files).
-    /// `patch_cache` bounds the loaded patches kept between jobs, in parameters; `method_cache` the built methods.
+    /// `patch_cache` bounds the loaded patches kept between jobs, in parameters; `method_cache` the built methods, in
+    /// bytes of what each holds beyond the model ([`EditMethod::resident_bytes`]).
     pub fn spawn(
         loaded: Arc<Loaded>,
         data: PathBuf,
@@ -201,8 +202,9 @@ struct State {
     root: PathBuf,
     model_name: String,
     memory: Option<Vec<EditSequence>>,
-    /// Built methods by canonical name ([`registry::canonical_name`]), at most `method_cache` of them (the least
-    /// recently used is dropped and rebuilt when asked for again): every UniKE variant is a method of its own.
+    /// Built methods by canonical name ([`registry::canonical_name`]), weighing together at most `method_cache` bytes
+    /// of what they hold beyond the model (the least recently used are dropped and rebuilt when asked for again;
+    /// one method over the budget is kept alone): every UniKE variant is a method of its own.
     methods: LruCache<String, Box<dyn EditMethod>>,
     patches: LruCache<PathBuf, Patch>,
 }
@@ -258,7 +260,8 @@ impl State {
                 model_dir: &self.loaded.dir,
             };
             let m = registry::build(name, inputs)?;
-            self.methods.insert(key.clone(), m, 1);
+            let weight = m.resident_bytes().max(1);
+            self.methods.insert(key.clone(), m, weight);
         }
         self.methods.get(&key).map(|m| m.as_ref()).ok_or_else(|| CoreError::Invalid(format!("method {name} missing")))
     }

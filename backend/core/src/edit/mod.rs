@@ -7,6 +7,7 @@ pub mod hparams;
 pub mod hypernet;
 pub mod ike;
 pub mod ke;
+pub mod memory_prefix;
 pub mod mend;
 pub mod neurons;
 pub mod none;
@@ -55,4 +56,15 @@ pub trait EditMethod: Send + Sync {
     fn patch_deps(&self) -> PatchDeps {
         PatchDeps::default()
     }
+
+    /// Bytes of the tensors this built method holds beyond the model (trained networks, prepared memories), so that a
+    /// cache of built methods can be bounded by memory. A part shared with another holder counts in full here.
+    fn resident_bytes(&self) -> usize {
+        0
+    }
+}
+
+/// Bytes of `t`'s elements.
+pub fn tensor_bytes(t: &candle_core::Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
 }

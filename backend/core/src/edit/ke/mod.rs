@@ -47,6 +47,11 @@ pub struct KeNet {
 }
 
 impl KeNet {
+    /// The network's parameters.
+    pub fn set(&self) -> &ParamSet {
+        &self.set
+    }
+
     /// A fresh network for `model`; the initial step size gives the first changes unit Frobenius norm on `cases`.
     pub fn init(model: &Llava, params: KeParams, cases: &[TrainCase]) -> Result<Self> {
         let layers = hypernet::last_layers(model, params.layers)?;
@@ -113,6 +118,10 @@ pub struct Ke {
 impl EditMethod for Ke {
     fn name(&self) -> &str {
         "ke"
+    }
+
+    fn resident_bytes(&self) -> usize {
+        self.net.set().num_parameters() * 4
     }
 
     fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {

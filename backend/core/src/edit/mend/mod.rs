@@ -45,6 +45,11 @@ pub struct MendNet {
 }
 
 impl MendNet {
+    /// The network's parameters.
+    pub fn set(&self) -> &ParamSet {
+        &self.set
+    }
+
     /// A fresh network for `model`: feature statistics and the initial step size are measured on `cases` (the step
     /// size so that the first changes have unit Frobenius norm on average).
     pub fn init(model: &Llava, params: MendParams, cases: &[TrainCase]) -> Result<Self> {
@@ -119,6 +124,10 @@ pub struct Mend {
 impl EditMethod for Mend {
     fn name(&self) -> &str {
         "mend"
+    }
+
+    fn resident_bytes(&self) -> usize {
+        self.net.set().num_parameters() * 4
     }
 
     fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {

@@ -293,6 +293,10 @@ impl EditMethod for Serac {
         "serac"
     }
 
+    fn resident_bytes(&self) -> usize {
+        self.net.set.num_parameters() * 4
+    }
+
     fn patch_deps(&self) -> crate::edit::PatchDeps {
         crate::edit::PatchDeps { knowledge: None, serac: Some(self.net.clone()) }
     }

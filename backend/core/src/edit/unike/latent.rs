@@ -97,6 +97,15 @@ impl Knowledge {
         Ok(Self { banks, parts, encoders })
     }
 
+    /// Bytes of the prepared memory (per layer: centred semantic states, keys, values, positive states).
+    pub fn bytes(&self) -> usize {
+        use crate::edit::tensor_bytes;
+        self.banks
+            .values()
+            .map(|b| [&b.sem, &b.keys, &b.values, &b.pos].into_iter().map(tensor_bytes).sum::<usize>())
+            .sum()
+    }
+
     /// Layers the knowledge covers.
     pub fn layers(&self) -> impl Iterator<Item = usize> + '_ {
         self.banks.keys().copied()
