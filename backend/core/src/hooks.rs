@@ -140,6 +140,15 @@ impl Hooks {
         self.layers.values().all(LayerHooks::is_empty) && self.contexts.is_empty()
     }
 
+    /// The lowest layer whose computation the hooks change: 0 with an in-context prefix (every layer attends to it),
+    /// else the smallest hooked layer; `None` for no hooks. Below it the model computes what it computes unhooked.
+    pub fn first_layer(&self) -> Option<usize> {
+        if !self.contexts.is_empty() {
+            return Some(0);
+        }
+        self.layers.iter().find(|(_, h)| !h.is_empty()).map(|(l, _)| *l)
+    }
+
     /// Largest hooked layer index, to check against the model.
     pub fn max_layer(&self) -> Option<usize> {
         self.layers.iter().rev().find(|(_, h)| !h.is_empty()).map(|(l, _)| *l)

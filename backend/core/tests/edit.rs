@@ -222,6 +222,11 @@ fn unike_and_its_ablations_edit_and_keep_other_answers() -> Result<()> {
         params.apply_variant(variant)?;
         let name = format!("unike:{variant}");
         let method = UniKe::new(&name, params, &f.model, &artifacts, memory(&f, 64)?, f.eos[0])?;
+        // What a cache of built methods weighs it by: the prepared memory of its two layers (centred semantic
+        // states, keys, values, positive states of 160 entries, f32), or nothing without latent editing.
+        let d = artifacts.memory.h_sem[0].dim(1)?;
+        let latent = !matches!(variant, "only-intrinsic" | "intrinsic+ike");
+        assert_eq!(method.resident_bytes(), if latent { 2 * 4 * 160 * d * 4 } else { 0 }, "{variant}");
         let mut stack = PatchStack::new();
         let patch = method.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, &request)?;
         assert_eq!(patch.provenance.method, name);
@@ -243,6 +248,23 @@ fn unike_and_its_ablations_edit_and_keep_other_answers() -> Result<()> {
         stack.remove(id)?;
         assert_eq!(say(&f, &s, &stack.hooks()?)?, say(&f, &s, &none)?);
     }
+    // Sequential editing: each edit is trained under the stack as it will be applied (one retrieval over the memory,
+    // the stack's entries and its own), so both edits of a stack of two take.
+    let method = UniKe::new("unike", UniKeParams::default(), &f.model, &artifacts, memory(&f, 64)?, f.eos[0])?;
+    let second = eval_split(&f.world, Split::FactsSeen, 40)
+        .into_iter()
+        .find(|p| p.image.is_some() && p.question != s.question && p.answer != target)
+        .context("a second fact")?;
+    let mut stack = PatchStack::new();
+    for (sample, goal) in [(&s, target), (&second, target)] {
+        let req = EditRequest { image: pixels(&f, sample)?, question: sample.question.clone(), ..request.clone() };
+        let patch = method.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, &req)?;
+        stack.push(patch);
+        let edited = Sample { answer: goal.into(), ..sample.clone() };
+        assert_eq!(say(&f, &edited, &stack.hooks()?)?, goal, "on a stack of {}", stack.len());
+    }
+    let first = Sample { answer: target.into(), ..s.clone() };
+    assert_eq!(say(&f, &first, &stack.hooks()?)?, target, "the first edit still holds under the second");
     // Only latent IKE edits without neurons; its patch holds the edit's states only.
     let mut params = UniKeParams::default();
     params.apply_variant("only-latent")?;
@@ -300,6 +322,7 @@ fn trained_baselines_edit_keep_other_answers_stack_undo_and_round_trip() -> Resu
             model_dir: &model_dir,
         };
         let method = registry::build(name, inputs)?;
+        assert!(method.resident_bytes() > 10_000, "{name}: its trained network weighs in the method cache");
         let mut took = 0;
         let mut kept = 0;
         for (s, target) in &edits {
@@ -373,6 +396,62 @@ fn trained_baselines_edit_keep_other_answers_stack_undo_and_round_trip() -> Resu
         stack.remove(ids[1])?;
         assert!(stack.is_empty());
         assert_eq!(say(&f, &edits[0].0, &stack.hooks()?)?, say(&f, &edits[0].0, &none)?, "{name}: undo all");
+    }
+    Ok(())
+}
+
+/// Memory queries under a stack (T-Patcher's and UniKE's locality terms) run only the patched layers on a cached
+/// prefix, in padded batches, and give what the full forward pass gives sequence by sequence; a stack hooked lower
+/// down takes the full pass.
+#[test]
+fn memory_queries_under_a_stack_run_only_the_patched_layers_and_match_the_full_pass() -> Result<()> {
+    use std::collections::BTreeMap;
+    use unike_core::edit::memory_prefix::{memory_queries_fast, MemoryPrefix};
+    use unike_core::edit::neurons::memory_queries;
+    use unike_core::edit::{Patch, Provenance};
+    use unike_core::hooks::ExtraNeurons;
+    use unike_core::model::config::Activation;
+    let f = fixture()?;
+    let all = memory(&f, 70)?; // more than one padded batch of 64
+    let (mem, more) = all.split_at(66);
+    let n = f.model.text().num_layers();
+    let layers = vec![n - 2, n - 1];
+    let d = f.model.config().text.hidden_size;
+    let request = EditRequest { question: "q".into(), image: None, image_path: None, target: "t".into(), seed: 0 };
+    // Random neurons at `layer`: they change the FFN inputs of the layers above.
+    let patch = |layer: usize, seed: u64| -> Result<Patch> {
+        let dev = &Device::Cpu;
+        let mut rng = Rng::new(seed);
+        let mut randn = |r: usize, c: usize| -> Result<candle_core::Tensor> {
+            let v: Vec<f32> = (0..r * c).map(|_| rng.unit() - 0.5).collect();
+            Ok(candle_core::Tensor::from_vec(v, (r, c), dev)?)
+        };
+        let (w_k, w_v) = (randn(d, 4)?, randn(4, d)?);
+        let neurons =
+            ExtraNeurons::new(w_k, candle_core::Tensor::ones(4, candle_core::DType::F32, dev)?, w_v, Activation::Relu)?;
+        Ok(Patch::new(Provenance::new("test", &(), &request)?, BTreeMap::from([(layer, neurons)])))
+    };
+    let prefix = MemoryPrefix::default();
+    for (hooked, what) in [(n - 2, "above the prefix"), (0, "below it: the full pass")] {
+        let mut stack = PatchStack::new();
+        stack.push(patch(hooked, 3)?);
+        let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &stack };
+        let full = memory_queries(&ctx, &all, &layers, &Hooks::none())?;
+        let fast = memory_queries_fast(&ctx, mem, &prefix, more, &layers, &Hooks::none())?;
+        let unedited = memory_queries(
+            &EditContext { model: &f.model, processor: &f.processor, stack: &PatchStack::new() },
+            &all,
+            &layers,
+            &Hooks::none(),
+        )?;
+        for l in &layers {
+            let diff = (&full[l] - &fast[l])?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "{what}: layer {l} differs by {diff}");
+            assert_eq!(full[l].dims(), fast[l].dims());
+        }
+        // The stack matters: the last layer's queries are not the unedited model's.
+        let moved = (&unedited[&(n - 1)] - &fast[&(n - 1)])?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(moved > 1e-3, "{what}: the stack changed nothing ({moved})");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::memory_prefix::{memory_queries_fast, MemoryPrefix};
 use super::neurons::{memory_queries, stack_memory, train_neurons, NeuronParams, NeuronSetting};
 use super::{EditContext, EditMethod, EditRequest, EditSequence, Patch, Provenance};
 use crate::error::Result;
@@ -42,11 +43,13 @@ pub struct TPatcher {
     pub eos: u32,
     /// Memory queries on the unedited model (an empty stack), computed once.
     unedited: OnceLock<BTreeMap<usize, Tensor>>,
+    /// `memory`'s residual stream below the patched layers (the same under every stack whose hooks sit above).
+    prefix: MemoryPrefix,
 }
 
 impl TPatcher {
     pub fn new(params: TPatcherParams, memory: Vec<EditSequence>, eos: u32) -> Self {
-        Self { params, memory, eos, unedited: OnceLock::new() }
+        Self { params, memory, eos, unedited: OnceLock::new(), prefix: MemoryPrefix::default() }
     }
 }
 
@@ -61,7 +64,7 @@ impl EditMethod for TPatcher {
         let n = ctx.model.text().num_layers();
         let layers: Vec<usize> = (n.saturating_sub(self.params.0.last_layers)..n).collect();
         // On the unedited model the memory's queries never change: compute them once. Under a stack they depend on
-        // the patches below, so they are recomputed.
+        // the patches below, so they are recomputed (running only the patched layers where the stack allows).
         let fresh;
         let memory = if ctx.stack.is_empty() {
             match self.unedited.get() {
@@ -72,9 +75,8 @@ impl EditMethod for TPatcher {
                 }
             }
         } else {
-            let mut seqs = self.memory.clone();
-            seqs.extend(stack_memory(ctx, self.eos)?);
-            fresh = memory_queries(ctx, &seqs, &layers, &Hooks::none())?;
+            let earlier = stack_memory(ctx, self.eos)?;
+            fresh = memory_queries_fast(ctx, &self.memory, &self.prefix, &earlier, &layers, &Hooks::none())?;
             &fresh
         };
         let neurons = train_neurons(ctx, &seq, memory, &self.params.0, request.seed, &NeuronSetting::default())?;

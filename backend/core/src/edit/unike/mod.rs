@@ -24,6 +24,7 @@ use self::encoders::{EncoderParams, Encoders};
 use self::latent::{Alpha, Knowledge};
 use self::memory::{knowledge_states, KnowledgeMemory};
 use super::ike::demonstration;
+use super::memory_prefix::{memory_queries_fast, MemoryPrefix};
 use super::neurons::{memory_queries, stack_memory, train_neurons, NeuronParams, NeuronSetting};
 use super::patch::Retrieval;
 use super::{EditContext, EditMethod, EditRequest, EditSequence, Patch, Provenance};
@@ -244,6 +245,8 @@ pub struct UniKe {
     memory: Vec<EditSequence>,
     eos: u32,
     unedited: OnceLock<BTreeMap<usize, Tensor>>,
+    /// `memory`'s residual stream below the edited layers (the same under every stack whose hooks sit above).
+    prefix: MemoryPrefix,
 }
 
 impl UniKe {
@@ -278,6 +281,7 @@ impl UniKe {
             memory,
             eos,
             unedited: OnceLock::new(),
+            prefix: MemoryPrefix::default(),
         })
     }
 
@@ -322,6 +326,10 @@ impl EditMethod for UniKe {
         super::PatchDeps { knowledge: self.knowledge.clone(), serac: None }
     }
 
+    fn resident_bytes(&self) -> usize {
+        self.knowledge.as_ref().map_or(0, |k| k.bytes())
+    }
+
     fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {
         let model = ctx.model;
         let seq =
@@ -344,16 +352,22 @@ impl EditMethod for UniKe {
         if !self.params.intrinsic {
             return Ok(patch);
         }
-        // Intrinsic knowledge, trained with the external knowledge in place (the two collaborate in the same layers).
-        let extra = if patch.latent.is_empty() && patch.contexts.is_empty() { Hooks::none() } else { patch.hooks()? };
-        // T-Patcher's memory queries: under the stack and the retrieval over the shared memory (the edit's own entry
-        // left out, so that on an empty stack they are computed once); a demonstration changes them, so then they are
-        // recomputed.
-        let memory_hooks = match (&self.knowledge, patch.contexts.is_empty()) {
-            (_, false) => extra.clone(),
-            (Some(k), true) => k.hooks(self.params.top_k, self.params.alpha, &BTreeMap::new())?,
-            (None, true) => Hooks::none(),
-        };
+        // Intrinsic knowledge, trained with the external knowledge in place (the two collaborate in the same layers)
+        // exactly as the stack applies them once the patch is pushed: one retrieval over the shared memory, the
+        // stack's entries and the edit's own (not the stack's retrieval plus a second one of the edit's).
+        let stack_has_retrieval = ctx.stack.iter().any(|(_, p)| !p.latent.is_empty());
+        let mut with_edit = ctx.stack.clone();
+        with_edit.push(patch.clone());
+        // T-Patcher's memory queries: under the stack, the edit's demonstration if any, and the retrieval (the
+        // stack's when it has one; else over the shared memory alone, the edit's own entry left out, so that on an
+        // empty stack they are computed once).
+        let mut memory_hooks = Hooks::none();
+        for c in &patch.contexts {
+            memory_hooks.add_context(c.clone());
+        }
+        if let (Some(k), false) = (&self.knowledge, stack_has_retrieval) {
+            memory_hooks.extend(&k.hooks(self.params.top_k, self.params.alpha, &BTreeMap::new())?);
+        }
         let fresh;
         let memory = if ctx.stack.is_empty() && patch.contexts.is_empty() {
             match self.unedited.get() {
@@ -364,13 +378,13 @@ impl EditMethod for UniKe {
                 }
             }
         } else {
-            let mut seqs = self.memory.clone();
-            seqs.extend(stack_memory(ctx, self.eos)?);
-            fresh = memory_queries(ctx, &seqs, &layers, &memory_hooks)?;
+            let earlier = stack_memory(ctx, self.eos)?;
+            fresh = memory_queries_fast(ctx, &self.memory, &self.prefix, &earlier, &layers, &memory_hooks)?;
             &fresh
         };
-        let setting = NeuronSetting { extra, value_offset: self.value_offsets(&layers, request.seed)? };
-        patch.neurons = train_neurons(ctx, &seq, memory, &self.params.neuron_params(), request.seed, &setting)?;
+        let setting = NeuronSetting { extra: Hooks::none(), value_offset: self.value_offsets(&layers, request.seed)? };
+        let with_ctx = EditContext { model, processor: ctx.processor, stack: &with_edit };
+        patch.neurons = train_neurons(&with_ctx, &seq, memory, &self.params.neuron_params(), request.seed, &setting)?;
         Ok(patch)
     }
 }
