@@ -28,7 +28,7 @@ pub struct BenchApiArgs {
 }
 
 /// One request; returns the status, the `Set-Cookie` session token if any, and the body.
-fn call(
+pub fn call(
     addr: SocketAddr,
     method: &str,
     path: &str,

@@ -5,6 +5,8 @@
 //! unike bench [--methods a,b] [--task vqa|caption|cross] [--mode one-step|sequential] [--k K] [--n N] [--seed S]
 //!             [--data DIR] [--json]
 //! unike bench-model [--model <DIR|default>] [--iters N] [--json]
+//! unike bench-stack [--methods t-patcher,unike] [--stack 10] [--edits 7] [--answers 20] [--json]
+//! unike soak [--addr A] [--visitors 8] [--minutes 5] [--pid PID] [--data-dir DIR]
 //! unike gen-data [--seed S] --out DIR
 //! unike serve [--addr 127.0.0.1:8080] [--model <DIR|default>] [--dist DIR]
 //! unike train-base [--seed S] [--out models/default] [--recipe default|smoke]
@@ -21,6 +23,7 @@ mod answer;
 mod bench;
 mod bench_api;
 mod bench_edit;
+mod bench_stack;
 mod dataset;
 mod device;
 mod eval_base;
@@ -29,6 +32,7 @@ mod model_dir;
 mod plot;
 mod plot_bench;
 mod reproduce;
+mod soak;
 mod studio;
 mod train_base;
 mod train_method;
@@ -51,8 +55,12 @@ enum Command {
     Bench(bench_edit::BenchArgs),
     /// Benchmark the model path: forward tokens/s, greedy answer latency, peak memory.
     BenchModel(bench::BenchArgs),
+    /// Time interactive edits on a stack of earlier edits, and answers under it.
+    BenchStack(bench_stack::BenchStackArgs),
     /// Latency of a running studio's API (leaderboard, answers) under a loopback load.
     BenchApi(bench_api::BenchApiArgs),
+    /// Simulated visitors doing the Playground loop against a running studio: latency, errors, memory and disk growth.
+    Soak(soak::SoakArgs),
     /// Write the synthetic world's edit sets (MMEdit E-VQA / E-IC JSON with VLKEB port_new, PNG images).
     GenData(gen_data::GenDataArgs),
     /// Serve the studio (front end + JSON API).
@@ -92,6 +100,8 @@ fn main() {
         Command::Bench(a) => bench_edit::run(a),
         Command::BenchModel(a) => bench::run(a),
         Command::BenchApi(a) => bench_api::run(a),
+        Command::BenchStack(a) => bench_stack::run(a),
+        Command::Soak(a) => soak::run(a),
         Command::GenData(a) => gen_data::run(a),
         Command::Serve(a) => studio::run(a),
         Command::TrainBase(a) => train_base::run(a),

@@ -3,10 +3,10 @@
 //! cancelled, resumed after the server is killed), the leaderboard, demo sandboxes, and clear 4xx errors for bad
 //! input that leave nothing half-written.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -14,202 +14,8 @@ use base64::Engine;
 use serde_json::{json, Value};
 use unike_shared::routes;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A running `unike serve`; killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(db: &Path, extra: &[&str]) -> Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_unike"))
-            .current_dir(root())
-            .args(["serve", "--addr", "127.0.0.1:0", "--model", "default", "--db"])
-            .arg(format!("sqlite://{}", db.display()))
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let port = loop {
-            ensure!(Instant::now() < deadline, "server did not start");
-            let line = lines.next().context("server exited")??;
-            if let Some(rest) = line.split("http://").nth(1) {
-                let addr = rest.split_whitespace().next().context("addr")?;
-                break addr.rsplit(':').next().context("port")?.parse::<u16>()?;
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.by_ref() {});
-        Ok(Self { child, port })
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A browser-like client: keeps the session cookie and sends the CSRF token on writes.
-#[derive(Clone)]
-struct Client {
-    port: u16,
-    cookie: Option<String>,
-    csrf: Option<String>,
-}
-
-struct Reply {
-    status: u16,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Result<Value> {
-        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {}", self.body))
-    }
-}
-
-impl Client {
-    fn new(port: u16) -> Self {
-        Self { port, cookie: None, csrf: None }
-    }
-
-    fn raw(&mut self, method: &str, path: &str, body: Option<&str>, csrf: bool) -> Result<Reply> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(120)))?;
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-        if let Some(c) = &self.cookie {
-            req.push_str(&format!("Cookie: unike_session={c}\r\n"));
-        }
-        if let (true, Some(t)) = (csrf, &self.csrf) {
-            req.push_str(&format!("x-csrf-token: {t}\r\n"));
-        }
-        let body = body.unwrap_or("");
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
-        s.write_all(req.as_bytes())?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
-        let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
-        for line in head.lines() {
-            if let Some(v) = line.strip_prefix("set-cookie: unike_session=") {
-                let token = v.split(';').next().unwrap_or("");
-                self.cookie = (!token.is_empty()).then(|| token.to_string());
-            }
-        }
-        Ok(Reply { status, body: body.to_string() })
-    }
-
-    fn get(&mut self, path: &str) -> Result<Reply> {
-        self.raw("GET", path, None, false)
-    }
-
-    fn post(&mut self, path: &str, body: &Value) -> Result<Reply> {
-        self.raw("POST", path, Some(&body.to_string()), true)
-    }
-
-    /// Starts a demo guest sandbox (the CSRF header must be there; any value before a session exists) and keeps the
-    /// session's CSRF token.
-    fn guest(&mut self) -> Result<Reply> {
-        self.csrf.get_or_insert_with(|| "new".into());
-        let r = self.raw("POST", routes::GUEST, None, true)?;
-        if r.status == 200 {
-            self.csrf = r.json()?["csrf_token"].as_str().map(str::to_string);
-        }
-        Ok(r)
-    }
-
-    /// Signs up (or in) and keeps the session's CSRF token.
-    fn auth(&mut self, route: &str, user: &str) -> Result<Reply> {
-        let r =
-            self.raw("POST", route, Some(&json!({"username": user, "password": "correct horse"}).to_string()), false)?;
-        if r.status == 200 {
-            self.csrf = r.json()?["csrf_token"].as_str().map(str::to_string);
-        }
-        Ok(r)
-    }
-}
-
-fn expect_error(r: &Reply, status: u16, needle: &str) -> Result<()> {
-    ensure!(r.status == status, "expected {status}, got {}: {}", r.status, r.body);
-    let v = r.json()?;
-    ensure!(v["code"] == status, "{}", r.body);
-    let msg = v["error"].as_str().unwrap_or("");
-    ensure!(msg.contains(needle), "expected {needle:?} in {msg:?}");
-    Ok(())
-}
-
-fn wait_run(c: &mut Client, id: i64, want: &[&str]) -> Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let run = c.get(&routes::run(id))?.json()?;
-        if want.contains(&run["status"].as_str().unwrap_or("")) {
-            return Ok(run);
-        }
-        ensure!(Instant::now() < deadline, "run {id} stuck: {run}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn temp_dir(name: &str) -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("unike-studio-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
-}
-
-/// Reads a server-sent event stream until `needle` shows up or the stream ends; returns what it read.
-fn sse_until(port: u16, cookie: &str, workspace: i64, needle: &str) -> std::thread::JoinHandle<Result<String>> {
-    let (cookie, needle) = (cookie.to_string(), needle.to_string());
-    let mut s = TcpStream::connect(("127.0.0.1", port));
-    if let Ok(s) = &mut s {
-        let _ = write!(
-            s,
-            "GET {}?workspace={workspace} HTTP/1.1\r\nHost: x\r\nCookie: unike_session={cookie}\r\n\r\n",
-            routes::EVENTS
-        );
-    }
-    std::thread::spawn(move || {
-        let mut s = s?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut seen = String::new();
-        let mut buf = [0u8; 4096];
-        // Until the needle shows up or the server ends the (chunked) stream.
-        while !seen.contains(&needle) && !seen.ends_with("\r\n0\r\n\r\n") {
-            let n = s.read(&mut buf)?;
-            ensure!(n > 0, "connection closed: {seen}");
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        Ok(seen)
-    })
-}
-
-/// A new account `user` signed up on `port`, with the id of its own first workspace.
-fn signed_up(port: u16, user: &str) -> Result<(Client, i64)> {
-    let mut c = Client::new(port);
-    let r = c.auth(routes::SIGN_UP, user)?;
-    ensure!(r.status == 200, "{}", r.body);
-    let ws = c.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("workspace")?;
-    Ok((c, ws))
-}
-
-/// An edit request on gallery item `i` with its own question and target.
-fn gallery_edit(gallery: &Value, i: usize, method: &str) -> Value {
-    let g = &gallery[i];
-    json!({"image": {"kind": "gallery", "id": g["id"]}, "question": g["question"], "target": g["target"], "method": method})
-}
+mod common;
+use common::*;
 
 #[test]
 fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()> {
@@ -1054,6 +860,99 @@ fn uploads_are_kept_only_for_edits_within_a_quota_and_collected_when_unused() ->
     }
     assert_eq!(kept(), 2, "referenced uploads stay");
     drop(_server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The files of `dir` (recursively), by inode: (inode, links, bytes).
+fn inodes(dir: &Path) -> Result<Vec<(u64, u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.metadata()?;
+        if m.is_dir() {
+            out.extend(inodes(&e.path())?);
+        } else {
+            out.push((m.ino(), m.nlink(), m.len()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn run_data_shares_images_within_a_disk_quota_and_goes_when_the_run_ends() -> Result<()> {
+    let dir = temp_dir("snapshots")?;
+    let server = Server::start(&dir.join("s.db"), &["--snapshot-mb", "4"])?;
+    let (mut alice, ws) = signed_up(server.port, "alice")?;
+    let data = dir.join("s.db.d");
+    let gallery = alice.get(routes::GALLERY)?.json()?;
+    // Cases: two Playground edits on gallery images, and an imported one on a large upload (~1.5 MB of noise).
+    for i in 0..2 {
+        let r = alice.post(&routes::edits(ws), &gallery_edit(&gallery, i, "serac"))?;
+        ensure!(r.status == 200, "{}", r.body);
+    }
+    let noise = json!({"image": {"kind": "upload", "base64": noise_png(700, 9)?}, "question": "what is this?",
+        "target": "noise", "method": "serac"});
+    ensure!(alice.post(&routes::edits(ws), &noise)?.status == 200);
+    let upload = std::fs::read_dir(data.join("uploads"))?
+        .flatten()
+        .find_map(|e| e.path().file_stem().and_then(|s| s.to_str()).map(str::to_string))
+        .context("the upload")?;
+    // Its words are the gallery's (a run refuses words outside the model's tokenizer).
+    let (q, a) = (|i: usize| gallery[i]["question"].clone(), |i: usize| gallery[i]["target"].clone());
+    let case = json!({"src": q(0), "alt": a(0), "image": upload, "rephrase": q(1), "image_rephrase": upload,
+        "loc": q(2), "loc_ans": a(2), "m_loc": upload, "m_loc_q": q(3), "m_loc_a": a(3)});
+    let imported = alice.post(&routes::cases(ws), &json!({ "cases": [case] }))?;
+    ensure!(imported.status == 200, "{}", imported.body);
+    // The run worker is kept busy, so runs on the workspace's cases wait with their data on disk.
+    let long = json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 400});
+    let busy = alice.post(&routes::runs(ws), &long)?.json()?["id"].as_i64().context("busy")?;
+    wait_run(&mut alice, busy, &["running"])?;
+    let on_ws = json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 10, "data": "workspace"});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = alice.post(&routes::runs(ws), &on_ws)?;
+        ensure!(r.status == 200, "{}", r.body);
+        ids.push(r.json()?["id"].as_i64().context("id")?);
+    }
+    // Both runs' images are the same files, stored once: each linked from the store and from the two runs.
+    let runs = data.join("runs");
+    let (a, b) = (inodes(&runs.join(ids[0].to_string()))?, inodes(&runs.join(ids[1].to_string()))?);
+    let images = |files: &[(u64, u64, u64)], bytes: u64| files.iter().filter(|f| f.2 >= bytes).count();
+    ensure!(images(&a, 1_000_000) == 3, "the upload is the case's three images: {a:?}");
+    let stored = inodes(&data.join("blobs"))?;
+    let shared: std::collections::BTreeSet<u64> = a.iter().chain(&b).filter(|f| f.2 > 1_000_000).map(|f| f.0).collect();
+    assert_eq!(shared.len(), 1, "one copy of the upload: {a:?} {b:?}");
+    assert!(stored.iter().all(|f| f.1 >= 3), "every stored image is linked from both runs: {stored:?}");
+    let stored_bytes: u64 = stored.iter().map(|f| f.2).sum();
+    ensure!(stored_bytes < 2_000_000, "the two runs' ~3.2 MB of images take {stored_bytes} bytes");
+    // A third run would pass the 4 MB quota counted per run (each ~1.6 MB): refused before anything is written.
+    let before = inodes(&data)?.len();
+    expect_error(&alice.post(&routes::runs(ws), &on_ws)?, 413, "snapshot quota")?;
+    assert_eq!(inodes(&data)?.len(), before, "nothing written for the refused run");
+    // When the runs end, their data goes, and the stored images with it; the quota is free again.
+    alice.post(&routes::run_cancel(busy), &json!({}))?;
+    for id in &ids {
+        let r = wait_run(&mut alice, *id, &["finished", "failed"])?;
+        assert_eq!(r["status"], "finished", "{r}");
+        assert_eq!(r["results"][0]["n"], 3, "{r}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while runs.join(ids[1].to_string()).exists() || !inodes(&data.join("blobs"))?.is_empty() {
+        ensure!(Instant::now() < deadline, "run data left: {:?}", inodes(&runs)?);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!runs.join(ids[0].to_string()).exists());
+    let again = alice.post(&routes::runs(ws), &on_ws)?;
+    ensure!(again.status == 200, "{}", again.body);
+    let again = wait_run(&mut alice, again.json()?["id"].as_i64().context("id")?, &["finished", "failed"])?;
+    assert_eq!(again["status"], "finished", "{again}");
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

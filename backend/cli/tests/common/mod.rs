@@ -1,0 +1,226 @@
+//! Helpers of the studio's integration tests: a real `unike serve` process on loopback and a browser-like client.
+#![allow(dead_code)] // each test crate uses its own part
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use unike_shared::routes;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A running `unike serve`; killed on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start(db: &Path, extra: &[&str]) -> Result<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_unike"))
+            .current_dir(root())
+            .args(["serve", "--addr", "127.0.0.1:0", "--model", "default", "--db"])
+            .arg(format!("sqlite://{}", db.display()))
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let port = loop {
+            ensure!(Instant::now() < deadline, "server did not start");
+            let line = lines.next().context("server exited")??;
+            if let Some(rest) = line.split("http://").nth(1) {
+                let addr = rest.split_whitespace().next().context("addr")?;
+                break addr.rsplit(':').next().context("port")?.parse::<u16>()?;
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Ok(Self { child, port })
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A browser-like client: keeps the session cookie and sends the CSRF token on writes.
+#[derive(Clone)]
+pub struct Client {
+    pub port: u16,
+    pub cookie: Option<String>,
+    pub csrf: Option<String>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {}", self.body))
+    }
+}
+
+impl Client {
+    pub fn new(port: u16) -> Self {
+        Self { port, cookie: None, csrf: None }
+    }
+
+    pub fn raw(&mut self, method: &str, path: &str, body: Option<&str>, csrf: bool) -> Result<Reply> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        if let Some(c) = &self.cookie {
+            req.push_str(&format!("Cookie: unike_session={c}\r\n"));
+        }
+        if let (true, Some(t)) = (csrf, &self.csrf) {
+            req.push_str(&format!("x-csrf-token: {t}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+        s.write_all(req.as_bytes())?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        let mut headers_seen = false;
+        loop {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            // A live-update stream never ends: its headers are the reply.
+            if !headers_seen {
+                if let Some((h, _)) = String::from_utf8_lossy(&buf).split_once("\r\n\r\n") {
+                    headers_seen = true;
+                    if h.contains("text/event-stream") {
+                        break;
+                    }
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+        let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
+        for line in head.lines() {
+            if let Some(v) = line.strip_prefix("set-cookie: unike_session=") {
+                let token = v.split(';').next().unwrap_or("");
+                self.cookie = (!token.is_empty()).then(|| token.to_string());
+            }
+        }
+        Ok(Reply { status, body: body.to_string() })
+    }
+
+    pub fn get(&mut self, path: &str) -> Result<Reply> {
+        self.raw("GET", path, None, false)
+    }
+
+    pub fn post(&mut self, path: &str, body: &Value) -> Result<Reply> {
+        self.raw("POST", path, Some(&body.to_string()), true)
+    }
+
+    /// Starts a demo guest sandbox (the CSRF header must be there; any value before a session exists) and keeps the
+    /// session's CSRF token.
+    pub fn guest(&mut self) -> Result<Reply> {
+        self.csrf.get_or_insert_with(|| "new".into());
+        let r = self.raw("POST", routes::GUEST, None, true)?;
+        if r.status == 200 {
+            self.csrf = r.json()?["csrf_token"].as_str().map(str::to_string);
+        }
+        Ok(r)
+    }
+
+    /// Signs up (or in) and keeps the session's CSRF token.
+    pub fn auth(&mut self, route: &str, user: &str) -> Result<Reply> {
+        let r =
+            self.raw("POST", route, Some(&json!({"username": user, "password": "correct horse"}).to_string()), false)?;
+        if r.status == 200 {
+            self.csrf = r.json()?["csrf_token"].as_str().map(str::to_string);
+        }
+        Ok(r)
+    }
+}
+
+pub fn expect_error(r: &Reply, status: u16, needle: &str) -> Result<()> {
+    ensure!(r.status == status, "expected {status}, got {}: {}", r.status, r.body);
+    let v = r.json()?;
+    ensure!(v["code"] == status, "{}", r.body);
+    let msg = v["error"].as_str().unwrap_or("");
+    ensure!(msg.contains(needle), "expected {needle:?} in {msg:?}");
+    Ok(())
+}
+
+pub fn wait_run(c: &mut Client, id: i64, want: &[&str]) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let run = c.get(&routes::run(id))?.json()?;
+        if want.contains(&run["status"].as_str().unwrap_or("")) {
+            return Ok(run);
+        }
+        ensure!(Instant::now() < deadline, "run {id} stuck: {run}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn temp_dir(name: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("unike-studio-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// Reads a server-sent event stream until `needle` shows up or the stream ends; returns what it read.
+pub fn sse_until(port: u16, cookie: &str, workspace: i64, needle: &str) -> std::thread::JoinHandle<Result<String>> {
+    let (cookie, needle) = (cookie.to_string(), needle.to_string());
+    let mut s = TcpStream::connect(("127.0.0.1", port));
+    if let Ok(s) = &mut s {
+        let _ = write!(
+            s,
+            "GET {}?workspace={workspace} HTTP/1.1\r\nHost: x\r\nCookie: unike_session={cookie}\r\n\r\n",
+            routes::EVENTS
+        );
+    }
+    std::thread::spawn(move || {
+        let mut s = s?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        // Until the needle shows up or the server ends the (chunked) stream.
+        while !seen.contains(&needle) && !seen.ends_with("\r\n0\r\n\r\n") {
+            let n = s.read(&mut buf)?;
+            ensure!(n > 0, "connection closed: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        Ok(seen)
+    })
+}
+
+/// A new account `user` signed up on `port`, with the id of its own first workspace.
+pub fn signed_up(port: u16, user: &str) -> Result<(Client, i64)> {
+    let mut c = Client::new(port);
+    let r = c.auth(routes::SIGN_UP, user)?;
+    ensure!(r.status == 200, "{}", r.body);
+    let ws = c.get(routes::WORKSPACES)?.json()?[0]["id"].as_i64().context("workspace")?;
+    Ok((c, ws))
+}
+
+/// An edit request on gallery item `i` with its own question and target.
+pub fn gallery_edit(gallery: &Value, i: usize, method: &str) -> Value {
+    let g = &gallery[i];
+    json!({"image": {"kind": "gallery", "id": g["id"]}, "question": g["question"], "target": g["target"], "method": method})
+}
