@@ -628,6 +628,13 @@ fn a_visitor_who_hangs_up_leaves_no_work_and_no_files_behind() -> Result<()> {
     let _server = Server::start(&db, &[])?;
     assert!(!orphan.exists());
     assert_eq!(count(a_ws), 2, "the recorded patch stays");
+    // An undone edit's patch goes with it (an undone edit is never applied again; its case stays in the history).
+    let id = first.json()?["id"].as_i64().context("edit id")?;
+    alice.port = _server.port; // the restarted server listens elsewhere; the session lives in the database
+    let undone = alice.raw("DELETE", &routes::edit(a_ws, id), None, true)?;
+    ensure!(undone.status == 200, "{}", undone.body);
+    assert_eq!(count(a_ws), 0, "the undone edit's patch is removed");
+    assert_eq!(alice.post(&routes::answer(a_ws), &ask)?.status, 200, "the stack without it answers");
     drop(_server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

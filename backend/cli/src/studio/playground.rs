@@ -300,20 +300,24 @@ pub async fn undo(
     let _guard = st.edit_locks.lock(ws).await;
     let mut tx = super::write_tx(&st.db).await?;
     auth::recheck(&mut tx, &c, ws, Role::Editor).await?;
-    let n = sqlx::query(
+    let patch_dir: Option<String> = sqlx::query_scalar(
         "UPDATE applied_edits SET active = 0, undone_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
-         WHERE id = ? AND workspace_id = ? AND active = 1",
+         WHERE id = ? AND workspace_id = ? AND active = 1 RETURNING patch_dir",
     )
     .bind(edit)
     .bind(ws)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if n == 0 {
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(patch_dir) = patch_dir else {
         return Err(ApiErr::not_found(format!("edit {edit} on workspace {ws}'s stack")));
-    }
+    };
     audit::record(&mut tx, Some(ws), c.user.id, "edit.undo", &format!("#{edit}")).await?;
     tx.commit().await?;
+    // An undone edit is never applied again (its case and record stay in the workspace's history): its patch goes, so
+    // edit-and-undo loops do not fill the disk.
+    for f in unike_core::edit::Patch::files(&st.data_dir.join(&patch_dir)) {
+        let _ = std::fs::remove_file(f);
+    }
     events::publish(&st, Event::EditUndone { workspace_id: ws, edit_id: edit, by: c.user.username.clone() });
     Ok(Json(edit_stack(&st, ws).await?))
 }
@@ -455,11 +459,12 @@ pub async fn import(
     Ok(Json(ImportSummary { imported: req.cases.len() }))
 }
 
-/// Removes the patch files no edit refers to (an edit whose server stopped between saving its patch and recording
-/// it); run at start-up, before any edit can be in flight. Returns how many patches were removed.
+/// Removes the patch files no edit on a stack refers to (an edit whose server stopped between saving its patch and
+/// recording it; an undone edit whose files outlived a crash, or an older studio that kept them); run at start-up,
+/// before any edit can be in flight. Returns how many patches were removed.
 pub async fn remove_orphan_patches(st: &AppState) -> ApiResult<usize> {
     let known: std::collections::HashSet<String> =
-        sqlx::query_scalar::<_, String>("SELECT patch_dir FROM applied_edits")
+        sqlx::query_scalar::<_, String>("SELECT patch_dir FROM applied_edits WHERE active = 1")
             .fetch_all(&st.db)
             .await?
             .into_iter()

@@ -273,6 +273,12 @@ impl State {
                 stack.push(p.clone());
                 continue;
             }
+            // Undoing an edit removes its patch: a request queued before the undo finds it gone.
+            if Patch::files(&e.dir).iter().any(|f| !f.is_file()) {
+                return Err(CoreError::Invalid(
+                    "the workspace's stack changed while this request waited (an edit was undone); try again".into(),
+                ));
+            }
             let deps = self.method(&e.method)?.patch_deps();
             let p = Patch::load_with(&e.dir, &self.loaded.model, &deps)?;
             stack.push(p.clone());
