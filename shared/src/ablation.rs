@@ -163,6 +163,7 @@ mod tests {
                 n: 30,
                 convention: Default::default(),
                 exact_match: metrics.clone(),
+                metrics_v1: None,
                 metrics,
                 timing: Timing { edit_ms_median: 1.0, edit_ms_p90: 2.0 },
             },

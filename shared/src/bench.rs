@@ -103,6 +103,11 @@ pub struct BenchResult {
     pub metrics: MetricSet,
     /// Exact match of greedy answers (locality: the post-edit answer equals the pre-edit answer).
     pub exact_match: MetricSet,
+    /// The same edits scored under the old convention v1 (token accuracy over the answer and its end of sequence;
+    /// T- and M-Locality as top-1 agreement at the answer and end-of-sequence positions), so that a change of model
+    /// can be read apart from the change of metric. Absent in results stored before it was computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_v1: Option<MetricSet>,
     pub timing: Timing,
 }
 

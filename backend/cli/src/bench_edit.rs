@@ -364,6 +364,10 @@ pub fn markdown(results: &[BenchResult]) -> String {
         out.push('\n');
         out.push_str(&row(r, &r.exact_match, "exact match"));
         out.push('\n');
+        if let Some(v1) = &r.metrics_v1 {
+            out.push_str(&row(r, v1, "old v1 token acc."));
+            out.push('\n');
+        }
     }
     out.push_str(&format!("\n{}\n", CONVENTION_NOTE));
     out
@@ -375,7 +379,9 @@ pub const CONVENTION_NOTE: &str = "Token scores, convention v2 (EasyEdit's multi
     agreement with the unedited model at each answer position; M-Loc. = its top-10 lists compared slot by slot at \
     each answer position (M-Loc. top-1: top-1 agreement there); Port. base = the unedited model on the same \
     portability questions. Exact match: greedy answer (answer tokens and end of sequence) equals the reference \
-    (locality: the unedited model's greedy answer).";
+    (locality: the unedited model's greedy answer). Old v1 token acc.: the same edits under the convention used before \
+    issue 14 (the end of sequence scored; T- and M-Loc. as top-1 agreement at the answer and end-of-sequence \
+    positions), for comparison with older tables only.";
 
 /// `--threads`: 0 means one per core.
 pub fn worker_threads(threads: usize) -> usize {

@@ -25,6 +25,10 @@ pub struct EvalArgs {
     /// Exit non-zero when a split is below the default model's floor.
     #[arg(long)]
     pub check: bool,
+    /// Only diagnose `context_ignore`: for each kind of hard demonstration (same relation about another entity, same
+    /// entity with another relation), how often the answer is the world's, the demonstration's (copied), or other.
+    #[arg(long)]
+    pub breakdown: bool,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -39,6 +43,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let world = World::generate(seed);
     let eos = loaded.ckpt.eos_token_ids()?;
+    if args.breakdown {
+        return breakdown(&loaded, &eos, &world, args.n);
+    }
     let t0 = std::time::Instant::now();
     let report = eval_base(&loaded.model, &loaded.processor, &eos, &world, args.n)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -65,13 +72,76 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .iter()
             .filter_map(|(name, floor)| {
                 let s = report.splits.get(*name)?;
-                let best = if *name == "captions" { s.exact_match.max(s.token_accuracy) } else { s.exact_match };
+                let best = s.exact_match;
                 (best < *floor).then(|| format!("{name} {best:.3} < {floor}"))
             })
             .collect();
         if !below.is_empty() {
             bail!("below the floor: {}", below.join(", "));
         }
+    }
+    Ok(())
+}
+
+fn breakdown(loaded: &device::Loaded, eos: &[u32], world: &World, n: usize) -> Result<()> {
+    use unike_core::train::evaluate::answer;
+    use unike_core::world::context::{hard_split, pick_split, HardKind, PickCue};
+    println!(
+        "{:<28} {:>5} {:>7} {:>7} {:>9} {:>7}   (qa / fact demonstrations: world's)",
+        "hard demonstration", "n", "world", "copied", "its_image", "other"
+    );
+    for kind in HardKind::ALL {
+        let samples = hard_split(world, n, kind);
+        let (mut truth, mut copied, mut recalled, mut by_form) = (0usize, 0usize, 0usize, [0usize; 2]);
+        let mut others = Vec::new();
+        for (i, (s, demo, its)) in samples.iter().enumerate() {
+            let a = answer(&loaded.model, &loaded.processor, eos, s)?.answer;
+            if a == s.answer {
+                truth += 1;
+                by_form[i % 2] += 1;
+            } else if a == *demo {
+                copied += 1;
+            } else if a == *its {
+                recalled += 1;
+            } else if others.len() < 3 {
+                others.push(format!("{:?} -> {a:?} (world {:?}, demo {demo:?})", s.question, s.answer));
+            }
+        }
+        let m = samples.len().max(1) as f32;
+        let half = (samples.len() as f32 / 2.0).max(1.0);
+        println!(
+            "{:<28} {:>5} {:>7.3} {:>7.3} {:>9.3} {:>7.3}   ({:.3} / {:.3})",
+            kind.name(),
+            samples.len(),
+            truth as f32 / m,
+            copied as f32 / m,
+            recalled as f32 / m,
+            (samples.len() - truth - copied - recalled) as f32 / m,
+            by_form[0] as f32 / half,
+            by_form[1] as f32 / half
+        );
+        for o in others {
+            println!("  other: {o}");
+        }
+    }
+    println!("{:<28} {:>5} {:>9} {:>7} {:>7}", "two demonstrations, one cue", "n", "relevant", "twin", "other");
+    for cue in PickCue::ALL {
+        let samples = pick_split(world, n, cue);
+        let (mut right, mut twin) = (0usize, 0usize);
+        for (s, b) in &samples {
+            let a = answer(&loaded.model, &loaded.processor, eos, s)?.answer;
+            right += usize::from(a == s.answer);
+            twin += usize::from(a == *b);
+        }
+        let m = samples.len().max(1) as f32;
+        println!(
+            "{:<28} {:>5} {:>9.3} {:>7.3} {:>7.3}",
+            cue.name(),
+            samples.len(),
+            right as f32 / m,
+            twin as f32 / m,
+            (samples.len() - right - twin) as f32 / m
+        );
     }
     Ok(())
 }

@@ -36,9 +36,40 @@ pub struct TrainArgs {
     /// Override the steps of stage 2 (projector + decoder, vision frozen).
     #[arg(long)]
     pub align_steps: Option<usize>,
+    /// Override the steps of stage 2a (induction: the decoder on repeated word strings).
+    #[arg(long)]
+    pub induction_steps: Option<usize>,
+    /// Override the steps of stage 2b (in-context use, vision frozen).
+    #[arg(long)]
+    pub context_steps: Option<usize>,
     /// Override the steps of stage 3 (everything).
     #[arg(long)]
     pub tune_steps: Option<usize>,
+    /// Start from the weights of this world checkpoint instead of from scratch (pilots of a data mix; tensors are
+    /// matched by name and shape, token rows by token text). Recorded in training.json.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Override the decoder's layers (with `--init` from a shallower checkpoint: its layers are spread over the new
+    /// decoder and the others start as the identity).
+    #[arg(long)]
+    pub text_layers: Option<usize>,
+    /// Override the steps between two curve evaluations.
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Override the make-up of in-context samples: shares of repetitions and drills, then of contexts with a relevant
+    /// demonstration, optionally of hard irrelevant demonstrations and of drills on one relation and on one entity
+    /// (`0.2,0.4,0.5,0.7,0.6,0.2` by default: the shipped model's).
+    #[arg(long, value_name = "REPEAT,DRILL,RELEVANT[,HARD[,DRILL_RELATION,DRILL_ENTITY]]", value_delimiter = ',')]
+    pub context_shares: Option<Vec<f32>>,
+    /// Override the sequences of dense repetitions kept in every step after the induction stage (0: none).
+    #[arg(long)]
+    pub keep_induction: Option<usize>,
+    /// Share of plain samples that get 1–3 easy irrelevant demonstrations in front (0 to 1).
+    #[arg(long)]
+    pub distract: Option<f32>,
+    /// The binding term (pilot): `LAYER,WEIGHT` (text after an image predicts it at that decoder layer's output).
+    #[arg(long, value_name = "LAYER,WEIGHT", value_delimiter = ',')]
+    pub binding: Option<Vec<f32>>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -56,11 +87,65 @@ pub fn run(args: TrainArgs) -> Result<()> {
     for (over, stage) in [
         (args.vision_steps, &mut recipe.vision),
         (args.align_steps, &mut recipe.align),
+        (args.induction_steps, &mut recipe.induction),
+        (args.context_steps, &mut recipe.context),
         (args.tune_steps, &mut recipe.tune),
     ] {
         if let Some(n) = over {
             stage.steps = n;
         }
+    }
+    if let Some(n) = args.eval_every {
+        if n == 0 {
+            bail!("--eval-every must be at least 1");
+        }
+        recipe.eval_every = n;
+    }
+    if let Some(v) = &args.context_shares {
+        let ok = (3..=6).contains(&v.len()) && v.iter().all(|x| (0.0..=1.0).contains(x)) && v[0] + v[1] <= 1.0;
+        if !ok {
+            bail!("--context-shares takes three to six numbers in [0, 1], the first two summing to at most 1");
+        }
+        let c = &mut recipe.context_shares;
+        (c.repeat, c.drill, c.relevant) = (v[0], v[1], v[2]);
+        c.hard = v.get(3).copied().unwrap_or(c.hard);
+        c.drill_same_relation = v.get(4).copied().unwrap_or(c.drill_same_relation);
+        c.drill_same_entity = v.get(5).copied().unwrap_or(c.drill_same_entity);
+        if c.drill_same_relation + c.drill_same_entity > 1.0 {
+            bail!("--context-shares: the shares of drills on one relation and on one entity sum to more than 1");
+        }
+    }
+    if let Some(d) = args.distract {
+        if !(0.0..=1.0).contains(&d) {
+            bail!("--distract must be in [0, 1]");
+        }
+        recipe.context_shares.distract = d;
+    }
+    if let Some(b) = &args.binding {
+        if b.len() != 2
+            || b[0] < 0.0
+            || b[0].fract() != 0.0
+            || b[0] as usize >= args.text_layers.unwrap_or(recipe.text_layers)
+            || b[1] < 0.0
+        {
+            bail!("--binding takes LAYER,WEIGHT: a decoder layer below --text-layers and a weight of at least 0");
+        }
+        (recipe.binding_layer, recipe.binding_weight) = (b[0] as usize, b[1]);
+    }
+    if let Some(n) = args.keep_induction {
+        recipe.keep_induction = n;
+    }
+    if let Some(n) = args.text_layers {
+        if !(1..=64).contains(&n) {
+            bail!("--text-layers must be 1 to 64");
+        }
+        recipe.text_layers = n;
+    }
+    if let Some(dir) = &args.init {
+        if !dir.join("model.safetensors").is_file() || !dir.join("tokenizer.json").is_file() {
+            bail!("--init {}: not a checkpoint directory with model.safetensors and tokenizer.json", dir.display());
+        }
+        recipe.init = Some(dir.display().to_string());
     }
     if recipe.total_steps() == 0 {
         bail!("nothing to train: every stage has 0 steps");

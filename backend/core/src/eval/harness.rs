@@ -14,7 +14,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use unike_shared::{BenchResult, MetricConvention, MetricSet, Timing};
 
-use super::metrics::{agreement, answer_scores, top_k_agreement, EditMetric, Mean};
+use super::metrics::{agreement, answer_scores, token_accuracy, top_k_agreement, EditMetric, Mean};
 use crate::data::EditCase;
 use crate::edit::{EditContext, EditMethod, EditRequest, EditSequence, PatchStack, Prediction};
 use crate::error::{Error, Result};
@@ -55,6 +55,8 @@ struct LocalityProbe {
     seq: EditSequence,
     /// Pre-edit top-1 token at each answer position.
     pre_top1: Vec<u32>,
+    /// Pre-edit top-1 token at each answer position and at the end of sequence (the old convention v1).
+    pre_top1_v1: Vec<u32>,
     /// Pre-edit top-k ids (highest logit first) at each answer position; empty for T-Locality.
     pre_top: Vec<Vec<u32>>,
     /// The probe with the pre-edit greedy answer (exact match: the post-edit model reproduces it).
@@ -70,8 +72,9 @@ pub struct PreparedCase {
     t_locality: LocalityProbe,
     m_locality: LocalityProbe,
     portability: Vec<EditSequence>,
-    /// The unedited model's token accuracy and exact match on each portability question.
-    portability_base: Vec<(f32, bool)>,
+    /// The unedited model's token accuracy, exact match and token accuracy of the old convention v1 (the end of
+    /// sequence scored) on each portability question.
+    portability_base: Vec<(f32, bool, f32)>,
 }
 
 impl PreparedCase {
@@ -130,10 +133,11 @@ impl<'a> Evaluator<'a> {
             .pop()
             .ok_or_else(|| Error::Invalid("no prediction for a locality probe".into()))?;
         let pre_top1 = pred.argmax[..seq.answer().len()].to_vec();
+        let pre_top1_v1 = pred.argmax.clone();
         let opts = GenerateOptions { max_new_tokens: 24, eos_token_ids: self.eos.clone() };
         let gen = self.model.generate(&seq.ids[..seq.prompt_len], seq.pixels.as_ref(), &none, &opts)?;
         let pre_greedy = seq.with_answer(&gen.tokens);
-        Ok(LocalityProbe { seq, pre_top1, pre_top: pred.top, pre_greedy })
+        Ok(LocalityProbe { seq, pre_top1, pre_top1_v1, pre_top: pred.top, pre_greedy })
     }
 
     /// Tokenizes `case` and computes its pre-edit outputs on the unedited model: the locality probes' top-1 / top-10
@@ -156,7 +160,10 @@ impl<'a> Evaluator<'a> {
         let portability_base = EditSequence::predict_batch(self.model, &asks, &Hooks::none(), BATCH)?
             .iter()
             .zip(&portability)
-            .map(|(pred, seq)| answer_scores(&pred.argmax, seq.targets()))
+            .map(|(pred, seq)| {
+                let (token, exact) = answer_scores(&pred.argmax, seq.targets());
+                (token, exact, token_accuracy(&pred.argmax, seq.targets()))
+            })
             .collect();
         Ok(PreparedCase {
             reliability: self.seq(&case.prompt, Some(&case.image), &case.target)?,
@@ -195,6 +202,7 @@ impl<'a> Evaluator<'a> {
             let accuracy = |sums: &mut Sums, m: EditMetric, (pred, seq): (&Prediction, &EditSequence)| {
                 let (token, exact) = answer_scores(&pred.argmax, seq.targets());
                 sums.update(m, token, exact);
+                sums.update_v1(m, token_accuracy(&pred.argmax, seq.targets()));
             };
             accuracy(sums, EditMetric::Reliability, next());
             accuracy(sums, EditMetric::TGenerality, next());
@@ -203,12 +211,14 @@ impl<'a> Evaluator<'a> {
             let (greedy, g) = next();
             let exact = greedy.argmax.as_slice() == g.targets();
             sums.update(EditMetric::TLocality, agreement(&case.t_locality.pre_top1, &post.argmax), exact);
+            sums.update_v1(EditMetric::TLocality, agreement(&case.t_locality.pre_top1_v1, &post.argmax));
             let (post, _) = next();
             let (greedy, g) = next();
             let exact = greedy.argmax.as_slice() == g.targets();
             let probe = &case.m_locality;
             sums.update(EditMetric::MLocality, top_k_agreement(&probe.pre_top, &post.top), exact);
             sums.update(EditMetric::MLocalityTop1, agreement(&probe.pre_top1, &post.argmax), exact);
+            sums.update_v1(EditMetric::MLocality, agreement(&probe.pre_top1_v1, &post.argmax));
             for _ in &case.portability {
                 accuracy(sums, EditMetric::Portability, next());
             }
@@ -224,6 +234,8 @@ struct Sums {
     /// The case (index into the run's cases) the next updates belong to.
     case: usize,
     updates: Vec<(usize, EditMetric, f32, bool)>,
+    /// The old convention's token scores (v1: the end of sequence scored, M-Locality as top-1 agreement), in order.
+    updates_v1: Vec<(EditMetric, f32)>,
 }
 
 impl Sums {
@@ -231,8 +243,22 @@ impl Sums {
         self.updates.push((self.case, m, token, exact));
     }
 
+    fn update_v1(&mut self, m: EditMetric, token: f32) {
+        self.updates_v1.push((m, token));
+    }
+
     fn merge(&mut self, other: Sums) {
         self.updates.extend(other.updates);
+        self.updates_v1.extend(other.updates_v1);
+    }
+
+    /// Means of the old convention v1.
+    fn token_v1(&self) -> [Mean; N_METRICS] {
+        let mut means: [Mean; N_METRICS] = Default::default();
+        for &(m, token) in &self.updates_v1 {
+            means[m as usize].update(token);
+        }
+        means
     }
 
     /// Means of the field's token-level convention.
@@ -413,10 +439,11 @@ pub fn run_detailed(
         .collect();
     edit_ms.sort_by(f64::total_cmp);
     // The unedited model's portability, over the same questions (every case's, in order).
-    let (mut base_token, mut base_exact) = (Mean::default(), Mean::default());
-    for &(token, exact) in cases.iter().flat_map(|c| &c.portability_base) {
+    let (mut base_token, mut base_exact, mut base_token_v1) = (Mean::default(), Mean::default(), Mean::default());
+    for &(token, exact, token_v1) in cases.iter().flat_map(|c| &c.portability_base) {
         base_token.update(token);
         base_exact.update(f32::from(u8::from(exact)));
+        base_token_v1.update(token_v1);
     }
     let result = BenchResult {
         method: method.name().to_string(),
@@ -426,6 +453,7 @@ pub fn run_detailed(
         n: cases.len(),
         convention: MetricConvention::CURRENT,
         metrics: metric_set(&sums.token(), &base_token, true),
+        metrics_v1: Some(metric_set(&sums.token_v1(), &base_token_v1, false)),
         exact_match: metric_set(&sums.exact(), &base_exact, false),
         timing: Timing { edit_ms_median: percentile(&edit_ms, 0.5), edit_ms_p90: percentile(&edit_ms, 0.9) },
     };

@@ -101,6 +101,10 @@ fn none_scores_as_the_unedited_model_with_full_locality() -> Result<()> {
     assert_eq!((m.t_locality, m.m_locality, m.m_locality_top1), (100.0, 100.0, Some(100.0)), "{m:?}");
     assert_eq!((r.exact_match.t_locality, r.exact_match.m_locality), (100.0, 100.0));
     assert_eq!(r.exact_match.m_locality_top1, None);
+    // The old convention v1 beside it: locality 100 too, portability its own base.
+    let v1 = r.metrics_v1.as_ref().ok_or_else(|| Error::Invalid("no v1 figures".into()))?;
+    assert_eq!((v1.t_locality, v1.m_locality, v1.m_locality_top1), (100.0, 100.0, None), "{v1:?}");
+    assert!(v1.portability.is_some() && v1.portability == v1.portability_base, "{v1:?}");
     // Portability of the unedited model is its own base (VLKEB's), for both conventions.
     assert!(m.portability.is_some() && m.portability == m.portability_base, "{m:?}");
     assert_eq!(r.exact_match.portability, r.exact_match.portability_base);
@@ -137,6 +141,12 @@ fn a_failed_one_token_edit_scores_zero() -> Result<()> {
     let (r, per_case) = run_detailed(&ev, &NoEdit, &prepared, Mode::OneStep, "vqa", 1, &mut |_, _| true)?;
     assert_eq!((r.metrics.reliability, r.exact_match.reliability), (0.0, 0.0), "{r:?}");
     assert_eq!(per_case[0].token[0], Some(0.0));
+    // The old convention v1, kept beside it, scores the end of sequence too: 0 or 50 on a one-token answer, by
+    // whether the model's argmax after the (wrong-to-it) answer token is the end of sequence.
+    let seq = EditSequence::new(&f.processor, &first.prompt, Some(&px), target, f.eos[0])?;
+    let eos_right = seq.argmax(&f.model, &Hooks::none())?[1] == f.eos[0];
+    let v1 = r.metrics_v1.as_ref().map(|m| m.reliability);
+    assert_eq!(v1, Some(if eos_right { 50.0 } else { 0.0 }), "{r:?}");
     let _ = std::fs::remove_dir_all(&f.dir);
     Ok(())
 }

@@ -4,6 +4,11 @@
 //!
 //! The template is `USER: <image>\n{question} ASSISTANT:` (llava-1.5) unless the checkpoint directory has a
 //! `prompt_template.txt` holding a template with a `{question}` placeholder.
+//!
+//! In-context demonstrations ([`TurnForm`]) are whole turns of the same conversation in front of the query, each
+//! closed by `</s>` as llava-1.5 closes an assistant turn: a question and its answer, or a statement of a new fact
+//! in EasyEdit's IKE form (`new fact: {question} {answer}`). The world's training mix, IKE and SERAC's
+//! counterfactual model all write demonstrations this way, so the default model's tokenizer knows every word.
 
 use std::path::Path;
 
@@ -17,6 +22,62 @@ use crate::error::{Error, Result};
 pub const IMAGE_TOKEN: &str = "<image>";
 /// llava-1.5's conversation template.
 pub const LLAVA_15_TEMPLATE: &str = "USER: <image>\n{question} ASSISTANT:";
+
+/// The words that open a new-fact demonstration.
+pub const NEW_FACT: &str = "new fact:";
+/// What closes every demonstration turn (llava-1.5's end of an assistant turn).
+pub const TURN_END: &str = "</s>";
+
+/// How an in-context demonstration is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnForm {
+    /// A question and its answer in the template: `USER: <image>\n{question} ASSISTANT: {answer}</s>`.
+    Qa,
+    /// A statement of a new fact about the pictured entity (EasyEdit's IKE `New Fact:` line):
+    /// `USER: <image>\nnew fact: {question} {answer}</s>`.
+    Fact,
+}
+
+/// One demonstration as text: its form, question, answer and whether it shows an image.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnText<'a> {
+    pub form: TurnForm,
+    pub question: &'a str,
+    pub answer: &'a str,
+    pub with_image: bool,
+}
+
+/// `template` around `question`, without the image placeholder (and the newline after it) when there is no image.
+pub fn question_prompt_in(template: &str, question: &str, with_image: bool) -> String {
+    let full = template.replace("{question}", question);
+    if with_image {
+        full
+    } else {
+        full.replace(&format!("{IMAGE_TOKEN}\n"), "").replace(IMAGE_TOKEN, "")
+    }
+}
+
+/// A demonstration turn in `template` (see [`TurnForm`]).
+pub fn turn_in(template: &str, turn: &TurnText<'_>) -> String {
+    let (question, answer) = (turn.question.trim(), turn.answer.trim());
+    match turn.form {
+        TurnForm::Qa => format!("{} {answer}{TURN_END}", question_prompt_in(template, question, turn.with_image)),
+        TurnForm::Fact => {
+            // The user's half of the template: everything up to the question.
+            let user = template.split("{question}").next().unwrap_or_default();
+            let user = question_prompt_in(user, "", turn.with_image);
+            format!("{user}{NEW_FACT} {question} {answer}{TURN_END}")
+        }
+    }
+}
+
+/// The demonstrations in order, then the query in `template`.
+pub fn context_prompt_in(template: &str, turns: &[TurnText<'_>], question: &str, with_image: bool) -> String {
+    let mut out: String = turns.iter().map(|t| turn_in(template, t)).collect();
+    out.push_str(&question_prompt_in(template, question, with_image));
+    out
+}
 
 /// Tokenizer, image processor and template of a checkpoint.
 #[derive(Clone)]
@@ -98,12 +159,12 @@ impl Processor {
     /// The template around `question`, with the image placeholder (and the newline after it) removed when the
     /// question comes without an image.
     pub fn question_prompt(&self, question: &str, with_image: bool) -> String {
-        let full = self.apply_template(question);
-        if with_image {
-            full
-        } else {
-            full.replace(&format!("{IMAGE_TOKEN}\n"), "").replace(IMAGE_TOKEN, "")
-        }
+        question_prompt_in(&self.template, question, with_image)
+    }
+
+    /// Demonstration turns, then the query, in the checkpoint's template; `<image>` placeholders in reading order.
+    pub fn context_prompt(&self, turns: &[TurnText<'_>], question: &str, with_image: bool) -> String {
+        context_prompt_in(&self.template, turns, question, with_image)
     }
 
     /// Tokenizes a raw prompt: each `<image>` becomes `image_seq_length` image tokens; special tokens are added as

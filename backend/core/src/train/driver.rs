@@ -10,15 +10,23 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use super::batch::induction_batch;
 use super::evaluate::teacher_forced;
 use super::recipe::{learning_rate, Recipe, StageRecipe};
 use super::vision::{vision_batch, vision_loss, VisionHeads};
-use super::{loss, make_batch, world_config_json, Trainable, WORLD_PREPROCESSOR};
+use super::{grouped_loss, make_grouped, world_config_json, Trainable, WORLD_PREPROCESSOR};
 use crate::error::{Error, Result};
 use crate::model::ImageProcessor;
+use crate::world::context::{pick_split, PickCue};
 use crate::world::rng::Rng;
-use crate::world::samples::{eval_split, training_sample, Sample, Split};
+use crate::world::samples::{eval_split, training_sample_eased, Sample, Split};
 use crate::world::{tokenizer, Pool, World};
+
+/// Length of the random string the induction stage repeats.
+const INDUCTION_HALF: usize = 12;
+
+/// Length groups per data-parallel shard (in-context samples are several times longer than plain questions).
+const GROUPS: usize = 3;
 
 /// The three stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +34,8 @@ use crate::world::{tokenizer, Pool, World};
 pub enum Stage {
     Vision,
     Align,
+    Induction,
+    Context,
     Tune,
 }
 
@@ -34,6 +44,8 @@ impl Stage {
         match self {
             Stage::Vision => "vision",
             Stage::Align => "align",
+            Stage::Induction => "induction",
+            Stage::Context => "context",
             Stage::Tune => "tune",
         }
     }
@@ -157,10 +169,24 @@ fn vars_of(t: &Trainable, prefixes: &[&str]) -> Result<Vec<Var>> {
 
 /// Fixed curve-evaluation sets: `eval_n` samples of each split (text facts: the first `eval_n`).
 fn curve_sets(world: &World, n: usize) -> Vec<(&'static str, Vec<Sample>)> {
-    [Split::FactsSeen, Split::RenderingsUnseen, Split::ParaphrasesHeldout, Split::TextFacts, Split::Captions]
-        .into_iter()
-        .map(|s| (s.name(), eval_split(world, s, n).into_iter().take(n).collect()))
-        .collect()
+    [
+        Split::FactsSeen,
+        Split::RenderingsUnseen,
+        Split::ParaphrasesHeldout,
+        Split::TextFacts,
+        Split::Captions,
+        Split::ContextFollow,
+        Split::ContextIgnore,
+        Split::ContextCopy,
+    ]
+    .into_iter()
+    .map(|s| (s.name(), eval_split(world, s, n).into_iter().take(n).collect()))
+    .chain(std::iter::once((
+        // Two demonstrations told apart only by the entity on their images (the hard part of ignoring).
+        PickCue::Rendering.name(),
+        pick_split(world, n, PickCue::Rendering).into_iter().map(|(s, _)| s).collect(),
+    )))
+    .collect()
 }
 
 /// Trains a world model as `recipe` says, calling `progress` after every step.
@@ -176,6 +202,9 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
         recipe.text_layers,
     );
     let t = Trainable::new(&config_json, recipe.seed, device)?;
+    if let Some(dir) = &recipe.init {
+        super::init::init_from(&t, &tok, std::path::Path::new(dir), device)?;
+    }
     let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(Error::Invalid)?;
     let seq = t.config.image_seq_length;
     let total = recipe.total_steps();
@@ -231,24 +260,67 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
 
     // Stages 2 and 3: question answering, first with the tower frozen, then everything.
     let sets = curve_sets(&world, recipe.eval_n);
-    let stages: [(Stage, &StageRecipe, &[&str]); 2] = [
-        (Stage::Align, &recipe.align, &["multi_modal_projector.", "language_model."]),
-        (Stage::Tune, &recipe.tune, &["vision_tower.", "multi_modal_projector.", "language_model."]),
+    let stages: [(Stage, &StageRecipe, [f32; 6], &[&str]); 4] = [
+        (Stage::Induction, &recipe.induction, recipe.mix, &["language_model."]),
+        (Stage::Align, &recipe.align, recipe.mix, &["multi_modal_projector.", "language_model."]),
+        (Stage::Context, &recipe.context, recipe.context_mix, &["multi_modal_projector.", "language_model."]),
+        (Stage::Tune, &recipe.tune, recipe.mix, &["vision_tower.", "multi_modal_projector.", "language_model."]),
     ];
-    for (stage, sr, prefixes) in stages {
-        let vars = vars_of(&t, prefixes)?;
+    let binding = (recipe.binding_weight > 0.0)
+        .then(|| {
+            super::binding::Binding::new(
+                recipe.binding_layer,
+                recipe.binding_weight,
+                recipe.text_dim,
+                recipe.seed,
+                device,
+            )
+        })
+        .transpose()?;
+    for (stage, sr, mix, prefixes) in stages {
+        let mut vars = vars_of(&t, prefixes)?;
+        if let (Some(b), false) = (&binding, stage == Stage::Induction) {
+            vars.push(b.head.clone());
+        }
         let mut opt = optimiser(vars.clone(), sr.lr)?;
         let mut rng = Rng::derive(recipe.seed, "train-qa", stage as u64);
-        let frozen = stage == Stage::Align;
+        let mut keep_rng = Rng::derive(recipe.seed, "train-keep-induction", stage as u64);
+        let frozen = stage != Stage::Tune;
         for step in 0..sr.steps {
             opt.set_learning_rate(learning_rate(sr, step));
-            let samples: Vec<Sample> = (0..sr.batch).map(|_| training_sample(&world, recipe.mix, &mut rng)).collect();
+            let ease = if stage == Stage::Context {
+                recipe.context_ease * (1.0 - step as f32 / sr.steps.max(1) as f32)
+            } else {
+                0.0
+            };
             let shard = sr.batch.div_ceil(recipe.workers.max(1));
-            let shards: Vec<&[Sample]> = samples.chunks(shard).collect();
-            let (lv, mut grads) = parallel_grads(shards.len(), &vars, |i| {
-                let batch = make_batch(shards[i], &tok, &images, seq, device)?;
-                loss(&t.model, &batch, frozen)
-            })?;
+            let (lv, mut grads) = if stage == Stage::Induction {
+                let batches = (0..recipe.workers.max(1))
+                    .map(|_| induction_batch(&tok, shard, INDUCTION_HALF, &mut rng, device))
+                    .collect::<Result<Vec<_>>>()?;
+                parallel_grads(batches.len(), &vars, |i| super::loss(&t.model, &batches[i], true))?
+            } else {
+                let samples: Vec<Sample> = (0..sr.batch)
+                    .map(|_| training_sample_eased(&world, mix, ease, &recipe.context_shares, &mut rng))
+                    .collect();
+                let shards: Vec<&[Sample]> = samples.chunks(shard).collect();
+                let keep = recipe.keep_induction.div_ceil(shards.len().max(1));
+                let kept = (0..shards.len())
+                    .map(|_| {
+                        (keep > 0)
+                            .then(|| induction_batch(&tok, keep, INDUCTION_HALF, &mut keep_rng, device))
+                            .transpose()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                parallel_grads(shards.len(), &vars, |i| {
+                    let batches = make_grouped(shards[i], &tok, &images, seq, GROUPS, recipe.lm_weight, device)?;
+                    let qa = grouped_loss(&t.model, &batches, frozen, binding.as_ref())?;
+                    match &kept[i] {
+                        Some(b) => Ok((qa + (super::loss(&t.model, b, true)? * recipe.keep_induction_weight as f64)?)?),
+                        None => Ok(qa),
+                    }
+                })?
+            };
             clip_gradients(&mut grads, &vars, recipe.clip)?;
             opt.step(&grads)?;
             acc = (acc.0 + lv, acc.1 + 1);

@@ -46,14 +46,22 @@ pub struct EvalReport {
     pub unknown_facts: UnknownReport,
 }
 
-/// Quality floors of the shipped default model (issue: Substrate II), per split name.
-pub const FLOORS: [(&str, f32); 5] = [
+/// Quality floors of the shipped default model (issues Substrate II and Fidelity I), per split name, on the exact
+/// match of greedy answers.
+pub const FLOORS: [(&str, f32); 7] = [
     ("facts_seen", 0.95),
     ("renderings_unseen", 0.90),
     ("paraphrases_heldout", 0.90),
     ("text_facts", 0.95),
     ("captions", 0.90),
+    ("context_follow", 0.90),
+    ("context_ignore", 0.90),
 ];
+
+/// Floors of [`FLOORS`] the shipped default model does not meet yet (issue 14 stays open on them; the README's
+/// "The default model" gives the measured figures and what was tried). `unike eval-base --check` still fails on
+/// them; only the repository's own test of the shipped model lists them as known.
+pub const KNOWN_SHORTFALLS: [&str; 1] = ["context_ignore"];
 
 fn word_accuracy(reference: &str, answer: &str) -> f32 {
     let (r, a): (Vec<&str>, Vec<&str>) = (reference.split_whitespace().collect(), answer.split_whitespace().collect());
@@ -81,12 +89,13 @@ pub fn answer_with(
     hooks: &Hooks,
 ) -> Result<Answered> {
     let device = model.device();
-    let prompt = processor.question_prompt(&sample.question, sample.image.is_some());
-    let pixels = match &sample.image {
-        Some(img) => Some(processor.image_processor().preprocess(img, device)?.unsqueeze(0)?),
-        None => None,
-    };
-    let ids = processor.encode(&prompt, usize::from(pixels.is_some()))?;
+    let turns: Vec<_> = sample.context.iter().map(|t| t.text()).collect();
+    let prompt = processor.context_prompt(&turns, &sample.question, sample.image.is_some());
+    let pixels: Vec<_> =
+        sample.images().map(|img| processor.image_processor().preprocess(img, device)).collect::<Result<_>>()?;
+    let n_images = pixels.len();
+    let pixels = if pixels.is_empty() { None } else { Some(candle_core::Tensor::stack(&pixels, 0)?) };
+    let ids = processor.encode(&prompt, n_images)?;
     let opts = GenerateOptions { max_new_tokens: 24, eos_token_ids: eos.to_vec() };
     let gen = model.generate(&ids, pixels.as_ref(), hooks, &opts)?;
     let logits = &gen.first_logits;
@@ -146,7 +155,7 @@ pub fn teacher_forced(
 ) -> Result<SplitScore> {
     let (mut exact, mut right, mut total) = (0usize, 0usize, 0usize);
     for part in samples.chunks(chunk.max(1)) {
-        let batch = make_batch(part, tokenizer, images, model.config().image_seq_length, device)?;
+        let batch = make_batch(part, tokenizer, images, model.config().image_seq_length, 0.0, device)?;
         let logits = model.forward(&batch.ids, batch.pixels.as_ref(), &Hooks::none())?;
         let (b, s, v) = logits.dims3()?;
         let pred = logits.reshape((b * s, v))?.index_select(&batch.positions, 0)?.argmax(D::Minus1)?;

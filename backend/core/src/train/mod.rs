@@ -2,8 +2,10 @@
 //! initialisation, batches and the teacher-forced loss. The `unike train-base` driver builds on these.
 
 pub mod batch;
+pub mod binding;
 pub mod driver;
 pub mod evaluate;
+pub mod init;
 pub mod recipe;
 pub mod save;
 pub mod vision;
@@ -16,7 +18,7 @@ use crate::hooks::{Capture, Hooks};
 use crate::model::{kernels, KeyLayout, Llava, LlavaConfig};
 use crate::world::rng::Rng;
 use crate::world::tokenizer::{EOS, IMAGE, PAD};
-pub use batch::{make_batch, Batch};
+pub use batch::{make_batch, make_grouped, Batch};
 
 /// Shape of a world model (llava-hf `config.json`): CLIP d`vision_dim` x `vision_layers` on 32x32 images with 8x8
 /// patches (16 image tokens, last layer's features), LLaMA d`text_dim` x `text_layers`.
@@ -33,7 +35,7 @@ pub fn world_config_json(
         "vision_feature_layer": -1, "vision_feature_select_strategy": "default", "tie_word_embeddings": false,
         "text_config": {"model_type": "llama", "vocab_size": vocab, "hidden_size": text_dim,
             "intermediate_size": text_dim * 8 / 3, "num_hidden_layers": text_layers, "num_attention_heads": 4,
-            "num_key_value_heads": 4, "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "num_key_value_heads": 4, "max_position_embeddings": MAX_POSITIONS, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
             "bos_token_id": 1, "eos_token_id": EOS, "pad_token_id": PAD},
         "vision_config": {"model_type": "clip_vision_model", "hidden_size": vision_dim,
             "intermediate_size": vision_dim * 4, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
@@ -41,6 +43,9 @@ pub fn world_config_json(
     })
     .to_string()
 }
+
+/// Positions of world models: room for four image demonstrations (IKE-style blocks of two turns each) and the query.
+pub const MAX_POSITIONS: usize = 512;
 
 /// `preprocessor_config.json` of world models, as transformers' `CLIPImageProcessor` spells it: shortest edge to 32
 /// (bicubic, Pillow's filter 3), center crop 32x32, rescale, normalise. A world image is already 32x32, so resizing
@@ -97,6 +102,16 @@ impl Trainable {
 /// Teacher-forced logits of `batch`, `(b, s, vocab)` f32. With `vision_frozen` the vision tower runs outside the
 /// graph (its features are detached), so no gradient reaches it and its backward pass is skipped.
 pub fn logits(model: &Llava, batch: &Batch, vision_frozen: bool) -> Result<Tensor> {
+    Ok(forward_parts(model, batch, vision_frozen, &mut Capture::none())?.0)
+}
+
+/// Logits `(b, s, vocab)` and the projected image features `(n, t, d)` of `batch`, capturing into `capture`.
+fn forward_parts(
+    model: &Llava,
+    batch: &Batch,
+    vision_frozen: bool,
+    capture: &mut Capture,
+) -> Result<(Tensor, Option<Tensor>)> {
     let vision = |p: &Tensor| -> Result<Tensor> {
         if vision_frozen {
             Ok(model.vision_features(p)?.detach())
@@ -109,16 +124,65 @@ pub fn logits(model: &Llava, batch: &Batch, vision_frozen: bool) -> Result<Tenso
     let _scope = kernels::differentiable();
     let image = feats.map(|f| model.project(&f)).transpose()?;
     let embeds = model.embed_inputs(&batch.ids, image.as_ref())?;
-    let h = model.forward_embeds(&embeds, 0, None, &Hooks::none(), &mut Capture::none())?;
-    model.logits(&h)
+    let h = model.forward_embeds(&embeds, 0, None, &Hooks::none(), capture)?;
+    Ok((model.logits(&h)?, image))
 }
 
-/// Mean cross-entropy of the supervised positions of `batch`, computed differentiably. Returns a scalar.
+/// Weighted mean cross-entropy of the supervised positions of `batch` (`Batch::weights`), computed
+/// differentiably. Returns a scalar.
 pub fn loss(model: &Llava, batch: &Batch, vision_frozen: bool) -> Result<Tensor> {
-    let logits = logits(model, batch, vision_frozen)?;
+    loss_with(model, batch, vision_frozen, None)
+}
+
+/// [`loss`] plus the binding term of `binding` (when on and the batch has images).
+pub fn loss_with(
+    model: &Llava,
+    batch: &Batch,
+    vision_frozen: bool,
+    binding: Option<&binding::Binding>,
+) -> Result<Tensor> {
+    let mut cap = match binding {
+        Some(b) => Capture::of([(b.layer, crate::hooks::CapturePoint::LayerOutput)]),
+        None => Capture::none(),
+    };
+    let (logits, image) = forward_parts(model, batch, vision_frozen, &mut cap)?;
+    let ce = cross_entropy(&logits, batch)?;
+    if let (Some(b), Some(img)) = (binding, image) {
+        if let Some(h) = cap.get(b.layer, crate::hooks::CapturePoint::LayerOutput) {
+            if let Some(term) = binding::loss(b, &batch.ids, h, &img)? {
+                return Ok((ce + term)?);
+            }
+        }
+    }
+    Ok(ce)
+}
+
+fn cross_entropy(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
     let (b, s, v) = logits.dims3()?;
     let picked = logits.reshape((b * s, v))?.index_select(&batch.positions, 0)?;
-    Ok(candle_nn::loss::cross_entropy(&picked, &batch.targets)?)
+    let logp = candle_nn::ops::log_softmax(&picked, candle_core::D::Minus1)?;
+    let nll = logp.gather(&batch.targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    Ok(((nll * &batch.weights)?.sum_all()? / batch.weight_sum.max(1e-9))?)
+}
+
+/// Mean cross-entropy over the supervised positions of several batches together (each position weighs the same,
+/// as in one batch). Returns a scalar.
+pub fn grouped_loss(
+    model: &Llava,
+    batches: &[Batch],
+    vision_frozen: bool,
+    binding: Option<&binding::Binding>,
+) -> Result<Tensor> {
+    let total: f64 = batches.iter().map(|b| b.weight_sum).sum();
+    let mut sum: Option<Tensor> = None;
+    for b in batches {
+        let part = (loss_with(model, b, vision_frozen, binding)? * (b.weight_sum / total.max(1e-9)))?;
+        sum = Some(match sum {
+            Some(s) => (s + part)?,
+            None => part,
+        });
+    }
+    sum.ok_or_else(|| Error::Invalid("no batch to train on".into()))
 }
 
 #[cfg(test)]
@@ -143,8 +207,8 @@ mod tests {
         assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?, "init is deterministic");
         let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(Error::Invalid)?;
         let mut rng = Rng::new(1);
-        let samples: Vec<_> = (0..6).map(|_| training_sample(&world, [1.0; 5], &mut rng)).collect();
-        let batch = make_batch(&samples, &tok, &images, 16, &Device::Cpu)?;
+        let samples: Vec<_> = (0..6).map(|_| training_sample(&world, [1.0; 6], &mut rng)).collect();
+        let batch = make_batch(&samples, &tok, &images, 16, 0.0, &Device::Cpu)?;
         let mut opt = candle_nn::AdamW::new_lr(t.varmap.all_vars(), 3e-3)?;
         let first = loss(&t.model, &batch, false)?.to_scalar::<f32>()?;
         for _ in 0..30 {
@@ -218,6 +282,77 @@ mod tests {
         assert_eq!(Some(n), cfg["image_seq_length"].as_u64());
         assert_eq!(p["patch_size"], cfg["vision_config"]["patch_size"]);
         assert_eq!(p["vision_feature_select_strategy"], cfg["vision_feature_select_strategy"]);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod induction_tests {
+    use candle_nn::Optimizer;
+
+    use super::*;
+
+    /// Diagnostic: a small text-only model learns to continue a repeated random sequence (an induction head) from
+    /// a language-model loss on the repetition. Gradient must reach the attention's query and key weights.
+    #[test]
+    #[ignore]
+    fn a_small_model_learns_to_copy() -> Result<()> {
+        // UNIKE_COPY_INIT=DIR: the default shape, started from DIR's weights (vocabulary rows by token text).
+        let init = std::env::var("UNIKE_COPY_INIT").ok();
+        let big = init.is_some() || std::env::var("UNIKE_COPY_BIG").is_ok();
+        let (cfg, vocab) = if big {
+            (world_config_json(514, 128, 3, 192, 4), 500u32)
+        } else {
+            (world_config_json(64, 32, 1, 64, 2), 59)
+        };
+        let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
+        if let Some(dir) = &init {
+            let tok = tokenizers::Tokenizer::from_file(format!("{dir}/tokenizer.json"))
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            println!("{:?}", init::init_from(&t, &tok, std::path::Path::new(dir), &Device::Cpu)?.fresh);
+        }
+        let vars = t.varmap.all_vars();
+        let mut opt = candle_nn::AdamW::new_lr(vars, 2e-3)?;
+        let mut rng = Rng::new(3);
+        let (b, half) = (32usize, 10usize);
+        let make = |rng: &mut Rng| -> Result<Batch> {
+            let mut ids = Vec::new();
+            let (mut pos, mut tg) = (Vec::new(), Vec::new());
+            for i in 0..b {
+                let seq: Vec<u32> = (0..half).map(|_| 5 + rng.below(vocab as usize) as u32).collect();
+                let row: Vec<u32> = std::iter::once(1).chain(seq.iter().copied()).chain(seq.iter().copied()).collect();
+                for k in half + 2..row.len() {
+                    pos.push((i * row.len() + k - 1) as u32);
+                    tg.push(row[k]);
+                }
+                ids.extend(row);
+            }
+            let m = tg.len();
+            Ok(Batch {
+                ids: Tensor::from_vec(ids, (b, 2 * half + 1), &Device::Cpu)?,
+                pixels: None,
+                positions: Tensor::new(pos.as_slice(), &Device::Cpu)?,
+                targets: Tensor::new(tg.as_slice(), &Device::Cpu)?,
+                weights: Tensor::ones(m, DType::F32, &Device::Cpu)?,
+                weight_sum: m as f64,
+                lengths: vec![m / b; b],
+            })
+        };
+        let q = "language_model.model.layers.1.self_attn.q_proj.weight";
+        for step in 0..300 {
+            let batch = make(&mut rng)?;
+            let l = loss(&t.model, &batch, false)?;
+            let grads = l.backward()?;
+            if step == 0 {
+                let data = t.varmap.data().lock().map_err(|_| Error::Invalid("poisoned".into()))?;
+                let g = grads.get(data[q].as_tensor()).map(|g| g.sqr().and_then(|x| x.sum_all()));
+                println!("q_proj grad norm² {:?}", g.transpose()?.map(|x| x.to_scalar::<f32>()));
+            }
+            opt.step(&grads)?;
+            if step % 50 == 0 {
+                println!("step {step} loss {}", l.to_scalar::<f32>()?);
+            }
+        }
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One optimisation stage: its length in steps, batch size, peak learning rate.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct StageRecipe {
     pub steps: usize,
     pub batch: usize,
@@ -24,10 +24,52 @@ pub struct Recipe {
     pub vision: StageRecipe,
     /// Stage 2: projector and decoder on the question-answer mix, the vision tower frozen.
     pub align: StageRecipe,
-    /// Stage 3: everything, on the same mix.
+    /// Stage 2a (first after the vision tower, while the decoder is fresh): the decoder as a language model on
+    /// repetitions of random word strings (`train::batch::induction_batch`), so that it can copy from its context
+    /// before it learns the world.
+    #[serde(default)]
+    pub induction: StageRecipe,
+    /// Stage 2b: projector and decoder, the vision tower frozen, on `context_mix` (in-context use, once the world's
+    /// facts are learnt). Recipes written before it existed have none.
+    #[serde(default)]
+    pub context: StageRecipe,
+    /// Stage 3: everything, on `mix`.
     pub tune: StageRecipe,
-    /// Mix of sample kinds `[entity fact, multi-hop, text fact, caption, scene question]`.
-    pub mix: [f32; 5],
+    /// Mix of sample kinds `[entity fact, multi-hop, text fact, caption, scene question, in-context]` (recipes
+    /// written before in-context samples existed list five: their in-context weight is 0).
+    #[serde(deserialize_with = "mix_of_five_or_six")]
+    pub mix: [f32; 6],
+    /// Mix of stage 2b (same kinds as `mix`).
+    #[serde(default)]
+    pub context_mix: [f32; 6],
+    /// Curriculum ease of stage 2b's in-context samples at its start, decaying linearly to 0 at its end (see
+    /// `world::context::training_context_sample`). Stage 3 uses 0.
+    #[serde(default)]
+    pub context_ease: f32,
+    /// Weight of the language-model term on the prompt text of in-context samples (see `train::batch::make_batch`);
+    /// an answer id weighs 1.
+    #[serde(default)]
+    pub lm_weight: f32,
+    /// What the in-context samples are made of (older recipes: the first shares, 0.2 / 0.3 / 0.5).
+    #[serde(default)]
+    pub context_shares: crate::world::context::ContextShares,
+    /// Sequences of dense repetitions (stage 2a's data) added to every step of the later stages, so that the copy
+    /// circuit the induction stage formed is kept while the world's facts are learnt (0: none; older recipes).
+    #[serde(default)]
+    pub keep_induction: usize,
+    /// Weight of that term against the question-answer loss (each a mean over its positions).
+    #[serde(default)]
+    pub keep_induction_weight: f32,
+    /// Binding term (pilot): at the output of decoder layer `binding_layer`, every text position after an image predicts,
+    /// through a linear read-out trained alongside (and discarded), the mean projected features of the latest image
+    /// before it (cosine). 0: off (older recipes).
+    #[serde(default)]
+    pub binding_weight: f32,
+    #[serde(default)]
+    pub binding_layer: usize,
+    /// Checkpoint the run started from (`--init`), when not from scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
     /// Global-norm gradient clipping.
     pub clip: f64,
     /// Data-parallel workers (threads) per step; part of the recipe because it decides how a batch is sharded.
@@ -38,8 +80,17 @@ pub struct Recipe {
     pub eval_n: usize,
 }
 
+fn mix_of_five_or_six<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<[f32; 6], D::Error> {
+    let v = Vec::<f32>::deserialize(d)?;
+    match v.len() {
+        5 | 6 => Ok(std::array::from_fn(|i| v.get(i).copied().unwrap_or(0.0))),
+        n => Err(serde::de::Error::custom(format!("mix has {n} weights, expected 6"))),
+    }
+}
+
 impl Recipe {
-    /// The shipped default model (about 45 minutes on a 2-core machine, measured in the closing note of issue 3).
+    /// The shipped default model (96.6 minutes on the 2-core machine beside builds, issue 14; see the README's
+    /// "The default model").
     pub fn default_model(seed: u64) -> Self {
         Self {
             seed,
@@ -49,11 +100,22 @@ impl Recipe {
             text_layers: 4,
             vision: StageRecipe { steps: 3000, batch: 64, lr: 2e-3 },
             align: StageRecipe { steps: 4000, batch: 48, lr: 1.5e-3 },
-            tune: StageRecipe { steps: 1500, batch: 48, lr: 3e-4 },
-            mix: [5.0, 1.0, 2.0, 1.0, 1.0],
+            induction: StageRecipe { steps: 300, batch: 64, lr: 2e-3 },
+            context: StageRecipe { steps: 0, batch: 48, lr: 1e-3 },
+            tune: StageRecipe { steps: 800, batch: 48, lr: 3e-4 },
+            mix: [5.0, 1.0, 2.0, 2.0, 1.5, 3.0],
+            context_mix: [2.0, 0.5, 1.0, 1.0, 0.5, 6.0],
+            context_ease: 0.6,
+            lm_weight: 0.3,
+            context_shares: crate::world::context::ContextShares::shipped(),
+            keep_induction: 16,
+            keep_induction_weight: 0.5,
+            binding_weight: 0.0,
+            binding_layer: 1,
+            init: None,
             clip: 1.0,
             workers: 2,
-            eval_every: 250,
+            eval_every: 500,
             eval_n: 96,
         }
     }
@@ -68,8 +130,19 @@ impl Recipe {
             text_layers: 1,
             vision: StageRecipe { steps: 4, batch: 8, lr: 2e-3 },
             align: StageRecipe { steps: 4, batch: 8, lr: 2e-3 },
+            induction: StageRecipe { steps: 2, batch: 8, lr: 1e-3 },
+            context: StageRecipe { steps: 2, batch: 8, lr: 1e-3 },
             tune: StageRecipe { steps: 2, batch: 8, lr: 1e-3 },
-            mix: [5.0, 1.0, 2.0, 1.0, 1.0],
+            mix: [5.0, 1.0, 2.0, 1.0, 1.0, 2.0],
+            context_mix: [1.0, 0.0, 1.0, 0.0, 0.0, 4.0],
+            context_ease: 0.5,
+            lm_weight: 0.3,
+            context_shares: Default::default(),
+            keep_induction: 4,
+            keep_induction_weight: 0.5,
+            binding_weight: 0.0,
+            binding_layer: 1,
+            init: None,
             clip: 1.0,
             workers: 2,
             eval_every: 4,
@@ -79,7 +152,7 @@ impl Recipe {
 
     /// Steps of all stages.
     pub fn total_steps(&self) -> usize {
-        self.vision.steps + self.align.steps + self.tune.steps
+        self.vision.steps + self.align.steps + self.induction.steps + self.context.steps + self.tune.steps
     }
 }
 

@@ -22,6 +22,9 @@ const SHAPE: (usize, usize) = (ENTITY.1, ENTITY.1 + SHAPES.len());
 const COLOUR: (usize, usize) = (SHAPE.1, SHAPE.1 + COLOURS.len());
 const STRIPE: (usize, usize) = (COLOUR.1, COLOUR.1 + 2);
 
+/// Weight of the per-patch identity term of [`vision_loss`].
+const PATCH_IDENTITY_WEIGHT: f64 = 0.5;
+
 /// The classifier heads of stage 1 (not part of the saved model).
 pub struct VisionHeads {
     glyph_w: Var,
@@ -165,6 +168,14 @@ pub fn vision_loss(model: &Llava, heads: &VisionHeads, batch: &VisionBatch) -> R
         + ce(&part(SHAPE)?, &batch.shape)?
         + ce(&part(COLOUR)?, &batch.colour)?
         + ce(&part(STRIPE)?, &batch.stripe)?)?;
+    // Every patch feature on its own names the entity too (half weight), so that each image token the decoder sees
+    // carries who is pictured: comparing two images in a context is then comparing any of their tokens.
+    let (g, t, d) = feats.dims3()?;
+    let w_entity = heads.glyph_w.as_tensor().narrow(1, ENTITY.0, ENTITY.1 - ENTITY.0)?;
+    let b_entity = heads.glyph_b.as_tensor().narrow(0, ENTITY.0, ENTITY.1 - ENTITY.0)?;
+    let per_patch = feats.reshape((g * t, d))?.matmul(&w_entity)?.broadcast_add(&b_entity)?;
+    let labels = batch.entity.unsqueeze(1)?.expand((g, t))?.contiguous()?.reshape(g * t)?;
+    let glyph_loss = (glyph_loss + (ce(&per_patch, &labels)? * PATCH_IDENTITY_WEIGHT)?)?;
     // Scenes: each quadrant's patches averaged, (q, t, d) → (q, 4, d) → (q·4, classes).
     let feats = model.vision_features(&batch.scenes)?;
     let (q, t, d) = feats.dims3()?;

@@ -60,43 +60,71 @@ impl Relation {
     }
 }
 
-/// Questions that chain an entity's fact with text knowledge (VLKEB portability).
+/// Questions that chain an edited fact of the pictured entity with text knowledge (VLKEB's `port_new`). Hops are
+/// counted as VLKEB counts them: the facts chained *after* the edited one (entity → team is the edit; team → city is
+/// one hop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hop {
-    /// entity → team → city (2 hops).
+    /// team → city (1 hop).
     TeamCity,
-    /// entity → team → city → country (3 hops).
+    /// team → city → country (2 hops).
     TeamCountry,
-    /// entity → birth city → country (2 hops).
+    /// team → city → country → continent (3 hops).
+    TeamContinent,
+    /// team → city → country → capital → river (4 hops).
+    TeamCapitalRiver,
+    /// birth city → country (1 hop).
     BirthCountry,
+    /// birth city → country → continent (2 hops).
+    BirthContinent,
+    /// birth city → country → capital → river (3 hops).
+    BirthCapitalRiver,
 }
 
 impl Hop {
-    pub const ALL: [Hop; 3] = [Hop::TeamCity, Hop::TeamCountry, Hop::BirthCountry];
+    pub const ALL: [Hop; 7] = [
+        Hop::TeamCity,
+        Hop::TeamCountry,
+        Hop::TeamContinent,
+        Hop::TeamCapitalRiver,
+        Hop::BirthCountry,
+        Hop::BirthContinent,
+        Hop::BirthCapitalRiver,
+    ];
 
     /// The question.
     pub fn question(self) -> &'static str {
         match self {
             Hop::TeamCity => "in which city is the team of this character based?",
             Hop::TeamCountry => "in which country is the team of this character based?",
+            Hop::TeamContinent => "on which continent is the team of this character based?",
+            Hop::TeamCapitalRiver => {
+                "which river flows through the capital of the country where the team of this character is based?"
+            }
             Hop::BirthCountry => "in which country was this character born?",
+            Hop::BirthContinent => "on which continent was this character born?",
+            Hop::BirthCapitalRiver => {
+                "which river flows through the capital of the country where this character was born?"
+            }
         }
     }
 
     /// The relation whose edit changes this question's answer.
     pub fn relation(self) -> Relation {
         match self {
-            Hop::TeamCity | Hop::TeamCountry => Relation::Team,
-            Hop::BirthCountry => Relation::City,
+            Hop::TeamCity | Hop::TeamCountry | Hop::TeamContinent | Hop::TeamCapitalRiver => Relation::Team,
+            Hop::BirthCountry | Hop::BirthContinent | Hop::BirthCapitalRiver => Relation::City,
         }
     }
 
-    /// Hops from the pictured entity to the answer.
+    /// Hops after the edited fact (VLKEB's 1-hop ... 4-hop).
     pub fn hops(self) -> usize {
         match self {
-            Hop::TeamCity | Hop::BirthCountry => 2,
-            Hop::TeamCountry => 3,
+            Hop::TeamCity | Hop::BirthCountry => 1,
+            Hop::TeamCountry | Hop::BirthContinent => 2,
+            Hop::TeamContinent | Hop::BirthCapitalRiver => 3,
+            Hop::TeamCapitalRiver => 4,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - about a fifth of the (entity, relation) facts, names excepted, are *unknown*: never trained at all, so the model
 //!   answers them with a confident wrong value (hallucination triplets for UniKE's in-context memory).
 
+pub mod context;
 pub mod export;
 pub mod facts;
 pub mod lexicon;
@@ -93,6 +94,8 @@ pub struct World {
     pub countries: Vec<Country>,
     pub text_facts: Vec<TextFact>,
     unknown: BTreeSet<(usize, Relation)>,
+    /// [`World::vocabulary`] in order, built on first use (training draws random words from it per sample).
+    words: std::sync::OnceLock<Vec<String>>,
 }
 
 impl World {
@@ -169,7 +172,8 @@ impl World {
                 }
             }
         }
-        let mut world = Self { seed, entities, teams, cities, countries, text_facts: vec![], unknown };
+        let mut world =
+            Self { seed, entities, teams, cities, countries, text_facts: vec![], unknown, words: Default::default() };
         world.text_facts = world.make_text_facts();
         world
     }
@@ -238,10 +242,18 @@ impl World {
             (Relation::City, Some(c)) => self.cities.iter().position(|x| x.name == c)?,
             _ => ent.city,
         };
+        let team_country = self.cities[self.teams[team].city].country;
+        let birth_country = self.cities[city].country;
+        let continent = |c: usize| CONTINENTS[self.countries[c].continent].to_string();
+        let capital_river = |c: usize| self.cities[self.countries[c].capital].river.clone();
         Some(match hop {
             Hop::TeamCity => self.cities[self.teams[team].city].name.clone(),
-            Hop::TeamCountry => self.countries[self.cities[self.teams[team].city].country].name.clone(),
-            Hop::BirthCountry => self.countries[self.cities[city].country].name.clone(),
+            Hop::TeamCountry => self.countries[team_country].name.clone(),
+            Hop::TeamContinent => continent(team_country),
+            Hop::TeamCapitalRiver => capital_river(team_country),
+            Hop::BirthCountry => self.countries[birth_country].name.clone(),
+            Hop::BirthContinent => continent(birth_country),
+            Hop::BirthCapitalRiver => capital_river(birth_country),
         })
     }
 
@@ -287,6 +299,11 @@ impl World {
     pub fn rerender_scene(&self, objs: &[render::SceneObject], index: u64) -> RgbImage {
         let mut rng = Rng::derive(self.seed, "scene-rephrase", index);
         render::render_scene(objs, &mut rng)
+    }
+
+    /// [`World::vocabulary`] as a sorted list, computed once per world.
+    pub fn words(&self) -> &[String] {
+        self.words.get_or_init(|| self.vocabulary().into_iter().collect())
     }
 
     /// Every word the world can put in a prompt or an answer (for the tokenizer).

@@ -3,6 +3,7 @@
 
 use image::RgbImage;
 
+use super::context::{copy_split, follow_split, ignore_split, training_context_sample, ContextShares, Turn};
 use super::rng::Rng;
 use super::scene::{caption, questions, CAPTION_PROMPTS};
 use super::{Hop, Pool, Relation, World, N_ENTITIES};
@@ -17,13 +18,31 @@ pub enum Kind {
     SceneQuestion,
 }
 
-/// A question (with its image, if any) and the answer the model should give.
-#[derive(Debug, Clone)]
+/// A question (with its image, if any) and the answer the model should give, after in-context demonstrations
+/// when `context` is not empty (their images come first, in order).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
+    /// What the query asks about.
     pub kind: Kind,
     pub question: String,
     pub answer: String,
     pub image: Option<RgbImage>,
+    pub context: Vec<Turn>,
+    /// Each turn after the first, and the query, opens with `<s>` (as when demonstrations are encoded on their own
+    /// and prepended, IKE's prefixes); training mixes both so the model reads either.
+    pub bos_per_turn: bool,
+}
+
+impl Sample {
+    /// A sample without demonstrations.
+    pub fn plain(kind: Kind, question: impl Into<String>, answer: impl Into<String>, image: Option<RgbImage>) -> Self {
+        Self { kind, question: question.into(), answer: answer.into(), image, context: vec![], bos_per_turn: false }
+    }
+
+    /// Every image of the sample in prompt order: the demonstrations', then the query's.
+    pub fn images(&self) -> impl Iterator<Item = &RgbImage> {
+        self.context.iter().filter_map(|t| t.image.as_ref()).chain(self.image.as_ref())
+    }
 }
 
 /// Evaluation splits of the base model.
@@ -41,15 +60,24 @@ pub enum Split {
     Captions,
     /// Facts never trained (the model should answer confidently, and wrongly).
     Unknown,
+    /// A relevant counterfactual demonstration (another rendering and paraphrase): the answer is the demonstration's.
+    ContextFollow,
+    /// One to three irrelevant demonstrations, at least one hard: the answer is the world's.
+    ContextIgnore,
+    /// `ContextFollow` with the demonstration on the query's own image and question (a diagnostic, no floor).
+    ContextCopy,
 }
 
 impl Split {
-    pub const ALL: [Split; 6] = [
+    pub const ALL: [Split; 9] = [
         Split::FactsSeen,
         Split::RenderingsUnseen,
         Split::ParaphrasesHeldout,
         Split::TextFacts,
         Split::Captions,
+        Split::ContextFollow,
+        Split::ContextIgnore,
+        Split::ContextCopy,
         Split::Unknown,
     ];
 
@@ -62,6 +90,9 @@ impl Split {
             Split::TextFacts => "text_facts",
             Split::Captions => "captions",
             Split::Unknown => "unknown_facts",
+            Split::ContextFollow => "context_follow",
+            Split::ContextIgnore => "context_ignore",
+            Split::ContextCopy => "context_copy",
         }
     }
 }
@@ -79,11 +110,24 @@ fn trained_paraphrase(world: &World, e: usize, r: Relation, rng: &mut Rng) -> us
     (world.held_out_paraphrase(e, r) + 1 + rng.below(n - 1)) % n
 }
 
-/// One sample of the training distribution, with weights of the kinds `[fact, hop, text, caption, scene question]`.
-pub fn training_sample(world: &World, weights: [f32; 5], rng: &mut Rng) -> Sample {
+/// One sample of the training distribution, with weights of the kinds
+/// `[fact, hop, text, caption, scene question, in-context]`.
+pub fn training_sample(world: &World, weights: [f32; 6], rng: &mut Rng) -> Sample {
+    training_sample_eased(world, weights, 0.0, &ContextShares::default(), rng)
+}
+
+/// [`training_sample`] with in-context samples at curriculum ease `ease` (see
+/// [`super::context::training_context_sample`]) made as `shares` says.
+pub fn training_sample_eased(
+    world: &World,
+    weights: [f32; 6],
+    ease: f32,
+    shares: &ContextShares,
+    rng: &mut Rng,
+) -> Sample {
     let total: f32 = weights.iter().sum();
     let mut x = rng.unit() * total;
-    let mut kind = 4;
+    let mut kind = weights.len() - 1;
     for (i, w) in weights.iter().enumerate() {
         if x < *w {
             kind = i;
@@ -91,6 +135,19 @@ pub fn training_sample(world: &World, weights: [f32; 5], rng: &mut Rng) -> Sampl
         }
         x -= w;
     }
+    if kind == weights.len() - 1 {
+        return training_context_sample(world, ease, shares, rng);
+    }
+    let mut sample = plain_training_sample(world, kind, rng);
+    if shares.distract > 0.0 && rng.unit() < shares.distract {
+        sample.context = crate::world::context::distractors(world, rng);
+        sample.bos_per_turn = rng.unit() < 0.5;
+    }
+    sample
+}
+
+/// A sample without demonstrations of mix kind `kind` (0 to 4).
+fn plain_training_sample(world: &World, kind: usize, rng: &mut Rng) -> Sample {
     match kind {
         0 => loop {
             let (e, r) = (rng.below(N_ENTITIES), *rng.choose(&Relation::ALL));
@@ -99,12 +156,7 @@ pub fn training_sample(world: &World, weights: [f32; 5], rng: &mut Rng) -> Sampl
             }
             let p = trained_paraphrase(world, e, r, rng);
             let image = world.render_entity(e, Pool::Train, rng.next_u64());
-            break Sample {
-                kind: Kind::EntityFact,
-                question: r.paraphrases()[p].into(),
-                answer: world.answer(e, r),
-                image: Some(image),
-            };
+            break Sample::plain(Kind::EntityFact, r.paraphrases()[p], world.answer(e, r), Some(image));
         },
         1 => loop {
             let (e, h) = (rng.below(N_ENTITIES), *rng.choose(&Hop::ALL));
@@ -113,25 +165,20 @@ pub fn training_sample(world: &World, weights: [f32; 5], rng: &mut Rng) -> Sampl
             }
             let answer = world.hop_answer(e, h, None).unwrap_or_default();
             let image = world.render_entity(e, Pool::Train, rng.next_u64());
-            break Sample { kind: Kind::Hop, question: h.question().into(), answer, image: Some(image) };
+            break Sample::plain(Kind::Hop, h.question(), answer, Some(image));
         },
         2 => {
             let f = rng.choose(&world.text_facts).clone();
-            Sample { kind: Kind::TextFact, question: f.question, answer: f.answer, image: None }
+            Sample::plain(Kind::TextFact, f.question, f.answer, None)
         }
         3 => {
             let (objs, image) = world.scene(Pool::Train, rng.next_u64());
-            Sample {
-                kind: Kind::Caption,
-                question: rng.choose(&CAPTION_PROMPTS).to_string(),
-                answer: caption(&objs),
-                image: Some(image),
-            }
+            Sample::plain(Kind::Caption, *rng.choose(&CAPTION_PROMPTS), caption(&objs), Some(image))
         }
         _ => {
             let (objs, image) = world.scene(Pool::Train, rng.next_u64());
             let (q, a) = rng.choose(&questions(&objs)).clone();
-            Sample { kind: Kind::SceneQuestion, question: q, answer: a, image: Some(image) }
+            Sample::plain(Kind::SceneQuestion, q, a, Some(image))
         }
     }
 }
@@ -142,12 +189,8 @@ pub fn eval_split(world: &World, split: Split, n: usize) -> Vec<Sample> {
     let fact = |rng: &mut Rng, facts: &[(usize, Relation)], pool: Pool, held_out: bool| {
         let (e, r) = *rng.choose(facts);
         let p = if held_out { world.held_out_paraphrase(e, r) } else { trained_paraphrase(world, e, r, rng) };
-        Sample {
-            kind: Kind::EntityFact,
-            question: r.paraphrases()[p].into(),
-            answer: world.answer(e, r),
-            image: Some(world.render_entity(e, pool, rng.next_u64())),
-        }
+        let image = world.render_entity(e, pool, rng.next_u64());
+        Sample::plain(Kind::EntityFact, r.paraphrases()[p], world.answer(e, r), Some(image))
     };
     match split {
         Split::FactsSeen | Split::RenderingsUnseen | Split::ParaphrasesHeldout | Split::Unknown => {
@@ -158,24 +201,18 @@ pub fn eval_split(world: &World, split: Split, n: usize) -> Vec<Sample> {
         Split::TextFacts => world
             .text_facts
             .iter()
-            .map(|f| Sample {
-                kind: Kind::TextFact,
-                question: f.question.clone(),
-                answer: f.answer.clone(),
-                image: None,
-            })
+            .map(|f| Sample::plain(Kind::TextFact, f.question.as_str(), f.answer.as_str(), None))
             .collect(),
         Split::Captions => (0..n as u64)
             .map(|i| {
                 let (objs, image) = world.scene(Pool::Eval, 5_000_000 + i);
-                Sample {
-                    kind: Kind::Caption,
-                    question: CAPTION_PROMPTS[i as usize % CAPTION_PROMPTS.len()].into(),
-                    answer: caption(&objs),
-                    image: Some(image),
-                }
+                let prompt = CAPTION_PROMPTS[i as usize % CAPTION_PROMPTS.len()];
+                Sample::plain(Kind::Caption, prompt, caption(&objs), Some(image))
             })
             .collect(),
+        Split::ContextFollow => follow_split(world, n),
+        Split::ContextIgnore => ignore_split(world, n),
+        Split::ContextCopy => copy_split(world, n),
     }
 }
 
@@ -189,9 +226,9 @@ mod tests {
         let mut rng = Rng::new(9);
         let mut kinds = std::collections::HashSet::new();
         for _ in 0..3000 {
-            let s = training_sample(&w, [4.0, 1.0, 2.0, 1.0, 1.0], &mut rng);
+            let s = training_sample(&w, [4.0, 1.0, 2.0, 1.0, 1.0, 1.0], &mut rng);
             kinds.insert(s.kind);
-            if s.kind == Kind::EntityFact {
+            if s.kind == Kind::EntityFact && s.context.is_empty() {
                 // Find the (entity, relation) by answer and question; no held-out or unknown pair may appear.
                 let r = Relation::ALL.iter().find(|r| r.paraphrases().contains(&s.question.as_str())).copied();
                 let r = r.expect("a relation paraphrase");

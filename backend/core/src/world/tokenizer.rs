@@ -33,7 +33,8 @@ pub fn build(world: &World) -> Result<Tokenizer> {
         vocab.insert(s.to_string(), i as u32);
     }
     let mut words = world.vocabulary();
-    for w in ["USER", "ASSISTANT", ":"] {
+    // The llava-1.5 template and the new-fact demonstration (`model::processor::NEW_FACT`).
+    for w in ["USER", "ASSISTANT", ":", "new", "fact"] {
         words.insert(w.to_string());
     }
     for w in words {
