@@ -694,11 +694,17 @@ fn live_update_streams_are_capped_per_session_and_address() -> Result<()> {
 }
 
 #[test]
-fn a_workspace_holds_at_most_its_case_quota() -> Result<()> {
+fn a_workspace_holds_at_most_its_case_quota_and_an_account_its_workspace_quota() -> Result<()> {
     let dir = temp_dir("quota")?;
-    let server = Server::start(&dir.join("q.db"), &["--cases-per-workspace", "3"])?;
+    let server = Server::start(&dir.join("q.db"), &["--cases-per-workspace", "3", "--workspaces-per-user", "2"])?;
     let port = server.port;
     let (mut alice, ws) = signed_up(port, "alice")?;
+    // The sign-up's workspace and one more; a third is refused, and another account is not affected.
+    assert_eq!(alice.post(routes::WORKSPACES, &json!({"name": "second"}))?.status, 200);
+    expect_error(&alice.post(routes::WORKSPACES, &json!({"name": "third"}))?, 413, "at most 2 workspaces")?;
+    assert_eq!(alice.get(routes::WORKSPACES)?.json()?.as_array().map(Vec::len), Some(2));
+    let (mut bob, _) = signed_up(port, "bob")?;
+    assert_eq!(bob.post(routes::WORKSPACES, &json!({"name": "bob's second"}))?.status, 200);
     let case = |q: &str| json!({"src": q, "alt": "yes", "image": "a.jpg"});
     let two = json!({"cases": [case("one?"), case("two?")]});
     assert_eq!(alice.post(&routes::cases(ws), &two)?.status, 200);

@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Cases one workspace may hold (imports and Playground edits together; demo sandboxes: 200).
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub cases_per_workspace: u32,
+    /// Workspaces one account may own (its first, made at sign-up, included): with `--cases-per-workspace`, this
+    /// bounds what one member can store.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub workspaces_per_user: u32,
     /// Live-update streams (server-sent events) one session may hold open at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub streams_per_session: u32,
@@ -134,6 +138,8 @@ pub struct AppState {
     pub streams: Arc<events::StreamCounts>,
     /// Cases one (non-demo) workspace may hold.
     pub cases_per_workspace: usize,
+    /// Workspaces one account may own.
+    pub workspaces_per_user: i64,
     /// Bytes of kept uploads.
     pub uploads_bytes: u64,
     /// Bytes of run data snapshots per workspace, and what launches have reserved of them.
@@ -363,6 +369,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )),
         access_epoch: Arc::default(),
         cases_per_workspace: args.cases_per_workspace as usize,
+        workspaces_per_user: i64::from(args.workspaces_per_user),
         uploads_bytes: u64::from(args.uploads_mb) * 1024 * 1024,
         snapshot_quota: Arc::new(snapshots::SnapshotQuota::new(
             u64::from(args.snapshot_mb) * 1024 * 1024,

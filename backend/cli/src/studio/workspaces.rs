@@ -56,6 +56,17 @@ pub async fn create(
         return Err(ApiErr::bad_request("a workspace name has 1 to 64 characters"));
     }
     let mut tx = super::write_tx(&st.db).await?;
+    // Counted inside the write transaction, so parallel creations cannot pass the quota together.
+    let owned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE user_id = ? AND role = 'owner'")
+        .bind(c.user.id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if owned >= st.workspaces_per_user {
+        return Err(ApiErr::quota(format!(
+            "an account may own at most {} workspaces (the studio's --workspaces-per-user)",
+            st.workspaces_per_user
+        )));
+    }
     let id: i64 = sqlx::query_scalar("INSERT INTO workspaces (name) VALUES (?) RETURNING id")
         .bind(name)
         .fetch_one(&mut *tx)
