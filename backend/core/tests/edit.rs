@@ -268,6 +268,28 @@ fn unike_and_its_ablations_edit_and_keep_other_answers() -> Result<()> {
     }
     let first = Sample { answer: target.into(), ..s.clone() };
     assert_eq!(say(&f, &first, &stack.hooks()?)?, target, "the first edit still holds under the second");
+    // The edit on a stack pinned the memory's retrieval at the first edited layer and used it: memory queries under
+    // the stack are the same with the pinned retrieval as without (scored afresh), to the bit.
+    {
+        use unike_core::edit::memory_prefix::{memory_queries_fast, MemoryPrefix};
+        let knowledge = method.patch_deps().knowledge.context("UniKE's knowledge")?;
+        assert!(knowledge.pinned.hits() > 0, "the pinned retrieval was never used");
+        let n = f.model.text().num_layers();
+        let layers = vec![n - 2, n - 1];
+        let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &stack };
+        let mem = memory(&f, 20)?;
+        let prefix = MemoryPrefix::default();
+        let afresh = memory_queries_fast(&ctx, &mem, &prefix, &[], &layers, &Hooks::none())?;
+        let inputs: Vec<_> = prefix.chunks(&f.model, &mem, n - 2)?.iter().map(|c| c.x.clone()).collect();
+        knowledge.pin(n - 2, &inputs, UniKeParams::default().top_k)?;
+        let hits = knowledge.pinned.hits();
+        let pinned = memory_queries_fast(&ctx, &mem, &prefix, &[], &layers, &Hooks::none())?;
+        assert!(knowledge.pinned.hits() > hits, "the pinned retrieval was not used");
+        for l in &layers {
+            let diff = (&afresh[l] - &pinned[l])?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "layer {l}");
+        }
+    }
     // Only latent IKE edits without neurons; its patch holds the edit's states only.
     let mut params = UniKeParams::default();
     params.apply_variant("only-latent")?;

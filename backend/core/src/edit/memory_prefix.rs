@@ -21,11 +21,54 @@ use crate::model::Llava;
 /// 5.3 s with 64 (bigger padded batches cost more than they save).
 const CHUNK: usize = 8;
 
-/// The residual stream entering one decoder layer for each sequence of a fixed memory on the unedited model,
-/// `(1, s_i, d)` each: computed on first use, kept for the method's life.
+/// The residual stream entering one decoder layer for a fixed memory on the unedited model, as the right-padded
+/// batches the patched layers run on: computed on first use, kept for the method's life. The batches keep their
+/// identity from edit to edit, so what depends only on them can be pinned ([`super::unike::latent::Knowledge::pin`]).
 #[derive(Default)]
 pub struct MemoryPrefix {
-    cached: Mutex<Option<(usize, Arc<Vec<Tensor>>)>>,
+    cached: Mutex<Option<Cached>>,
+}
+
+/// The layer, the memory's size, and its batches.
+type Cached = (usize, usize, Arc<Vec<Chunk>>);
+
+/// One padded batch: the residuals `(b, longest, d)`, each sequence's length and its index among the inputs.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub x: Tensor,
+    pub lens: Vec<usize>,
+    pub seqs: Vec<usize>,
+}
+
+/// `residuals` (`(1, s_i, d)` each) as right-padded batches of [`CHUNK`] sequences of similar lengths (sorted by
+/// length, so that little of a batch is padding).
+fn chunks(residuals: &[Tensor]) -> Result<Vec<Chunk>> {
+    let lens = residuals.iter().map(|t| t.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
+    let mut order: Vec<usize> = (0..residuals.len()).collect();
+    order.sort_by_key(|&i| (lens[i], i));
+    order
+        .chunks(CHUNK)
+        .map(|group| {
+            let longest = group.iter().map(|&i| lens[i]).max().unwrap_or(0);
+            // Right padding: the causal mask keeps every real position from seeing the pads.
+            let padded = group
+                .iter()
+                .map(|&i| {
+                    let t = &residuals[i];
+                    if lens[i] == longest {
+                        Ok(t.clone())
+                    } else {
+                        t.pad_with_zeros(1, 0, longest - lens[i])
+                    }
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok(Chunk {
+                x: Tensor::cat(&padded, 0)?,
+                lens: group.iter().map(|&i| lens[i]).collect(),
+                seqs: group.to_vec(),
+            })
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for MemoryPrefix {
@@ -41,17 +84,18 @@ fn residual_at(model: &Llava, seq: &EditSequence, layer: usize) -> Result<Tensor
 }
 
 impl MemoryPrefix {
-    /// The residuals of `memory` entering `layer` (computed now unless cached for the same layer).
-    fn get(&self, model: &Llava, memory: &[EditSequence], layer: usize) -> Result<Arc<Vec<Tensor>>> {
+    /// The batches of `memory`'s residuals entering `layer` (computed now unless cached for the same layer).
+    pub fn chunks(&self, model: &Llava, memory: &[EditSequence], layer: usize) -> Result<Arc<Vec<Chunk>>> {
         let mut guard = self.cached.lock().map_err(|_| Error::Invalid("memory prefix cache poisoned".into()))?;
-        if let Some((l, r)) = guard.as_ref() {
-            if *l == layer && r.len() == memory.len() {
-                return Ok(r.clone());
+        if let Some((l, n, c)) = guard.as_ref() {
+            if *l == layer && *n == memory.len() {
+                return Ok(c.clone());
             }
         }
-        let r = Arc::new(memory.iter().map(|s| residual_at(model, s, layer)).collect::<Result<Vec<_>>>()?);
-        *guard = Some((layer, r.clone()));
-        Ok(r)
+        let residuals = memory.iter().map(|s| residual_at(model, s, layer)).collect::<Result<Vec<_>>>()?;
+        let c = Arc::new(chunks(&residuals)?);
+        *guard = Some((layer, memory.len(), c.clone()));
+        Ok(c)
     }
 }
 
@@ -77,29 +121,31 @@ pub fn memory_queries_fast(
         return super::neurons::memory_queries(ctx, &all, layers, extra);
     }
     let model = ctx.model;
-    let cached = prefix.get(model, memory, lo)?;
-    let fresh = more.iter().map(|s| residual_at(model, s, lo)).collect::<Result<Vec<_>>>()?;
-    let inputs: Vec<&Tensor> = cached.iter().chain(fresh.iter()).collect();
-    let mut rows: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
-    for chunk in inputs.chunks(CHUNK) {
-        let lens = chunk.iter().map(|t| t.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
-        let longest = lens.iter().copied().max().unwrap_or(0);
-        // Right padding: the causal mask keeps every real position from seeing the pads.
-        let padded = chunk
-            .iter()
-            .zip(&lens)
-            .map(|(t, &n)| if n == longest { Ok((*t).clone()) } else { t.pad_with_zeros(1, 0, longest - n) })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let x = Tensor::cat(&padded, 0)?;
+    let cached = prefix.chunks(model, memory, lo)?;
+    let fresh = chunks(&more.iter().map(|s| residual_at(model, s, lo)).collect::<Result<Vec<_>>>()?)?;
+    // Rows per layer and sequence (the memory's, then `more`'s), put back in order at the end.
+    let total = memory.len() + more.len();
+    let mut rows: BTreeMap<usize, Vec<Option<Tensor>>> = layers.iter().map(|&l| (l, vec![None; total])).collect();
+    let batches = cached.iter().map(|c| (c, 0)).chain(fresh.iter().map(|c| (c, memory.len())));
+    for (Chunk { x, lens, seqs }, offset) in batches {
         let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::FfnInput);
-        model.text().forward_layers(&x, 0, lo..hi + 1, None, &hooks, &mut cap)?;
+        model.text().forward_layers(x, 0, lo..hi + 1, None, &hooks, &mut cap)?;
         for &l in layers {
             let q =
                 cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid(format!("layer {l} not captured")))?;
-            for (i, &n) in lens.iter().enumerate() {
-                rows.entry(l).or_default().push(q.narrow(0, i, 1)?.narrow(1, 0, n)?.squeeze(0)?.to_dtype(DType::F32)?);
+            let out = rows.get_mut(&l).ok_or_else(|| Error::Invalid(format!("layer {l} not expected")))?;
+            for (i, (&n, &seq)) in lens.iter().zip(seqs).enumerate() {
+                out[offset + seq] = Some(q.narrow(0, i, 1)?.narrow(1, 0, n)?.squeeze(0)?.to_dtype(DType::F32)?);
             }
         }
     }
-    rows.into_iter().map(|(l, r)| Ok((l, Tensor::cat(&r, 0)?))).collect()
+    rows.into_iter()
+        .map(|(l, r)| {
+            let r = r
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| Error::Invalid("a memory row is missing".into()))?;
+            Ok((l, Tensor::cat(&r, 0)?))
+        })
+        .collect()
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::encoders::Encoders;
 use super::memory::KnowledgeMemory;
+use super::retrieve::{attend, merge, top_k, weighted_rows, with_rows, AttendDims, Pinned, Scored};
 use crate::error::{Error, Result};
 use crate::hooks::{AttnContext, AttnHook, Hooks};
 use crate::model::llama::AttnParts;
@@ -48,16 +49,22 @@ impl Bank {
         let dtype = centre.dtype();
         let (h_sem, h_pos) = (h_sem.to_dtype(dtype)?, h_pos.to_dtype(dtype)?);
         let (keys, values) = parts.keys_values(&h_pos.to_dtype(parts.dtype())?)?;
+        // Contiguous f32, so that retrieval reads them as slices on the CPU.
         Ok(Self {
-            sem: unit(&h_sem.broadcast_sub(centre)?)?,
-            keys: keys.to_dtype(DType::F32)?,
-            values: values.to_dtype(DType::F32)?,
-            pos: h_pos.broadcast_sub(centre)?,
+            sem: unit(&h_sem.broadcast_sub(centre)?)?.contiguous()?,
+            keys: keys.to_dtype(DType::F32)?.contiguous()?,
+            values: values.to_dtype(DType::F32)?.contiguous()?,
+            pos: h_pos.broadcast_sub(centre)?.contiguous()?,
         })
     }
 
     fn len(&self) -> Result<usize> {
         Ok(self.sem.dim(0)?)
+    }
+
+    /// Scores of the unit, centred states `unit_x` `(n, d)` against every entry, `(n, m)`.
+    fn scores(&self, unit_x: &Tensor) -> Result<Tensor> {
+        Ok(unit_x.matmul(&self.sem.t()?)?)
     }
 
     fn cat(&self, other: &Bank) -> Result<Bank> {
@@ -80,6 +87,8 @@ pub struct Knowledge {
     banks: BTreeMap<usize, Bank>,
     parts: BTreeMap<usize, AttnParts>,
     pub encoders: Arc<Encoders>,
+    /// Retrievals over the memory pinned for recurring inputs ([`Knowledge::pin`]).
+    pub pinned: Pinned,
 }
 
 impl Knowledge {
@@ -94,7 +103,37 @@ impl Knowledge {
             banks.insert(l, Bank::new(&p, centre, &memory.h_sem[i], &memory.h_pos[i])?);
             parts.insert(l, p);
         }
-        Ok(Self { banks, parts, encoders })
+        Ok(Self { banks, parts, encoders, pinned: Pinned::default() })
+    }
+
+    /// The unit, centred states of `residual` `(b, s, d)` at `layer`, `(b·s, d)` f32: what positions retrieve with.
+    fn unit_states(&self, layer: usize, residual: &Tensor) -> Result<Tensor> {
+        let d = residual.dim(D::Minus1)?;
+        let centre = &self.encoders.layer(layer)?.centre;
+        unit(&residual.reshape(((), d))?.to_dtype(DType::F32)?.broadcast_sub(centre)?)
+    }
+
+    /// The best `k` memory entries of every position of `unit_x` at `layer`.
+    fn retrieve(&self, layer: usize, unit_x: &Tensor, k: usize) -> Result<Scored> {
+        let bank = self.banks.get(&layer).ok_or_else(|| Error::Invalid("layer not prepared".into()))?;
+        let m = bank.len()?;
+        with_rows(&bank.scores(unit_x)?, |flat| top_k(flat, m, k))
+    }
+
+    /// Pins the retrievals over the memory of `inputs` (residual streams entering `layer`, `(b, s, d)` each) for
+    /// `top_k`: a later forward pass on the same tensors scores only a stack's own entries. A layer the knowledge
+    /// does not cover is left alone; the same set is pinned once.
+    pub fn pin(&self, layer: usize, inputs: &[Tensor], top_k: usize) -> Result<()> {
+        let k = top_k.max(1);
+        let ids: Vec<_> = inputs.iter().map(Tensor::id).collect();
+        if !self.banks.contains_key(&layer) || self.pinned.holds(layer, k, &ids)? {
+            return Ok(());
+        }
+        let mut rows = std::collections::HashMap::new();
+        for x in inputs {
+            rows.insert(x.id(), Arc::new(self.retrieve(layer, &self.unit_states(layer, x)?, k)?));
+        }
+        self.pinned.set(layer, k, rows)
     }
 
     /// Bytes of the prepared memory (per layer: centred semantic states, keys, values, positive states).
@@ -103,7 +142,8 @@ impl Knowledge {
         self.banks
             .values()
             .map(|b| [&b.sem, &b.keys, &b.values, &b.pos].into_iter().map(tensor_bytes).sum::<usize>())
-            .sum()
+            .sum::<usize>()
+            + self.pinned.bytes()
     }
 
     /// Layers the knowledge covers.
@@ -131,13 +171,17 @@ impl Knowledge {
         let mut hooks = Hooks::none();
         for (&l, base) in &self.banks {
             let mut bank = base.clone();
+            let mut extra_sem = None;
             if let Some(list) = entries.get(&l).filter(|v| !v.is_empty()) {
                 let s = Tensor::cat(&list.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>(), 0)?;
                 let p = Tensor::cat(&list.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(), 0)?;
                 let extra = Bank::new(&self.parts[&l], &self.encoders.layer(l)?.centre, &s, &p)?;
                 bank = bank.cat(&extra)?;
+                extra_sem = Some(extra.sem);
             }
-            hooks.add_attn(l, Arc::new(LatentShift { layer: l, bank, top_k, alpha, knowledge: self.clone() }));
+            let base_len = base.len()?;
+            let shift = LatentShift { layer: l, bank, base_len, extra_sem, top_k, alpha, knowledge: self.clone() };
+            hooks.add_attn(l, Arc::new(shift));
         }
         Ok(hooks)
     }
@@ -146,7 +190,12 @@ impl Knowledge {
 /// The attention hook of one layer.
 pub struct LatentShift {
     layer: usize,
+    /// The memory followed by the stack's entries.
     bank: Bank,
+    /// Entries of the memory (the first of `bank`).
+    base_len: usize,
+    /// Unit centred semantic states of the stack's entries, `(e, d)`, if any.
+    extra_sem: Option<Tensor>,
     top_k: usize,
     alpha: Alpha,
     knowledge: Arc<Knowledge>,
@@ -158,22 +207,6 @@ impl fmt::Debug for LatentShift {
     }
 }
 
-/// Indices of the `k` largest entries of each row, best first.
-fn top_k(rows: &[Vec<f32>], k: usize) -> Vec<u32> {
-    let mut out = Vec::with_capacity(rows.len() * k);
-    for row in rows {
-        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-        let by = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-        if k < idx.len() {
-            idx.select_nth_unstable_by(k, by);
-            idx.truncate(k);
-        }
-        idx.sort_by(by);
-        out.extend(idx);
-    }
-    out
-}
-
 impl AttnHook for LatentShift {
     fn shift_attention(&self, ctx: &AttnContext<'_>, attn_out: Tensor) -> Result<Tensor> {
         let parts = self.knowledge.parts.get(&self.layer).ok_or_else(|| Error::Invalid("layer not prepared".into()))?;
@@ -182,30 +215,49 @@ impl AttnHook for LatentShift {
         let n = b * s;
         let k = self.top_k.min(self.bank.len()?).max(1);
         let dtype = attn_out.dtype();
-        let x = ctx.residual.reshape((n, d))?.to_dtype(DType::F32)?.broadcast_sub(&enc.centre)?;
-        let sims = unit(&x)?.matmul(&self.bank.sem.t()?)?;
-        let idx = Tensor::new(top_k(&sims.to_vec2::<f32>()?, k).as_slice(), x.device())?;
-        let (h, kvh, hd) = (parts.n_heads, parts.n_kv_heads, parts.head_dim);
-        let gather = |t: &Tensor| -> Result<Tensor> {
-            let g = t.index_select(&idx, 0)?.reshape((n, k, kvh, hd))?.transpose(1, 2)?; // (n, kvh, k, hd)
-            let rep = h / kvh;
-            Ok(if rep == 1 { g } else { g.unsqueeze(2)?.expand((n, kvh, rep, k, hd))?.reshape((n, h, k, hd))? }
-                .contiguous()?)
+        let dev = attn_out.device().clone();
+        // The memory's best entries (pinned for recurring inputs, see `Knowledge::pin`), then the stack's merged in:
+        // the same choice as scoring the whole bank at once.
+        let unit_x = self.knowledge.unit_states(self.layer, ctx.residual)?;
+        let base_k = self.top_k.max(1);
+        let base = match self.knowledge.pinned.get(self.layer, ctx.residual.id(), base_k)? {
+            Some(pinned) => pinned,
+            None => Arc::new(self.knowledge.retrieve(self.layer, &unit_x, base_k)?),
         };
-        let (keys, values) = (gather(&self.bank.keys)?, gather(&self.bank.values)?);
-        let q = parts.queries(&ctx.normed.reshape((n, d))?)?.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, h, 1, hd)
-        let att = candle_nn::ops::softmax_last_dim(&(q.matmul(&keys.t()?)? / (hd as f64).sqrt())?)?; // (n, h, 1, k)
-        let y = att.matmul(&values)?.reshape((n, h * hd))?;
-        let h_know = parts.output(&y.to_dtype(parts.dtype())?)?.to_dtype(DType::F32)?; // (n, d)
-        let share = match self.alpha {
-            Alpha::Fixed(a) => Tensor::full(1.0 - a, (n, 1), x.device())?,
-            Alpha::Adaptive => {
-                let w = att.mean(1)?; // (n, 1, k)
-                let pos = self.bank.pos.index_select(&idx, 0)?.reshape((n, k, d))?;
-                let know = w.matmul(&pos)?.squeeze(1)?; // (n, d)
-                let z = enc.semantic.forward(&know)?;
-                (unit(&z)? * unit(&x)?)?.sum_keepdim(1)?.relu()?.clamp(0f32, 1f32)?
+        let idx = match &self.extra_sem {
+            Some(extra) => {
+                let e = extra.dim(0)?;
+                with_rows(&unit_x.matmul(&extra.t()?)?, |flat| merge(&base, flat, e, self.base_len as u32, k))?
             }
+            None => base.idx.clone(),
+        };
+        let (h, kvh, hd) = (parts.n_heads, parts.n_kv_heads, parts.head_dim);
+        let q = parts.queries(&ctx.normed.reshape((n, d))?)?.to_dtype(DType::F32)?; // (n, h, hd)
+        let (y, know) = if dev.is_cpu() {
+            // On slices: no gathered copies of the entries, no per-position matrix products.
+            let dims = AttendDims { n, k, heads: h, kv_heads: kvh, head_dim: hd };
+            let (y, w) = with_rows(&q, |q| {
+                with_rows(&self.bank.keys, |keys| {
+                    with_rows(&self.bank.values, |values| attend(q, keys, values, &idx, dims))
+                })
+            })???;
+            let know = match self.alpha {
+                Alpha::Adaptive => Some(with_rows(&self.bank.pos, |pos| weighted_rows(pos, d, &idx, &w, k))?),
+                Alpha::Fixed(_) => None,
+            };
+            let know = know.map(|v| Tensor::from_vec(v, (n, d), &dev)).transpose()?;
+            (Tensor::from_vec(y, (n, h * hd), &dev)?, know)
+        } else {
+            self.attend_tensors(&q, &Tensor::new(idx.as_slice(), &dev)?, (n, k, d))?
+        };
+        let h_know = parts.output(&y.to_dtype(parts.dtype())?)?.to_dtype(DType::F32)?; // (n, d)
+        let share = match (self.alpha, know) {
+            (Alpha::Adaptive, Some(know)) => {
+                let z = enc.semantic.forward(&know)?;
+                (unit(&z)? * &unit_x)?.sum_keepdim(1)?.relu()?.clamp(0f32, 1f32)?
+            }
+            (Alpha::Fixed(a), _) => Tensor::full(1.0 - a, (n, 1), &dev)?,
+            (Alpha::Adaptive, None) => return Err(Error::Invalid("adaptive α without retrieved states".into())),
         };
         let a = attn_out.reshape((n, d))?.to_dtype(DType::F32)?;
         let out = (a.broadcast_mul(&share.affine(-1.0, 1.0)?)? + h_know.broadcast_mul(&share)?)?;
@@ -213,14 +265,36 @@ impl AttnHook for LatentShift {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_k_picks_the_largest_best_first_with_ties_by_index() {
-        let rows = vec![vec![0.1, 0.9, 0.5, 0.9, -1.0], vec![3.0, 2.0, 1.0, 0.0, -1.0]];
-        assert_eq!(top_k(&rows, 3), vec![1, 3, 2, 0, 1, 2]);
-        assert_eq!(top_k(&rows[..1], 9), vec![1, 3, 2, 0, 4]);
+impl LatentShift {
+    /// [`attend`] with tensor operations (devices other than the CPU): the retrieved keys and values gathered, then
+    /// per-position attention. `q` `(n, h, hd)`, `idx` `(n·k,)`; returns `y` `(n, h·hd)` and, for adaptive α, the
+    /// retrieved positive states weighted by the head-averaged attention `(n, d)`.
+    fn attend_tensors(
+        &self,
+        q: &Tensor,
+        idx: &Tensor,
+        (n, k, d): (usize, usize, usize),
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let parts = self.knowledge.parts.get(&self.layer).ok_or_else(|| Error::Invalid("layer not prepared".into()))?;
+        let (h, kvh, hd) = (parts.n_heads, parts.n_kv_heads, parts.head_dim);
+        let gather = |t: &Tensor| -> Result<Tensor> {
+            let g = t.index_select(idx, 0)?.reshape((n, k, kvh, hd))?.transpose(1, 2)?; // (n, kvh, k, hd)
+            let rep = h / kvh;
+            Ok(if rep == 1 { g } else { g.unsqueeze(2)?.expand((n, kvh, rep, k, hd))?.reshape((n, h, k, hd))? }
+                .contiguous()?)
+        };
+        let (keys, values) = (gather(&self.bank.keys)?, gather(&self.bank.values)?);
+        let q = q.unsqueeze(2)?; // (n, h, 1, hd)
+        let att = candle_nn::ops::softmax_last_dim(&(q.matmul(&keys.t()?)? / (hd as f64).sqrt())?)?; // (n, h, 1, k)
+        let y = att.matmul(&values)?.reshape((n, h * hd))?;
+        let know = match self.alpha {
+            Alpha::Fixed(_) => None,
+            Alpha::Adaptive => {
+                let w = att.mean(1)?; // (n, 1, k)
+                let pos = self.bank.pos.index_select(idx, 0)?.reshape((n, k, d))?;
+                Some(w.matmul(&pos)?.squeeze(1)?) // (n, d)
+            }
+        };
+        Ok((y, know))
     }
 }

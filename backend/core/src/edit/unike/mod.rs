@@ -11,6 +11,7 @@
 pub mod encoders;
 pub mod latent;
 pub mod memory;
+pub mod retrieve;
 pub mod variant;
 
 use std::collections::BTreeMap;
@@ -379,6 +380,13 @@ impl EditMethod for UniKe {
             }
         } else {
             let earlier = stack_memory(ctx, self.eos)?;
+            // The memory enters the first edited layer the same under every stack: its retrieval over the shared
+            // memory is pinned once, and each edit scores only the stack's entries against it.
+            if let (Some(k), Some(&lo)) = (&self.knowledge, layers.iter().min()) {
+                let inputs: Vec<Tensor> =
+                    self.prefix.chunks(model, &self.memory, lo)?.iter().map(|c| c.x.clone()).collect();
+                k.pin(lo, &inputs, self.params.top_k)?;
+            }
             fresh = memory_queries_fast(ctx, &self.memory, &self.prefix, &earlier, &layers, &memory_hooks)?;
             &fresh
         };
