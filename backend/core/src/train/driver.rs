@@ -169,24 +169,17 @@ fn vars_of(t: &Trainable, prefixes: &[&str]) -> Result<Vec<Var>> {
 
 /// Fixed curve-evaluation sets: `eval_n` samples of each split (text facts: the first `eval_n`).
 fn curve_sets(world: &World, n: usize) -> Vec<(&'static str, Vec<Sample>)> {
-    [
-        Split::FactsSeen,
-        Split::RenderingsUnseen,
-        Split::ParaphrasesHeldout,
-        Split::TextFacts,
-        Split::Captions,
-        Split::ContextFollow,
-        Split::ContextIgnore,
-        Split::ContextCopy,
-    ]
-    .into_iter()
-    .map(|s| (s.name(), eval_split(world, s, n).into_iter().take(n).collect()))
-    .chain(std::iter::once((
-        // Two demonstrations told apart only by the entity on their images (the hard part of ignoring).
-        PickCue::Rendering.name(),
-        pick_split(world, n, PickCue::Rendering).into_iter().map(|(s, _)| s).collect(),
-    )))
-    .collect()
+    // Every split but the unknown facts (whose report is not an accuracy), in `Split::ALL`'s order.
+    Split::ALL
+        .into_iter()
+        .filter(|s| *s != Split::Unknown)
+        .map(|s| (s.name(), eval_split(world, s, n).into_iter().take(n).collect()))
+        .chain(std::iter::once((
+            // Two demonstrations told apart only by the entity on their images (the hard part of ignoring).
+            PickCue::Rendering.name(),
+            pick_split(world, n, PickCue::Rendering).into_iter().map(|(s, _)| s).collect(),
+        )))
+        .collect()
 }
 
 /// Trains a world model as `recipe` says, calling `progress` after every step.
