@@ -224,12 +224,19 @@ fn unike_and_its_ablations_edit_and_keep_other_answers() -> Result<()> {
         let mut params = UniKeParams::default();
         params.apply_variant(variant)?;
         let name = format!("unike:{variant}");
-        let method = UniKe::new(&name, params, &f.model, &artifacts, memory(&f, 64)?, f.eos[0])?;
+        let mem = memory(&f, 64)?;
         // What a cache of built methods weighs it by: the prepared memory of its two layers (centred semantic
-        // states, keys, values, positive states of 160 entries, f32), or nothing without latent editing.
+        // states, keys, values, positive states of 160 entries, f32) and, from the start, the memory caches its
+        // first edit on a stack fills: the residuals entering the first edited layer and, with latent editing, the
+        // base of `unchanged` (two f32 states and a score per position and layer).
         let d = artifacts.memory.h_sem[0].dim(1)?;
         let latent = !matches!(variant, "only-intrinsic" | "intrinsic+ike");
-        assert_eq!(method.resident_bytes(), if latent { 2 * 4 * 160 * d * 4 } else { 0 }, "{variant}");
+        let positions: usize = mem.iter().map(|s| s.ids.len()).sum();
+        let prefix = unike_core::edit::memory_prefix::MemoryPrefix::expected_bytes(&mem, d);
+        assert!(prefix >= positions * d * 4 && prefix < positions * d * 4 * 2, "{variant}: {prefix}");
+        let expected = if latent { 2 * 4 * 160 * d * 4 + prefix + 2 * positions * (2 * d * 4 + 4) } else { prefix };
+        let method = UniKe::new(&name, params, &f.model, &artifacts, mem, f.eos[0])?;
+        assert_eq!(method.resident_bytes(), expected, "{variant}");
         let mut stack = PatchStack::new();
         let patch = method.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, &request)?;
         assert_eq!(patch.provenance.method, name);
@@ -268,12 +275,11 @@ fn unike_and_its_ablations_edit_and_keep_other_answers() -> Result<()> {
     }
     let first = Sample { answer: target.into(), ..s.clone() };
     assert_eq!(say(&f, &first, &stack.hooks()?)?, target, "the first edit still holds under the second");
-    // The edit on a stack pinned the memory's retrieval at the first edited layer and used it: memory queries under
-    // the stack are the same with the pinned retrieval as without (scored afresh), to the bit.
+    // Memory queries under the stack are the same with the memory's retrieval at the first edited layer pinned (what
+    // an edit on a stack the doors of `unchanged` do not cover uses) as without (scored afresh), to the bit.
     {
         use unike_core::edit::memory_prefix::{memory_queries_fast, MemoryPrefix};
         let knowledge = method.patch_deps().knowledge.context("UniKE's knowledge")?;
-        assert!(knowledge.pinned.hits() > 0, "the pinned retrieval was never used");
         let n = f.model.text().num_layers();
         let layers = vec![n - 2, n - 1];
         let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &stack };
@@ -478,5 +484,100 @@ fn memory_queries_under_a_stack_run_only_the_patched_layers_and_match_the_full_p
         let moved = (&unedited[&(n - 1)] - &fast[&(n - 1)])?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(moved > 1e-3, "{what}: the stack changed nothing ({moved})");
     }
+    Ok(())
+}
+
+/// UniKE's memory queries on a stack of UniKE edits recompute only the memory sequences the stack reaches (a stack
+/// entry retrieved, a stack neuron firing below the last edited layer) and give what running every sequence under
+/// the stack gives; each door, forced open, makes its sequences recomputed, and other kinds of stack take the full
+/// path.
+#[test]
+fn unike_memory_queries_on_a_stack_recompute_only_what_the_stack_reaches() -> Result<()> {
+    use std::collections::BTreeMap;
+    use unike_core::edit::memory_prefix::{memory_queries_fast, MemoryPrefix};
+    use unike_core::edit::neurons::stack_memory;
+    use unike_core::edit::unike::unchanged::MemoryBase;
+    use unike_core::edit::unike::{UniKe, UniKeParams};
+    use unike_core::edit::{Patch, Provenance};
+    let f = fixture()?;
+    let artifacts = unike_artifacts(&f)?;
+    // The test's memory holds 160 entries (the shipped one 6,000): with K = 40 the stack's entries are among every
+    // position's best; with K = 4 they are retrieved where they belong.
+    let mut params = UniKeParams::default();
+    params.apply_variant("k=4")?;
+    let settings = (params.top_k, params.alpha);
+    let method = UniKe::new("unike:k=4", params, &f.model, &artifacts, memory(&f, 16)?, f.eos[0])?;
+    let knowledge = method.patch_deps().knowledge.context("UniKE's knowledge")?;
+    let n = f.model.text().num_layers();
+    let layers = vec![n - 2, n - 1];
+    let mem = memory(&f, 40)?;
+    let facts: Vec<Sample> =
+        eval_split(&f.world, Split::FactsSeen, 40).into_iter().filter(|s| s.image.is_some()).take(3).collect();
+    let mut stack = PatchStack::new();
+    for (i, s) in facts.iter().enumerate() {
+        let target = if s.answer == "the iron otters" { "the stone lions" } else { "the iron otters" };
+        let req = EditRequest {
+            question: s.question.clone(),
+            image: pixels(&f, s)?,
+            image_path: None,
+            target: target.into(),
+            seed: i as u64,
+        };
+        let patch = method.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, &req)?;
+        stack.push(patch);
+    }
+    let (base, prefix) = (MemoryBase::default(), MemoryPrefix::default());
+    let check = |stack: &PatchStack, what: &str| -> Result<usize> {
+        let ctx = EditContext { model: &f.model, processor: &f.processor, stack };
+        let more = stack_memory(&ctx, f.eos[0])?;
+        let q = base.queries(&ctx, &knowledge, settings, &mem, &prefix, &more, &layers)?.context(what.to_string())?;
+        let all = memory_queries_fast(&ctx, &mem, &MemoryPrefix::default(), &more, &layers, &Hooks::none())?;
+        for l in &layers {
+            assert_eq!(q.rows[l].dims(), all[l].dims(), "{what}: layer {l}");
+            let diff = (&q.rows[l] - &all[l])?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "{what}: layer {l} differs by {diff}");
+        }
+        Ok(q.recomputed)
+    };
+    let recomputed = check(&stack, "a stack of three UniKE edits")?;
+    assert!(recomputed < mem.len(), "the stack reached every memory sequence ({recomputed})");
+    assert!(base.bytes() > 0);
+    // The neuron door: a neuron that fires everywhere below the last edited layer reaches every sequence.
+    let loud = {
+        let p = stack.iter().next().map(|(_, p)| p.clone()).context("a patch")?;
+        let mut neurons = p.neurons.clone();
+        let low = neurons.get_mut(&(n - 2)).context("neurons at the first edited layer")?;
+        low.b_k = (&low.b_k + 100.0)?;
+        Patch { neurons, ..p }
+    };
+    let mut with_loud = stack.clone();
+    with_loud.push(loud);
+    assert_eq!(check(&with_loud, "a neuron firing everywhere")?, mem.len());
+    // The retrieval door: an entry equal to one memory position's own state is retrieved there (and only a few
+    // sequences share that state).
+    let first = prefix.chunks(&f.model, &mem, n - 2)?[0].clone();
+    let x = first.x.narrow(0, 0, 1)?.narrow(1, first.lens[0] - 1, 1)?.squeeze(0)?;
+    let request = EditRequest { question: "q".into(), image: None, image_path: None, target: "t".into(), seed: 0 };
+    let mut entry = Patch::new(Provenance::new("test", &(), &request)?, BTreeMap::new());
+    entry.latent = layers.iter().map(|&l| (l, (x.clone(), x.clone()))).collect();
+    entry.retrieval = stack.iter().next().and_then(|(_, p)| p.retrieval.clone());
+    let mut with_entry = stack.clone();
+    with_entry.push(entry);
+    assert!(check(&with_entry, "an entry some position retrieves")? > recomputed);
+    // Kinds the doors do not cover take the full path.
+    let mut with_delta = stack.clone();
+    let mut p = stack.iter().next().map(|(_, p)| p.clone()).context("a patch")?;
+    p.mlp_deltas = BTreeMap::from([(
+        n - 1,
+        unike_core::hooks::DownProjDelta {
+            gate: candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu)?,
+            up: candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu)?,
+            act: unike_core::model::config::Activation::Relu,
+            delta: candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu)?,
+        },
+    )]);
+    with_delta.push(p);
+    let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &with_delta };
+    assert!(base.queries(&ctx, &knowledge, settings, &mem, &prefix, &[], &layers)?.is_none());
     Ok(())
 }

@@ -42,7 +42,7 @@ pub struct Chunk {
 
 /// `residuals` (`(1, s_i, d)` each) as right-padded batches of [`CHUNK`] sequences of similar lengths (sorted by
 /// length, so that little of a batch is padding).
-fn chunks(residuals: &[Tensor]) -> Result<Vec<Chunk>> {
+pub(crate) fn chunks(residuals: &[Tensor]) -> Result<Vec<Chunk>> {
     let lens = residuals.iter().map(|t| t.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
     let mut order: Vec<usize> = (0..residuals.len()).collect();
     order.sort_by_key(|&i| (lens[i], i));
@@ -78,12 +78,20 @@ impl std::fmt::Debug for MemoryPrefix {
 }
 
 /// The residual stream of `seq` entering layer `layer` on the unedited model, `(1, s, d)`.
-fn residual_at(model: &Llava, seq: &EditSequence, layer: usize) -> Result<Tensor> {
+pub(crate) fn residual_at(model: &Llava, seq: &EditSequence, layer: usize) -> Result<Tensor> {
     let embeds = seq.embeds(model)?;
     model.text().forward_layers(&embeds, 0, 0..layer, None, &Hooks::none(), &mut Capture::none())
 }
 
 impl MemoryPrefix {
+    /// Bytes the batches of `memory` take once cached (f32 residuals of width `d`, padding included): what a method
+    /// holding this cache weighs once it has edited on a stack, known before it has.
+    pub fn expected_bytes(memory: &[EditSequence], d: usize) -> usize {
+        let mut lens: Vec<usize> = memory.iter().map(|s| s.ids.len()).collect();
+        lens.sort_unstable();
+        lens.chunks(CHUNK).map(|g| g.len() * g.last().copied().unwrap_or(0) * d * 4).sum()
+    }
+
     /// The batches of `memory`'s residuals entering `layer` (computed now unless cached for the same layer).
     pub fn chunks(&self, model: &Llava, memory: &[EditSequence], layer: usize) -> Result<Arc<Vec<Chunk>>> {
         let mut guard = self.cached.lock().map_err(|_| Error::Invalid("memory prefix cache poisoned".into()))?;
@@ -111,7 +119,7 @@ pub fn memory_queries_fast(
     layers: &[usize],
     extra: &Hooks,
 ) -> Result<BTreeMap<usize, Tensor>> {
-    let (Some(&lo), Some(&hi)) = (layers.iter().min(), layers.iter().max()) else {
+    let Some(&lo) = layers.iter().min() else {
         return Err(Error::Invalid("memory queries need at least one layer".into()));
     };
     let mut hooks = ctx.stack.hooks()?;
@@ -123,13 +131,32 @@ pub fn memory_queries_fast(
     let model = ctx.model;
     let cached = prefix.chunks(model, memory, lo)?;
     let fresh = chunks(&more.iter().map(|s| residual_at(model, s, lo)).collect::<Result<Vec<_>>>()?)?;
-    // Rows per layer and sequence (the memory's, then `more`'s), put back in order at the end.
-    let total = memory.len() + more.len();
-    let mut rows: BTreeMap<usize, Vec<Option<Tensor>>> = layers.iter().map(|&l| (l, vec![None; total])).collect();
-    let batches = cached.iter().map(|c| (c, 0)).chain(fresh.iter().map(|c| (c, memory.len())));
-    for (Chunk { x, lens, seqs }, offset) in batches {
+    let batches: Vec<(&Chunk, usize)> =
+        cached.iter().map(|c| (c, 0)).chain(fresh.iter().map(|c| (c, memory.len()))).collect();
+    let rows = ffn_inputs(model, &batches, memory.len() + more.len(), layers, &hooks)?;
+    assemble(rows)
+}
+
+/// Rows per layer and sequence: `(s_i, d)` f32, `None` where not computed.
+pub(crate) type Rows = BTreeMap<usize, Vec<Option<Tensor>>>;
+
+/// FFN inputs at `layers` of the sequences of `batches` (each batch with the offset of its sequence indices) under
+/// `hooks`, running the layers from the lowest of `layers` on the batches' residuals: `total` slots per layer, filled
+/// where a batch has the sequence.
+pub(crate) fn ffn_inputs(
+    model: &Llava,
+    batches: &[(&Chunk, usize)],
+    total: usize,
+    layers: &[usize],
+    hooks: &Hooks,
+) -> Result<Rows> {
+    let (Some(&lo), Some(&hi)) = (layers.iter().min(), layers.iter().max()) else {
+        return Err(Error::Invalid("memory queries need at least one layer".into()));
+    };
+    let mut rows: Rows = layers.iter().map(|&l| (l, vec![None; total])).collect();
+    for &(Chunk { x, lens, seqs }, offset) in batches {
         let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::FfnInput);
-        model.text().forward_layers(x, 0, lo..hi + 1, None, &hooks, &mut cap)?;
+        model.text().forward_layers(x, 0, lo..hi + 1, None, hooks, &mut cap)?;
         for &l in layers {
             let q =
                 cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid(format!("layer {l} not captured")))?;
@@ -139,6 +166,11 @@ pub fn memory_queries_fast(
             }
         }
     }
+    Ok(rows)
+}
+
+/// Every layer's rows concatenated in sequence order, `(m, d)`; an error if one is missing.
+pub(crate) fn assemble(rows: Rows) -> Result<BTreeMap<usize, Tensor>> {
     rows.into_iter()
         .map(|(l, r)| {
             let r = r

@@ -107,17 +107,24 @@ impl Knowledge {
     }
 
     /// The unit, centred states of `residual` `(b, s, d)` at `layer`, `(b·s, d)` f32: what positions retrieve with.
-    fn unit_states(&self, layer: usize, residual: &Tensor) -> Result<Tensor> {
+    pub(crate) fn unit_states(&self, layer: usize, residual: &Tensor) -> Result<Tensor> {
         let d = residual.dim(D::Minus1)?;
         let centre = &self.encoders.layer(layer)?.centre;
         unit(&residual.reshape(((), d))?.to_dtype(DType::F32)?.broadcast_sub(centre)?)
     }
 
     /// The best `k` memory entries of every position of `unit_x` at `layer`.
-    fn retrieve(&self, layer: usize, unit_x: &Tensor, k: usize) -> Result<Scored> {
+    pub(crate) fn retrieve(&self, layer: usize, unit_x: &Tensor, k: usize) -> Result<Scored> {
         let bank = self.banks.get(&layer).ok_or_else(|| Error::Invalid("layer not prepared".into()))?;
         let m = bank.len()?;
         with_rows(&bank.scores(unit_x)?, |flat| top_k(flat, m, k))
+    }
+
+    /// The unit, centred semantic states `(e, d)` f32 of entries `h_sem` `(e, d)` joining the memory at `layer`: what
+    /// positions score them by (as [`Knowledge::hooks`] prepares a stack's entries).
+    pub(crate) fn entry_sem(&self, layer: usize, h_sem: &Tensor) -> Result<Tensor> {
+        let centre = &self.encoders.layer(layer)?.centre;
+        unit(&h_sem.to_dtype(centre.dtype())?.broadcast_sub(centre)?)
     }
 
     /// Pins the retrievals over the memory of `inputs` (residual streams entering `layer`, `(b, s, d)` each) for

@@ -12,6 +12,7 @@ pub mod encoders;
 pub mod latent;
 pub mod memory;
 pub mod retrieve;
+pub mod unchanged;
 pub mod variant;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use self::encoders::{EncoderParams, Encoders};
 use self::latent::{Alpha, Knowledge};
 use self::memory::{knowledge_states, KnowledgeMemory};
+use self::unchanged::MemoryBase;
 use super::ike::demonstration;
 use super::memory_prefix::{memory_queries_fast, MemoryPrefix};
 use super::neurons::{memory_queries, stack_memory, train_neurons, NeuronParams, NeuronSetting};
@@ -248,6 +250,10 @@ pub struct UniKe {
     unedited: OnceLock<BTreeMap<usize, Tensor>>,
     /// `memory`'s residual stream below the edited layers (the same under every stack whose hooks sit above).
     prefix: MemoryPrefix,
+    /// `memory`'s FFN inputs under the shared knowledge alone (what a stack of UniKE edits leaves unchanged).
+    base: MemoryBase,
+    /// What `prefix` and `base` weigh once filled (by the first edit on a stack).
+    cache_bytes: usize,
 }
 
 impl UniKe {
@@ -269,6 +275,13 @@ impl UniKe {
             return Err(Error::Invalid("this UniKE variant edits nothing".into()));
         }
         let layers: Vec<usize> = (n - params.layers..n).collect();
+        let d = model.config().text.hidden_size;
+        let cache_bytes = if params.intrinsic {
+            let base = if params.latent { MemoryBase::expected_bytes(&memory, layers.len(), d) } else { 0 };
+            MemoryPrefix::expected_bytes(&memory, d) + base
+        } else {
+            0
+        };
         let knowledge = if params.latent {
             Some(Arc::new(Knowledge::new(model, &artifacts.memory, artifacts.encoders.clone(), &layers)?))
         } else {
@@ -283,6 +296,8 @@ impl UniKe {
             eos,
             unedited: OnceLock::new(),
             prefix: MemoryPrefix::default(),
+            base: MemoryBase::default(),
+            cache_bytes,
         })
     }
 
@@ -328,7 +343,8 @@ impl EditMethod for UniKe {
     }
 
     fn resident_bytes(&self) -> usize {
-        self.knowledge.as_ref().map_or(0, |k| k.bytes())
+        // The caches count from the start, so that a cache of built methods weighs them before they fill.
+        self.knowledge.as_ref().map_or(0, |k| k.bytes()) + self.cache_bytes.max(self.base.bytes())
     }
 
     fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {
@@ -380,14 +396,28 @@ impl EditMethod for UniKe {
             }
         } else {
             let earlier = stack_memory(ctx, self.eos)?;
-            // The memory enters the first edited layer the same under every stack: its retrieval over the shared
-            // memory is pinned once, and each edit scores only the stack's entries against it.
-            if let (Some(k), Some(&lo)) = (&self.knowledge, layers.iter().min()) {
-                let inputs: Vec<Tensor> =
-                    self.prefix.chunks(model, &self.memory, lo)?.iter().map(|c| c.x.clone()).collect();
-                k.pin(lo, &inputs, self.params.top_k)?;
-            }
-            fresh = memory_queries_fast(ctx, &self.memory, &self.prefix, &earlier, &layers, &memory_hooks)?;
+            // Only the memory sequences the stack can reach are run under it; the others keep their states under the
+            // shared knowledge alone (see `unchanged`).
+            let settings = (self.params.top_k, self.params.alpha);
+            let reached = match (&self.knowledge, patch.contexts.is_empty()) {
+                (Some(k), true) => {
+                    self.base.queries(ctx, k, settings, &self.memory, &self.prefix, &earlier, &layers)?
+                }
+                _ => None,
+            };
+            fresh = match reached {
+                Some(q) => q.rows,
+                None => {
+                    // The memory enters the first edited layer the same under every stack: its retrieval over the
+                    // shared memory is pinned once, and each edit scores only the stack's entries against it.
+                    if let (Some(k), Some(&lo)) = (&self.knowledge, layers.iter().min()) {
+                        let inputs: Vec<Tensor> =
+                            self.prefix.chunks(model, &self.memory, lo)?.iter().map(|c| c.x.clone()).collect();
+                        k.pin(lo, &inputs, self.params.top_k)?;
+                    }
+                    memory_queries_fast(ctx, &self.memory, &self.prefix, &earlier, &layers, &memory_hooks)?
+                }
+            };
             &fresh
         };
         let setting = NeuronSetting { extra: Hooks::none(), value_offset: self.value_offsets(&layers, request.seed)? };
