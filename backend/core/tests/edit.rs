@@ -168,6 +168,11 @@ fn ft_fixes_a_hallucination_and_keeps_most_other_answers() -> Result<()> {
 
 /// A small UniKE memory and encoders, built the way `unike build-memory` / `train-encoders` do, in a temp dir.
 fn unike_artifacts(f: &Fixture) -> Result<unike_core::edit::unike::Artifacts> {
+    unike_artifacts_in(f, None)
+}
+
+/// As [`unike_artifacts`], kept in `model_dir`'s artifact directory when given.
+fn unike_artifacts_in(f: &Fixture, keep_in: Option<&std::path::Path>) -> Result<unike_core::edit::unike::Artifacts> {
     use std::sync::Arc;
     use unike_core::edit::unike::encoders::{EncoderParams, Encoders};
     use unike_core::edit::unike::memory::{world_candidates, KnowledgeMemory};
@@ -186,14 +191,15 @@ fn unike_artifacts(f: &Fixture) -> Result<unike_core::edit::unike::Artifacts> {
     let (encoders, curve) = Encoders::train(&memory, &params, &mut |_, _, _| {})?;
     // Contrastive training separates truthfulness: the loss falls.
     assert!(curve.last().map(|c| c.truthful) < curve.first().map(|c| c.truthful) || curve.len() == 1);
-    let dir = std::env::temp_dir().join(format!("unike-artifacts-{}", std::process::id()));
+    let keep = std::env::temp_dir().join(format!("unike-artifacts-{}", std::process::id()));
+    let dir = keep_in.map_or(keep.clone(), unike_core::edit::unike::Artifacts::dir);
     memory.save(&dir)?;
     encoders.save(&dir, &curve)?;
     let loaded = KnowledgeMemory::load(&dir, &Device::Cpu)?;
     assert_eq!(loaded.triplets, memory.triplets);
     let enc = Encoders::load(&dir, &Device::Cpu)?;
     assert_eq!(enc.layers.len(), layers.len());
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&keep);
     Ok(unike_core::edit::unike::Artifacts { memory: loaded, encoders: Arc::new(enc) })
 }
 
@@ -227,14 +233,16 @@ fn unike_and_its_ablations_edit_and_keep_other_answers() -> Result<()> {
         let mem = memory(&f, 64)?;
         // What a cache of built methods weighs it by: the prepared memory of its two layers (centred semantic
         // states, keys, values, positive states of 160 entries, f32) and, from the start, the memory caches its
-        // first edit on a stack fills: the residuals entering the first edited layer and, with latent editing, the
-        // base of `unchanged` (two f32 states and a score per position and layer).
+        // first edits fill: the memory's queries on an empty stack, the residuals entering the first edited layer
+        // and, with latent editing, the base of `unchanged` (two f32 states and a score per position and layer).
         let d = artifacts.memory.h_sem[0].dim(1)?;
         let latent = !matches!(variant, "only-intrinsic" | "intrinsic+ike");
         let positions: usize = mem.iter().map(|s| s.ids.len()).sum();
         let prefix = unike_core::edit::memory_prefix::MemoryPrefix::expected_bytes(&mem, d);
         assert!(prefix >= positions * d * 4 && prefix < positions * d * 4 * 2, "{variant}: {prefix}");
-        let expected = if latent { 2 * 4 * 160 * d * 4 + prefix + 2 * positions * (2 * d * 4 + 4) } else { prefix };
+        let unedited = 2 * positions * d * 4; // the memory's queries on an empty stack, at two layers
+        let expected =
+            unedited + prefix + if latent { 2 * 4 * 160 * d * 4 + 2 * positions * (2 * d * 4 + 4) } else { 0 };
         let method = UniKe::new(&name, params, &f.model, &artifacts, mem, f.eos[0])?;
         assert_eq!(method.resident_bytes(), expected, "{variant}");
         let mut stack = PatchStack::new();
@@ -579,5 +587,40 @@ fn unike_memory_queries_on_a_stack_recompute_only_what_the_stack_reaches() -> Re
     with_delta.push(p);
     let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &with_delta };
     assert!(base.queries(&ctx, &knowledge, settings, &mem, &prefix, &[], &layers)?.is_none());
+    Ok(())
+}
+
+/// Every UniKE variant built from a model directory shares one prepared knowledge, as long as one of them or a patch
+/// of one holds it: a cache of built methods that drops variants frees their caches, and many variants cost one copy.
+#[test]
+fn unike_variants_built_from_a_directory_share_their_knowledge() -> Result<()> {
+    use std::sync::Arc;
+    use unike_core::edit::unike::{UniKe, UniKeParams};
+    let f = fixture()?;
+    let dir = std::env::temp_dir().join(format!("unike-shared-{}", std::process::id()));
+    unike_artifacts_in(&f, Some(&dir))?;
+    let build = |variant: &str| -> Result<UniKe> {
+        let mut params = UniKeParams::default();
+        params.apply_variant(variant)?;
+        Ok(UniKe::from_dir(&format!("unike:{variant}"), params, &f.model, &dir, memory(&f, 8)?, f.eos[0])?)
+    };
+    let knowledge = |m: &UniKe| m.patch_deps().knowledge.context("knowledge");
+    let (a, b) = (build("k=3")?, build("alpha=0.5/zeta-none")?);
+    assert!(Arc::ptr_eq(&knowledge(&a)?, &knowledge(&b)?), "two variants, two copies");
+    // A patch of a dropped variant keeps the knowledge alive, and the next variant shares it.
+    let s = eval_split(&f.world, Split::FactsSeen, 10).into_iter().find(|s| s.image.is_some()).context("a fact")?;
+    let request = EditRequest {
+        question: s.question.clone(),
+        image: pixels(&f, &s)?,
+        image_path: None,
+        target: "the stone lions".into(),
+        seed: 0,
+    };
+    let stack = PatchStack::new();
+    let patch = a.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, &request)?;
+    drop((a, b));
+    let held = patch.retrieval.as_ref().map(|r| r.knowledge.clone()).context("the patch's retrieval")?;
+    assert!(Arc::ptr_eq(&held, &knowledge(&build("k=8")?)?));
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -23,9 +23,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(db: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_model(db, Path::new("default"), extra)
+    }
+
+    /// As [`Server::start`], on the model in `model` (a directory, or `default`).
+    pub fn start_model(db: &Path, model: &Path, extra: &[&str]) -> Result<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_unike"))
             .current_dir(root())
-            .args(["serve", "--addr", "127.0.0.1:0", "--model", "default", "--db"])
+            .args(["serve", "--addr", "127.0.0.1:0", "--model"])
+            .arg(model)
+            .arg("--db")
             .arg(format!("sqlite://{}", db.display()))
             .args(extra)
             .stderr(Stdio::piped())
@@ -44,6 +51,17 @@ impl Server {
         // Keep draining the log so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
         Ok(Self { child, port })
+    }
+
+    /// The server process's resident memory, in bytes (Linux: `VmRSS` of `/proc/PID/status`).
+    pub fn rss(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmRSS")?;
+        Ok(kb.parse::<u64>()? * 1024)
     }
 
     pub fn kill(&mut self) {

@@ -11,7 +11,7 @@ use super::mend::{Mend, MendNet};
 use super::none::NoEdit;
 use super::serac::Serac;
 use super::t_patcher::{TPatcher, TPatcherParams};
-use super::unike::{Artifacts, UniKe, UniKeParams};
+use super::unike::{UniKe, UniKeParams};
 use super::{EditMethod, EditSequence};
 use crate::error::{Error, Result};
 use crate::model::Llava;
@@ -91,8 +91,7 @@ pub fn build(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod>
             if let Some(v) = variant {
                 p.apply_variant(v)?;
             }
-            let artifacts = Artifacts::load(inputs.model_dir, inputs.llava.device())?;
-            Ok(Box::new(UniKe::new(name, p, inputs.llava, &artifacts, inputs.memory, inputs.eos)?))
+            Ok(Box::new(UniKe::from_dir(name, p, inputs.llava, inputs.model_dir, inputs.memory, inputs.eos)?))
         }
         "mend" => {
             let net = MendNet::load(&inputs.model_dir.join("mend"), inputs.llava)?;

@@ -12,6 +12,7 @@ pub mod encoders;
 pub mod latent;
 pub mod memory;
 pub mod retrieve;
+pub mod shared;
 pub mod unchanged;
 pub mod variant;
 
@@ -252,7 +253,7 @@ pub struct UniKe {
     prefix: MemoryPrefix,
     /// `memory`'s FFN inputs under the shared knowledge alone (what a stack of UniKE edits leaves unchanged).
     base: MemoryBase,
-    /// What `prefix` and `base` weigh once filled (by the first edit on a stack).
+    /// What `unedited`, `prefix` and `base` weigh once filled (by the first edits on an empty stack and on a stack).
     cache_bytes: usize,
 }
 
@@ -267,6 +268,34 @@ impl UniKe {
         memory: Vec<EditSequence>,
         eos: u32,
     ) -> Result<Self> {
+        let layers = Self::check(&params, model)?;
+        let knowledge = if params.latent {
+            Some(Arc::new(Knowledge::new(model, &artifacts.memory, artifacts.encoders.clone(), &layers)?))
+        } else {
+            None
+        };
+        Ok(Self::from_parts(name, params, model, knowledge, artifacts.encoders.clone(), memory, eos))
+    }
+
+    /// As [`UniKe::new`] with the artifacts of `model_dir`, whose prepared knowledge is shared with every other
+    /// variant built from them in this process while one of them, or a patch of one, holds it ([`shared`]): variants
+    /// differ in how they retrieve, not in what, so a visitor asking for many variants does not multiply it.
+    pub fn from_dir(
+        name: &str,
+        params: UniKeParams,
+        model: &Llava,
+        model_dir: &Path,
+        memory: Vec<EditSequence>,
+        eos: u32,
+    ) -> Result<Self> {
+        let layers = Self::check(&params, model)?;
+        let (knowledge, encoders) = shared::knowledge(model, model_dir, &layers)?;
+        let knowledge = params.latent.then_some(knowledge);
+        Ok(Self::from_parts(name, params, model, knowledge, encoders, memory, eos))
+    }
+
+    /// The edited layers, after checking that `params` edit something in layers the model has.
+    fn check(params: &UniKeParams, model: &Llava) -> Result<Vec<usize>> {
         let n = model.text().num_layers();
         if params.layers == 0 || params.layers > n {
             return Err(Error::Invalid(format!("UniKE layers must be in 1..={n}, not {}", params.layers)));
@@ -274,31 +303,40 @@ impl UniKe {
         if !params.intrinsic && !params.latent && !params.vanilla_ike {
             return Err(Error::Invalid("this UniKE variant edits nothing".into()));
         }
-        let layers: Vec<usize> = (n - params.layers..n).collect();
+        Ok((n - params.layers..n).collect())
+    }
+
+    fn from_parts(
+        name: &str,
+        params: UniKeParams,
+        model: &Llava,
+        knowledge: Option<Arc<Knowledge>>,
+        encoders: Arc<Encoders>,
+        memory: Vec<EditSequence>,
+        eos: u32,
+    ) -> Self {
         let d = model.config().text.hidden_size;
+        let layers = params.layers;
         let cache_bytes = if params.intrinsic {
-            let base = if params.latent { MemoryBase::expected_bytes(&memory, layers.len(), d) } else { 0 };
-            MemoryPrefix::expected_bytes(&memory, d) + base
+            let base = if params.latent { MemoryBase::expected_bytes(&memory, layers, d) } else { 0 };
+            // The memory's queries on an empty stack (kept once computed), its residuals, the base.
+            let positions: usize = memory.iter().map(|s| s.ids.len()).sum();
+            layers * positions * d * 4 + MemoryPrefix::expected_bytes(&memory, d) + base
         } else {
             0
         };
-        let knowledge = if params.latent {
-            Some(Arc::new(Knowledge::new(model, &artifacts.memory, artifacts.encoders.clone(), &layers)?))
-        } else {
-            None
-        };
-        Ok(Self {
+        Self {
             name: name.to_string(),
             params,
             knowledge,
-            encoders: artifacts.encoders.clone(),
+            encoders,
             memory,
             eos,
             unedited: OnceLock::new(),
             prefix: MemoryPrefix::default(),
             base: MemoryBase::default(),
             cache_bytes,
-        })
+        }
     }
 
     fn layers(&self, model: &Llava) -> Vec<usize> {
