@@ -66,7 +66,7 @@ pub fn grouped_bars(title: &str, groups: &[(String, [f64; 5])]) -> Result<String
 }
 
 /// One line per method: the mean of the five metrics against K.
-pub fn metric_vs_k(title: &str, lines: &[(String, Vec<(usize, f64)>)]) -> Result<String, String> {
+pub fn metric_vs_k(title: &str, x_desc: &str, lines: &[(String, Vec<(usize, f64)>)]) -> Result<String, String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (760, 340)).into_drawing_area();
@@ -79,7 +79,7 @@ pub fn metric_vs_k(title: &str, lines: &[(String, Vec<(usize, f64)>)]) -> Result
             .y_label_area_size(44)
             .build_cartesian_2d(1usize..kmax, 0f64..100f64)
             .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("K (edits in sequence)").y_desc("mean %").draw().map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc(x_desc).y_desc("mean %").draw().map_err(|e| e.to_string())?;
         for (i, (name, pts)) in lines.iter().enumerate() {
             let colour = Palette99::pick(i).to_rgba();
             let mut pts = pts.clone();

@@ -165,6 +165,7 @@ mod tests {
                 exact_match: metrics.clone(),
                 metrics_v1: None,
                 metrics,
+                portability_hops: Vec::new(),
                 timing: Timing { edit_ms_median: 1.0, edit_ms_p90: 2.0 },
             },
         }

@@ -89,9 +89,10 @@ pub struct BenchResult {
     pub method: String,
     /// `vqa`, `caption` or `cross`.
     pub task: String,
-    /// `one-step` or `sequential`.
+    /// `one-step`, `sequential` or `sequential-gap` (VLKEB's protocol).
     pub mode: String,
-    /// Edits per sequence (1 for one-step).
+    /// Edits per sequence (1 for one-step); in `sequential-gap`, the gap: edits made after a case's own before it is
+    /// scored.
     pub k: usize,
     /// Edit cases evaluated.
     pub n: usize,
@@ -108,7 +109,27 @@ pub struct BenchResult {
     /// can be read apart from the change of metric. Absent in results stored before it was computed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_v1: Option<MetricSet>,
+    /// Portability per number of hops (VLKEB's multi-hop questions), in hop order; empty without portability
+    /// questions (and in results stored before it was computed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub portability_hops: Vec<HopScore>,
     pub timing: Timing,
+}
+
+/// Portability of the questions of one number of hops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct HopScore {
+    /// As the data names it: `1-hop`, `2-hop`, ...
+    pub hop: String,
+    /// Questions scored.
+    pub questions: usize,
+    /// Token accuracy (v2, percent) after the edit, and the unedited model's on the same questions.
+    pub token: f64,
+    pub token_base: f64,
+    /// Exact match (percent) after the edit, and the unedited model's.
+    pub exact: f64,
+    pub exact_base: f64,
 }
 
 /// What `unike bench --json` prints.

@@ -13,6 +13,6 @@ pub mod routes;
 pub mod runs;
 pub mod workspace;
 
-pub use bench::{BenchReport, BenchResult, MetricConvention, MetricSet, Timing};
+pub use bench::{BenchReport, BenchResult, HopScore, MetricConvention, MetricSet, Timing};
 pub use error::ApiError;
 pub use model::{HealthResponse, ModelInfo};

@@ -14,8 +14,10 @@ pub struct RunRequest {
     pub methods: Vec<String>,
     /// `vqa`, `caption` or `cross`.
     pub task: String,
-    /// `one-step` or `sequential`.
+    /// `one-step`, `sequential` or `sequential-gap` (VLKEB's protocol: one stream of edits, each case scored after
+    /// `k` later edits).
     pub mode: String,
+    /// Edits per sequence (`sequential`) or the gap (`sequential-gap`).
     #[serde(default = "ten")]
     pub k: usize,
     pub n: usize,

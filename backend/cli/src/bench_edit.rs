@@ -27,6 +27,8 @@ pub enum TaskArg {
 pub enum ModeArg {
     OneStep,
     Sequential,
+    /// VLKEB's protocol: one stream of edits; each case scored right after exactly `--gap` later edits.
+    SequentialGap,
 }
 
 #[derive(Args, Debug)]
@@ -44,6 +46,10 @@ pub struct BenchArgs {
     /// Edits per sequence in sequential mode (cross-task: always 10, 5 + 5).
     #[arg(long, default_value_t = 10)]
     pub k: usize,
+    /// In sequential-gap mode: edits made after a case's own before it is scored (VLKEB: 10, 20, 50, 100); the stream
+    /// edits `--n` + gap cases and scores the first `--n`.
+    #[arg(long, default_value_t = 10)]
+    pub gap: usize,
     /// Edit cases to evaluate: a sample drawn by --seed from the split.
     #[arg(long, default_value_t = 100)]
     pub n: usize,
@@ -119,7 +125,9 @@ pub struct Config {
     pub methods: Vec<String>,
     pub task: TaskArg,
     pub mode: ModeArg,
+    /// Edits per sequence (sequential) or the gap (sequential-gap).
     pub k: usize,
+    /// Cases scored.
     pub n: usize,
     pub seed: u64,
     pub memory: usize,
@@ -264,9 +272,11 @@ pub fn select_cases(
     data: &DataSource,
     cfg: &Config,
 ) -> Result<(&'static str, Vec<EditCase>)> {
+    // The gap protocol's stream edits `gap` cases more than it scores.
+    let n = cfg.n + if cfg.mode == ModeArg::SequentialGap && cfg.task != TaskArg::Cross { cfg.k } else { 0 };
     let (task_name, list) = match cfg.task {
-        TaskArg::Vqa => ("vqa", draw(loaded, data, cfg, Task::Vqa, cfg.n)?),
-        TaskArg::Caption => ("caption", draw(loaded, data, cfg, Task::Caption, cfg.n)?),
+        TaskArg::Vqa => ("vqa", draw(loaded, data, cfg, Task::Vqa, n)?),
+        TaskArg::Caption => ("caption", draw(loaded, data, cfg, Task::Caption, n)?),
         TaskArg::Cross => {
             let v = draw(loaded, data, cfg, Task::Vqa, cfg.n / 2)?;
             let c = draw(loaded, data, cfg, Task::Caption, cfg.n / 2)?;
@@ -318,6 +328,7 @@ pub fn bench_observed(
         (TaskArg::Cross, _) => Mode::Sequential(10),
         (_, ModeArg::OneStep) => Mode::OneStep,
         (_, ModeArg::Sequential) => Mode::Sequential(cfg.k),
+        (_, ModeArg::SequentialGap) => Mode::SequentialGap(cfg.k),
     };
     let memory = memory_sequences(&mut ev, &memory_cases)?;
 
@@ -369,7 +380,30 @@ pub fn markdown(results: &[BenchResult]) -> String {
             out.push('\n');
         }
     }
+    out.push_str(&hops_table(results));
     out.push_str(&format!("\n{}\n", CONVENTION_NOTE));
+    out
+}
+
+/// Portability per number of hops (VLKEB's multi-hop questions) of the results that have it: token accuracy and
+/// exact match after the edit, each beside the unedited model's on the same questions.
+pub fn hops_table(results: &[BenchResult]) -> String {
+    let with: Vec<&BenchResult> = results.iter().filter(|r| !r.portability_hops.is_empty()).collect();
+    if with.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nPortability by hops (token acc. / base; exact match / base; questions):\n\n| method | task | mode | k | hops | \
+         token | token base | exact | exact base | questions |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in with {
+        for h in &r.portability_hops {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
+                r.method, r.task, r.mode, r.k, h.hop, h.token, h.token_base, h.exact, h.exact_base, h.questions
+            ));
+        }
+    }
     out
 }
 
@@ -429,7 +463,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         methods: args.methods.clone(),
         task: resolve_task(args.task, &data)?,
         mode: args.mode,
-        k: args.k,
+        k: if args.mode == ModeArg::SequentialGap { args.gap } else { args.k },
         n: args.n,
         seed: args.seed,
         memory: args.memory,

@@ -325,6 +325,11 @@ fn bench_edits_the_default_model_deterministically() -> Result<()> {
     assert_eq!(a["results"][0]["exact_match"], b["results"][0]["exact_match"]);
     let s = bench(&["--mode", "sequential", "--k", "3"])?;
     assert_eq!((s["results"][0]["mode"].as_str(), s["results"][0]["k"].as_u64()), (Some("sequential"), Some(3)));
+    // VLKEB's gap protocol: the stream edits n + gap cases and scores n; portability per hop beside it.
+    let g = bench(&["--mode", "sequential-gap", "--gap", "2"])?;
+    let r = &g["results"][0];
+    assert_eq!((r["mode"].as_str(), r["k"].as_u64(), r["n"].as_u64()), (Some("sequential-gap"), Some(2), Some(6)));
+    assert!(r["portability_hops"].as_array().is_some_and(|h| !h.is_empty() && h[0]["hop"].is_string()), "{r}");
 
     // Bad input: one line, exit 1.
     let bad = base.join("bad");

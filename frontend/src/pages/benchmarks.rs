@@ -187,8 +187,8 @@ fn BenchmarksBody() -> impl IntoView {
                     </select>
                 </label>
                 {select("Task", task, &["vqa", "caption", "cross"])}
-                {select("Mode", mode, &["one-step", "sequential"])}
-                {number("K (sequential)", k)}
+                {select("Mode", mode, &["one-step", "sequential", "sequential-gap"])}
+                {number("K (sequential) or gap (sequential-gap)", k)}
                 {number("Cases (n)", n)}
                 <label class="field">"Seed"
                     <input type="number" min="0" prop:value=move || seed.get().to_string()

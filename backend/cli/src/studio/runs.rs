@@ -455,6 +455,10 @@ fn validate(req: &RunRequest, guest: bool) -> ApiResult<()> {
     if mode == ModeArg::Sequential && (req.k == 0 || req.k > req.n) {
         return Err(ApiErr::bad_request("k must be 1 to n"));
     }
+    // The gap protocol edits n + gap cases: the gap is bounded like n.
+    if mode == ModeArg::SequentialGap && req.k > GAP_MAX {
+        return Err(ApiErr::bad_request(format!("the gap (k) must be 0 to {GAP_MAX}")));
+    }
     match req.data.as_str() {
         "world" => {}
         WORKSPACE if req.task == "cross" => {
@@ -520,6 +524,16 @@ async fn snapshot(st: &AppState, ws: i64, sandbox: bool, req: &mut RunRequest) -
         return refuse(format!("none of the workspace's cases can be evaluated: {}", snap.note().unwrap_or_default()));
     }
     req.n = req.n.min(snap.cases);
+    if req.mode == "sequential-gap" {
+        // The stream edits the scored cases and `gap` more.
+        req.n = req.n.min(snap.cases.saturating_sub(req.k));
+        if req.n == 0 {
+            return refuse(format!(
+                "a gap of {} needs more than {} usable cases; the workspace has {}",
+                req.k, req.k, snap.cases
+            ));
+        }
+    }
     if req.mode == "sequential" {
         req.n = req.n / req.k * req.k;
         if req.n == 0 {
@@ -528,6 +542,9 @@ async fn snapshot(st: &AppState, ws: i64, sandbox: bool, req: &mut RunRequest) -
     }
     Ok(Written { tmp, snapshot: snap, bytes, _reserved: reserved })
 }
+
+/// The largest gap of a `sequential-gap` run (VLKEB's largest).
+pub const GAP_MAX: usize = 100;
 
 /// Unfinished (queued or running) runs one user may have at once: the run worker takes runs one at a time, so this
 /// bounds its queue per user.
@@ -568,7 +585,7 @@ pub async fn create(
         (req.mode, req.k, req.n) = ("sequential".into(), 10, (req.n / 10).max(1) * 10);
     } else if req.mode == "sequential" {
         req.n = req.n / req.k * req.k;
-    } else {
+    } else if req.mode != "sequential-gap" {
         req.k = 1;
     }
     // Checked before the (possibly slow) snapshot, and again in the transaction that stores the run.

@@ -1,6 +1,8 @@
 //! The MMEdit / VLKEB evaluation harness: pre-edit outputs computed once before any edit, then one-step editing
-//! (every edit on a fresh stack) or sequential editing (K edits stacked, then every case of the sequence evaluated).
-//! Cross-task editing is sequential editing over a list that mixes VQA and caption cases.
+//! (every edit on a fresh stack), sequential editing (K edits stacked, then every case of the sequence evaluated) or
+//! VLKEB's sequential editing with a gap (one continuous stream of edits; each case scored right after exactly G
+//! later edits). Cross-task editing is sequential editing over a list that mixes VQA and caption cases. Portability
+//! is reported per number of hops too.
 //!
 //! Token metrics follow [`MetricConvention::V2`] (see [`super::metrics`]): answer tokens only; T-Locality top-1 and
 //! M-Locality element-wise top-10 agreement at the locality answer's positions; the unedited model's portability.
@@ -12,7 +14,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use candle_core::Tensor;
-use unike_shared::{BenchResult, MetricConvention, MetricSet, Timing};
+use unike_shared::{BenchResult, HopScore, MetricConvention, MetricSet, Timing};
 
 use super::metrics::{agreement, answer_scores, token_accuracy, top_k_agreement, EditMetric, Mean};
 use crate::data::EditCase;
@@ -28,6 +30,9 @@ pub enum Mode {
     OneStep,
     /// `k` edits stacked, then all `k` evaluated.
     Sequential(usize),
+    /// VLKEB's gap protocol: one stream of edits, never reset; case `i` is scored right after edit `i + g`, so the
+    /// last `g` cases of the stream are edited and never scored.
+    SequentialGap(usize),
 }
 
 impl Mode {
@@ -35,13 +40,24 @@ impl Mode {
         match self {
             Mode::OneStep => "one-step",
             Mode::Sequential(_) => "sequential",
+            Mode::SequentialGap(_) => "sequential-gap",
         }
     }
 
+    /// Edits per sequence; the gap in [`Mode::SequentialGap`].
     pub fn k(self) -> usize {
         match self {
             Mode::OneStep => 1,
             Mode::Sequential(k) => k.max(1),
+            Mode::SequentialGap(g) => g,
+        }
+    }
+
+    /// Cases a run of `n` scored cases edits: `n + g` for the gap protocol, else `n`.
+    pub fn stream_len(self, n: usize) -> usize {
+        match self {
+            Mode::SequentialGap(g) => n + g,
+            _ => n,
         }
     }
 }
@@ -72,6 +88,8 @@ pub struct PreparedCase {
     t_locality: LocalityProbe,
     m_locality: LocalityProbe,
     portability: Vec<EditSequence>,
+    /// Each portability question's number of hops, as the data names it (`1-hop`, ...).
+    portability_hops: Vec<String>,
     /// The unedited model's token accuracy, exact match and token accuracy of the old convention v1 (the end of
     /// sequence scored) on each portability question.
     portability_base: Vec<(f32, bool, f32)>,
@@ -177,6 +195,7 @@ impl<'a> Evaluator<'a> {
                 M_LOCALITY_TOP_K,
             )?,
             portability,
+            portability_hops: case.portability.iter().map(|p| p.hop.clone()).collect(),
             portability_base,
             request,
         })
@@ -219,8 +238,11 @@ impl<'a> Evaluator<'a> {
             sums.update(EditMetric::MLocality, top_k_agreement(&probe.pre_top, &post.top), exact);
             sums.update(EditMetric::MLocalityTop1, agreement(&probe.pre_top1, &post.argmax), exact);
             sums.update_v1(EditMetric::MLocality, agreement(&probe.pre_top1_v1, &post.argmax));
-            for _ in &case.portability {
-                accuracy(sums, EditMetric::Portability, next());
+            for hop in &case.portability_hops {
+                let (pred, seq) = next();
+                accuracy(sums, EditMetric::Portability, (pred, seq));
+                let (token, exact) = answer_scores(&pred.argmax, seq.targets());
+                sums.hops.push((hop.clone(), token, exact));
             }
         }
         Ok(())
@@ -236,6 +258,8 @@ struct Sums {
     updates: Vec<(usize, EditMetric, f32, bool)>,
     /// The old convention's token scores (v1: the end of sequence scored, M-Locality as top-1 agreement), in order.
     updates_v1: Vec<(EditMetric, f32)>,
+    /// Portability token score and exact match per question with its number of hops, in order.
+    hops: Vec<(String, f32, bool)>,
 }
 
 impl Sums {
@@ -250,6 +274,7 @@ impl Sums {
     fn merge(&mut self, other: Sums) {
         self.updates.extend(other.updates);
         self.updates_v1.extend(other.updates_v1);
+        self.hops.extend(other.hops);
     }
 
     /// Means of the old convention v1.
@@ -370,16 +395,16 @@ pub struct CaseScore {
     pub token: [Option<f64>; EditMetric::ALL.len()],
 }
 
-/// [`run`], with every case's scores too.
-pub fn run_detailed(
+/// One-step and sequential runs: independent chunks of `mode.k()` cases, each on a fresh stack, taken by up to
+/// `threads` workers; the metric updates merged in chunk order and the edit times in case order.
+fn run_chunks(
     ev: &Evaluator<'_>,
     method: &dyn EditMethod,
     cases: &[PreparedCase],
     mode: Mode,
-    task: &str,
     threads: usize,
     progress: &mut dyn FnMut(usize, usize) -> bool,
-) -> Result<(BenchResult, Vec<CaseScore>)> {
+) -> Result<(Sums, Vec<f64>)> {
     let chunks: Vec<&[PreparedCase]> = cases.chunks(mode.k()).collect();
     let mut outcomes: Vec<Option<ChunkOutcome>> = (0..chunks.len()).map(|_| None).collect();
     let next = AtomicUsize::new(0);
@@ -431,12 +456,94 @@ pub fn run_detailed(
         sums.merge(o.sums);
         edit_ms.extend(o.edit_ms);
     }
-    let per_case: Vec<CaseScore> = sums
-        .per_case(cases.len())
-        .into_iter()
-        .zip(&edit_ms)
-        .map(|(token, &edit_ms)| CaseScore { edit_ms, token })
-        .collect();
+    Ok((sums, edit_ms))
+}
+
+/// VLKEB's gap protocol ([`Mode::SequentialGap`]): `cases` edited in order onto one stack; right after edit `t >= g`,
+/// case `t - g` is scored under the stack as it stands. Returns the updates of the first `len - g` cases, every
+/// edit's time, and how many cases were scored.
+fn run_stream(
+    ev: &Evaluator<'_>,
+    method: &dyn EditMethod,
+    cases: &[PreparedCase],
+    g: usize,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<(Sums, Vec<f64>, usize)> {
+    let scored = cases.len().saturating_sub(g);
+    if scored == 0 {
+        return Err(Error::Invalid(format!(
+            "the gap protocol with a gap of {g} scores the cases followed by {g} more edits: it needs more than {g} \
+             cases, not {}",
+            cases.len()
+        )));
+    }
+    let mut stack = PatchStack::new();
+    let mut sums = Sums::default();
+    let mut edit_ms = Vec::with_capacity(cases.len());
+    for (t, case) in cases.iter().enumerate() {
+        let start = Instant::now();
+        let patch =
+            method.edit(&EditContext { model: ev.model, processor: ev.processor, stack: &stack }, &case.request)?;
+        edit_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        stack.push(patch);
+        if let Some(i) = t.checked_sub(g) {
+            ev.score(&[&cases[i]], i, &stack.hooks()?, &mut sums)?;
+            if !progress(i + 1, scored) {
+                return Err(Error::Cancelled);
+            }
+        }
+    }
+    Ok((sums, edit_ms, scored))
+}
+
+/// Portability per number of hops: the scored questions' means after the edit and the unedited model's on them.
+fn hop_scores(sums: &Sums, cases: &[PreparedCase]) -> Vec<HopScore> {
+    let mut by: std::collections::BTreeMap<&str, [Mean; 4]> = std::collections::BTreeMap::new();
+    for (hop, token, exact) in &sums.hops {
+        let m = by.entry(hop.as_str()).or_default();
+        m[0].update(*token);
+        m[1].update(f32::from(u8::from(*exact)));
+    }
+    for (hop, &(token, exact, _)) in cases.iter().flat_map(|c| c.portability_hops.iter().zip(&c.portability_base)) {
+        let m = by.entry(hop.as_str()).or_default();
+        m[2].update(token);
+        m[3].update(f32::from(u8::from(exact)));
+    }
+    by.into_iter()
+        .map(|(hop, m)| {
+            let pct = |i: usize| m[i].value().map_or(0.0, |v| v * 100.0);
+            HopScore {
+                hop: hop.to_string(),
+                questions: m[2].count(),
+                token: pct(0),
+                token_base: pct(2),
+                exact: pct(1),
+                exact_base: pct(3),
+            }
+        })
+        .collect()
+}
+
+/// [`run`], with every case's scores too (the scored cases: all of them, or the first `len - g` of a gap stream).
+pub fn run_detailed(
+    ev: &Evaluator<'_>,
+    method: &dyn EditMethod,
+    cases: &[PreparedCase],
+    mode: Mode,
+    task: &str,
+    threads: usize,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<(BenchResult, Vec<CaseScore>)> {
+    let (sums, mut edit_ms, scored) = match mode {
+        Mode::SequentialGap(g) => run_stream(ev, method, cases, g, progress)?,
+        _ => {
+            let (sums, edit_ms) = run_chunks(ev, method, cases, mode, threads, progress)?;
+            (sums, edit_ms, cases.len())
+        }
+    };
+    let per_case: Vec<CaseScore> =
+        sums.per_case(scored).into_iter().zip(&edit_ms).map(|(token, &edit_ms)| CaseScore { edit_ms, token }).collect();
+    let cases = &cases[..scored];
     edit_ms.sort_by(f64::total_cmp);
     // The unedited model's portability, over the same questions (every case's, in order).
     let (mut base_token, mut base_exact, mut base_token_v1) = (Mean::default(), Mean::default(), Mean::default());
@@ -455,6 +562,7 @@ pub fn run_detailed(
         metrics: metric_set(&sums.token(), &base_token, true),
         metrics_v1: Some(metric_set(&sums.token_v1(), &base_token_v1, false)),
         exact_match: metric_set(&sums.exact(), &base_exact, false),
+        portability_hops: hop_scores(&sums, cases),
         timing: Timing { edit_ms_median: percentile(&edit_ms, 0.5), edit_ms_p90: percentile(&edit_ms, 0.9) },
     };
     Ok((result, per_case))

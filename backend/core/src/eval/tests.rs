@@ -113,9 +113,27 @@ fn none_scores_as_the_unedited_model_with_full_locality() -> Result<()> {
         .flat_map(|c| c.portability.iter().map(|p| (p.question.as_str(), c.image.as_path(), p.answer.as_str())))
         .collect();
     assert!(close(m.portability_base.unwrap_or(-1.0), unedited(&f, &port)?), "{m:?}");
+    // Portability per number of hops: the cases' questions are all 1-hop, so it is the whole portability.
+    assert_eq!(r.portability_hops.len(), 1, "{:?}", r.portability_hops);
+    let hop = &r.portability_hops[0];
+    assert_eq!((hop.hop.as_str(), hop.questions), ("1-hop", 6));
+    assert!(close(hop.token, m.portability.unwrap_or(-1.0)) && close(hop.token, hop.token_base), "{hop:?}");
     // Sequential editing of nothing is the same.
     let s = run(&ev, &NoEdit, &prepared, Mode::Sequential(3), "vqa", 1, &mut |_, _| true)?;
     assert_eq!((s.metrics, s.exact_match), (r.metrics, r.exact_match));
+    // VLKEB's gap protocol: with a gap of 1, the stream of three edits scores the first two cases (each after one
+    // more edit), as one-step scoring of those two does when nothing is edited; a gap of 3 leaves nothing to score.
+    let mut seen = Vec::new();
+    let g = run(&ev, &NoEdit, &prepared, Mode::SequentialGap(1), "vqa", 2, &mut |done, total| {
+        seen.push((done, total));
+        true
+    })?;
+    let two = run(&ev, &NoEdit, &prepared[..2], Mode::OneStep, "vqa", 1, &mut |_, _| true)?;
+    assert_eq!((g.mode.as_str(), g.k, g.n), ("sequential-gap", 1, 2));
+    assert_eq!((g.metrics, g.exact_match), (two.metrics, two.exact_match));
+    assert_eq!(seen, vec![(1, 2), (2, 2)]);
+    let none = run(&ev, &NoEdit, &prepared, Mode::SequentialGap(3), "vqa", 1, &mut |_, _| true);
+    assert!(none.is_err_and(|e| e.to_string().contains("more than 3 cases")));
     let _ = std::fs::remove_dir_all(&f.dir);
     Ok(())
 }
@@ -147,6 +165,45 @@ fn a_failed_one_token_edit_scores_zero() -> Result<()> {
     let eos_right = seq.argmax(&f.model, &Hooks::none())?[1] == f.eos[0];
     let v1 = r.metrics_v1.as_ref().map(|m| m.reliability);
     assert_eq!(v1, Some(if eos_right { 50.0 } else { 0.0 }), "{r:?}");
+    let _ = std::fs::remove_dir_all(&f.dir);
+    Ok(())
+}
+
+/// An edit method that records the size of the stack each edit is made on.
+struct Recorder(std::sync::Mutex<Vec<usize>>);
+
+impl crate::edit::EditMethod for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+
+    fn edit(
+        &self,
+        ctx: &crate::edit::EditContext<'_>,
+        request: &crate::edit::EditRequest,
+    ) -> Result<crate::edit::Patch> {
+        self.0.lock().map_err(|_| Error::Invalid("poisoned".into()))?.push(ctx.stack.len());
+        NoEdit.edit(ctx, request)
+    }
+}
+
+/// The gap protocol is one stream, never reset (each edit on the stack of all earlier ones), where sequential
+/// editing starts every K edits on a fresh stack.
+#[test]
+fn the_gap_protocol_is_one_stream_of_edits() -> Result<()> {
+    let f = fixture("gap")?;
+    let world = World::generate(0);
+    let mut ev = Evaluator::new(&f.model, &f.processor, f.eos.clone());
+    let prepared: Vec<PreparedCase> = (0..5)
+        .map(|e| ev.prepare(&case(&f, &world, e, &world.entities[e + 5].name)?, e as u64))
+        .collect::<Result<_>>()?;
+    let stacks = |mode: Mode| -> Result<Vec<usize>> {
+        let rec = Recorder(std::sync::Mutex::new(Vec::new()));
+        run(&ev, &rec, &prepared, mode, "vqa", 1, &mut |_, _| true)?;
+        rec.0.into_inner().map_err(|_| Error::Invalid("poisoned".into()))
+    };
+    assert_eq!(stacks(Mode::SequentialGap(2))?, vec![0, 1, 2, 3, 4]);
+    assert_eq!(stacks(Mode::Sequential(2))?, vec![0, 1, 0, 1, 0]);
     let _ = std::fs::remove_dir_all(&f.dir);
     Ok(())
 }
