@@ -381,8 +381,9 @@ impl EditMethod for UniKe {
     }
 
     fn resident_bytes(&self) -> usize {
-        // The caches count from the start, so that a cache of built methods weighs them before they fill.
-        self.knowledge.as_ref().map_or(0, |k| k.bytes()) + self.cache_bytes.max(self.base.bytes())
+        // The caches count from the start (their size is known from the memory), so that a cache of built methods
+        // weighs them before they fill.
+        self.knowledge.as_ref().map_or(0, |k| k.bytes()) + self.cache_bytes
     }
 
     fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {
