@@ -161,6 +161,15 @@ fn tasks(task: TaskArg) -> Vec<Task> {
     }
 }
 
+/// IKE's demonstration pool: the training split's front of `task` (cross-task: both, interleaved), in file order.
+pub fn demonstration_cases(data: &DataSource, task: TaskArg) -> Result<Vec<EditCase>> {
+    Ok(match task {
+        TaskArg::Vqa => data.front(Task::Vqa)?.unwrap_or_default(),
+        TaskArg::Caption => data.front(Task::Caption)?.unwrap_or_default(),
+        TaskArg::Cross => data.training_cases(usize::MAX)?,
+    })
+}
+
 /// The task whose training split gives the memory of unrelated inputs (cross-task: VQA's).
 fn memory_task(task: TaskArg) -> Task {
     if task == TaskArg::Caption {
@@ -193,7 +202,20 @@ pub fn provenance(loaded: &crate::device::Loaded, data: &DataSource, cfg: &Confi
             out.push(crate::train_method::provenance(loaded, t, data));
         }
         match registry::split_name(m).0 {
-            "ike" => out.push(format!("{m}: its demonstration is the edit itself (no training data)")),
+            "ike" => {
+                let p: unike_core::edit::ike::IkeParams = crate::train_method::method_params(loaded, "ike")?;
+                let pool = demonstration_cases(data, cfg.task)?.len().min(p.pool);
+                out.push(if p.k == 0 {
+                    format!("{m}: k = 0, the edit's own copy demonstration only (hparams/ike)")
+                } else {
+                    format!(
+                        "{m}: the edit's copy demonstration after the {} most similar of {} demonstrations (copy, \
+                         update, retain) of the first {pool} cases of the training split's front",
+                        p.k,
+                        3 * pool
+                    )
+                });
+            }
             "unike" => out.push(format!(
                 "{m}: in-context knowledge from {} (built from the model's own world)",
                 unike_core::edit::unike::Artifacts::dir(&loaded.dir).display()
@@ -331,6 +353,9 @@ pub fn bench_observed(
         (_, ModeArg::SequentialGap) => Mode::SequentialGap(cfg.k),
     };
     let memory = memory_sequences(&mut ev, &memory_cases)?;
+    // IKE's demonstration pool: the front of the task's training split (both tasks' for cross-task).
+    let demonstrations =
+        if cfg.methods.iter().any(|m| m == "ike") { demonstration_cases(data, cfg.task)? } else { vec![] };
 
     observer.stage(&format!("pre-edit {task_name}"), list.len());
     let mut prepared: Vec<PreparedCase> = Vec::with_capacity(list.len());
@@ -348,6 +373,7 @@ pub fn bench_observed(
             root: &root,
             model: &model_name,
             memory: memory.clone(),
+            demonstrations: demonstrations.clone(),
             eos: eos0,
             llava: &loaded.model,
             model_dir: &loaded.dir,

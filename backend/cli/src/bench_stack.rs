@@ -107,6 +107,7 @@ pub fn run(args: BenchStackArgs) -> Result<()> {
             root: &root,
             model: &name,
             memory: memory.clone(),
+            demonstrations: if method_name == "ike" { data.front(Task::Vqa)?.unwrap_or_default() } else { vec![] },
             eos: eos0,
             llava: &loaded.model,
             model_dir: &loaded.dir,

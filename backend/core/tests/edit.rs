@@ -356,6 +356,7 @@ fn trained_baselines_edit_keep_other_answers_stack_undo_and_round_trip() -> Resu
             root: &root,
             model: "default",
             memory: vec![],
+            demonstrations: vec![],
             eos: f.eos[0],
             llava: &f.model,
             model_dir: &model_dir,

@@ -251,10 +251,14 @@ impl State {
             }
             let eos =
                 *self.eos()?.first().ok_or_else(|| CoreError::Invalid("the model has no end-of-sequence id".into()))?;
+            // IKE's demonstration pool: the world's training split, VQA and captions interleaved.
+            let demonstrations =
+                if name == "ike" { world.training_cases(usize::MAX).map_err(anyhow_to_core)? } else { vec![] };
             let inputs = MethodInputs {
                 root: &self.root,
                 model: &self.model_name,
                 memory: self.memory.clone().unwrap_or_default(),
+                demonstrations,
                 eos,
                 llava: &self.loaded.model,
                 model_dir: &self.loaded.dir,

@@ -34,6 +34,9 @@ pub struct Provenance {
     /// Who made it (studio user), if known.
     #[serde(default)]
     pub author: Option<String>,
+    /// In-context methods: the demonstrations put in front of every prompt, in order, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub demonstrations: Vec<String>,
 }
 
 impl Provenance {
@@ -47,6 +50,7 @@ impl Provenance {
             image: request.image_path.clone(),
             seed: request.seed,
             author: None,
+            demonstrations: Vec::new(),
         })
     }
 }
@@ -438,6 +442,7 @@ mod tests {
             image: None,
             seed: 7,
             author: Some("ana".into()),
+            demonstrations: vec!["copy: new fact: who? x → who? x (the edit)".into()],
         };
         Ok(Patch::new(prov, BTreeMap::from([(2, neurons(seed, 8, 3)?), (3, neurons(seed + 5.0, 8, 1)?)])))
     }

@@ -13,6 +13,7 @@ use super::serac::Serac;
 use super::t_patcher::{TPatcher, TPatcherParams};
 use super::unike::{UniKe, UniKeParams};
 use super::{EditMethod, EditSequence};
+use crate::data::EditCase;
 use crate::error::{Error, Result};
 use crate::model::Llava;
 
@@ -27,6 +28,8 @@ pub struct MethodInputs<'a> {
     pub model: &'a str,
     /// Unrelated questions from the training split (T-Patcher's memory).
     pub memory: Vec<EditSequence>,
+    /// Cases of the training split's front, in file order (IKE's demonstration pool); may be empty.
+    pub demonstrations: Vec<EditCase>,
     pub eos: u32,
     /// The model and its directory (methods with trained artifacts find them there, e.g. `DIR/unike/`).
     pub llava: &'a Llava,
@@ -85,7 +88,9 @@ pub fn build(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod>
         "none" => Ok(Box::new(NoEdit)),
         "ft" => Ok(Box::new(FineTune::new(params::<FtParams>(&inputs, base)?, inputs.eos))),
         "t-patcher" => Ok(Box::new(TPatcher::new(params::<TPatcherParams>(&inputs, base)?, inputs.memory, inputs.eos))),
-        "ike" => Ok(Box::new(Ike { params: params::<IkeParams>(&inputs, base)?, eos: inputs.eos })),
+        "ike" => {
+            Ok(Box::new(Ike::new(params::<IkeParams>(&inputs, base)?, inputs.demonstrations, inputs.llava, inputs.eos)))
+        }
         "unike" => {
             let mut p = params::<UniKeParams>(&inputs, base)?;
             if let Some(v) = variant {
@@ -119,6 +124,7 @@ mod tests {
             root: &root,
             model,
             memory: vec![],
+            demonstrations: vec![],
             eos: 2,
             llava: &llava,
             model_dir: Path::new("/nonexistent"),

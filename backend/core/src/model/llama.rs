@@ -410,11 +410,17 @@ impl Llama {
         self.forward_layers(&x, 0, layer + 1..n, None, hooks, capture)
     }
 
+    /// Positions the in-context prefixes may take together: half of the position window (the other half is the
+    /// prompt's and the answer's).
+    pub fn context_budget(&self) -> usize {
+        self.cfg.max_position_embeddings / 2
+    }
+
     /// Keys (rotated for positions `0..n`) and values `(b, kv_heads, n, head_dim)` of the in-context prefixes of
     /// `hooks` at layer `i`, in stack order; `None` without one. Prefixes take at most half of the position window:
     /// the most recent ones that fit (older demonstrations fall out of the context, as they would from a prompt).
     fn context_prefix(&self, hooks: &Hooks, i: usize, b: usize) -> Result<Option<(Tensor, Tensor)>> {
-        let budget = self.cfg.max_position_embeddings / 2;
+        let budget = self.context_budget();
         let mut used = 0;
         let mut kept = Vec::new();
         for c in hooks.contexts().iter().rev() {

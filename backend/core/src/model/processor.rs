@@ -162,6 +162,11 @@ impl Processor {
         question_prompt_in(&self.template, question, with_image)
     }
 
+    /// One demonstration turn in the checkpoint's template (see [`TurnForm`]).
+    pub fn turn(&self, turn: &TurnText<'_>) -> String {
+        turn_in(&self.template, turn)
+    }
+
     /// Demonstration turns, then the query, in the checkpoint's template; `<image>` placeholders in reading order.
     pub fn context_prompt(&self, turns: &[TurnText<'_>], question: &str, with_image: bool) -> String {
         context_prompt_in(&self.template, turns, question, with_image)
