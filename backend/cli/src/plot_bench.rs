@@ -69,13 +69,20 @@ pub fn grouped_bars(path: &Path, title: &str, series: &[(String, [f64; 5])]) -> 
 
 /// Lines: each metric against `xs` (one point per configuration).
 pub fn metric_lines(path: &Path, title: &str, x_desc: &str, xs: &[f64], vals: &[[f64; 5]]) -> Result<()> {
+    let series: Vec<(String, Vec<f64>)> =
+        METRICS.iter().enumerate().map(|(i, name)| (name.to_string(), vals.iter().map(|v| v[i]).collect())).collect();
+    series_lines(path, title, x_desc, xs, &series)
+}
+
+/// Lines: each named series (a value per x, in percent) against `xs`.
+pub fn series_lines(path: &Path, title: &str, x_desc: &str, xs: &[f64], series: &[(String, Vec<f64>)]) -> Result<()> {
     register_font();
     let err = |e: &dyn std::fmt::Display| anyhow!("plotting {}: {e}", path.display());
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(*x), b.max(*x)));
     let pad = ((hi - lo) * 0.05).max(0.5);
-    let lo_y = vals.iter().flatten().fold(100f64, |a, v| a.min(*v)).min(80.0) - 5.0;
+    let lo_y = series.iter().flat_map(|(_, v)| v).fold(100f64, |a, v| a.min(*v)).min(80.0) - 5.0;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
@@ -84,13 +91,13 @@ pub fn metric_lines(path: &Path, title: &str, x_desc: &str, xs: &[f64], vals: &[
         .build_cartesian_2d((lo - pad)..(hi + pad), lo_y.max(0.0)..101f64)
         .map_err(|e| err(&e))?;
     chart.configure_mesh().x_desc(x_desc).y_desc("%").label_style(("sans-serif", 15)).draw().map_err(|e| err(&e))?;
-    for (i, name) in METRICS.iter().enumerate() {
+    for (i, (name, ys)) in series.iter().enumerate() {
         let colour = SERIES[i % SERIES.len()];
-        let pts: Vec<(f64, f64)> = xs.iter().zip(vals).map(|(x, v)| (*x, v[i])).collect();
+        let pts: Vec<(f64, f64)> = xs.iter().zip(ys).map(|(x, y)| (*x, *y)).collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
             .map_err(|e| err(&e))?
-            .label(*name)
+            .label(name.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], colour.stroke_width(2)));
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, colour.filled()))).map_err(|e| err(&e))?;
     }

@@ -1,7 +1,9 @@
 //! `unike reproduce --out DIR`: the paper's experiments on the synthetic world — Table 1 (one-step E-VQA / E-IC, all
 //! methods), Table 2 (sequential, K = 10 and 20), Table 3 (cross-task), Table 4 (ablations) and Fig. 4 (K sweep, fixed
 //! vs adaptive α, ζ variants) — as Markdown + JSON per section and PNG charts, plus `DIR/README.md` with every table.
-//! Each section is written as soon as it is done.
+//! VLKEB's sequential editing with a gap (`gap`: one stream per method, each edit scored after G later ones, G = 10,
+//! 20, 50, 100) and portability per number of hops (under Table 1) come with them. Each section is written as soon as
+//! it is done.
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -13,10 +15,13 @@ use unike_shared::{BenchReport, BenchResult};
 use crate::bench_edit::{self, Config, ModeArg, TaskArg};
 use crate::dataset::{DataArgs, DataSource};
 use crate::device;
-use crate::plot_bench::{grouped_bars, metric_lines};
+use crate::plot_bench::{grouped_bars, metric_lines, series_lines};
 
 /// Sections, in order.
-pub const SECTIONS: [&str; 7] = ["table1", "table2", "table3", "table4", "fig4a", "fig4b", "fig4c"];
+pub const SECTIONS: [&str; 8] = ["table1", "table2", "table3", "gap", "table4", "fig4a", "fig4b", "fig4c"];
+
+/// The gaps of VLKEB's sequential protocol (`test_sequencial` with `gap_num` 10, 20, 50, 100).
+pub const GAPS: [usize; 4] = [10, 20, 50, 100];
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -37,7 +42,13 @@ pub struct ReproduceArgs {
     /// Methods of Tables 1–3 (`none`: the unedited model, the row every method is compared with).
     #[arg(long, default_value = "none,ft,ke,t-patcher,mend,ike,serac,unike", value_delimiter = ',')]
     pub methods: Vec<String>,
-    /// Only these sections (table1, table2, table3, table4, fig4a, fig4b, fig4c).
+    /// Cases scored per gap in the `gap` section (each stream edits these plus G more; E-VQA).
+    #[arg(long, default_value_t = 50)]
+    pub gap_n: usize,
+    /// The gaps of the `gap` section (VLKEB's: 10, 20, 50, 100).
+    #[arg(long, value_delimiter = ',', default_values_t = GAPS)]
+    pub gaps: Vec<usize>,
+    /// Only these sections (table1, table2, table3, gap, table4, fig4a, fig4b, fig4c).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     #[arg(long, default_value_t = 64)]
@@ -75,6 +86,7 @@ fn write_section(out: &Path, name: &str, title: &str, results: &[BenchResult]) -
             r.timing.edit_ms_median
         ));
     }
+    md.push_str(&bench_edit::hops_table(results));
     md.push_str(&format!("\n{} ", bench_edit::CONVENTION_NOTE));
     md.push_str(&format!("Exact-match scores and M-Loc. top-1 are in `{name}.json`.\n\n"));
     std::fs::write(out.join(format!("{name}.md")), &md)?;
@@ -96,6 +108,12 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     }
     if args.n < 20 {
         bail!("--n must be at least 20 (sequential editing uses K = 20)");
+    }
+    if args.gap_n == 0 {
+        bail!("--gap-n must be at least 1");
+    }
+    if args.gaps.is_empty() || args.gaps.iter().any(|g| !(1..=1000).contains(g)) {
+        bail!("--gaps takes gaps from 1 to 1000");
     }
     for m in &args.methods {
         unike_core::edit::registry::check_name(m)?;
@@ -193,6 +211,32 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         let all = run(cfg(args.methods.clone(), TaskArg::Cross, ModeArg::Sequential, 10))?;
         let mut text = write_section(out, "table3", "Table 3: cross-task editing (K = 10: 5 E-VQA + 5 E-IC)", &all)?;
         text.push_str(&bars(out, "table3.png", "Cross-task editing, K = 10", &all)?);
+        emit(&mut readme, text)?;
+    }
+    if want("gap") {
+        let mut all = Vec::new();
+        for &g in &args.gaps {
+            all.extend(run(Config { n: args.gap_n, ..cfg(args.methods.clone(), vqa, ModeArg::SequentialGap, g) })?);
+        }
+        let title = format!(
+            "Sequential editing with a gap (VLKEB; E-VQA, {} cases scored per gap, each right after G later edits; k = G)",
+            args.gap_n
+        );
+        let mut text = write_section(out, "gap", &title, &all)?;
+        let mut series: Vec<(String, Vec<f64>)> = Vec::new();
+        for m in &args.methods {
+            let ys: Vec<f64> = args
+                .gaps
+                .iter()
+                .filter_map(|g| all.iter().find(|r| &r.method == m && r.k == *g).map(|r| r.metrics.mean5()))
+                .collect();
+            if ys.len() == args.gaps.len() {
+                series.push((m.clone(), ys));
+            }
+        }
+        let xs: Vec<f64> = args.gaps.iter().map(|g| *g as f64).collect();
+        series_lines(&out.join("gap.png"), "Sequential editing with a gap: mean of the five", "gap G", &xs, &series)?;
+        text.push_str("![Gap protocol](gap.png)\n\n");
         emit(&mut readme, text)?;
     }
     if want("table4") {

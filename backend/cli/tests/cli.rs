@@ -371,13 +371,14 @@ fn reproduce_writes_tables_json_and_charts() -> Result<()> {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let dir = base.join("out");
     let out = unike()
-        .args(["reproduce", "--only", "table1", "--methods", "ft,ike", "--n", "20", "--memory", "8", "--data"])
+        .args(["reproduce", "--only", "table1,gap", "--methods", "ft,ike", "--n", "20", "--memory", "8"])
+        .args(["--gaps", "1,3", "--gap-n", "2", "--data"])
         .arg(&data)
         .arg("--out")
         .arg(&dir)
         .output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for f in ["README.md", "table1.md", "table1.json", "table1_vqa.png", "table1_caption.png"] {
+    for f in ["README.md", "table1.md", "table1.json", "table1_vqa.png", "table1_caption.png", "gap.md", "gap.png"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("table1.json"))?)?;
@@ -391,10 +392,17 @@ fn reproduce_writes_tables_json_and_charts() -> Result<()> {
     let md = std::fs::read_to_string(dir.join("table1.md"))?;
     assert!(md.contains("| ike | vqa | one-step | 1 | 20 |"), "{md}");
     assert!(md.contains("| Port. base |") && md.contains("convention v2"), "{md}");
+    assert!(md.contains("Portability by hops") && md.contains("| ike | vqa | one-step | 1 | 2-hop |"), "{md}");
+    // VLKEB's gap protocol: per method and gap, the scored cases (k holds the gap).
+    let gap = std::fs::read_to_string(dir.join("gap.md"))?;
+    for row in ["| ft | vqa | sequential-gap | 1 | 2 |", "| ike | vqa | sequential-gap | 3 | 2 |"] {
+        assert!(gap.contains(row), "{row} missing: {gap}");
+    }
     // Bad input: one line, exit 1.
     for (args, needle) in [
         (vec!["--only", "table9"], "unknown section \"table9\""),
         (vec!["--n", "5"], "--n must be at least 20"),
+        (vec!["--gaps", "0"], "--gaps takes gaps from 1 to"),
         (vec!["--methods", "rome"], "unknown method"),
     ] {
         let out = unike().args(["reproduce", "--out"]).arg(&dir).args(&args).output()?;
