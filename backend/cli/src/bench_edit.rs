@@ -317,6 +317,57 @@ pub fn select_cases(
 }
 
 /// [`bench`], telling `observer` how it goes (and letting it cancel: the error is then [`unike_core::Error::Cancelled`]).
+/// What every method of a configuration shares: its cases (in the order they are edited), the memory of unrelated
+/// inputs and IKE's demonstration pool; trained artifacts the methods need exist once it is made.
+pub struct Setup {
+    pub task_name: &'static str,
+    pub cases: Vec<EditCase>,
+    /// Memory of unrelated inputs, from the front of the training split: its edit questions (with their original
+    /// answers), its text questions and its image questions. Never the evaluation probes, never the dev slice.
+    pub memory_cases: Vec<EditCase>,
+    /// IKE's demonstration pool: the front of the task's training split (both tasks' for cross-task).
+    pub demonstrations: Vec<EditCase>,
+}
+
+impl Setup {
+    pub fn new(loaded: &crate::device::Loaded, data: &DataSource, cfg: &Config) -> Result<Self> {
+        for m in &cfg.methods {
+            registry::check_name(m)?;
+        }
+        // The cases are drawn before anything is built or trained, so data the model cannot read is refused at once.
+        let (task_name, cases) = select_cases(loaded, data, cfg)?;
+        let memory_cases = data.memory_cases(memory_task(cfg.task), cfg.memory)?;
+        data.check_vocabulary(&loaded.processor, "the memory cases", &memory_cases)?;
+        if cfg.methods.iter().any(|m| registry::split_name(m).0 == "unike") {
+            crate::unike_artifacts::ensure(loaded)?;
+        }
+        crate::train_method::ensure(loaded, &cfg.methods, data)?;
+        let demonstrations =
+            if cfg.methods.iter().any(|m| m == "ike") { demonstration_cases(data, cfg.task)? } else { vec![] };
+        Ok(Self { task_name, cases, memory_cases, demonstrations })
+    }
+
+    /// Builds method `name` (`memory`: [`memory_sequences`] of the memory cases).
+    pub fn method(
+        &self,
+        loaded: &crate::device::Loaded,
+        name: &str,
+        memory: &[EditSequence],
+    ) -> Result<Box<dyn unike_core::edit::EditMethod>> {
+        let eos = loaded.ckpt.eos_token_ids()?;
+        let inputs = MethodInputs {
+            root: &crate::model_dir::repo_root(),
+            model: &model_name(loaded),
+            memory: memory.to_vec(),
+            demonstrations: if name == "ike" { self.demonstrations.clone() } else { vec![] },
+            eos: *eos.first().context("the checkpoint has no end-of-sequence id")?,
+            llava: &loaded.model,
+            model_dir: &loaded.dir,
+        };
+        Ok(registry::build(name, inputs)?)
+    }
+}
+
 pub fn bench_observed(
     loaded: &crate::device::Loaded,
     data: &DataSource,
@@ -329,22 +380,9 @@ pub fn bench_observed(
     if cfg.mode == ModeArg::Sequential && cfg.k == 0 {
         bail!("--k must be at least 1");
     }
-    for m in &cfg.methods {
-        registry::check_name(m)?;
-    }
-    // The cases, in the order they are edited (drawn before anything is built or trained, so data the model cannot
-    // read is refused at once).
-    let (task_name, list) = select_cases(loaded, data, cfg)?;
-    // Memory of unrelated inputs, from the front of the training split: its edit questions (with their original
-    // answers), its text questions and its image questions. Never the evaluation probes, never the dev slice.
-    let memory_cases = data.memory_cases(memory_task(cfg.task), cfg.memory)?;
-    data.check_vocabulary(&loaded.processor, "the memory cases", &memory_cases)?;
-    if cfg.methods.iter().any(|m| registry::split_name(m).0 == "unike") {
-        crate::unike_artifacts::ensure(loaded)?;
-    }
-    crate::train_method::ensure(loaded, &cfg.methods, data)?;
+    let setup = Setup::new(loaded, data, cfg)?;
+    let (task_name, list) = (setup.task_name, &setup.cases);
     let eos = loaded.ckpt.eos_token_ids()?;
-    let eos0 = *eos.first().context("the checkpoint has no end-of-sequence id")?;
     let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos.clone());
     let mode = match (cfg.task, cfg.mode) {
         (TaskArg::Cross, _) => Mode::Sequential(10),
@@ -352,10 +390,7 @@ pub fn bench_observed(
         (_, ModeArg::Sequential) => Mode::Sequential(cfg.k),
         (_, ModeArg::SequentialGap) => Mode::SequentialGap(cfg.k),
     };
-    let memory = memory_sequences(&mut ev, &memory_cases)?;
-    // IKE's demonstration pool: the front of the task's training split (both tasks' for cross-task).
-    let demonstrations =
-        if cfg.methods.iter().any(|m| m == "ike") { demonstration_cases(data, cfg.task)? } else { vec![] };
+    let memory = memory_sequences(&mut ev, &setup.memory_cases)?;
 
     observer.stage(&format!("pre-edit {task_name}"), list.len());
     let mut prepared: Vec<PreparedCase> = Vec::with_capacity(list.len());
@@ -365,20 +400,9 @@ pub fn bench_observed(
             return Err(unike_core::Error::Cancelled.into());
         }
     }
-    let root = crate::model_dir::repo_root();
-    let model_name = model_name(loaded);
     let mut results = Vec::new();
     for name in &cfg.methods {
-        let inputs = MethodInputs {
-            root: &root,
-            model: &model_name,
-            memory: memory.clone(),
-            demonstrations: demonstrations.clone(),
-            eos: eos0,
-            llava: &loaded.model,
-            model_dir: &loaded.dir,
-        };
-        let method = registry::build(name, inputs)?;
+        let method = setup.method(loaded, name, &memory)?;
         observer.stage(&format!("{name} {task_name}"), prepared.len());
         let mut tick = |done: usize, _: usize| observer.progress(done);
         let (result, per_case) =

@@ -28,6 +28,7 @@ mod dataset;
 mod device;
 mod eval_base;
 mod gen_data;
+mod knowledge_share;
 mod model_dir;
 mod plot;
 mod plot_bench;
@@ -69,6 +70,8 @@ enum Command {
     TrainBase(train_base::TrainArgs),
     /// Evaluate a world model: greedy exact match per split, and its answers to facts it never learned.
     EvalBase(eval_base::EvalArgs),
+    /// UniKE: the mean knowledge share (1 − α) its latent knowledge takes on each kind of probe.
+    KnowledgeShare(knowledge_share::ShareArgs),
     /// Reproduce the paper's tables and Fig. 4 on the world: Markdown + JSON + PNG charts into --out.
     Reproduce(reproduce::ReproduceArgs),
     /// UniKE: collect the model's wrong answers on the world and their hidden states (in-context knowledge).
@@ -98,6 +101,7 @@ fn main() {
     let result = match cli.command {
         Command::Answer(a) => answer::run(a),
         Command::Bench(a) => bench_edit::run(a),
+        Command::KnowledgeShare(a) => knowledge_share::run(a),
         Command::BenchModel(a) => bench::run(a),
         Command::BenchApi(a) => bench_api::run(a),
         Command::BenchStack(a) => bench_stack::run(a),

@@ -613,3 +613,19 @@ fn bench_reads_a_downloaded_file_with_photos_of_any_size() -> Result<()> {
     let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }
+
+#[test]
+fn knowledge_share_refuses_what_it_cannot_report() -> Result<()> {
+    for (args, needle) in [
+        (vec!["--methods", "ft"], "only UniKE methods mix latent knowledge in"),
+        (vec!["--methods", "unike:nope"], "unknown UniKE variant"),
+        (vec!["--task", "cross"], "--task takes vqa or caption"),
+        (vec!["--n", "0"], "--n must be at least 1"),
+    ] {
+        let out = unike().arg("knowledge-share").args(&args).output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle) && err.trim_end().lines().count() == 1, "{args:?}: {err}");
+    }
+    Ok(())
+}

@@ -48,6 +48,13 @@ pub trait FfnHook: Send + Sync + fmt::Debug {
 pub trait AttnHook: Send + Sync + fmt::Debug {
     /// `attn_out`: output of `o_proj`, `(b, s, d)`. Returns the replacement, `(b, s, d)`.
     fn shift_attention(&self, ctx: &AttnContext<'_>, attn_out: Tensor) -> Result<Tensor>;
+
+    /// [`AttnHook::shift_attention`], with the share of the replacement that comes from outside the input (latent
+    /// in-context knowledge: `1 − α` of Eq. 2), `(b, s, 1)`, when the hook mixes one in; captured as
+    /// [`CapturePoint::KnowledgeShare`].
+    fn shift_attention_traced(&self, ctx: &AttnContext<'_>, attn_out: Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((self.shift_attention(ctx, attn_out)?, None))
+    }
 }
 
 /// The hooks of one layer, applied in insertion order.
@@ -163,6 +170,9 @@ pub enum CapturePoint {
     PostAttention,
     FfnInput,
     LayerOutput,
+    /// The knowledge share of the layer's attention hooks, `(b, s, 1)` (summed over hooks that mix one in; absent
+    /// when none does).
+    KnowledgeShare,
 }
 
 /// Requests and receives hidden states during a forward pass. Each captured tensor is `(b, s, d)` for the tokens of

@@ -625,3 +625,55 @@ fn unike_variants_built_from_a_directory_share_their_knowledge() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn unike_knowledge_share_is_captured_as_the_mixing_weight() -> Result<()> {
+    use unike_core::edit::unike::{UniKe, UniKeParams};
+    use unike_core::hooks::{Capture, CapturePoint};
+    let f = fixture()?;
+    let artifacts = unike_artifacts(&f)?;
+    let s = eval_split(&f.world, Split::FactsSeen, 10).into_iter().find(|s| s.image.is_some()).context("a fact")?;
+    let target = if s.answer == "the iron otters" { "the stone lions" } else { "the iron otters" };
+    let px = pixels(&f, &s)?;
+    let request = EditRequest {
+        question: s.question.clone(),
+        image: px.clone(),
+        image_path: None,
+        target: target.into(),
+        seed: 3,
+    };
+    let seq = EditSequence::new(&f.processor, &s.question, px.as_ref(), target, f.eos[0])?;
+    let n = f.model.text().num_layers();
+    for (variant, fixed) in [("only-latent/alpha=0.3", Some(0.7f32)), ("only-latent/adaptive", None)] {
+        let mut params = UniKeParams::default();
+        params.apply_variant(variant)?;
+        let method = UniKe::new(variant, params, &f.model, &artifacts, vec![], f.eos[0])?;
+        let mut stack = PatchStack::new();
+        stack.push(method.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, &request)?);
+        let hooks = stack.hooks()?;
+        let embeds = seq.embeds(&f.model)?;
+        let mut cap = Capture::at_layers(0..n, CapturePoint::KnowledgeShare);
+        let traced = f.model.forward_embeds(&embeds, 0, None, &hooks, &mut cap)?;
+        let plain = f.model.forward_embeds(&embeds, 0, None, &hooks, &mut Capture::none())?;
+        let diff = (traced - plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0, "{variant}: tracing the share changed the output");
+        let layers: Vec<usize> = cap.captured().keys().map(|(l, _)| *l).collect();
+        assert_eq!(layers, vec![n - 2, n - 1], "{variant}: the share of the edited layers only");
+        for l in layers {
+            let share = cap.get(l, CapturePoint::KnowledgeShare).context("share")?;
+            assert_eq!(share.dims(), [1, seq.ids.len(), 1]);
+            let v = share.flatten_all()?.to_vec1::<f32>()?;
+            match fixed {
+                // Fixed α = 0.3 keeps 0.3 of the input: the knowledge takes 0.7 everywhere.
+                Some(x) => assert!(v.iter().all(|s| (s - x).abs() < 1e-6), "{variant}: {v:?}"),
+                // Adaptive α: a share in [0, 1] that depends on the position's relevance.
+                None => {
+                    assert!(v.iter().all(|s| (0.0..=1.0).contains(s)), "{v:?}");
+                    let (lo, hi) = v.iter().fold((1f32, 0f32), |(a, b), s| (a.min(*s), b.max(*s)));
+                    assert!(hi - lo > 0.05, "adaptive shares do not vary: {v:?}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -96,6 +96,17 @@ pub struct PreparedCase {
 }
 
 impl PreparedCase {
+    /// The edit request.
+    pub fn request(&self) -> &EditRequest {
+        &self.request
+    }
+
+    /// The five probes of MMEdit's metrics, in [`super::share::PROBE_KINDS`] order: the edit, its rephrased
+    /// question, its other image, the unrelated text question and the unrelated image question.
+    pub fn probes(&self) -> [&EditSequence; 5] {
+        [&self.reliability, &self.t_generality, &self.m_generality, &self.t_locality.seq, &self.m_locality.seq]
+    }
+
     /// Every sequence scored after the edit with the top-k it needs, in [`Evaluator::score`]'s order.
     fn sequences(&self) -> Vec<(&EditSequence, usize)> {
         let mut v = vec![

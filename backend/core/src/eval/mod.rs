@@ -2,6 +2,7 @@
 
 pub mod harness;
 pub mod metrics;
+pub mod share;
 #[cfg(test)]
 mod tests;
 

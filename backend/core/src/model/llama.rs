@@ -233,8 +233,23 @@ impl DecoderLayer {
         let mut attn = self.self_attn.forward(&normed, start, rope, kv, prefix)?;
         if let Some(h) = hooks {
             let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
-            for hook in &h.attn {
-                attn = hook.shift_attention(&ctx, attn)?;
+            if capture.wants(idx, CapturePoint::KnowledgeShare) {
+                let mut total: Option<Tensor> = None;
+                for hook in &h.attn {
+                    let (out, share) = hook.shift_attention_traced(&ctx, attn)?;
+                    attn = out;
+                    total = match (total, share) {
+                        (Some(t), Some(s)) => Some((t + s)?),
+                        (t, s) => t.or(s),
+                    };
+                }
+                if let Some(t) = total {
+                    capture.put(idx, CapturePoint::KnowledgeShare, &t);
+                }
+            } else {
+                for hook in &h.attn {
+                    attn = hook.shift_attention(&ctx, attn)?;
+                }
             }
         }
         capture.put(idx, CapturePoint::AttnOutput, &attn);

@@ -216,6 +216,10 @@ impl fmt::Debug for LatentShift {
 
 impl AttnHook for LatentShift {
     fn shift_attention(&self, ctx: &AttnContext<'_>, attn_out: Tensor) -> Result<Tensor> {
+        Ok(self.shift_attention_traced(ctx, attn_out)?.0)
+    }
+
+    fn shift_attention_traced(&self, ctx: &AttnContext<'_>, attn_out: Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let parts = self.knowledge.parts.get(&self.layer).ok_or_else(|| Error::Invalid("layer not prepared".into()))?;
         let enc = self.knowledge.encoders.layer(self.layer)?;
         let (b, s, d) = attn_out.dims3()?;
@@ -268,7 +272,7 @@ impl AttnHook for LatentShift {
         };
         let a = attn_out.reshape((n, d))?.to_dtype(DType::F32)?;
         let out = (a.broadcast_mul(&share.affine(-1.0, 1.0)?)? + h_know.broadcast_mul(&share)?)?;
-        Ok(out.reshape((b, s, d))?.to_dtype(dtype)?)
+        Ok((out.reshape((b, s, d))?.to_dtype(dtype)?, Some(share.reshape((b, s, 1))?)))
     }
 }
 
