@@ -82,8 +82,16 @@ fn t_patcher_fixes_a_hallucination_and_keeps_other_answers() -> Result<()> {
             target: s.answer.clone(),
             seed: i as u64,
         };
+        // One neuron per mistaken token (answer and end of sequence) under the stack, at most `neurons`.
+        let seq = EditSequence::new(&f.processor, &s.question, request.image.as_ref(), &s.answer, f.eos[0])?;
+        let pre = seq.argmax(&f.model, &stack.hooks()?)?;
+        let mistakes = pre.iter().zip(seq.targets()).filter(|(a, b)| a != b).count();
         let patch = method.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, &request)?;
         assert_eq!(patch.provenance.method, "t-patcher");
+        let layer = f.model.text().num_layers() - 1;
+        let added = patch.neurons.get(&layer).context("neurons in the last layer")?.w_k.dim(1)?;
+        assert!(mistakes >= 1, "the edit {i} is of a wrong answer");
+        assert_eq!(added, mistakes.min(method.params.0.neurons), "edit {i}: {mistakes} mistaken tokens");
         ids.push(stack.push(patch));
         assert_eq!(say(&f, s, &stack.hooks()?)?, s.answer, "edit {i} did not take");
     }
@@ -675,5 +683,83 @@ fn unike_knowledge_share_is_captured_as_the_mixing_weight() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+#[test]
+fn t_patcher_adds_a_neuron_per_mistake_and_its_relative_term_acts() -> Result<()> {
+    use unike_core::edit::neurons::memory_queries;
+    use unike_core::hooks::{Capture, CapturePoint};
+    let f = fixture()?;
+    let none = Hooks::none();
+    // A counterfactual team (three words, "the <adjective> <animals>") for a character whose team the model knows.
+    let facts = eval_split(&f.world, Split::FactsSeen, 200);
+    let s = facts
+        .iter()
+        .find(|s| s.image.is_some() && s.answer.starts_with("the ") && s.answer.split(' ').count() == 3)
+        .context("a team fact")?;
+    let target = facts
+        .iter()
+        .map(|o| o.answer.as_str())
+        .find(|a| {
+            a.starts_with("the ") && a.split(' ').count() == 3 && a.split(' ').skip(1).all(|w| !s.answer.contains(w))
+        })
+        .context("another team")?;
+    let px = pixels(&f, s)?;
+    let request = EditRequest {
+        question: s.question.clone(),
+        image: px.clone(),
+        image_path: None,
+        target: target.into(),
+        seed: 0,
+    };
+    let seq = EditSequence::new(&f.processor, &s.question, px.as_ref(), target, f.eos[0])?;
+    let wrong: Vec<usize> = seq
+        .argmax(&f.model, &none)?
+        .iter()
+        .zip(seq.targets())
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| i)
+        .collect();
+    let mistakes = wrong.len();
+    assert!(mistakes >= 2, "{mistakes} mistaken tokens");
+    // The memory holds hard negatives: the same question about other characters (their own teams).
+    let mut mem = memory(&f, 32)?;
+    for o in facts.iter().filter(|o| o.question == s.question && o.image.is_some() && o.answer != s.answer).take(24) {
+        mem.push(EditSequence::new(&f.processor, &o.question, pixels(&f, o)?.as_ref(), &o.answer, f.eos[0])?);
+    }
+    let layer = f.model.text().num_layers() - 1;
+    let stack = PatchStack::new();
+    let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &stack };
+    let queries = memory_queries(&ctx, &mem, &[layer], &none)?.remove(&layer).context("memory queries")?;
+    let mut cap = Capture::at_layers([layer], CapturePoint::FfnInput);
+    f.model.forward_embeds(&seq.embeds(&f.model)?, 0, None, &none, &mut cap)?;
+    let edit_q = cap.get(layer, CapturePoint::FfnInput).context("ffn input")?.squeeze(0)?;
+    let edit_q = edit_q.narrow(0, seq.prompt_len - 1, seq.targets().len())?;
+    // Per neuron, its pre-activation at its own mistake minus its highest on the memory; the smallest.
+    let gap = |relative: Option<f32>| -> Result<(usize, f32)> {
+        let mut params = TPatcherParams::default();
+        params.0.relative_margin = relative;
+        let method = TPatcher::new(params, mem.clone(), f.eos[0]);
+        let patch = method.edit(&ctx, &request)?;
+        let n = patch.neurons.get(&layer).context("neurons")?;
+        let pre =
+            |q: &candle_core::Tensor| -> Result<candle_core::Tensor> { Ok(q.matmul(&n.w_k)?.broadcast_add(&n.b_k)?) };
+        let at_edit = pre(&edit_q)?.to_vec2::<f32>()?;
+        let at_mem = pre(&queries)?.max(0)?.to_vec1::<f32>()?;
+        let g = (0..at_mem.len()).map(|j| at_edit[wrong[j]][j] - at_mem[j]).fold(f32::INFINITY, f32::min);
+        Ok((at_mem.len(), g))
+    };
+    let (count, without) = gap(None)?;
+    assert_eq!(count, mistakes.min(5), "one neuron per mistaken token");
+    // T-Patcher's margin (3) already holds through the absolute terms here; a relative margin beyond what they give
+    // must widen the gap to it.
+    let (_, with3) = gap(Some(3.0))?;
+    let want = without.max(3.0) + 2.0;
+    let (_, with) = gap(Some(want))?;
+    eprintln!("{mistakes} mistakes; smallest own-mistake gap: none {without:.3}, margin 3 {with3:.3}, margin {want:.3} {with:.3}");
+    assert!(with3 >= 3.0 - 1e-3, "margin 3 does not hold: {with3}");
+    assert!(with >= want - 0.05, "the relative term did not widen the gap to {want}: {with}");
     Ok(())
 }

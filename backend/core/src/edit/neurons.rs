@@ -23,8 +23,12 @@ use crate::world::rng::Rng;
 pub struct NeuronParams {
     /// Patch the FFN of the last `last_layers` decoder layers.
     pub last_layers: usize,
-    /// New neurons per patched layer.
+    /// New neurons per patched layer; with `per_mistake`, at most this many (T-Patcher: 5).
     pub neurons: usize,
+    /// One neuron per mistaken token (T-Patcher: "one mistake worth one neuron"): the answer positions (answer and
+    /// end of sequence) whose pre-edit argmax is not the target, each neuron aimed at its own; at least one.
+    #[serde(default)]
+    pub per_mistake: bool,
     /// Optimisation steps at most (stops early once the target is the argmax everywhere and the margins hold).
     pub steps: usize,
     /// Adam learning rate.
@@ -36,6 +40,10 @@ pub struct NeuronParams {
     /// Weights of the activation and memory terms.
     pub edit_weight: f32,
     pub memory_weight: f32,
+    /// T-Patcher's relative memory term: each neuron's pre-activation at its mistake must exceed its pre-activation on
+    /// every memory query by this margin (part of the memory term, same weight). `None`: no relative term.
+    #[serde(default)]
+    pub relative_margin: Option<f32>,
     /// Optimise keys and biases too (T-Patcher). When false, the keys keep their initialisation (which already puts
     /// most memory queries below the memory margin and the edit at the edit margin), only the values are trained, and
     /// training stops once the target is the argmax everywhere and the mean excess cross-entropy is at most
@@ -158,6 +166,7 @@ pub fn train_neurons(
             m
         }
     };
+    let n_neurons = if params.per_mistake { mistakes.len().min(params.neurons) } else { params.neurons };
     // The stopping rule's allowance per answer position: nothing at a mistake, the pre-edit cross-entropy elsewhere
     // (a token the model already answered is not held to more confidence than it had: no neuron is aimed at it).
     let allowance = {
@@ -174,9 +183,9 @@ pub fn train_neurons(
         let qs = qs.narrow(1, seq.prompt_len - 1, n_t)?.squeeze(0)?.to_dtype(DType::F32)?;
         let d = qs.dim(1)?;
         let mem = memory.get(&l).filter(|m| m.dim(0).map(|n| n > 0).unwrap_or(false));
-        let mut keys = Vec::with_capacity(params.neurons);
-        let mut biases = Vec::with_capacity(params.neurons);
-        for j in 0..params.neurons {
+        let mut keys = Vec::with_capacity(n_neurons);
+        let mut biases = Vec::with_capacity(n_neurons);
+        for j in 0..n_neurons {
             let q = qs.get(mistakes[j % mistakes.len()])?;
             // Hidden states share a large common component: point the key away from the memory's mean, so the neuron
             // tells the edit apart from unrelated inputs from the first step.
@@ -207,18 +216,18 @@ pub fn train_neurons(
             keys.push(key);
         }
         let w_k = Tensor::stack(&keys, 1)?; // (d, n)
-        let b_k = Tensor::from_vec(biases, params.neurons, device)?;
-        let w_v = Tensor::zeros((params.neurons, d), DType::F32, device)?;
+        let b_k = Tensor::from_vec(biases, n_neurons, device)?;
+        let w_v = Tensor::zeros((n_neurons, d), DType::F32, device)?;
         vars.insert(l, (Var::from_tensor(&w_k)?, Var::from_tensor(&b_k)?, Var::from_tensor(&w_v)?));
     }
     // Each neuron's mistake position, `(n_t, n)` with one 1 per column.
     let own: Vec<f32> = (0..n_t)
         .flat_map(|p| {
             let mistakes = &mistakes;
-            (0..params.neurons).map(move |j| f32::from(u8::from(mistakes[j % mistakes.len()] == p)))
+            (0..n_neurons).map(move |j| f32::from(u8::from(mistakes[j % mistakes.len()] == p)))
         })
         .collect();
-    let own = Tensor::from_vec(own, (n_t, params.neurons), device)?;
+    let own = Tensor::from_vec(own, (n_t, n_neurons), device)?;
     let all: Vec<Var> = if params.train_keys {
         vars.values().flat_map(|(a, b, c)| [a.clone(), b.clone(), c.clone()]).collect()
     } else {
@@ -263,15 +272,21 @@ pub fn train_neurons(
             // The activation term holds at each neuron's mistake; cross-entropy decides whether it should also fire
             // elsewhere in the answer.
             let pre = q.matmul(&n.w_k)?.broadcast_add(&n.b_k)?;
-            let a =
-                ((pre.affine(-1.0, params.edit_margin as f64)?.relu()? * &own)?.sum_all()? / params.neurons as f64)?;
+            let a = ((pre.affine(-1.0, params.edit_margin as f64)?.relu()? * &own)?.sum_all()? / n_neurons as f64)?;
             margins_hold &= a.to_scalar::<f32>()? <= 0.0;
             act_loss = (act_loss + a)?;
             if let Some(m) = memory.get(&l) {
-                let pre = m.matmul(&n.w_k)?.broadcast_add(&n.b_k)?;
-                let a = pre.affine(1.0, params.memory_margin as f64)?.relu()?.mean_all()?;
+                let pre_mem = m.matmul(&n.w_k)?.broadcast_add(&n.b_k)?; // (m, n)
+                let a = pre_mem.affine(1.0, params.memory_margin as f64)?.relu()?.mean_all()?;
                 margins_hold &= a.to_scalar::<f32>()? <= 0.0;
                 mem_loss = (mem_loss + a)?;
+                if let Some(gap) = params.relative_margin {
+                    // Each neuron's pre-activation at its own mistake, `(1, n)`, above every memory query's by `gap`.
+                    let at_edit = (&pre * &own)?.sum_keepdim(0)?;
+                    let r = pre_mem.broadcast_sub(&at_edit)?.affine(1.0, gap as f64)?.relu()?.mean_all()?;
+                    margins_hold &= r.to_scalar::<f32>()? <= 0.0;
+                    mem_loss = (mem_loss + r)?;
+                }
             }
         }
         let done = if params.train_keys {

@@ -1,6 +1,9 @@
 //! T-Patcher (Huang et al., ICLR 2023, "Transformer-Patcher: One Mistake Worth One Neuron"), the intrinsic-editing
-//! baseline of the UniKE paper (Appendix D.2): a few extra key-value neurons in the FFN of the last layer, trained on
-//! the edit with an activation term (fire on the edit) and a memory term (stay silent on unrelated questions).
+//! baseline of the UniKE paper (Appendix D.2): one extra key-value neuron in the FFN of the last layer per mistaken
+//! token of the edit (at most `neurons`), keys and values trained on the edit with T-Patcher's three terms: an
+//! activation term (each neuron fires at its mistake), an absolute memory term (it stays below a margin on a memory of
+//! unrelated questions) and a relative one (its activation at the mistake exceeds any memory query's by a margin).
+//! Hinge terms replace T-Patcher's top-k exponentials (the same targets; no tail of tiny gradients).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -21,15 +24,19 @@ pub struct TPatcherParams(pub NeuronParams);
 
 impl Default for TPatcherParams {
     fn default() -> Self {
+        // T-Patcher's own settings where they carry over: one neuron per mistaken token (at most 5), keys and values
+        // trained, both memory terms.
         Self(NeuronParams {
             last_layers: 1,
-            neurons: 1,
+            neurons: 5,
+            per_mistake: true,
             steps: 60,
             lr: 0.05,
             edit_margin: 2.0,
             memory_margin: 0.5,
             edit_weight: 1.0,
             memory_weight: 1.0,
+            relative_margin: Some(3.0),
             train_keys: true,
             stop_loss: 0.0,
         })

@@ -199,6 +199,8 @@ impl UniKeParams {
             memory_weight: p.memory_weight,
             train_keys: p.train_keys,
             stop_loss: p.stop_loss,
+            per_mistake: false,
+            relative_margin: None,
         }
     }
 }
