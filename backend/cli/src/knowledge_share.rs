@@ -1,4 +1,4 @@
-//! `unike knowledge-share`: the mean knowledge share (`1 − α`, Eq. 2) that a UniKE method's latent in-context
+//! `unike knowledge-share`: the mean knowledge share α (as the paper's text means it; `1 − α` of Eq. 2 as printed) that a UniKE method's latent in-context
 //! knowledge takes on each kind of probe, one-step edits on the cases `unike bench` would draw (issue 15 §2: the
 //! semantic space should make it high on inputs related to the edit and low on unrelated ones).
 
@@ -75,7 +75,7 @@ pub fn markdown(rows: &[ShareRow]) -> String {
         out.push_str(&format!("| {} | {} | {} | {} |\n", r.method, r.task, r.n, cells.join(" | ")));
     }
     out.push_str(
-        "\nMean knowledge share (1 − α of Eq. 2) over the edited layers and the positions predicting each probe's \
+        "\nMean knowledge share α (the in-context knowledge's weight) over the edited layers and the positions predicting each probe's \
          answer, one-step edits. Edit, rephrased question and other image are about the edit; the unrelated text and \
          image questions are not.\n",
     );

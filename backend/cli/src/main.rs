@@ -70,7 +70,7 @@ enum Command {
     TrainBase(train_base::TrainArgs),
     /// Evaluate a world model: greedy exact match per split, and its answers to facts it never learned.
     EvalBase(eval_base::EvalArgs),
-    /// UniKE: the mean knowledge share (1 − α) its latent knowledge takes on each kind of probe.
+    /// UniKE: the mean knowledge share α its latent knowledge takes on each kind of probe.
     KnowledgeShare(knowledge_share::ShareArgs),
     /// Reproduce the paper's tables and Fig. 4 on the world: Markdown + JSON + PNG charts into --out.
     Reproduce(reproduce::ReproduceArgs),

@@ -50,7 +50,7 @@ pub trait AttnHook: Send + Sync + fmt::Debug {
     fn shift_attention(&self, ctx: &AttnContext<'_>, attn_out: Tensor) -> Result<Tensor>;
 
     /// [`AttnHook::shift_attention`], with the share of the replacement that comes from outside the input (latent
-    /// in-context knowledge: `1 − α` of Eq. 2), `(b, s, 1)`, when the hook mixes one in; captured as
+    /// in-context knowledge: α as the paper's text means it), `(b, s, 1)`, when the hook mixes one in; captured as
     /// [`CapturePoint::KnowledgeShare`].
     fn shift_attention_traced(&self, ctx: &AttnContext<'_>, attn_out: Tensor) -> Result<(Tensor, Option<Tensor>)> {
         Ok((self.shift_attention(ctx, attn_out)?, None))

@@ -652,7 +652,7 @@ fn unike_knowledge_share_is_captured_as_the_mixing_weight() -> Result<()> {
     };
     let seq = EditSequence::new(&f.processor, &s.question, px.as_ref(), target, f.eos[0])?;
     let n = f.model.text().num_layers();
-    for (variant, fixed) in [("only-latent/alpha=0.3", Some(0.7f32)), ("only-latent/adaptive", None)] {
+    for (variant, fixed) in [("only-latent/alpha=0.3", Some(0.3f32)), ("only-latent/adaptive", None)] {
         let mut params = UniKeParams::default();
         params.apply_variant(variant)?;
         let method = UniKe::new(variant, params, &f.model, &artifacts, vec![], f.eos[0])?;
@@ -672,7 +672,7 @@ fn unike_knowledge_share_is_captured_as_the_mixing_weight() -> Result<()> {
             assert_eq!(share.dims(), [1, seq.ids.len(), 1]);
             let v = share.flatten_all()?.to_vec1::<f32>()?;
             match fixed {
-                // Fixed α = 0.3 keeps 0.3 of the input: the knowledge takes 0.7 everywhere.
+                // Fixed α = 0.3 is the knowledge's share everywhere (the paper's meaning: larger = more knowledge).
                 Some(x) => assert!(v.iter().all(|s| (s - x).abs() < 1e-6), "{variant}: {v:?}"),
                 // Adaptive α: a share in [0, 1] that depends on the position's relevance.
                 None => {

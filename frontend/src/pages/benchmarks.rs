@@ -13,7 +13,7 @@ use crate::session::{RequireSession, SessionCtx, WorkspacePicker};
 
 /// Ablation presets: label, element id, the variants run beside `unike`.
 const PRESETS: [(&str, &str, &str); 3] = [
-    ("fixed α sweep", "preset-alpha", "unike:alpha=0.2 unike:alpha=0.4 unike:alpha=0.6 unike:alpha=0.8 unike:alpha=1"),
+    ("fixed α sweep", "preset-alpha", "unike:alpha=0 unike:alpha=0.2 unike:alpha=0.4 unike:alpha=0.6 unike:alpha=0.8"),
     ("treatments of ζ", "preset-zeta", "unike:zeta-none unike:zeta-random unike:zeta-semantic"),
     (
         "retrieved states K",

@@ -17,6 +17,7 @@ mod members;
 mod openapi;
 mod patch_cache;
 mod playground;
+mod relabel;
 mod run_data;
 mod run_schedule;
 mod runs;
@@ -314,6 +315,7 @@ async fn open_db(url: &str) -> Result<(SqlitePool, PathBuf)> {
         .await
         .with_context(|| format!("cannot open the database {}", path.display()))?;
     sqlx::migrate!("./migrations").run(&pool).await.context("database migration failed")?;
+    relabel::run(&pool).await.context("database migration failed")?;
     let mut data = path.into_os_string();
     data.push(".d");
     Ok((pool, PathBuf::from(data)))

@@ -120,7 +120,10 @@ struct RetrievalJson {
     alpha: Alpha,
 }
 
-const FORMAT: &str = "unike-patch/1";
+/// Version 2 (2026-12-06): a fixed α is the in-context knowledge's share (see [`super::unike::latent`]).
+const FORMAT: &str = "unike-patch/2";
+/// Version 1: a fixed α weighted the input; read and converted.
+const FORMAT_V1: &str = "unike-patch/1";
 
 fn activation_name(a: Activation) -> &'static str {
     match a {
@@ -240,8 +243,22 @@ impl Patch {
         let device = model.device();
         let (st, js) = (base.with_extension("safetensors"), base.with_extension("json"));
         let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
-        let json: PatchJson = serde_json::from_str(&text).map_err(|e| data_err(&js, e.to_string()))?;
-        if json.format != FORMAT {
+        let mut json: PatchJson = serde_json::from_str(&text).map_err(|e| data_err(&js, e.to_string()))?;
+        if json.format == FORMAT_V1 {
+            // Written when a fixed α weighted the input: the same mixture in today's meaning, and the method's name
+            // as it is spelled now.
+            if let Some(r) = json.retrieval.as_mut() {
+                r.alpha = r.alpha.from_input_weight();
+            }
+            if let Some(name) = super::unike::variant::from_input_weight_alpha(&json.provenance.method) {
+                json.provenance.method = name;
+                if let Some(a) = json.provenance.hparams.pointer_mut("/alpha/fixed") {
+                    if let Some(x) = a.as_f64() {
+                        *a = serde_json::json!(((1.0 - x) * 100.0).round() / 100.0);
+                    }
+                }
+            }
+        } else if json.format != FORMAT {
             return Err(data_err(&js, format!("format {:?} is not {FORMAT:?}", json.format)));
         }
         if !st.is_file() {
@@ -471,6 +488,22 @@ mod tests {
             assert_eq!(n.w_v.to_vec2::<f32>()?, m.w_v.to_vec2::<f32>()?);
             assert_eq!(n.act, m.act);
         }
+        // A patch written when a fixed α weighted the input (format 1) reads in today's meaning.
+        let mut old = patch(3.0)?;
+        old.provenance.method = "unike:alpha=0.8/k=5".into();
+        old.provenance.hparams = serde_json::json!({"alpha": {"fixed": 0.8}, "top_k": 5});
+        old.save(&dir.join("old"))?;
+        let js = dir.join("old.json");
+        let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
+        std::fs::write(&js, text.replace("unike-patch/2", "unike-patch/1"))
+            .map_err(|err| Error::Io { path: js, err })?;
+        let read = Patch::load(&dir.join("old"), &model)?;
+        assert_eq!(read.provenance.method, "unike:alpha=0.2/k=5");
+        assert_eq!(read.provenance.hparams, serde_json::json!({"alpha": {"fixed": 0.2}, "top_k": 5}));
+        assert_eq!(
+            super::super::unike::latent::Alpha::Fixed(0.8).from_input_weight(),
+            super::super::unike::latent::Alpha::Fixed(0.2)
+        );
         // A corrupted JSON half is a clear error naming the file.
         std::fs::write(dir.join("bad.json"), "{\"format\": \"other\"}")
             .map_err(|err| Error::Io { path: dir.clone(), err })?;

@@ -2,7 +2,7 @@
 //! semantic space should make retrieved knowledge count on inputs related to the edit and not on unrelated ones).
 //!
 //! For each case, the method edits on a fresh stack; each probe is run teacher-forced with the share captured at
-//! every layer whose attention hooks mix knowledge in ([`CapturePoint::KnowledgeShare`]: `1 − α` of Eq. 2); the
+//! every layer whose attention hooks mix knowledge in ([`CapturePoint::KnowledgeShare`]: α, the knowledge's weight); the
 //! figure is its mean over those layers and over the positions that predict the answer (the prompt's last position
 //! and the answer's), then over cases.
 

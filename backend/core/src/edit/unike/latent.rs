@@ -1,13 +1,17 @@
 //! Latent in-context editing (paper §3.2, Eq. 2, Appendix A; adaptive α of Eq. 7): in each edited layer the
 //! pre-attention state of every position retrieves the top-K memory entries whose `h_sem` is most similar (cosine),
 //! attends over their `h_pos` with the layer's own query, key, value and output projections (no rotary embedding: the
-//! memory has no position), and the self-attention output becomes `α·h_input + (1 − α)·h_know`.
+//! memory has no position), and the self-attention output becomes `(1 − α)·h_input + α·h_know`.
+//!
+//! α is the in-context knowledge's share, as the paper's text uses it (§3.3: "a smaller α effectively reduces its
+//! inclusion magnitude"; §4.5 and Fig. 4b: "the increase in the fixed α enhances the impact of in-context
+//! knowledge"), while Eq. 2 and Eq. 7 as printed put α on `h_input`; we follow the text throughout, for fixed and
+//! adaptive α alike (before 2026-12-06 a fixed `alpha=X` weighted the input: old `X` is new `1 − X`).
 //!
 //! Adaptive α (Eq. 7): the relevance `r = cos(Enc_sem(h̄_pos), h_input)` of the retrieved knowledge (`h̄_pos`: the
 //! retrieved `h_pos` weighted by the head-averaged attention, the space `Enc_sem` was trained on) to the position's
-//! own state. The paper's analysis (§3.3) says weak relevance must *reduce* the knowledge's share, while Eq. 7 as
-//! printed gives the knowledge the weight `1 − r`; we follow the analysis: the knowledge's share is `max(r, 0)`, so
-//! α = `1 − max(r, 0)`. Every position retrieves with its own state, so teacher forcing and cached decoding agree.
+//! own state, α = `max(r, 0)`: weak relevance reduces the knowledge's share. Every position retrieves with its own
+//! state, so teacher forcing and cached decoding agree.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,14 +28,25 @@ use crate::hooks::{AttnContext, AttnHook, Hooks};
 use crate::model::llama::AttnParts;
 use crate::model::Llava;
 
-/// How much of the input's own attention output is kept.
+/// The in-context knowledge's share α of the attention output (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Alpha {
     /// α from the semantic relevance of the retrieved knowledge (Eq. 7, see the module docs).
     Adaptive,
-    /// A fixed α (Eq. 2): `α·h_input + (1 − α)·h_know`.
+    /// A fixed α: `(1 − α)·h_input + α·h_know` (α = 0: the attention as without the edit's knowledge).
     Fixed(f32),
+}
+
+impl Alpha {
+    /// This α written before 2026-12-06, when a fixed α weighted the input (`α·h_input + (1 − α)·h_know`): the
+    /// same mixture in today's meaning (old `X` is `1 − X`, to two decimals as variants spell it).
+    pub fn from_input_weight(self) -> Self {
+        match self {
+            Self::Adaptive => Self::Adaptive,
+            Self::Fixed(a) => Self::Fixed(((1.0 - a) * 100.0).round() / 100.0),
+        }
+    }
 }
 
 /// One layer's retrievable entries: unit centred `h_sem` `(m, d)`, keys and values of `h_pos` `(m, kv_heads,
@@ -267,7 +282,7 @@ impl AttnHook for LatentShift {
                 let z = enc.semantic.forward(&know)?;
                 (unit(&z)? * &unit_x)?.sum_keepdim(1)?.relu()?.clamp(0f32, 1f32)?
             }
-            (Alpha::Fixed(a), _) => Tensor::full(1.0 - a, (n, 1), &dev)?,
+            (Alpha::Fixed(a), _) => Tensor::full(a, (n, 1), &dev)?,
             (Alpha::Adaptive, None) => return Err(Error::Invalid("adaptive α without retrieved states".into())),
         };
         let a = attn_out.reshape((n, d))?.to_dtype(DType::F32)?;

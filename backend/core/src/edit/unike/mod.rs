@@ -131,14 +131,14 @@ pub const VARIANTS: [(&str, &str); 12] = [
     ("zeta-none", "Fig. 4c: no ζ"),
     ("zeta-random", "Fig. 4c: a random direction instead of ζ"),
     ("zeta-semantic", "Fig. 4c: ζ from the semantic space"),
-    ("alpha=X", "Fig. 4b: fixed α = X in [0, 1]"),
+    ("alpha=X", "Fig. 4b: fixed α = X in [0, 1], the in-context knowledge's share (0: none)"),
     ("k=N", "Fig. 4a: N retrieved entries"),
     ("adaptive", "adaptive α (after alpha=X)"),
     ("train-keys", "the new neurons' keys trained too, T-Patcher style (lr 0.05, until the memory margins hold)"),
 ];
 
-/// α of the variants without collaboration.
-pub const FIXED_ALPHA: f32 = 0.8;
+/// α (the knowledge's share) of the variants without collaboration.
+pub const FIXED_ALPHA: f32 = 0.2;
 
 impl UniKeParams {
     /// Applies a list of variants separated by `/` (`,` too, outside the CLI whose `--methods` splits on commas) (see [`VARIANTS`]).

@@ -81,7 +81,11 @@ pub fn check(variant: &str, unknown: impl Fn(&str) -> Error) -> Result<()> {
 
 /// The canonical spelling of `variant` (empty for the method itself).
 pub fn canonical(variant: &str, unknown: impl Fn(&str) -> Error) -> Result<String> {
-    let o = parse(variant, unknown)?;
+    Ok(render(&parse(variant, unknown)?))
+}
+
+/// The canonical spelling of what `o` sets.
+fn render(o: &Overrides) -> String {
     let mut parts: Vec<String> = Vec::new();
     if let Some(m) = o.mode.filter(|m| *m != "full") {
         parts.push(m.to_string());
@@ -103,7 +107,18 @@ pub fn canonical(variant: &str, unknown: impl Fn(&str) -> Error) -> Result<Strin
     if o.train_keys {
         parts.push("train-keys".into());
     }
-    Ok(parts.join("/"))
+    parts.join("/")
+}
+
+/// A method name written before 2026-12-06, when a UniKE variant's fixed `alpha=X` weighted the input, in today's
+/// meaning (`alpha=1−X`, canonical spelling); `None` when it names no fixed α (nothing to rename). Names that do
+/// not parse are left as they are.
+pub fn from_input_weight_alpha(name: &str) -> Option<String> {
+    let variant = name.strip_prefix("unike:")?;
+    let mut o = parse(variant, |t| invalid(t.to_string())).ok()?;
+    let Some(Some(h)) = o.alpha else { return None };
+    o.alpha = Some(Some(100 - h.min(100)));
+    Some(format!("unike:{}", render(&o)).trim_end_matches(':').to_string())
 }
 
 #[cfg(test)]
@@ -176,5 +191,16 @@ mod tests {
         }
         assert!(n > 1000, "{n}");
         Ok(())
+    }
+
+    #[test]
+    fn names_from_before_the_alpha_meaning_change_are_renamed() {
+        assert_eq!(from_input_weight_alpha("unike:alpha=0.8").as_deref(), Some("unike:alpha=0.2"));
+        assert_eq!(from_input_weight_alpha("unike:k=3/alpha=0.25").as_deref(), Some("unike:alpha=0.75/k=3"));
+        assert_eq!(from_input_weight_alpha("unike:alpha=1").as_deref(), Some("unike:alpha=0"));
+        assert_eq!(from_input_weight_alpha("unike:only-latent/alpha=0").as_deref(), Some("unike:only-latent/alpha=1"));
+        for unchanged in ["unike", "unike:adaptive", "unike:only-latent", "unike:k=5", "t-patcher", "unike:nope"] {
+            assert_eq!(from_input_weight_alpha(unchanged), None, "{unchanged}");
+        }
     }
 }
