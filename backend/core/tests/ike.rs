@@ -67,7 +67,7 @@ fn pixels(f: &Fixture, path: &Path) -> Result<Tensor> {
 }
 
 fn ike(f: &Fixture, k: usize, pool: usize) -> Ike {
-    Ike::new(IkeParams { with_image: true, k, pool }, f.train.clone(), &f.model, f.eos)
+    Ike::new(IkeParams { with_image: true, k, pool }, f.train.clone(), &f.model)
 }
 
 #[test]
@@ -182,7 +182,7 @@ fn ike_edits_take_and_record_their_demonstrations() -> Result<()> {
         assert!(took >= if k == 0 { 9 } else { 5 }, "k = {k}: {took} of 10 edits take");
     }
     // Without a training split, retrieval is a clear error; k = 0 needs none.
-    let lone = Ike::new(IkeParams { with_image: true, k: 2, pool: 10 }, vec![], &f.model, f.eos);
+    let lone = Ike::new(IkeParams { with_image: true, k: 2, pool: 10 }, vec![], &f.model);
     let stack = PatchStack::new();
     let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &stack };
     let err = lone.edit(&ctx, &request(&f, &f.eval[0])?).err().map(|e| e.to_string()).unwrap_or_default();

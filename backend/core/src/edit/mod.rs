@@ -64,6 +64,11 @@ pub trait EditMethod: Send + Sync {
     }
 }
 
+/// Each row of `x` (the last axis) scaled to unit length, `x / (|x| + 1e-6)`; any shape.
+pub fn unit_rows(x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+    Ok(x.broadcast_div(&(x.sqr()?.sum_keepdim(candle_core::D::Minus1)?.sqrt()? + 1e-6)?)?)
+}
+
 /// Bytes of `t`'s elements.
 pub fn tensor_bytes(t: &candle_core::Tensor) -> usize {
     t.elem_count() * t.dtype().size_in_bytes()

@@ -88,9 +88,7 @@ pub fn build(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod>
         "none" => Ok(Box::new(NoEdit)),
         "ft" => Ok(Box::new(FineTune::new(params::<FtParams>(&inputs, base)?, inputs.eos))),
         "t-patcher" => Ok(Box::new(TPatcher::new(params::<TPatcherParams>(&inputs, base)?, inputs.memory, inputs.eos))),
-        "ike" => {
-            Ok(Box::new(Ike::new(params::<IkeParams>(&inputs, base)?, inputs.demonstrations, inputs.llava, inputs.eos)))
-        }
+        "ike" => Ok(Box::new(Ike::new(params::<IkeParams>(&inputs, base)?, inputs.demonstrations, inputs.llava))),
         "unike" => {
             let mut p = params::<UniKeParams>(&inputs, base)?;
             if let Some(v) = variant {

@@ -57,7 +57,6 @@ impl Default for IkeParams {
 /// The method.
 pub struct Ike {
     pub params: IkeParams,
-    pub eos: u32,
     /// Training-split cases of the pool (at most `params.pool`).
     cases: Vec<EditCase>,
     /// The pool, embedded at the first edit that needs it.
@@ -67,10 +66,10 @@ pub struct Ike {
 
 impl Ike {
     /// IKE with demonstrations from `cases` (the front of a training split; the first `params.pool` are kept).
-    pub fn new(params: IkeParams, mut cases: Vec<EditCase>, model: &Llava, eos: u32) -> Self {
+    pub fn new(params: IkeParams, mut cases: Vec<EditCase>, model: &Llava) -> Self {
         cases.truncate(params.pool);
         let hidden = model.config().text.hidden_size;
-        Self { params, eos, cases, pool: Mutex::new(None), hidden }
+        Self { params, cases, pool: Mutex::new(None), hidden }
     }
 
     /// The pool, embedded once.

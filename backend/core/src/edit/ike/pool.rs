@@ -14,9 +14,10 @@
 
 use std::path::PathBuf;
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 use crate::data::EditCase;
+use crate::edit::unit_rows;
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
 use crate::model::processor::{TurnForm, TurnText};
@@ -163,11 +164,6 @@ impl Pool {
         self.demos.is_empty()
     }
 
-    /// Bytes of the embeddings.
-    pub fn bytes(&self) -> usize {
-        self.embeddings.elem_count() * self.embeddings.dtype().size_in_bytes()
-    }
-
     /// The `k` demonstrations most similar to `query` (an L2-normalised `(d)` embedding), most similar first, with
     /// their cosine similarity; ties go to the earlier demonstration.
     pub fn top_k(&self, query: &Tensor, k: usize) -> Result<Vec<(usize, f32)>> {
@@ -196,14 +192,8 @@ pub fn embed_texts(model: &Llava, processor: &Processor, texts: &[String]) -> Re
         for (b, r) in ids.iter().enumerate() {
             let from = usize::from(r.len() > 1);
             let mean = h.get(b)?.narrow(0, from, r.len() - from)?.mean(0)?;
-            rows.push(normalise(&mean)?);
+            rows.push(unit_rows(&mean)?);
         }
     }
     Ok(Tensor::stack(&rows, 0)?)
-}
-
-/// `v / |v|` of a `(d)` vector.
-fn normalise(v: &Tensor) -> Result<Tensor> {
-    let norm = v.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
-    Ok(v.broadcast_div(&norm)?)
 }

@@ -12,11 +12,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, Optimizer, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::memory::KnowledgeMemory;
+use crate::edit::unit_rows;
 use crate::error::{Error, Result};
 use crate::world::rng::Rng;
 
@@ -84,10 +85,6 @@ pub struct EncoderStep {
     pub step: usize,
     pub truthful: f32,
     pub semantic: f32,
-}
-
-fn unit(x: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_div(&(x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-6)?)?)
 }
 
 /// Eq. 4: each truthfulness representation against all, positives with positives and negatives with negatives.
@@ -179,8 +176,8 @@ impl Encoders {
                 let hn = memory.h_neg[i].index_select(&idx, 0)?.broadcast_sub(c)?;
                 let (tp, tn) = (tru.forward(&hp)?, tru.forward(&hn)?);
                 let (sp, sn) = (sem.forward(&hp)?, sem.forward(&hn)?);
-                lt = (lt + truthful_loss(&unit(&tp)?, &unit(&tn)?, params.temperature)?)?;
-                ls = (ls + semantic_loss(&unit(&hs)?, &unit(&sp)?, &unit(&sn)?, params.temperature)?)?;
+                lt = (lt + truthful_loss(&unit_rows(&tp)?, &unit_rows(&tn)?, params.temperature)?)?;
+                ls = (ls + semantic_loss(&unit_rows(&hs)?, &unit_rows(&sp)?, &unit_rows(&sn)?, params.temperature)?)?;
                 // W_ζ: truthfulness (and semantic) differences → representation differences, encoders detached.
                 let target = (&hp - &hn)?;
                 let scale = target.sqr()?.sum(1)?.mean_all()?.detach();

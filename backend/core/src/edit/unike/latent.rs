@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::encoders::Encoders;
 use super::memory::KnowledgeMemory;
 use super::retrieve::{attend, merge, top_k, weighted_rows, with_rows, AttendDims, Pinned, Scored};
+use crate::edit::unit_rows;
 use crate::error::{Error, Result};
 use crate::hooks::{AttnContext, AttnHook, Hooks};
 use crate::model::llama::AttnParts;
@@ -66,7 +67,7 @@ impl Bank {
         let (keys, values) = parts.keys_values(&h_pos.to_dtype(parts.dtype())?)?;
         // Contiguous f32, so that retrieval reads them as slices on the CPU.
         Ok(Self {
-            sem: unit(&h_sem.broadcast_sub(centre)?)?.contiguous()?,
+            sem: unit_rows(&h_sem.broadcast_sub(centre)?)?.contiguous()?,
             keys: keys.to_dtype(DType::F32)?.contiguous()?,
             values: values.to_dtype(DType::F32)?.contiguous()?,
             pos: h_pos.broadcast_sub(centre)?.contiguous()?,
@@ -90,10 +91,6 @@ impl Bank {
             pos: Tensor::cat(&[&self.pos, &other.pos], 0)?,
         })
     }
-}
-
-fn unit(x: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_div(&(x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-6)?)?)
 }
 
 /// The shared knowledge memory of the edited layers, ready for retrieval, with the encoders.
@@ -125,7 +122,7 @@ impl Knowledge {
     pub(crate) fn unit_states(&self, layer: usize, residual: &Tensor) -> Result<Tensor> {
         let d = residual.dim(D::Minus1)?;
         let centre = &self.encoders.layer(layer)?.centre;
-        unit(&residual.reshape(((), d))?.to_dtype(DType::F32)?.broadcast_sub(centre)?)
+        unit_rows(&residual.reshape(((), d))?.to_dtype(DType::F32)?.broadcast_sub(centre)?)
     }
 
     /// The best `k` memory entries of every position of `unit_x` at `layer`.
@@ -139,7 +136,7 @@ impl Knowledge {
     /// positions score them by (as [`Knowledge::hooks`] prepares a stack's entries).
     pub(crate) fn entry_sem(&self, layer: usize, h_sem: &Tensor) -> Result<Tensor> {
         let centre = &self.encoders.layer(layer)?.centre;
-        unit(&h_sem.to_dtype(centre.dtype())?.broadcast_sub(centre)?)
+        unit_rows(&h_sem.to_dtype(centre.dtype())?.broadcast_sub(centre)?)
     }
 
     /// Pins the retrievals over the memory of `inputs` (residual streams entering `layer`, `(b, s, d)` each) for
@@ -280,7 +277,7 @@ impl AttnHook for LatentShift {
         let share = match (self.alpha, know) {
             (Alpha::Adaptive, Some(know)) => {
                 let z = enc.semantic.forward(&know)?;
-                (unit(&z)? * &unit_x)?.sum_keepdim(1)?.relu()?.clamp(0f32, 1f32)?
+                (unit_rows(&z)? * &unit_x)?.sum_keepdim(1)?.relu()?.clamp(0f32, 1f32)?
             }
             (Alpha::Fixed(a), _) => Tensor::full(a, (n, 1), &dev)?,
             (Alpha::Adaptive, None) => return Err(Error::Invalid("adaptive α without retrieved states".into())),
