@@ -33,6 +33,11 @@ pub enum Error {
     #[error("bad data file {path}: {msg}")]
     Data { path: PathBuf, msg: String },
 
+    /// A saved artifact was written by an older form of its method that this version cannot apply; the holder can
+    /// make it again from its provenance.
+    #[error("{path} is outdated: {msg}")]
+    Outdated { path: PathBuf, msg: String },
+
     /// A caller passed an argument that cannot work (wrong shape, wrong count of image tokens, ...).
     #[error("{0}")]
     Invalid(String),

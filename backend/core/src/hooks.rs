@@ -90,11 +90,28 @@ impl ContextKv {
     }
 }
 
+/// A decision made once per input, on its prompt, before the forward pass: which extra hooks the input gets (SERAC's
+/// scope classifier sending in-scope inputs to its counterfactual model, out-of-scope ones to the base model).
+/// Hooks with a router are resolved per input by [`crate::model::Llava::route`] (teacher-forced scoring and
+/// generation do it); a plain forward pass refuses them rather than silently skip the decision.
+pub trait Router: Send + Sync + fmt::Debug {
+    /// The decoder layer whose input state (after that layer's input RMSNorm), at an input's last prompt position,
+    /// the decision reads; computed by the unedited model.
+    fn layer(&self) -> usize;
+
+    /// The route of each input from its state, `states (n, d)` f32 → `n` routes; `None` adds nothing.
+    fn decide(&self, states: &Tensor) -> Result<Vec<Option<usize>>>;
+
+    /// The hooks route `route` adds to the others.
+    fn route_hooks(&self, route: usize) -> Result<Hooks>;
+}
+
 /// Hooks of every layer. Cheap to clone (hooks are shared); stacking patches is extending.
 #[derive(Clone, Default, Debug)]
 pub struct Hooks {
     layers: BTreeMap<usize, LayerHooks>,
     contexts: Vec<Arc<ContextKv>>,
+    routers: Vec<Arc<dyn Router>>,
 }
 
 impl Hooks {
@@ -126,8 +143,40 @@ impl Hooks {
         &self.contexts
     }
 
+    /// Adds a per-input router (after any already there).
+    pub fn add_router(&mut self, router: Arc<dyn Router>) -> &mut Self {
+        self.routers.push(router);
+        self
+    }
+
+    /// The per-input routers, in order.
+    pub fn routers(&self) -> &[Arc<dyn Router>] {
+        &self.routers
+    }
+
+    /// These hooks without their routers: what every input gets whatever its route.
+    pub fn without_routers(&self) -> Hooks {
+        Self { routers: Vec::new(), ..self.clone() }
+    }
+
+    /// The hooks of one input whose routes (one per router, in order) are `routes`: these hooks without routers,
+    /// then each chosen route's hooks.
+    pub fn resolve(&self, routes: &[Option<usize>]) -> Result<Hooks> {
+        if routes.len() != self.routers.len() {
+            return Err(Error::Invalid(format!("{} routes for {} routers", routes.len(), self.routers.len())));
+        }
+        let mut h = self.without_routers();
+        for (router, route) in self.routers.iter().zip(routes) {
+            if let Some(r) = route {
+                h.extend(&router.route_hooks(*r)?);
+            }
+        }
+        Ok(h)
+    }
+
     /// Appends every hook of `other` after this one's (sequential stacking).
     pub fn extend(&mut self, other: &Hooks) -> &mut Self {
+        self.routers.extend(other.routers.iter().cloned());
         self.contexts.extend(other.contexts.iter().cloned());
         for (l, h) in &other.layers {
             let e = self.layers.entry(*l).or_default();
@@ -142,15 +191,16 @@ impl Hooks {
         self.layers.get(&layer).filter(|h| !h.is_empty())
     }
 
-    /// True when no layer has a hook and there is no in-context prefix.
+    /// True when no layer has a hook and there is no in-context prefix or router.
     pub fn is_empty(&self) -> bool {
-        self.layers.values().all(LayerHooks::is_empty) && self.contexts.is_empty()
+        self.layers.values().all(LayerHooks::is_empty) && self.contexts.is_empty() && self.routers.is_empty()
     }
 
-    /// The lowest layer whose computation the hooks change: 0 with an in-context prefix (every layer attends to it),
-    /// else the smallest hooked layer; `None` for no hooks. Below it the model computes what it computes unhooked.
+    /// The lowest layer whose computation the hooks change: 0 with an in-context prefix (every layer attends to it)
+    /// or a router (a route may add one), else the smallest hooked layer; `None` for no hooks. Below it the model
+    /// computes what it computes unhooked.
     pub fn first_layer(&self) -> Option<usize> {
-        if !self.contexts.is_empty() {
+        if !self.contexts.is_empty() || !self.routers.is_empty() {
             return Some(0);
         }
         self.layers.iter().find(|(_, h)| !h.is_empty()).map(|(l, _)| *l)

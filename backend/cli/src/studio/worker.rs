@@ -284,12 +284,37 @@ impl State {
                 ));
             }
             let deps = self.method(&e.method)?.patch_deps();
-            let p = Patch::load_with(&e.dir, &self.loaded.model, &deps)?;
+            let p = match Patch::load_with(&e.dir, &self.loaded.model, &deps) {
+                Err(CoreError::Outdated { .. }) => self.remake(e, &stack)?,
+                other => other?,
+            };
             stack.push(p.clone());
             let size = p.num_parameters();
             self.patches.insert(e.dir.clone(), p, size);
         }
         Ok(stack)
+    }
+
+    /// An outdated patch (its method changed form since it was saved) made again from its provenance on the stack
+    /// below it, and saved in its place: the edit keeps its place, question, image and target.
+    fn remake(&mut self, e: &StackEntry, below: &PatchStack) -> CoreResult<Patch> {
+        let prov = Patch::provenance_of(&e.dir)?;
+        let image = prov.image.as_ref().map(PathBuf::from);
+        let request = EditRequest {
+            question: prov.prompt.clone(),
+            image: self.pixels(image.as_deref())?,
+            image_path: prov.image.clone(),
+            target: prov.target.clone(),
+            seed: prov.seed,
+        };
+        let loaded = self.loaded.clone();
+        let method = self.method(&e.method)?;
+        let ctx = EditContext { model: &loaded.model, processor: &loaded.processor, stack: below };
+        let mut patch = method.edit(&ctx, &request)?;
+        patch.provenance.author = prov.author;
+        patch.save(&e.dir)?;
+        eprintln!("studio: made the outdated {} patch {} again", e.method, e.dir.display());
+        Ok(patch)
     }
 
     fn pixels(&self, image: Option<&Path>) -> CoreResult<Option<Tensor>> {

@@ -122,7 +122,7 @@ pub fn memory_queries_fast(
     let Some(&lo) = layers.iter().min() else {
         return Err(Error::Invalid("memory queries need at least one layer".into()));
     };
-    let mut hooks = ctx.stack.hooks()?;
+    let mut hooks = ctx.stack_hooks()?;
     hooks.extend(extra);
     if hooks.first_layer().is_some_and(|f| f < lo) {
         let all: Vec<EditSequence> = memory.iter().chain(more).cloned().collect();

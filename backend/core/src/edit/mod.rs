@@ -32,6 +32,14 @@ pub struct EditContext<'a> {
     pub stack: &'a PatchStack,
 }
 
+impl EditContext<'_> {
+    /// The hooks of the stack that an edit optimises on top of: every patch's, without per-input routers (a SERAC
+    /// edit's counterfactual model is consulted when the stack answers, not while another method trains its edit).
+    pub fn stack_hooks(&self) -> Result<crate::hooks::Hooks> {
+        Ok(self.stack.hooks()?.without_routers())
+    }
+}
+
 /// An edit request: make the model answer `question` (about `image`, if any) with `target`.
 #[derive(Debug, Clone)]
 pub struct EditRequest {

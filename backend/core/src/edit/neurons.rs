@@ -66,7 +66,7 @@ pub fn memory_queries(
     layers: &[usize],
     extra: &Hooks,
 ) -> Result<BTreeMap<usize, Tensor>> {
-    let mut hooks = ctx.stack.hooks()?;
+    let mut hooks = ctx.stack_hooks()?;
     hooks.extend(extra);
     let mut rows: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
     for seq in memory {
@@ -129,7 +129,7 @@ pub fn train_neurons(
     let first = n_layers - params.last_layers;
     let layers: Vec<usize> = (first..n_layers).collect();
     let device = model.device();
-    let mut base = ctx.stack.hooks()?;
+    let mut base = ctx.stack_hooks()?;
     base.extend(&setting.extra);
     let offset = |l: usize, v: &Tensor| -> Result<Tensor> {
         Ok(match setting.value_offset.get(&l) {

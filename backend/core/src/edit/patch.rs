@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::serac::{SeracEntry, SeracNet, StoredEdit};
+use super::serac::{SeracEntry, SeracNet};
 use super::unike::latent::{Alpha, Knowledge};
 use crate::error::{Error, Result};
 use crate::hooks::{ContextKv, DownProjDelta, ExtraNeurons, Hooks};
@@ -69,7 +69,7 @@ pub struct Patch {
     pub latent: BTreeMap<usize, (Tensor, Tensor)>,
     /// The shared memory the entries join, with the retrieval settings; required when `latent` is not empty.
     pub retrieval: Option<Retrieval>,
-    /// A stored edit with SERAC's trained networks.
+    /// A stored edit with SERAC's trained classifier (its scope key and counterfactual context).
     pub serac: Option<SeracEntry>,
 }
 
@@ -108,7 +108,7 @@ struct PatchJson {
     /// Retrieval settings of the latent entries.
     #[serde(default)]
     retrieval: Option<RetrievalJson>,
-    /// Layers (count) of a SERAC stored edit.
+    /// SERAC stored edits (0 or 1).
     #[serde(default)]
     serac: usize,
 }
@@ -180,7 +180,14 @@ impl Patch {
         let contexts: usize =
             self.contexts.iter().flat_map(|c| c.layers.iter()).map(|(k, v)| k.elem_count() + v.elem_count()).sum();
         let latent: usize = self.latent.values().map(|(s, p)| s.elem_count() + p.elem_count()).sum();
-        let serac: usize = self.serac.iter().flat_map(|e| e.edits.iter()).map(|e| 2 * e.states.elem_count()).sum();
+        let serac: usize = self
+            .serac
+            .iter()
+            .map(|e| {
+                e.key.elem_count()
+                    + e.context.layers.iter().map(|(k, v)| k.elem_count() + v.elem_count()).sum::<usize>()
+            })
+            .sum();
         neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>() + contexts + latent + serac
     }
 
@@ -211,10 +218,12 @@ impl Patch {
             tensors.insert(format!("layers.{layer}.h_sem"), sem.clone());
             tensors.insert(format!("layers.{layer}.h_pos"), pos.clone());
         }
-        for (k, e) in self.serac.iter().flat_map(|e| e.edits.iter()).enumerate() {
-            tensors.insert(format!("serac.{k}.states"), e.states.clone());
-            tensors.insert(format!("serac.{k}.next"), e.next.clone());
-            tensors.insert(format!("serac.{k}.key"), e.key.clone());
+        if let Some(e) = &self.serac {
+            tensors.insert("serac.key".into(), e.key.clone());
+            for (layer, (k, v)) in e.context.layers.iter().enumerate() {
+                tensors.insert(format!("serac.context.layers.{layer}.k"), k.clone());
+                tensors.insert(format!("serac.context.layers.{layer}.v"), v.clone());
+            }
         }
         candle_core::safetensors::save(&tensors, &st)?;
         let json = PatchJson {
@@ -225,10 +234,18 @@ impl Patch {
             contexts: self.contexts.len(),
             latent: self.latent.keys().copied().collect(),
             retrieval: self.retrieval.as_ref().map(|r| RetrievalJson { top_k: r.top_k, alpha: r.alpha }),
-            serac: self.serac.as_ref().map_or(0, |e| e.edits.len()),
+            serac: usize::from(self.serac.is_some()),
         };
         let text = serde_json::to_string_pretty(&json).map_err(|e| data_err(&js, e.to_string()))?;
         std::fs::write(&js, text).map_err(|err| Error::Io { path: js.clone(), err })
+    }
+
+    /// The provenance of the patch saved at `base` (its JSON half alone), e.g. to make an outdated patch again.
+    pub fn provenance_of(base: &Path) -> Result<Provenance> {
+        let js = base.with_extension("json");
+        let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
+        let json: PatchJson = serde_json::from_str(&text).map_err(|e| data_err(&js, e.to_string()))?;
+        Ok(json.provenance)
     }
 
     /// Reads a patch written by [`Patch::save`], for `model` (down-projection deltas bind to its MLP weights).
@@ -281,6 +298,14 @@ impl Patch {
             let delta = tensors.remove(&key).ok_or_else(|| data_err(&st, format!("missing tensor {key}")))?;
             mlp_deltas.insert(layer, down_delta(model, layer, delta)?);
         }
+        if tensors.contains_key("serac.0.states") {
+            return Err(Error::Outdated {
+                path: js,
+                msg: "this SERAC edit was stored by the former per-position reader (before 2026-12-07), which \
+                      SERAC's counterfactual model replaced: make the edit again"
+                    .into(),
+            });
+        }
         let mut take = |key: String| tensors.remove(&key).ok_or_else(|| data_err(&st, format!("missing tensor {key}")));
         let mut contexts = Vec::new();
         for i in 0..json.contexts {
@@ -293,21 +318,22 @@ impl Patch {
         for l in json.latent {
             latent.insert(l, (take(format!("layers.{l}.h_sem"))?, take(format!("layers.{l}.h_pos"))?));
         }
-        let mut stored = Vec::new();
-        for k in 0..json.serac {
-            stored.push(StoredEdit {
-                states: take(format!("serac.{k}.states"))?,
-                next: take(format!("serac.{k}.next"))?,
-                key: take(format!("serac.{k}.key"))?,
-            });
-        }
-        let serac = if stored.is_empty() {
+        let serac = if json.serac == 0 {
             None
         } else {
+            let key = take("serac.key".into())?;
+            let layers = (0..model.text().num_layers())
+                .map(|l| {
+                    Ok((take(format!("serac.context.layers.{l}.k"))?, take(format!("serac.context.layers.{l}.v"))?))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let net = deps.serac.clone().ok_or_else(|| {
-                data_err(&js, "this patch is a SERAC stored edit: load it with SERAC's trained network")
+                data_err(&js, "this patch is a SERAC stored edit: load it with SERAC's trained classifier")
             })?;
-            Some(SeracEntry { net, edits: stored })
+            if key.dims() != [model.text().config().hidden_size] {
+                return Err(data_err(&st, format!("a SERAC key of shape {:?} for this model", key.dims())));
+            }
+            Some(SeracEntry { net, key, context: Arc::new(ContextKv { layers }) })
         };
         if let Some(extra) = tensors.keys().next() {
             return Err(data_err(&st, format!("unexpected tensor {extra}")));
@@ -361,7 +387,7 @@ fn stack_hooks<'a>(patches: impl Iterator<Item = &'a Patch>) -> Result<Hooks> {
     if let Some(r) = retrieval {
         h.extend(&r.knowledge.hooks(r.top_k, r.alpha, &entries)?);
     }
-    h.extend(&super::serac::stack_hooks(&serac));
+    h.extend(&super::serac::stack_hooks(&serac)?);
     Ok(h)
 }
 

@@ -2,10 +2,13 @@
 //! model's template (image tokens expanded), then the answer tokens and end of sequence, teacher-forced. Methods
 //! train on every target (answer and end of sequence); the token metrics score the answer tokens only.
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
+use crate::model::route::Routes;
 use crate::model::{kernels, Llava, Processor};
 
 /// What [`EditSequence::predict_batch`] reads off one sequence's logits.
@@ -64,7 +67,8 @@ impl EditSequence {
     /// [`kernels::differentiable`] scope this is differentiable with respect to hook parameters.
     pub fn target_logits(&self, model: &Llava, hooks: &Hooks) -> Result<Tensor> {
         let embeds = self.embeds(model)?;
-        let h = model.forward_embeds(&embeds, 0, None, hooks, &mut Capture::none())?;
+        let hooks = model.routed(hooks, &embeds, self.prompt_len - 1)?;
+        let h = model.forward_embeds(&embeds, 0, None, &hooks, &mut Capture::none())?;
         let n = self.ids.len() - self.prompt_len;
         let picked = h.narrow(1, self.prompt_len - 1, n)?;
         Ok(model.logits(&picked)?.squeeze(0)?)
@@ -99,25 +103,41 @@ impl EditSequence {
 
     /// For each `(sequence, k)`: the argmax at each target position and, when `k > 0`, the `k` highest-logit ids
     /// (highest first, [`crate::eval::top_k_ids`]) at each answer position (the end-of-sequence position excluded).
-    /// Batched as [`EditSequence::argmax_batch`]: logits `(chunk, s, vocab)` per forward pass.
+    /// Batched as [`EditSequence::argmax_batch`]: logits `(chunk, s, vocab)` per forward pass. Hooks with a router
+    /// are resolved per sequence on its prompt first, and each route's sequences are batched together.
     pub fn predict_batch(
         model: &Llava,
         seqs: &[(&EditSequence, usize)],
         hooks: &Hooks,
         chunk: usize,
     ) -> Result<Vec<Prediction>> {
+        if !hooks.routers().is_empty() {
+            let mut groups: BTreeMap<Routes, Vec<usize>> = BTreeMap::new();
+            for (part, start) in seqs.chunks(chunk.max(1)).zip((0..).step_by(chunk.max(1))) {
+                let prompts: Vec<&EditSequence> = part.iter().map(|(s, _)| *s).collect();
+                let last: Vec<usize> = prompts.iter().map(|s| s.prompt_len - 1).collect();
+                let routes = model.route(hooks, &Self::batch_embeds(model, &prompts)?, &last)?;
+                for (i, r) in routes.into_iter().enumerate() {
+                    groups.entry(r).or_default().push(start + i);
+                }
+            }
+            let mut out: Vec<Option<Prediction>> = vec![None; seqs.len()];
+            for (routes, idx) in groups {
+                let part: Vec<(&EditSequence, usize)> = idx.iter().map(|&i| seqs[i]).collect();
+                let preds = Self::predict_batch(model, &part, &hooks.resolve(&routes)?, chunk)?;
+                for (i, p) in idx.into_iter().zip(preds) {
+                    out[i] = Some(p);
+                }
+            }
+            return out
+                .into_iter()
+                .map(|p| p.ok_or_else(|| Error::Invalid("a sequence was not routed".into())))
+                .collect();
+        }
         let mut out = Vec::with_capacity(seqs.len());
         for part in seqs.chunks(chunk.max(1)) {
-            let len = part.iter().map(|(s, _)| s.ids.len()).max().unwrap_or(0);
-            let pad = part.iter().find_map(|(s, _)| s.ids.last().copied()).unwrap_or(0);
-            let ids: Vec<u32> = part
-                .iter()
-                .flat_map(|(s, _)| s.ids.iter().copied().chain(std::iter::repeat_n(pad, len - s.ids.len())))
-                .collect();
-            let ids = Tensor::from_vec(ids, (part.len(), len), model.device())?;
-            let pixels: Vec<&Tensor> = part.iter().filter_map(|(s, _)| s.pixels.as_ref()).collect();
-            let feats = if pixels.is_empty() { None } else { Some(model.image_features(&Tensor::cat(&pixels, 0)?)?) };
-            let embeds = model.embed_inputs(&ids, feats.as_ref())?;
+            let seqs_only: Vec<&EditSequence> = part.iter().map(|(s, _)| *s).collect();
+            let embeds = Self::batch_embeds(model, &seqs_only)?;
             let h = model.forward_embeds(&embeds, 0, None, hooks, &mut Capture::none())?;
             let logits = model.logits(&h)?;
             let top = logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
@@ -134,6 +154,20 @@ impl EditSequence {
             }
         }
         Ok(out)
+    }
+
+    /// Input embeddings of right-padded sequences (padded with the first one's last id), `(b, s, d)`.
+    fn batch_embeds(model: &Llava, seqs: &[&EditSequence]) -> Result<Tensor> {
+        let len = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+        let pad = seqs.iter().find_map(|s| s.ids.last().copied()).unwrap_or(0);
+        let ids: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| s.ids.iter().copied().chain(std::iter::repeat_n(pad, len - s.ids.len())))
+            .collect();
+        let ids = Tensor::from_vec(ids, (seqs.len(), len), model.device())?;
+        let pixels: Vec<&Tensor> = seqs.iter().filter_map(|s| s.pixels.as_ref()).collect();
+        let feats = if pixels.is_empty() { None } else { Some(model.image_features(&Tensor::cat(&pixels, 0)?)?) };
+        model.embed_inputs(&ids, feats.as_ref())
     }
 
     /// The prompt of this sequence followed by `answer` ids (e.g. a greedy answer, its end of sequence included).

@@ -42,6 +42,8 @@ impl Llava {
         let input = Tensor::new(ids, self.device())?.unsqueeze(0)?;
         let feats = pixel_values.map(|p| self.image_features(p)).transpose()?;
         let embeds = self.embed_inputs(&input, feats.as_ref())?;
+        // A router (SERAC) decides once, on the prompt, what this whole generation runs with.
+        let hooks = &self.routed(hooks, &embeds, ids.len() - 1)?;
         let mut cache = KvCache::new(self.text().num_layers());
         let mut none = Capture::none();
         let h = self.forward_embeds(&embeds, 0, Some(&mut cache), hooks, &mut none)?;

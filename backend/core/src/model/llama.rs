@@ -392,6 +392,13 @@ impl Llama {
         if layers.end > self.layers.len() {
             return Err(Error::Invalid(format!("layer range {layers:?} exceeds {} layers", self.layers.len())));
         }
+        if !hooks.routers().is_empty() {
+            return Err(Error::Invalid(
+                "these hooks decide per input (a SERAC stack): resolve them on the prompt first (Llava::route), as \
+                 scoring and generation do"
+                    .into(),
+            ));
+        }
         if let Some(l) = hooks.max_layer().filter(|l| *l >= self.layers.len()) {
             return Err(Error::Invalid(format!("hook on layer {l} but the model has {} layers", self.layers.len())));
         }

@@ -12,6 +12,7 @@ pub mod mmap;
 pub mod norm;
 pub mod preprocess;
 pub mod processor;
+pub mod route;
 
 pub use cache::KvCache;
 pub use checkpoint::Checkpoint;

@@ -60,7 +60,7 @@ impl EditMethod for FineTune {
         let layer = n_layers.checked_sub(1 + self.params.layer_from_end).ok_or_else(|| {
             Error::Invalid(format!("layer_from_end {} exceeds the {n_layers} layers", self.params.layer_from_end))
         })?;
-        let base = ctx.stack.hooks()?;
+        let base = ctx.stack_hooks()?;
         // The frozen part once: the input of the tuned layer.
         let mut cap = Capture::of([(layer, CapturePoint::LayerInput)]);
         model.forward_embeds(&seq.embeds(model)?, 0, None, &base, &mut cap)?;

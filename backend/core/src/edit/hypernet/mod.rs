@@ -230,7 +230,7 @@ pub fn gradient_edit(
     request: &EditRequest,
 ) -> Result<Patch> {
     let seq = EditSequence::new(ctx.processor, &request.question, request.image.as_ref(), &request.target, eos)?;
-    let grad = edit_gradient(ctx.model, &seq, net.layers(), &ctx.stack.hooks()?)?;
+    let grad = edit_gradient(ctx.model, &seq, net.layers(), &ctx.stack_hooks()?)?;
     let mut patch = Patch::new(Provenance::new(name, hparams, request)?, Default::default());
     for (k, &l) in net.layers().iter().enumerate() {
         patch.mlp_deltas.insert(l, down_delta(ctx.model, l, net.delta(k, &grad)?.detach())?);

@@ -135,7 +135,7 @@ impl EditMethod for Ike {
     }
 
     fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {
-        let hooks = ctx.stack.hooks()?;
+        let hooks = ctx.stack_hooks()?;
         let (demos, scores) = self.demonstrations(ctx.model, ctx.processor, request)?;
         let mut provenance = Provenance::new(self.name(), &self.params, request)?;
         provenance.demonstrations = demos

@@ -395,7 +395,7 @@ impl EditMethod for UniKe {
         let layers = self.layers(model);
         let provenance = Provenance::new(&self.name, &self.params, request)?;
         let mut patch = Patch::new(provenance, BTreeMap::new());
-        let stack_hooks = ctx.stack.hooks()?;
+        let stack_hooks = ctx.stack_hooks()?;
         // External knowledge first: the edit's own states join the memory (latent) or it becomes a demonstration.
         if let Some(knowledge) = &self.knowledge {
             for (l, (sem, pos)) in layers.iter().zip(knowledge_states(model, &seq, &layers, &stack_hooks)?) {

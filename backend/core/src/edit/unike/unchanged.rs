@@ -223,7 +223,7 @@ impl MemoryBase {
         for s in more {
             rerun.push(residual_at(model, s, lo)?);
         }
-        let mut hooks = ctx.stack.hooks()?;
+        let mut hooks = ctx.stack_hooks()?;
         if ctx.stack.iter().all(|(_, p)| p.latent.is_empty()) {
             hooks.extend(&knowledge.hooks(top_k, alpha, &BTreeMap::new())?);
         }
