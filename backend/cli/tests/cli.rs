@@ -426,7 +426,7 @@ fn train_method_writes_a_deterministic_network_and_rejects_bad_input() -> Result
     for f in ["config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json", "training.json"] {
         std::fs::copy(root().join("models/default").join(f), model.join(f))?;
     }
-    for method in ["mend", "ke", "serac"] {
+    for (method, version) in [("mend", 1), ("ke", 2), ("serac", 2)] {
         let mut bytes = Vec::new();
         for _ in 0..2 {
             let out = unike()
@@ -438,7 +438,7 @@ fn train_method_writes_a_deterministic_network_and_rejects_bad_input() -> Result
             assert!(out.status.success(), "{method}: {}", String::from_utf8_lossy(&out.stderr));
             bytes.push(std::fs::read(model.join(method).join("net.safetensors"))?);
             let header: Value = serde_json::from_str(&std::fs::read_to_string(model.join(method).join("net.json"))?)?;
-            assert_eq!(header["format"].as_str(), Some(format!("unike-{method}/1").as_str()));
+            assert_eq!(header["format"].as_str(), Some(format!("unike-{method}/{version}").as_str()));
             assert_eq!(header["params"]["train"]["steps"].as_u64(), Some(3), "{header}");
         }
         assert_eq!(bytes[0], bytes[1], "{method}: same seed, same network");

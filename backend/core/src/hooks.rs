@@ -346,6 +346,34 @@ impl FfnHook for DownProjDelta {
     }
 }
 
+/// A change of one MLP's up projection, `ΔW_up` as `(d, i)`: the intermediate becomes `act(q G^T) ⊙ (q U^T + q ΔW_up)`,
+/// so `(act(q G^T) ⊙ q ΔW_up)(W_down^T + ΔW_down)` is added to the FFN output, with the layer's own gate `G (i, d)` and
+/// down projection `W_down (d, i)`, and the same layer's down-projection change `ΔW_down (i, d)` when the edit makes
+/// one too (so that both together are exactly the edited MLP). MEND's patch, as VLKEB edits LLaVA.
+#[derive(Debug, Clone)]
+pub struct UpProjDelta {
+    pub gate: Tensor,
+    pub down: Tensor,
+    pub act: Activation,
+    /// `(d, i)`.
+    pub delta: Tensor,
+    /// The same layer's `ΔW_down (i, d)`, if the edit changes it too.
+    pub down_delta: Option<Tensor>,
+}
+
+impl FfnHook for UpProjDelta {
+    fn ffn_extra(&self, _layer: usize, ffn_input: &Tensor) -> Result<Tensor> {
+        let q = ffn_input.to_dtype(self.gate.dtype())?;
+        let g = self.act.apply(&q.broadcast_matmul(&self.gate.t()?)?)?.to_dtype(self.delta.dtype())?;
+        let h = (g * q.to_dtype(self.delta.dtype())?.broadcast_matmul(&self.delta)?)?;
+        let mut out = h.broadcast_matmul(&self.down.t()?.to_dtype(self.delta.dtype())?)?;
+        if let Some(dd) = &self.down_delta {
+            out = (out + h.broadcast_matmul(dd)?)?;
+        }
+        Ok(out.to_dtype(ffn_input.dtype())?)
+    }
+}
+
 /// Adds a fixed vector to the attention output at every position: the simplest attention shift (steering).
 #[derive(Debug, Clone)]
 pub struct ConstantShift {

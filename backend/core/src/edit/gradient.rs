@@ -13,20 +13,30 @@ use crate::error::{Error, Result};
 use crate::hooks::{Capture, CapturePoint, FfnHook, Hooks};
 use crate::model::{kernels, Llava};
 
-/// The factors of one layer's down-projection gradient.
+/// The factors of one layer's down- and up-projection gradients, at the positions that carry a gradient (MEND's mask:
+/// positions whose output gradient is zero, such as the last one, which predicts nothing, are left out).
 #[derive(Debug, Clone)]
 pub struct LayerGrad {
     pub layer: usize,
-    /// Intermediate activations `u`, `(s, i)`.
+    /// Intermediate activations `u` (the down projection's input), `(s, i)`.
     pub u: Tensor,
-    /// Output gradients `δ`, `(s, d)`.
+    /// Output gradients `δ` (of the down projection's output), `(s, d)`.
     pub delta: Tensor,
+    /// FFN inputs `q` (the up projection's input), `(s, d)`.
+    pub q: Tensor,
+    /// Gradients of the up projection's output, `(s, i)`.
+    pub delta_up: Tensor,
 }
 
 impl LayerGrad {
     /// The full gradient `∇W_down = u^T δ`, `(i, d)`.
     pub fn full(&self) -> Result<Tensor> {
         Ok(self.u.t()?.matmul(&self.delta)?)
+    }
+
+    /// The full up-projection gradient `∇W_up = q^T δ_up`, `(d, i)`.
+    pub fn full_up(&self) -> Result<Tensor> {
+        Ok(self.q.t()?.matmul(&self.delta_up)?)
     }
 }
 
@@ -91,8 +101,20 @@ pub fn edit_gradient(model: &Llava, seq: &EditSequence, layers: &[usize], hooks:
         let (gate, up, act) = model.text().mlp_gate_up(l)?;
         let dpd =
             crate::hooks::DownProjDelta { gate, up, act, delta: Tensor::zeros((1, 1), DType::F32, model.device())? };
-        let u = dpd.intermediate(&q.detach())?.squeeze(0)?.to_dtype(DType::F32)?;
-        out.push(LayerGrad { layer: l, u, delta: delta.detach() });
+        let q = q.detach().squeeze(0)?;
+        let u = dpd.intermediate(&q)?.to_dtype(DType::F32)?;
+        let q = q.to_dtype(DType::F32)?;
+        // δ_up = (δ W_down) ⊙ act(q G^T): the gradient reaching the up projection's output.
+        let g = dpd.act.apply(&q.to_dtype(dpd.gate.dtype())?.matmul(&dpd.gate.t()?)?)?.to_dtype(DType::F32)?;
+        let down = model.text().mlp_down(l)?.to_dtype(DType::F32)?;
+        let delta = delta.detach();
+        let delta_up = (delta.matmul(&down)? * g)?;
+        // MEND's mask: only positions with a gradient.
+        let norms = delta.abs()?.sum(1)?.to_vec1::<f32>()?;
+        let keep: Vec<u32> = (0..norms.len() as u32).filter(|&t| norms[t as usize] > 0.0).collect();
+        let keep = Tensor::new(keep.as_slice(), model.device())?;
+        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&keep, 0)?) };
+        out.push(LayerGrad { layer: l, u: pick(&u)?, delta: pick(&delta)?, q: pick(&q)?, delta_up: pick(&delta_up)? });
     }
     // The representation of the edit (the probes are zero, so this is the plain output).
     let h = cap.get(last, CapturePoint::LayerOutput).ok_or_else(|| Error::Invalid("output not captured".into()))?;

@@ -31,8 +31,12 @@ pub struct NeuronParams {
     pub per_mistake: bool,
     /// Optimisation steps at most (stops early once the target is the argmax everywhere and the margins hold).
     pub steps: usize,
-    /// Adam learning rate.
+    /// Adam learning rate (of the values, and of the keys unless `key_lr` is set).
     pub lr: f64,
+    /// Adam learning rate of the keys and biases when they are trained, if other than `lr` (a step of `lr` on each of
+    /// a key's `d` entries moves its pre-activations by about `lr·√d·|q|`, far more than the margins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_lr: Option<f64>,
     /// Pre-activation the neurons should reach on the edit positions.
     pub edit_margin: f32,
     /// Pre-activation the neurons should stay below, negated, on unrelated inputs.
@@ -228,12 +232,11 @@ pub fn train_neurons(
         })
         .collect();
     let own = Tensor::from_vec(own, (n_t, n_neurons), device)?;
-    let all: Vec<Var> = if params.train_keys {
-        vars.values().flat_map(|(a, b, c)| [a.clone(), b.clone(), c.clone()]).collect()
-    } else {
-        vars.values().map(|(_, _, v)| v.clone()).collect()
-    };
-    let mut opt = AdamW::new(all, ParamsAdamW { lr: params.lr, weight_decay: 0.0, ..Default::default() })?;
+    let values: Vec<Var> = vars.values().map(|(_, _, v)| v.clone()).collect();
+    let keys: Vec<Var> = vars.values().flat_map(|(k, b, _)| [k.clone(), b.clone()]).collect();
+    let adam = |vars: Vec<Var>, lr: f64| AdamW::new(vars, ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() });
+    let mut opt = adam(values, params.lr)?;
+    let mut key_opt = if params.train_keys { Some(adam(keys, params.key_lr.unwrap_or(params.lr))?) } else { None };
     let neurons_of = |vars: &BTreeMap<usize, (Var, Var, Var)>| -> Result<BTreeMap<usize, ExtraNeurons>> {
         vars.iter()
             .map(|(&l, (k, b, v))| {
@@ -298,7 +301,11 @@ pub fn train_neurons(
             break;
         }
         let loss = ((ce + (act_loss * params.edit_weight as f64)?)? + (mem_loss * params.memory_weight as f64)?)?;
-        opt.backward_step(&loss)?;
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+        if let Some(k) = key_opt.as_mut() {
+            k.step(&grads)?;
+        }
     }
     // Detach the trained values from the optimiser's graph.
     vars.iter()

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::serac::{SeracEntry, SeracNet};
 use super::unike::latent::{Alpha, Knowledge};
 use crate::error::{Error, Result};
-use crate::hooks::{ContextKv, DownProjDelta, ExtraNeurons, Hooks};
+use crate::hooks::{ContextKv, DownProjDelta, ExtraNeurons, Hooks, UpProjDelta};
 use crate::model::config::Activation;
 use crate::model::Llava;
 
@@ -63,6 +63,8 @@ pub struct Patch {
     pub neurons: BTreeMap<usize, ExtraNeurons>,
     /// Changes of MLP down projections, by decoder layer (fine-tuning). Only the delta is saved.
     pub mlp_deltas: BTreeMap<usize, DownProjDelta>,
+    /// Changes of MLP up projections, by decoder layer (MEND). Only the delta is saved.
+    pub up_deltas: BTreeMap<usize, UpProjDelta>,
     /// In-context prefixes (vanilla IKE demonstrations), encoded.
     pub contexts: Vec<Arc<ContextKv>>,
     /// Latent in-context knowledge entries `(h_sem, h_pos)`, `(e, d)` each, by decoder layer (UniKE).
@@ -99,6 +101,9 @@ struct PatchJson {
     /// Layers whose down projection changes.
     #[serde(default)]
     mlp_deltas: Vec<usize>,
+    /// Layers whose up projection changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    up_deltas: Vec<usize>,
     /// Number of in-context prefixes.
     #[serde(default)]
     contexts: usize,
@@ -146,6 +151,7 @@ impl Patch {
             provenance,
             neurons,
             mlp_deltas: BTreeMap::new(),
+            up_deltas: BTreeMap::new(),
             contexts: vec![],
             latent: BTreeMap::new(),
             retrieval: None,
@@ -160,6 +166,9 @@ impl Patch {
             h.add_ffn(layer, Arc::new(n.clone()));
         }
         for (&layer, d) in &self.mlp_deltas {
+            h.add_ffn(layer, Arc::new(d.clone()));
+        }
+        for (&layer, d) in &self.up_deltas {
             h.add_ffn(layer, Arc::new(d.clone()));
         }
         for c in &self.contexts {
@@ -188,7 +197,8 @@ impl Patch {
                     + e.context.layers.iter().map(|(k, v)| k.elem_count() + v.elem_count()).sum::<usize>()
             })
             .sum();
-        neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>() + contexts + latent + serac
+        let up: usize = self.up_deltas.values().map(|d| d.delta.elem_count()).sum();
+        neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>() + up + contexts + latent + serac
     }
 
     /// The files [`Patch::save`] writes for `base`.
@@ -207,6 +217,9 @@ impl Patch {
         }
         for (layer, d) in &self.mlp_deltas {
             tensors.insert(format!("layers.{layer}.down_delta"), d.delta.clone());
+        }
+        for (layer, d) in &self.up_deltas {
+            tensors.insert(format!("layers.{layer}.up_delta"), d.delta.clone());
         }
         for (i, c) in self.contexts.iter().enumerate() {
             for (layer, (k, v)) in c.layers.iter().enumerate() {
@@ -231,6 +244,7 @@ impl Patch {
             provenance: self.provenance.clone(),
             neurons: self.neurons.iter().map(|(l, n)| (*l, activation_name(n.act).to_string())).collect(),
             mlp_deltas: self.mlp_deltas.keys().copied().collect(),
+            up_deltas: self.up_deltas.keys().copied().collect(),
             contexts: self.contexts.len(),
             latent: self.latent.keys().copied().collect(),
             retrieval: self.retrieval.as_ref().map(|r| RetrievalJson { top_k: r.top_k, alpha: r.alpha }),
@@ -298,6 +312,13 @@ impl Patch {
             let delta = tensors.remove(&key).ok_or_else(|| data_err(&st, format!("missing tensor {key}")))?;
             mlp_deltas.insert(layer, down_delta(model, layer, delta)?);
         }
+        let mut up_deltas = BTreeMap::new();
+        for layer in json.up_deltas {
+            let key = format!("layers.{layer}.up_delta");
+            let delta = tensors.remove(&key).ok_or_else(|| data_err(&st, format!("missing tensor {key}")))?;
+            let down = mlp_deltas.get(&layer).map(|d: &DownProjDelta| d.delta.clone());
+            up_deltas.insert(layer, up_delta(model, layer, delta, down)?);
+        }
         if tensors.contains_key("serac.0.states") {
             return Err(Error::Outdated {
                 path: js,
@@ -348,7 +369,7 @@ impl Patch {
             }
             (None, false) => return Err(data_err(&js, "latent entries without retrieval settings")),
         };
-        Ok(Self { provenance: json.provenance, neurons, mlp_deltas, contexts, latent, retrieval, serac })
+        Ok(Self { provenance: json.provenance, neurons, mlp_deltas, up_deltas, contexts, latent, retrieval, serac })
     }
 }
 
@@ -363,6 +384,21 @@ pub fn down_delta(model: &Llava, layer: usize, delta: Tensor) -> Result<DownProj
         )));
     }
     Ok(DownProjDelta { gate, up, act, delta })
+}
+
+/// An up-projection delta `(d, i)` of `model`'s layer `layer`, bound to that layer's gate and down projections and to
+/// the same edit's down-projection delta `(i, d)` of that layer, if any.
+pub fn up_delta(model: &Llava, layer: usize, delta: Tensor, down_delta: Option<Tensor>) -> Result<UpProjDelta> {
+    let (gate, _, act) = model.text().mlp_gate_up(layer)?;
+    let down = model.text().mlp_down(layer)?;
+    if delta.dims() != down.dims() {
+        return Err(Error::Invalid(format!(
+            "an up-projection delta of layer {layer} must be {:?}, not {:?}",
+            down.dims(),
+            delta.dims()
+        )));
+    }
+    Ok(UpProjDelta { gate, down, act, delta, down_delta })
 }
 
 /// Hooks of `patches` applied together. Latent entries of every patch join the memory of the first patch that has

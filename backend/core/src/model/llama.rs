@@ -366,6 +366,14 @@ impl Llama {
         Ok((l.mlp.gate_proj.weight().clone(), l.mlp.up_proj.weight().clone(), l.mlp.act))
     }
 
+    /// The down projection weight `(d, i)` of layer `layer`'s MLP (what up-projection changes pass through).
+    pub fn mlp_down(&self, layer: usize) -> Result<Tensor> {
+        let l = self.layers.get(layer).ok_or_else(|| {
+            Error::Invalid(format!("layer {layer} does not exist (the decoder has {})", self.layers.len()))
+        })?;
+        Ok(l.mlp.down_proj.weight().clone())
+    }
+
     /// Number of decoder layers.
     pub fn num_layers(&self) -> usize {
         self.layers.len()

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::gradient::{edit_gradient, EditGrad};
-use super::patch::down_delta;
+use super::patch::{down_delta, up_delta};
 use super::{EditContext, EditRequest, EditSequence, Patch, Provenance};
 use crate::error::{Error, Result};
 use crate::model::Llava;
@@ -53,6 +53,11 @@ pub trait GradientEditor: Send + Sync {
     fn layers(&self) -> &[usize];
     /// `ΔW_down (i, d)` of the `k`-th edited layer. Differentiable with respect to the network's parameters.
     fn delta(&self, k: usize, grad: &EditGrad) -> Result<Tensor>;
+    /// `ΔW_up (d, i)` of the `k`-th edited layer, for editors that change the up projections too (MEND as VLKEB
+    /// applies it); `None` by default.
+    fn up_delta(&self, _k: usize, _grad: &EditGrad) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
     /// The parameters.
     fn params(&self) -> &ParamSet;
 }
@@ -233,7 +238,11 @@ pub fn gradient_edit(
     let grad = edit_gradient(ctx.model, &seq, net.layers(), &ctx.stack_hooks()?)?;
     let mut patch = Patch::new(Provenance::new(name, hparams, request)?, Default::default());
     for (k, &l) in net.layers().iter().enumerate() {
-        patch.mlp_deltas.insert(l, down_delta(ctx.model, l, net.delta(k, &grad)?.detach())?);
+        let down = net.delta(k, &grad)?.detach();
+        if let Some(up) = net.up_delta(k, &grad)? {
+            patch.up_deltas.insert(l, up_delta(ctx.model, l, up.detach(), Some(down.clone()))?);
+        }
+        patch.mlp_deltas.insert(l, down_delta(ctx.model, l, down)?);
     }
     Ok(patch)
 }

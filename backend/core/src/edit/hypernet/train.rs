@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{Probe, TrainCase};
 use super::{GradientEditor, TrainParams};
-use crate::edit::patch::down_delta;
+use crate::edit::patch::{down_delta, up_delta};
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
 use crate::model::{kernels, Llava};
@@ -31,7 +31,11 @@ pub struct TrainStep {
 pub fn delta_hooks(model: &Llava, net: &dyn GradientEditor, grad: &crate::edit::gradient::EditGrad) -> Result<Hooks> {
     let mut hooks = Hooks::none();
     for (k, &l) in net.layers().iter().enumerate() {
-        hooks.add_ffn(l, Arc::new(down_delta(model, l, net.delta(k, grad)?)?));
+        let down = net.delta(k, grad)?;
+        if let Some(up) = net.up_delta(k, grad)? {
+            hooks.add_ffn(l, Arc::new(up_delta(model, l, up, Some(down.clone()))?));
+        }
+        hooks.add_ffn(l, Arc::new(down_delta(model, l, down)?));
     }
     Ok(hooks)
 }

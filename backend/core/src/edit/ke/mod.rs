@@ -1,7 +1,9 @@
 //! KE, KnowledgeEditor (De Cao et al., EMNLP 2021, "Editing Factual Knowledge in Language Models"), a baseline of the
 //! UniKE paper (Appendix D.2): a hyper-network conditioned on the edit predicts a per-entry gating of the edit's
-//! gradient and an additive term, `ΔW = −η (a γ^T) ⊙ ∇W + a β^T` (KE §3, Eq. 4–5), with `a = i · softmax(W_a c)` over
-//! the input units, `γ = 1 + W_γ c` and `β = W_β c` over the output units. KE encodes the edit `(x, y, a)` with an
+//! gradient and an additive term, `ΔW = η ((a γ^T) ⊙ (−∇W) + a' β^T)` (KE §3, Eq. 4–5): two conditioned vectors
+//! over the input units, each its own softmax, `a = i · softmax(W_a c + b_a)` and `a' = i · softmax(W_a' c + b_a')`,
+//! `γ = 1 + W_γ c` and `β = W_β c` over the output units, and one learned scale `η` (KE's `σ(η)`; here `exp`, so
+//! that it starts at a measured gradient step). KE encodes the edit `(x, y, a)` with an
 //! LSTM; here `c` is the model's own representation of the edit (its last layer averaged over the answer positions,
 //! RMS-normalised), so no second text encoder is trained. Trained on the training split with `unike train-method ke`
 //! (KE's constrained objective in Lagrangian form: the target's cross-entropy plus a KL term on unrelated inputs).
@@ -34,10 +36,8 @@ impl Default for KeParams {
     }
 }
 
-const FORMAT: &str = "unike-ke/1";
-
-/// Scale of the additive term relative to the gated gradient.
-const ADDITIVE: f64 = 1e-2;
+/// Version 2 (2026-12-07): separate softmax vectors for the two terms, one learned scale on both.
+const FORMAT: &str = "unike-ke/2";
 
 /// The hyper-network.
 pub struct KeNet {
@@ -62,6 +62,8 @@ impl KeNet {
         for k in 0..layers.len() {
             set.insert(format!("l{k}.w_a"), Tensor::zeros((d, inter), DType::F32, dev)?)?;
             set.insert(format!("l{k}.b_a"), Tensor::zeros(inter, DType::F32, dev)?)?;
+            set.insert(format!("l{k}.w_a2"), Tensor::zeros((d, inter), DType::F32, dev)?)?;
+            set.insert(format!("l{k}.b_a2"), Tensor::zeros(inter, DType::F32, dev)?)?;
             set.insert(format!("l{k}.w_gamma"), Tensor::zeros((d, d), DType::F32, dev)?)?;
             set.insert(format!("l{k}.w_beta"), Tensor::zeros((d, d), DType::F32, dev)?)?;
             set.insert(format!("l{k}.log_lr"), Tensor::zeros((), DType::F32, dev)?)?;
@@ -95,13 +97,16 @@ impl GradientEditor for KeNet {
         let rms = (c.sqr()?.mean_all()? + 1e-12)?.sqrt()?;
         let c = c.broadcast_div(&rms)?.unsqueeze(0)?;
         let inter = g.u.dim(1)?;
-        let a =
-            (candle_nn::ops::softmax(&c.matmul(&p("w_a")?)?.broadcast_add(&p("b_a")?)?, D::Minus1)? * inter as f64)?;
+        let softmax = |w: &str, b: &str| -> Result<Tensor> {
+            let z = c.matmul(&p(w)?)?.broadcast_add(&p(b)?)?;
+            Ok((candle_nn::ops::softmax(&z, D::Minus1)? * inter as f64)?)
+        };
+        let (a, a2) = (softmax("w_a", "b_a")?, softmax("w_a2", "b_a2")?);
         let gamma = (c.matmul(&p("w_gamma")?)? + 1.0)?;
         let beta = c.matmul(&p("w_beta")?)?;
-        let lr = p("log_lr")?.exp()?;
-        let gated = (a.t()?.matmul(&gamma)? * g.full()?)?.broadcast_mul(&lr)?.neg()?;
-        Ok((gated + (a.t()?.matmul(&beta)? * ADDITIVE)?)?)
+        let eta = p("log_lr")?.exp()?;
+        let gated = (a.t()?.matmul(&gamma)? * g.full()?)?.neg()?;
+        Ok((gated + a2.t()?.matmul(&beta)?)?.broadcast_mul(&eta)?)
     }
 
     fn params(&self) -> &ParamSet {

@@ -32,6 +32,7 @@ impl Default for TPatcherParams {
             per_mistake: true,
             steps: 60,
             lr: 0.05,
+            key_lr: None,
             edit_margin: 2.0,
             memory_margin: 0.5,
             edit_weight: 1.0,

@@ -66,6 +66,9 @@ pub struct IntrinsicParams {
     /// the target's cross-entropy is at most `stop_loss` (see `neurons::NeuronParams`).
     pub train_keys: bool,
     pub stop_loss: f32,
+    /// Learning rate of the keys and biases when they are trained, if other than `lr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_lr: Option<f64>,
 }
 
 /// Hyper-parameters (`hparams/unike/<model>.toml`).
@@ -113,6 +116,7 @@ impl Default for UniKeParams {
                 edit_weight: 1.0,
                 memory_weight: 1.0,
                 train_keys: false,
+                key_lr: None,
                 stop_loss: 0.02,
             },
             memory_size: 6000,
@@ -122,7 +126,7 @@ impl Default for UniKeParams {
 }
 
 /// Ablation variants, as `unike:<name>`.
-pub const VARIANTS: [(&str, &str); 12] = [
+pub const VARIANTS: [(&str, &str); 13] = [
     ("only-intrinsic", "Table 4 row 1: new neurons only, no ζ"),
     ("only-latent", "Table 4 row 2: latent IKE only, fixed α"),
     ("intrinsic+ike", "Table 4 row 3: new neurons + the edit as an in-context demonstration"),
@@ -134,7 +138,8 @@ pub const VARIANTS: [(&str, &str); 12] = [
     ("alpha=X", "Fig. 4b: fixed α = X in [0, 1], the in-context knowledge's share (0: none)"),
     ("k=N", "Fig. 4a: N retrieved entries"),
     ("adaptive", "adaptive α (after alpha=X)"),
-    ("train-keys", "the new neurons' keys trained too, T-Patcher style (lr 0.05, until the memory margins hold)"),
+    ("train-keys", "keys and values at one learning rate of 0.05 (the 2026-12-06 measurement variant)"),
+    ("values-only", "the intrinsic training before issue 15: values only, until the target is reached (erases ζ)"),
 ];
 
 /// α (the knowledge's share) of the variants without collaboration.
@@ -165,8 +170,16 @@ impl UniKeParams {
                 "zeta-random" => self.zeta = Zeta::Random,
                 "zeta-semantic" => self.zeta = Zeta::Semantic,
                 "adaptive" => self.alpha = Alpha::Adaptive,
+                // The measurement variant of 2026-12-06: keys and values at one learning rate of 0.05.
                 "train-keys" => {
-                    (self.intrinsic_params.train_keys, self.intrinsic_params.lr) = (true, 0.05);
+                    let p = &mut self.intrinsic_params;
+                    (p.train_keys, p.lr, p.key_lr) = (true, 0.05, None);
+                }
+                // The intrinsic training before issue 15: values only, until the target's cross-entropy is at most
+                // `stop_loss`, at most 100 steps at lr 1.0 (ζ is erased by it).
+                "values-only" => {
+                    let p = &mut self.intrinsic_params;
+                    (p.train_keys, p.steps, p.lr, p.key_lr) = (false, 100, 1.0, None);
                 }
                 other => {
                     if let Some(x) = other.strip_prefix("alpha=") {
@@ -193,6 +206,7 @@ impl UniKeParams {
             neurons: p.neurons,
             steps: p.steps,
             lr: p.lr,
+            key_lr: p.key_lr,
             edit_margin: p.edit_margin,
             memory_margin: p.memory_margin,
             edit_weight: p.edit_weight,

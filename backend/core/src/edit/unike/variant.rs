@@ -1,7 +1,7 @@
 //! One spelling per UniKE variant. `unike:k=3/alpha=0.5`, `unike:alpha=0.50,k=3` and `unike:full/k=3/alpha=0.5`
 //! configure the same method; a server that builds one method per distinct name would build (and keep) three. The
 //! canonical name lists what a variant sets, in a fixed order: the mode (Table 4's rows), then ζ, α, k and
-//! `train-keys`, each only when set, later tokens overriding earlier ones as [`super::UniKeParams::apply_variant`]
+//! `train-keys` / `values-only`, each only when set, later tokens overriding earlier ones as [`super::UniKeParams::apply_variant`]
 //! applies them. Values are bounded so that the set of names is finite: α in [0, 1] with at most two decimals, k in
 //! 1..=[`MAX_TOP_K`], one mode.
 
@@ -22,6 +22,7 @@ struct Overrides {
     alpha: Option<Option<u32>>,
     k: Option<usize>,
     train_keys: bool,
+    values_only: bool,
 }
 
 fn invalid(msg: String) -> Error {
@@ -53,8 +54,12 @@ fn parse(variant: &str, unknown: impl Fn(&str) -> Error) -> Result<Overrides> {
             o.zeta = Some(z);
         } else if v == "adaptive" {
             o.alpha = Some(None);
-        } else if v == "train-keys" {
-            o.train_keys = true;
+        } else if v == "train-keys" || v == "values-only" {
+            if (v == "train-keys" && o.values_only) || (v == "values-only" && o.train_keys) {
+                return Err(invalid("a UniKE variant names one of train-keys and values-only".into()));
+            }
+            o.train_keys |= v == "train-keys";
+            o.values_only |= v == "values-only";
         } else if let Some(x) = v.strip_prefix("alpha=") {
             let h = hundredths(x).ok_or_else(|| {
                 invalid(format!("UniKE variant {v:?}: α is a number in [0, 1] with at most two decimals"))
@@ -106,6 +111,9 @@ fn render(o: &Overrides) -> String {
     }
     if o.train_keys {
         parts.push("train-keys".into());
+    }
+    if o.values_only {
+        parts.push("values-only".into());
     }
     parts.join("/")
 }
@@ -174,6 +182,7 @@ mod tests {
             "alpha=0.4",
             "k=3",
             "train-keys",
+            "values-only",
         ];
         // Every sequence of up to three tokens (those with two different modes are refused by both).
         let mut n = 0;

@@ -1,0 +1,130 @@
+//! UniKE's collaboration, measured on fixed development-slice cases of the shipped default model (issue 15 §5): the
+//! truthful editing direction ζ moves multimodal generality against `zeta-none` in the direction the development
+//! sweep measured, and the adaptive knowledge share is higher on an edit's own and rephrased questions than on
+//! unrelated text questions. Both fail when the mechanism is disconnected (ζ not added: identical patches; α not
+//! adaptive: equal shares).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use unike_core::data::{load_cases, split_train, EditCase, Task};
+use unike_core::edit::registry::{self, MethodInputs};
+use unike_core::edit::{EditContext, EditMethod, EditSequence, PatchStack};
+use unike_core::eval::share::knowledge_shares;
+use unike_core::eval::{Evaluator, PreparedCase};
+use unike_core::model::{Checkpoint, Llava, Processor};
+use unike_core::world::World;
+
+struct Fixture {
+    model: Llava,
+    processor: Processor,
+    eos: Vec<u32>,
+    /// The training split's front and its development slice, for `task`.
+    front: Vec<EditCase>,
+    dev: Vec<EditCase>,
+    data: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(task: Task) -> Result<Fixture> {
+    let ckpt = Checkpoint::open(&root().join("models/default"))?;
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let data = std::env::temp_dir().join(format!("unike-collab-test-{}-{n}", std::process::id()));
+    unike_core::world::export::write(&World::generate(0), &data)?;
+    let file = match task {
+        Task::Vqa => "vqa_train.json",
+        Task::Caption => "caption_train.json",
+    };
+    let (front, dev) = split_train(load_cases(&data.join(file), task, None)?);
+    Ok(Fixture {
+        model: ckpt.load_model(None, &Device::Cpu)?,
+        processor: ckpt.processor()?,
+        eos: ckpt.eos_token_ids()?,
+        front,
+        dev,
+        data,
+    })
+}
+
+/// UniKE (or a variant) as `unike bench` builds it: memory of unrelated inputs from the first 64 front cases.
+fn unike(f: &Fixture, ev: &mut Evaluator<'_>, name: &str) -> Result<Box<dyn EditMethod>> {
+    let eos = *f.eos.first().context("eos")?;
+    let mut memory = Vec::new();
+    for c in f.front.iter().take(64) {
+        let (px, mpx) = (ev.pixels(&c.image)?, ev.pixels(&c.m_loc_image)?);
+        let answer = c.pre_edit.as_deref().unwrap_or(&c.target);
+        memory.push(EditSequence::new(&f.processor, &c.prompt, Some(&px), answer, eos)?);
+        memory.push(EditSequence::new(&f.processor, &c.loc_question, None, &c.loc_answer, eos)?);
+        memory.push(EditSequence::new(&f.processor, &c.m_loc_question, Some(&mpx), &c.m_loc_answer, eos)?);
+    }
+    let inputs = MethodInputs {
+        root: &root(),
+        model: "default",
+        memory,
+        demonstrations: vec![],
+        eos,
+        llava: &f.model,
+        model_dir: &root().join("models/default"),
+    };
+    Ok(registry::build(name, inputs)?)
+}
+
+/// Exact matches on the question asked about another image of the entity (M-Generality), one-step edits.
+fn m_generality_exact(f: &Fixture, method: &dyn EditMethod, cases: &[PreparedCase]) -> Result<usize> {
+    let mut hits = 0;
+    for c in cases {
+        let mut stack = PatchStack::new();
+        stack.push(method.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, c.request())?);
+        let seq = c.probes()[2];
+        hits += usize::from(seq.argmax(&f.model, &stack.hooks()?)? == seq.targets());
+    }
+    Ok(hits)
+}
+
+#[test]
+fn the_truthful_direction_raises_caption_m_generality_against_none() -> Result<()> {
+    let f = fixture(Task::Caption)?;
+    let mut ev = Evaluator::new(&f.model, &f.processor, f.eos.clone());
+    let cases: Vec<PreparedCase> =
+        f.dev.iter().take(N_ZETA).enumerate().map(|(i, c)| ev.prepare(c, i as u64)).collect::<Result<_, _>>()?;
+    let truthful = m_generality_exact(&f, unike(&f, &mut ev, "unike")?.as_ref(), &cases)?;
+    let none = m_generality_exact(&f, unike(&f, &mut ev, "unike:zeta-none")?.as_ref(), &cases)?;
+    eprintln!("M-Generality exact on {N_ZETA} caption dev cases: truthful {truthful}, zeta-none {none}");
+    assert!(truthful >= none + ZETA_MARGIN, "truthful {truthful} vs zeta-none {none} of {N_ZETA}");
+    Ok(())
+}
+
+#[test]
+fn the_knowledge_share_is_higher_on_related_questions_than_on_unrelated_text() -> Result<()> {
+    let f = fixture(Task::Vqa)?;
+    let mut ev = Evaluator::new(&f.model, &f.processor, f.eos.clone());
+    let cases: Vec<PreparedCase> =
+        f.dev.iter().take(N_SHARE).enumerate().map(|(i, c)| ev.prepare(c, i as u64)).collect::<Result<_, _>>()?;
+    let method = unike(&f, &mut ev, "unike")?;
+    let s = knowledge_shares(&ev, method.as_ref(), &cases)?.context("UniKE mixes knowledge in")?;
+    eprintln!("knowledge share on {N_SHARE} VQA dev cases (edit, rephrase, other image, text, image): {s:?}");
+    let related = s[0].min(s[1]);
+    assert!(related >= s[3] + SHARE_MARGIN, "related {related} vs unrelated text {} ({s:?})", s[3]);
+    Ok(())
+}
+
+/// Fixed development-slice cases of each check, and the margins. Measured (2026-12-07, hparams/unike/default.toml:
+/// keys and values, 10 steps): M-Generality exact on the first 30 caption dev cases, truthful 23, zeta-none 20 (on
+/// the whole slice, n = 100: 74 against 69); knowledge share on the first 20 VQA dev cases, edit 0.56, rephrased
+/// 0.57, other image 0.57, unrelated text 0.33, unrelated image 0.50 (so unrelated *image* questions get nearly as
+/// much: the README says so; no margin is claimed for them).
+const N_ZETA: usize = 30;
+const ZETA_MARGIN: usize = 2;
+const N_SHARE: usize = 20;
+const SHARE_MARGIN: f32 = 0.15;
