@@ -37,7 +37,7 @@ fn root() -> PathBuf {
 }
 
 fn fixture(task: Task) -> Result<Fixture> {
-    let ckpt = Checkpoint::open(&root().join("models/default"))?;
+    let ckpt = Checkpoint::open(root().join("models/default"))?;
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let data = std::env::temp_dir().join(format!("unike-collab-test-{}-{n}", std::process::id()));

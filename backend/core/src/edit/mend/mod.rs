@@ -114,7 +114,10 @@ impl MendNet {
             for k in 0..layers.len() {
                 set.insert(format!("{p}.l{k}.scale"), Tensor::ones(w, candle_core::DType::F32, dev)?)?;
                 set.insert(format!("{p}.l{k}.shift"), Tensor::zeros(w, candle_core::DType::F32, dev)?)?;
-                set.insert(format!("{p}.l{k}.{}", hypernet::STEP_SUFFIX), Tensor::zeros((), candle_core::DType::F32, dev)?)?;
+                set.insert(
+                    format!("{p}.l{k}.{}", hypernet::STEP_SUFFIX),
+                    Tensor::zeros((), candle_core::DType::F32, dev)?,
+                )?;
             }
         }
         let net = Self { params, layers, set };

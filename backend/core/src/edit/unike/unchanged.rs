@@ -101,7 +101,7 @@ impl StackView {
         let mut neurons: BTreeMap<usize, Vec<(Tensor, Tensor)>> = BTreeMap::new();
         let mut retrieval_checked = false;
         for (_, p) in stack.iter() {
-            if !p.mlp_deltas.is_empty() || !p.contexts.is_empty() || p.serac.is_some() {
+            if !p.mlp_deltas.is_empty() || !p.up_deltas.is_empty() || !p.contexts.is_empty() || p.serac.is_some() {
                 return Ok(None);
             }
             for (&l, n) in &p.neurons {
