@@ -426,7 +426,7 @@ fn train_method_writes_a_deterministic_network_and_rejects_bad_input() -> Result
     for f in ["config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json", "training.json"] {
         std::fs::copy(root().join("models/default").join(f), model.join(f))?;
     }
-    for (method, version) in [("mend", 1), ("ke", 2), ("serac", 2)] {
+    for (method, version) in [("mend", 2), ("ke", 2), ("serac", 2)] {
         let mut bytes = Vec::new();
         for _ in 0..2 {
             let out = unike()
