@@ -385,7 +385,7 @@ fn trained_baselines_edit_keep_other_answers_stack_undo_and_round_trip() -> Resu
             kept += probes.iter().zip(&before).filter(|(p, b)| say(&f, p, &hooks).ok().as_ref() == Some(*b)).count();
         }
         // Other characters' facts of the same kinds are the hardest locality probes (the benchmark's are text facts and
-        // scene questions). Measured (2026-12-07): mend 4/6 edits took and 223/240 answers kept (MEND as MEND and
+        // scene questions). Measured (2026-12-06): mend 4/6 edits took and 223/240 answers kept (MEND as MEND and
         // VLKEB, up and down projections; 98 exact reliability on the VQA development slice), ke 6/6 and 208/240,
         // serac 6/6 and 238/240.
         eprintln!("{name}: {took}/6 edits took, {kept}/{} unrelated answers kept", edits.len() * probes.len());

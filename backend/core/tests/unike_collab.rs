@@ -119,7 +119,7 @@ fn the_knowledge_share_is_higher_on_related_questions_than_on_unrelated_text() -
     Ok(())
 }
 
-/// Fixed development-slice cases of each check, and the margins. Measured (2026-12-07, hparams/unike/default.toml:
+/// Fixed development-slice cases of each check, and the margins. Measured (2026-12-06, hparams/unike/default.toml:
 /// keys and values, 10 steps): M-Generality exact on the first 30 caption dev cases, truthful 23, zeta-none 20 (on
 /// the whole slice, n = 100: 74 against 69); knowledge share on the first 20 VQA dev cases, edit 0.56, rephrased
 /// 0.57, other image 0.57, unrelated text 0.33, unrelated image 0.50 (so unrelated *image* questions get nearly as

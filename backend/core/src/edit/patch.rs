@@ -322,7 +322,7 @@ impl Patch {
         if tensors.contains_key("serac.0.states") {
             return Err(Error::Outdated {
                 path: js,
-                msg: "this SERAC edit was stored by the former per-position reader (before 2026-12-07), which \
+                msg: "this SERAC edit was stored by the former per-position reader (until 2026-12-06), which \
                       SERAC's counterfactual model replaced: make the edit again"
                     .into(),
             });

@@ -36,7 +36,7 @@ impl Default for KeParams {
     }
 }
 
-/// Version 2 (2026-12-07): separate softmax vectors for the two terms, one learned scale on both.
+/// Version 2 (2026-12-06): separate softmax vectors for the two terms, one learned scale on both.
 const FORMAT: &str = "unike-ke/2";
 
 /// The hyper-network.

@@ -38,7 +38,7 @@ impl Default for MendParams {
     }
 }
 
-/// Version 2 (2026-12-07): one network per weight shape with per-layer scale and shift, the gradient mask, the up
+/// Version 2 (2026-12-06): one network per weight shape with per-layer scale and shift, the gradient mask, the up
 /// projections edited too.
 const FORMAT: &str = "unike-mend/2";
 
