@@ -36,6 +36,33 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// UniKE's knowledge memory of the default model (not in git, 55 MB): built once as `unike build-memory` builds it
+/// (world 0, 3,000 scenes, 64 renderings, 6,000 triplets; deterministic), when a fresh clone lacks it.
+fn ensure_memory(model: &Llava, processor: &Processor, eos: &[u32]) -> Result<()> {
+    use unike_core::edit::unike::memory::{world_candidates, KnowledgeMemory};
+    use unike_core::edit::unike::Artifacts;
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONCE.lock().map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
+    let dir = Artifacts::dir(&root().join("models/default"));
+    if dir.join("memory.safetensors").is_file() && dir.join("memory.json").is_file() {
+        return Ok(());
+    }
+    eprintln!("building UniKE's knowledge memory of the default model into {} (once)", dir.display());
+    let world = World::generate(0);
+    let layers: Vec<usize> = (0..model.text().num_layers()).collect();
+    let memory = KnowledgeMemory::build(
+        model,
+        processor,
+        eos,
+        world_candidates(&world, 3000, 64),
+        &layers,
+        6000,
+        &mut |_, _| {},
+    )?;
+    memory.save(&dir)?;
+    Ok(())
+}
+
 fn fixture(task: Task) -> Result<Fixture> {
     let ckpt = Checkpoint::open(root().join("models/default"))?;
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -47,14 +74,9 @@ fn fixture(task: Task) -> Result<Fixture> {
         Task::Caption => "caption_train.json",
     };
     let (front, dev) = split_train(load_cases(&data.join(file), task, None)?);
-    Ok(Fixture {
-        model: ckpt.load_model(None, &Device::Cpu)?,
-        processor: ckpt.processor()?,
-        eos: ckpt.eos_token_ids()?,
-        front,
-        dev,
-        data,
-    })
+    let (model, processor, eos) = (ckpt.load_model(None, &Device::Cpu)?, ckpt.processor()?, ckpt.eos_token_ids()?);
+    ensure_memory(&model, &processor, &eos)?;
+    Ok(Fixture { model, processor, eos, front, dev, data })
 }
 
 /// UniKE (or a variant) as `unike bench` builds it: memory of unrelated inputs from the first 64 front cases.
