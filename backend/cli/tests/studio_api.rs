@@ -974,3 +974,43 @@ fn run_data_shares_images_within_a_disk_quota_and_goes_when_the_run_ends() -> Re
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn an_outdated_serac_patch_is_made_again_from_its_provenance() -> Result<()> {
+    let dir = temp_dir("outdated")?;
+    let db = dir.join("o.db");
+    let server = Server::start(&db, &[])?;
+    let (mut alice, ws) = signed_up(server.port, "alice")?;
+    let gallery = alice.get(routes::GALLERY)?.json()?;
+    let r = alice.post(&routes::edits(ws), &gallery_edit(&gallery, 0, "serac"))?;
+    ensure!(r.status == 200, "{}", r.body);
+    let ask = json!({"image": {"kind": "gallery", "id": gallery[0]["id"]}, "question": gallery[0]["question"]});
+    assert_eq!(alice.post(&routes::answer(ws), &ask)?.json()?["answer"], gallery[0]["target"]);
+    // The server goes; the patch on disk becomes one the former per-position SERAC wrote.
+    drop(server);
+    let patches = dir.join("o.db.d").join("patches").join(format!("ws{ws}"));
+    let st = std::fs::read_dir(&patches)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .context("the patch's tensors")?;
+    let zeros = |shape: &[usize]| candle_core::Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu);
+    let old: std::collections::HashMap<String, candle_core::Tensor> = [
+        ("serac.0.states".to_string(), zeros(&[3, 4])?),
+        ("serac.0.next".to_string(), zeros(&[3, 4])?),
+        ("serac.0.key".to_string(), zeros(&[4])?),
+    ]
+    .into_iter()
+    .collect();
+    candle_core::safetensors::save(&old, &st)?;
+    // On restart the stack loads: the edit is made again from its provenance, in place, and answers as before.
+    let server = Server::start(&db, &[])?;
+    alice.port = server.port;
+    assert_eq!(alice.post(&routes::answer(ws), &ask)?.json()?["answer"], gallery[0]["target"]);
+    let bytes = std::fs::read(&st)?;
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"serac.key") && !has(b"serac.0.states"), "the patch was rewritten in today's form");
+    assert_eq!(alice.get(&routes::edits(ws))?.json()?["edits"].as_array().map(Vec::len), Some(1));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
