@@ -88,6 +88,11 @@ impl ContextKv {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Number of stored values (keys and values of every layer).
+    pub fn elem_count(&self) -> usize {
+        self.layers.iter().map(|(k, v)| k.elem_count() + v.elem_count()).sum()
+    }
 }
 
 /// A decision made once per input, on its prompt, before the forward pass: which extra hooks the input gets (SERAC's

@@ -114,12 +114,16 @@ fn m_generality_exact(f: &Fixture, method: &dyn EditMethod, cases: &[PreparedCas
     Ok(hits)
 }
 
+/// The first `n` development-slice cases, prepared (case `i` with seed `i`).
+fn dev_cases(f: &Fixture, ev: &mut Evaluator<'_>, n: usize) -> Result<Vec<PreparedCase>> {
+    Ok(f.dev.iter().take(n).enumerate().map(|(i, c)| ev.prepare(c, i as u64)).collect::<Result<_, _>>()?)
+}
+
 #[test]
 fn the_truthful_direction_raises_caption_m_generality_against_none() -> Result<()> {
     let f = fixture(Task::Caption)?;
     let mut ev = Evaluator::new(&f.model, &f.processor, f.eos.clone());
-    let cases: Vec<PreparedCase> =
-        f.dev.iter().take(N_ZETA).enumerate().map(|(i, c)| ev.prepare(c, i as u64)).collect::<Result<_, _>>()?;
+    let cases = dev_cases(&f, &mut ev, N_ZETA)?;
     let truthful = m_generality_exact(&f, unike(&f, &mut ev, "unike")?.as_ref(), &cases)?;
     let none = m_generality_exact(&f, unike(&f, &mut ev, "unike:zeta-none")?.as_ref(), &cases)?;
     eprintln!("M-Generality exact on {N_ZETA} caption dev cases: truthful {truthful}, zeta-none {none}");
@@ -131,8 +135,7 @@ fn the_truthful_direction_raises_caption_m_generality_against_none() -> Result<(
 fn the_knowledge_share_is_higher_on_related_questions_than_on_unrelated_text() -> Result<()> {
     let f = fixture(Task::Vqa)?;
     let mut ev = Evaluator::new(&f.model, &f.processor, f.eos.clone());
-    let cases: Vec<PreparedCase> =
-        f.dev.iter().take(N_SHARE).enumerate().map(|(i, c)| ev.prepare(c, i as u64)).collect::<Result<_, _>>()?;
+    let cases = dev_cases(&f, &mut ev, N_SHARE)?;
     let method = unike(&f, &mut ev, "unike")?;
     let s = knowledge_shares(&ev, method.as_ref(), &cases)?.context("UniKE mixes knowledge in")?;
     eprintln!("knowledge share on {N_SHARE} VQA dev cases (edit, rephrase, other image, text, image): {s:?}");

@@ -99,13 +99,10 @@ pub fn edit_gradient(model: &Llava, seq: &EditSequence, layers: &[usize], hooks:
         let delta = grads.get(p.as_tensor()).cloned().unwrap_or(p.as_tensor().zeros_like()?).squeeze(0)?;
         let q = cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid(format!("layer {l} not captured")))?;
         let (gate, up, act) = model.text().mlp_gate_up(l)?;
-        let dpd =
-            crate::hooks::DownProjDelta { gate, up, act, delta: Tensor::zeros((1, 1), DType::F32, model.device())? };
-        let q = q.detach().squeeze(0)?;
-        let u = dpd.intermediate(&q)?.to_dtype(DType::F32)?;
-        let q = q.to_dtype(DType::F32)?;
-        // δ_up = (δ W_down) ⊙ act(q G^T): the gradient reaching the up projection's output.
-        let g = dpd.act.apply(&q.to_dtype(dpd.gate.dtype())?.matmul(&dpd.gate.t()?)?)?.to_dtype(DType::F32)?;
+        let q = q.detach().squeeze(0)?.to_dtype(DType::F32)?;
+        // u = act(q G^T) ⊙ q U^T (the down projection's input); δ_up = (δ W_down) ⊙ act(q G^T).
+        let g = act.apply(&q.matmul(&gate.t()?.to_dtype(DType::F32)?)?)?;
+        let u = (&g * q.matmul(&up.t()?.to_dtype(DType::F32)?)?)?;
         let down = model.text().mlp_down(l)?.to_dtype(DType::F32)?;
         let delta = delta.detach();
         let delta_up = (delta.matmul(&down)? * g)?;

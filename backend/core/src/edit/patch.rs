@@ -186,17 +186,9 @@ impl Patch {
     pub fn num_parameters(&self) -> usize {
         let neurons: usize =
             self.neurons.values().map(|n| n.w_k.elem_count() + n.b_k.elem_count() + n.w_v.elem_count()).sum();
-        let contexts: usize =
-            self.contexts.iter().flat_map(|c| c.layers.iter()).map(|(k, v)| k.elem_count() + v.elem_count()).sum();
+        let contexts: usize = self.contexts.iter().map(|c| c.elem_count()).sum();
         let latent: usize = self.latent.values().map(|(s, p)| s.elem_count() + p.elem_count()).sum();
-        let serac: usize = self
-            .serac
-            .iter()
-            .map(|e| {
-                e.key.elem_count()
-                    + e.context.layers.iter().map(|(k, v)| k.elem_count() + v.elem_count()).sum::<usize>()
-            })
-            .sum();
+        let serac: usize = self.serac.iter().map(|e| e.key.elem_count() + e.context.elem_count()).sum();
         let up: usize = self.up_deltas.values().map(|d| d.delta.elem_count()).sum();
         neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>() + up + contexts + latent + serac
     }

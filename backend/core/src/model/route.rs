@@ -25,20 +25,13 @@ impl Llava {
         if routers.is_empty() {
             return Ok(out);
         }
-        let span = last.iter().max().map_or(0, |m| m + 1);
-        let embeds = embeds.narrow(1, 0, span)?;
         let mut states: BTreeMap<usize, Tensor> = BTreeMap::new();
         for router in routers {
             let layer = router.layer();
             let x = match states.get(&layer) {
                 Some(x) => x.clone(),
                 None => {
-                    let h =
-                        self.text().forward_layers(&embeds, 0, 0..layer, None, &Hooks::none(), &mut Capture::none())?;
-                    let rows =
-                        last.iter().enumerate().map(|(i, &p)| Ok(h.get(i)?.get(p)?)).collect::<Result<Vec<_>>>()?;
-                    let normed = self.text().attention_parts(layer)?.norm(&Tensor::stack(&rows, 0)?)?;
-                    let x = normed.to_dtype(DType::F32)?;
+                    let x = self.prompt_states(embeds, last, layer)?;
                     states.insert(layer, x.clone());
                     x
                 }
@@ -48,6 +41,16 @@ impl Llava {
             }
         }
         Ok(out)
+    }
+
+    /// What a router reads: the unedited model's input of decoder layer `layer` after that layer's input RMSNorm, at
+    /// each row's last prompt position `last[i]` of a right-padded batch `embeds (b, s, d)`; `(b, d)` f32.
+    pub fn prompt_states(&self, embeds: &Tensor, last: &[usize], layer: usize) -> Result<Tensor> {
+        let span = last.iter().max().map_or(0, |m| m + 1);
+        let embeds = embeds.narrow(1, 0, span)?;
+        let h = self.text().forward_layers(&embeds, 0, 0..layer, None, &Hooks::none(), &mut Capture::none())?;
+        let rows = last.iter().enumerate().map(|(i, &p)| Ok(h.get(i)?.get(p)?)).collect::<Result<Vec<_>>>()?;
+        Ok(self.text().attention_parts(layer)?.norm(&Tensor::stack(&rows, 0)?)?.to_dtype(DType::F32)?)
     }
 
     /// The hooks of one input, `embeds (1, s, d)` whose prompt ends at position `last`: `hooks` resolved on it.

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::edit::hypernet::ParamSet;
 use crate::edit::EditSequence;
 use crate::error::{Error, Result};
-use crate::hooks::{Capture, ContextKv, Hooks, Router};
+use crate::hooks::{ContextKv, Hooks, Router};
 use crate::model::Llava;
 use crate::world::rng::Rng;
 
@@ -49,13 +49,10 @@ impl SeracNet {
     }
 }
 
-/// What the classifier reads of one sequence: the unedited model's input of `layer` after its input RMSNorm, at the
-/// last prompt position, `(d)` f32 (the answer is never seen). The same state [`Llava::route`] computes.
+/// What the classifier reads of one sequence: [`Llava::prompt_states`] at its last prompt position, `(d)` f32 (the
+/// answer is never seen); the state [`Llava::route`] computes for it.
 pub fn prompt_state(model: &Llava, seq: &EditSequence, layer: usize) -> Result<Tensor> {
-    let embeds = seq.embeds(model)?.narrow(1, 0, seq.prompt_len)?;
-    let h = model.text().forward_layers(&embeds, 0, 0..layer, None, &Hooks::none(), &mut Capture::none())?;
-    let last = h.get(0)?.get(seq.prompt_len - 1)?.unsqueeze(0)?;
-    Ok(model.text().attention_parts(layer)?.norm(&last)?.to_dtype(DType::F32)?.squeeze(0)?)
+    Ok(model.prompt_states(&seq.embeds(model)?, &[seq.prompt_len - 1], layer)?.squeeze(0)?)
 }
 
 /// The stored edits of a stack behind one classifier: their scope keys and counterfactual prefixes.
