@@ -90,3 +90,42 @@ fn mend_masks_positions_without_gradient_and_edits_up_and_down_projections_exact
     }
     Ok(())
 }
+
+/// The parameters that make MEND and KE their papers' methods act where they should: MEND's network is shared by the
+/// layers of a shape while each layer's scale is its own; KE's additive term has its own softmax vector.
+#[test]
+fn shared_networks_per_layer_modes_and_ke_terms_each_act() -> Result<()> {
+    use unike_core::edit::hypernet::GradientEditor;
+    use unike_core::edit::ke::KeNet;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+    let ckpt = Checkpoint::open(&dir)?;
+    let model = ckpt.load_model(None, &Device::Cpu)?;
+    let processor = ckpt.processor()?;
+    let seq = EditSequence::new(&processor, "which team does this character play for?", None, "the red sharks", 2)?;
+    let n = model.text().num_layers();
+    let grad = edit_gradient(&model, &seq, &[n - 2, n - 1], &Hooks::none())?;
+    let diff = |a: &Tensor, b: &Tensor| -> Result<f32> { Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?) };
+
+    let mend = MendNet::load(&dir.join("mend"), &model)?;
+    let before = [mend.delta(0, &grad)?, mend.delta(1, &grad)?];
+    // Layer 1's own scale moves layer 1's change only.
+    let scale = mend.set().get("down.l1.scale")?.copy()?;
+    mend.set().set("down.l1.scale", &(&scale * 2.0)?)?;
+    assert_eq!(diff(&mend.delta(0, &grad)?, &before[0])?, 0.0);
+    assert!(diff(&mend.delta(1, &grad)?, &before[1])? > 0.0);
+    mend.set().set("down.l1.scale", &scale)?;
+    // The down network is shared: changing it moves both layers' changes.
+    let b2 = mend.set().get("down.b2")?.copy()?;
+    mend.set().set("down.b2", &(&b2 + 0.5)?)?;
+    assert!(diff(&mend.delta(0, &grad)?, &before[0])? > 0.0 && diff(&mend.delta(1, &grad)?, &before[1])? > 0.0);
+
+    // KE: the additive term's softmax vector is its own (moving it changes the change, the gating one stays put).
+    let ke = KeNet::load(&dir.join("ke"), &model)?;
+    let base = ke.delta(0, &grad)?;
+    let b_a2 = ke.set().get("l0.b_a2")?.copy()?;
+    let bump: Vec<f32> = (0..b_a2.dim(0)?).map(|i| if i % 7 == 0 { 3.0 } else { 0.0 }).collect();
+    ke.set().set("l0.b_a2", &(&b_a2 + Tensor::from_vec(bump, b_a2.dim(0)?, &Device::Cpu)?)?)?;
+    assert!(diff(&ke.delta(0, &grad)?, &base)? > 0.0, "the additive term's own vector acts");
+    assert!(ke.set().get("l0.w_a")?.dims() == ke.set().get("l0.w_a2")?.dims());
+    Ok(())
+}
