@@ -9,13 +9,13 @@ use serde::Serialize;
 use unike_core::hooks::Hooks;
 use unike_core::model::GenerateOptions;
 
-use crate::device;
+use unike_pipeline::load;
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "question"])))]
 pub struct AnswerArgs {
     #[command(flatten)]
-    pub model: device::ModelArgs,
+    pub model: load::ModelArgs,
     /// Image file (PNG or JPEG).
     #[arg(long)]
     pub image: Option<PathBuf>,
@@ -51,7 +51,7 @@ pub fn run(args: AnswerArgs) -> Result<()> {
     if args.max_new_tokens == 0 {
         anyhow::bail!("--max-new-tokens must be at least 1");
     }
-    let device::Loaded { dir, ckpt, processor, model, device: dev, load_ms } = args.model.load()?;
+    let load::Loaded { dir, ckpt, processor, model, device: dev, load_ms } = args.model.load()?;
 
     let prompt = match (&args.prompt, &args.question) {
         (Some(p), _) => p.clone(),

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use unike_shared::routes;
 
-use crate::bench::quantile;
+use crate::bench_model::quantile;
 
 #[derive(Args, Debug)]
 pub struct BenchApiArgs {

@@ -19,14 +19,14 @@ use unike_core::edit::{EditContext, EditRequest, PatchStack};
 use unike_core::eval::Evaluator;
 use unike_core::model::GenerateOptions;
 
-use crate::bench_edit::{memory_sequences, model_name};
-use crate::dataset::{DataArgs, DataSource};
-use crate::device;
+use unike_pipeline::bench::{memory_sequences, model_name};
+use unike_pipeline::data::{DataArgs, DataSource};
+use unike_pipeline::load;
 
 #[derive(Args, Debug)]
 pub struct BenchStackArgs {
     #[command(flatten)]
-    pub model: device::ModelArgs,
+    pub model: load::ModelArgs,
     /// Methods to time, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "t-patcher,unike")]
     pub methods: Vec<String>,
@@ -68,7 +68,7 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     if s.is_empty() {
         f64::NAN
     } else {
-        crate::bench::quantile(&s, q)
+        crate::bench_model::quantile(&s, q)
     }
 }
 
@@ -77,7 +77,7 @@ fn ms(t: Instant) -> f64 {
 }
 
 pub fn run(args: BenchStackArgs) -> Result<()> {
-    device::single_thread_pools();
+    load::single_thread_pools();
     if args.edits == 0 || args.methods.is_empty() {
         bail!("--edits must be at least 1 and --methods name at least one method");
     }
@@ -96,13 +96,13 @@ pub fn run(args: BenchStackArgs) -> Result<()> {
     let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos.clone());
     let memory = memory_sequences(&mut ev, &data.memory_cases(Task::Vqa, 64)?)?;
     let name = model_name(&loaded);
-    let root = crate::model_dir::repo_root();
+    let root = unike_pipeline::model_dir::repo_root();
     let mut rows = Vec::new();
     for method_name in &args.methods {
         if registry::split_name(method_name).0 == "unike" {
-            crate::unike_artifacts::ensure(&loaded)?;
+            unike_pipeline::unike_artifacts::ensure(&loaded)?;
         }
-        crate::train_method::ensure(&loaded, std::slice::from_ref(method_name), &data)?;
+        unike_pipeline::trained::ensure(&loaded, std::slice::from_ref(method_name), &data)?;
         let inputs = MethodInputs {
             root: &root,
             model: &name,

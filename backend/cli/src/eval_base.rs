@@ -7,12 +7,12 @@ use unike_core::train::evaluate::{eval_base, FLOORS};
 use unike_core::train::save::TrainingRecord;
 use unike_core::world::World;
 
-use crate::device;
+use unike_pipeline::load;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     #[command(flatten)]
-    pub model: device::ModelArgs,
+    pub model: load::ModelArgs,
     /// Samples per split (text facts: all of them).
     #[arg(long, default_value_t = 300)]
     pub n: usize,
@@ -35,7 +35,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.n == 0 {
         bail!("--n must be at least 1");
     }
-    crate::device::single_thread_pools();
+    unike_pipeline::load::single_thread_pools();
     let loaded = args.model.load()?;
     let seed = match args.seed {
         Some(s) => s,
@@ -83,7 +83,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn breakdown(loaded: &device::Loaded, eos: &[u32], world: &World, n: usize) -> Result<()> {
+fn breakdown(loaded: &load::Loaded, eos: &[u32], world: &World, n: usize) -> Result<()> {
     use unike_core::train::evaluate::answer;
     use unike_core::world::context::{hard_split, pick_split, HardKind, PickCue};
     println!(

@@ -8,19 +8,19 @@ use unike_core::edit::registry;
 use unike_core::eval::share::{knowledge_shares, PROBE_KINDS};
 use unike_core::eval::Evaluator;
 
-use crate::bench_edit::{self, Config, ModeArg, Setup, TaskArg};
-use crate::dataset::{DataArgs, DataSource};
-use crate::device;
+use unike_pipeline::bench::{self, BenchMode, BenchTask, Config, Setup};
+use unike_pipeline::data::{DataArgs, DataSource};
+use unike_pipeline::load;
 
 #[derive(Args, Debug)]
 pub struct ShareArgs {
     #[command(flatten)]
-    pub model: device::ModelArgs,
+    pub model: load::ModelArgs,
     /// Methods (UniKE variants with latent knowledge; fixed α shows as its constant share).
     #[arg(long, default_value = "unike", value_delimiter = ',')]
     pub methods: Vec<String>,
     #[arg(long, value_enum, default_value = "vqa")]
-    pub task: TaskArg,
+    pub task: BenchTask,
     /// Edit cases (one-step), drawn by --seed as `unike bench` draws them.
     #[arg(long, default_value_t = 100)]
     pub n: usize,
@@ -45,10 +45,10 @@ pub struct ShareRow {
 }
 
 /// The rows of `cfg`'s methods (one-step; methods without latent knowledge are an error).
-pub fn rows(loaded: &device::Loaded, data: &DataSource, cfg: &Config) -> Result<Vec<ShareRow>> {
+pub fn rows(loaded: &load::Loaded, data: &DataSource, cfg: &Config) -> Result<Vec<ShareRow>> {
     let setup = Setup::new(loaded, data, cfg)?;
     let mut ev = Evaluator::new(&loaded.model, &loaded.processor, loaded.ckpt.eos_token_ids()?);
-    let memory = bench_edit::memory_sequences(&mut ev, &setup.memory_cases)?;
+    let memory = bench::memory_sequences(&mut ev, &setup.memory_cases)?;
     let prepared = setup
         .cases
         .iter()
@@ -83,11 +83,11 @@ pub fn markdown(rows: &[ShareRow]) -> String {
 }
 
 pub fn run(args: ShareArgs) -> Result<()> {
-    device::single_thread_pools();
+    load::single_thread_pools();
     if args.n == 0 {
         bail!("--n must be at least 1");
     }
-    if args.task == TaskArg::Cross {
+    if args.task == BenchTask::Cross {
         bail!("--task takes vqa or caption");
     }
     for m in &args.methods {
@@ -101,7 +101,7 @@ pub fn run(args: ShareArgs) -> Result<()> {
     let cfg = Config {
         methods: args.methods.clone(),
         task: args.task,
-        mode: ModeArg::OneStep,
+        mode: BenchMode::OneStep,
         k: 1,
         n: args.n,
         seed: args.seed,

@@ -1,4 +1,5 @@
-//! `unike`: the command line of UniKE Studio.
+//! `unike`: the command line of UniKE Studio, thin over [`unike_pipeline`] (experiments) and [`unike_server`] (the
+//! studio).
 //!
 //! ```text
 //! unike answer --model <DIR|default> --image <PATH> (--prompt <RAW> | --question <TEXT>) [--max-new-tokens N] [--json]
@@ -20,26 +21,21 @@
 //! Errors exit non-zero with a one-line message on stderr.
 
 mod answer;
-mod bench;
 mod bench_api;
 mod bench_edit;
+mod bench_model;
 mod bench_stack;
-mod dataset;
-mod device;
 mod eval_base;
 mod gen_data;
 mod knowledge_share;
-mod model_dir;
 mod plot;
 mod plot_bench;
 mod reproduce;
 mod soak;
-mod studio;
 mod train_base;
-mod train_method;
-mod unike_artifacts;
 
 use clap::{Parser, Subcommand};
+use unike_pipeline::{trained, unike_artifacts};
 
 #[derive(Parser)]
 #[command(name = "unike", version, about = "UniKE Studio: multimodal knowledge editing (answer, benchmark, serve)")]
@@ -55,7 +51,7 @@ enum Command {
     /// Benchmark edit methods (MMEdit / VLKEB protocol): one-step, sequential or cross-task.
     Bench(bench_edit::BenchArgs),
     /// Benchmark the model path: forward tokens/s, greedy answer latency, peak memory.
-    BenchModel(bench::BenchArgs),
+    BenchModel(bench_model::BenchArgs),
     /// Time interactive edits on a stack of earlier edits, and answers under it.
     BenchStack(bench_stack::BenchStackArgs),
     /// Latency of a running studio's API (leaderboard, answers) under a loopback load.
@@ -65,7 +61,7 @@ enum Command {
     /// Write the synthetic world's edit sets (MMEdit E-VQA / E-IC JSON with VLKEB port_new, PNG images).
     GenData(gen_data::GenDataArgs),
     /// Serve the studio (front end + JSON API).
-    Serve(studio::ServeArgs),
+    Serve(unike_server::ServeArgs),
     /// Train the default world model from scratch (deterministic by seed) and save it as a checkpoint.
     TrainBase(train_base::TrainArgs),
     /// Evaluate a world model: greedy exact match per split, and its answers to facts it never learned.
@@ -79,7 +75,7 @@ enum Command {
     /// UniKE: train the truthfulness and semantic encoders on the memory (Eq. 4, 5) and fit W_ζ.
     TrainEncoders(unike_artifacts::EncoderArgs),
     /// Train a baseline's network on the training split (KE, MEND, SERAC) into MODEL/<method>/.
-    TrainMethod(train_method::TrainMethodArgs),
+    TrainMethod(trained::TrainMethodArgs),
 }
 
 /// glibc returns every freed block above its mmap threshold to the kernel, and tensors of a training step are just
@@ -102,18 +98,18 @@ fn main() {
         Command::Answer(a) => answer::run(a),
         Command::Bench(a) => bench_edit::run(a),
         Command::KnowledgeShare(a) => knowledge_share::run(a),
-        Command::BenchModel(a) => bench::run(a),
+        Command::BenchModel(a) => bench_model::run(a),
         Command::BenchApi(a) => bench_api::run(a),
         Command::BenchStack(a) => bench_stack::run(a),
         Command::Soak(a) => soak::run(a),
         Command::GenData(a) => gen_data::run(a),
-        Command::Serve(a) => studio::run(a),
+        Command::Serve(a) => unike_server::run(a),
         Command::TrainBase(a) => train_base::run(a),
         Command::EvalBase(a) => eval_base::run(a),
         Command::Reproduce(a) => reproduce::run(a),
-        Command::BuildMemory(a) => unike_artifacts::build_memory(a),
-        Command::TrainEncoders(a) => unike_artifacts::train_encoders(a),
-        Command::TrainMethod(a) => train_method::run(a),
+        Command::BuildMemory(a) => unike_artifacts::build_memory(a).map_err(Into::into),
+        Command::TrainEncoders(a) => unike_artifacts::train_encoders(a).map_err(Into::into),
+        Command::TrainMethod(a) => trained::train_method(a).map_err(Into::into),
     };
     if let Err(e) = result {
         let msg = format!("{e:#}").replace('\n', " ");

@@ -12,10 +12,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use unike_shared::{BenchReport, BenchResult};
 
-use crate::bench_edit::{self, Config, ModeArg, TaskArg};
-use crate::dataset::{DataArgs, DataSource};
-use crate::device;
 use crate::plot_bench::{grouped_bars, metric_lines, series_lines};
+use unike_pipeline::bench::{self, BenchMode, BenchTask, Config};
+use unike_pipeline::data::{DataArgs, DataSource};
+use unike_pipeline::load;
 
 /// Sections, in order.
 pub const SECTIONS: [&str; 8] = ["table1", "table2", "table3", "table4", "fig4a", "fig4b", "fig4c", "gap"];
@@ -26,7 +26,7 @@ pub const GAPS: [usize; 4] = [10, 20, 50, 100];
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
     #[command(flatten)]
-    pub model: device::ModelArgs,
+    pub model: load::ModelArgs,
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
@@ -81,13 +81,13 @@ fn write_section(out: &Path, name: &str, title: &str, results: &[BenchResult]) -
             m.t_locality,
             m.m_locality,
             r.metrics.mean5(),
-            bench_edit::opt_pct(m.portability),
-            bench_edit::opt_pct(m.portability_base),
+            unike_pipeline::report::opt_pct(m.portability),
+            unike_pipeline::report::opt_pct(m.portability_base),
             r.timing.edit_ms_median
         ));
     }
-    md.push_str(&bench_edit::hops_table(results));
-    md.push_str(&format!("\n{} ", bench_edit::CONVENTION_NOTE));
+    md.push_str(&unike_pipeline::report::hops_table(results));
+    md.push_str(&format!("\n{} ", unike_pipeline::report::CONVENTION_NOTE));
     md.push_str(&format!("Exact-match scores and M-Loc. top-1 are in `{name}.json`.\n\n"));
     std::fs::write(out.join(format!("{name}.md")), &md)?;
     Ok(md)
@@ -100,7 +100,7 @@ fn bars(out: &Path, file: &str, title: &str, results: &[BenchResult]) -> Result<
 }
 
 pub fn run(args: ReproduceArgs) -> Result<()> {
-    device::single_thread_pools();
+    load::single_thread_pools();
     for s in &args.only {
         if !SECTIONS.contains(&s.as_str()) {
             bail!("unknown section {s:?} (known: {})", SECTIONS.join(", "));
@@ -122,15 +122,15 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let loaded = args.model.load()?;
     let data = DataSource::resolve(&args.data, &loaded, None)?;
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
-    let cfg = |methods: Vec<String>, task: TaskArg, mode: ModeArg, k: usize| Config {
+    let cfg = |methods: Vec<String>, task: BenchTask, mode: BenchMode, k: usize| Config {
         methods,
         task,
         mode,
         k,
-        n: if mode == ModeArg::Sequential || task == TaskArg::Cross { args.n / k * k } else { args.n },
+        n: if mode == BenchMode::Sequential || task == BenchTask::Cross { args.n / k * k } else { args.n },
         seed: args.seed,
         memory: args.memory,
-        threads: bench_edit::worker_threads(args.threads),
+        threads: bench::worker_threads(args.threads),
         split: args.data.split,
     };
     // A configuration that fails (e.g. a method's limit) is reported in its place; the others still run.
@@ -139,7 +139,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         let mut out = Vec::new();
         for m in &c.methods {
             let one = Config { methods: vec![m.clone()], ..c.clone() };
-            match bench_edit::bench(&loaded, &data, &one) {
+            match crate::bench_edit::bench(&loaded, &data, &one) {
                 Ok(r) => out.extend(r),
                 Err(e) => {
                     let msg = format!("{m} ({:?}, {:?}, k {}): {e:#}", c.task, c.mode, c.k).replace('\n', " ");
@@ -165,7 +165,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     );
     // Where the data comes from (as `unike bench` prints it), for a one-step VQA configuration of every method.
     if let Ok(lines) =
-        bench_edit::provenance(&loaded, &data, &cfg(args.methods.clone(), TaskArg::Vqa, ModeArg::OneStep, 1))
+        bench::provenance(&loaded, &data, &cfg(args.methods.clone(), BenchTask::Vqa, BenchMode::OneStep, 1))
     {
         for l in lines {
             readme.push_str(&format!("- {l}\n"));
@@ -177,11 +177,11 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         std::fs::write(out.join("README.md"), &*readme)?;
         Ok(())
     };
-    let (vqa, cap) = (TaskArg::Vqa, TaskArg::Caption);
+    let (vqa, cap) = (BenchTask::Vqa, BenchTask::Caption);
     if want("table1") {
         let mut all = Vec::new();
         for task in [vqa, cap] {
-            all.extend(run(cfg(args.methods.clone(), task, ModeArg::OneStep, 1))?);
+            all.extend(run(cfg(args.methods.clone(), task, BenchMode::OneStep, 1))?);
         }
         let mut text = write_section(out, "table1", "Table 1: one-step editing (E-VQA, E-IC)", &all)?;
         for t in ["vqa", "caption"] {
@@ -194,7 +194,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         let mut all = Vec::new();
         for task in [vqa, cap] {
             for k in [10, 20] {
-                all.extend(run(cfg(args.methods.clone(), task, ModeArg::Sequential, k))?);
+                all.extend(run(cfg(args.methods.clone(), task, BenchMode::Sequential, k))?);
             }
         }
         let mut text = write_section(out, "table2", "Table 2: sequential editing (K = 10, 20)", &all)?;
@@ -208,7 +208,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         emit(&mut readme, text)?;
     }
     if want("table3") {
-        let all = run(cfg(args.methods.clone(), TaskArg::Cross, ModeArg::Sequential, 10))?;
+        let all = run(cfg(args.methods.clone(), BenchTask::Cross, BenchMode::Sequential, 10))?;
         let mut text = write_section(out, "table3", "Table 3: cross-task editing (K = 10: 5 E-VQA + 5 E-IC)", &all)?;
         text.push_str(&bars(out, "table3.png", "Cross-task editing, K = 10", &all)?);
         emit(&mut readme, text)?;
@@ -220,7 +220,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
                 .to_vec();
         let mut all = Vec::new();
         for task in [vqa, cap] {
-            all.extend(run(cfg(variants.clone(), task, ModeArg::OneStep, 1))?);
+            all.extend(run(cfg(variants.clone(), task, BenchMode::OneStep, 1))?);
         }
         let mut text = write_section(out, "table4", "Table 4: ablations (one-step)", &all)?;
         for t in ["vqa", "caption"] {
@@ -232,7 +232,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     if want("fig4a") {
         let ks = [1usize, 5, 10, 20, 40, 80];
         let variants: Vec<String> = ks.iter().map(|k| format!("unike:intrinsic+latent/k={k}")).collect();
-        let all = run(cfg(variants, vqa, ModeArg::OneStep, 1))?;
+        let all = run(cfg(variants, vqa, BenchMode::OneStep, 1))?;
         let mut text =
             write_section(out, "fig4a", "Fig. 4a: intrinsic + latent IKE, number of retrieved states K (E-VQA)", &all)?;
         let xs: Vec<f64> = ks.iter().map(|k| *k as f64).collect();
@@ -246,7 +246,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         let alphas = [0.0f64, 0.2, 0.4, 0.6, 0.8];
         let mut variants: Vec<String> = alphas.iter().map(|a| format!("unike:alpha={a}")).collect();
         variants.push("unike".into());
-        let all = run(cfg(variants, vqa, ModeArg::OneStep, 1))?;
+        let all = run(cfg(variants, vqa, BenchMode::OneStep, 1))?;
         let mut text = write_section(out, "fig4b", "Fig. 4b: fixed α vs adaptive α (E-VQA)", &all)?;
         let vals: Vec<[f64; 5]> = all.iter().take(alphas.len()).map(|r| r.metrics.five()).collect();
         let x = "fixed α (the in-context knowledge's share)";
@@ -258,7 +258,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     if want("fig4c") {
         let variants: Vec<String> =
             ["unike", "unike:zeta-none", "unike:zeta-random", "unike:zeta-semantic"].map(String::from).to_vec();
-        let all = run(cfg(variants, vqa, ModeArg::OneStep, 1))?;
+        let all = run(cfg(variants, vqa, BenchMode::OneStep, 1))?;
         let mut text = write_section(out, "fig4c", "Fig. 4c: treatments of ζ (E-VQA)", &all)?;
         text.push_str(&bars(out, "fig4c.png", "ζ treatments", &all)?);
         emit(&mut readme, text)?;
@@ -266,7 +266,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     if want("gap") {
         let mut all = Vec::new();
         for &g in &args.gaps {
-            all.extend(run(Config { n: args.gap_n, ..cfg(args.methods.clone(), vqa, ModeArg::SequentialGap, g) })?);
+            all.extend(run(Config { n: args.gap_n, ..cfg(args.methods.clone(), vqa, BenchMode::SequentialGap, g) })?);
         }
         let title = format!(
             "Sequential editing with a gap (VLKEB; E-VQA, {} cases scored per gap, each right after G later edits; k = G)",

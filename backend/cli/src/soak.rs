@@ -15,8 +15,8 @@ use clap::Args;
 use serde_json::{json, Value};
 use unike_shared::routes;
 
-use crate::bench::quantile;
 use crate::bench_api::call;
+use crate::bench_model::quantile;
 
 #[derive(Args, Debug)]
 pub struct SoakArgs {

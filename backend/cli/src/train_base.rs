@@ -10,7 +10,8 @@ use unike_core::train::driver::{train_base, Progress};
 use unike_core::train::recipe::Recipe;
 use unike_core::train::save;
 
-use crate::{device, plot};
+use crate::plot;
+use unike_pipeline::load;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum RecipeName {
@@ -150,7 +151,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if recipe.total_steps() == 0 {
         bail!("nothing to train: every stage has 0 steps");
     }
-    let dev = device::parse_device(&args.device)?;
+    let dev = load::parse_device(&args.device)?;
     if args.out.is_file() {
         bail!("--out {} is a file, not a directory", args.out.display());
     }

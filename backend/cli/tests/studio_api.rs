@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use base64::Engine;
 use serde_json::{json, Value};
+use unike_server::store::{parse_epoch, stamp};
 use unike_shared::routes;
 
 mod common;
@@ -33,6 +34,10 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     assert_eq!(alice.auth(routes::SIGN_UP, "alice")?.status, 200);
     expect_error(&Client::new(port).auth(routes::SIGN_UP, "alice")?, 409, "taken")?;
     expect_error(&Client::new(port).auth(routes::SIGN_UP, "Not Valid!")?, 400, "username")?;
+    // NUL in any text is refused before it reaches the database (PostgreSQL's text cannot hold it).
+    let r = Client::new(port).raw("POST", routes::SIGN_IN, Some(r#"{"username":"a\u0000b","password":"x"}"#), false)?;
+    expect_error(&r, 400, "NUL")?;
+    expect_error(&Client::new(port).get(&format!("{}?model=a%00b", routes::LEADERBOARD))?, 400, "NUL")?;
     let r = Client::new(port).raw("POST", routes::SIGN_UP, Some(r#"{"username":"eve","password":"short"}"#), false)?;
     expect_error(&r, 400, "password")?;
     let r = Client::new(port).raw(
@@ -729,11 +734,26 @@ fn a_workspace_holds_at_most_its_case_quota_and_an_account_its_workspace_quota()
     Ok(())
 }
 
-/// Runs `sql` on the studio's database file (the server may be running: SQLite serialises writers).
-fn sql(db: &Path, statements: &[&str]) -> Result<Vec<i64>> {
-    let url = format!("sqlite://{}", db.display());
+const DAY: i64 = 86_400;
+
+/// The first column of the first row of `statement` on the studio's database, as text.
+fn sql_text(db: &Path, statement: &str) -> Result<String> {
+    let url = db_url(db)?;
     tokio::runtime::Runtime::new()?.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&url).await?;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await?;
+        let v: String = sqlx::query_scalar(sqlx::AssertSqlSafe(statement.to_string())).fetch_one(&pool).await?;
+        pool.close().await;
+        Ok(v)
+    })
+}
+
+/// Runs `sql` on the studio's database (the server may be running: SQLite serialises writers).
+fn sql(db: &Path, statements: &[&str]) -> Result<Vec<i64>> {
+    let url = db_url(db)?;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await?;
         let mut out = Vec::new();
         for s in statements {
             if s.trim_start().to_uppercase().starts_with("SELECT") {
@@ -764,12 +784,13 @@ fn sessions_slide_and_old_guests_are_cleaned_up_with_their_sandboxes() -> Result
     assert!(patches.is_dir());
 
     // A session in use in its last week gets a full two weeks again.
-    let left = "SELECT CAST((julianday(expires_at) - julianday('now')) AS INTEGER) FROM sessions";
-    sql(&db, &["UPDATE sessions SET expires_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '+2 days')"])?;
+    sql(&db, &[&format!("UPDATE sessions SET expires_at = '{}'", stamp(2 * DAY))])?;
     assert_eq!(guest.get(routes::SESSION)?.json()?["user"]["id"], s["user"]["id"]);
-    assert_eq!(sql(&db, &[left])?, [13], "slid to 14 days");
+    let expires = sql_text(&db, "SELECT expires_at FROM sessions")?;
+    let left = parse_epoch(&expires).context("expires_at")? - parse_epoch(&stamp(0)).context("now")?;
+    assert!((14 * DAY - 60..=14 * DAY).contains(&left), "slid to 14 days: {left} s left");
     // An expired session is not a session (and a demo visitor gets a new guest).
-    sql(&db, &["UPDATE sessions SET expires_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-1 minute')"])?;
+    sql(&db, &[&format!("UPDATE sessions SET expires_at = '{}'", stamp(-60))])?;
     assert_eq!(guest.get(routes::SESSION)?.json()?["user"], Value::Null);
     let again = guest.guest()?.json()?;
     assert_ne!(again["user"]["id"], s["user"]["id"]);
@@ -778,10 +799,7 @@ fn sessions_slide_and_old_guests_are_cleaned_up_with_their_sandboxes() -> Result
     // then every 10 minutes); the second guest, with a live session, stays.
     server.kill();
     let old = s["user"]["id"].as_i64().context("id")?;
-    sql(
-        &db,
-        &[&format!("UPDATE users SET created_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-2 days') WHERE id = {old}")],
-    )?;
+    sql(&db, &[&format!("UPDATE users SET created_at = '{}' WHERE id = {old}", stamp(-2 * DAY))])?;
     let _server = Server::start(&db, &["--demo"])?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while sql(&db, &[&format!("SELECT COUNT(*) FROM users WHERE id = {old}")])? != [0] {
@@ -793,7 +811,7 @@ fn sessions_slide_and_old_guests_are_cleaned_up_with_their_sandboxes() -> Result
         &[
             &format!("SELECT COUNT(*) FROM workspaces WHERE id = {ws}"),
             &format!("SELECT COUNT(*) FROM applied_edits WHERE workspace_id = {ws}"),
-            "SELECT COUNT(*) FROM sessions WHERE expires_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now')",
+            &format!("SELECT COUNT(*) FROM sessions WHERE expires_at <= '{}'", stamp(0)),
             "SELECT COUNT(*) FROM users WHERE guest = 1",
         ],
     )?;

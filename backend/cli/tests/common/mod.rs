@@ -32,8 +32,7 @@ impl Server {
             .current_dir(root())
             .args(["serve", "--addr", "127.0.0.1:0", "--model"])
             .arg(model)
-            .arg("--db")
-            .arg(format!("sqlite://{}", db.display()))
+            .args(db_args(db)?)
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()?;
@@ -193,6 +192,49 @@ pub fn wait_run(c: &mut Client, id: i64, want: &[&str]) -> Result<Value> {
         ensure!(Instant::now() < deadline, "run {id} stuck: {run}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The PostgreSQL server the studio tests run against instead of SQLite files, when `UNIKE_TEST_POSTGRES` names one
+/// (`postgres://USER@HOST:PORT`, e.g. the throw-away cluster `./studio test` starts).
+pub fn postgres() -> Option<String> {
+    std::env::var("UNIKE_TEST_POSTGRES").ok().filter(|u| !u.is_empty())
+}
+
+/// The database URL of a test's database `db` (a file path): `sqlite://db`, or under [`postgres`] a database of its
+/// own on that server, named after the path (created on first use; the path holds the test's process id, so every
+/// run gets fresh ones).
+pub fn db_url(db: &Path) -> Result<String> {
+    let Some(server) = postgres() else { return Ok(format!("sqlite://{}", db.display())) };
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    db.hash(&mut h);
+    let name = format!("unike_test_{:016x}", h.finish());
+    tokio::runtime::Runtime::new()?.block_on(async {
+        sqlx::any::install_default_drivers();
+        let admin = sqlx::AnyPool::connect(&format!("{server}/postgres")).await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1::BIGINT FROM pg_database WHERE datname = $1")
+            .bind(&name)
+            .fetch_optional(&admin)
+            .await?;
+        if exists.is_none() {
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
+        }
+        admin.close().await;
+        anyhow::Ok(())
+    })?;
+    Ok(format!("{server}/{name}"))
+}
+
+/// `unike serve`'s flags for the test database `db`: `--db URL`, and with PostgreSQL `--data-dir PATH.d` (where a
+/// SQLite studio keeps its data beside the file, so the tests find it at the same place).
+pub fn db_args(db: &Path) -> Result<Vec<String>> {
+    let mut out = vec!["--db".to_string(), db_url(db)?];
+    if postgres().is_some() {
+        let mut data = db.as_os_str().to_owned();
+        data.push(".d");
+        out.extend(["--data-dir".to_string(), PathBuf::from(data).display().to_string()]);
+    }
+    Ok(out)
 }
 
 pub fn temp_dir(name: &str) -> Result<PathBuf> {

@@ -1,7 +1,8 @@
 //! The binding term of `train-base` (a pilot of issue 14): demonstrations are told apart by their images only if the
 //! text after each image carries it, early enough for later layers to compare. At the output of one decoder layer,
 //! every text position after an image predicts, through a linear read-out (trained alongside, not part of the
-//! checkpoint), the mean projected features of the latest image before it; the loss is one minus the cosine.
+//! checkpoint), the mean projected features of the latest image before it, centred over the batch's images; the loss
+//! is one minus the cosine.
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -67,7 +68,11 @@ pub fn loss(binding: &Binding, ids: &Tensor, h: &Tensor, image: &Tensor) -> Resu
     let m = pos.len();
     let picked = h.reshape((b * s, d))?.index_select(&Tensor::from_vec(pos, m, dev)?, 0)?;
     let pred = picked.matmul(binding.head.as_tensor())?;
-    let target = image.mean(1)?.detach().index_select(&Tensor::from_vec(img, m, dev)?, 0)?;
+    // Centred over the batch's images: what tells this image apart from the others, not what all images share
+    // (uncentred, a constant prediction already scores a cosine near 1).
+    let means = image.mean(1)?.detach();
+    let centred = means.broadcast_sub(&means.mean_keepdim(0)?)?;
+    let target = centred.index_select(&Tensor::from_vec(img, m, dev)?, 0)?;
     let dot = (&pred * &target)?.sum(1)?;
     let norms = (pred.sqr()?.sum(1)?.sqrt()? * target.sqr()?.sum(1)?.sqrt()?)?;
     let cos = (dot / (norms + 1e-6)?)?;

@@ -5,14 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use crate::error::{input, Result};
 
 /// The directory `--model` names.
 pub fn resolve(model: &str) -> Result<PathBuf> {
     if model != "default" {
         let p = PathBuf::from(model);
         if !p.is_dir() {
-            bail!("model directory {} does not exist", p.display());
+            input!("model directory {} does not exist", p.display());
         }
         return Ok(p);
     }
@@ -25,7 +25,7 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("cannot find the default model (models/default) from here; run from the repository or pass --model DIR")
+    input!("cannot find the default model (models/default) from here; run from the repository or pass --model DIR")
 }
 
 /// The working directory and the ancestors of the binary's directory.

@@ -24,7 +24,7 @@ use unike_shared::playground::{Probe, ProbeKind};
 
 use super::error::{ApiErr, ApiResult};
 use super::patch_cache::LruCache;
-use crate::device::Loaded;
+use unike_pipeline::load::Loaded;
 
 type CoreResult<T> = std::result::Result<T, CoreError>;
 
@@ -219,12 +219,12 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 /// Errors of preparing a method (building UniKE's memory, training a network) are the server's, not the user's: they
 /// keep their core error when they have one and are otherwise I/O-like faults (a 500, logged), never a 400.
-fn anyhow_to_core(e: anyhow::Error) -> CoreError {
-    match e.downcast::<CoreError>() {
-        Ok(c) => c,
-        Err(e) => CoreError::Io {
+fn pipeline_to_core(e: unike_pipeline::Error) -> CoreError {
+    match e {
+        unike_pipeline::Error::Core(c) => c,
+        e => CoreError::Io {
             path: PathBuf::from("(preparing an edit method)"),
-            err: std::io::Error::other(format!("{e:#}")),
+            err: std::io::Error::other(e.to_string()),
         },
     }
 }
@@ -239,21 +239,21 @@ impl State {
         let name = key.as_str();
         if self.methods.get(&key).is_none() {
             if registry::split_name(name).0 == "unike" {
-                crate::unike_artifacts::ensure(&self.loaded).map_err(anyhow_to_core)?;
+                unike_pipeline::unike_artifacts::ensure(&self.loaded).map_err(pipeline_to_core)?;
             }
-            let world = crate::dataset::DataSource::from_dir(&self.data, "the model's world".into());
-            crate::train_method::ensure(&self.loaded, &[name.to_string()], &world).map_err(anyhow_to_core)?;
+            let world = unike_pipeline::data::DataSource::from_dir(&self.data, "the model's world".into());
+            unike_pipeline::trained::ensure(&self.loaded, &[name.to_string()], &world).map_err(pipeline_to_core)?;
             if self.memory.is_none() {
                 let mut ev = Evaluator::new(&self.loaded.model, &self.loaded.processor, self.eos()?);
-                let cases = world.memory_cases(Task::Vqa, 64).map_err(anyhow_to_core)?;
-                let m = crate::bench_edit::memory_sequences(&mut ev, &cases).map_err(anyhow_to_core)?;
+                let cases = world.memory_cases(Task::Vqa, 64).map_err(pipeline_to_core)?;
+                let m = unike_pipeline::bench::memory_sequences(&mut ev, &cases).map_err(pipeline_to_core)?;
                 self.memory = Some(m);
             }
             let eos =
                 *self.eos()?.first().ok_or_else(|| CoreError::Invalid("the model has no end-of-sequence id".into()))?;
             // IKE's demonstration pool: the world's training split, VQA and captions interleaved.
             let demonstrations =
-                if name == "ike" { world.training_cases(usize::MAX).map_err(anyhow_to_core)? } else { vec![] };
+                if name == "ike" { world.training_cases(usize::MAX).map_err(pipeline_to_core)? } else { vec![] };
             let inputs = MethodInputs {
                 root: &self.root,
                 model: &self.model_name,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Any, Transaction};
 use unike_shared::auth::UserInfo;
 use unike_shared::workspace::{Invitation, Member, PendingInvitation, Role, RoleChange, Workspace};
 
@@ -16,9 +16,9 @@ use super::error::{ApiErr, ApiResult, Body};
 use super::{audit, workspaces, AppState};
 
 async fn member_list(st: &AppState, ws: i64) -> ApiResult<Vec<Member>> {
-    let rows: Vec<(i64, String, bool, String)> = sqlx::query_as(
+    let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
         "SELECT u.id, u.username, u.guest, m.role FROM memberships m JOIN users u ON u.id = m.user_id \
-         WHERE m.workspace_id = ? ORDER BY u.username",
+         WHERE m.workspace_id = $1 ORDER BY u.username",
     )
     .bind(ws)
     .fetch_all(&st.db)
@@ -26,29 +26,29 @@ async fn member_list(st: &AppState, ws: i64) -> ApiResult<Vec<Member>> {
     Ok(rows
         .into_iter()
         .map(|(id, username, guest, role)| Member {
-            user: UserInfo { id, username, guest },
+            user: UserInfo { id, username, guest: guest != 0 },
             role: Role::parse(&role).unwrap_or(Role::Viewer),
         })
         .collect())
 }
 
 /// The member `user` of `ws` (username and role), or 404.
-async fn member_of(tx: &mut Transaction<'_, Sqlite>, ws: i64, user: i64) -> ApiResult<(String, bool, Role)> {
-    let row: Option<(String, bool, String)> = sqlx::query_as(
+async fn member_of(tx: &mut Transaction<'_, Any>, ws: i64, user: i64) -> ApiResult<(String, bool, Role)> {
+    let row: Option<(String, i64, String)> = sqlx::query_as(
         "SELECT u.username, u.guest, m.role FROM memberships m JOIN users u ON u.id = m.user_id \
-         WHERE m.workspace_id = ? AND m.user_id = ?",
+         WHERE m.workspace_id = $1 AND m.user_id = $2",
     )
     .bind(ws)
     .bind(user)
     .fetch_optional(&mut **tx)
     .await?;
     let (name, guest, role) = row.ok_or_else(|| ApiErr::not_found(format!("member {user} of workspace {ws}")))?;
-    Ok((name, guest, Role::parse(&role).unwrap_or(Role::Viewer)))
+    Ok((name, guest != 0, Role::parse(&role).unwrap_or(Role::Viewer)))
 }
 
 /// Refuses a change that would leave `ws` without an owner, when it takes the owner role from one member.
-async fn keep_an_owner(tx: &mut Transaction<'_, Sqlite>, ws: i64) -> ApiResult<()> {
-    let owners: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE workspace_id = ? AND role = 'owner'")
+async fn keep_an_owner(tx: &mut Transaction<'_, Any>, ws: i64) -> ApiResult<()> {
+    let owners: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE workspace_id = $1 AND role = 'owner'")
         .bind(ws)
         .fetch_one(&mut **tx)
         .await?;
@@ -85,7 +85,7 @@ pub async fn set_role(
     if old == Role::Owner && req.role != Role::Owner {
         keep_an_owner(&mut tx, ws).await?;
     }
-    sqlx::query("UPDATE memberships SET role = ? WHERE workspace_id = ? AND user_id = ?")
+    sqlx::query("UPDATE memberships SET role = $1 WHERE workspace_id = $2 AND user_id = $3")
         .bind(req.role.as_str())
         .bind(ws)
         .bind(user)
@@ -114,7 +114,7 @@ pub async fn remove(
     if role == Role::Owner {
         keep_an_owner(&mut tx, ws).await?;
     }
-    sqlx::query("DELETE FROM memberships WHERE workspace_id = ? AND user_id = ?")
+    sqlx::query("DELETE FROM memberships WHERE workspace_id = $1 AND user_id = $2")
         .bind(ws)
         .bind(user)
         .execute(&mut *tx)
@@ -146,7 +146,7 @@ fn pending((id, workspace_id, workspace, username, role, invited_by, created_at)
 
 async fn invitations_of_workspace(st: &AppState, ws: i64) -> ApiResult<Vec<PendingInvitation>> {
     let rows: Vec<InviteRow> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("{INVITE_SELECT} WHERE i.workspace_id = ? ORDER BY i.id")))
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("{INVITE_SELECT} WHERE i.workspace_id = $1 ORDER BY i.id")))
             .bind(ws)
             .fetch_all(&st.db)
             .await?;
@@ -155,7 +155,7 @@ async fn invitations_of_workspace(st: &AppState, ws: i64) -> ApiResult<Vec<Pendi
 
 async fn invitations_of_user(st: &AppState, user: i64) -> ApiResult<Vec<PendingInvitation>> {
     let rows: Vec<InviteRow> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("{INVITE_SELECT} WHERE i.user_id = ? ORDER BY i.id")))
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("{INVITE_SELECT} WHERE i.user_id = $1 ORDER BY i.id")))
             .bind(user)
             .fetch_all(&st.db)
             .await?;
@@ -191,16 +191,18 @@ pub async fn invite(
     if username.is_empty() {
         return Err(ApiErr::bad_request("name the user to invite"));
     }
-    let user: Option<(i64, bool)> =
-        sqlx::query_as("SELECT id, guest FROM users WHERE username = ?").bind(&username).fetch_optional(&st.db).await?;
+    let user: Option<(i64, i64)> = sqlx::query_as("SELECT id, guest FROM users WHERE username = $1")
+        .bind(&username)
+        .fetch_optional(&st.db)
+        .await?;
     let (uid, guest) = user.ok_or_else(|| ApiErr::not_found(format!("user {username:?}")))?;
-    if guest {
+    if guest != 0 {
         return Err(ApiErr::bad_request("demo guests cannot join workspaces"));
     }
     let mut tx = super::write_tx(&st.db).await?;
     auth::recheck(&mut tx, &c, ws, Role::Owner).await?;
     let member: Option<(String,)> =
-        sqlx::query_as("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?")
+        sqlx::query_as("SELECT role FROM memberships WHERE workspace_id = $1 AND user_id = $2")
             .bind(ws)
             .bind(uid)
             .fetch_optional(&mut *tx)
@@ -209,7 +211,7 @@ pub async fn invite(
         return Err(ApiErr::conflict(format!("{username} is already a member ({role}); change their role instead")));
     }
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO invitations (workspace_id, user_id, role, invited_by) VALUES (?, ?, ?, ?) \
+        "INSERT INTO invitations (workspace_id, user_id, role, invited_by) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (workspace_id, user_id) DO UPDATE SET role = excluded.role, invited_by = excluded.invited_by \
          RETURNING id",
     )
@@ -242,7 +244,7 @@ pub async fn revoke(
     let mut tx = super::write_tx(&st.db).await?;
     auth::recheck(&mut tx, &c, ws, Role::Owner).await?;
     let name: Option<(String,)> = sqlx::query_as(
-        "DELETE FROM invitations WHERE id = ? AND workspace_id = ? \
+        "DELETE FROM invitations WHERE id = $1 AND workspace_id = $2 \
          RETURNING (SELECT username FROM users WHERE users.id = invitations.user_id)",
     )
     .bind(id)
@@ -262,9 +264,9 @@ pub async fn mine(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<J
 }
 
 /// Takes the caller's invitation `id` out of the table; 404 when it is not theirs.
-async fn take(tx: &mut Transaction<'_, Sqlite>, id: i64, user: i64) -> ApiResult<(i64, Role)> {
+async fn take(tx: &mut Transaction<'_, Any>, id: i64, user: i64) -> ApiResult<(i64, Role)> {
     let row: Option<(i64, String)> =
-        sqlx::query_as("DELETE FROM invitations WHERE id = ? AND user_id = ? RETURNING workspace_id, role")
+        sqlx::query_as("DELETE FROM invitations WHERE id = $1 AND user_id = $2 RETURNING workspace_id, role")
             .bind(id)
             .bind(user)
             .fetch_optional(&mut **tx)
@@ -283,7 +285,7 @@ pub async fn accept(
     let c = auth::writer(&st, &headers, addr.ip()).await?;
     let mut tx = super::write_tx(&st.db).await?;
     let (ws, role) = take(&mut tx, id, c.user.id).await?;
-    sqlx::query("INSERT OR IGNORE INTO memberships (workspace_id, user_id, role) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO memberships (workspace_id, user_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(ws)
         .bind(c.user.id)
         .bind(role.as_str())

@@ -1,5 +1,6 @@
-//! `unike serve`: the studio's HTTP server: the built front end (`dist/`, from trunk) and the JSON API whose
-//! routes and messages live in `unike-shared`, over a SQLite database (sqlx, migrations in `backend/cli/migrations`).
+//! UniKE Studio's server (`unike serve`): the built front end (`dist/`, from trunk) and the JSON API whose routes
+//! and messages live in `unike-shared`, over a SQLite database (sqlx, migrations in `backend/server/migrations`),
+//! running the editing core through [`unike_pipeline`].
 //!
 //! Model work never runs inside an async handler: the model is opened on a blocking thread at start, answers and
 //! edits run on the interactive worker ([`worker`]), benchmark runs on the run worker ([`runs`]).
@@ -22,13 +23,13 @@ mod run_data;
 mod run_schedule;
 mod runs;
 mod snapshots;
+pub mod store;
 mod throttle;
 mod worker;
 mod workspaces;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -38,8 +39,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
 use clap::Args;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use tokio::sync::broadcast;
 use tower_http::services::{ServeDir, ServeFile};
 use unike_shared::events::Event;
@@ -49,7 +49,7 @@ use self::demo::RateLimits;
 use self::gallery::Gallery;
 use self::runs::RunQueue;
 use self::worker::Worker;
-use crate::device;
+use unike_pipeline::load;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -57,14 +57,18 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     #[command(flatten)]
-    pub model: device::ModelArgs,
+    pub model: load::ModelArgs,
     /// The built front end (default: `dist/` of the repository).
     #[arg(long)]
     pub dist: Option<PathBuf>,
-    /// The SQLite database (created with its schema if missing). Patches and uploads go to a `PATH.d` folder beside
-    /// it.
+    /// The database: `sqlite://PATH` (a file, created with its schema if missing; the embedded default) or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (shared by several servers; needs --data-dir).
     #[arg(long, default_value = "sqlite://studio-data/studio.db")]
     pub db: String,
+    /// The data folder (patches, uploads, run snapshots): default `PATH.d` beside a SQLite file; required with
+    /// PostgreSQL (a folder every server reaches).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Public demo mode: visitors get a guest sandbox without signing up; per-IP rate limits and caps apply.
     #[arg(long)]
     pub demo: bool,
@@ -127,7 +131,7 @@ pub struct ServeArgs {
 /// Everything a handler reaches.
 #[derive(Clone)]
 pub struct AppState {
-    pub db: SqlitePool,
+    pub db: AnyPool,
     pub info: Arc<ModelInfo>,
     pub worker: Worker,
     pub runs: RunQueue,
@@ -185,7 +189,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // As in `unike bench`: each model worker runs its matmuls on its own thread (on world-sized models the shared
     // pools only spin: interactive edits took 2.6-4.6 s instead of ~0.2 s). RAYON_NUM_THREADS / CANDLE_NUM_THREADS
     // set by the caller win (a large checkpoint on CPU wants them).
-    crate::device::single_thread_pools();
+    unike_pipeline::load::single_thread_pools();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(args))
 }
@@ -201,8 +205,8 @@ fn public_source(dir: &std::path::Path) -> String {
     }
 }
 
-fn model_info(args: &ServeArgs, loaded: &device::Loaded) -> ModelInfo {
-    let device::Loaded { dir, ckpt, model, device: dev, .. } = loaded;
+fn model_info(args: &ServeArgs, loaded: &load::Loaded) -> ModelInfo {
+    let load::Loaded { dir, ckpt, model, device: dev, .. } = loaded;
     let cfg = model.config();
     let name = if args.model.model == "default" {
         "default".to_string()
@@ -213,7 +217,7 @@ fn model_info(args: &ServeArgs, loaded: &device::Loaded) -> ModelInfo {
         name,
         source: public_source(dir),
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
-        device: device::device_name(dev),
+        device: load::device_name(dev),
         parameters: ckpt.num_parameters,
         vocab_size: cfg.text.vocab_size,
         text_layers: cfg.text.num_hidden_layers,
@@ -274,6 +278,7 @@ fn router(state: AppState, dist: Option<&Path>) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|p: Box<dyn std::any::Any + Send>| {
             error::ApiErr::internal(format!("a handler panicked: {}", worker::panic_message(&*p))).into_response()
         }))
+        .layer(axum::middleware::from_fn(error::refuse_nul))
         .layer(axum::middleware::map_response(error::json_errors))
         .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
         .with_state(state);
@@ -283,43 +288,7 @@ fn router(state: AppState, dist: Option<&Path>) -> Router {
     }
 }
 
-/// Starts a write transaction that takes SQLite's write lock at once (`BEGIN IMMEDIATE`, waiting up to the busy
-/// timeout for it): a deferred transaction that reads and then writes fails with `SQLITE_BUSY` when another
-/// connection wrote in between, which WAL mode cannot wait out.
-pub async fn write_tx(db: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-    db.begin_with("BEGIN IMMEDIATE").await
-}
-
-/// Opens (creating if needed) the SQLite database of `url` and brings its schema up to date; returns it with the
-/// data folder beside it.
-async fn open_db(url: &str) -> Result<(SqlitePool, PathBuf)> {
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .with_context(|| format!("--db {url:?}: expected sqlite://PATH"))?;
-    if path.is_empty() || path.starts_with(':') {
-        anyhow::bail!("--db {url:?}: the studio needs a database file (sqlite://PATH)");
-    }
-    let path = PathBuf::from(path);
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .foreign_keys(true)
-        .busy_timeout(std::time::Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(opts)
-        .await
-        .with_context(|| format!("cannot open the database {}", path.display()))?;
-    sqlx::migrate!("./migrations").run(&pool).await.context("database migration failed")?;
-    relabel::run(&pool).await.context("database migration failed")?;
-    let mut data = path.into_os_string();
-    data.push(".d");
-    Ok((pool, PathBuf::from(data)))
-}
+pub use store::write_tx;
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let dist = find_dist(args.dist.as_deref());
@@ -328,7 +297,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Some(d) => anyhow::bail!("{} has no index.html: build the front end with trunk first", d.display()),
         None => eprintln!("warning: no built front end (dist/index.html) found; serving the API only"),
     }
-    let (db, data_dir) = open_db(&args.db).await?;
+    let (db, data_dir) = store::open(&args.db, args.data_dir.as_deref()).await?;
     let addr = args.addr;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let model_args = args.model.clone();
@@ -338,15 +307,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // The model's own world (the seed its training.json records; world 0 for a model without one), generated once:
     // the gallery, the memory of unrelated inputs of T-Patcher and UniKE, and the cases of every run on the world
     // (a run's seed draws its cases; it no longer makes a world).
-    let own = crate::dataset::model_world(&loaded)?;
+    let own = unike_pipeline::data::model_world(&loaded)?;
     // Under the studio's own data folder, not at a predictable path of the shared temporary directory.
-    let world_source = crate::dataset::DataSource::world_in(&data_dir, own.unwrap_or(0), own)?;
-    let world = crate::dataset::world_dir_in(&data_dir, own.unwrap_or(0))?;
+    let world_source = unike_pipeline::data::DataSource::world_in(&data_dir, own.unwrap_or(0), own)?;
+    let world = unike_pipeline::data::world_dir_in(&data_dir, own.unwrap_or(0))?;
     let gallery = Arc::new(Gallery::load(&world, 24, 12)?);
     let worker = Worker::spawn(
         loaded.clone(),
         world.clone(),
-        crate::model_dir::repo_root(),
+        unike_pipeline::model_dir::repo_root(),
         info.name.clone(),
         args.queue,
         args.patch_cache.saturating_mul(1_000_000),

@@ -13,12 +13,12 @@ use serde::Serialize;
 use unike_core::hooks::{Capture, Hooks};
 use unike_core::model::GenerateOptions;
 
-use crate::device;
+use unike_pipeline::load;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
-    pub model: device::ModelArgs,
+    pub model: load::ModelArgs,
     /// Timed runs per row.
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
@@ -89,7 +89,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.iters > 0 && args.batch > 0 && args.max_new_tokens > 1,
         "--iters, --batch must be > 0 and --max-new-tokens > 1"
     );
-    let device::Loaded { dir, ckpt, processor, model, device: dev, load_ms } = args.model.load()?;
+    let load::Loaded { dir, ckpt, processor, model, device: dev, load_ms } = args.model.load()?;
     if args.load_only {
         let weights_mib = ckpt.num_parameters as f64 * model.dtype().size_in_bytes() as f64 / (1024.0 * 1024.0);
         let files_mib =
@@ -169,7 +169,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     })?;
     let report = Report {
         model: dir.display().to_string(),
-        device: device::device_name(&dev),
+        device: load::device_name(&dev),
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
         threads: candle_core::utils::get_num_threads(),
         prompt_tokens: n,

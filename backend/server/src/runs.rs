@@ -26,9 +26,9 @@ use super::demo::DEMO_CAPS;
 use super::error::{ApiErr, ApiResult, Body};
 use super::run_schedule::{Author, Schedule};
 use super::{audit, events, playground, run_data, snapshots, AppState};
-use crate::bench_edit::{self, BenchObserver, Config, ModeArg, TaskArg};
-use crate::dataset::{DataSource, Split};
-use crate::device::Loaded;
+use unike_pipeline::bench::{self, BenchMode, BenchObserver, BenchTask, Config};
+use unike_pipeline::data::{DataSource, Split};
+use unike_pipeline::load::Loaded;
 
 /// `data` of a run on the workspace's own cases.
 const WORKSPACE: &str = "workspace";
@@ -157,12 +157,15 @@ fn execute(
             total,
             reported: None,
         };
-        bench_edit::bench_observed(loaded, &data, &cfg, &mut obs)?;
+        bench::bench_observed(loaded, &data, &cfg, &mut obs)?;
         Ok(())
     };
     match run() {
         Ok(()) => (RunStatus::Finished, None),
-        Err(e) if matches!(e.downcast_ref::<unike_core::Error>(), Some(unike_core::Error::Cancelled)) => {
+        Err(e)
+            if e.downcast_ref::<unike_pipeline::Error>().is_some_and(unike_pipeline::Error::is_cancelled)
+                || matches!(e.downcast_ref::<unike_core::Error>(), Some(unike_core::Error::Cancelled)) =>
+        {
             (RunStatus::Cancelled, None)
         }
         Err(e) => (RunStatus::Failed, Some(format!("{e:#}"))),
@@ -252,7 +255,7 @@ pub async fn record(st: AppState, mut rx: UnboundedReceiver<Update>) {
 async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
     match u {
         Update::Progress { id, done, total } => {
-            sqlx::query("UPDATE benchmark_runs SET status = 'running', done = ?, total = ? WHERE id = ? AND status IN ('queued', 'running')")
+            sqlx::query("UPDATE benchmark_runs SET status = 'running', done = $1, total = $2 WHERE id = $3 AND status IN ('queued', 'running')")
                 .bind(done as i64)
                 .bind(total as i64)
                 .bind(id)
@@ -263,8 +266,10 @@ async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
             let mut tx = super::write_tx(&st.db).await?;
             let convention = result.convention.as_str();
             sqlx::query(
-                "INSERT OR REPLACE INTO run_results (run_id, method, result_json, score, convention) \
-                 VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO run_results (run_id, method, result_json, score, convention, position) \
+                 VALUES ($1, $2, $3, $4, $5, (SELECT COUNT(*) FROM run_results WHERE run_id = $1)) \
+                 ON CONFLICT (run_id, method) DO UPDATE SET result_json = excluded.result_json, \
+                 score = excluded.score, convention = excluded.convention",
             )
             .bind(id)
             .bind(&result.method)
@@ -276,9 +281,14 @@ async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
             for (i, c) in cases.iter().enumerate() {
                 let t = |m: EditMetric| c.token[m as usize];
                 sqlx::query(
-                    "INSERT OR REPLACE INTO run_cases (run_id, method, case_index, edit_ms, reliability, t_generality, \
+                    "INSERT INTO run_cases (run_id, method, case_index, edit_ms, reliability, t_generality, \
                      m_generality, t_locality, m_locality, portability, m_locality_top1, convention) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     ON CONFLICT (run_id, method, case_index) DO UPDATE SET edit_ms = excluded.edit_ms, \
+                     reliability = excluded.reliability, t_generality = excluded.t_generality, \
+                     m_generality = excluded.m_generality, t_locality = excluded.t_locality, \
+                     m_locality = excluded.m_locality, portability = excluded.portability, \
+                     m_locality_top1 = excluded.m_locality_top1, convention = excluded.convention",
                 )
                 .bind(id)
                 .bind(&result.method)
@@ -292,6 +302,9 @@ async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
                 .bind(t(EditMetric::Portability))
                 .bind(t(EditMetric::MLocalityTop1))
                 .bind(convention)
+                // Not prepared once for all: sqlx 0.9's Any driver declares a missing f64 as a PostgreSQL float4, and a
+                // statement prepared with that type then refuses a present one ("incorrect binary data format").
+                .persistent(false)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -299,13 +312,14 @@ async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
         }
         Update::End { id, status, error } => {
             sqlx::query(
-                "UPDATE benchmark_runs SET status = ?, error = ?, done = CASE WHEN ? = 'finished' THEN total ELSE done END, \
-                 finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE id = ?",
+                "UPDATE benchmark_runs SET status = $1, error = $2, done = CASE WHEN $3 = 'finished' THEN total ELSE done END, \
+                 finished_at = $5 WHERE id = $4",
             )
             .bind(status.as_str())
             .bind(error)
             .bind(status.as_str())
             .bind(id)
+            .bind(crate::store::now())
             .execute(&st.db)
             .await?;
             if let Ok(mut m) = st.runs.cancels.lock() {
@@ -347,10 +361,11 @@ const RUN_SELECT: &str =
     r.total, r.error, r.note, r.created_at, r.finished_at FROM benchmark_runs r JOIN users u ON u.id = r.author_id";
 
 async fn info(st: &AppState, r: RunRow) -> ApiResult<RunInfo> {
-    let results: Vec<(String,)> = sqlx::query_as("SELECT result_json FROM run_results WHERE run_id = ? ORDER BY rowid")
-        .bind(r.id)
-        .fetch_all(&st.db)
-        .await?;
+    let results: Vec<(String,)> =
+        sqlx::query_as("SELECT result_json FROM run_results WHERE run_id = $1 ORDER BY position, method")
+            .bind(r.id)
+            .fetch_all(&st.db)
+            .await?;
     Ok(RunInfo {
         id: r.id,
         workspace_id: r.workspace_id,
@@ -373,7 +388,7 @@ async fn info(st: &AppState, r: RunRow) -> ApiResult<RunInfo> {
 }
 
 pub async fn load(st: &AppState, id: i64) -> ApiResult<RunInfo> {
-    let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{RUN_SELECT} WHERE r.id = ?")))
+    let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{RUN_SELECT} WHERE r.id = $1")))
         .bind(id)
         .fetch_optional(&st.db)
         .await?;
@@ -384,22 +399,24 @@ pub async fn load(st: &AppState, id: i64) -> ApiResult<RunInfo> {
 pub async fn resume(st: &AppState) -> anyhow::Result<usize> {
     // Cancelled before the restart: stays cancelled (its finished methods kept).
     sqlx::query(
-        "UPDATE benchmark_runs SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
+        "UPDATE benchmark_runs SET status = 'cancelled', finished_at = $1 \
          WHERE status IN ('queued', 'running') AND cancel_requested = 1",
     )
+    .bind(crate::store::now())
     .execute(&st.db)
     .await?;
     // Launched on another model: its results would be mixed with this model's; it fails, its finished methods kept.
     sqlx::query(
-        "UPDATE benchmark_runs SET status = 'failed', finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), \
-         error = 'the server was restarted on model ' || ? || '; this run was launched on ' || model \
-         WHERE status IN ('queued', 'running') AND model <> ?",
+        "UPDATE benchmark_runs SET status = 'failed', finished_at = $3, \
+         error = 'the server was restarted on model ' || $1 || '; this run was launched on ' || model \
+         WHERE status IN ('queued', 'running') AND model <> $2",
     )
     .bind(&st.info.name)
     .bind(&st.info.name)
+    .bind(crate::store::now())
     .execute(&st.db)
     .await?;
-    let rows: Vec<(i64, String, i64, bool)> = sqlx::query_as(
+    let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
         "SELECT r.id, r.request_json, r.author_id, u.guest FROM benchmark_runs r JOIN users u ON u.id = r.author_id \
          WHERE r.status IN ('queued', 'running') ORDER BY r.id",
     )
@@ -408,16 +425,16 @@ pub async fn resume(st: &AppState) -> anyhow::Result<usize> {
     let mut resumed = 0;
     for (id, json, author, guest) in rows {
         let Ok(req) = serde_json::from_str::<RunRequest>(&json) else {
-            sqlx::query("UPDATE benchmark_runs SET status = 'failed', error = 'unreadable request' WHERE id = ?")
+            sqlx::query("UPDATE benchmark_runs SET status = 'failed', error = 'unreadable request' WHERE id = $1")
                 .bind(id)
                 .execute(&st.db)
                 .await?;
             continue;
         };
         let skip: Vec<(String,)> =
-            sqlx::query_as("SELECT method FROM run_results WHERE run_id = ?").bind(id).fetch_all(&st.db).await?;
-        sqlx::query("UPDATE benchmark_runs SET status = 'queued' WHERE id = ?").bind(id).execute(&st.db).await?;
-        let author = Author { id: author, guest };
+            sqlx::query_as("SELECT method FROM run_results WHERE run_id = $1").bind(id).fetch_all(&st.db).await?;
+        sqlx::query("UPDATE benchmark_runs SET status = 'queued' WHERE id = $1").bind(id).execute(&st.db).await?;
+        let author = Author { id: author, guest: guest != 0 };
         st.runs
             .submit(id, req, skip.into_iter().map(|(m,)| m).collect(), author, true)
             .map_err(|e| anyhow::anyhow!(e.message))?;
@@ -442,8 +459,8 @@ fn validate(req: &RunRequest, guest: bool) -> ApiResult<()> {
             }));
         }
     }
-    parse::<TaskArg>("task", &req.task)?;
-    let mode: ModeArg = parse("mode", &req.mode)?;
+    parse::<BenchTask>("task", &req.task)?;
+    let mode: BenchMode = parse("mode", &req.mode)?;
     // A seed draws a run's cases from the model's world: a sandbox picks among a few.
     if guest && req.seed >= DEMO_CAPS.seeds {
         return Err(ApiErr::bad_request(format!("a demo sandbox runs with seeds 0 to {}", DEMO_CAPS.seeds - 1)));
@@ -452,11 +469,11 @@ fn validate(req: &RunRequest, guest: bool) -> ApiResult<()> {
     if req.n == 0 || req.n > cap {
         return Err(ApiErr::bad_request(format!("n must be 1 to {cap}")));
     }
-    if mode == ModeArg::Sequential && (req.k == 0 || req.k > req.n) {
+    if mode == BenchMode::Sequential && (req.k == 0 || req.k > req.n) {
         return Err(ApiErr::bad_request("k must be 1 to n"));
     }
     // The gap protocol edits n + gap cases: the gap is bounded like n.
-    if mode == ModeArg::SequentialGap && req.k > GAP_MAX {
+    if mode == BenchMode::SequentialGap && req.k > GAP_MAX {
         return Err(ApiErr::bad_request(format!("the gap (k) must be 0 to {GAP_MAX}")));
     }
     match req.data.as_str() {
@@ -496,7 +513,7 @@ async fn snapshot(st: &AppState, ws: i64, sandbox: bool, req: &mut RunRequest) -
             "this workspace has no cases yet: apply edits in the Playground or import MMEdit JSON",
         ));
     }
-    let task = if parse::<TaskArg>("task", &req.task)? == TaskArg::Caption { Task::Caption } else { Task::Vqa };
+    let task = if parse::<BenchTask>("task", &req.task)? == BenchTask::Caption { Task::Caption } else { Task::Vqa };
     let (st2, limit) = (st.clone(), req.n);
     let plan = tokio::task::spawn_blocking(move || run_data::plan(&st2, &st2.world, task, &cases, limit))
         .await
@@ -551,9 +568,10 @@ pub const GAP_MAX: usize = 100;
 pub const UNFINISHED_MAX: usize = 4;
 
 /// Refuses a run its author may not launch: more than [`UNFINISHED_MAX`] unfinished, or past a demo guest's cap.
-async fn check_caps(conn: &mut sqlx::SqliteConnection, c: &auth::Caller) -> ApiResult<()> {
+async fn check_caps(conn: &mut sqlx::AnyConnection, c: &auth::Caller) -> ApiResult<()> {
     let (all, unfinished): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(status IN ('queued', 'running')), 0) FROM benchmark_runs WHERE author_id = ?",
+        "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN status IN ('queued', 'running') THEN 1 ELSE 0 END), 0) AS BIGINT) \
+         FROM benchmark_runs WHERE author_id = $1",
     )
     .bind(c.user.id)
     .fetch_one(&mut *conn)
@@ -597,7 +615,7 @@ pub async fn create(
         check_caps(&mut tx, &c).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO benchmark_runs (workspace_id, author_id, model, request_json, status, total, note, \
-             snapshot_bytes) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
+             snapshot_bytes) VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7) RETURNING id",
         )
         .bind(ws)
         .bind(c.user.id)
@@ -643,7 +661,7 @@ pub async fn create(
         })();
         if let Err(e) = moved {
             let _ = std::fs::remove_dir_all(&w.tmp);
-            sqlx::query("UPDATE benchmark_runs SET status = 'failed', error = ? WHERE id = ?")
+            sqlx::query("UPDATE benchmark_runs SET status = 'failed', error = $1 WHERE id = $2")
                 .bind("the run's data could not be stored on the server")
                 .bind(id)
                 .execute(&st.db)
@@ -655,11 +673,12 @@ pub async fn create(
     if let Err(e) = st.runs.submit(id, req, Vec::new(), Author { id: c.user.id, guest: c.user.guest }, false) {
         // Stored but never queued: it says why instead of waiting forever.
         sqlx::query(
-            "UPDATE benchmark_runs SET status = 'failed', error = ?, \
-             finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE id = ?",
+            "UPDATE benchmark_runs SET status = 'failed', error = $1, \
+             finished_at = $3 WHERE id = $2",
         )
         .bind(&e.message)
         .bind(id)
+        .bind(crate::store::now())
         .execute(&st.db)
         .await?;
         if req_data_is_workspace {
@@ -681,7 +700,7 @@ pub async fn list(
     let c = auth::signed_in(&st, &headers).await?;
     auth::role_in(&st, &c, ws, Role::Viewer).await?;
     let rows: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{RUN_SELECT} WHERE r.workspace_id = ? ORDER BY r.id DESC LIMIT 100"
+        "{RUN_SELECT} WHERE r.workspace_id = $1 ORDER BY r.id DESC LIMIT 100"
     )))
     .bind(ws)
     .fetch_all(&st.db)
@@ -734,10 +753,11 @@ pub async fn cancel(
     // not resumed by a restart before then.
     sqlx::query(
         "UPDATE benchmark_runs SET status = CASE status WHEN 'queued' THEN 'cancelled' ELSE status END, \
-         finished_at = CASE status WHEN 'queued' THEN strftime('%Y-%m-%dT%H:%M:%SZ', 'now') ELSE finished_at END, \
-         cancel_requested = 1 WHERE id = ? AND status IN ('queued', 'running')",
+         finished_at = CASE status WHEN 'queued' THEN $2 ELSE finished_at END, \
+         cancel_requested = 1 WHERE id = $1 AND status IN ('queued', 'running')",
     )
     .bind(id)
+    .bind(crate::store::now())
     .execute(&mut *tx)
     .await?;
     audit::record(&mut tx, Some(run.workspace_id), c.user.id, "run.cancel", &format!("#{id}")).await?;

@@ -96,11 +96,41 @@ where
     type Rejection = ApiErr;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(rejection) => Err(ApiErr::new(rejection.status(), rejection.body_text())),
+        let value = match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(v)) => v,
+            Err(rejection) => return Err(ApiErr::new(rejection.status(), rejection.body_text())),
+        };
+        // Text is stored as is; PostgreSQL's text cannot hold NUL, and no field of the API has a use for it.
+        if has_nul(&value) {
+            return Err(ApiErr::bad_request("text may not contain NUL characters (\\u0000)"));
         }
+        T::deserialize(value).map(Body).map_err(|e| {
+            ApiErr::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("Failed to deserialize the JSON body into the target type: {e}"),
+            )
+        })
     }
+}
+
+/// Whether a string (or key) anywhere in `v` holds a NUL character.
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Refuses a request whose path or query string carries an encoded NUL (`%00`): no route has a use for it, and
+/// PostgreSQL's text cannot store it.
+pub async fn refuse_nul(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri = req.uri().to_string();
+    if uri.to_ascii_lowercase().contains("%00") {
+        return ApiErr::bad_request("the address may not contain NUL characters (%00)").into_response();
+    }
+    next.run(req).await
 }
 
 /// Makes every API error a JSON [`ApiError`]: the rejections axum writes as plain text (a path id that is not a

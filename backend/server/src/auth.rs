@@ -118,13 +118,13 @@ pub async fn start_session(st: &AppState, user_id: i64, ip: Option<IpAddr>) -> A
     let csrf = random_hex(16)?;
     sqlx::query(
         "INSERT INTO sessions (token_hash, user_id, csrf, ip, expires_at) \
-         VALUES (?, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?))",
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(sha256_hex(token.as_bytes()))
     .bind(user_id)
     .bind(&csrf)
     .bind(ip.map(|i| i.to_string()))
-    .bind(format!("+{SESSION_DAYS} days"))
+    .bind(crate::store::stamp(SESSION_DAYS * 86_400))
     .execute(&st.db)
     .await?;
     Ok((token, csrf))
@@ -132,7 +132,10 @@ pub async fn start_session(st: &AppState, user_id: i64, ip: Option<IpAddr>) -> A
 
 pub async fn end_session(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     if let Some(t) = cookie_token(headers) {
-        sqlx::query("DELETE FROM sessions WHERE token_hash = ?").bind(sha256_hex(t.as_bytes())).execute(&st.db).await?;
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(sha256_hex(t.as_bytes()))
+            .execute(&st.db)
+            .await?;
         access_changed(st);
     }
     Ok(())
@@ -149,35 +152,41 @@ pub fn access_changed(st: &AppState) {
     st.access_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// A slid session's new expiry: a full lifetime from now, never past `SESSION_MAX_DAYS` after it started.
+fn slid_expiry(created_at: &str) -> String {
+    let full = crate::store::stamp(SESSION_DAYS * 86_400);
+    match crate::store::parse_epoch(created_at) {
+        Some(t) => full.min(crate::store::format_epoch(t + SESSION_MAX_DAYS * 86_400)),
+        None => full,
+    }
+}
+
 /// The caller, if the request carries a live session.
 pub async fn caller(st: &AppState, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
     let Some(token) = cookie_token(headers) else { return Ok(None) };
     let hash = sha256_hex(token.as_bytes());
-    let row: Option<(i64, String, bool, String, bool)> = sqlx::query_as(
-        "SELECT u.id, u.username, u.guest, s.csrf, \
-         s.expires_at < strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?) AND s.created_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?) \
+    let row: Option<(i64, String, i64, String, String, String)> = sqlx::query_as(
+        "SELECT u.id, u.username, u.guest, s.csrf, s.expires_at, s.created_at \
          FROM sessions s JOIN users u ON u.id = s.user_id \
-         WHERE s.token_hash = ? AND s.expires_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now')",
+         WHERE s.token_hash = $1 AND s.expires_at > $2",
     )
-    .bind(format!("+{} days", SESSION_DAYS / 2))
-    .bind(format!("-{SESSION_MAX_DAYS} days"))
     .bind(&hash)
+    .bind(crate::store::now())
     .fetch_optional(&st.db)
     .await?;
-    let Some((id, username, guest, csrf, slide)) = row else { return Ok(None) };
+    let Some((id, username, guest, csrf, expires_at, created_at)) = row else { return Ok(None) };
+    let day = 86_400;
+    let slide = expires_at < crate::store::stamp(SESSION_DAYS / 2 * day)
+        && created_at > crate::store::stamp(-SESSION_MAX_DAYS * day);
     if slide {
         // Sliding: a session in use past half its lifetime gets a full one again (never past SESSION_MAX_DAYS).
-        sqlx::query(
-            "UPDATE sessions SET expires_at = MIN(strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?), \
-             strftime('%Y-%m-%dT%H:%M:%SZ', created_at, ?)) WHERE token_hash = ?",
-        )
-        .bind(format!("+{SESSION_DAYS} days"))
-        .bind(format!("+{SESSION_MAX_DAYS} days"))
-        .bind(&hash)
-        .execute(&st.db)
-        .await?;
+        sqlx::query("UPDATE sessions SET expires_at = $1 WHERE token_hash = $2")
+            .bind(slid_expiry(&created_at))
+            .bind(&hash)
+            .execute(&st.db)
+            .await?;
     }
-    Ok(Some(Caller { user: UserInfo { id, username, guest }, csrf }))
+    Ok(Some(Caller { user: UserInfo { id, username, guest: guest != 0 }, csrf }))
 }
 
 /// A signed-in caller, or 401.
@@ -249,17 +258,13 @@ pub async fn role_in(st: &AppState, caller: &Caller, workspace: i64, need: Role)
 
 /// [`role_in`] on `conn`: inside the write transaction that stores what a (possibly long) operation made, so that a
 /// member removed or demoted meanwhile commits nothing.
-pub async fn recheck(
-    conn: &mut sqlx::SqliteConnection,
-    caller: &Caller,
-    workspace: i64,
-    need: Role,
-) -> ApiResult<Role> {
-    let role: Option<(String,)> = sqlx::query_as("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?")
-        .bind(workspace)
-        .bind(caller.user.id)
-        .fetch_optional(&mut *conn)
-        .await?;
+pub async fn recheck(conn: &mut sqlx::AnyConnection, caller: &Caller, workspace: i64, need: Role) -> ApiResult<Role> {
+    let role: Option<(String,)> =
+        sqlx::query_as("SELECT role FROM memberships WHERE workspace_id = $1 AND user_id = $2")
+            .bind(workspace)
+            .bind(caller.user.id)
+            .fetch_optional(&mut *conn)
+            .await?;
     let role =
         role.and_then(|(r,)| Role::parse(&r)).ok_or_else(|| ApiErr::not_found(format!("workspace {workspace}")))?;
     if role < need {

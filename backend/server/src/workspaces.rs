@@ -15,14 +15,14 @@ type Row = (i64, String, String, String, i64);
 
 const SELECT: &str = "SELECT w.id, w.name, m.role, w.created_at, \
     (SELECT COUNT(*) FROM applied_edits e WHERE e.workspace_id = w.id AND e.active = 1) \
-    FROM workspaces w JOIN memberships m ON m.workspace_id = w.id AND m.user_id = ?";
+    FROM workspaces w JOIN memberships m ON m.workspace_id = w.id AND m.user_id = $1";
 
 fn workspace((id, name, role, created_at, edits): Row) -> Workspace {
     Workspace { id, name, role: Role::parse(&role).unwrap_or(Role::Viewer), edits: edits as usize, created_at }
 }
 
 pub async fn get_one(st: &AppState, caller: &Caller, id: i64) -> ApiResult<Workspace> {
-    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE w.id = ?")))
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE w.id = $2")))
         .bind(caller.user.id)
         .bind(id)
         .fetch_optional(&st.db)
@@ -57,7 +57,7 @@ pub async fn create(
     }
     let mut tx = super::write_tx(&st.db).await?;
     // Counted inside the write transaction, so parallel creations cannot pass the quota together.
-    let owned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE user_id = ? AND role = 'owner'")
+    let owned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE user_id = $1 AND role = 'owner'")
         .bind(c.user.id)
         .fetch_one(&mut *tx)
         .await?;
@@ -67,11 +67,11 @@ pub async fn create(
             st.workspaces_per_user
         )));
     }
-    let id: i64 = sqlx::query_scalar("INSERT INTO workspaces (name) VALUES (?) RETURNING id")
+    let id: i64 = sqlx::query_scalar("INSERT INTO workspaces (name) VALUES ($1) RETURNING id")
         .bind(name)
         .fetch_one(&mut *tx)
         .await?;
-    sqlx::query("INSERT INTO memberships (workspace_id, user_id, role) VALUES (?, ?, 'owner')")
+    sqlx::query("INSERT INTO memberships (workspace_id, user_id, role) VALUES ($1, $2, 'owner')")
         .bind(id)
         .bind(c.user.id)
         .execute(&mut *tx)
@@ -97,7 +97,7 @@ pub async fn audit_feed(
     auth::role_in(&st, &c, id, Role::Viewer).await?;
     let rows: Vec<(i64, String, Option<String>, String, String)> = sqlx::query_as(
         "SELECT a.id, a.at, u.username, a.action, a.detail FROM audit_log a LEFT JOIN users u ON u.id = a.actor_id \
-         WHERE a.workspace_id = ? ORDER BY a.id DESC LIMIT 200",
+         WHERE a.workspace_id = $1 ORDER BY a.id DESC LIMIT 200",
     )
     .bind(id)
     .fetch_all(&st.db)

@@ -8,14 +8,14 @@
 //! (format `unike-patch/1`).
 
 use anyhow::{Context, Result};
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 use unike_core::edit::unike::variant::from_input_weight_alpha;
 
 const ALPHA_MEANING: &str = "alpha_meaning";
 
 /// Runs every data migration not yet recorded, each in one transaction.
-pub async fn run(db: &SqlitePool) -> Result<()> {
-    let done: Option<(String,)> = sqlx::query_as("SELECT name FROM data_migrations WHERE name = ?")
+pub async fn run(db: &AnyPool) -> Result<()> {
+    let done: Option<(String,)> = sqlx::query_as("SELECT name FROM data_migrations WHERE name = $1")
         .bind(ALPHA_MEANING)
         .fetch_optional(db)
         .await?;
@@ -46,7 +46,7 @@ fn rename_methods(json: &str) -> Option<String> {
     changed.then(|| serde_json::to_string(&v).ok()).flatten()
 }
 
-async fn alpha_meaning(db: &SqlitePool) -> Result<()> {
+async fn alpha_meaning(db: &AnyPool) -> Result<()> {
     let mut tx = db.begin().await?;
     for row in sqlx::query("SELECT id, method, result_json FROM applied_edits WHERE method LIKE 'unike:%alpha=%'")
         .fetch_all(&mut *tx)
@@ -55,7 +55,7 @@ async fn alpha_meaning(db: &SqlitePool) -> Result<()> {
         let (id, method, result): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
         let Some(new) = from_input_weight_alpha(&method) else { continue };
         let result = rename_field(&result, "method").unwrap_or(result);
-        sqlx::query("UPDATE applied_edits SET method = ?, result_json = ? WHERE id = ?")
+        sqlx::query("UPDATE applied_edits SET method = $1, result_json = $2 WHERE id = $3")
             .bind(new)
             .bind(result)
             .bind(id)
@@ -68,7 +68,7 @@ async fn alpha_meaning(db: &SqlitePool) -> Result<()> {
     {
         let (id, request): (i64, String) = (row.get(0), row.get(1));
         if let Some(new) = rename_methods(&request) {
-            sqlx::query("UPDATE benchmark_runs SET request_json = ? WHERE id = ?")
+            sqlx::query("UPDATE benchmark_runs SET request_json = $1 WHERE id = $2")
                 .bind(new)
                 .bind(id)
                 .execute(&mut *tx)
@@ -85,14 +85,14 @@ async fn alpha_meaning(db: &SqlitePool) -> Result<()> {
         // A sweep holds `alpha=0.2` and `alpha=0.8` side by side: rename through a marked name (no method name
         // starts with `#`), so that swapping two names never collides on the (run, method) keys.
         let marked = format!("#{new}");
-        sqlx::query("UPDATE run_results SET method = ?, result_json = ? WHERE run_id = ? AND method = ?")
+        sqlx::query("UPDATE run_results SET method = $1, result_json = $2 WHERE run_id = $3 AND method = $4")
             .bind(&marked)
             .bind(result)
             .bind(run)
             .bind(&method)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE run_cases SET method = ? WHERE run_id = ? AND method = ?")
+        sqlx::query("UPDATE run_cases SET method = $1 WHERE run_id = $2 AND method = $3")
             .bind(&marked)
             .bind(run)
             .bind(&method)
@@ -101,7 +101,7 @@ async fn alpha_meaning(db: &SqlitePool) -> Result<()> {
     }
     sqlx::query("UPDATE run_results SET method = substr(method, 2) WHERE method LIKE '#%'").execute(&mut *tx).await?;
     sqlx::query("UPDATE run_cases SET method = substr(method, 2) WHERE method LIKE '#%'").execute(&mut *tx).await?;
-    sqlx::query("INSERT INTO data_migrations (name) VALUES (?)").bind(ALPHA_MEANING).execute(&mut *tx).await?;
+    sqlx::query("INSERT INTO data_migrations (name) VALUES ($1)").bind(ALPHA_MEANING).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -114,8 +114,9 @@ mod tests {
     /// reads with today's names after it; a second start changes nothing.
     #[tokio::test]
     async fn stored_fixed_alpha_variants_are_renamed_once() -> Result<()> {
-        let db = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
-        for m in sqlx::migrate!("./migrations").iter() {
+        sqlx::any::install_default_drivers();
+        let db = sqlx::any::AnyPoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+        for m in sqlx::migrate!("./migrations/sqlite").iter() {
             if m.version == 7 {
                 sqlx::raw_sql(
                     "INSERT INTO users (id, username) VALUES (1, 'a'); \

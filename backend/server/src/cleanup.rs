@@ -1,5 +1,5 @@
 //! The periodic clean-up (issue 16): what visitors leave behind is removed instead of kept forever. Every
-//! [`EVERY`]: expired sessions; demo guests without a live session whose account is older than [`GUEST_TTL`], with
+//! [`EVERY`]: expired sessions; demo guests without a live session whose account is older than [`GUEST_TTL_S`] (a day), with
 //! their sandboxes (edits, cases, runs, and the patch and run files on disk); uploaded images no case refers to; run
 //! data no unfinished run needs (and stored images no run data links to); and the rate-limit buckets that have
 //! refilled (they carry no state).
@@ -12,7 +12,7 @@ use super::{run_data, snapshots, AppState};
 /// How often the clean-up runs.
 pub const EVERY: Duration = Duration::from_secs(600);
 /// How long a demo guest (and its sandbox) is kept after its last session ended.
-pub const GUEST_TTL: &str = "-1 day";
+pub const GUEST_TTL_S: i64 = 86_400;
 /// How old an unreferenced upload must be before it is removed (an edit in flight refers to its image only once it
 /// is stored).
 pub const UPLOAD_GRACE: Duration = Duration::from_secs(3600);
@@ -48,7 +48,8 @@ pub fn spawn(st: AppState) {
 
 /// One clean-up pass (see the module note).
 pub async fn sweep(st: &AppState) -> ApiResult<Swept> {
-    let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now')")
+    let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+        .bind(crate::store::now())
         .execute(&st.db)
         .await?
         .rows_affected();
@@ -56,18 +57,18 @@ pub async fn sweep(st: &AppState) -> ApiResult<Swept> {
     // Guests past their time with no live session (expired ones are gone above) and no unfinished run.
     let guests: Vec<i64> = sqlx::query_scalar(
         "SELECT u.id FROM users u WHERE u.guest = 1 \
-         AND u.created_at < strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?) \
+         AND u.created_at < $1 \
          AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.user_id = u.id) \
          AND NOT EXISTS (SELECT 1 FROM benchmark_runs r WHERE r.author_id = u.id AND r.status IN ('queued', 'running'))",
     )
-    .bind(GUEST_TTL)
+    .bind(crate::store::stamp(-GUEST_TTL_S))
     .fetch_all(&st.db)
     .await?;
     for guest in guests {
         let mut tx = super::write_tx(&st.db).await?;
         let sandboxes: Vec<i64> = sqlx::query_scalar(
             "SELECT w.id FROM workspaces w JOIN memberships m ON m.workspace_id = w.id \
-             WHERE m.user_id = ? AND w.sandbox = 1",
+             WHERE m.user_id = $1 AND w.sandbox = 1",
         )
         .bind(guest)
         .fetch_all(&mut *tx)
@@ -75,15 +76,15 @@ pub async fn sweep(st: &AppState) -> ApiResult<Swept> {
         let mut runs: Vec<i64> = Vec::new();
         for ws in &sandboxes {
             runs.extend(
-                sqlx::query_scalar::<_, i64>("SELECT id FROM benchmark_runs WHERE workspace_id = ?")
+                sqlx::query_scalar::<_, i64>("SELECT id FROM benchmark_runs WHERE workspace_id = $1")
                     .bind(ws)
                     .fetch_all(&mut *tx)
                     .await?,
             );
-            sqlx::query("DELETE FROM workspaces WHERE id = ?").bind(ws).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM workspaces WHERE id = $1").bind(ws).execute(&mut *tx).await?;
         }
-        sqlx::query("DELETE FROM audit_log WHERE actor_id = ?").bind(guest).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM users WHERE id = ? AND guest = 1").bind(guest).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM audit_log WHERE actor_id = $1").bind(guest).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM users WHERE id = $1 AND guest = 1").bind(guest).execute(&mut *tx).await?;
         tx.commit().await?;
         // Files go once no row refers to them.
         for ws in &sandboxes {
@@ -156,7 +157,7 @@ async fn remove_unneeded_snapshots(st: &AppState) -> ApiResult<usize> {
     let mut removed = 0;
     for (id, path) in ids {
         let unfinished: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM benchmark_runs WHERE id = ? AND status IN ('queued', 'running')")
+            sqlx::query_scalar("SELECT 1 FROM benchmark_runs WHERE id = $1 AND status IN ('queued', 'running')")
                 .bind(id)
                 .fetch_optional(&st.db)
                 .await?;

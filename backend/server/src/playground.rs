@@ -41,17 +41,18 @@ pub fn text(what: &str, s: &str) -> ApiResult<String> {
 
 /// The workspace's stack as the database has it, bottom first.
 async fn stack(st: &AppState, ws: i64) -> ApiResult<Vec<StackEntry>> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT patch_dir, method FROM applied_edits WHERE workspace_id = ? AND active = 1 ORDER BY id")
-            .bind(ws)
-            .fetch_all(&st.db)
-            .await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT patch_dir, method FROM applied_edits WHERE workspace_id = $1 AND active = 1 ORDER BY id",
+    )
+    .bind(ws)
+    .fetch_all(&st.db)
+    .await?;
     Ok(rows.into_iter().map(|(d, method)| StackEntry { dir: st.data_dir.join(d), method }).collect())
 }
 
 async fn edit_stack(st: &AppState, ws: i64) -> ApiResult<EditStack> {
     let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT result_json FROM applied_edits WHERE workspace_id = ? AND active = 1 ORDER BY id")
+        sqlx::query_as("SELECT result_json FROM applied_edits WHERE workspace_id = $1 AND active = 1 ORDER BY id")
             .bind(ws)
             .fetch_all(&st.db)
             .await?;
@@ -163,7 +164,7 @@ pub async fn apply(
     let entries = stack(&st, ws).await?;
     if c.user.guest {
         // Every edit keeps its patch on disk (undone ones too, for the audit trail), so a sandbox's total is capped.
-        let made: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM applied_edits WHERE workspace_id = ?")
+        let made: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM applied_edits WHERE workspace_id = $1")
             .bind(ws)
             .fetch_one(&st.db)
             .await?;
@@ -244,7 +245,7 @@ async fn store_edit(
     let (question, target, method) = (edit.question.clone(), edit.target.clone(), edit.method.clone());
     let mut tx = super::write_tx(&st.db).await?;
     auth::recheck(&mut tx, c, ws, Role::Editor).await?;
-    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM edit_cases WHERE workspace_id = ?")
+    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM edit_cases WHERE workspace_id = $1")
         .bind(ws)
         .fetch_one(&mut *tx)
         .await?;
@@ -254,7 +255,7 @@ async fn store_edit(
     }
     let case_id: i64 = sqlx::query_scalar(
         "INSERT INTO edit_cases (workspace_id, question, target, pred, image, rephrase, source) \
-         VALUES (?, ?, ?, ?, ?, ?, 'playground') RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, 'playground') RETURNING id",
     )
     .bind(ws)
     .bind(&question)
@@ -266,7 +267,7 @@ async fn store_edit(
     .await?;
     let (id, created_at): (i64, String) = sqlx::query_as(
         "INSERT INTO applied_edits (workspace_id, case_id, author_id, method, seed, patch_dir, result_json) \
-         VALUES (?, ?, ?, ?, ?, ?, '{}') RETURNING id, created_at",
+         VALUES ($1, $2, $3, $4, $5, $6, '{}') RETURNING id, created_at",
     )
     .bind(ws)
     .bind(case_id)
@@ -277,7 +278,7 @@ async fn store_edit(
     .fetch_one(&mut *tx)
     .await?;
     (edit.id, edit.created_at) = (id, created_at);
-    sqlx::query("UPDATE applied_edits SET result_json = ? WHERE id = ?")
+    sqlx::query("UPDATE applied_edits SET result_json = $1 WHERE id = $2")
         .bind(serde_json::to_string(&*edit).map_err(ApiErr::internal)?)
         .bind(id)
         .execute(&mut *tx)
@@ -301,11 +302,12 @@ pub async fn undo(
     let mut tx = super::write_tx(&st.db).await?;
     auth::recheck(&mut tx, &c, ws, Role::Editor).await?;
     let patch_dir: Option<String> = sqlx::query_scalar(
-        "UPDATE applied_edits SET active = 0, undone_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
-         WHERE id = ? AND workspace_id = ? AND active = 1 RETURNING patch_dir",
+        "UPDATE applied_edits SET active = 0, undone_at = $3 \
+         WHERE id = $1 AND workspace_id = $2 AND active = 1 RETURNING patch_dir",
     )
     .bind(edit)
     .bind(ws)
+    .bind(crate::store::now())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(patch_dir) = patch_dir else {
@@ -343,7 +345,7 @@ pub struct StoredCase {
 pub async fn stored_cases(st: &AppState, ws: i64) -> ApiResult<Vec<StoredCase>> {
     Ok(sqlx::query_as(
         "SELECT id, question, target, pred, image, rephrase, image_rephrase, loc, loc_ans, m_loc, m_loc_q, m_loc_a \
-         FROM edit_cases WHERE workspace_id = ? ORDER BY id",
+         FROM edit_cases WHERE workspace_id = $1 ORDER BY id",
     )
     .bind(ws)
     .fetch_all(&st.db)
@@ -423,7 +425,7 @@ pub async fn import(
     let mut tx = super::write_tx(&st.db).await?;
     auth::recheck(&mut tx, &c, ws, Role::Editor).await?;
     // Counted in the transaction that writes, so parallel imports cannot each pass the check.
-    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM edit_cases WHERE workspace_id = ?")
+    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM edit_cases WHERE workspace_id = $1")
         .bind(ws)
         .fetch_one(&mut *tx)
         .await?;
@@ -437,7 +439,7 @@ pub async fn import(
     for case in &req.cases {
         sqlx::query(
             "INSERT INTO edit_cases (workspace_id, question, target, pred, image, rephrase, image_rephrase, loc, loc_ans, \
-             m_loc, m_loc_q, m_loc_a, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'import')",
+             m_loc, m_loc_q, m_loc_a, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'import')",
         )
         .bind(ws)
         .bind(case.src.trim())

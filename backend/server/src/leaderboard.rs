@@ -16,7 +16,7 @@ async fn rows(st: &AppState, q: &LeaderboardQuery) -> ApiResult<Vec<LeaderboardR
     type Raw = (i64, String, String, Option<String>, String, f64, String);
     let raw: Vec<Raw> = sqlx::query_as(
         "SELECT r.id, r.model, r.request_json, r.finished_at, rr.result_json, rr.score, rr.convention FROM run_results rr \
-         JOIN benchmark_runs r ON r.id = rr.run_id WHERE r.status = 'finished' AND (? IS NULL OR r.model = ?) \
+         JOIN benchmark_runs r ON r.id = rr.run_id WHERE r.status = 'finished' AND ($1 IS NULL OR r.model = $2) \
          ORDER BY rr.score DESC, r.id, rr.method",
     )
     .bind(q.model.as_deref().filter(|m| !m.is_empty()))
@@ -114,8 +114,9 @@ mod tests {
     /// Results stored before migration 0005 read as convention v1; results stored after carry the one written.
     #[tokio::test]
     async fn results_stored_before_the_convention_column_are_v1() -> anyhow::Result<()> {
-        let db = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
-        for m in sqlx::migrate!("./migrations").iter() {
+        sqlx::any::install_default_drivers();
+        let db = sqlx::any::AnyPoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+        for m in sqlx::migrate!("./migrations/sqlite").iter() {
             if m.version == 5 {
                 sqlx::raw_sql(
                     "INSERT INTO users (id, username) VALUES (1, 'a'); \

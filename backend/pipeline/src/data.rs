@@ -16,18 +16,18 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use crate::error::{input, Error, Result};
 use unike_core::data::select::{self, detect_task, out_of_vocabulary};
 use unike_core::data::{load_cases, read_records, split_train, EditCase, Task, DEV_CASES, DEV_MIN_FILE};
 use unike_core::model::Processor;
 use unike_core::train::save::TrainingRecord;
 use unike_core::world::{export, World};
 
-use crate::device::Loaded;
+use crate::load::Loaded;
 
 /// Which split the evaluated cases come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Split {
     /// The evaluation split (`*_eval.json`, or the `--data` file).
     #[default]
@@ -37,25 +37,26 @@ pub enum Split {
 }
 
 /// The data flags of `bench` and `reproduce`.
-#[derive(Args, Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[derive(Debug, Clone, Default)]
 pub struct DataArgs {
     /// Another synthetic world than the model's own (default: the world of the seed in the model's training.json).
     /// Refused when its words are outside the model's tokenizer.
-    #[arg(long, conflicts_with = "data")]
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with = "data"))]
     pub world: Option<u64>,
     /// MMEdit / VLKEB data: a directory with `vqa_{train,eval}.json` / `caption_{train,eval}.json`, or one JSON file
     /// (E-VQA, E-IC or VLKEB; its task from --task or from its records).
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub data: Option<PathBuf>,
     /// Image root of the data's (and --train's) image paths (default: each JSON file's directory).
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub images: Option<PathBuf>,
     /// A training split file (MMEdit / VLKEB): the memory of unrelated inputs, trained editors that are missing, and
     /// --split dev take from it (default: the data directory's `*_train.json`, or the model's own world's).
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub train: Option<PathBuf>,
     /// `eval`: the evaluation split; `dev`: the development slice of the training split (its last 100 cases per file).
-    #[arg(long, value_enum, default_value = "eval")]
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value = "eval"))]
     pub split: Split,
 }
 
@@ -120,7 +121,8 @@ pub fn world_dir_in(base: &Path, seed: u64) -> Result<PathBuf> {
             let _ = std::fs::remove_dir_all(&tmp);
         } else {
             let _ = std::fs::remove_dir_all(&dir);
-            std::fs::rename(&tmp, &dir).with_context(|| format!("moving the world into {}", dir.display()))?;
+            std::fs::rename(&tmp, &dir)
+                .map_err(|source| Error::Io { what: format!("moving the world into {}", dir.display()), source })?;
         }
     }
     Ok(dir)
@@ -140,7 +142,7 @@ fn file_task(path: &Path, given: Option<Task>) -> Result<(Task, String)> {
         (Some(t), _) => Ok((t, "--task".into())),
         (None, Ok((t, why))) => Ok((t, format!("detected: {why}"))),
         (None, Err(why)) => {
-            bail!("cannot tell whether --data {} is E-VQA or E-IC ({why}): pass --task vqa|caption", path.display())
+            input!("cannot tell whether --data {} is E-VQA or E-IC ({why}): pass --task vqa|caption", path.display())
         }
     }
 }
@@ -178,7 +180,7 @@ impl DataSource {
         let own = model_world(loaded)?;
         if let Some(i) = &args.images {
             if !i.is_dir() {
-                bail!("--images {}: not a directory", i.display());
+                input!("--images {}: not a directory", i.display());
             }
         }
         let images = args.images.clone();
@@ -210,11 +212,11 @@ impl DataSource {
                 s.single_file = true;
                 s
             }
-            (Some(p), _) => bail!("--data {}: no such file or directory", p.display()),
+            (Some(p), _) => input!("--data {}: no such file or directory", p.display()),
             (None, Some(seed)) => Self::world(seed, own)?,
             (None, None) => match own {
                 Some(seed) => Self::world(seed, own)?,
-                None => bail!(
+                None => input!(
                     "the model {} has no training.json, so no synthetic world of its own: pass --data FILE|DIR \
                      (MMEdit / VLKEB data) or --world S",
                     loaded.dir.display()
@@ -223,13 +225,14 @@ impl DataSource {
         };
         if let Some(t) = &args.train {
             if !t.is_file() {
-                bail!("--train {}: no such file", t.display());
+                input!("--train {}: no such file", t.display());
             }
             let fallback = if src.single_file { src.eval.first().map(|f| f.task) } else { None };
             let task = match detect_task(&read_records(t)?, t) {
                 Ok((task, _)) => task,
-                Err(why) => fallback
-                    .with_context(|| format!("cannot tell whether --train {} is E-VQA or E-IC ({why})", t.display()))?,
+                Err(why) => fallback.ok_or_else(|| {
+                    Error::Input(format!("cannot tell whether --train {} is E-VQA or E-IC ({why})", t.display()))
+                })?,
             };
             src.train = vec![TaskFile { task, path: t.clone(), images }];
             src.train_label = format!("--train {}", t.display());
@@ -252,22 +255,22 @@ impl DataSource {
             Split::Eval => {
                 let Some(f) = self.eval.iter().find(|f| f.task == task) else {
                     let have = self.eval.first().map_or("", |f| task_name(f.task));
-                    bail!("--data {} holds {have} cases, not {name} cases (--task {name})", self.label)
+                    input!("--data {} holds {have} cases, not {name} cases (--task {name})", self.label)
                 };
                 if !f.path.is_file() {
-                    bail!("{} is missing (expected MMEdit-format {name}_eval.json in --data)", f.path.display());
+                    input!("{} is missing (expected MMEdit-format {name}_eval.json in --data)", f.path.display());
                 }
                 Ok((self.load(f)?, f.path.clone()))
             }
             Split::Dev => {
                 let Some(f) = Self::file(&self.train, task) else {
-                    bail!("--split dev needs a {name} training split ({}): none found", self.train_label)
+                    input!("--split dev needs a {name} training split ({}): none found", self.train_label)
                 };
                 let all = self.load(f)?;
                 let len = all.len();
                 let (_, dev) = split_train(all);
                 if dev.is_empty() {
-                    bail!(
+                    input!(
                         "--split dev: {} has {len} cases, fewer than {DEV_MIN_FILE}, so no development slice (its last \
                          {DEV_CASES})",
                         f.path.display()
@@ -312,7 +315,7 @@ impl DataSource {
             }
         }
         if out.is_empty() {
-            bail!("no training cases: {} (pass --train FILE)", self.train_label);
+            input!("no training cases: {} (pass --train FILE)", self.train_label);
         }
         Ok(out)
     }
@@ -340,7 +343,7 @@ impl DataSource {
             ),
             None => "the model cannot read them".into(),
         };
-        bail!("{what} of {} use {}: {hint}", self.label, oov.summary(5))
+        input!("{what} of {} use {}: {hint}", self.label, oov.summary(5))
     }
 
     /// Where a run's cases come from (printed with its results).

@@ -5,19 +5,19 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use crate::error::{input, Error, Result};
 use unike_core::edit::hypernet::last_layers;
 use unike_core::edit::hypernet::{self, GradientEditor, TrainParams};
 use unike_core::edit::ke::{KeNet, KeParams};
 use unike_core::edit::mend::{MendNet, MendParams};
 use unike_core::edit::serac::{Serac, SeracParams};
 
-use crate::dataset::{self, DataSource, TaskFile};
-use crate::device::{self, Loaded};
-use crate::unike_artifacts::bar;
+use crate::data::{self, DataSource, TaskFile};
+use crate::load::Loaded;
+use crate::progress::bar;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trained {
     Ke,
     Mend,
@@ -44,32 +44,33 @@ impl Trained {
     }
 }
 
-#[derive(Args, Debug)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[derive(Debug)]
 pub struct TrainMethodArgs {
     /// The method to train.
-    #[arg(value_enum)]
+    #[cfg_attr(feature = "clap", arg(value_enum))]
     pub method: Trained,
-    #[command(flatten)]
-    pub model: device::ModelArgs,
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub model: crate::load::ModelArgs,
     /// Directory with `vqa_train.json` and `caption_train.json`, or one MMEdit / VLKEB training file (default: the
     /// world the model was trained on). Only the front is used: each file's last cases are the development slice.
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub data: Option<PathBuf>,
     /// Training steps (default from hparams/<method>/<model>.toml).
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub steps: Option<usize>,
     /// Training cases (default from the hyper-parameter file).
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub cases: Option<usize>,
     /// Seed of initialisation and sampling (default from the hyper-parameter file).
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub seed: Option<u64>,
 }
 
 /// `hparams/<method>/<model>.toml` of the loaded model, or the defaults.
 pub fn method_params<T: serde::de::DeserializeOwned + Default>(loaded: &Loaded, method: &str) -> Result<T> {
     let root = crate::model_dir::repo_root();
-    let path = unike_core::edit::hparams::hparams_path(&root, method, &crate::bench_edit::model_name(loaded));
+    let path = unike_core::edit::hparams::hparams_path(&root, method, &crate::bench::model_name(loaded));
     Ok(if path.is_file() { unike_core::edit::hparams::load(&path)? } else { T::default() })
 }
 
@@ -80,16 +81,18 @@ fn training_data(loaded: &Loaded, data: Option<&std::path::Path>) -> Result<Data
         Some(f) if f.is_file() => {
             let records = unike_core::data::read_records(f)?;
             let (task, _) = unike_core::data::select::detect_task(&records, f)
-                .map_err(|why| anyhow::anyhow!("cannot tell whether {} is E-VQA or E-IC ({why})", f.display()))?;
+                .map_err(|why| Error::Input(format!("cannot tell whether {} is E-VQA or E-IC ({why})", f.display())))?;
             let mut s = DataSource::from_dir(std::path::Path::new(""), f.display().to_string());
             s.train = vec![TaskFile { task, path: f.to_path_buf(), images: None }];
             s.train_label = f.display().to_string();
             Ok(s)
         }
-        Some(p) => bail!("--data {}: no such file or directory", p.display()),
-        None => match dataset::model_world(loaded)? {
+        Some(p) => input!("--data {}: no such file or directory", p.display()),
+        None => match data::model_world(loaded)? {
             Some(seed) => DataSource::world(seed, Some(seed)),
-            None => bail!("the model {} has no training.json (no world of its own): pass --data", loaded.dir.display()),
+            None => {
+                input!("the model {} has no training.json (no world of its own): pass --data", loaded.dir.display())
+            }
         },
     }
 }
@@ -97,13 +100,13 @@ fn training_data(loaded: &Loaded, data: Option<&std::path::Path>) -> Result<Data
 fn apply_overrides(t: &mut TrainParams, args: &TrainMethodArgs) -> Result<()> {
     if let Some(s) = args.steps {
         if s == 0 {
-            bail!("--steps must be at least 1");
+            input!("--steps must be at least 1");
         }
         t.steps = s;
     }
     if let Some(c) = args.cases {
         if c == 0 {
-            bail!("--cases must be at least 1");
+            input!("--cases must be at least 1");
         }
         t.cases = c;
     }
@@ -152,7 +155,11 @@ fn fit(
 
 /// Trains `method` for `loaded` on the front of `data`'s training split into `MODEL/<method>/`.
 pub fn train(loaded: &Loaded, method: Trained, data: &DataSource, args: Option<&TrainMethodArgs>) -> Result<()> {
-    let eos = *loaded.ckpt.eos_token_ids()?.first().context("the checkpoint has no end-of-sequence id")?;
+    let eos = *loaded
+        .ckpt
+        .eos_token_ids()?
+        .first()
+        .ok_or_else(|| Error::State("the checkpoint has no end-of-sequence id".into()))?;
     let dir = loaded.dir.join(method.name());
     let (model, processor) = (&loaded.model, &loaded.processor);
     let prepare = |n: usize, layers: &[usize]| -> Result<Vec<hypernet::TrainCase>> {
@@ -231,7 +238,7 @@ pub fn ensure(loaded: &Loaded, methods: &[String], data: &DataSource) -> Result<
             continue;
         }
         if !data.has_training_split() {
-            bail!(
+            input!(
                 "{} has no trained network in {} and there is no training split to train one on ({}): pass --train \
                  FILE",
                 m.name(),
@@ -251,8 +258,9 @@ pub fn ensure(loaded: &Loaded, methods: &[String], data: &DataSource) -> Result<
     Ok(())
 }
 
-pub fn run(args: TrainMethodArgs) -> Result<()> {
-    crate::device::single_thread_pools();
+/// `unike train-method`: loads the model and trains `args.method` on `--data` (default: the model's own world).
+pub fn train_method(args: TrainMethodArgs) -> Result<()> {
+    crate::load::single_thread_pools();
     let loaded = args.model.load()?;
     let data = training_data(&loaded, args.data.as_deref())?;
     train(&loaded, args.method, &data, Some(&args))

@@ -138,7 +138,7 @@ impl SnapshotQuota {
     /// Reserves `bytes` of workspace `ws`'s quota (`sandbox`: a demo sandbox's smaller one), or answers 413.
     pub async fn reserve(
         self: &Arc<Self>,
-        db: &sqlx::SqlitePool,
+        db: &sqlx::AnyPool,
         ws: i64,
         sandbox: bool,
         bytes: u64,
@@ -157,8 +157,8 @@ impl SnapshotQuota {
         // Reservations first: one given back after this read belongs to a run whose row the query below then sees.
         let reserved = self.reserved(ws);
         let stored: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(snapshot_bytes), 0) FROM benchmark_runs \
-             WHERE workspace_id = ? AND status IN ('queued', 'running')",
+            "SELECT CAST(COALESCE(SUM(snapshot_bytes), 0) AS BIGINT) FROM benchmark_runs \
+             WHERE workspace_id = $1 AND status IN ('queued', 'running')",
         )
         .bind(ws)
         .fetch_one(db)

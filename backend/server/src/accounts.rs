@@ -33,10 +33,11 @@ async fn create_user(
     if guest {
         // Counted in the write transaction, so parallel requests cannot all pass the cap.
         let recent: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM users WHERE guest = 1 AND created_ip = ? \
-             AND created_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-1 hour')",
+            "SELECT COUNT(*) FROM users WHERE guest = 1 AND created_ip = $1 \
+             AND created_at > $2",
         )
         .bind(ip.to_string())
+        .bind(crate::store::stamp(-3600))
         .fetch_one(&mut *tx)
         .await?;
         if recent as usize >= DEMO_CAPS.guests_per_hour {
@@ -44,11 +45,11 @@ async fn create_user(
         }
     }
     let id: i64 = match sqlx::query_scalar(
-        "INSERT INTO users (username, password_hash, guest, created_ip) VALUES (?, ?, ?, ?) RETURNING id",
+        "INSERT INTO users (username, password_hash, guest, created_ip) VALUES ($1, $2, $3, $4) RETURNING id",
     )
     .bind(username)
     .bind(hash)
-    .bind(guest)
+    .bind(i64::from(guest))
     .bind(ip.to_string())
     .fetch_one(&mut *tx)
     .await
@@ -60,12 +61,12 @@ async fn create_user(
         Err(e) => return Err(e.into()),
     };
     let name = if guest { "Sandbox".to_string() } else { format!("{username}'s workspace") };
-    let ws: i64 = sqlx::query_scalar("INSERT INTO workspaces (name, sandbox) VALUES (?, ?) RETURNING id")
+    let ws: i64 = sqlx::query_scalar("INSERT INTO workspaces (name, sandbox) VALUES ($1, $2) RETURNING id")
         .bind(&name)
-        .bind(guest)
+        .bind(i64::from(guest))
         .fetch_one(&mut *tx)
         .await?;
-    sqlx::query("INSERT INTO memberships (workspace_id, user_id, role) VALUES (?, ?, 'owner')")
+    sqlx::query("INSERT INTO memberships (workspace_id, user_id, role) VALUES ($1, $2, 'owner')")
         .bind(ws)
         .bind(id)
         .execute(&mut *tx)
@@ -110,7 +111,7 @@ pub async fn sign_in(
     let username: String = c.username.trim().to_lowercase().chars().take(USERNAME_MAX + 1).collect();
     st.auth_throttle.check_account(&username)?;
     let row: Option<(i64, Option<String>)> =
-        sqlx::query_as("SELECT id, password_hash FROM users WHERE username = ? AND guest = 0")
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE username = $1 AND guest = 0")
             .bind(&username)
             .fetch_optional(&st.db)
             .await?;

@@ -1,6 +1,6 @@
-//! `--device` and `--dtype` flags.
+//! Loading a checkpoint: which directory (`--model`), in which dtype (`--dtype`), on which device (`--device`).
 
-use anyhow::{bail, Result};
+use crate::error::{input, Error, Result};
 use candle_core::{DType, Device};
 
 /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
@@ -8,13 +8,18 @@ pub fn parse_device(s: &str) -> Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
         _ if s == "cuda" || s.starts_with("cuda:") => {
-            let n: usize = s.strip_prefix("cuda:").map(str::parse).transpose()?.unwrap_or(0);
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .map(str::parse)
+                .transpose()
+                .map_err(|_| Error::Input(format!("bad device {s:?} (use cpu, cuda or cuda:N)")))?
+                .unwrap_or(0);
             if !candle_core::utils::cuda_is_available() {
-                bail!("this unike was built without CUDA (rebuild with `--features cuda`) or no GPU is visible");
+                input!("this unike was built without CUDA (rebuild with `--features cuda`) or no GPU is visible");
             }
             Ok(Device::new_cuda(n)?)
         }
-        other => bail!("unknown device {other:?} (use cpu, cuda or cuda:N)"),
+        other => input!("unknown device {other:?} (use cpu, cuda or cuda:N)"),
     }
 }
 
@@ -24,7 +29,7 @@ pub fn parse_dtype(s: Option<&str>) -> Result<Option<DType>> {
         None => Ok(None),
         Some(name) => match unike_core::model::config::parse_dtype(name) {
             Some(d) => Ok(Some(d)),
-            None => bail!("unknown dtype {name:?} (use f32, f16 or bf16)"),
+            None => input!("unknown dtype {name:?} (use f32, f16 or bf16)"),
         },
     }
 }
@@ -39,16 +44,17 @@ pub fn device_name(d: &Device) -> String {
 }
 
 /// `--model`, `--dtype`, `--device`: which checkpoint to load, in which dtype, where.
-#[derive(clap::Args, Debug, Clone)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[derive(Debug, Clone)]
 pub struct ModelArgs {
     /// Model directory (llava-hf layout) or `default`.
-    #[arg(long, default_value = "default")]
+    #[cfg_attr(feature = "clap", arg(long, default_value = "default"))]
     pub model: String,
     /// Compute dtype: f32, f16 or bf16 (default: the checkpoint's).
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub dtype: Option<String>,
     /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    #[cfg_attr(feature = "clap", arg(long, default_value = "cpu"))]
     pub device: String,
 }
 
@@ -61,6 +67,13 @@ pub struct Loaded {
     pub device: Device,
     /// Time to open, map and materialise, in milliseconds.
     pub load_ms: f64,
+}
+
+impl Default for ModelArgs {
+    /// The shipped default model, its own dtype, on the CPU.
+    fn default() -> Self {
+        Self { model: "default".into(), dtype: None, device: "cpu".into() }
+    }
 }
 
 impl ModelArgs {

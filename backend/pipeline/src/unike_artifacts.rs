@@ -2,51 +2,44 @@
 //! to the world's questions, with hidden states at every decoder layer) and the encoders that disentangle it. Both
 //! write into `MODEL/unike/`; `unike bench` builds them on demand when a UniKE method asks and they are missing.
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use crate::error::{input, Error, Result};
 use unike_core::edit::unike::encoders::{EncoderParams, Encoders};
 use unike_core::edit::unike::memory::{world_candidates, KnowledgeMemory};
 use unike_core::edit::unike::{Artifacts, UniKeParams};
 use unike_core::train::save::TrainingRecord;
 use unike_core::world::World;
 
-use crate::device::{self, Loaded};
+use crate::load::Loaded;
+use crate::progress::bar;
 
-#[derive(Args, Debug)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[derive(Debug)]
 pub struct MemoryArgs {
-    #[command(flatten)]
-    pub model: device::ModelArgs,
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub model: crate::load::ModelArgs,
     /// Triplets to collect (default: `memory_size` of hparams/unike/<model>.toml; the paper collects over 15K).
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub n: Option<usize>,
     /// World seed (default: the seed the model was trained with, from its training.json).
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub seed: Option<u64>,
 }
 
-#[derive(Args, Debug)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[derive(Debug)]
 pub struct EncoderArgs {
-    #[command(flatten)]
-    pub model: device::ModelArgs,
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub model: crate::load::ModelArgs,
     /// Training steps (default from hparams/unike/<model>.toml).
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub steps: Option<usize>,
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub seed: Option<u64>,
-}
-
-/// A progress bar of `len` steps on stderr (hidden when stderr is not a terminal).
-pub fn bar(len: u64, prefix: &str) -> Result<ProgressBar> {
-    let b = ProgressBar::new(len);
-    b.set_style(ProgressStyle::with_template("{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")?);
-    b.set_prefix(prefix.to_string());
-    Ok(b)
 }
 
 /// The UniKE hyper-parameters of the loaded model (file if present, else defaults).
 pub fn unike_params(loaded: &Loaded) -> Result<UniKeParams> {
-    crate::train_method::method_params(loaded, "unike")
+    crate::trained::method_params(loaded, "unike")
 }
 
 fn build_memory_into(loaded: &Loaded, n: usize, seed: Option<u64>) -> Result<KnowledgeMemory> {
@@ -54,7 +47,7 @@ fn build_memory_into(loaded: &Loaded, n: usize, seed: Option<u64>) -> Result<Kno
         Some(s) => s,
         None => TrainingRecord::read(&loaded.dir)?
             .map(|r| r.recipe.seed)
-            .context("the model has no training.json (not a world model?): pass --seed")?,
+            .ok_or_else(|| Error::Input("the model has no training.json (not a world model?): pass --seed".into()))?,
     };
     let world = World::generate(seed);
     let eos = loaded.ckpt.eos_token_ids()?;
@@ -112,23 +105,23 @@ fn train_into(loaded: &Loaded, memory: &KnowledgeMemory, params: &EncoderParams)
 }
 
 pub fn build_memory(args: MemoryArgs) -> Result<()> {
-    crate::device::single_thread_pools();
+    crate::load::single_thread_pools();
     let loaded = args.model.load()?;
     let n = args.n.unwrap_or(unike_params(&loaded)?.memory_size);
     if n == 0 {
-        bail!("--n must be at least 1");
+        input!("--n must be at least 1");
     }
     build_memory_into(&loaded, n, args.seed)?;
     Ok(())
 }
 
 pub fn train_encoders(args: EncoderArgs) -> Result<()> {
-    crate::device::single_thread_pools();
+    crate::load::single_thread_pools();
     let loaded = args.model.load()?;
     let mut params = unike_params(&loaded)?.encoders;
     if let Some(s) = args.steps {
         if s == 0 {
-            bail!("--steps must be at least 1");
+            input!("--steps must be at least 1");
         }
         params.steps = s;
     }
@@ -137,7 +130,7 @@ pub fn train_encoders(args: EncoderArgs) -> Result<()> {
     }
     let dir = Artifacts::dir(&loaded.dir);
     if !dir.join("memory.safetensors").is_file() {
-        bail!("no knowledge memory in {}: run `unike build-memory` first", dir.display());
+        input!("no knowledge memory in {}: run `unike build-memory` first", dir.display());
     }
     let memory = KnowledgeMemory::load(&dir, loaded.model.device())?;
     train_into(&loaded, &memory, &params)

@@ -33,7 +33,7 @@ impl Gallery {
         let mut cases = HashMap::new();
         for (task, n) in [(Task::Vqa, vqa), (Task::Caption, caption)] {
             let name = if task == Task::Vqa { "vqa" } else { "caption" };
-            for (i, c) in crate::bench_edit::cases(data, task, "eval", n)?.into_iter().enumerate() {
+            for (i, c) in unike_pipeline::bench::cases(data, task, "eval", n)?.into_iter().enumerate() {
                 let id = format!("{name}-{i}");
                 items.push(GalleryItem {
                     id: id.clone(),
