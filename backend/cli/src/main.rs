@@ -9,7 +9,8 @@
 //! unike bench-stack [--methods t-patcher,unike] [--stack 10] [--edits 7] [--answers 20] [--json]
 //! unike soak [--addr A] [--visitors 8] [--minutes 5] [--pid PID] [--data-dir DIR]
 //! unike gen-data [--seed S] --out DIR
-//! unike serve [--addr 127.0.0.1:8080] [--model <DIR|default>] [--dist DIR]
+//! unike serve [--addr 127.0.0.1:8080] [--model <DIR|default>] [--dist DIR] [--db URL] [--workers local|external]
+//! unike worker --db URL [--data-dir DIR] [--model <DIR|default>] [--lease-s 30] [--exit-when-idle]
 //! unike train-base [--seed S] [--out models/default] [--recipe default|smoke]
 //! unike eval-base [--model <DIR|default>] [--n N] [--json] [--check]
 //! unike reproduce --out DIR [--n N] [--seed S] [--methods a,b] [--only table1,fig4a,...]
@@ -62,6 +63,8 @@ enum Command {
     GenData(gen_data::GenDataArgs),
     /// Serve the studio (front end + JSON API).
     Serve(unike_server::ServeArgs),
+    /// Compute shards of the studio's benchmark runs from its database (`unike serve --workers external`).
+    Worker(unike_server::workers::WorkerArgs),
     /// Train the default world model from scratch (deterministic by seed) and save it as a checkpoint.
     TrainBase(train_base::TrainArgs),
     /// Evaluate a world model: greedy exact match per split, and its answers to facts it never learned.
@@ -104,6 +107,7 @@ fn main() {
         Command::Soak(a) => soak::run(a),
         Command::GenData(a) => gen_data::run(a),
         Command::Serve(a) => unike_server::run(a),
+        Command::Worker(a) => unike_server::workers::run(a),
         Command::TrainBase(a) => train_base::run(a),
         Command::EvalBase(a) => eval_base::run(a),
         Command::Reproduce(a) => reproduce::run(a),

@@ -206,7 +206,6 @@ pub fn select_cases(
     Ok((task_name, list))
 }
 
-/// [`bench`], telling `observer` how it goes (and letting it cancel: the error is then [`unike_core::Error::Cancelled`]).
 /// What every method of a configuration shares: its cases (in the order they are edited), the memory of unrelated
 /// inputs and IKE's demonstration pool; trained artifacts the methods need exist once it is made.
 pub struct Setup {
@@ -258,28 +257,41 @@ impl Setup {
     }
 }
 
-pub fn bench_observed(
-    loaded: &crate::load::Loaded,
-    data: &DataSource,
-    cfg: &Config,
-    observer: &mut dyn BenchObserver,
-) -> Result<Vec<BenchResult>> {
+/// The harness's mode of a configuration (cross-task: sequences of 10, 5 + 5).
+pub fn eval_mode(cfg: &Config) -> Mode {
+    match (cfg.task, cfg.mode) {
+        (BenchTask::Cross, _) => Mode::Sequential(10),
+        (_, BenchMode::OneStep) => Mode::OneStep,
+        (_, BenchMode::Sequential) => Mode::Sequential(cfg.k),
+        (_, BenchMode::SequentialGap) => Mode::SequentialGap(cfg.k),
+    }
+}
+
+/// Checks the figures of a configuration that no data can make right.
+pub fn check_config(cfg: &Config) -> Result<()> {
     if cfg.n == 0 {
         input!("--n must be at least 1");
     }
     if cfg.mode == BenchMode::Sequential && cfg.k == 0 {
         input!("--k must be at least 1");
     }
+    Ok(())
+}
+
+/// Runs every method of `cfg` on `loaded` over the cases of `data`, telling `observer` how it goes (and letting it
+/// cancel: the error is then [`unike_core::Error::Cancelled`]).
+pub fn bench_observed(
+    loaded: &crate::load::Loaded,
+    data: &DataSource,
+    cfg: &Config,
+    observer: &mut dyn BenchObserver,
+) -> Result<Vec<BenchResult>> {
+    check_config(cfg)?;
     let setup = Setup::new(loaded, data, cfg)?;
     let (task_name, list) = (setup.task_name, &setup.cases);
     let eos = loaded.ckpt.eos_token_ids()?;
     let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos.clone());
-    let mode = match (cfg.task, cfg.mode) {
-        (BenchTask::Cross, _) => Mode::Sequential(10),
-        (_, BenchMode::OneStep) => Mode::OneStep,
-        (_, BenchMode::Sequential) => Mode::Sequential(cfg.k),
-        (_, BenchMode::SequentialGap) => Mode::SequentialGap(cfg.k),
-    };
+    let mode = eval_mode(cfg);
     let memory = memory_sequences(&mut ev, &setup.memory_cases)?;
 
     observer.stage(&format!("pre-edit {task_name}"), list.len());

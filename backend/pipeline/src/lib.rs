@@ -14,6 +14,7 @@
 //! - [`trained`]: KE, MEND and SERAC's networks (trained on demand); [`unike_artifacts`]: UniKE's memory and
 //!   encoders (built on demand).
 //! - [`bench`]: a benchmark configuration, its cases, and the run itself ([`bench::bench_observed`]);
+//!   [`shard`]: the same benchmark cut into shards that other processes compute, assembled bit for bit;
 //!   [`report`]: its Markdown tables.
 //!
 //! Errors are [`Error`]: [`Error::Input`] is the user's to fix (a 4xx from the API, a message from the CLI).
@@ -25,6 +26,7 @@ pub mod load;
 pub mod model_dir;
 pub mod progress;
 pub mod report;
+pub mod shard;
 pub mod trained;
 pub mod unike_artifacts;
 

@@ -26,6 +26,7 @@ mod snapshots;
 pub mod store;
 mod throttle;
 mod worker;
+pub mod workers;
 mod workspaces;
 
 use std::net::SocketAddr;
@@ -69,6 +70,13 @@ pub struct ServeArgs {
     /// PostgreSQL (a folder every server reaches).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Who computes benchmark runs: `local` (this process's run thread) or `external` (`unike worker` processes that
+    /// claim the runs' shards from the database; this server only stores them and shows their progress).
+    #[arg(long, value_enum, default_value = "local")]
+    pub workers: Workers,
+    /// With `--workers external`: cases per shard (each method's cases are cut into shards of about this many).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub shard_cases: u32,
     /// Public demo mode: visitors get a guest sandbox without signing up; per-IP rate limits and caps apply.
     #[arg(long)]
     pub demo: bool,
@@ -128,6 +136,13 @@ pub struct ServeArgs {
     pub hash_concurrency: u32,
 }
 
+/// Who computes benchmark runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workers {
+    Local,
+    External,
+}
+
 /// Everything a handler reaches.
 #[derive(Clone)]
 pub struct AppState {
@@ -157,6 +172,8 @@ pub struct AppState {
     pub trust_proxy: usize,
     /// Patches and uploads.
     pub data_dir: PathBuf,
+    /// With `--workers external`: the cases per shard (runs go to the database for `unike worker`s).
+    pub external_workers: Option<usize>,
     pub gallery: Arc<Gallery>,
     /// The model's own world's data (generated once): the gallery's source, the cases of runs on the world (a run's
     /// seed draws them), and the memory of unrelated inputs of runs on workspace cases.
@@ -205,14 +222,19 @@ fn public_source(dir: &std::path::Path) -> String {
     }
 }
 
+/// The model's name in the studio (runs and leaderboard rows carry it): `default`, or its directory's name.
+pub fn model_name(args: &load::ModelArgs, loaded: &load::Loaded) -> String {
+    if args.model == "default" {
+        "default".to_string()
+    } else {
+        loaded.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.model.clone())
+    }
+}
+
 fn model_info(args: &ServeArgs, loaded: &load::Loaded) -> ModelInfo {
     let load::Loaded { dir, ckpt, model, device: dev, .. } = loaded;
     let cfg = model.config();
-    let name = if args.model.model == "default" {
-        "default".to_string()
-    } else {
-        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.model.model.clone())
-    };
+    let name = model_name(&args.model, loaded);
     ModelInfo {
         name,
         source: public_source(dir),
@@ -350,12 +372,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
         secure_cookies: args.secure_cookies,
         trust_proxy: args.trust_proxy,
         data_dir,
+        external_workers: (args.workers == Workers::External).then_some(args.shard_cases as usize),
         gallery,
         world,
         edit_locks: Arc::default(),
     };
     tokio::spawn(runs::record(state.clone(), updates));
-    let resumed = runs::resume(&state).await?;
+    // Runs the workers compute are theirs to take up again; this server only shows how they go.
+    let resumed = if state.external_workers.is_some() {
+        tokio::spawn(runs::watch_external(state.clone()));
+        0
+    } else {
+        runs::resume(&state).await?
+    };
     cleanup::spawn(state.clone());
     let orphans = playground::remove_orphan_patches(&state).await.map_err(|e| anyhow::anyhow!(e.message))?;
     if orphans > 0 {

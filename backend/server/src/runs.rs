@@ -80,6 +80,30 @@ fn parse<T: ValueEnum>(what: &str, s: &str) -> ApiResult<T> {
     })
 }
 
+/// The benchmark configuration of a run's request, for `methods` (all of its methods, or those left to compute).
+pub(crate) fn config(req: &RunRequest, methods: Vec<String>) -> anyhow::Result<Config> {
+    Ok(Config {
+        methods,
+        task: parse("task", &req.task).map_err(|e| anyhow::anyhow!(e.message))?,
+        mode: parse("mode", &req.mode).map_err(|e| anyhow::anyhow!(e.message))?,
+        k: req.k,
+        n: req.n,
+        seed: req.seed,
+        memory: 64,
+        threads: 1,
+        split: Split::Eval,
+    })
+}
+
+/// What a run reads, wherever it is computed: its workspace snapshot under `data_dir`, or the model's world.
+pub(crate) fn data_of(world: &DataSource, data_dir: &std::path::Path, id: i64, req: &RunRequest) -> DataSource {
+    if req.data == WORKSPACE {
+        DataSource::from_dir(&run_data::dir(data_dir, id), "the workspace's cases".into())
+    } else {
+        world.clone()
+    }
+}
+
 /// Cases a run evaluates: `n` per stage, the pre-edit stage and one per method.
 fn total(req: &RunRequest) -> usize {
     req.n * (1 + req.methods.len())
@@ -135,17 +159,7 @@ fn execute(
         return (RunStatus::Finished, None);
     }
     let run = || -> anyhow::Result<()> {
-        let cfg = Config {
-            methods: methods.clone(),
-            task: parse("task", &job.req.task).map_err(|e| anyhow::anyhow!(e.message))?,
-            mode: parse("mode", &job.req.mode).map_err(|e| anyhow::anyhow!(e.message))?,
-            k: job.req.k,
-            n,
-            seed: job.req.seed,
-            memory: 64,
-            threads: 1,
-            split: Split::Eval,
-        };
+        let cfg = config(&job.req, methods.clone())?;
         let data = source(world, job);
         let mut obs = Observer {
             id: job.id,
@@ -236,6 +250,49 @@ impl RunQueue {
     }
 }
 
+/// With external workers: publishes to open pages the runs whose progress or state the workers changed (they write
+/// the database only), looking twice a second.
+pub async fn watch_external(st: AppState) {
+    let mut seen: HashMap<i64, (String, i64)> = HashMap::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let tracked: Vec<i64> = seen.keys().copied().collect();
+        let rows: Result<Vec<(i64, String, i64)>, _> = sqlx::query_as(
+            "SELECT id, status, done FROM benchmark_runs WHERE executor = 'workers' AND status IN ('queued', 'running')",
+        )
+        .fetch_all(&st.db)
+        .await;
+        let Ok(mut rows) = rows else { continue };
+        // Those that ended since the last look: once more, with their final state.
+        for id in tracked {
+            if !rows.iter().any(|r| r.0 == id) {
+                if let Ok(Some(r)) =
+                    sqlx::query_as::<_, (i64, String, i64)>("SELECT id, status, done FROM benchmark_runs WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&st.db)
+                        .await
+                {
+                    rows.push(r);
+                }
+            }
+        }
+        for (id, status, done) in rows {
+            let live = matches!(status.as_str(), "queued" | "running");
+            let changed = seen.get(&id) != Some(&(status.clone(), done));
+            if live {
+                seen.insert(id, (status, done));
+            } else {
+                seen.remove(&id);
+            }
+            if changed {
+                if let Ok(run) = load(&st, id).await {
+                    events::publish(&st, Event::Run { run });
+                }
+            }
+        }
+    }
+}
+
 /// Writes the run worker's updates to the database and to open pages.
 pub async fn record(st: AppState, mut rx: UnboundedReceiver<Update>) {
     while let Some(u) = rx.recv().await {
@@ -252,6 +309,62 @@ pub async fn record(st: AppState, mut rx: UnboundedReceiver<Update>) {
     }
 }
 
+/// Stores a method's result of run `id` and its per-case scores (again: a resumed or re-run method replaces its rows).
+pub(crate) async fn store_result(
+    db: &sqlx::AnyPool,
+    id: i64,
+    result: &BenchResult,
+    cases: &[CaseScore],
+) -> ApiResult<()> {
+    let mut tx = super::write_tx(db).await?;
+    let convention = result.convention.as_str();
+    sqlx::query(
+        "INSERT INTO run_results (run_id, method, result_json, score, convention, position) \
+         VALUES ($1, $2, $3, $4, $5, (SELECT COUNT(*) FROM run_results WHERE run_id = $1)) \
+         ON CONFLICT (run_id, method) DO UPDATE SET result_json = excluded.result_json, \
+         score = excluded.score, convention = excluded.convention",
+    )
+    .bind(id)
+    .bind(&result.method)
+    .bind(serde_json::to_string(&result).map_err(ApiErr::internal)?)
+    .bind(result.metrics.mean5())
+    .bind(convention)
+    .execute(&mut *tx)
+    .await?;
+    for (i, c) in cases.iter().enumerate() {
+        let t = |m: EditMetric| c.token[m as usize];
+        sqlx::query(
+            "INSERT INTO run_cases (run_id, method, case_index, edit_ms, reliability, t_generality, \
+             m_generality, t_locality, m_locality, portability, m_locality_top1, convention) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (run_id, method, case_index) DO UPDATE SET edit_ms = excluded.edit_ms, \
+             reliability = excluded.reliability, t_generality = excluded.t_generality, \
+             m_generality = excluded.m_generality, t_locality = excluded.t_locality, \
+             m_locality = excluded.m_locality, portability = excluded.portability, \
+             m_locality_top1 = excluded.m_locality_top1, convention = excluded.convention",
+        )
+        .bind(id)
+        .bind(&result.method)
+        .bind(i as i64)
+        .bind(c.edit_ms)
+        .bind(t(EditMetric::Reliability))
+        .bind(t(EditMetric::TGenerality))
+        .bind(t(EditMetric::MGenerality))
+        .bind(t(EditMetric::TLocality))
+        .bind(t(EditMetric::MLocality))
+        .bind(t(EditMetric::Portability))
+        .bind(t(EditMetric::MLocalityTop1))
+        .bind(convention)
+        // Not prepared once for all: sqlx 0.9's Any driver declares a missing f64 as a PostgreSQL float4, and a
+        // statement prepared with that type then refuses a present one ("incorrect binary data format").
+        .persistent(false)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
     match u {
         Update::Progress { id, done, total } => {
@@ -262,80 +375,44 @@ async fn apply(st: &AppState, u: Update) -> ApiResult<()> {
                 .execute(&st.db)
                 .await?;
         }
-        Update::Result { id, result, cases } => {
-            let mut tx = super::write_tx(&st.db).await?;
-            let convention = result.convention.as_str();
-            sqlx::query(
-                "INSERT INTO run_results (run_id, method, result_json, score, convention, position) \
-                 VALUES ($1, $2, $3, $4, $5, (SELECT COUNT(*) FROM run_results WHERE run_id = $1)) \
-                 ON CONFLICT (run_id, method) DO UPDATE SET result_json = excluded.result_json, \
-                 score = excluded.score, convention = excluded.convention",
-            )
-            .bind(id)
-            .bind(&result.method)
-            .bind(serde_json::to_string(&result).map_err(ApiErr::internal)?)
-            .bind(result.metrics.mean5())
-            .bind(convention)
-            .execute(&mut *tx)
-            .await?;
-            for (i, c) in cases.iter().enumerate() {
-                let t = |m: EditMetric| c.token[m as usize];
-                sqlx::query(
-                    "INSERT INTO run_cases (run_id, method, case_index, edit_ms, reliability, t_generality, \
-                     m_generality, t_locality, m_locality, portability, m_locality_top1, convention) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                     ON CONFLICT (run_id, method, case_index) DO UPDATE SET edit_ms = excluded.edit_ms, \
-                     reliability = excluded.reliability, t_generality = excluded.t_generality, \
-                     m_generality = excluded.m_generality, t_locality = excluded.t_locality, \
-                     m_locality = excluded.m_locality, portability = excluded.portability, \
-                     m_locality_top1 = excluded.m_locality_top1, convention = excluded.convention",
-                )
-                .bind(id)
-                .bind(&result.method)
-                .bind(i as i64)
-                .bind(c.edit_ms)
-                .bind(t(EditMetric::Reliability))
-                .bind(t(EditMetric::TGenerality))
-                .bind(t(EditMetric::MGenerality))
-                .bind(t(EditMetric::TLocality))
-                .bind(t(EditMetric::MLocality))
-                .bind(t(EditMetric::Portability))
-                .bind(t(EditMetric::MLocalityTop1))
-                .bind(convention)
-                // Not prepared once for all: sqlx 0.9's Any driver declares a missing f64 as a PostgreSQL float4, and a
-                // statement prepared with that type then refuses a present one ("incorrect binary data format").
-                .persistent(false)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-        }
+        Update::Result { id, result, cases } => store_result(&st.db, id, &result, &cases).await?,
         Update::End { id, status, error } => {
-            sqlx::query(
-                "UPDATE benchmark_runs SET status = $1, error = $2, done = CASE WHEN $3 = 'finished' THEN total ELSE done END, \
-                 finished_at = $5 WHERE id = $4",
-            )
-            .bind(status.as_str())
-            .bind(error)
-            .bind(status.as_str())
-            .bind(id)
-            .bind(crate::store::now())
-            .execute(&st.db)
-            .await?;
             if let Ok(mut m) = st.runs.cancels.lock() {
                 m.remove(&id);
             }
-            // Its results are stored: no run needs its data any more.
-            let (folder, blobs) = (run_data::dir(&st.data_dir, id), snapshots::blobs_dir(&st.data_dir));
-            if folder.exists() {
-                tokio::task::spawn_blocking(move || {
-                    let _ = std::fs::remove_dir_all(&folder);
-                    snapshots::sweep_blobs(&blobs);
-                })
-                .await
-                .map_err(ApiErr::internal)?;
-            }
+            end_run(&st.db, &st.data_dir, id, status, error).await?;
         }
+    }
+    Ok(())
+}
+
+/// Records the end of run `id` (its results are stored) and removes its data snapshot, which no run needs any more.
+pub(crate) async fn end_run(
+    db: &sqlx::AnyPool,
+    data_dir: &std::path::Path,
+    id: i64,
+    status: RunStatus,
+    error: Option<String>,
+) -> ApiResult<()> {
+    sqlx::query(
+        "UPDATE benchmark_runs SET status = $1, error = $2, done = CASE WHEN $3 = 'finished' THEN total ELSE done END, \
+         finished_at = $5 WHERE id = $4",
+    )
+    .bind(status.as_str())
+    .bind(error)
+    .bind(status.as_str())
+    .bind(id)
+    .bind(crate::store::now())
+    .execute(db)
+    .await?;
+    let (folder, blobs) = (run_data::dir(data_dir, id), snapshots::blobs_dir(data_dir));
+    if folder.exists() {
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&folder);
+            snapshots::sweep_blobs(&blobs);
+        })
+        .await
+        .map_err(ApiErr::internal)?;
     }
     Ok(())
 }
@@ -670,7 +747,11 @@ pub async fn create(
         }
     }
     let req_data_is_workspace = req.data == WORKSPACE;
-    if let Err(e) = st.runs.submit(id, req, Vec::new(), Author { id: c.user.id, guest: c.user.guest }, false) {
+    let queued = match st.external_workers {
+        Some(shard_cases) => crate::workers::enqueue(&st.db, id, &req, shard_cases).await,
+        None => st.runs.submit(id, req, Vec::new(), Author { id: c.user.id, guest: c.user.guest }, false),
+    };
+    if let Err(e) = queued {
         // Stored but never queued: it says why instead of waiting forever.
         sqlx::query(
             "UPDATE benchmark_runs SET status = 'failed', error = $1, \

@@ -262,9 +262,10 @@ impl<'a> Evaluator<'a> {
 
 /// The metric updates of a run, in order (replayed into means, so that merging chunks computed on different threads
 /// gives the same floating-point sums as one thread).
-#[derive(Default)]
-struct Sums {
+#[derive(Default, Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct Sums {
     /// The case (index into the run's cases) the next updates belong to.
+    #[serde(skip)]
     case: usize,
     updates: Vec<(usize, EditMetric, f32, bool)>,
     /// The old convention's token scores (v1: the end of sequence scored, M-Locality as top-1 agreement), in order.
@@ -282,7 +283,7 @@ impl Sums {
         self.updates_v1.push((m, token));
     }
 
-    fn merge(&mut self, other: Sums) {
+    pub(super) fn merge(&mut self, other: Sums) {
         self.updates.extend(other.updates);
         self.updates_v1.extend(other.updates_v1);
         self.hops.extend(other.hops);
@@ -408,10 +409,11 @@ pub struct CaseScore {
 
 /// One-step and sequential runs: independent chunks of `mode.k()` cases, each on a fresh stack, taken by up to
 /// `threads` workers; the metric updates merged in chunk order and the edit times in case order.
-fn run_chunks(
+pub(super) fn run_chunks(
     ev: &Evaluator<'_>,
     method: &dyn EditMethod,
     cases: &[PreparedCase],
+    base: usize,
     mode: Mode,
     threads: usize,
     progress: &mut dyn FnMut(usize, usize) -> bool,
@@ -428,7 +430,7 @@ fn run_chunks(
             scope.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(chunk) = chunks.get(i) else { break };
-                if tx.send((i, run_chunk(ev, method, chunk, i * mode.k()))).is_err() {
+                if tx.send((i, run_chunk(ev, method, chunk, base + i * mode.k()))).is_err() {
                     break;
                 }
             });
@@ -473,7 +475,7 @@ fn run_chunks(
 /// VLKEB's gap protocol ([`Mode::SequentialGap`]): `cases` edited in order onto one stack; right after edit `t >= g`,
 /// case `t - g` is scored under the stack as it stands. Returns the updates of the first `len - g` cases, every
 /// edit's time, and how many cases were scored.
-fn run_stream(
+pub(super) fn run_stream(
     ev: &Evaluator<'_>,
     method: &dyn EditMethod,
     cases: &[PreparedCase],
@@ -508,7 +510,7 @@ fn run_stream(
 }
 
 /// Portability per number of hops: the scored questions' means after the edit and the unedited model's on them.
-fn hop_scores(sums: &Sums, cases: &[PreparedCase]) -> Vec<HopScore> {
+fn hop_scores(sums: &Sums, cases: &[CaseMeta]) -> Vec<HopScore> {
     let mut by: std::collections::BTreeMap<&str, [Mean; 4]> = std::collections::BTreeMap::new();
     for (hop, token, exact) in &sums.hops {
         let m = by.entry(hop.as_str()).or_default();
@@ -545,16 +547,43 @@ pub fn run_detailed(
     threads: usize,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<(BenchResult, Vec<CaseScore>)> {
-    let (sums, mut edit_ms, scored) = match mode {
+    let (sums, edit_ms, scored) = match mode {
         Mode::SequentialGap(g) => run_stream(ev, method, cases, g, progress)?,
         _ => {
-            let (sums, edit_ms) = run_chunks(ev, method, cases, mode, threads, progress)?;
+            let (sums, edit_ms) = run_chunks(ev, method, cases, 0, mode, threads, progress)?;
             (sums, edit_ms, cases.len())
         }
     };
+    let metas: Vec<CaseMeta> = cases[..scored].iter().map(PreparedCase::meta).collect();
+    Ok(finish(method.name(), task, mode, &sums, edit_ms, &metas))
+}
+
+/// What the result of a run needs of each scored case besides its updates: its portability questions' hops and the
+/// unedited model's scores on them.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct CaseMeta {
+    portability_hops: Vec<String>,
+    portability_base: Vec<(f32, bool, f32)>,
+}
+
+impl PreparedCase {
+    pub(super) fn meta(&self) -> CaseMeta {
+        CaseMeta { portability_hops: self.portability_hops.clone(), portability_base: self.portability_base.clone() }
+    }
+}
+
+/// The result of a run from its updates in case order, every edit's time (in case order) and its scored cases.
+pub(super) fn finish(
+    method: &str,
+    task: &str,
+    mode: Mode,
+    sums: &Sums,
+    mut edit_ms: Vec<f64>,
+    cases: &[CaseMeta],
+) -> (BenchResult, Vec<CaseScore>) {
+    let scored = cases.len();
     let per_case: Vec<CaseScore> =
         sums.per_case(scored).into_iter().zip(&edit_ms).map(|(token, &edit_ms)| CaseScore { edit_ms, token }).collect();
-    let cases = &cases[..scored];
     edit_ms.sort_by(f64::total_cmp);
     // The unedited model's portability, over the same questions (every case's, in order).
     let (mut base_token, mut base_exact, mut base_token_v1) = (Mean::default(), Mean::default(), Mean::default());
@@ -564,7 +593,7 @@ pub fn run_detailed(
         base_token_v1.update(token_v1);
     }
     let result = BenchResult {
-        method: method.name().to_string(),
+        method: method.to_string(),
         task: task.to_string(),
         mode: mode.name().to_string(),
         k: mode.k(),
@@ -573,8 +602,8 @@ pub fn run_detailed(
         metrics: metric_set(&sums.token(), &base_token, true),
         metrics_v1: Some(metric_set(&sums.token_v1(), &base_token_v1, false)),
         exact_match: metric_set(&sums.exact(), &base_exact, false),
-        portability_hops: hop_scores(&sums, cases),
+        portability_hops: hop_scores(sums, cases),
         timing: Timing { edit_ms_median: percentile(&edit_ms, 0.5), edit_ms_p90: percentile(&edit_ms, 0.9) },
     };
-    Ok((result, per_case))
+    (result, per_case)
 }

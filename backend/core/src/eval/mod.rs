@@ -2,6 +2,7 @@
 
 pub mod harness;
 pub mod metrics;
+pub mod shard;
 pub mod share;
 #[cfg(test)]
 mod tests;

@@ -207,3 +207,55 @@ fn the_gap_protocol_is_one_stream_of_edits() -> Result<()> {
     let _ = std::fs::remove_dir_all(&f.dir);
     Ok(())
 }
+
+/// A run cut into shards and assembled gives what one process gives, to the bit (edit times aside), in one-step and
+/// sequential mode, whatever the cut; shards that leave a gap are refused.
+#[test]
+fn shards_assemble_into_the_one_process_result() -> Result<()> {
+    use super::shard::{assemble, plan, run_shard};
+    let f = fixture("shards")?;
+    let world = World::generate(0);
+    let mut ev = Evaluator::new(&f.model, &f.processor, f.eos.clone());
+    let prepared: Vec<PreparedCase> = (0..5)
+        .map(|e| ev.prepare(&case(&f, &world, e, &world.entities[e + 5].name)?, e as u64))
+        .collect::<Result<_>>()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let method = crate::edit::registry::build(
+        "ft",
+        crate::edit::registry::MethodInputs {
+            root: &root,
+            model: "default",
+            memory: vec![],
+            demonstrations: vec![],
+            eos: f.eos[0],
+            llava: &f.model,
+            model_dir: &root.join("models/default"),
+        },
+    )?;
+    let strip = |mut r: unike_shared::BenchResult| {
+        r.timing = unike_shared::Timing { edit_ms_median: 0.0, edit_ms_p90: 0.0 };
+        r
+    };
+    for (mode, shards) in [(Mode::OneStep, 3), (Mode::Sequential(2), 2), (Mode::Sequential(2), 9)] {
+        let (whole, whole_cases) = run_detailed(&ev, method.as_ref(), &prepared, mode, "vqa", 1, &mut |_, _| true)?;
+        let ranges = plan(prepared.len(), mode, shards);
+        assert!(ranges.len() > 1, "{ranges:?}");
+        let mut outcomes = Vec::new();
+        for r in ranges.iter().rev() {
+            let cases = &prepared[r.clone()];
+            outcomes.push(run_shard(&ev, method.as_ref(), cases, r.start, mode, 1, &mut |_, _| true)?);
+        }
+        let (parts, parts_cases) = assemble(method.name(), "vqa", mode, prepared.len(), outcomes.clone())?;
+        assert_eq!(strip(parts), strip(whole.clone()), "{mode:?} in {} shards", ranges.len());
+        let tokens = |c: &[super::CaseScore]| c.iter().map(|c| c.token).collect::<Vec<_>>();
+        assert_eq!(tokens(&parts_cases), tokens(&whole_cases));
+        assert!(whole.metrics.reliability > 50.0, "FT edits take: {whole:?}");
+        let last = outcomes.remove(0);
+        assert!(assemble(method.name(), "vqa", mode, prepared.len(), outcomes.clone()).is_err(), "the last is missing");
+        outcomes.insert(0, last);
+        outcomes.pop();
+        assert!(assemble(method.name(), "vqa", mode, prepared.len(), outcomes).is_err(), "the first is missing");
+    }
+    let _ = std::fs::remove_dir_all(&f.dir);
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Benchmark runs computed by worker processes: a studio with `--workers external` stores a run's shards in its
+//! database, four `unike worker` processes claim and compute them, and one of them is killed with SIGKILL while it
+//! holds a shard. The run still finishes, with every shard stored once, and its results equal those of the same run
+//! computed by a one-process studio, bit for bit (edit times aside). On a real SQLite file, or on PostgreSQL under
+//! `UNIKE_TEST_POSTGRES` (`./studio test` runs it on both).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use unike_shared::routes;
+
+mod common;
+use common::*;
+
+/// A `unike worker` process on the studio database `db`; killed on drop.
+struct Worker(Child);
+
+impl Worker {
+    fn start(db: &Path, name: &str) -> Result<Self> {
+        let child = Command::new(env!("CARGO_BIN_EXE_unike"))
+            .current_dir(root())
+            .arg("worker")
+            .args(db_args(db)?)
+            .args(["--lease-s", "3", "--poll-ms", "100", "--name", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Self(child))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One query's rows as JSON-ish strings (`SELECT` of text and integer columns).
+fn rows(db: &Path, statement: &str) -> Result<Vec<(String, i64)>> {
+    let url = db_url(db)?;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await?;
+        let out: Vec<(String, i64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(statement.to_string())).fetch_all(&pool).await?;
+        pool.close().await;
+        Ok(out)
+    })
+}
+
+/// A run's results by method, without their edit times (the only figures that depend on the machine).
+fn results(run: &Value) -> Result<Vec<Value>> {
+    let mut out = run["results"].as_array().context("results")?.clone();
+    for r in &mut out {
+        r.as_object_mut().context("result")?.remove("timing");
+    }
+    out.sort_by_key(|r| r["method"].as_str().unwrap_or_default().to_string());
+    Ok(out)
+}
+
+#[test]
+fn workers_compute_a_run_in_shards_survive_a_killed_worker_and_match_one_process() -> Result<()> {
+    let dir = temp_dir("workers")?;
+    let request = json!({"methods": ["ft", "serac"], "task": "vqa", "mode": "one-step", "n": 8, "seed": 3});
+
+    // The reference: the same run in one process.
+    let local = Server::start(&dir.join("local.db"), &[])?;
+    let (mut alice, ws) = signed_up(local.port, "alice")?;
+    let r = alice.post(&routes::runs(ws), &request)?;
+    ensure!(r.status == 200, "{}", r.body);
+    let reference = r.json()?["id"].as_i64().context("id")?;
+
+    // The same run on a studio whose runs the workers compute, in shards of two cases (8 shards).
+    let db = dir.join("ext.db");
+    let server = Server::start(&db, &["--workers", "external", "--shard-cases", "2"])?;
+    let (mut bob, ws) = signed_up(server.port, "bob")?;
+    let r = bob.post(&routes::runs(ws), &request)?;
+    ensure!(r.status == 200, "{}", r.body);
+    let id = r.json()?["id"].as_i64().context("id")?;
+    let shards = rows(&db, &format!("SELECT method, end_case - first_case FROM run_shards WHERE run_id = {id}"))?;
+    assert_eq!(shards.len(), 8, "{shards:?}");
+    assert!(shards.iter().all(|(_, n)| *n == 2), "{shards:?}");
+
+    let mut workers: Vec<(String, Worker)> =
+        (0..4).map(|i| Ok((format!("w{i}"), Worker::start(&db, &format!("w{i}"))?))).collect::<Result<_>>()?;
+    // Kill a worker seen holding a shard, mid-shard: should the shard be stored between the look and the kill (the
+    // kill came too late), another one, at most twice.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (victim_shard, killed) = 'kill: loop {
+        let running =
+            rows(&db, &format!("SELECT worker, id FROM run_shards WHERE run_id = {id} AND status = 'running'"))?;
+        for (name, shard) in running {
+            let Some(i) = workers.iter().position(|(n, _)| *n == name) else { continue };
+            workers[i].1.kill();
+            let (name, _) = workers.remove(i);
+            let state =
+                rows(&db, &format!("SELECT status, 0 FROM run_shards WHERE id = {shard} AND worker = '{name}'"))?;
+            if state.first().is_some_and(|(s, _)| s == "running") {
+                break 'kill (shard, name);
+            }
+            ensure!(workers.len() > 2, "two kills came too late");
+        }
+        ensure!(Instant::now() < deadline, "no worker claimed a shard");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    let run = wait_run(&mut bob, id, &["finished", "failed", "cancelled"])?;
+    assert_eq!(run["status"], "finished", "{run}");
+    assert_eq!(run["done"], run["total"], "{run}");
+    let one = wait_run(&mut alice, reference, &["finished", "failed"])?;
+    assert_eq!(one["status"], "finished", "{one}");
+    assert_eq!(results(&run)?, results(&one)?, "the workers' results equal one process's");
+
+    // The killed worker's shard was claimed again after its lease and done by another; nothing was stored twice.
+    let after = rows(&db, &format!("SELECT worker, attempts FROM run_shards WHERE id = {victim_shard}"))?;
+    assert!(after[0].0 != killed && after[0].1 >= 2, "{after:?} (killed {killed})");
+    let done = rows(&db, &format!("SELECT status, COUNT(*) FROM run_shards WHERE run_id = {id} GROUP BY status"))?;
+    assert_eq!(done, [("done".to_string(), 8)], "{done:?}");
+    let cases = rows(
+        &db,
+        &format!("SELECT method, COUNT(*) FROM run_cases WHERE run_id = {id} GROUP BY method ORDER BY method"),
+    )?;
+    assert_eq!(cases, [("ft".to_string(), 8), ("serac".to_string(), 8)], "{cases:?}");
+    drop(workers);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
