@@ -133,3 +133,46 @@ fn workers_compute_a_run_in_shards_survive_a_killed_worker_and_match_one_process
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Two replicas of the studio on one PostgreSQL database: an edit applied through replica A reaches a page open on
+/// replica B live (`LISTEN/NOTIFY`), and a run launched on A, computed by a worker, streams its progress to B's page.
+/// PostgreSQL only (`UNIKE_TEST_POSTGRES`; `./studio test` sets it): one SQLite file is one process's.
+#[test]
+fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
+    if postgres().is_none() {
+        eprintln!(
+            "replicas_on_postgresql_see_each_others_events_live: UNIKE_TEST_POSTGRES is not set; PostgreSQL only"
+        );
+        return Ok(());
+    }
+    let dir = temp_dir("replicas")?;
+    let db = dir.join("replicas.db");
+    let a = Server::start(&db, &["--workers", "external", "--shard-cases", "3"])?;
+    let b = Server::start(&db, &["--workers", "external", "--shard-cases", "3"])?;
+    let (mut alice, ws) = signed_up(a.port, "alice")?;
+    // Alice's session is the database's: the same cookie opens a page on replica B.
+    let cookie = alice.cookie.clone().context("cookie")?;
+    let mut on_b = Client { port: b.port, cookie: Some(cookie.clone()), csrf: alice.csrf.clone() };
+    assert_eq!(on_b.get(routes::SESSION)?.json()?["user"]["username"], "alice");
+
+    let events = sse_until(b.port, &cookie, ws, "edit_applied");
+    std::thread::sleep(Duration::from_millis(300));
+    let gallery = alice.get(routes::GALLERY)?.json()?;
+    let r = alice.post(&routes::edits(ws), &gallery_edit(&gallery, 0, "serac"))?;
+    ensure!(r.status == 200, "{}", r.body);
+    let edit_id = r.json()?["id"].as_i64().context("edit id")?;
+    let seen = events.join().map_err(|_| anyhow::anyhow!("the stream thread panicked"))??;
+    assert!(seen.contains("edit_applied") && seen.contains(&format!("\"id\":{edit_id}")), "{seen}");
+
+    // A run launched on A and computed by a worker: B's page sees it finish.
+    let events = sse_until(b.port, &cookie, ws, "\"status\":\"finished\"");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = alice.post(&routes::runs(ws), &json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 6}))?;
+    ensure!(r.status == 200, "{}", r.body);
+    let _worker = Worker::start(&db, "w")?;
+    let seen = events.join().map_err(|_| anyhow::anyhow!("the stream thread panicked"))??;
+    assert!(seen.contains("\"status\":\"finished\""), "{seen}");
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

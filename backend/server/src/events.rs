@@ -139,8 +139,12 @@ pub async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// Sends `event` to every subscribed page (nobody listening is fine).
+/// Sends `event` to every subscribed page (nobody listening is fine), and to the other replicas' pages when the studio
+/// runs on PostgreSQL ([`super::relay`]).
 pub fn publish(st: &AppState, event: Event) {
+    if let Some(relay) = &st.relay {
+        relay.notify(&event);
+    }
     let _ = st.events.send(event);
 }
 

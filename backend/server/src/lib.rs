@@ -19,6 +19,7 @@ mod openapi;
 mod patch_cache;
 mod playground;
 mod relabel;
+pub mod relay;
 mod run_data;
 mod run_schedule;
 mod runs;
@@ -174,6 +175,8 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// With `--workers external`: the cases per shard (runs go to the database for `unike worker`s).
     pub external_workers: Option<usize>,
+    /// On PostgreSQL: the other replicas hear of this one's events (`NOTIFY`).
+    pub relay: Option<relay::Relay>,
     pub gallery: Arc<Gallery>,
     /// The model's own world's data (generated once): the gallery's source, the cases of runs on the world (a run's
     /// seed draws them), and the memory of unrelated inputs of runs on workspace cases.
@@ -320,6 +323,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None => eprintln!("warning: no built front end (dist/index.html) found; serving the API only"),
     }
     let (db, data_dir) = store::open(&args.db, args.data_dir.as_deref()).await?;
+    let relay = (store::backend(&db) == store::Backend::Postgres).then(relay::Relay::new);
     let addr = args.addr;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let model_args = args.model.clone();
@@ -373,11 +377,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
         trust_proxy: args.trust_proxy,
         data_dir,
         external_workers: (args.workers == Workers::External).then_some(args.shard_cases as usize),
+        relay: relay.as_ref().map(|(r, _)| r.clone()),
         gallery,
         world,
         edit_locks: Arc::default(),
     };
     tokio::spawn(runs::record(state.clone(), updates));
+    if let Some((r, rx)) = relay {
+        tokio::spawn(relay::send(state.clone(), rx));
+        tokio::spawn(relay::listen(state.clone(), args.db.clone(), r.origin().to_string()));
+    }
     // Runs the workers compute are theirs to take up again; this server only shows how they go.
     let resumed = if state.external_workers.is_some() {
         tokio::spawn(runs::watch_external(state.clone()));
