@@ -26,6 +26,7 @@ mod bench_api;
 mod bench_edit;
 mod bench_model;
 mod bench_stack;
+mod bench_workers;
 mod eval_base;
 mod gen_data;
 mod knowledge_share;
@@ -65,6 +66,8 @@ enum Command {
     Serve(unike_server::ServeArgs),
     /// Compute shards of the studio's benchmark runs from its database (`unike serve --workers external`).
     Worker(unike_server::workers::WorkerArgs),
+    /// Time a benchmark run computed by 1, 2, 3, … worker processes (a throw-away studio), with the queue's overheads.
+    BenchWorkers(bench_workers::BenchWorkersArgs),
     /// Train the default world model from scratch (deterministic by seed) and save it as a checkpoint.
     TrainBase(train_base::TrainArgs),
     /// Evaluate a world model: greedy exact match per split, and its answers to facts it never learned.
@@ -108,6 +111,7 @@ fn main() {
         Command::GenData(a) => gen_data::run(a),
         Command::Serve(a) => unike_server::run(a),
         Command::Worker(a) => unike_server::workers::run(a),
+        Command::BenchWorkers(a) => bench_workers::run(a),
         Command::TrainBase(a) => train_base::run(a),
         Command::EvalBase(a) => eval_base::run(a),
         Command::Reproduce(a) => reproduce::run(a),

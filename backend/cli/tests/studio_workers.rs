@@ -135,7 +135,8 @@ fn workers_compute_a_run_in_shards_survive_a_killed_worker_and_match_one_process
 }
 
 /// Two replicas of the studio on one PostgreSQL database: an edit applied through replica A reaches a page open on
-/// replica B live (`LISTEN/NOTIFY`), and a run launched on A, computed by a worker, streams its progress to B's page.
+/// replica B live (`LISTEN/NOTIFY`), a run launched on A, computed by a worker, streams its progress to B's page, and
+/// the sign-in throttle counts attempts on both replicas together.
 /// PostgreSQL only (`UNIKE_TEST_POSTGRES`; `./studio test` sets it): one SQLite file is one process's.
 #[test]
 fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
@@ -147,8 +148,9 @@ fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
     }
     let dir = temp_dir("replicas")?;
     let db = dir.join("replicas.db");
-    let a = Server::start(&db, &["--workers", "external", "--shard-cases", "3"])?;
-    let b = Server::start(&db, &["--workers", "external", "--shard-cases", "3"])?;
+    let flags = ["--workers", "external", "--shard-cases", "3", "--auth-attempts", "6"];
+    let a = Server::start(&db, &flags)?;
+    let b = Server::start(&db, &flags)?;
     let (mut alice, ws) = signed_up(a.port, "alice")?;
     // Alice's session is the database's: the same cookie opens a page on replica B.
     let cookie = alice.cookie.clone().context("cookie")?;
@@ -172,6 +174,25 @@ fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
     let _worker = Worker::start(&db, "w")?;
     let seen = events.join().map_err(|_| anyhow::anyhow!("the stream thread panicked"))??;
     assert!(seen.contains("\"status\":\"finished\""), "{seen}");
+
+    // Sign-in throttles count across replicas: 6 attempts per address in all (the sign-up was one), wherever they go.
+    for i in 0..5 {
+        let port = if i % 2 == 0 { a.port } else { b.port };
+        let r = Client::new(port).raw(
+            "POST",
+            routes::SIGN_IN,
+            Some(r#"{"username":"alice","password":"wrong-password"}"#),
+            false,
+        )?;
+        assert_eq!(r.status, 401, "attempt {}: {}", i + 2, r.body);
+    }
+    let r = Client::new(b.port).raw(
+        "POST",
+        routes::SIGN_IN,
+        Some(r#"{"username":"alice","password":"wrong-password"}"#),
+        false,
+    )?;
+    expect_error(&r, 429, "too many sign-in attempts")?;
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -84,8 +84,8 @@ pub async fn sign_up(
     Body(c): Body<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
     let ip = auth::client_ip(&st, &headers, addr.ip());
-    st.limits.check(ip)?;
-    st.auth_throttle.attempt(ip)?;
+    st.limits.check(ip).await?;
+    st.auth_throttle.attempt(ip).await?;
     let username = auth::validate(&c)?;
     let hash = {
         let _slot = st.auth_throttle.hash_slot().await?;
@@ -105,11 +105,11 @@ pub async fn sign_in(
     Body(c): Body<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
     let ip = auth::client_ip(&st, &headers, addr.ip());
-    st.limits.check(ip)?;
-    st.auth_throttle.attempt(ip)?;
+    st.limits.check(ip).await?;
+    st.auth_throttle.attempt(ip).await?;
     // (Bounded: a name longer than any account's is throttled as its first characters.)
     let username: String = c.username.trim().to_lowercase().chars().take(USERNAME_MAX + 1).collect();
-    st.auth_throttle.check_account(&username)?;
+    st.auth_throttle.check_account(&username).await?;
     let row: Option<(i64, Option<String>)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE username = $1 AND guest = 0")
             .bind(&username)
@@ -117,7 +117,7 @@ pub async fn sign_in(
             .await?;
     let wrong = || ApiErr::new(axum::http::StatusCode::UNAUTHORIZED, "wrong username or password");
     if c.password.chars().count() > PASSWORD_MAX {
-        st.auth_throttle.failed(&username)?;
+        st.auth_throttle.failed(&username).await?;
         return Err(wrong());
     }
     // An unknown name costs the same hash as a known one, so timing does not tell which names exist.
@@ -130,7 +130,7 @@ pub async fn sign_in(
         auth::verify_password(c.password, hash).await?
     };
     let Some(id) = id.filter(|_| verified) else {
-        st.auth_throttle.failed(&username)?;
+        st.auth_throttle.failed(&username).await?;
         return Err(wrong());
     };
     let (token, csrf) = auth::start_session(&st, id, Some(ip)).await?;

@@ -231,7 +231,7 @@ fn block_of(ip: IpAddr) -> IpAddr {
 pub async fn writer(st: &AppState, headers: &HeaderMap, peer: IpAddr) -> ApiResult<Caller> {
     let c = signed_in(st, headers).await?;
     check_csrf(&c, headers)?;
-    st.limits.check(client_ip(st, headers, peer))?;
+    st.limits.check(client_ip(st, headers, peer)).await?;
     Ok(c)
 }
 

@@ -100,6 +100,9 @@ pub async fn sweep(st: &AppState) -> ApiResult<Swept> {
     swept.snapshots = remove_unneeded_snapshots(st).await?;
     st.limits.prune();
     st.auth_throttle.prune();
+    if crate::store::backend(&st.db) == crate::store::Backend::Postgres {
+        crate::rate_store::prune(&st.db).await?;
+    }
     Ok(swept)
 }
 

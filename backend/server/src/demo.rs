@@ -32,12 +32,14 @@ pub const DEMO_CAPS: DemoCaps =
 pub struct RateLimits {
     enabled: bool,
     buckets: Buckets<IpAddr>,
+    /// Replicas on one PostgreSQL database count in its `rate_buckets` instead ([`super::rate_store`]).
+    shared: Option<sqlx::AnyPool>,
 }
 
 impl RateLimits {
     /// Limits that apply only in demo mode.
-    pub fn new(enabled: bool, burst: f64, per_second: f64) -> Self {
-        Self { enabled, buckets: Buckets::new(burst, per_second) }
+    pub fn new(enabled: bool, burst: f64, per_second: f64, shared: Option<sqlx::AnyPool>) -> Self {
+        Self { enabled, buckets: Buckets::new(burst, per_second), shared }
     }
 
     /// Forgets the buckets that have refilled (they carry no state).
@@ -46,13 +48,18 @@ impl RateLimits {
     }
 
     /// Takes one token of `ip`'s bucket, or answers 429.
-    pub fn check(&self, ip: IpAddr) -> ApiResult<()> {
+    pub async fn check(&self, ip: IpAddr) -> ApiResult<()> {
         if !self.enabled {
             return Ok(());
         }
-        self.buckets
-            .take(ip)?
-            .map_err(|wait| ApiErr::too_many(format!("too many requests from your address; try again in {wait} s")))
+        let taken = match &self.shared {
+            Some(db) => {
+                let (burst, rate) = self.buckets.rates();
+                super::rate_store::take(db, "demo_writes", &ip.to_string(), burst, rate).await?
+            }
+            None => self.buckets.take(ip)?,
+        };
+        taken.map_err(|wait| ApiErr::too_many(format!("too many requests from your address; try again in {wait} s")))
     }
 }
 
@@ -60,18 +67,18 @@ impl RateLimits {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_bucket_allows_its_burst_then_refuses_and_other_addresses_are_separate() {
-        let l = RateLimits::new(true, 3.0, 0.001);
+    #[tokio::test]
+    async fn a_bucket_allows_its_burst_then_refuses_and_other_addresses_are_separate() {
+        let l = RateLimits::new(true, 3.0, 0.001, None);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..3 {
-            l.check(a).unwrap();
+            l.check(a).await.unwrap();
         }
-        let e = l.check(a).unwrap_err();
+        let e = l.check(a).await.unwrap_err();
         assert_eq!(e.status.as_u16(), 429);
-        l.check(b).unwrap();
-        let off = RateLimits::new(false, 0.0, 0.0);
-        off.check(a).unwrap();
+        l.check(b).await.unwrap();
+        let off = RateLimits::new(false, 0.0, 0.0, None);
+        off.check(a).await.unwrap();
     }
 }

@@ -18,6 +18,7 @@ mod members;
 mod openapi;
 mod patch_cache;
 mod playground;
+mod rate_store;
 mod relabel;
 pub mod relay;
 mod run_data;
@@ -324,6 +325,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let (db, data_dir) = store::open(&args.db, args.data_dir.as_deref()).await?;
     let relay = (store::backend(&db) == store::Backend::Postgres).then(relay::Relay::new);
+    // Replicas of one PostgreSQL database share their rate limits and sign-in throttles there.
+    let shared = (store::backend(&db) == store::Backend::Postgres).then(|| db.clone());
     let addr = args.addr;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let model_args = args.model.clone();
@@ -354,11 +357,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         worker,
         runs,
         events: broadcast::channel(256).0,
-        limits: Arc::new(RateLimits::new(args.demo, 30.0, 0.5)),
+        limits: Arc::new(RateLimits::new(args.demo, 30.0, 0.5, shared.clone())),
         auth_throttle: Arc::new(throttle::AuthThrottle::new(
             args.auth_attempts as usize,
             args.auth_failures as usize,
             args.hash_concurrency as usize,
+            shared.clone(),
         )),
         streams: Arc::new(events::StreamCounts::new(
             args.streams_per_session as usize,

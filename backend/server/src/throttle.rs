@@ -47,6 +47,11 @@ impl<K: Hash + Eq> Buckets<K> {
         self.map.lock().map_err(|_| ApiErr::internal("throttle poisoned"))
     }
 
+    /// Tokens of a full bucket, and tokens refilled per second.
+    pub fn rates(&self) -> (f64, f64) {
+        (self.burst, self.per_second)
+    }
+
     /// Forgets the buckets that have refilled (they carry no state).
     pub fn prune(&self) {
         if let Ok(mut map) = self.lock() {
@@ -93,6 +98,8 @@ pub struct AuthThrottle {
     hashing: Semaphore,
     waiting: AtomicUsize,
     max_waiting: usize,
+    /// Replicas on one PostgreSQL database count in its `rate_buckets` instead ([`super::rate_store`]).
+    shared: Option<sqlx::AnyPool>,
 }
 
 /// The window the per-address and per-account throttles count over.
@@ -101,7 +108,7 @@ pub const AUTH_WINDOW: Duration = Duration::from_secs(600);
 impl AuthThrottle {
     /// `attempts` per address and `failures` per account every [`AUTH_WINDOW`]; `concurrency` argon2 hashes at once,
     /// with at most `8 × concurrency` sign-ins waiting for one.
-    pub fn new(attempts: usize, failures: usize, concurrency: usize) -> Self {
+    pub fn new(attempts: usize, failures: usize, concurrency: usize, shared: Option<sqlx::AnyPool>) -> Self {
         let concurrency = concurrency.max(1);
         Self {
             by_address: Buckets::per_window(attempts, AUTH_WINDOW),
@@ -109,6 +116,7 @@ impl AuthThrottle {
             hashing: Semaphore::new(concurrency),
             waiting: AtomicUsize::new(0),
             max_waiting: 8 * concurrency,
+            shared,
         }
     }
 
@@ -119,15 +127,29 @@ impl AuthThrottle {
     }
 
     /// One sign-in or sign-up attempt from `ip`: 429 past the address's allowance.
-    pub fn attempt(&self, ip: IpAddr) -> ApiResult<()> {
-        self.by_address.take(ip)?.map_err(|wait| {
+    pub async fn attempt(&self, ip: IpAddr) -> ApiResult<()> {
+        let taken = match &self.shared {
+            Some(db) => {
+                let (burst, rate) = self.by_address.rates();
+                super::rate_store::take(db, "auth_address", &ip.to_string(), burst, rate).await?
+            }
+            None => self.by_address.take(ip)?,
+        };
+        taken.map_err(|wait| {
             ApiErr::too_many(format!("too many sign-in attempts from your address; try again in {wait} s"))
         })
     }
 
     /// 429 while `account` has used up its failed sign-ins (checked before any hash is computed).
-    pub fn check_account(&self, account: &str) -> ApiResult<()> {
-        match self.failures.wait(&account.to_string())? {
+    pub async fn check_account(&self, account: &str) -> ApiResult<()> {
+        let wait = match &self.shared {
+            Some(db) => {
+                let (burst, rate) = self.failures.rates();
+                super::rate_store::wait(db, "auth_failures", account, burst, rate).await?
+            }
+            None => self.failures.wait(&account.to_string())?,
+        };
+        match wait {
             None => Ok(()),
             Some(wait) => {
                 Err(ApiErr::too_many(format!("too many failed sign-ins for this account; try again in {wait} s")))
@@ -136,8 +158,14 @@ impl AuthThrottle {
     }
 
     /// Counts a failed sign-in against `account`.
-    pub fn failed(&self, account: &str) -> ApiResult<()> {
-        let _ = self.failures.take(account.to_string())?;
+    pub async fn failed(&self, account: &str) -> ApiResult<()> {
+        let _ = match &self.shared {
+            Some(db) => {
+                let (burst, rate) = self.failures.rates();
+                super::rate_store::take(db, "auth_failures", account, burst, rate).await?
+            }
+            None => self.failures.take(account.to_string())?,
+        };
         Ok(())
     }
 
@@ -183,21 +211,21 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn failures_lock_an_account_but_not_others() -> ApiResult<()> {
-        let t = AuthThrottle::new(100, 2, 1);
-        t.check_account("alice")?;
-        t.failed("alice")?;
-        t.failed("alice")?;
-        let e = t.check_account("alice").unwrap_err();
+    #[tokio::test]
+    async fn failures_lock_an_account_but_not_others() -> ApiResult<()> {
+        let t = AuthThrottle::new(100, 2, 1, None);
+        t.check_account("alice").await?;
+        t.failed("alice").await?;
+        t.failed("alice").await?;
+        let e = t.check_account("alice").await.unwrap_err();
         assert_eq!(e.status.as_u16(), 429);
-        t.check_account("bob")?;
+        t.check_account("bob").await?;
         Ok(())
     }
 
     #[tokio::test]
     async fn hashing_is_bounded_and_waiters_are_capped() -> ApiResult<()> {
-        let t = AuthThrottle::new(100, 100, 1);
+        let t = AuthThrottle::new(100, 100, 1, None);
         let held = t.hash_slot().await?;
         // One permit is held: 8 may wait, the 9th is refused at once.
         let waiting: Vec<_> = (0..8).map(|_| t.hash_slot()).collect();

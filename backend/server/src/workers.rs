@@ -59,6 +59,9 @@ struct Claimed {
     id: i64,
     run_id: i64,
     spec: ShardSpec,
+    /// When the claim returned, and how long it took.
+    at: std::time::Instant,
+    claim_ms: f64,
 }
 
 /// Runs a worker until it is killed (or, with `--exit-when-idle`, until no shard is left).
@@ -96,6 +99,7 @@ fn host_name() -> String {
 
 /// Claims the oldest shard of a live run on `model` that is queued, or running past its lease.
 async fn claim(db: &AnyPool, worker: &str, model: &str, lease: Duration) -> Result<Option<Claimed>> {
+    let t0 = std::time::Instant::now();
     let skip_locked = if store::backend(db) == Backend::Postgres { " FOR UPDATE OF s SKIP LOCKED" } else { "" };
     let sql = format!(
         "UPDATE run_shards SET status = 'running', worker = $1, lease_until = $2, attempts = attempts + 1 \
@@ -122,6 +126,8 @@ async fn claim(db: &AnyPool, worker: &str, model: &str, lease: Duration) -> Resu
         id,
         run_id,
         spec: ShardSpec { method, cases: a as usize..b as usize },
+        at: std::time::Instant::now(),
+        claim_ms: t0.elapsed().as_secs_f64() * 1e3,
     }))
 }
 
@@ -219,12 +225,15 @@ async fn complete(
     let size = (c.spec.cases.end - c.spec.cases.start) as i64;
     let mut tx = store::write_tx(db).await?;
     let stored = sqlx::query(
-        "UPDATE run_shards SET status = 'done', outcome_json = $1, lease_until = NULL \
-         WHERE id = $2 AND worker = $3 AND status = 'running'",
+        "UPDATE run_shards SET status = 'done', outcome_json = $1, lease_until = NULL, claim_ms = $4, wall_ms = $5, \
+         edit_ms = $6 WHERE id = $2 AND worker = $3 AND status = 'running'",
     )
     .bind(serde_json::to_string(&r)?)
     .bind(c.id)
     .bind(worker)
+    .bind(c.claim_ms)
+    .bind(c.at.elapsed().as_secs_f64() * 1e3)
+    .bind(r.outcome.edit_ms.iter().sum::<f64>())
     .execute(&mut *tx)
     .await?
     .rows_affected();

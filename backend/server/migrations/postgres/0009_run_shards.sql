@@ -14,6 +14,9 @@ CREATE TABLE run_shards (
     attempts     BIGINT NOT NULL DEFAULT 0,
     outcome_json TEXT,
     error        TEXT,
+    claim_ms     DOUBLE PRECISION,                       -- the claim's round trip to the database
+    wall_ms      DOUBLE PRECISION,                       -- claimed to stored: setup, pre-edit outputs, edits, scoring
+    edit_ms      DOUBLE PRECISION,                       -- of which the edits
     UNIQUE (run_id, method, first_case)
 );
 CREATE INDEX run_shards_claim ON run_shards (status, id);
