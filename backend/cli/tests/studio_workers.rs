@@ -134,8 +134,8 @@ fn workers_compute_a_run_in_shards_survive_a_killed_worker_and_match_one_process
     Ok(())
 }
 
-/// Two replicas of the studio on one PostgreSQL database: an edit applied through replica A reaches a page open on
-/// replica B live (`LISTEN/NOTIFY`), a run launched on A, computed by a worker, streams its progress to B's page, and
+/// Two replicas of the studio on one PostgreSQL database and one worker that computes everything: an edit applied
+/// through replica A reaches a page open on replica B live (`LISTEN/NOTIFY`) and holds in B's answer, a run launched on A, computed by a worker, streams its progress to B's page, and
 /// the sign-in throttle counts attempts on both replicas together.
 /// PostgreSQL only (`UNIKE_TEST_POSTGRES`; `./studio test` sets it): one SQLite file is one process's.
 #[test]
@@ -151,6 +151,8 @@ fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
     let flags = ["--workers", "external", "--shard-cases", "3", "--auth-attempts", "6"];
     let a = Server::start(&db, &flags)?;
     let b = Server::start(&db, &flags)?;
+    // The replicas compute nothing themselves: answers, edits and run shards go to the worker.
+    let _worker = Worker::start(&db, "w")?;
     let (mut alice, ws) = signed_up(a.port, "alice")?;
     // Alice's session is the database's: the same cookie opens a page on replica B.
     let cookie = alice.cookie.clone().context("cookie")?;
@@ -165,13 +167,20 @@ fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
     let edit_id = r.json()?["id"].as_i64().context("edit id")?;
     let seen = events.join().map_err(|_| anyhow::anyhow!("the stream thread panicked"))??;
     assert!(seen.contains("edit_applied") && seen.contains(&format!("\"id\":{edit_id}")), "{seen}");
+    // Replica B answers on the workspace's stack (the edit made through A), through the worker.
+    let asked = gallery_edit(&gallery, 0, "serac");
+    let r = on_b.post(&routes::answer(ws), &json!({"image": asked["image"], "question": asked["question"]}))?;
+    ensure!(r.status == 200, "{}", r.body);
+    assert_eq!(r.json()?["answer"], asked["target"], "the edit holds on the other replica");
+    let jobs =
+        rows(&db, "SELECT kind, COUNT(*) FROM interactive_jobs WHERE status = 'done' GROUP BY kind ORDER BY kind")?;
+    assert_eq!(jobs, [("answer".to_string(), 1), ("edit".to_string(), 1)], "{jobs:?}");
 
     // A run launched on A and computed by a worker: B's page sees it finish.
     let events = sse_until(b.port, &cookie, ws, "\"status\":\"finished\"");
     std::thread::sleep(Duration::from_millis(300));
     let r = alice.post(&routes::runs(ws), &json!({"methods": ["serac"], "task": "vqa", "mode": "one-step", "n": 6}))?;
     ensure!(r.status == 200, "{}", r.body);
-    let _worker = Worker::start(&db, "w")?;
     let seen = events.join().map_err(|_| anyhow::anyhow!("the stream thread panicked"))??;
     assert!(seen.contains("\"status\":\"finished\""), "{seen}");
 

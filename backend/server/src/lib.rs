@@ -21,6 +21,7 @@ mod playground;
 mod rate_store;
 mod relabel;
 pub mod relay;
+pub mod remote;
 mod run_data;
 mod run_schedule;
 mod runs;
@@ -341,15 +342,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let world_source = unike_pipeline::data::DataSource::world_in(&data_dir, own.unwrap_or(0), own)?;
     let world = unike_pipeline::data::world_dir_in(&data_dir, own.unwrap_or(0))?;
     let gallery = Arc::new(Gallery::load(&world, 24, 12)?);
-    let worker = Worker::spawn(
-        loaded.clone(),
-        world.clone(),
-        unike_pipeline::model_dir::repo_root(),
-        info.name.clone(),
-        args.queue,
-        args.patch_cache.saturating_mul(1_000_000),
-        args.method_cache_mb as usize * 1024 * 1024,
-    );
+    // With external workers the answers and edits go to them too; this process keeps the model for what it shows.
+    let worker = if args.workers == Workers::External {
+        Worker::remote(remote::Remote::new(db.clone(), data_dir.clone(), info.name.clone(), args.queue))
+    } else {
+        Worker::spawn(
+            loaded.clone(),
+            world.clone(),
+            unike_pipeline::model_dir::repo_root(),
+            info.name.clone(),
+            args.queue,
+            args.patch_cache.saturating_mul(1_000_000),
+            args.method_cache_mb as usize * 1024 * 1024,
+        )
+    };
     let (runs, updates) = RunQueue::spawn(loaded, data_dir.clone(), world_source, args.run_queue as usize);
     let state = AppState {
         db,

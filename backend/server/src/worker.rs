@@ -32,14 +32,14 @@ type CoreResult<T> = std::result::Result<T, CoreError>;
 const MAX_NEW_TOKENS: usize = 24;
 
 /// One patch of a stack: where it is saved and the method that made it (whose networks loading may need).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StackEntry {
     pub dir: PathBuf,
     pub method: String,
 }
 
 /// What a probe expects after the edit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Expect {
     /// The edit's target.
     Target,
@@ -50,7 +50,7 @@ pub enum Expect {
 }
 
 /// A probe to run before and after an edit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ProbeSpec {
     pub kind: ProbeKind,
     pub question: String,
@@ -60,7 +60,7 @@ pub struct ProbeSpec {
 }
 
 /// An edit to compute, with its probes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EditJob {
     pub method: String,
     pub question: String,
@@ -73,7 +73,7 @@ pub struct EditJob {
 }
 
 /// What an edit did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EditOutcome {
     pub before: String,
     pub after: String,
@@ -99,10 +99,12 @@ enum Job {
     },
 }
 
-/// Handle of the worker thread.
+/// Handle of the model worker: this process's thread, or worker processes through the database
+/// ([`crate::remote`]).
 #[derive(Clone)]
 pub struct Worker {
-    tx: SyncSender<Job>,
+    tx: Option<SyncSender<Job>>,
+    remote: Option<Arc<crate::remote::Remote>>,
 }
 
 impl Worker {
@@ -166,11 +168,17 @@ impl Worker {
                 }
             })
             .expect("spawning the model worker thread");
-        Self { tx }
+        Self { tx: Some(tx), remote: None }
+    }
+
+    /// A handle whose jobs worker processes compute (`--workers external`).
+    pub fn remote(remote: crate::remote::Remote) -> Self {
+        Self { tx: None, remote: Some(Arc::new(remote)) }
     }
 
     fn submit(&self, job: Job) -> ApiResult<()> {
-        self.tx.try_send(job).map_err(|e| match e {
+        let Some(tx) = &self.tx else { return Err(ApiErr::internal("no model thread in this process")) };
+        tx.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => ApiErr::unavailable("the model is busy; try again in a moment"),
             TrySendError::Disconnected(_) => ApiErr::internal("the model worker stopped"),
         })
@@ -178,11 +186,16 @@ impl Worker {
 
     /// Asks the worker to prepare `method` (e.g. build UniKE's memory) in the background.
     pub fn warm(&self, method: &str) {
-        let _ = self.submit(Job::Warm { method: method.to_string() });
+        if self.tx.is_some() {
+            let _ = self.submit(Job::Warm { method: method.to_string() });
+        }
     }
 
     /// The model's greedy answer under `stack`.
     pub async fn answer(&self, stack: Vec<StackEntry>, image: Option<PathBuf>, question: String) -> ApiResult<String> {
+        if let Some(r) = &self.remote {
+            return r.answer(stack, image, question).await;
+        }
         let (reply, rx) = oneshot::channel();
         self.submit(Job::Answer { stack, image, question, reply })?;
         Ok(rx.await.map_err(|_| ApiErr::internal("the model worker dropped a job"))??)
@@ -190,6 +203,9 @@ impl Worker {
 
     /// Computes, saves and probes an edit on top of `stack`.
     pub async fn edit(&self, stack: Vec<StackEntry>, job: EditJob) -> ApiResult<EditOutcome> {
+        if let Some(r) = &self.remote {
+            return r.edit(stack, job).await;
+        }
         let (reply, rx) = oneshot::channel();
         self.submit(Job::Edit { stack, job: Box::new(job), reply })?;
         Ok(rx.await.map_err(|_| ApiErr::internal("the model worker dropped a job"))??)

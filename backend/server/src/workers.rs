@@ -52,6 +52,12 @@ pub struct WorkerArgs {
     /// Exit once no shard is left to claim (batch jobs) instead of waiting for more.
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// Loaded patches kept between answers and edits, in millions of parameters (as `unike serve`).
+    #[arg(long, default_value_t = 256)]
+    pub patch_cache: usize,
+    /// Megabytes the built edit methods of answers and edits may hold beyond the model (as `unike serve`).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub method_cache_mb: u32,
 }
 
 /// A claimed shard.
@@ -69,11 +75,24 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     load::single_thread_pools();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let (db, data_dir) = rt.block_on(store::open(&args.db, args.data_dir.as_deref()))?;
-    let loaded = args.model.load()?;
+    let loaded = Arc::new(args.model.load()?);
     let model_name = crate::model_name(&args.model, &loaded);
     let own = unike_pipeline::data::model_world(&loaded)?;
     let world = DataSource::world_in(&data_dir, own.unwrap_or(0), own)?;
+    let world_dir = unike_pipeline::data::world_dir_in(&data_dir, own.unwrap_or(0))?;
     let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id()));
+    // Answers and edits: a model thread of their own, fed by a claimer that looks every 20 ms, so they never wait
+    // behind the shard this process is computing.
+    let interactive = crate::worker::Worker::spawn(
+        loaded.clone(),
+        world_dir,
+        unike_pipeline::model_dir::repo_root(),
+        model_name.clone(),
+        4,
+        args.patch_cache.saturating_mul(1_000_000),
+        args.method_cache_mb as usize * 1024 * 1024,
+    );
+    rt.spawn(crate::remote::serve(db.clone(), data_dir.clone(), model_name.clone(), name.clone(), interactive));
     eprintln!("unike worker {name}: computing shards of runs on model {model_name} from {}", store::redact(&args.db));
     let lease = Duration::from_secs(args.lease_s);
     loop {
