@@ -151,7 +151,10 @@ fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
     let flags = ["--workers", "external", "--shard-cases", "3", "--auth-attempts", "6"];
     let a = Server::start(&db, &flags)?;
     let b = Server::start(&db, &flags)?;
-    // The replicas compute nothing themselves: answers, edits and run shards go to the worker.
+    // The replicas compute nothing themselves (they never load the weights): answers, edits and run shards go to the
+    // worker.
+    let model = Client::new(a.port).get(routes::MODEL)?.json()?;
+    assert_eq!(model["device"], "cpu (workers)", "{model}");
     let _worker = Worker::start(&db, "w")?;
     let (mut alice, ws) = signed_up(a.port, "alice")?;
     // Alice's session is the database's: the same cookie opens a page on replica B.

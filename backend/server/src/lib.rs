@@ -228,23 +228,35 @@ fn public_source(dir: &std::path::Path) -> String {
 }
 
 /// The model's name in the studio (runs and leaderboard rows carry it): `default`, or its directory's name.
-pub fn model_name(args: &load::ModelArgs, loaded: &load::Loaded) -> String {
+pub fn model_name(args: &load::ModelArgs, dir: &Path) -> String {
     if args.model == "default" {
         "default".to_string()
     } else {
-        loaded.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.model.clone())
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.model.clone())
     }
 }
 
-fn model_info(args: &ServeArgs, loaded: &load::Loaded) -> ModelInfo {
-    let load::Loaded { dir, ckpt, model, device: dev, .. } = loaded;
-    let cfg = model.config();
-    let name = model_name(&args.model, loaded);
-    ModelInfo {
-        name,
-        source: public_source(dir),
-        dtype: format!("{:?}", model.dtype()).to_lowercase(),
-        device: load::device_name(dev),
+/// What the studio shows of its model, from the checkpoint (`loaded`: the model this process computes with, if any;
+/// a replica whose workers compute reads only the checkpoint's configuration).
+fn model_info(
+    args: &ServeArgs,
+    ckpt: &unike_core::model::Checkpoint,
+    loaded: Option<&load::Loaded>,
+) -> Result<ModelInfo> {
+    let cfg = &ckpt.config;
+    let dtype = match loaded {
+        Some(l) => l.model.dtype(),
+        None => load::parse_dtype(args.model.dtype.as_deref())?.or(cfg.stored_dtype).unwrap_or(candle_core::DType::F32),
+    };
+    let device = match loaded {
+        Some(l) => load::device_name(&l.device),
+        None => format!("{} (workers)", args.model.device),
+    };
+    Ok(ModelInfo {
+        name: model_name(&args.model, &ckpt.dir),
+        source: public_source(&ckpt.dir),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        device,
         parameters: ckpt.num_parameters,
         vocab_size: cfg.text.vocab_size,
         text_layers: cfg.text.num_hidden_layers,
@@ -253,7 +265,7 @@ fn model_info(args: &ServeArgs, loaded: &load::Loaded) -> ModelInfo {
         vision_hidden_size: cfg.vision.hidden_size,
         image_size: cfg.vision.image_size,
         image_seq_length: cfg.image_seq_length,
-    }
+    })
 }
 
 fn find_dist(explicit: Option<&Path>) -> Option<PathBuf> {
@@ -330,23 +342,29 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let shared = (store::backend(&db) == store::Backend::Postgres).then(|| db.clone());
     let addr = args.addr;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    // A replica whose workers compute everything reads only the checkpoint's configuration, never its weights.
+    let external = args.workers == Workers::External;
     let model_args = args.model.clone();
-    let loaded = Arc::new(tokio::task::spawn_blocking(move || model_args.load()).await??);
-    let info = model_info(&args, &loaded);
-    let loaded_dir = loaded.dir.clone();
+    let loaded =
+        if external { None } else { Some(Arc::new(tokio::task::spawn_blocking(move || model_args.load()).await??)) };
+    let ckpt = match &loaded {
+        Some(l) => l.ckpt.clone(),
+        None => unike_core::model::Checkpoint::open(unike_pipeline::model_dir::resolve(&args.model.model)?)?,
+    };
+    let info = model_info(&args, &ckpt, loaded.as_deref())?;
+    let loaded_dir = ckpt.dir.clone();
     // The model's own world (the seed its training.json records; world 0 for a model without one), generated once:
     // the gallery, the memory of unrelated inputs of T-Patcher and UniKE, and the cases of every run on the world
     // (a run's seed draws its cases; it no longer makes a world).
-    let own = unike_pipeline::data::model_world(&loaded)?;
+    let own = unike_core::train::save::TrainingRecord::read(&loaded_dir)?.map(|r| r.recipe.seed);
     // Under the studio's own data folder, not at a predictable path of the shared temporary directory.
     let world_source = unike_pipeline::data::DataSource::world_in(&data_dir, own.unwrap_or(0), own)?;
     let world = unike_pipeline::data::world_dir_in(&data_dir, own.unwrap_or(0))?;
     let gallery = Arc::new(Gallery::load(&world, 24, 12)?);
     // With external workers the answers and edits go to them too; this process keeps the model for what it shows.
-    let worker = if args.workers == Workers::External {
-        Worker::remote(remote::Remote::new(db.clone(), data_dir.clone(), info.name.clone(), args.queue))
-    } else {
-        Worker::spawn(
+    let worker = match &loaded {
+        None => Worker::remote(remote::Remote::new(db.clone(), data_dir.clone(), info.name.clone(), args.queue)),
+        Some(loaded) => Worker::spawn(
             loaded.clone(),
             world.clone(),
             unike_pipeline::model_dir::repo_root(),
@@ -354,7 +372,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             args.queue,
             args.patch_cache.saturating_mul(1_000_000),
             args.method_cache_mb as usize * 1024 * 1024,
-        )
+        ),
     };
     let (runs, updates) = RunQueue::spawn(loaded, data_dir.clone(), world_source, args.run_queue as usize);
     let state = AppState {

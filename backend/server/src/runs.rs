@@ -189,8 +189,9 @@ fn execute(
 impl RunQueue {
     /// Starts the run worker thread and the task that records its updates.
     /// `capacity` bounds the queued runs (fair across authors, see [`Schedule`]).
+    /// Without a model (`--workers external`: the workers compute the runs) no thread starts and nothing is queued.
     pub fn spawn(
-        loaded: Arc<Loaded>,
+        loaded: Option<Arc<Loaded>>,
         data_dir: PathBuf,
         world: DataSource,
         capacity: usize,
@@ -198,6 +199,9 @@ impl RunQueue {
         let schedule = Arc::new(Schedule::<RunJob>::new(capacity));
         let queue = schedule.clone();
         let (utx, urx) = unbounded_channel();
+        let Some(loaded) = loaded else {
+            return (Self { schedule, cancels: Arc::default(), data_dir }, urx);
+        };
         std::thread::Builder::new()
             .name("unike-runs".into())
             .spawn(move || {

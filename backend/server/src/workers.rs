@@ -76,7 +76,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let (db, data_dir) = rt.block_on(store::open(&args.db, args.data_dir.as_deref()))?;
     let loaded = Arc::new(args.model.load()?);
-    let model_name = crate::model_name(&args.model, &loaded);
+    let model_name = crate::model_name(&args.model, &loaded.dir);
     let own = unike_pipeline::data::model_world(&loaded)?;
     let world = DataSource::world_in(&data_dir, own.unwrap_or(0), own)?;
     let world_dir = unike_pipeline::data::world_dir_in(&data_dir, own.unwrap_or(0))?;
