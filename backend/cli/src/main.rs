@@ -10,7 +10,7 @@
 //! unike soak [--addr A] [--visitors 8] [--minutes 5] [--pid PID] [--data-dir DIR]
 //! unike gen-data [--seed S] --out DIR
 //! unike serve [--addr 127.0.0.1:8080] [--model <DIR|default>] [--dist DIR] [--db URL] [--workers local|external]
-//! unike worker --db URL [--data-dir DIR] [--model <DIR|default>] [--lease-s 30] [--exit-when-idle]
+//! unike worker --db URL [--data-dir DIR] [--model <DIR|default>] [--kinds interactive,runs] [--lease-s 30]
 //! unike train-base [--seed S] [--out models/default] [--recipe default|smoke]
 //! unike eval-base [--model <DIR|default>] [--n N] [--json] [--check]
 //! unike reproduce --out DIR [--n N] [--seed S] [--methods a,b] [--only table1,fig4a,...]
@@ -64,7 +64,7 @@ enum Command {
     GenData(gen_data::GenDataArgs),
     /// Serve the studio (front end + JSON API).
     Serve(unike_server::ServeArgs),
-    /// Compute shards of the studio's benchmark runs from its database (`unike serve --workers external`).
+    /// Compute the studio's answers, edits and benchmark-run shards from its database (`unike serve --workers external`).
     Worker(unike_server::workers::WorkerArgs),
     /// Time a benchmark run computed by 1, 2, 3, … worker processes (a throw-away studio), with the queue's overheads.
     BenchWorkers(bench_workers::BenchWorkersArgs),

@@ -1,5 +1,6 @@
-//! Benchmark runs computed by worker processes (`unike serve --workers external` and any number of `unike worker`
-//! processes on any machines that reach the database and the data folder).
+//! Worker processes (`unike serve --workers external` and any number of `unike worker` processes on any machines that
+//! reach the database and the data folder): answers and edits ([`crate::remote`], on a model thread of their own) and
+//! the shards of benchmark runs (here).
 //!
 //! The server cuts a run into shards (each method's cases in ranges of whole chunks, [`unike_pipeline::shard`]) and
 //! stores them in `run_shards`. A worker claims one (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent workers never
@@ -27,7 +28,7 @@ use crate::error::ApiResult;
 use crate::runs;
 use crate::store::{self, Backend};
 
-/// `unike worker`: computes shards of benchmark runs from a studio's database.
+/// `unike worker`: computes answers, edits and shards of benchmark runs from a studio's database.
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     /// The studio's database (`postgres://...` for workers on several machines, or `sqlite://PATH` on one).
@@ -52,12 +53,22 @@ pub struct WorkerArgs {
     /// Exit once no shard is left to claim (batch jobs) instead of waiting for more.
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// What this worker computes: `interactive` (answers and edits), `runs` (benchmark shards), or both.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "interactive,runs")]
+    pub kinds: Vec<Kind>,
     /// Loaded patches kept between answers and edits, in millions of parameters (as `unike serve`).
     #[arg(long, default_value_t = 256)]
     pub patch_cache: usize,
     /// Megabytes the built edit methods of answers and edits may hold beyond the model (as `unike serve`).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub method_cache_mb: u32,
+}
+
+/// A kind of work a worker takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Interactive,
+    Runs,
 }
 
 /// A claimed shard.
@@ -83,16 +94,22 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id()));
     // Answers and edits: a model thread of their own, fed by a claimer that looks every 20 ms, so they never wait
     // behind the shard this process is computing.
-    let interactive = crate::worker::Worker::spawn(
-        loaded.clone(),
-        world_dir,
-        unike_pipeline::model_dir::repo_root(),
-        model_name.clone(),
-        4,
-        args.patch_cache.saturating_mul(1_000_000),
-        args.method_cache_mb as usize * 1024 * 1024,
-    );
-    rt.spawn(crate::remote::serve(db.clone(), data_dir.clone(), model_name.clone(), name.clone(), interactive));
+    if args.kinds.contains(&Kind::Interactive) {
+        let interactive = crate::worker::Worker::spawn(
+            loaded.clone(),
+            world_dir,
+            unike_pipeline::model_dir::repo_root(),
+            model_name.clone(),
+            4,
+            args.patch_cache.saturating_mul(1_000_000),
+            args.method_cache_mb as usize * 1024 * 1024,
+        );
+        rt.spawn(crate::remote::serve(db.clone(), data_dir.clone(), model_name.clone(), name.clone(), interactive));
+    }
+    if !args.kinds.contains(&Kind::Runs) {
+        // Answers and edits only: the claimer runs on the runtime until the process is ended.
+        return rt.block_on(std::future::pending());
+    }
     eprintln!("unike worker {name}: computing shards of runs on model {model_name} from {}", store::redact(&args.db));
     let lease = Duration::from_secs(args.lease_s);
     loop {
