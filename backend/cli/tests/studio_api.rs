@@ -634,6 +634,11 @@ fn a_visitor_who_hangs_up_leaves_no_work_and_no_files_behind() -> Result<()> {
     // A patch nobody refers to (a server stopped between saving and recording it) is removed at start-up.
     let orphan = patches.join(format!("ws{a_ws}")).join("0123456789abcdef.json");
     std::fs::write(&orphan, "{}")?;
+    // An hour old (on PostgreSQL, younger files may be another process's edit in flight and are left alone).
+    std::fs::File::options()
+        .write(true)
+        .open(&orphan)?
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))?;
     server.kill();
     let _server = Server::start(&db, &[])?;
     assert!(!orphan.exists());

@@ -472,6 +472,15 @@ pub async fn remove_orphan_patches(st: &AppState) -> ApiResult<usize> {
             .into_iter()
             .collect();
     let root = st.data_dir.join("patches");
+    // On PostgreSQL other processes share the folder: a patch written in the last minutes may belong to an edit whose
+    // row another replica (or a worker's job) has not committed yet.
+    let shared = crate::store::backend(&st.db) == crate::store::Backend::Postgres;
+    let young = |path: &std::path::Path| {
+        shared
+            && std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().map_or(true, |age| age < std::time::Duration::from_secs(600)))
+    };
     let Ok(workspaces) = std::fs::read_dir(&root) else { return Ok(0) };
     let mut removed = std::collections::BTreeSet::new();
     for ws in workspaces.flatten() {
@@ -483,7 +492,7 @@ pub async fn remove_orphan_patches(st: &AppState) -> ApiResult<usize> {
                 continue;
             }
             let rel = PathBuf::from("patches").join(ws.file_name()).join(stem);
-            if !known.contains(rel.to_string_lossy().as_ref()) && std::fs::remove_file(&path).is_ok() {
+            if !known.contains(rel.to_string_lossy().as_ref()) && !young(&path) && std::fs::remove_file(&path).is_ok() {
                 removed.insert(rel);
             }
         }
