@@ -52,6 +52,16 @@ pub struct BenchArgs {
     /// metrics do not depend on it, only the edit times (the workers share the memory bandwidth).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Compute only shard I of N of every method (ranges of whole chunks) and write it to --shard-out; another
+    /// machine computes another shard, and `--merge` assembles them into this run's results, bit for bit.
+    #[arg(long, value_name = "I/N", requires = "shard_out", conflicts_with = "merge")]
+    pub shard: Option<String>,
+    /// Where --shard writes its outcome (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub shard_out: Option<std::path::PathBuf>,
+    /// Assemble the results of this configuration from the files --shard wrote (every shard once; no model work).
+    #[arg(long, value_name = "FILE", num_args = 1.., value_delimiter = ',')]
+    pub merge: Vec<std::path::PathBuf>,
 }
 
 /// The CLI's progress bar on stderr.
@@ -100,6 +110,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for m in &args.methods {
         registry::check_name(m)?;
     }
+    if !args.merge.is_empty() {
+        return crate::bench_shards::merge(&args);
+    }
     let loaded = args.model.load()?;
     let data = DataSource::resolve(&args.data, &loaded, given_task(args.task))?;
     let cfg = Config {
@@ -113,6 +126,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         threads: worker_threads(args.threads),
         split: args.data.split,
     };
+    if let Some(shard) = &args.shard {
+        return crate::bench_shards::compute(&args, shard, &loaded, &data, &cfg);
+    }
     let results = bench(&loaded, &data, &cfg)?;
     let notes = provenance(&loaded, &data, &cfg)?;
     if args.json {

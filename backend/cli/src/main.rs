@@ -4,7 +4,7 @@
 //! ```text
 //! unike answer --model <DIR|default> --image <PATH> (--prompt <RAW> | --question <TEXT>) [--max-new-tokens N] [--json]
 //! unike bench [--methods a,b] [--task vqa|caption|cross] [--mode one-step|sequential] [--k K] [--n N] [--seed S]
-//!             [--data DIR] [--json]
+//!             [--data DIR] [--json] [--shard I/N --shard-out FILE | --merge FILE,...]
 //! unike bench-model [--model <DIR|default>] [--iters N] [--json]
 //! unike bench-stack [--methods t-patcher,unike] [--stack 10] [--edits 7] [--answers 20] [--json]
 //! unike soak [--addr A] [--visitors 8] [--minutes 5] [--pid PID] [--data-dir DIR]
@@ -25,6 +25,7 @@ mod answer;
 mod bench_api;
 mod bench_edit;
 mod bench_model;
+mod bench_shards;
 mod bench_stack;
 mod bench_workers;
 mod eval_base;

@@ -325,6 +325,44 @@ fn bench_edits_the_default_model_deterministically() -> Result<()> {
     assert_eq!(a["results"][0]["exact_match"], b["results"][0]["exact_match"]);
     let s = bench(&["--mode", "sequential", "--k", "3"])?;
     assert_eq!((s["results"][0]["mode"].as_str(), s["results"][0]["k"].as_u64()), (Some("sequential"), Some(3)));
+    // The same run in three shards (as on three machines) and merged: the same results, edit times aside.
+    let shard = |i: usize| -> Result<std::path::PathBuf> {
+        let out_file = base.join(format!("shard{i}.json"));
+        let spec = format!("{i}/3");
+        let out = unike()
+            .args(["bench", "--methods", "t-patcher,none", "--n", "6", "--memory", "16", "--data"])
+            .arg(&data)
+            .args(["--shard", &spec, "--shard-out"])
+            .arg(&out_file)
+            .output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Ok(out_file)
+    };
+    let files = [shard(2)?, shard(0)?, shard(1)?];
+    let joined = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(",");
+    let m = bench(&["--merge", &joined])?;
+    let strip = |v: &Value| -> Value {
+        let mut v = v["results"].clone();
+        for r in v.as_array_mut().into_iter().flatten() {
+            r.as_object_mut().map(|o| o.remove("timing"));
+        }
+        v
+    };
+    assert_eq!(strip(&m), strip(&a), "merged shards equal one process");
+    // A missing shard, or shards of another run, are refused.
+    let two = format!("{},{}", files[0].display(), files[1].display());
+    let out = unike()
+        .args(["bench", "--methods", "t-patcher,none", "--n", "6", "--memory", "16", "--data"])
+        .arg(&data)
+        .args(["--merge", &two])
+        .output()?;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is missing"));
+    let out = unike()
+        .args(["bench", "--methods", "t-patcher,none", "--n", "7", "--memory", "16", "--data"])
+        .arg(&data)
+        .args(["--merge", &joined])
+        .output()?;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("another run"));
     // VLKEB's gap protocol: the stream edits n + gap cases and scores n; portability per hop beside it.
     let g = bench(&["--mode", "sequential-gap", "--gap", "2"])?;
     let r = &g["results"][0];
