@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 pub struct HealthResponse {
     pub status: String,
     pub version: String,
+    /// Worker processes seen in the last 30 s for this studio's model, when they compute its answers, edits and runs
+    /// (`unike serve --workers external`); absent when the server computes them itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
 }
 
 /// Answer of [`crate::routes::MODEL`]: what the loaded checkpoint is.

@@ -155,8 +155,19 @@ fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
     // worker.
     let model = Client::new(a.port).get(routes::MODEL)?.json()?;
     assert_eq!(model["device"], "cpu (workers)", "{model}");
-    let _worker = Worker::start(&db, "w")?;
     let (mut alice, ws) = signed_up(a.port, "alice")?;
+    let gallery = alice.get(routes::GALLERY)?.json()?;
+    let asked = gallery_edit(&gallery, 0, "serac");
+    let ask = json!({"image": asked["image"], "question": asked["question"]});
+    // No worker yet: an answer says so at once, and the health check counts none.
+    expect_error(&alice.post(&routes::answer(ws), &ask)?, 503, "no worker computes")?;
+    assert_eq!(Client::new(a.port).get(routes::HEALTH)?.json()?["workers"], 0);
+    let _worker = Worker::start(&db, "w")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Client::new(b.port).get(routes::HEALTH)?.json()?["workers"] != 1 {
+        ensure!(Instant::now() < deadline, "the worker never reported");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Alice's session is the database's: the same cookie opens a page on replica B.
     let cookie = alice.cookie.clone().context("cookie")?;
     let mut on_b = Client { port: b.port, cookie: Some(cookie.clone()), csrf: alice.csrf.clone() };
@@ -164,15 +175,13 @@ fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
 
     let events = sse_until(b.port, &cookie, ws, "edit_applied");
     std::thread::sleep(Duration::from_millis(300));
-    let gallery = alice.get(routes::GALLERY)?.json()?;
-    let r = alice.post(&routes::edits(ws), &gallery_edit(&gallery, 0, "serac"))?;
+    let r = alice.post(&routes::edits(ws), &asked)?;
     ensure!(r.status == 200, "{}", r.body);
     let edit_id = r.json()?["id"].as_i64().context("edit id")?;
     let seen = events.join().map_err(|_| anyhow::anyhow!("the stream thread panicked"))??;
     assert!(seen.contains("edit_applied") && seen.contains(&format!("\"id\":{edit_id}")), "{seen}");
     // Replica B answers on the workspace's stack (the edit made through A), through the worker.
-    let asked = gallery_edit(&gallery, 0, "serac");
-    let r = on_b.post(&routes::answer(ws), &json!({"image": asked["image"], "question": asked["question"]}))?;
+    let r = on_b.post(&routes::answer(ws), &ask)?;
     ensure!(r.status == 200, "{}", r.body);
     assert_eq!(r.json()?["answer"], asked["target"], "the edit holds on the other replica");
     let jobs =

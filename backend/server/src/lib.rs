@@ -455,8 +455,12 @@ async fn openapi() -> Json<serde_json::Value> {
     Json(openapi::document(env!("CARGO_PKG_VERSION")))
 }
 
-async fn health() -> Json<HealthResponse> {
-    Json(HealthResponse { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+async fn health(State(s): State<AppState>) -> error::ApiResult<Json<HealthResponse>> {
+    let workers = match s.external_workers {
+        Some(_) => Some(workers::live_workers(&s.db, &s.info.name, None).await?),
+        None => None,
+    };
+    Ok(Json(HealthResponse { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into(), workers }))
 }
 
 async fn model(State(s): State<AppState>) -> Json<ModelInfo> {

@@ -80,6 +80,13 @@ impl Remote {
 
     /// Stores a job and waits for its result (the JSON a worker stored), or its error as the worker gave it.
     async fn run(&self, kind: &str, payload: &Payload) -> ApiResult<String> {
+        if crate::workers::live_workers(&self.db, &self.model, Some("interactive")).await? == 0 {
+            return Err(ApiErr::unavailable(format!(
+                "no worker computes answers and edits for model {} (start `unike worker --kinds interactive` on this \
+                 studio's database)",
+                self.model
+            )));
+        }
         let queued: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM interactive_jobs WHERE status = 'queued' AND model = $1")
                 .bind(&self.model)

@@ -94,6 +94,9 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id()));
     // Answers and edits: a model thread of their own, fed by a claimer that looks every 20 ms, so they never wait
     // behind the shard this process is computing.
+    let kinds: Vec<&str> =
+        args.kinds.iter().map(|k| if *k == Kind::Interactive { "interactive" } else { "runs" }).collect();
+    rt.spawn(report(db.clone(), name.clone(), model_name.clone(), kinds.join(",")));
     if args.kinds.contains(&Kind::Interactive) {
         let interactive = crate::worker::Worker::spawn(
             loaded.clone(),
@@ -347,6 +350,45 @@ async fn live(db: &AnyPool, id: i64) -> Result<bool> {
 
 fn api<T>(r: ApiResult<T>) -> Result<T> {
     r.map_err(|e| anyhow::anyhow!(e.message))
+}
+
+/// How often a worker reports, and how long a report counts as alive.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+const ALIVE_S: i64 = 30;
+
+/// Reports this worker alive every few seconds (its name, model and kinds), until the process ends.
+async fn report(db: AnyPool, name: String, model: String, kinds: String) {
+    loop {
+        let r = sqlx::query(
+            "INSERT INTO workers (name, model, kinds, last_seen) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET model = excluded.model, kinds = excluded.kinds, \
+             last_seen = excluded.last_seen",
+        )
+        .bind(&name)
+        .bind(&model)
+        .bind(&kinds)
+        .bind(store::now())
+        .execute(&db)
+        .await;
+        if let Err(e) = r {
+            eprintln!("unike worker {name}: reporting alive: {e}");
+        }
+        tokio::time::sleep(REPORT_EVERY).await;
+    }
+}
+
+/// Workers seen in the last 30 s that compute for `model` (those taking `kind`, when given).
+pub async fn live_workers(db: &AnyPool, model: &str, kind: Option<&str>) -> ApiResult<usize> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM workers WHERE model = $1 AND last_seen > $2 AND ($3 = '' OR kinds LIKE $4)",
+    )
+    .bind(model)
+    .bind(store::stamp(-ALIVE_S))
+    .bind(kind.unwrap_or(""))
+    .bind(format!("%{}%", kind.unwrap_or("")))
+    .fetch_one(db)
+    .await?;
+    Ok(n as usize)
 }
 
 /// Stores the shards of run `id` for the workers (`--workers external`): each method's cases in ranges of about

@@ -16,3 +16,11 @@ CREATE TABLE interactive_jobs (
     created_at   TEXT    NOT NULL
 );
 CREATE INDEX interactive_jobs_claim ON interactive_jobs (status, id);
+-- Worker processes as they last reported (every 5 s): a replica tells from it whether anyone computes for its model
+-- (an answer with no live worker is a 503 at once, `GET /api/health` counts them).
+CREATE TABLE workers (
+    name      TEXT PRIMARY KEY,
+    model     TEXT NOT NULL,
+    kinds     TEXT NOT NULL,
+    last_seen TEXT NOT NULL
+);
