@@ -149,8 +149,15 @@ fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
     let dir = temp_dir("replicas")?;
     let db = dir.join("replicas.db");
     let flags = ["--workers", "external", "--shard-cases", "3", "--auth-attempts", "6"];
-    let a = Server::start(&db, &flags)?;
-    let b = Server::start(&db, &flags)?;
+    // Both start at once on the fresh (empty) database: its schema and data migrations are made once, whoever comes
+    // first.
+    db_url(&db)?;
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| Server::start(&db, &flags));
+        let b = s.spawn(|| Server::start(&db, &flags));
+        (a.join(), b.join())
+    });
+    let (a, b) = (a.map_err(|_| anyhow::anyhow!("replica A"))??, b.map_err(|_| anyhow::anyhow!("replica B"))??);
     // The replicas compute nothing themselves (they never load the weights): answers, edits and run shards go to the
     // worker.
     let model = Client::new(a.port).get(routes::MODEL)?.json()?;

@@ -47,7 +47,15 @@ fn rename_methods(json: &str) -> Option<String> {
 }
 
 async fn alpha_meaning(db: &AnyPool) -> Result<()> {
-    let mut tx = db.begin().await?;
+    // Alone among writers, and checked again inside: replicas starting together on one database run it once.
+    let mut tx = crate::store::write_tx(db).await?;
+    let done: Option<(String,)> = sqlx::query_as("SELECT name FROM data_migrations WHERE name = $1")
+        .bind(ALPHA_MEANING)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if done.is_some() {
+        return Ok(());
+    }
     for row in sqlx::query("SELECT id, method, result_json FROM applied_edits WHERE method LIKE 'unike:%alpha=%'")
         .fetch_all(&mut *tx)
         .await?
