@@ -20,11 +20,16 @@ struct Worker(Child);
 
 impl Worker {
     fn start(db: &Path, name: &str) -> Result<Self> {
+        Self::start_kinds(db, name, "interactive,runs")
+    }
+
+    /// A worker taking only `kinds` (`interactive`, `runs`).
+    fn start_kinds(db: &Path, name: &str, kinds: &str) -> Result<Self> {
         let child = Command::new(env!("CARGO_BIN_EXE_unike"))
             .current_dir(root())
             .arg("worker")
             .args(db_args(db)?)
-            .args(["--lease-s", "3", "--poll-ms", "100", "--name", name])
+            .args(["--lease-s", "3", "--poll-ms", "100", "--name", name, "--kinds", kinds])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
@@ -134,10 +139,11 @@ fn workers_compute_a_run_in_shards_survive_a_killed_worker_and_match_one_process
     Ok(())
 }
 
-/// Two replicas of the studio on one PostgreSQL database and one worker that computes everything: an edit applied
-/// through replica A reaches a page open on replica B live (`LISTEN/NOTIFY`) and holds in B's answer, a run launched on A, computed by a worker, streams its progress to B's page, and
-/// the sign-in throttle counts attempts on both replicas together.
-/// PostgreSQL only (`UNIKE_TEST_POSTGRES`; `./studio test` sets it): one SQLite file is one process's.
+/// Two replicas of the studio on one PostgreSQL database, started at once, and three workers (one of them for answers
+/// and edits): with no worker an answer is a 503 at once; an edit applied through replica A reaches a page open on
+/// replica B live (`LISTEN/NOTIFY`) and holds in B's answer; a run launched on A and computed by the workers streams
+/// to B's page; the sign-in throttle counts attempts on both replicas together. PostgreSQL only
+/// (`UNIKE_TEST_POSTGRES`; `./studio test` sets it): one SQLite file is one process's.
 #[test]
 fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
     if postgres().is_none() {
@@ -169,9 +175,14 @@ fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
     // No worker yet: an answer says so at once, and the health check counts none.
     expect_error(&alice.post(&routes::answer(ws), &ask)?, 503, "no worker computes")?;
     assert_eq!(Client::new(a.port).get(routes::HEALTH)?.json()?["workers"], 0);
-    let _worker = Worker::start(&db, "w")?;
+    // Three workers: one computes answers and edits (and shards), two compute only run shards.
+    let _workers = [
+        Worker::start(&db, "w")?,
+        Worker::start_kinds(&db, "w-runs-1", "runs")?,
+        Worker::start_kinds(&db, "w-runs-2", "runs")?,
+    ];
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Client::new(b.port).get(routes::HEALTH)?.json()?["workers"] != 1 {
+    while Client::new(b.port).get(routes::HEALTH)?.json()?["workers"] != 3 {
         ensure!(Instant::now() < deadline, "the worker never reported");
         std::thread::sleep(Duration::from_millis(100));
     }
