@@ -202,9 +202,10 @@ fn replicas_on_postgresql_see_each_others_events_live() -> Result<()> {
     let r = on_b.post(&routes::answer(ws), &ask)?;
     ensure!(r.status == 200, "{}", r.body);
     assert_eq!(r.json()?["answer"], asked["target"], "the edit holds on the other replica");
-    let jobs =
-        rows(&db, "SELECT kind, COUNT(*) FROM interactive_jobs WHERE status = 'done' GROUP BY kind ORDER BY kind")?;
-    assert_eq!(jobs, [("answer".to_string(), 1), ("edit".to_string(), 1)], "{jobs:?}");
+    // Both went through the job table (the replicas have no model thread) and left it once their replica read them:
+    // the table holds only jobs in flight.
+    let jobs = rows(&db, "SELECT kind, COUNT(*) FROM interactive_jobs GROUP BY kind")?;
+    assert!(jobs.is_empty(), "{jobs:?}");
 
     // A run launched on A and computed by a worker: B's page sees it finish.
     let events = sse_until(b.port, &cookie, ws, "\"status\":\"finished\"");

@@ -103,6 +103,10 @@ pub async fn sweep(st: &AppState) -> ApiResult<Swept> {
     if crate::store::backend(&st.db) == crate::store::Backend::Postgres {
         crate::rate_store::prune(&st.db).await?;
     }
+    if st.external_workers.is_some() {
+        crate::remote::sweep(&st.db).await?;
+        crate::workers::sweep(&st.db).await?;
+    }
     Ok(swept)
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 
 use crate::error::{ApiErr, ApiResult};
-use crate::store::{self, Backend};
+use crate::store;
 use crate::worker::{EditJob, EditOutcome, StackEntry, Worker};
 
 /// How long a replica waits for a worker to answer before it says the model is busy.
@@ -134,6 +134,7 @@ impl Remote {
             match row {
                 (s, Some(result), _, _) if s == "done" => {
                     abandon.0 = None;
+                    forget(&self.db, id).await?;
                     return Ok(result);
                 }
                 (s, _, kind, error) if s == "failed" => {
@@ -142,6 +143,7 @@ impl Remote {
                         .and_then(|k| k.parse::<u16>().ok())
                         .and_then(|c| StatusCode::from_u16(c).ok())
                         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    forget(&self.db, id).await?;
                     return Err(ApiErr::new(status, error.unwrap_or_default()));
                 }
                 _ if tokio::time::Instant::now() >= deadline => {
@@ -151,6 +153,22 @@ impl Remote {
             }
         }
     }
+}
+
+/// Removes a job whose result its replica has read (the table holds only jobs in flight).
+async fn forget(db: &AnyPool, id: i64) -> ApiResult<()> {
+    sqlx::query("DELETE FROM interactive_jobs WHERE id = $1").bind(id).execute(db).await?;
+    Ok(())
+}
+
+/// Removes jobs nobody waits for any more: abandoned ones, and any older than an hour (a replica that died while
+/// waiting). Returns how many went.
+pub async fn sweep(db: &AnyPool) -> ApiResult<u64> {
+    Ok(sqlx::query("DELETE FROM interactive_jobs WHERE status = 'abandoned' OR created_at < $1")
+        .bind(store::stamp(-3600))
+        .execute(db)
+        .await?
+        .rows_affected())
 }
 
 /// A worker's side: claims answers and edits for `model` and computes them on `worker` (its own model thread), until
@@ -221,17 +239,14 @@ pub async fn serve(db: AnyPool, data_dir: PathBuf, model: String, name: String, 
 
 /// Claims the oldest queued answer or edit for `model` (or one whose worker's lease ran out).
 async fn claim(db: &AnyPool, model: &str, worker: &str) -> Result<Option<(i64, String)>, sqlx::Error> {
-    let skip_locked = if store::backend(db) == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+    let skip_locked = store::skip_locked(db, None);
     let sql = format!(
         "UPDATE interactive_jobs SET status = 'running', worker = $1, lease_until = $2 \
          WHERE id = (SELECT id FROM interactive_jobs WHERE model = $3 \
            AND (status = 'queued' OR (status = 'running' AND lease_until < $4)) ORDER BY id LIMIT 1{skip_locked}) \
          RETURNING id, payload_json"
     );
-    let mut tx = match store::backend(db) {
-        Backend::Sqlite => store::write_tx(db).await?,
-        Backend::Postgres => db.begin().await?,
-    };
+    let mut tx = store::claim_tx(db).await?;
     let row: Option<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(worker)
         .bind(store::stamp(LEASE_S))

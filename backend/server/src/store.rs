@@ -136,6 +136,25 @@ pub async fn write_tx(db: &AnyPool) -> Result<Transaction<'static, Any>, sqlx::E
     }
 }
 
+/// A transaction for a claim (`UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED)` on PostgreSQL, whose row
+/// locks keep concurrent claimers apart without waiting); SQLite has no row locks, so its one writer's transaction
+/// makes the claim atomic there.
+pub async fn claim_tx(db: &AnyPool) -> Result<Transaction<'static, Any>, sqlx::Error> {
+    match backend(db) {
+        Backend::Sqlite => write_tx(db).await,
+        Backend::Postgres => db.begin().await,
+    }
+}
+
+/// `" FOR UPDATE[ OF table] SKIP LOCKED"` on PostgreSQL (`of`: the table to lock in a join), nothing on SQLite.
+pub fn skip_locked(db: &AnyPool, of: Option<&str>) -> String {
+    match (backend(db), of) {
+        (Backend::Postgres, Some(t)) => format!(" FOR UPDATE OF {t} SKIP LOCKED"),
+        (Backend::Postgres, None) => " FOR UPDATE SKIP LOCKED".to_string(),
+        (Backend::Sqlite, _) => String::new(),
+    }
+}
+
 /// Now plus `offset_s` seconds as the studio's timestamps are stored: `YYYY-MM-DDTHH:MM:SSZ`, UTC.
 pub fn stamp(offset_s: i64) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);

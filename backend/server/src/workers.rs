@@ -26,7 +26,7 @@ use unike_shared::runs::{RunRequest, RunStatus};
 
 use crate::error::ApiResult;
 use crate::runs;
-use crate::store::{self, Backend};
+use crate::store;
 
 /// `unike worker`: computes answers, edits and shards of benchmark runs from a studio's database.
 #[derive(Args, Debug)]
@@ -139,7 +139,7 @@ fn host_name() -> String {
 /// Claims the oldest shard of a live run on `model` that is queued, or running past its lease.
 async fn claim(db: &AnyPool, worker: &str, model: &str, lease: Duration) -> Result<Option<Claimed>> {
     let t0 = std::time::Instant::now();
-    let skip_locked = if store::backend(db) == Backend::Postgres { " FOR UPDATE OF s SKIP LOCKED" } else { "" };
+    let skip_locked = store::skip_locked(db, Some("s"));
     let sql = format!(
         "UPDATE run_shards SET status = 'running', worker = $1, lease_until = $2, attempts = attempts + 1 \
          WHERE id = (SELECT s.id FROM run_shards s JOIN benchmark_runs r ON r.id = s.run_id \
@@ -148,11 +148,7 @@ async fn claim(db: &AnyPool, worker: &str, model: &str, lease: Duration) -> Resu
            ORDER BY s.id LIMIT 1{skip_locked}) \
          RETURNING id, run_id, method, first_case, end_case"
     );
-    let mut tx = match store::backend(db) {
-        // SQLite has no row locks: its one writer's transaction makes the claim atomic.
-        Backend::Sqlite => store::write_tx(db).await?,
-        Backend::Postgres => db.begin().await?,
-    };
+    let mut tx = store::claim_tx(db).await?;
     let row: Option<(i64, i64, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(worker)
         .bind(store::stamp(lease.as_secs() as i64))
@@ -375,6 +371,15 @@ async fn report(db: AnyPool, name: String, model: String, kinds: String) {
         }
         tokio::time::sleep(REPORT_EVERY).await;
     }
+}
+
+/// Forgets workers not seen for a day (each restart of a worker without `--name` reports under a new name).
+pub async fn sweep(db: &AnyPool) -> ApiResult<u64> {
+    Ok(sqlx::query("DELETE FROM workers WHERE last_seen < $1")
+        .bind(store::stamp(-86_400))
+        .execute(db)
+        .await?
+        .rows_affected())
 }
 
 /// Workers seen in the last 30 s that compute for `model` (those taking `kind`, when given).
