@@ -143,11 +143,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .collect();
         println!("{}", serde_json::to_string(&serde_json::json!({"results": results, "data": notes, "cases": cases}))?);
     } else {
-        for line in &notes {
-            println!("{line}  ");
-        }
-        println!();
-        print!("{}", markdown(&results));
+        print_table(&notes, &results);
     }
     Ok(())
+}
+
+/// Where the data came from, then the results' Markdown tables (what `bench` prints without `--json`).
+pub fn print_table(notes: &[String], results: &[BenchResult]) {
+    for line in notes {
+        println!("{line}  ");
+    }
+    println!();
+    print!("{}", markdown(results));
 }

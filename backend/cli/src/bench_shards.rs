@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use unike_pipeline::bench::{provenance, Config};
 use unike_pipeline::data::DataSource;
 use unike_pipeline::load::Loaded;
-use unike_pipeline::report::markdown;
 use unike_pipeline::shard::{self, ShardResult};
 
 use crate::bench_edit::BenchArgs;
@@ -125,11 +124,7 @@ pub fn merge(args: &BenchArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&serde_json::json!({"results": results, "data": notes}))?);
     } else {
-        for line in &notes {
-            println!("{line}  ");
-        }
-        println!();
-        print!("{}", markdown(&results));
+        crate::bench_edit::print_table(&notes, &results);
     }
     Ok(())
 }
