@@ -65,10 +65,11 @@ pub struct TrainArgs {
     /// Override the sequences of dense repetitions kept in every step after the induction stage (0: none).
     #[arg(long)]
     pub keep_induction: Option<usize>,
-    /// Share of plain samples that get 1–3 easy irrelevant demonstrations in front (0 to 1).
+    /// Share of plain samples that get 1–3 easy irrelevant demonstrations in front (0 to 1; the shipped model's 0.4).
     #[arg(long)]
     pub distract: Option<f32>,
-    /// The binding term (pilot): `LAYER,WEIGHT` (text after an image predicts it at that decoder layer's output).
+    /// The binding term: `LAYER,WEIGHT` (text after an image predicts it, centred over the batch's images, at that
+    /// decoder layer's output; the shipped model's `1,0.5`; weight 0 turns it off).
     #[arg(long, value_name = "LAYER,WEIGHT", value_delimiter = ',')]
     pub binding: Option<Vec<f32>>,
     /// cpu, cuda or cuda:N.

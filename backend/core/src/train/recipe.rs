@@ -60,7 +60,7 @@ pub struct Recipe {
     /// Weight of that term against the question-answer loss (each a mean over its positions).
     #[serde(default)]
     pub keep_induction_weight: f32,
-    /// Binding term (pilot): at the output of decoder layer `binding_layer`, every text position after an image predicts,
+    /// Binding term: at the output of decoder layer `binding_layer`, every text position after an image predicts,
     /// through a linear read-out trained alongside (and discarded), the mean projected features of the latest image
     /// before it (cosine). 0: off (older recipes).
     #[serde(default)]
@@ -89,8 +89,8 @@ fn mix_of_five_or_six<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Re
 }
 
 impl Recipe {
-    /// The shipped default model (96.6 minutes on the 2-core machine beside builds, issue 14; see the README's
-    /// "The default model").
+    /// The shipped default model (issue 14's run "full4": 142.9 minutes at nice 19 beside builds and CI runs on the
+    /// 2-core machine, about 80 quiet; see the README's "The default model").
     pub fn default_model(seed: u64) -> Self {
         Self {
             seed,
@@ -110,7 +110,7 @@ impl Recipe {
             context_shares: crate::world::context::ContextShares::shipped(),
             keep_induction: 16,
             keep_induction_weight: 0.5,
-            binding_weight: 0.0,
+            binding_weight: 0.5,
             binding_layer: 1,
             init: None,
             clip: 1.0,
