@@ -62,6 +62,10 @@ pub struct TrainArgs {
     /// (`0.2,0.4,0.5,0.7,0.6,0.2` by default: the shipped model's).
     #[arg(long, value_name = "REPEAT,DRILL,RELEVANT[,HARD[,DRILL_RELATION,DRILL_ENTITY]]", value_delimiter = ',')]
     pub context_shares: Option<Vec<f32>>,
+    /// Of the hard irrelevant demonstrations about a character, the share about the query's own character with
+    /// another relation (0 to 1; the shipped model's 0.5); the others ask the query's relation about another one.
+    #[arg(long)]
+    pub hard_same_entity: Option<f32>,
     /// Override the sequences of dense repetitions kept in every step after the induction stage (0: none).
     #[arg(long)]
     pub keep_induction: Option<usize>,
@@ -116,6 +120,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         if c.drill_same_relation + c.drill_same_entity > 1.0 {
             bail!("--context-shares: the shares of drills on one relation and on one entity sum to more than 1");
         }
+    }
+    if let Some(h) = args.hard_same_entity {
+        if !(0.0..=1.0).contains(&h) {
+            bail!("--hard-same-entity must be in [0, 1]");
+        }
+        recipe.context_shares.hard_same_entity = h;
     }
     if let Some(d) = args.distract {
         if !(0.0..=1.0).contains(&d) {

@@ -201,11 +201,12 @@ fn same_subject(world: &World, q: &Probe, pool: Pool, rng: &mut Rng) -> Probe {
     }
 }
 
-/// An irrelevant question; `hard` ones share the query's relation (another entity) or entity (another relation).
-fn irrelevant(world: &World, q: &Probe, hard: bool, rng: &mut Rng) -> Probe {
+/// An irrelevant question; `hard` ones (`Some(same_entity)`) share the query's relation (another entity) or, with
+/// probability `same_entity`, its entity (another relation).
+fn irrelevant(world: &World, q: &Probe, hard: Option<f32>, rng: &mut Rng) -> Probe {
     match (q.subject, hard) {
-        (Subject::Entity(e, r), true) => {
-            if rng.unit() < 0.5 {
+        (Subject::Entity(e, r), Some(same_entity)) => {
+            if rng.unit() < 1.0 - same_entity {
                 let other = (e + 1 + rng.below(N_ENTITIES - 1)) % N_ENTITIES;
                 let p = paraphrase(world, other, r, None, rng);
                 entity_probe(world, other, r, p, Pool::Train, rng.next_u64())
@@ -216,11 +217,11 @@ fn irrelevant(world: &World, q: &Probe, hard: bool, rng: &mut Rng) -> Probe {
                 entity_probe(world, e, r2, p, Pool::Train, rng.next_u64())
             }
         }
-        (Subject::Scene(_, _, which), true) => {
+        (Subject::Scene(_, _, which), Some(_)) => {
             let index = rng.next_u64();
             scene_probe(world, Pool::Train, index, which, None, rng)
         }
-        (Subject::Text(i), true) => {
+        (Subject::Text(i), Some(_)) => {
             text_probe(world, (i + 1 + rng.below(world.text_facts.len() - 1)) % world.text_facts.len())
         }
         _ => loop {
@@ -238,13 +239,13 @@ pub fn distractors(world: &World, rng: &mut Rng) -> Vec<Turn> {
     let mut out = Vec::new();
     for _ in 0..n {
         let anchor = query(world, rng);
-        out.extend(irrelevant_demo(world, &anchor, false, rng));
+        out.extend(irrelevant_demo(world, &anchor, None, rng));
     }
     out
 }
 
 /// An irrelevant demonstration: a single turn or an IKE-style block (new fact + update, or new fact + retain).
-fn irrelevant_demo(world: &World, q: &Probe, hard: bool, rng: &mut Rng) -> Vec<Turn> {
+fn irrelevant_demo(world: &World, q: &Probe, hard: Option<f32>, rng: &mut Rng) -> Vec<Turn> {
     let p = irrelevant(world, q, hard, rng);
     let answer = if !p.truth_showable || rng.unit() < 0.6 { counterfactual(world, &p, rng) } else { p.truth.clone() };
     if rng.unit() < 0.25 {
@@ -252,7 +253,7 @@ fn irrelevant_demo(world: &World, q: &Probe, hard: bool, rng: &mut Rng) -> Vec<T
             let again = same_subject(world, &p, Pool::Train, rng);
             turn(TurnForm::Qa, &again, answer.clone())
         } else {
-            let other = irrelevant(world, q, false, rng);
+            let other = irrelevant(world, q, None, rng);
             if other.subject == p.subject || !other.truth_showable {
                 return vec![turn(TurnForm::Fact, &p, answer)];
             }
@@ -335,7 +336,7 @@ pub fn training_context_sample(world: &World, ease: f32, shares: &ContextShares,
             context.extend(demo);
         } else {
             let hard = rng.unit() < shares.hard;
-            context.extend(irrelevant_demo(world, &q, hard, rng));
+            context.extend(irrelevant_demo(world, &q, hard.then_some(shares.hard_same_entity), rng));
         }
     }
     let mut s = sample(q, answer, context);
@@ -356,6 +357,10 @@ pub struct ContextShares {
     /// with another relation); the others are any other question.
     #[serde(default = "half")]
     pub hard: f32,
+    /// Of the hard irrelevant demonstrations about an entity, the share about the query's own entity (another
+    /// relation); the others ask the query's relation about another entity.
+    #[serde(default = "half")]
+    pub hard_same_entity: f32,
     /// The share of drills whose facts share the relation (told apart by their images only).
     #[serde(default)]
     pub drill_same_relation: f32,
@@ -382,6 +387,7 @@ impl ContextShares {
             drill: 0.4,
             relevant: 0.5,
             hard: 0.7,
+            hard_same_entity: 0.5,
             drill_same_relation: 0.6,
             drill_same_entity: 0.2,
             distract: 0.4,
@@ -397,6 +403,7 @@ impl Default for ContextShares {
             drill: 0.3,
             relevant: 0.5,
             hard: 0.5,
+            hard_same_entity: 0.5,
             drill_same_relation: 0.0,
             drill_same_entity: 0.0,
             distract: 0.0,

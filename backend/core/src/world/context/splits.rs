@@ -59,7 +59,7 @@ pub fn ignore_split(world: &World, n: usize) -> Vec<Sample> {
             let k = 1 + rng.below(3);
             let context = (0..k)
                 .map(|i| {
-                    let mut p = irrelevant(world, &q, i == 0, &mut rng);
+                    let mut p = irrelevant(world, &q, (i == 0).then_some(0.5), &mut rng);
                     if let (Subject::Entity(e2, r2), Some(_)) = (p.subject, &p.image) {
                         let para = r2.paraphrases().iter().position(|x| *x == p.question).unwrap_or(0);
                         p = entity_probe(world, e2, r2, para, Pool::Eval, rng.next_u64());
