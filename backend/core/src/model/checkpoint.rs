@@ -99,7 +99,7 @@ impl Checkpoint {
 
 /// `model.safetensors.index.json` → its shards (each once, in order of first mention); else `model.safetensors`;
 /// else every `*.safetensors` in the directory, sorted.
-fn find_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn find_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;

@@ -344,18 +344,18 @@ fn parse_vision(f: Fields) -> std::result::Result<VisionConfig, String> {
 }
 
 /// Typed, optional field access on a JSON object; a present field of the wrong type is an error.
-struct Fields<'a>(&'a Value);
+pub(crate) struct Fields<'a>(pub(crate) &'a Value);
 
 impl<'a> Fields<'a> {
-    fn get(&self, k: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, k: &str) -> Option<&'a Value> {
         self.0.get(k).filter(|v| !v.is_null())
     }
-    fn usize(&self, k: &str) -> std::result::Result<Option<usize>, String> {
+    pub(crate) fn usize(&self, k: &str) -> std::result::Result<Option<usize>, String> {
         self.get(k)
             .map(|v| v.as_u64().map(|x| x as usize).ok_or_else(|| format!("{k} must be a non-negative integer")))
             .transpose()
     }
-    fn u32(&self, k: &str) -> std::result::Result<Option<u32>, String> {
+    pub(crate) fn u32(&self, k: &str) -> std::result::Result<Option<u32>, String> {
         self.get(k)
             .map(|v| {
                 v.as_u64()
@@ -364,16 +364,16 @@ impl<'a> Fields<'a> {
             })
             .transpose()
     }
-    fn f64(&self, k: &str) -> std::result::Result<Option<f64>, String> {
+    pub(crate) fn f64(&self, k: &str) -> std::result::Result<Option<f64>, String> {
         self.get(k).map(|v| v.as_f64().ok_or_else(|| format!("{k} must be a number"))).transpose()
     }
-    fn bool(&self, k: &str) -> std::result::Result<Option<bool>, String> {
+    pub(crate) fn bool(&self, k: &str) -> std::result::Result<Option<bool>, String> {
         self.get(k).map(|v| v.as_bool().ok_or_else(|| format!("{k} must be true or false"))).transpose()
     }
-    fn str(&self, k: &str) -> std::result::Result<Option<&'a str>, String> {
+    pub(crate) fn str(&self, k: &str) -> std::result::Result<Option<&'a str>, String> {
         self.get(k).map(|v| v.as_str().ok_or_else(|| format!("{k} must be a string"))).transpose()
     }
-    fn obj(&self, k: &str) -> std::result::Result<Option<&'a Value>, String> {
+    pub(crate) fn obj(&self, k: &str) -> std::result::Result<Option<&'a Value>, String> {
         match self.get(k) {
             None => Ok(None),
             Some(v) if v.is_object() => Ok(Some(v)),
