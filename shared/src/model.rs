@@ -32,8 +32,17 @@ pub struct ModelInfo {
     pub text_hidden_size: usize,
     pub vision_layers: usize,
     pub vision_hidden_size: usize,
+    /// Input side of the vision tower (0: dynamic resolution, Qwen2-VL).
     pub image_size: usize,
+    /// Image tokens per image (0: by the image's size, Qwen2-VL).
     pub image_seq_length: usize,
+    /// `llava`, `blip2` or `qwen2vl` (older servers sent none: llava).
+    #[serde(default = "default_family")]
+    pub family: String,
+}
+
+fn default_family() -> String {
+    "llava".into()
 }
 
 #[cfg(test)]
@@ -55,6 +64,7 @@ mod tests {
             vision_hidden_size: 32,
             image_size: 30,
             image_seq_length: 25,
+            family: "llava".into(),
         };
         let json = serde_json::to_string(&info).unwrap();
         let back: ModelInfo = serde_json::from_str(&json).unwrap();

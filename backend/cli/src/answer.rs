@@ -60,10 +60,10 @@ pub fn run(args: AnswerArgs) -> Result<()> {
     };
     let t1 = Instant::now();
     let pixels = match &args.image {
-        Some(p) => Some(processor.image_processor().load_file(p, &dev)?.unsqueeze(0)?),
+        Some(p) => Some(processor.load_image(p, &dev)?),
         None => None,
     };
-    let ids = processor.encode(&prompt, usize::from(pixels.is_some()))?;
+    let ids = processor.encode(&prompt, pixels.as_ref())?;
     let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, eos_token_ids: ckpt.eos_token_ids()? };
     let gen = model.generate(&ids, pixels.as_ref(), &Hooks::none(), &opts).context("generation failed")?;
     let answer = processor.decode(&gen.tokens)?;

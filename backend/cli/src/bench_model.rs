@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use clap::Args;
 use serde::Serialize;
 use unike_core::hooks::{Capture, Hooks};
-use unike_core::model::GenerateOptions;
+use unike_core::model::{GenerateOptions, Pixels};
 
 use unike_pipeline::load;
 
@@ -91,21 +91,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     let load::Loaded { dir, ckpt, processor, model, device: dev, load_ms } = args.model.load()?;
     if args.load_only {
-        let weights_mib = ckpt.num_parameters as f64 * model.dtype().size_in_bytes() as f64 / (1024.0 * 1024.0);
+        let weights_mib = ckpt.num_parameters() as f64 * model.dtype().size_in_bytes() as f64 / (1024.0 * 1024.0);
         let files_mib =
-            ckpt.weight_files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len() as f64).sum::<f64>()
+            ckpt.weight_files().iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len() as f64).sum::<f64>()
                 / (1024.0 * 1024.0);
         let rss = peak_rss_mib();
         let out = serde_json::json!({
             "model": dir.display().to_string(), "dtype": format!("{:?}", model.dtype()).to_lowercase(),
-            "parameters": ckpt.num_parameters, "load_ms": load_ms, "weight_files_mib": files_mib,
+            "parameters": ckpt.num_parameters(), "load_ms": load_ms, "weight_files_mib": files_mib,
             "weights_in_memory_mib": weights_mib, "peak_rss_mib": rss,
         });
         if args.json {
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {
             println!("| measure | value |\n|---|---|");
-            println!("| parameters | {} |", ckpt.num_parameters);
+            println!("| parameters | {} |", ckpt.num_parameters());
             println!("| load (open + map + materialise) | {load_ms:.0} ms |");
             println!("| weight files on disk | {files_mib:.0} MiB |");
             println!("| weights in memory ({:?}) | {weights_mib:.0} MiB |", model.dtype());
@@ -119,30 +119,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // A synthetic image at the tower's resolution (a gradient with a square), so no file is needed; a little wider
     // when the processor resizes, so resizing is part of the measured path.
-    let s = model.config().vision.image_size as u32;
-    let extra = if processor.image_processor().resize.is_some() { 7 } else { 0 };
+    // Qwen2-VL takes any size (dynamic resolution): 56 px, four merged patches.
+    let s = match ckpt.summary().image_size {
+        0 => 56,
+        n => n as u32,
+    };
+    let resizes = match processor.as_any().downcast_ref::<unike_core::model::Processor>() {
+        Some(p) => p.image_processor().resize.is_some(),
+        None => true,
+    };
+    let extra = if resizes { 7 } else { 0 };
     let img = image::RgbImage::from_fn(s + extra, s, |x, y| {
         let inside = x > s / 4 && x < 3 * s / 4 && y > s / 4 && y < 3 * s / 4;
         image::Rgb([(x * 255 / s) as u8, (y * 255 / s) as u8, if inside { 230 } else { 20 }])
     });
-    let prompt = processor.apply_template("what is in the picture?");
-    let ids = processor.encode(&prompt, 1)?;
-    let pixels = processor.image_processor().preprocess(&img, &dev)?.unsqueeze(0)?;
+    let prompt = processor.question_prompt("what is in the picture?", true);
+    let pixels = processor.preprocess(&img, &dev)?;
+    let ids = processor.encode(&prompt, Some(&pixels))?;
     let n = ids.len();
     let hooks = Hooks::none();
 
     let prefill = time(args.iters, || {
         let t = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
-        let feats = model.image_features(&pixels)?;
-        let e = model.embed_inputs(&t, Some(&feats))?;
-        let h = model.forward_embeds(&e, 0, None, &hooks, &mut Capture::none())?;
+        let e = model.embed(&t, Some(&pixels))?;
+        let h = model.forward_inputs(&e, None, &hooks, &mut Capture::none())?;
         model.logits(&h.narrow(1, n - 1, 1)?)?;
         Ok(())
     })?;
     let batch_ids = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?.repeat((args.batch, 1))?;
-    let batch_px = pixels.repeat((args.batch, 1, 1, 1))?;
+    let batch_px = Pixels::cat(&vec![&pixels; args.batch])?;
     let batched = time(args.iters, || {
-        model.forward(&batch_ids, Some(&batch_px), &hooks)?;
+        model.forward(&batch_ids, batch_px.as_ref(), &hooks)?;
         Ok(())
     })?;
     let gen_n = GenerateOptions { max_new_tokens: args.max_new_tokens, eos_token_ids: vec![] };
@@ -159,8 +166,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let eos = ckpt.eos_token_ids()?;
     let mut new_tokens = 0;
     let answer = time(args.iters, || {
-        let px = processor.image_processor().preprocess(&img, &dev)?.unsqueeze(0)?;
-        let ids = processor.encode(&prompt, 1)?;
+        let px = processor.preprocess(&img, &dev)?;
+        let ids = processor.encode(&prompt, Some(&px))?;
         let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, eos_token_ids: eos.clone() };
         let g = model.generate(&ids, Some(&px), &hooks, &opts)?;
         processor.decode(&g.tokens)?;

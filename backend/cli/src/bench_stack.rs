@@ -93,7 +93,7 @@ pub fn run(args: BenchStackArgs) -> Result<()> {
     }
     let eos = loaded.ckpt.eos_token_ids()?;
     let eos0 = *eos.first().context("the checkpoint has no end-of-sequence id")?;
-    let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos.clone());
+    let mut ev = Evaluator::new(&*loaded.model, &*loaded.processor, eos.clone());
     let memory = memory_sequences(&mut ev, &data.memory_cases(Task::Vqa, 64)?)?;
     let name = model_name(&loaded);
     let root = unike_pipeline::model_dir::repo_root();
@@ -109,7 +109,7 @@ pub fn run(args: BenchStackArgs) -> Result<()> {
             memory: memory.clone(),
             demonstrations: if method_name == "ike" { data.front(Task::Vqa)?.unwrap_or_default() } else { vec![] },
             eos: eos0,
-            llava: &loaded.model,
+            llava: &*loaded.model,
             model_dir: &loaded.dir,
         };
         let method = registry::build(method_name, inputs)?;
@@ -129,7 +129,7 @@ pub fn run(args: BenchStackArgs) -> Result<()> {
             let req = request(i)?;
             let t = Instant::now();
             let patch = method
-                .edit(&EditContext { model: &loaded.model, processor: &loaded.processor, stack: &stack }, &req)?;
+                .edit(&EditContext { model: &*loaded.model, processor: &*loaded.processor, stack: &stack }, &req)?;
             growing.push(ms(t));
             stack.push(patch);
         }
@@ -138,19 +138,19 @@ pub fn run(args: BenchStackArgs) -> Result<()> {
             let req = request(i)?;
             let t = Instant::now();
             let patch = method
-                .edit(&EditContext { model: &loaded.model, processor: &loaded.processor, stack: &stack }, &req)?;
+                .edit(&EditContext { model: &*loaded.model, processor: &*loaded.processor, stack: &stack }, &req)?;
             timed.push(ms(t));
             let id = stack.push(patch);
             stack.remove(id)?;
         }
         let hooks = stack.hooks()?;
-        let p = &loaded.processor;
+        let p = &*loaded.processor;
         let opts = GenerateOptions { max_new_tokens: 16, eos_token_ids: eos.clone() };
         let mut answers = Vec::new();
         for c in &cases[args.stack + args.edits..need] {
             let px = ev.pixels(&c.image)?;
             let t = Instant::now();
-            let ids = p.encode(&p.question_prompt(&c.prompt, true), 1)?;
+            let ids = p.encode(&p.question_prompt(&c.prompt, true), Some(&px))?;
             loaded.model.generate(&ids, Some(&px), &hooks, &opts)?;
             answers.push(ms(t));
         }

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use unike_core::model::{Llava, Processor};
 use unike_core::train::evaluate::{eval_base, FLOORS};
 use unike_core::train::save::TrainingRecord;
 use unike_core::world::World;
@@ -47,7 +48,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         return breakdown(&loaded, &eos, &world, args.n);
     }
     let t0 = std::time::Instant::now();
-    let report = eval_base(&loaded.model, &loaded.processor, &eos, &world, args.n)?;
+    let (model, processor) = world_model(&loaded)?;
+    let report = eval_base(model, processor, &eos, &world, args.n)?;
     let secs = t0.elapsed().as_secs_f64();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -83,7 +85,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// The LLaVA model and processor of `loaded` (world models are LLaVA-style).
+fn world_model(loaded: &load::Loaded) -> Result<(&Llava, &Processor)> {
+    match (loaded.model.as_any().downcast_ref::<Llava>(), loaded.processor.as_any().downcast_ref::<Processor>()) {
+        (Some(m), Some(p)) => Ok((m, p)),
+        _ => bail!("eval-base evaluates LLaVA-style world models; this is a {} checkpoint", loaded.model.family()),
+    }
+}
+
 fn breakdown(loaded: &load::Loaded, eos: &[u32], world: &World, n: usize) -> Result<()> {
+    let (model, processor) = world_model(loaded)?;
     use unike_core::train::evaluate::answer;
     use unike_core::world::context::{hard_split, pick_split, HardKind, PickCue};
     println!(
@@ -95,7 +106,7 @@ fn breakdown(loaded: &load::Loaded, eos: &[u32], world: &World, n: usize) -> Res
         let (mut truth, mut copied, mut recalled, mut by_form) = (0usize, 0usize, 0usize, [0usize; 2]);
         let mut others = Vec::new();
         for (i, (s, demo, its)) in samples.iter().enumerate() {
-            let a = answer(&loaded.model, &loaded.processor, eos, s)?.answer;
+            let a = answer(model, processor, eos, s)?.answer;
             if a == s.answer {
                 truth += 1;
                 by_form[i % 2] += 1;
@@ -129,7 +140,7 @@ fn breakdown(loaded: &load::Loaded, eos: &[u32], world: &World, n: usize) -> Res
         let samples = pick_split(world, n, cue);
         let (mut right, mut twin) = (0usize, 0usize);
         for (s, b) in &samples {
-            let a = answer(&loaded.model, &loaded.processor, eos, s)?.answer;
+            let a = answer(model, processor, eos, s)?.answer;
             right += usize::from(a == s.answer);
             twin += usize::from(a == *b);
         }

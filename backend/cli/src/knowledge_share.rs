@@ -47,7 +47,7 @@ pub struct ShareRow {
 /// The rows of `cfg`'s methods (one-step; methods without latent knowledge are an error).
 pub fn rows(loaded: &load::Loaded, data: &DataSource, cfg: &Config) -> Result<Vec<ShareRow>> {
     let setup = Setup::new(loaded, data, cfg)?;
-    let mut ev = Evaluator::new(&loaded.model, &loaded.processor, loaded.ckpt.eos_token_ids()?);
+    let mut ev = Evaluator::new(&*loaded.model, &*loaded.processor, loaded.ckpt.eos_token_ids()?);
     let memory = bench::memory_sequences(&mut ev, &setup.memory_cases)?;
     let prepared = setup
         .cases

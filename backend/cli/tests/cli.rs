@@ -203,7 +203,7 @@ fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     // The saved directory is an llava-hf checkpoint: it loads, answers, and eval-base reports every split.
     let ckpt = unike_core::model::Checkpoint::open(&a)?;
-    assert_eq!(ckpt.config.text.num_hidden_layers, 1);
+    assert_eq!(ckpt.summary().text_layers, 1);
     let out = unike().args(["eval-base", "--n", "4", "--json", "--model"]).arg(&a).output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout)?;

@@ -8,7 +8,7 @@ use candle_core::Device;
 use unike_core::edit::t_patcher::{TPatcher, TPatcherParams};
 use unike_core::edit::{EditContext, EditMethod, EditRequest, EditSequence, PatchStack};
 use unike_core::hooks::Hooks;
-use unike_core::model::{Checkpoint, Llava, Processor};
+use unike_core::model::{Llava, LlavaCheckpoint, Pixels, Processor, VisionLanguageModel};
 use unike_core::train::evaluate::answer_with;
 use unike_core::world::rng::Rng;
 use unike_core::world::samples::{eval_split, training_sample, Sample, Split};
@@ -23,7 +23,7 @@ struct Fixture {
 
 fn fixture() -> Result<Fixture> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
-    let ckpt = Checkpoint::open(&dir)?;
+    let ckpt = LlavaCheckpoint::open(&dir)?;
     Ok(Fixture {
         model: ckpt.load_model(None, &Device::Cpu)?,
         processor: ckpt.processor()?,
@@ -32,9 +32,9 @@ fn fixture() -> Result<Fixture> {
     })
 }
 
-fn pixels(f: &Fixture, s: &Sample) -> Result<Option<candle_core::Tensor>> {
+fn pixels(f: &Fixture, s: &Sample) -> Result<Option<Pixels>> {
     Ok(match &s.image {
-        Some(img) => Some(f.processor.image_processor().preprocess(img, &Device::Cpu)?.unsqueeze(0)?),
+        Some(img) => Some(Pixels::fixed(f.processor.image_processor().preprocess(img, &Device::Cpu)?.unsqueeze(0)?)),
         None => None,
     })
 }
@@ -679,10 +679,10 @@ fn unike_knowledge_share_is_captured_as_the_mixing_weight() -> Result<()> {
         let mut stack = PatchStack::new();
         stack.push(method.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, &request)?);
         let hooks = stack.hooks()?;
-        let embeds = seq.embeds(&f.model)?;
+        let inputs = seq.inputs(&f.model)?;
         let mut cap = Capture::at_layers(0..n, CapturePoint::KnowledgeShare);
-        let traced = f.model.forward_embeds(&embeds, 0, None, &hooks, &mut cap)?;
-        let plain = f.model.forward_embeds(&embeds, 0, None, &hooks, &mut Capture::none())?;
+        let traced = f.model.forward_inputs(&inputs, None, &hooks, &mut cap)?;
+        let plain = f.model.forward_inputs(&inputs, None, &hooks, &mut Capture::none())?;
         let diff = (traced - plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(diff, 0.0, "{variant}: tracing the share changed the output");
         let layers: Vec<usize> = cap.captured().keys().map(|(l, _)| *l).collect();
@@ -754,7 +754,7 @@ fn t_patcher_adds_a_neuron_per_mistake_and_its_relative_term_acts() -> Result<()
     let ctx = EditContext { model: &f.model, processor: &f.processor, stack: &stack };
     let queries = memory_queries(&ctx, &mem, &[layer], &none)?.remove(&layer).context("memory queries")?;
     let mut cap = Capture::at_layers([layer], CapturePoint::FfnInput);
-    f.model.forward_embeds(&seq.embeds(&f.model)?, 0, None, &none, &mut cap)?;
+    f.model.forward_inputs(&seq.inputs(&f.model)?, None, &none, &mut cap)?;
     let edit_q = cap.get(layer, CapturePoint::FfnInput).context("ffn input")?.squeeze(0)?;
     let edit_q = edit_q.narrow(0, seq.prompt_len - 1, seq.targets().len())?;
     // Per neuron, its pre-activation at its own mistake minus its highest on the memory; the smallest.

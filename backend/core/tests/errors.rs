@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use common::{fixture, load};
 use unike_core::hooks::Hooks;
-use unike_core::model::{Checkpoint, GenerateOptions};
+use unike_core::model::{Checkpoint, GenerateOptions, VisionLanguageModel};
 
 fn copy_fixture(to: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(to)?;

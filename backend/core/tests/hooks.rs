@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use common::{expected, fixture, load};
 use unike_core::hooks::{Capture, CapturePoint, ConstantShift, ExtraNeurons, Hooks};
 use unike_core::model::config::Activation;
-use unike_core::model::{GenerateOptions, Llava, Processor};
+use unike_core::model::{GenerateOptions, Llava, Pixels, Processor, VisionLanguageModel};
 
 fn image_case(model: &Llava, processor: &Processor) -> Result<(Tensor, Tensor)> {
     let case = expected("f32", "image_question")?;
@@ -127,8 +127,8 @@ fn hooks_apply_during_cached_decoding() -> Result<()> {
     let px = processor.image_processor().load_file(&fixture(case.image.as_deref().unwrap_or("")), &Device::Cpu)?;
     let px = px.unsqueeze(0)?;
     let opts = GenerateOptions { max_new_tokens: 6, eos_token_ids: vec![] };
-    let gen = model.generate(&case.input_ids, Some(&px), &hooks, &opts)?;
-    let plain = model.generate(&case.input_ids, Some(&px), &Hooks::none(), &opts)?;
+    let gen = model.generate(&case.input_ids, Some(&Pixels::fixed(px.clone())), &hooks, &opts)?;
+    let plain = model.generate(&case.input_ids, Some(&Pixels::fixed(px.clone())), &Hooks::none(), &opts)?;
     assert_ne!(gen.tokens, plain.tokens, "the hooks must change the answer for this test to mean anything");
     let mut seq = case.input_ids.clone();
     for &t in &gen.tokens {

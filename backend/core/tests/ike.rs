@@ -11,7 +11,7 @@ use unike_core::edit::ike::pool::embed_texts;
 use unike_core::edit::ike::{prefix, DemoKind, Demonstration, Ike, IkeParams};
 use unike_core::edit::{EditContext, EditMethod, EditRequest, EditSequence, PatchStack};
 use unike_core::hooks::{Capture, Hooks};
-use unike_core::model::{Checkpoint, Llava, Processor};
+use unike_core::model::{Llava, LlavaCheckpoint, Pixels, Processor, VisionLanguageModel};
 use unike_core::world::World;
 
 struct Fixture {
@@ -34,7 +34,7 @@ impl Drop for TempDir {
 
 fn fixture() -> Result<Fixture> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
-    let ckpt = Checkpoint::open(&dir)?;
+    let ckpt = LlavaCheckpoint::open(&dir)?;
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let data = std::env::temp_dir().join(format!("unike-ike-test-{}-{n}", std::process::id()));
@@ -62,8 +62,8 @@ fn request(f: &Fixture, c: &EditCase) -> Result<EditRequest> {
     })
 }
 
-fn pixels(f: &Fixture, path: &Path) -> Result<Tensor> {
-    Ok(f.processor.image_processor().load_file(path, &Device::Cpu)?.unsqueeze(0)?)
+fn pixels(f: &Fixture, path: &Path) -> Result<Pixels> {
+    Ok(Pixels::fixed(f.processor.image_processor().load_file(path, &Device::Cpu)?.unsqueeze(0)?))
 }
 
 fn ike(f: &Fixture, k: usize, pool: usize) -> Ike {
@@ -115,19 +115,20 @@ fn ike_prefix_is_its_demonstrations_prepended_and_fits_the_window() -> Result<()
     // The prefix under no hooks, then the query, equals one forward pass over the demonstrations' turns (each its
     // own <s> … </s>) followed by the query.
     let ctx = prefix::encode(&f.model, &f.processor, &demos, true, &Hooks::none())?;
-    let (ids, n_images) = prefix::prefix_ids(&f.processor, &demos, true)?;
+    let (ids, shown) = prefix::prefix_ids(&f.processor, &demos, true, &Device::Cpu)?;
+    let n_images = shown.as_ref().map_or(0, Pixels::count);
     let retains = demos.iter().filter(|d| d.kind == DemoKind::Retain).count();
     assert_eq!((ctx.len(), n_images), (ids.len(), 2 * demos.len() - retains), "a retain turn shows no image");
     let query = EditSequence::new(&f.processor, &c.rephrase_prompt, req.image.as_ref(), &c.target, f.eos)?;
     let mut hooks = Hooks::none();
     hooks.add_context(std::sync::Arc::new(ctx));
-    let prefixed = f.model.forward_embeds(&query.embeds(&f.model)?, 0, None, &hooks, &mut Capture::none())?;
+    let prefixed = f.model.forward_inputs(&query.inputs(&f.model)?, None, &hooks, &mut Capture::none())?;
     let mut all_pixels = Vec::new();
     for d in &demos {
         for t in [&d.fact, &d.then] {
             match &t.image {
                 Some(unike_core::edit::ike::DemoImage::File(p)) => all_pixels.push(pixels(&f, p)?),
-                Some(unike_core::edit::ike::DemoImage::Pixels(t)) => all_pixels.push(t.clone()),
+                Some(unike_core::edit::ike::DemoImage::Pixels(t)) => all_pixels.push((**t).clone()),
                 None => {}
             }
         }
@@ -135,9 +136,9 @@ fn ike_prefix_is_its_demonstrations_prepended_and_fits_the_window() -> Result<()
     all_pixels.push(req.image.clone().context("image")?);
     let joined: Vec<u32> = ids.iter().chain(&query.ids).copied().collect();
     let input = Tensor::new(joined.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-    let feats = f.model.image_features(&Tensor::cat(&all_pixels, 0)?)?;
-    let embeds = f.model.embed_inputs(&input, Some(&feats))?;
-    let whole = f.model.forward_embeds(&embeds, 0, None, &Hooks::none(), &mut Capture::none())?;
+    let all_pixels = Pixels::cat(&all_pixels.iter().collect::<Vec<_>>())?;
+    let embeds = f.model.embed(&input, all_pixels.as_ref())?;
+    let whole = f.model.forward_inputs(&embeds, None, &Hooks::none(), &mut Capture::none())?;
     let whole = whole.narrow(1, ids.len(), query.ids.len())?;
     let diff = (whole - &prefixed)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(diff < 1e-4, "prefix and prepending differ by {diff}");
@@ -145,7 +146,7 @@ fn ike_prefix_is_its_demonstrations_prepended_and_fits_the_window() -> Result<()
     let many = ike(&f, 12, 100);
     let (kept, scores) = many.demonstrations(&f.model, &f.processor, &req)?;
     let window = f.model.text().context_budget();
-    let len = prefix::prefix_ids(&f.processor, &kept, true)?.0.len();
+    let len = prefix::prefix_ids(&f.processor, &kept, true, &Device::Cpu)?.0.len();
     assert!(kept.len() < 13 && kept.len() >= 2 && len <= window, "{} demonstrations, {len} positions", kept.len());
     let (all, all_scores) = ike(&f, kept.len() - 1, 100).demonstrations(&f.model, &f.processor, &req)?;
     assert_eq!(scores, all_scores, "the kept ones are the most similar");

@@ -11,7 +11,7 @@ use unike_core::edit::mend::{Mend, MendNet};
 use unike_core::edit::patch::{down_delta, up_delta};
 use unike_core::edit::{EditContext, EditMethod, EditRequest, EditSequence, PatchStack};
 use unike_core::hooks::{FfnHook, Hooks};
-use unike_core::model::Checkpoint;
+use unike_core::model::LlavaCheckpoint;
 
 fn randn(shape: (usize, usize), seed: u64, scale: f64) -> Result<Tensor> {
     let mut rng = unike_core::world::rng::Rng::new(seed);
@@ -22,7 +22,7 @@ fn randn(shape: (usize, usize), seed: u64, scale: f64) -> Result<Tensor> {
 #[test]
 fn mend_masks_positions_without_gradient_and_edits_up_and_down_projections_exactly() -> Result<()> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
-    let ckpt = Checkpoint::open(&dir)?;
+    let ckpt = LlavaCheckpoint::open(&dir)?;
     let model = ckpt.load_model(None, &Device::Cpu)?;
     let processor = ckpt.processor()?;
     let eos = ckpt.eos_token_ids()?[0];
@@ -98,7 +98,7 @@ fn shared_networks_per_layer_modes_and_ke_terms_each_act() -> Result<()> {
     use unike_core::edit::hypernet::GradientEditor;
     use unike_core::edit::ke::KeNet;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
-    let ckpt = Checkpoint::open(&dir)?;
+    let ckpt = LlavaCheckpoint::open(&dir)?;
     let model = ckpt.load_model(None, &Device::Cpu)?;
     let processor = ckpt.processor()?;
     let seq = EditSequence::new(&processor, "which team does this character play for?", None, "the red sharks", 2)?;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use common::{expected, fixture, load, max_abs_diff, Case};
 use unike_core::hooks::{Capture, CapturePoint, Hooks};
-use unike_core::model::{Checkpoint, GenerateOptions};
+use unike_core::model::{GenerateOptions, LlavaCheckpoint, Pixels, VisionLanguageModel};
 
 const TOL: f32 = 1e-4;
 
@@ -18,7 +18,9 @@ fn check_case(dir: &str, dtype: Option<DType>, variant: &str, name: &str, tol: f
     let ids = processor.encode(&case.prompt, n_images)?;
     assert_eq!(ids, case.input_ids, "{variant}/{name}: input ids");
     let pixels = match &case.image {
-        Some(img) => Some(processor.image_processor().load_file(&fixture(img), &Device::Cpu)?.unsqueeze(0)?),
+        Some(img) => {
+            Some(Pixels::fixed(processor.image_processor().load_file(&fixture(img), &Device::Cpu)?.unsqueeze(0)?))
+        }
         None => None,
     };
     let opts = GenerateOptions { max_new_tokens: case.answer_ids.len().max(1), eos_token_ids: ckpt.eos_token_ids()? };
@@ -32,7 +34,7 @@ fn check_case(dir: &str, dtype: Option<DType>, variant: &str, name: &str, tol: f
 
 #[test]
 fn legacy_sharded_f32_checkpoint_matches_transformers() -> Result<()> {
-    let ckpt = Checkpoint::open(fixture("tiny-llava"))?;
+    let ckpt = LlavaCheckpoint::open(fixture("tiny-llava"))?;
     assert_eq!(ckpt.layout.text, "language_model.model");
     assert_eq!(ckpt.layout.vision, "vision_tower.vision_model");
     assert_eq!(ckpt.weight_files.len(), 2, "the fixture is sharded with an index");
@@ -45,7 +47,7 @@ fn legacy_sharded_f32_checkpoint_matches_transformers() -> Result<()> {
 
 #[test]
 fn nested_f16_checkpoint_loaded_as_f32_matches_transformers() -> Result<()> {
-    let ckpt = Checkpoint::open(fixture("tiny-llava-f16"))?;
+    let ckpt = LlavaCheckpoint::open(fixture("tiny-llava-f16"))?;
     assert_eq!(ckpt.layout.text, "model.language_model");
     assert_eq!(ckpt.layout.lm_head, "lm_head");
     assert_eq!(ckpt.layout.vision, "model.vision_tower.vision_model");
@@ -59,7 +61,7 @@ fn nested_f16_checkpoint_loaded_as_f32_matches_transformers() -> Result<()> {
 
 #[test]
 fn transformers5_bf16_checkpoint_loaded_as_f32_matches_transformers() -> Result<()> {
-    let ckpt = Checkpoint::open(fixture("tiny-llava-bf16"))?;
+    let ckpt = LlavaCheckpoint::open(fixture("tiny-llava-bf16"))?;
     assert_eq!(ckpt.layout.vision, "vision_tower");
     assert_eq!(ckpt.config.stored_dtype, Some(DType::BF16));
     for name in ["image_question", "image_caption", "text_only"] {
@@ -84,7 +86,7 @@ fn half_precision_runs_close_to_f32() -> Result<()> {
         let ids = processor.encode(&case.prompt, 1)?;
         let px = processor.image_processor().load_file(&fixture(case.image.as_deref().unwrap_or("")), &Device::Cpu)?;
         let opts = GenerateOptions { max_new_tokens: 1, eos_token_ids: vec![] };
-        let gen = model.generate(&ids, Some(&px.unsqueeze(0)?), &Hooks::none(), &opts)?;
+        let gen = model.generate(&ids, Some(&Pixels::fixed(px.unsqueeze(0)?)), &Hooks::none(), &opts)?;
         let diff = max_abs_diff(&gen.first_logits, &case.last_logits);
         assert!(diff < 0.2, "{dir} in {:?}: logits differ by {diff}", model.dtype());
         assert_eq!(gen.tokens[0], case.answer_ids[0], "{dir} in {:?}", model.dtype());

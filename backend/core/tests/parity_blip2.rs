@@ -14,7 +14,7 @@ use common::{fixture, max_abs_diff};
 use serde::Deserialize;
 use unike_core::hooks::{Capture, CapturePoint, ConstantShift, ContextKv, ExtraNeurons, Hooks};
 use unike_core::model::config::Activation;
-use unike_core::model::{Blip2, Blip2Checkpoint, Blip2Processor, GenerateOptions};
+use unike_core::model::{Blip2, Blip2Checkpoint, Blip2Processor, GenerateOptions, Pixels, VisionLanguageModel};
 
 const TOL: f32 = 1e-4;
 const CASES: [&str; 3] = ["image_question", "image_caption", "image_only"];
@@ -105,7 +105,7 @@ fn check_variant(dir: &str, dtype: Option<DType>, variant: &str, stages: bool) -
         }
         let opts =
             GenerateOptions { max_new_tokens: case.answer_ids.len().max(1), eos_token_ids: ckpt.eos_token_ids() };
-        let gen = model.generate(&ids, Some(&px), &Hooks::none(), &opts)?;
+        let gen = model.generate(&ids, Some(&Pixels::fixed(px.clone())), &Hooks::none(), &opts)?;
         note("last_logits", max_abs_diff(&gen.first_logits, &case.last_logits));
         assert_eq!(gen.tokens, case.answer_ids, "{variant}/{name}: greedy tokens");
         assert_eq!(processor.decode(&gen.tokens)?, case.answer, "{variant}/{name}: decoded answer");
@@ -161,7 +161,7 @@ fn native_bf16_runs_close_to_transformers() -> Result<()> {
         assert_eq!(ids, case.input_ids);
         let px = pixels(&processor, &case)?;
         let opts = GenerateOptions { max_new_tokens: case.answer_ids.len(), eos_token_ids: ckpt.eos_token_ids() };
-        let gen = model.generate(&ids, Some(&px), &Hooks::none(), &opts)?;
+        let gen = model.generate(&ids, Some(&Pixels::fixed(px.clone())), &Hooks::none(), &opts)?;
         let d = max_abs_diff(&gen.first_logits, &case.last_logits);
         eprintln!("bf16/{name}: last logits differ by {d}; tokens {:?}", gen.tokens);
         assert!(d < 0.1, "bf16/{name}: logits differ by {d}");
@@ -274,8 +274,8 @@ fn hooks_act_on_the_opt_decoder() -> Result<()> {
     assert!(max_abs_diff(&run(&attn, &mut Capture::none())?, &plain) > 1.0, "the attention shift did nothing");
     let opts = GenerateOptions { max_new_tokens: 4, eos_token_ids: vec![] };
     let px = pixels(&processor, &case)?;
-    let g_plain = model.generate(&case.input_ids, Some(&px), &Hooks::none(), &opts)?;
-    let g_ffn = model.generate(&case.input_ids, Some(&px), &ffn, &opts)?;
+    let g_plain = model.generate(&case.input_ids, Some(&Pixels::fixed(px.clone())), &Hooks::none(), &opts)?;
+    let g_ffn = model.generate(&case.input_ids, Some(&Pixels::fixed(px.clone())), &ffn, &opts)?;
     let last_plain = &plain[plain.len() - g_plain.first_logits.len()..];
     assert!(max_abs_diff(&g_plain.first_logits, last_plain) < 1e-5, "cached prefill differs from the forward");
     assert_ne!(g_ffn.tokens, g_plain.tokens, "the FFN hook did not change the greedy answer");

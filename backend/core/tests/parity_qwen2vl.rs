@@ -14,7 +14,7 @@ use common::{fixture, max_abs_diff};
 use serde::Deserialize;
 use unike_core::hooks::{Capture, CapturePoint, ConstantShift, ContextKv, ExtraNeurons, Hooks};
 use unike_core::model::config::Activation;
-use unike_core::model::{GenerateOptions, Qwen2Vl, Qwen2VlCheckpoint, Qwen2VlProcessor};
+use unike_core::model::{GenerateOptions, Pixels, Qwen2Vl, Qwen2VlCheckpoint, Qwen2VlProcessor, VisionLanguageModel};
 
 const TOL: f32 = 1e-4;
 const CASES: [&str; 3] = ["image_question", "image_caption", "text_only"];
@@ -136,8 +136,8 @@ fn check_variant(dir: &str, dtype: Option<DType>, variant: &str, stages: bool) -
         }
         let opts =
             GenerateOptions { max_new_tokens: case.answer_ids.len().max(1), eos_token_ids: ckpt.eos_token_ids()? };
-        let images = img.as_ref().map(|(p, _)| (p, grids.as_slice()));
-        let gen = model.generate(&ids, images, &Hooks::none(), &opts)?;
+        let images = img.as_ref().map(|(p, _)| Pixels::patches(p.clone(), grids.clone()));
+        let gen = model.generate(&ids, images.as_ref(), &Hooks::none(), &opts)?;
         note("last_logits", max_abs_diff(&gen.first_logits, &case.last_logits));
         assert_eq!(gen.tokens, case.answer_ids, "{variant}/{name}: greedy tokens");
         assert_eq!(processor.decode(&gen.tokens)?, case.answer, "{variant}/{name}: decoded answer");
@@ -192,7 +192,8 @@ fn native_bf16_runs_close_to_transformers() -> Result<()> {
         let ids = processor.encode(&case.prompt, &grids)?;
         assert_eq!(ids, case.input_ids);
         let opts = GenerateOptions { max_new_tokens: case.answer_ids.len(), eos_token_ids: ckpt.eos_token_ids()? };
-        let gen = model.generate(&ids, img.as_ref().map(|(p, _)| (p, grids.as_slice())), &Hooks::none(), &opts)?;
+        let images = img.as_ref().map(|(p, _)| Pixels::patches(p.clone(), grids.clone()));
+        let gen = model.generate(&ids, images.as_ref(), &Hooks::none(), &opts)?;
         let d = max_abs_diff(&gen.first_logits, &case.last_logits);
         let same = gen.tokens.iter().zip(&case.answer_ids).take_while(|(a, b)| a == b).count();
         eprintln!("bf16/{name}: last logits differ by {d}; {same}/{} greedy tokens agree", case.answer_ids.len());
@@ -311,8 +312,9 @@ fn hooks_act_on_the_qwen2_decoder() -> Result<()> {
     assert!(max_abs_diff(&run(&attn, &mut Capture::none())?, &plain) > 1.0, "the attention shift did nothing");
     let opts = GenerateOptions { max_new_tokens: 4, eos_token_ids: vec![] };
     let grids = [grid];
-    let g_plain = model.generate(&case.input_ids, Some((&px, &grids)), &Hooks::none(), &opts)?;
-    let g_ffn = model.generate(&case.input_ids, Some((&px, &grids)), &ffn, &opts)?;
+    let images = Pixels::patches(px.clone(), grids.to_vec());
+    let g_plain = model.generate(&case.input_ids, Some(&images), &Hooks::none(), &opts)?;
+    let g_ffn = model.generate(&case.input_ids, Some(&images), &ffn, &opts)?;
     let last_plain = &plain[plain.len() - g_plain.first_logits.len()..];
     assert!(max_abs_diff(&g_plain.first_logits, last_plain) < 1e-5, "cached prefill differs from the forward");
     assert_ne!(g_ffn.tokens, g_plain.tokens, "the FFN hook did not change the greedy answer");

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use unike_core::edit::serac::Serac;
 use unike_core::edit::{EditContext, EditMethod, EditRequest, EditSequence, Patch, PatchStack};
 use unike_core::hooks::Hooks;
-use unike_core::model::{Checkpoint, Llava, Processor};
+use unike_core::model::{Llava, LlavaCheckpoint, Pixels, Processor, VisionLanguageModel};
 use unike_core::world::samples::{eval_split, Sample, Split};
 use unike_core::world::World;
 
@@ -21,16 +21,16 @@ struct Fixture {
 
 fn fixture() -> Result<Fixture> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
-    let ckpt = Checkpoint::open(&dir)?;
+    let ckpt = LlavaCheckpoint::open(&dir)?;
     let model = ckpt.load_model(None, &Device::Cpu)?;
     let eos = ckpt.eos_token_ids()?[0];
     let serac = Serac::load(&dir.join("serac"), &model, eos)?;
     Ok(Fixture { model, processor: ckpt.processor()?, eos, serac })
 }
 
-fn pixels(f: &Fixture, s: &Sample) -> Result<Option<Tensor>> {
+fn pixels(f: &Fixture, s: &Sample) -> Result<Option<Pixels>> {
     Ok(match &s.image {
-        Some(img) => Some(f.processor.image_processor().preprocess(img, &Device::Cpu)?.unsqueeze(0)?),
+        Some(img) => Some(Pixels::fixed(f.processor.image_processor().preprocess(img, &Device::Cpu)?.unsqueeze(0)?)),
         None => None,
     })
 }
@@ -74,7 +74,7 @@ fn serac_routes_each_input_to_its_edit_or_to_the_base_model_exactly() -> Result<
     let hooks = stack.hooks()?;
     assert_eq!(hooks.routers().len(), 1);
     let route = |s: &EditSequence| -> Result<Vec<Option<usize>>> {
-        Ok(f.model.route(&hooks, &s.embeds(&f.model)?, &[s.prompt_len - 1])?.remove(0))
+        Ok(f.model.route(&hooks, &s.inputs(&f.model)?, &[s.prompt_len - 1])?.remove(0))
     };
 
     // Out of scope: an unrelated text question and a scene caption. No route, and the logits are the base model's,
@@ -147,7 +147,7 @@ fn serac_routes_each_input_to_its_edit_or_to_the_base_model_exactly() -> Result<
     let _ = std::fs::remove_dir_all(&dir);
 
     // A plain forward pass refuses hooks that decide per input instead of skipping the decision.
-    let e = f.model.forward_embeds(&all[0].embeds(&f.model)?, 0, None, &hooks, &mut Default::default());
+    let e = f.model.forward_inputs(&all[0].inputs(&f.model)?, None, &hooks, &mut Default::default());
     assert!(e.err().map(|e| e.to_string()).unwrap_or_default().contains("per input"));
     Ok(())
 }

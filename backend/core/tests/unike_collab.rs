@@ -13,7 +13,7 @@ use unike_core::edit::registry::{self, MethodInputs};
 use unike_core::edit::{EditContext, EditMethod, EditSequence, PatchStack};
 use unike_core::eval::share::knowledge_shares;
 use unike_core::eval::{Evaluator, PreparedCase};
-use unike_core::model::{Checkpoint, Llava, Processor};
+use unike_core::model::{Llava, LlavaCheckpoint, Processor};
 use unike_core::world::World;
 
 struct Fixture {
@@ -64,7 +64,7 @@ fn ensure_memory(model: &Llava, processor: &Processor, eos: &[u32]) -> Result<()
 }
 
 fn fixture(task: Task) -> Result<Fixture> {
-    let ckpt = Checkpoint::open(root().join("models/default"))?;
+    let ckpt = LlavaCheckpoint::open(root().join("models/default"))?;
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let data = std::env::temp_dir().join(format!("unike-collab-test-{}-{n}", std::process::id()));

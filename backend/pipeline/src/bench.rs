@@ -173,7 +173,7 @@ pub trait BenchObserver {
 /// The `n` cases of `task` that `cfg.seed` draws from `data`'s split, after checking the model can read the split.
 fn draw(loaded: &crate::load::Loaded, data: &DataSource, cfg: &Config, task: Task, n: usize) -> Result<Vec<EditCase>> {
     let (pool, _) = data.pool(task, cfg.split)?;
-    data.check_vocabulary(&loaded.processor, &format!("the {} cases", data::task_name(task)), &pool)?;
+    data.check_vocabulary(&*loaded.processor, &format!("the {} cases", data::task_name(task)), &pool)?;
     Ok(data::draw(&pool, task, n, cfg.seed))
 }
 
@@ -226,7 +226,7 @@ impl Setup {
         // The cases are drawn before anything is built or trained, so data the model cannot read is refused at once.
         let (task_name, cases) = select_cases(loaded, data, cfg)?;
         let memory_cases = data.memory_cases(memory_task(cfg.task), cfg.memory)?;
-        data.check_vocabulary(&loaded.processor, "the memory cases", &memory_cases)?;
+        data.check_vocabulary(&*loaded.processor, "the memory cases", &memory_cases)?;
         if cfg.methods.iter().any(|m| registry::split_name(m).0 == "unike") {
             crate::unike_artifacts::ensure(loaded)?;
         }
@@ -250,7 +250,7 @@ impl Setup {
             memory: memory.to_vec(),
             demonstrations: if name == "ike" { self.demonstrations.clone() } else { vec![] },
             eos: *eos.first().ok_or_else(|| Error::State("the checkpoint has no end-of-sequence id".into()))?,
-            llava: &loaded.model,
+            llava: &*loaded.model,
             model_dir: &loaded.dir,
         };
         Ok(registry::build(name, inputs)?)
@@ -290,7 +290,7 @@ pub fn bench_observed(
     let setup = Setup::new(loaded, data, cfg)?;
     let (task_name, list) = (setup.task_name, &setup.cases);
     let eos = loaded.ckpt.eos_token_ids()?;
-    let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos.clone());
+    let mut ev = Evaluator::new(&*loaded.model, &*loaded.processor, eos.clone());
     let mode = eval_mode(cfg);
     let memory = memory_sequences(&mut ev, &setup.memory_cases)?;
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{input, Error, Result};
 use unike_core::data::select::{self, detect_task, out_of_vocabulary};
 use unike_core::data::{load_cases, read_records, split_train, EditCase, Task, DEV_CASES, DEV_MIN_FILE};
-use unike_core::model::Processor;
+use unike_core::model::ModelProcessor;
 use unike_core::train::save::TrainingRecord;
 use unike_core::world::{export, World};
 
@@ -328,7 +328,7 @@ impl DataSource {
     /// Refuses `cases` when their words are outside `processor`'s tokenizer, naming a few and the count.
     pub fn check_vocabulary<'a>(
         &self,
-        processor: &Processor,
+        processor: &dyn ModelProcessor,
         what: &str,
         cases: impl IntoIterator<Item = &'a EditCase>,
     ) -> Result<()> {

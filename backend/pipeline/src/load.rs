@@ -47,7 +47,7 @@ pub fn device_name(d: &Device) -> String {
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 #[derive(Debug, Clone)]
 pub struct ModelArgs {
-    /// Model directory (llava-hf layout) or `default`.
+    /// Model directory (llava-hf, BLIP-2 or Qwen2-VL layout, as transformers saves them) or `default`.
     #[cfg_attr(feature = "clap", arg(long, default_value = "default"))]
     pub model: String,
     /// Compute dtype: f32, f16 or bf16 (default: the checkpoint's).
@@ -62,8 +62,8 @@ pub struct ModelArgs {
 pub struct Loaded {
     pub dir: std::path::PathBuf,
     pub ckpt: unike_core::model::Checkpoint,
-    pub processor: unike_core::model::Processor,
-    pub model: unike_core::model::Llava,
+    pub processor: std::sync::Arc<dyn unike_core::model::ModelProcessor>,
+    pub model: std::sync::Arc<dyn unike_core::model::VisionLanguageModel>,
     pub device: Device,
     /// Time to open, map and materialise, in milliseconds.
     pub load_ms: f64,

@@ -81,7 +81,7 @@ pub fn run(
     check_config(cfg)?;
     let setup = Setup::new(loaded, data, cfg)?;
     let eos = loaded.ckpt.eos_token_ids()?;
-    let mut ev = Evaluator::new(&loaded.model, &loaded.processor, eos);
+    let mut ev = Evaluator::new(&*loaded.model, &*loaded.processor, eos);
     let memory = memory_sequences(&mut ev, &setup.memory_cases)?;
     let mode = eval_mode(cfg);
     let mut out = Vec::with_capacity(specs.len());

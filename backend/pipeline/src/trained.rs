@@ -138,7 +138,7 @@ fn fit(
             }
         }
     };
-    let curve = hypernet::train(&loaded.model, net, cases, params, &mut tick)?;
+    let curve = hypernet::train(&*loaded.model, net, cases, params, &mut tick)?;
     b.finish_and_clear();
     save(&curve)?;
     if let Some(p) = curve.last() {
@@ -161,7 +161,7 @@ pub fn train(loaded: &Loaded, method: Trained, data: &DataSource, args: Option<&
         .first()
         .ok_or_else(|| Error::State("the checkpoint has no end-of-sequence id".into()))?;
     let dir = loaded.dir.join(method.name());
-    let (model, processor) = (&loaded.model, &loaded.processor);
+    let (model, processor) = (&*loaded.model, &*loaded.processor);
     let prepare = |n: usize, layers: &[usize]| -> Result<Vec<hypernet::TrainCase>> {
         let cases = data.training_cases(n)?;
         let b = bar(cases.len() as u64, "prepare")?;

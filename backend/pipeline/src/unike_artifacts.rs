@@ -51,7 +51,7 @@ fn build_memory_into(loaded: &Loaded, n: usize, seed: Option<u64>) -> Result<Kno
     };
     let world = World::generate(seed);
     let eos = loaded.ckpt.eos_token_ids()?;
-    let layers: Vec<usize> = (0..loaded.model.text().num_layers()).collect();
+    let layers: Vec<usize> = (0..loaded.model.num_layers()).collect();
     let b = bar(n as u64, "memory")?;
     let mut last = 0;
     let mut tick = |got: usize, asked: usize| {
@@ -63,8 +63,8 @@ fn build_memory_into(loaded: &Loaded, n: usize, seed: Option<u64>) -> Result<Kno
         }
     };
     let memory = KnowledgeMemory::build(
-        &loaded.model,
-        &loaded.processor,
+        &*loaded.model,
+        &*loaded.processor,
         &eos,
         world_candidates(&world, 3000, 64),
         &layers,

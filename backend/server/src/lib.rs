@@ -243,28 +243,31 @@ fn model_info(
     ckpt: &unike_core::model::Checkpoint,
     loaded: Option<&load::Loaded>,
 ) -> Result<ModelInfo> {
-    let cfg = &ckpt.config;
+    let s = ckpt.summary();
     let dtype = match loaded {
         Some(l) => l.model.dtype(),
-        None => load::parse_dtype(args.model.dtype.as_deref())?.or(cfg.stored_dtype).unwrap_or(candle_core::DType::F32),
+        None => {
+            load::parse_dtype(args.model.dtype.as_deref())?.or(ckpt.stored_dtype()).unwrap_or(candle_core::DType::F32)
+        }
     };
     let device = match loaded {
         Some(l) => load::device_name(&l.device),
         None => format!("{} (workers)", args.model.device),
     };
     Ok(ModelInfo {
-        name: model_name(&args.model, &ckpt.dir),
-        source: public_source(&ckpt.dir),
+        name: model_name(&args.model, ckpt.dir()),
+        source: public_source(ckpt.dir()),
         dtype: format!("{dtype:?}").to_lowercase(),
         device,
-        parameters: ckpt.num_parameters,
-        vocab_size: cfg.text.vocab_size,
-        text_layers: cfg.text.num_hidden_layers,
-        text_hidden_size: cfg.text.hidden_size,
-        vision_layers: cfg.vision.num_hidden_layers,
-        vision_hidden_size: cfg.vision.hidden_size,
-        image_size: cfg.vision.image_size,
-        image_seq_length: cfg.image_seq_length,
+        parameters: ckpt.num_parameters(),
+        vocab_size: s.vocab_size,
+        text_layers: s.text_layers,
+        text_hidden_size: s.text_hidden_size,
+        vision_layers: s.vision_layers,
+        vision_hidden_size: s.vision_hidden_size,
+        image_size: s.image_size,
+        image_seq_length: s.image_seq_length,
+        family: s.family.to_string(),
     })
 }
 
@@ -352,7 +355,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None => unike_core::model::Checkpoint::open(unike_pipeline::model_dir::resolve(&args.model.model)?)?,
     };
     let info = model_info(&args, &ckpt, loaded.as_deref())?;
-    let loaded_dir = ckpt.dir.clone();
+    let loaded_dir = ckpt.dir().clone();
     // The model's own world (the seed its training.json records; world 0 for a model without one), generated once:
     // the gallery, the memory of unrelated inputs of T-Patcher and UniKE, and the cases of every run on the world
     // (a run's seed draws its cases; it no longer makes a world).

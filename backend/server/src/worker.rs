@@ -11,14 +11,13 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Tensor;
 use tokio::sync::oneshot;
 use unike_core::data::Task;
 use unike_core::edit::registry::{self, MethodInputs};
 use unike_core::edit::{EditContext, EditMethod, EditRequest, EditSequence, Patch, PatchStack};
 use unike_core::eval::Evaluator;
 use unike_core::hooks::Hooks;
-use unike_core::model::GenerateOptions;
+use unike_core::model::{GenerateOptions, Pixels};
 use unike_core::Error as CoreError;
 use unike_shared::playground::{Probe, ProbeKind};
 
@@ -260,7 +259,7 @@ impl State {
             let world = unike_pipeline::data::DataSource::from_dir(&self.data, "the model's world".into());
             unike_pipeline::trained::ensure(&self.loaded, &[name.to_string()], &world).map_err(pipeline_to_core)?;
             if self.memory.is_none() {
-                let mut ev = Evaluator::new(&self.loaded.model, &self.loaded.processor, self.eos()?);
+                let mut ev = Evaluator::new(&*self.loaded.model, &*self.loaded.processor, self.eos()?);
                 let cases = world.memory_cases(Task::Vqa, 64).map_err(pipeline_to_core)?;
                 let m = unike_pipeline::bench::memory_sequences(&mut ev, &cases).map_err(pipeline_to_core)?;
                 self.memory = Some(m);
@@ -276,7 +275,7 @@ impl State {
                 memory: self.memory.clone().unwrap_or_default(),
                 demonstrations,
                 eos,
-                llava: &self.loaded.model,
+                llava: &*self.loaded.model,
                 model_dir: &self.loaded.dir,
             };
             let m = registry::build(name, inputs)?;
@@ -300,7 +299,7 @@ impl State {
                 ));
             }
             let deps = self.method(&e.method)?.patch_deps();
-            let p = match Patch::load_with(&e.dir, &self.loaded.model, &deps) {
+            let p = match Patch::load_with(&e.dir, &*self.loaded.model, &deps) {
                 Err(CoreError::Outdated { .. }) => self.remake(e, &stack)?,
                 other => other?,
             };
@@ -325,7 +324,7 @@ impl State {
         };
         let loaded = self.loaded.clone();
         let method = self.method(&e.method)?;
-        let ctx = EditContext { model: &loaded.model, processor: &loaded.processor, stack: below };
+        let ctx = EditContext { model: &*loaded.model, processor: &*loaded.processor, stack: below };
         let mut patch = method.edit(&ctx, &request)?;
         patch.provenance.author = prov.author;
         patch.save(&e.dir)?;
@@ -333,15 +332,13 @@ impl State {
         Ok(patch)
     }
 
-    fn pixels(&self, image: Option<&Path>) -> CoreResult<Option<Tensor>> {
-        image
-            .map(|p| Ok(self.loaded.processor.image_processor().load_file(p, &self.loaded.device)?.unsqueeze(0)?))
-            .transpose()
+    fn pixels(&self, image: Option<&Path>) -> CoreResult<Option<Pixels>> {
+        image.map(|p| self.loaded.processor.load_image(p, &self.loaded.device)).transpose()
     }
 
-    fn greedy(&self, question: &str, pixels: Option<&Tensor>, hooks: &Hooks) -> CoreResult<String> {
+    fn greedy(&self, question: &str, pixels: Option<&Pixels>, hooks: &Hooks) -> CoreResult<String> {
         let p = &self.loaded.processor;
-        let ids = p.encode(&p.question_prompt(question, pixels.is_some()), usize::from(pixels.is_some()))?;
+        let ids = p.encode(&p.question_prompt(question, pixels.is_some()), pixels)?;
         let opts = GenerateOptions { max_new_tokens: MAX_NEW_TOKENS, eos_token_ids: self.eos()? };
         let gen = self.loaded.model.generate(&ids, pixels, hooks, &opts)?;
         Ok(p.decode(&gen.tokens)?.trim().to_string())
@@ -357,7 +354,7 @@ impl State {
         let stack = self.stack(entries)?;
         let before_hooks = stack.hooks()?;
         let px = self.pixels(job.image.as_deref())?;
-        let probe_px: Vec<Option<Tensor>> =
+        let probe_px: Vec<Option<Pixels>> =
             job.probes.iter().map(|p| self.pixels(p.image.as_deref())).collect::<CoreResult<_>>()?;
         let before = self.greedy(&job.question, px.as_ref(), &before_hooks)?;
         let probes_before: Vec<String> = job
@@ -377,7 +374,7 @@ impl State {
         let patch = {
             let loaded = self.loaded.clone();
             let method = self.method(&job.method)?;
-            let ctx = EditContext { model: &loaded.model, processor: &loaded.processor, stack: &stack };
+            let ctx = EditContext { model: &*loaded.model, processor: &*loaded.processor, stack: &stack };
             method.edit(&ctx, &request)?
         };
         let edit_ms = t.elapsed().as_secs_f64() * 1e3;

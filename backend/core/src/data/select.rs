@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::mmedit::{EditCase, MmeditRecord, Task};
 use crate::error::Result;
-use crate::model::Processor;
+use crate::model::ModelProcessor;
 use crate::world::rng::Rng;
 
 /// Cases at the end of each training file that form its development slice.
@@ -136,7 +136,7 @@ impl OutOfVocabulary {
 /// The words of `cases` (every text of [`case_texts`]) that `processor`'s tokenizer cannot represent. A tokenizer
 /// without an unknown token (byte-level BPE) represents everything.
 pub fn out_of_vocabulary<'a>(
-    processor: &Processor,
+    processor: &dyn ModelProcessor,
     cases: impl IntoIterator<Item = &'a EditCase>,
 ) -> Result<OutOfVocabulary> {
     let mut out = OutOfVocabulary::default();

@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor, Var};
 use super::EditSequence;
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, CapturePoint, FfnHook, Hooks};
-use crate::model::{kernels, Llava};
+use crate::model::{kernels, Inputs, VisionLanguageModel};
 
 /// The factors of one layer's down- and up-projection gradients, at the positions that carry a gradient (MEND's mask:
 /// positions whose output gradient is zero, such as the last one, which predicts nothing, are left out).
@@ -58,21 +58,28 @@ impl FfnHook for OutputProbe {
     }
 }
 
-/// The input `(1, s, d)` of decoder layer `layer` for `seq` under `hooks`, detached (the frozen part of the model).
-pub fn layer_input(model: &Llava, seq: &EditSequence, layer: usize, hooks: &Hooks) -> Result<Tensor> {
-    let embeds = seq.embeds(model)?;
-    Ok(model.text().forward_layers(&embeds, 0, 0..layer, None, hooks, &mut Capture::none())?.detach())
+/// The input of decoder layer `layer` for `seq` under `hooks`, detached (the frozen part of the model): the
+/// residual `(1, s, d)` and the sequence's positions.
+pub fn layer_input(model: &dyn VisionLanguageModel, seq: &EditSequence, layer: usize, hooks: &Hooks) -> Result<Inputs> {
+    let inputs = seq.inputs(model)?;
+    let x = model.forward_layers(&inputs.embeds, &inputs.positions, 0..layer, None, hooks, &mut Capture::none())?;
+    Ok(Inputs { embeds: x.detach(), positions: inputs.positions })
 }
 
 /// The gradient of `seq`'s answer cross-entropy at the down projections of `layers` (ascending), under `hooks`.
-pub fn edit_gradient(model: &Llava, seq: &EditSequence, layers: &[usize], hooks: &Hooks) -> Result<EditGrad> {
-    let n = model.text().num_layers();
+pub fn edit_gradient(
+    model: &dyn VisionLanguageModel,
+    seq: &EditSequence,
+    layers: &[usize],
+    hooks: &Hooks,
+) -> Result<EditGrad> {
+    let n = model.num_layers();
     let first = *layers.first().ok_or_else(|| Error::Invalid("no edited layers".into()))?;
     if layers.iter().any(|&l| l >= n) || layers.windows(2).any(|w| w[0] >= w[1]) {
         return Err(Error::Invalid(format!("edited layers {layers:?} must be ascending and below {n}")));
     }
     let x0 = layer_input(model, seq, first, hooks)?;
-    let (_, s, d) = x0.dims3()?;
+    let (_, s, d) = x0.embeds.dims3()?;
     let probes = layers
         .iter()
         .map(|_| Var::zeros((1, s, d), DType::F32, model.device()))
@@ -86,9 +93,9 @@ pub fn edit_gradient(model: &Llava, seq: &EditSequence, layers: &[usize], hooks:
     let mut cap = Capture::of(points);
     let loss = {
         let _scope = kernels::differentiable();
-        let h = model.text().forward_layers(&x0, 0, first..n, None, &with, &mut cap)?;
+        let h = model.forward_layers(&x0.embeds, &x0.positions, first..n, None, &with, &mut cap)?;
         let n_t = seq.targets().len();
-        let h = model.text().final_norm(&h.narrow(1, seq.prompt_len - 1, n_t)?)?;
+        let h = model.final_norm(&h.narrow(1, seq.prompt_len - 1, n_t)?)?;
         let logits = model.logits(&h)?.squeeze(0)?;
         let targets = Tensor::new(seq.targets(), model.device())?;
         candle_nn::loss::cross_entropy(&logits, &targets)?
@@ -98,12 +105,12 @@ pub fn edit_gradient(model: &Llava, seq: &EditSequence, layers: &[usize], hooks:
     for (&l, p) in layers.iter().zip(&probes) {
         let delta = grads.get(p.as_tensor()).cloned().unwrap_or(p.as_tensor().zeros_like()?).squeeze(0)?;
         let q = cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid(format!("layer {l} not captured")))?;
-        let (gate, up, act) = model.text().mlp_gate_up(l)?;
+        let (gate, up, act) = model.mlp_gate_up(l)?;
         let q = q.detach().squeeze(0)?.to_dtype(DType::F32)?;
         // u = act(q G^T) ⊙ q U^T (the down projection's input); δ_up = (δ W_down) ⊙ act(q G^T).
         let g = act.apply(&q.matmul(&gate.t()?.to_dtype(DType::F32)?)?)?;
         let u = (&g * q.matmul(&up.t()?.to_dtype(DType::F32)?)?)?;
-        let down = model.text().mlp_down(l)?.to_dtype(DType::F32)?;
+        let down = model.mlp_down(l)?.to_dtype(DType::F32)?;
         let delta = delta.detach();
         let delta_up = (delta.matmul(&down)? * g)?;
         // MEND's mask: only positions with a gradient.

@@ -14,7 +14,7 @@ use candle_core::{DType, Tensor};
 use super::{EditContext, EditSequence};
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, CapturePoint, Hooks};
-use crate::model::Llava;
+use crate::model::{Inputs, Positions, VisionLanguageModel};
 
 /// Sequences per batched forward pass of the patched layers. Measured on the default model (stack of 10): T-Patcher
 /// the same with 8 or 64; UniKE, whose retrieval compares every position with its whole memory, 3.3 s with 8 and
@@ -32,18 +32,20 @@ pub struct MemoryPrefix {
 /// The layer, the memory's size, and its batches.
 type Cached = (usize, usize, Arc<Vec<Chunk>>);
 
-/// One padded batch: the residuals `(b, longest, d)`, each sequence's length and its index among the inputs.
+/// One padded batch: the residuals `(b, longest, d)` and their positions, each sequence's length and its index among
+/// the inputs.
 #[derive(Debug, Clone)]
 pub struct Chunk {
     pub x: Tensor,
+    pub positions: Positions,
     pub lens: Vec<usize>,
     pub seqs: Vec<usize>,
 }
 
-/// `residuals` (`(1, s_i, d)` each) as right-padded batches of [`CHUNK`] sequences of similar lengths (sorted by
+/// `residuals` (`(1, s_i, d)` each, with positions) as right-padded batches of [`CHUNK`] sequences of similar lengths (sorted by
 /// length, so that little of a batch is padding).
-pub(crate) fn chunks(residuals: &[Tensor]) -> Result<Vec<Chunk>> {
-    let lens = residuals.iter().map(|t| t.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
+pub(crate) fn chunks(residuals: &[Inputs]) -> Result<Vec<Chunk>> {
+    let lens = residuals.iter().map(|t| t.embeds.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
     let mut order: Vec<usize> = (0..residuals.len()).collect();
     order.sort_by_key(|&i| (lens[i], i));
     order
@@ -54,7 +56,7 @@ pub(crate) fn chunks(residuals: &[Tensor]) -> Result<Vec<Chunk>> {
             let padded = group
                 .iter()
                 .map(|&i| {
-                    let t = &residuals[i];
+                    let t = &residuals[i].embeds;
                     if lens[i] == longest {
                         Ok(t.clone())
                     } else {
@@ -62,8 +64,10 @@ pub(crate) fn chunks(residuals: &[Tensor]) -> Result<Vec<Chunk>> {
                     }
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
+            let positions: Vec<&Positions> = group.iter().map(|&i| &residuals[i].positions).collect();
             Ok(Chunk {
                 x: Tensor::cat(&padded, 0)?,
+                positions: Positions::right_padded(&positions, longest)?,
                 lens: group.iter().map(|&i| lens[i]).collect(),
                 seqs: group.to_vec(),
             })
@@ -77,10 +81,18 @@ impl std::fmt::Debug for MemoryPrefix {
     }
 }
 
-/// The residual stream of `seq` entering layer `layer` on the unedited model, `(1, s, d)`.
-pub(crate) fn residual_at(model: &Llava, seq: &EditSequence, layer: usize) -> Result<Tensor> {
-    let embeds = seq.embeds(model)?;
-    model.text().forward_layers(&embeds, 0, 0..layer, None, &Hooks::none(), &mut Capture::none())
+/// The residual stream of `seq` entering layer `layer` on the unedited model, `(1, s, d)`, and its positions.
+pub(crate) fn residual_at(model: &dyn VisionLanguageModel, seq: &EditSequence, layer: usize) -> Result<Inputs> {
+    let inputs = seq.inputs(model)?;
+    let x = model.forward_layers(
+        &inputs.embeds,
+        &inputs.positions,
+        0..layer,
+        None,
+        &Hooks::none(),
+        &mut Capture::none(),
+    )?;
+    Ok(Inputs { embeds: x, positions: inputs.positions })
 }
 
 impl MemoryPrefix {
@@ -93,7 +105,12 @@ impl MemoryPrefix {
     }
 
     /// The batches of `memory`'s residuals entering `layer` (computed now unless cached for the same layer).
-    pub fn chunks(&self, model: &Llava, memory: &[EditSequence], layer: usize) -> Result<Arc<Vec<Chunk>>> {
+    pub fn chunks(
+        &self,
+        model: &dyn VisionLanguageModel,
+        memory: &[EditSequence],
+        layer: usize,
+    ) -> Result<Arc<Vec<Chunk>>> {
         let mut guard = self.cached.lock().map_err(|_| Error::Invalid("memory prefix cache poisoned".into()))?;
         if let Some((l, n, c)) = guard.as_ref() {
             if *l == layer && *n == memory.len() {
@@ -144,7 +161,7 @@ pub(crate) type Rows = BTreeMap<usize, Vec<Option<Tensor>>>;
 /// `hooks`, running the layers from the lowest of `layers` on the batches' residuals: `total` slots per layer, filled
 /// where a batch has the sequence.
 pub(crate) fn ffn_inputs(
-    model: &Llava,
+    model: &dyn VisionLanguageModel,
     batches: &[(&Chunk, usize)],
     total: usize,
     layers: &[usize],
@@ -154,9 +171,9 @@ pub(crate) fn ffn_inputs(
         return Err(Error::Invalid("memory queries need at least one layer".into()));
     };
     let mut rows: Rows = layers.iter().map(|&l| (l, vec![None; total])).collect();
-    for &(Chunk { x, lens, seqs }, offset) in batches {
+    for &(Chunk { x, positions, lens, seqs }, offset) in batches {
         let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::FfnInput);
-        model.text().forward_layers(x, 0, lo..hi + 1, None, hooks, &mut cap)?;
+        model.forward_layers(x, positions, lo..hi + 1, None, hooks, &mut cap)?;
         for &l in layers {
             let q =
                 cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid(format!("layer {l} not captured")))?;

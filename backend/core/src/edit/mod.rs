@@ -22,13 +22,13 @@ pub use patch::{Patch, PatchDeps, PatchStack, Provenance};
 pub use sequence::{EditSequence, Prediction};
 
 use crate::error::Result;
-use crate::model::{Llava, Processor};
+use crate::model::{ModelProcessor, VisionLanguageModel};
 
 /// What an edit method sees of the model: the base weights (never mutated), its processor, and the patches already
 /// applied (sequential editing optimises on top of them).
 pub struct EditContext<'a> {
-    pub model: &'a Llava,
-    pub processor: &'a Processor,
+    pub model: &'a dyn VisionLanguageModel,
+    pub processor: &'a dyn ModelProcessor,
     pub stack: &'a PatchStack,
 }
 
@@ -44,8 +44,8 @@ impl EditContext<'_> {
 #[derive(Debug, Clone)]
 pub struct EditRequest {
     pub question: String,
-    /// Pixel values `(1, 3, H, W)` of the edit image, already preprocessed.
-    pub image: Option<candle_core::Tensor>,
+    /// The edit image, already preprocessed.
+    pub image: Option<crate::model::Pixels>,
     pub image_path: Option<String>,
     pub target: String,
     /// Seed of any randomness of the method.

@@ -75,7 +75,7 @@ pub fn memory_queries(
     let mut rows: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
     for seq in memory {
         let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::FfnInput);
-        ctx.model.forward_embeds(&seq.embeds(ctx.model)?, 0, None, &hooks, &mut cap)?;
+        ctx.model.forward_inputs(&seq.inputs(ctx.model)?, None, &hooks, &mut cap)?;
         for &l in layers {
             let q =
                 cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid(format!("layer {l} not captured")))?;
@@ -92,9 +92,7 @@ pub fn stack_memory(ctx: &EditContext<'_>, eos: u32) -> Result<Vec<EditSequence>
     for (_, p) in ctx.stack.iter() {
         let pv = &p.provenance;
         let pixels = match pv.image.as_deref().map(std::path::Path::new) {
-            Some(path) if path.is_file() => {
-                Some(ctx.processor.image_processor().load_file(path, ctx.model.device())?.unsqueeze(0)?)
-            }
+            Some(path) if path.is_file() => Some(ctx.processor.load_image(path, ctx.model.device())?),
             Some(_) => continue,
             None => None,
         };
@@ -123,7 +121,7 @@ pub fn train_neurons(
     setting: &NeuronSetting,
 ) -> Result<BTreeMap<usize, ExtraNeurons>> {
     let model = ctx.model;
-    let n_layers = model.text().num_layers();
+    let n_layers = model.num_layers();
     if params.last_layers == 0 || params.last_layers > n_layers || params.neurons == 0 {
         return Err(Error::Invalid(format!(
             "neuron training needs 1..={n_layers} layers and at least one neuron (got {} layers, {} neurons)",
@@ -148,7 +146,8 @@ pub fn train_neurons(
             .chain(layers.iter().map(|&l| (l, CapturePoint::FfnInput))),
     );
     // Its output (the model before the edit, under the stack) also tells where the mistakes are.
-    let pre_edit = model.forward_embeds(&seq.embeds(model)?, 0, None, &base, &mut cap)?;
+    let inputs = seq.inputs(model)?;
+    let pre_edit = model.forward_inputs(&inputs, None, &base, &mut cap)?;
     // The attention half of the first patched layer (with any shift the edit adds) does not depend on the neurons:
     // steps start at its FFN.
     let x0 = cap
@@ -259,8 +258,8 @@ pub fn train_neurons(
         }
         let _scope = kernels::differentiable();
         let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::FfnInput);
-        let h = model.text().forward_from_ffn(&x0, first, &hooks, &mut cap)?;
-        let h = model.text().final_norm(&h.narrow(1, seq.prompt_len - 1, n_t)?)?;
+        let h = model.forward_from_ffn(&x0, &inputs.positions, first, &hooks, &mut cap)?;
+        let h = model.final_norm(&h.narrow(1, seq.prompt_len - 1, n_t)?)?;
         let logits = model.logits(&h)?.squeeze(0)?;
         let ce_pos = token_ce(&logits, &targets)?;
         let ce = ce_pos.mean_all()?;

@@ -34,13 +34,13 @@ mod tests {
         let (model, processor) = (ckpt.load_model(None, &Device::Cpu)?, ckpt.processor()?);
         let request = EditRequest { question: "q".into(), image: None, image_path: None, target: "a".into(), seed: 3 };
         let stack = PatchStack::new();
-        let patch = NoEdit.edit(&EditContext { model: &model, processor: &processor, stack: &stack }, &request)?;
+        let patch = NoEdit.edit(&EditContext { model: &*model, processor: &*processor, stack: &stack }, &request)?;
         assert_eq!((patch.num_parameters(), patch.provenance.method.as_str()), (0, "none"));
         assert!(patch.hooks()?.is_empty());
         let dir = std::env::temp_dir().join(format!("unike-none-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| crate::error::Error::io(&dir, e))?;
         patch.save(&dir.join("p"))?;
-        let back = Patch::load(&dir.join("p"), &model)?;
+        let back = Patch::load(&dir.join("p"), &*model)?;
         assert_eq!((back.num_parameters(), &back.provenance), (0, &patch.provenance));
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())

@@ -15,7 +15,7 @@ use super::unike::latent::{Alpha, Knowledge};
 use crate::error::{Error, Result};
 use crate::hooks::{ContextKv, DownProjDelta, ExtraNeurons, Hooks, UpProjDelta};
 use crate::model::config::Activation;
-use crate::model::Llava;
+use crate::model::VisionLanguageModel;
 
 /// Where an edit came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,13 +256,13 @@ impl Patch {
 
     /// Reads a patch written by [`Patch::save`], for `model` (down-projection deltas bind to its MLP weights).
     /// Patches with latent knowledge or a SERAC stored edit need [`Patch::load_with`].
-    pub fn load(base: &Path, model: &Llava) -> Result<Self> {
+    pub fn load(base: &Path, model: &dyn VisionLanguageModel) -> Result<Self> {
         Self::load_with(base, model, &PatchDeps::default())
     }
 
     /// Reads a patch, joining its latent entries (if any) to `deps.knowledge` (the UniKE memory they were made with)
     /// and its SERAC stored edit (if any) to `deps.serac`.
-    pub fn load_with(base: &Path, model: &Llava, deps: &PatchDeps) -> Result<Self> {
+    pub fn load_with(base: &Path, model: &dyn VisionLanguageModel, deps: &PatchDeps) -> Result<Self> {
         let device = model.device();
         let (st, js) = (base.with_extension("safetensors"), base.with_extension("json"));
         let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
@@ -322,7 +322,7 @@ impl Patch {
         let mut take = |key: String| tensors.remove(&key).ok_or_else(|| data_err(&st, format!("missing tensor {key}")));
         let mut contexts = Vec::new();
         for i in 0..json.contexts {
-            let layers = (0..model.text().num_layers())
+            let layers = (0..model.num_layers())
                 .map(|l| Ok((take(format!("contexts.{i}.layers.{l}.k"))?, take(format!("contexts.{i}.layers.{l}.v"))?)))
                 .collect::<Result<Vec<_>>>()?;
             contexts.push(Arc::new(ContextKv { layers }));
@@ -335,7 +335,7 @@ impl Patch {
             None
         } else {
             let key = take("serac.key".into())?;
-            let layers = (0..model.text().num_layers())
+            let layers = (0..model.num_layers())
                 .map(|l| {
                     Ok((take(format!("serac.context.layers.{l}.k"))?, take(format!("serac.context.layers.{l}.v"))?))
                 })
@@ -343,7 +343,7 @@ impl Patch {
             let net = deps.serac.clone().ok_or_else(|| {
                 data_err(&js, "this patch is a SERAC stored edit: load it with SERAC's trained classifier")
             })?;
-            if key.dims() != [model.text().config().hidden_size] {
+            if key.dims() != [model.hidden_size()] {
                 return Err(data_err(&st, format!("a SERAC key of shape {:?} for this model", key.dims())));
             }
             Some(SeracEntry { net, key, context: Arc::new(ContextKv { layers }) })
@@ -366,8 +366,8 @@ impl Patch {
 }
 
 /// A down-projection delta `(i, d)` of `model`'s layer `layer`, bound to that layer's gate and up projections.
-pub fn down_delta(model: &Llava, layer: usize, delta: Tensor) -> Result<DownProjDelta> {
-    let (gate, up, act) = model.text().mlp_gate_up(layer)?;
+pub fn down_delta(model: &dyn VisionLanguageModel, layer: usize, delta: Tensor) -> Result<DownProjDelta> {
+    let (gate, up, act) = model.mlp_gate_up(layer)?;
     if delta.dims() != gate.dims() {
         return Err(Error::Invalid(format!(
             "a down-projection delta of layer {layer} must be {:?}, not {:?}",
@@ -380,9 +380,14 @@ pub fn down_delta(model: &Llava, layer: usize, delta: Tensor) -> Result<DownProj
 
 /// An up-projection delta `(d, i)` of `model`'s layer `layer`, bound to that layer's gate and down projections and to
 /// the same edit's down-projection delta `(i, d)` of that layer, if any.
-pub fn up_delta(model: &Llava, layer: usize, delta: Tensor, down_delta: Option<Tensor>) -> Result<UpProjDelta> {
-    let (gate, _, act) = model.text().mlp_gate_up(layer)?;
-    let down = model.text().mlp_down(layer)?;
+pub fn up_delta(
+    model: &dyn VisionLanguageModel,
+    layer: usize,
+    delta: Tensor,
+    down_delta: Option<Tensor>,
+) -> Result<UpProjDelta> {
+    let (gate, _, act) = model.mlp_gate_up(layer)?;
+    let down = model.mlp_down(layer)?;
     if delta.dims() != down.dims() {
         return Err(Error::Invalid(format!(
             "an up-projection delta of layer {layer} must be {:?}, not {:?}",

@@ -15,7 +15,7 @@ use super::unike::{UniKe, UniKeParams};
 use super::{EditMethod, EditSequence};
 use crate::data::EditCase;
 use crate::error::{Error, Result};
-use crate::model::Llava;
+use crate::model::VisionLanguageModel;
 
 /// Method names as the CLI spells them: `none` (the unedited model, an empty patch), then the paper's table order.
 pub const METHODS: [&str; 8] = ["none", "ft", "ke", "t-patcher", "mend", "ike", "serac", "unike"];
@@ -32,7 +32,7 @@ pub struct MethodInputs<'a> {
     pub demonstrations: Vec<EditCase>,
     pub eos: u32,
     /// The model and its directory (methods with trained artifacts find them there, e.g. `DIR/unike/`).
-    pub llava: &'a Llava,
+    pub llava: &'a dyn VisionLanguageModel,
     pub model_dir: &'a Path,
 }
 

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
 use crate::model::route::Routes;
-use crate::model::{kernels, Llava, Processor};
+use crate::model::{kernels, Inputs, ModelProcessor, Pixels, VisionLanguageModel};
 
 /// What [`EditSequence::predict_batch`] reads off one sequence's logits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,18 +27,24 @@ pub struct EditSequence {
     pub ids: Vec<u32>,
     /// Number of prompt ids.
     pub prompt_len: usize,
-    /// `(1, 3, H, W)` pixel values, when the prompt has an image.
-    pub pixels: Option<Tensor>,
+    /// The prompt's image, when it has one.
+    pub pixels: Option<Pixels>,
 }
 
 impl EditSequence {
     /// Tokenizes `question` (in the template, with the image placeholder only when `pixels` is given) and `answer`.
-    pub fn new(processor: &Processor, question: &str, pixels: Option<&Tensor>, answer: &str, eos: u32) -> Result<Self> {
+    pub fn new(
+        processor: &dyn ModelProcessor,
+        question: &str,
+        pixels: Option<&Pixels>,
+        answer: &str,
+        eos: u32,
+    ) -> Result<Self> {
         if answer.trim().is_empty() {
             return Err(Error::Invalid("the target answer is empty".into()));
         }
         let prompt = processor.question_prompt(question, pixels.is_some());
-        let mut ids = processor.encode(&prompt, usize::from(pixels.is_some()))?;
+        let mut ids = processor.encode(&prompt, pixels)?;
         let prompt_len = ids.len();
         ids.extend(processor.encode_plain(answer.trim())?);
         ids.push(eos);
@@ -56,26 +62,25 @@ impl EditSequence {
         &t[..t.len().saturating_sub(1)]
     }
 
-    /// Input embeddings of the whole sequence, image features merged: `(1, s, d)`.
-    pub fn embeds(&self, model: &Llava) -> Result<Tensor> {
+    /// Inputs of the whole sequence, image features merged: embeddings `(1, s, d)` and positions.
+    pub fn inputs(&self, model: &dyn VisionLanguageModel) -> Result<Inputs> {
         let input = Tensor::new(self.ids.as_slice(), model.device())?.unsqueeze(0)?;
-        let feats = self.pixels.as_ref().map(|p| model.image_features(p)).transpose()?;
-        model.embed_inputs(&input, feats.as_ref())
+        model.embed(&input, self.pixels.as_ref())
     }
 
     /// Logits `(n_targets, vocab)` f32 at the positions predicting each target, with `hooks` applied. Inside a
     /// [`kernels::differentiable`] scope this is differentiable with respect to hook parameters.
-    pub fn target_logits(&self, model: &Llava, hooks: &Hooks) -> Result<Tensor> {
-        let embeds = self.embeds(model)?;
-        let hooks = model.routed(hooks, &embeds, self.prompt_len - 1)?;
-        let h = model.forward_embeds(&embeds, 0, None, &hooks, &mut Capture::none())?;
+    pub fn target_logits(&self, model: &dyn VisionLanguageModel, hooks: &Hooks) -> Result<Tensor> {
+        let inputs = self.inputs(model)?;
+        let hooks = model.routed(hooks, &inputs, self.prompt_len - 1)?;
+        let h = model.forward_inputs(&inputs, None, &hooks, &mut Capture::none())?;
         let n = self.ids.len() - self.prompt_len;
         let picked = h.narrow(1, self.prompt_len - 1, n)?;
         Ok(model.logits(&picked)?.squeeze(0)?)
     }
 
     /// Mean cross-entropy of the answer under `hooks`, differentiable (scalar).
-    pub fn loss(&self, model: &Llava, hooks: &Hooks) -> Result<Tensor> {
+    pub fn loss(&self, model: &dyn VisionLanguageModel, hooks: &Hooks) -> Result<Tensor> {
         let _scope = kernels::differentiable();
         let logits = self.target_logits(model, hooks)?;
         let targets = Tensor::new(self.targets(), &Device::Cpu)?.to_device(logits.device())?;
@@ -83,20 +88,31 @@ impl EditSequence {
     }
 
     /// Greedy answer to the prompt alone (the answer part of `ids` is ignored) under `hooks`, decoded and trimmed.
-    pub fn greedy(&self, model: &Llava, processor: &Processor, hooks: &Hooks, eos: &[u32]) -> Result<String> {
+    pub fn greedy(
+        &self,
+        model: &dyn VisionLanguageModel,
+        processor: &dyn ModelProcessor,
+        hooks: &Hooks,
+        eos: &[u32],
+    ) -> Result<String> {
         let opts = crate::model::GenerateOptions { max_new_tokens: 24, eos_token_ids: eos.to_vec() };
         let gen = model.generate(&self.ids[..self.prompt_len], self.pixels.as_ref(), hooks, &opts)?;
         Ok(processor.decode(&gen.tokens)?.trim().to_string())
     }
 
     /// Argmax token at each target position under `hooks` (teacher-forced), `n_targets` ids.
-    pub fn argmax(&self, model: &Llava, hooks: &Hooks) -> Result<Vec<u32>> {
+    pub fn argmax(&self, model: &dyn VisionLanguageModel, hooks: &Hooks) -> Result<Vec<u32>> {
         Ok(self.target_logits(model, hooks)?.argmax(D::Minus1)?.to_vec1::<u32>()?)
     }
 
     /// [`EditSequence::argmax`] of many sequences, `chunk` per forward pass (right-padded batches; a causal mask keeps
     /// real tokens from seeing the padding, so each row equals its own forward pass).
-    pub fn argmax_batch(model: &Llava, seqs: &[&EditSequence], hooks: &Hooks, chunk: usize) -> Result<Vec<Vec<u32>>> {
+    pub fn argmax_batch(
+        model: &dyn VisionLanguageModel,
+        seqs: &[&EditSequence],
+        hooks: &Hooks,
+        chunk: usize,
+    ) -> Result<Vec<Vec<u32>>> {
         let asks: Vec<(&EditSequence, usize)> = seqs.iter().map(|s| (*s, 0)).collect();
         Ok(Self::predict_batch(model, &asks, hooks, chunk)?.into_iter().map(|p| p.argmax).collect())
     }
@@ -106,7 +122,7 @@ impl EditSequence {
     /// Batched as [`EditSequence::argmax_batch`]: logits `(chunk, s, vocab)` per forward pass. Hooks with a router
     /// are resolved per sequence on its prompt first, and each route's sequences are batched together.
     pub fn predict_batch(
-        model: &Llava,
+        model: &dyn VisionLanguageModel,
         seqs: &[(&EditSequence, usize)],
         hooks: &Hooks,
         chunk: usize,
@@ -116,7 +132,7 @@ impl EditSequence {
             for (part, start) in seqs.chunks(chunk.max(1)).zip((0..).step_by(chunk.max(1))) {
                 let prompts: Vec<&EditSequence> = part.iter().map(|(s, _)| *s).collect();
                 let last: Vec<usize> = prompts.iter().map(|s| s.prompt_len - 1).collect();
-                let routes = model.route(hooks, &Self::batch_embeds(model, &prompts)?, &last)?;
+                let routes = model.route(hooks, &Self::batch_inputs(model, &prompts)?, &last)?;
                 for (i, r) in routes.into_iter().enumerate() {
                     groups.entry(r).or_default().push(start + i);
                 }
@@ -137,8 +153,8 @@ impl EditSequence {
         let mut out = Vec::with_capacity(seqs.len());
         for part in seqs.chunks(chunk.max(1)) {
             let seqs_only: Vec<&EditSequence> = part.iter().map(|(s, _)| *s).collect();
-            let embeds = Self::batch_embeds(model, &seqs_only)?;
-            let h = model.forward_embeds(&embeds, 0, None, hooks, &mut Capture::none())?;
+            let inputs = Self::batch_inputs(model, &seqs_only)?;
+            let h = model.forward_inputs(&inputs, None, hooks, &mut Capture::none())?;
             let logits = model.logits(&h)?;
             let top = logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
             for (row, (i, (s, k))) in top.into_iter().zip(part.iter().enumerate()) {
@@ -156,8 +172,8 @@ impl EditSequence {
         Ok(out)
     }
 
-    /// Input embeddings of right-padded sequences (padded with the first one's last id), `(b, s, d)`.
-    fn batch_embeds(model: &Llava, seqs: &[&EditSequence]) -> Result<Tensor> {
+    /// Inputs of right-padded sequences (padded with the first one's last id), embeddings `(b, s, d)`.
+    fn batch_inputs(model: &dyn VisionLanguageModel, seqs: &[&EditSequence]) -> Result<Inputs> {
         let len = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
         let pad = seqs.iter().find_map(|s| s.ids.last().copied()).unwrap_or(0);
         let ids: Vec<u32> = seqs
@@ -165,9 +181,8 @@ impl EditSequence {
             .flat_map(|s| s.ids.iter().copied().chain(std::iter::repeat_n(pad, len - s.ids.len())))
             .collect();
         let ids = Tensor::from_vec(ids, (seqs.len(), len), model.device())?;
-        let pixels: Vec<&Tensor> = seqs.iter().filter_map(|s| s.pixels.as_ref()).collect();
-        let feats = if pixels.is_empty() { None } else { Some(model.image_features(&Tensor::cat(&pixels, 0)?)?) };
-        model.embed_inputs(&ids, feats.as_ref())
+        let pixels: Vec<&Pixels> = seqs.iter().filter_map(|s| s.pixels.as_ref()).collect();
+        model.embed(&ids, Pixels::cat(&pixels)?.as_ref())
     }
 
     /// The prompt of this sequence followed by `answer` ids (e.g. a greedy answer, its end of sequence included).

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use candle_core::Tensor;
 use unike_shared::{BenchResult, HopScore, MetricConvention, MetricSet, Timing};
 
 use super::metrics::{agreement, answer_scores, token_accuracy, top_k_agreement, EditMetric, Mean};
@@ -21,7 +20,7 @@ use crate::data::EditCase;
 use crate::edit::{EditContext, EditMethod, EditRequest, EditSequence, PatchStack, Prediction};
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
-use crate::model::{GenerateOptions, Llava, Processor};
+use crate::model::{GenerateOptions, ModelProcessor, Pixels, VisionLanguageModel};
 
 /// Editing mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,23 +127,23 @@ const BATCH: usize = 32;
 
 /// The model, its processor, its end-of-sequence ids and a cache of preprocessed images.
 pub struct Evaluator<'a> {
-    pub model: &'a Llava,
-    pub processor: &'a Processor,
+    pub model: &'a dyn VisionLanguageModel,
+    pub processor: &'a dyn ModelProcessor,
     pub eos: Vec<u32>,
-    images: HashMap<PathBuf, Tensor>,
+    images: HashMap<PathBuf, Pixels>,
 }
 
 impl<'a> Evaluator<'a> {
-    pub fn new(model: &'a Llava, processor: &'a Processor, eos: Vec<u32>) -> Self {
+    pub fn new(model: &'a dyn VisionLanguageModel, processor: &'a dyn ModelProcessor, eos: Vec<u32>) -> Self {
         Self { model, processor, eos, images: HashMap::new() }
     }
 
-    /// Pixel values `(1, 3, H, W)` of an image file (cached).
-    pub fn pixels(&mut self, path: &Path) -> Result<Tensor> {
+    /// The preprocessed image of a file (cached).
+    pub fn pixels(&mut self, path: &Path) -> Result<Pixels> {
         if let Some(t) = self.images.get(path) {
             return Ok(t.clone());
         }
-        let t = self.processor.image_processor().load_file(path, self.model.device())?.unsqueeze(0)?;
+        let t = self.processor.load_image(path, self.model.device())?;
         self.images.insert(path.to_path_buf(), t.clone());
         Ok(t)
     }

@@ -22,7 +22,7 @@ pub fn knowledge_shares(
     method: &dyn EditMethod,
     cases: &[PreparedCase],
 ) -> Result<Option<[f32; 5]>> {
-    let layers = 0..ev.model.text().num_layers();
+    let layers = 0..ev.model.num_layers();
     let mut sums = [0f64; 5];
     let mut any = false;
     for case in cases {
@@ -33,7 +33,7 @@ pub fn knowledge_shares(
         let hooks = stack.hooks()?;
         for (kind, seq) in case.probes().into_iter().enumerate() {
             let mut cap = Capture::at_layers(layers.clone(), CapturePoint::KnowledgeShare);
-            ev.model.forward_embeds(&seq.embeds(ev.model)?, 0, None, &hooks, &mut cap)?;
+            ev.model.forward_inputs(&seq.inputs(ev.model)?, None, &hooks, &mut cap)?;
             if let Some(m) = answer_mean(seq, &cap)? {
                 sums[kind] += m as f64;
                 any = true;

@@ -11,7 +11,7 @@ use crate::edit::none::NoEdit;
 use crate::edit::EditSequence;
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
-use crate::model::{Checkpoint, Llava, Processor};
+use crate::model::{Llava, LlavaCheckpoint as Checkpoint, Processor};
 use crate::world::{Pool, World};
 use unike_shared::MetricConvention;
 
@@ -69,7 +69,7 @@ fn case(f: &Fixture, world: &World, e: usize, target: &str) -> Result<EditCase> 
 fn unedited(f: &Fixture, probes: &[(&str, &Path, &str)]) -> Result<f64> {
     let mut sum = 0.0;
     for (q, img, a) in probes {
-        let px = f.processor.image_processor().load_file(img, &Device::Cpu)?.unsqueeze(0)?;
+        let px = crate::model::Pixels::fixed(f.processor.image_processor().load_file(img, &Device::Cpu)?.unsqueeze(0)?);
         let seq = EditSequence::new(&f.processor, q, Some(&px), a, f.eos[0])?;
         let top = seq.argmax(&f.model, &Hooks::none())?;
         let answer = seq.answer();

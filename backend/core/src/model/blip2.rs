@@ -12,14 +12,19 @@
 //! captures act in the decoder, see [`super::opt`]) → `logits`; `forward` chains them; greedy decoding is in
 //! [`super::generate_blip2`].
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::blip2_config::Blip2Config;
 use super::blip2_vision::Blip2Vision;
 use super::cache::KvCache;
+use super::config::Activation;
+use super::llama::AttnParts;
 use super::opt::Opt;
 use super::qformer::QFormer;
+use super::vlm::{Family, Inputs, Pixels, Positions, VisionLanguageModel};
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
 
@@ -193,5 +198,93 @@ impl Blip2 {
         let embeds = self.embed_inputs(ids, feats.as_ref())?;
         let h = self.forward_embeds(&embeds, 0, None, hooks, &mut Capture::none())?;
         self.logits(&h)
+    }
+}
+
+impl VisionLanguageModel for Blip2 {
+    fn family(&self) -> Family {
+        Family::Blip2
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn num_layers(&self) -> usize {
+        self.text.num_layers()
+    }
+    fn hidden_size(&self) -> usize {
+        self.cfg.text.hidden_size
+    }
+    fn vocab_size(&self) -> usize {
+        self.cfg.text.vocab_size
+    }
+    fn image_token_id(&self) -> u32 {
+        self.cfg.image_token_index
+    }
+    fn context_budget(&self) -> usize {
+        self.cfg.text.max_position_embeddings / 2
+    }
+    fn image_features(&self, pixels: &Pixels) -> Result<Tensor> {
+        Blip2::image_features(self, &pixels.values)
+    }
+    /// OPT's learned positions `0..s` are added here: the result is what layer 0 reads.
+    fn embed(&self, ids: &Tensor, pixels: Option<&Pixels>) -> Result<Inputs> {
+        let feats = pixels.map(|p| Blip2::image_features(self, &p.values)).transpose()?;
+        let embeds = self.text.add_positions(&self.embed_inputs(ids, feats.as_ref())?, 0)?;
+        Ok(Inputs { embeds, positions: Positions::Offset(0) })
+    }
+    fn embed_next(&self, ids: &Tensor, _prompt: &Positions, cache_len: usize) -> Result<Inputs> {
+        let embeds = self.text.add_positions(&self.text.embed(ids)?, cache_len)?;
+        Ok(Inputs { embeds, positions: Positions::Offset(cache_len) })
+    }
+    fn forward_layers(
+        &self,
+        x: &Tensor,
+        positions: &Positions,
+        layers: Range<usize>,
+        cache: Option<&mut KvCache>,
+        hooks: &Hooks,
+        capture: &mut Capture,
+    ) -> Result<Tensor> {
+        self.text.forward_layers(x, positions.offset()?, layers, cache, hooks, capture)
+    }
+    fn forward_from_ffn(
+        &self,
+        x: &Tensor,
+        positions: &Positions,
+        layer: usize,
+        hooks: &Hooks,
+        capture: &mut Capture,
+    ) -> Result<Tensor> {
+        positions.offset()?;
+        self.text.forward_from_ffn(x, layer, hooks, capture)
+    }
+    fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        self.text.final_norm(h)
+    }
+    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        self.text.lm_head(h)
+    }
+    fn input_norm(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
+        self.text.input_norm(layer, x)
+    }
+    fn attention_parts(&self, _layer: usize) -> Result<AttnParts> {
+        Err(Error::Invalid(
+            "attention parts (latent in-context editing, IKE prefixes) are not available on OPT yet".into(),
+        ))
+    }
+    fn mlp_gate_up(&self, _layer: usize) -> Result<(Tensor, Tensor, Activation)> {
+        Err(Error::Invalid("OPT's FFN is not gated (fc1, ReLU, fc2): down-projection deltas need a gated MLP".into()))
+    }
+    fn mlp_down(&self, layer: usize) -> Result<Tensor> {
+        Ok(self.text.ffn_weights(layer)?.2)
+    }
+    fn unembedding(&self, ids: &Tensor) -> Result<Tensor> {
+        self.text.unembedding(ids)
     }
 }

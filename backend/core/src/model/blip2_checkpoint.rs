@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 use super::blip2::{names, Blip2};
 use super::blip2_config::Blip2Config;
 use super::blip2_processor::Blip2Processor;
-use super::checkpoint::find_weight_files;
+use super::llava_checkpoint::find_weight_files;
 use super::mmap::MappedSafetensors;
 use crate::error::{Error, Result};
 

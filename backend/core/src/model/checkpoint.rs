@@ -1,143 +1,188 @@
-//! A llava-hf checkpoint directory: `config.json`, safetensors weights (single file, or shards listed in
-//! `model.safetensors.index.json`), `tokenizer.json`, `preprocessor_config.json`, optional `generation_config.json`.
-//!
-//! Weights are memory-mapped ([`MappedSafetensors`]): the files are never read into a buffer; each tensor is
-//! materialised once, straight from the mapping, in the requested dtype, and its mapped pages are released at once,
-//! so peak resident memory is the weights once plus the largest tensor.
+//! A checkpoint directory of any supported family, recognised by `config.json`'s `model_type`: `llava`
+//! ([`LlavaCheckpoint`]), `blip-2` ([`Blip2Checkpoint`]) or `qwen2_vl` ([`Qwen2VlCheckpoint`]). Without a
+//! `model_type` the directory is read as llava-hf (its tensor names decide).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 
-use super::config::LlavaConfig;
-use super::llava::{KeyLayout, Llava};
-use super::mmap::MappedSafetensors;
-use super::preprocess::ImageProcessor;
-use super::processor::Processor;
+use super::blip2_checkpoint::Blip2Checkpoint;
+use super::llava_checkpoint::LlavaCheckpoint;
+use super::model_processor::ModelProcessor;
+use super::qwen2vl_checkpoint::Qwen2VlCheckpoint;
+use super::vlm::{Family, VisionLanguageModel};
 use crate::error::{Error, Result};
 
-/// An opened (not yet loaded) checkpoint.
+/// An opened (not yet loaded) checkpoint of any family.
 #[derive(Debug, Clone)]
-pub struct Checkpoint {
-    /// The directory.
-    pub dir: PathBuf,
-    /// Resolved `config.json`.
-    pub config: LlavaConfig,
-    /// Safetensors files, in shard order.
-    pub weight_files: Vec<PathBuf>,
-    /// How tensors are named.
-    pub layout: KeyLayout,
-    /// Number of scalar parameters stored.
-    pub num_parameters: u64,
+pub enum Checkpoint {
+    Llava(LlavaCheckpoint),
+    Blip2(Blip2Checkpoint),
+    Qwen2Vl(Qwen2VlCheckpoint),
+}
+
+/// What a studio or a report shows of a model's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSummary {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub text_layers: usize,
+    pub text_hidden_size: usize,
+    pub vision_layers: usize,
+    pub vision_hidden_size: usize,
+    /// Input side of the vision tower (0: dynamic resolution).
+    pub image_size: usize,
+    /// Image tokens per image (0: dynamic, by the image's size).
+    pub image_seq_length: usize,
 }
 
 impl Checkpoint {
-    /// Opens `dir`: reads and resolves the config, finds the weight files, and reads the tensor names from the
-    /// safetensors headers (through the memory map).
+    /// Opens `dir` as the family its `config.json` names.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.as_ref();
         if !dir.is_dir() {
-            return Err(Error::checkpoint(&dir, "not a directory"));
+            return Err(Error::checkpoint(dir, "not a directory"));
         }
-        let config = LlavaConfig::from_file(&dir.join("config.json"))?;
-        let weight_files = find_weight_files(&dir)?;
-        let st = MappedSafetensors::open(&weight_files)?;
-        let layout = KeyLayout::detect(|k| st.contains(k)).map_err(|part| {
-            Error::checkpoint(&dir, format!("no {part} weights under any llava-hf name: not a LLaVA checkpoint"))
-        })?;
-        let num_parameters = st.names().map(|(_, n)| n as u64).sum();
-        Ok(Self { dir, config, weight_files, layout, num_parameters })
+        let path = dir.join("config.json");
+        let model_type = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("model_type").and_then(|m| m.as_str()).map(str::to_string)),
+            Err(_) => None,
+        };
+        match model_type.as_deref() {
+            Some("blip-2") => Ok(Checkpoint::Blip2(Blip2Checkpoint::open(dir)?)),
+            Some("qwen2_vl") => Ok(Checkpoint::Qwen2Vl(Qwen2VlCheckpoint::open(dir)?)),
+            Some("llava") | None => Ok(Checkpoint::Llava(LlavaCheckpoint::open(dir)?)),
+            Some(other) => Err(Error::checkpoint(
+                dir,
+                format!("model_type {other:?} is not supported (llava, blip-2 or qwen2_vl)"),
+            )),
+        }
     }
 
-    /// Loads the model in `dtype` (default: the dtype the checkpoint was saved in, f32 if unstated) on `device`.
-    pub fn load_model(&self, dtype: Option<DType>, device: &Device) -> Result<Llava> {
-        let dtype = dtype.or(self.config.stored_dtype).unwrap_or(DType::F32);
-        let st = MappedSafetensors::open(&self.weight_files)?;
-        let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
-        Llava::load(vb, self.layout, &self.config).map_err(|e| match e {
-            Error::Candle(c) => Error::checkpoint(&self.dir, c.to_string()),
-            other => other,
+    pub fn family(&self) -> Family {
+        match self {
+            Checkpoint::Llava(_) => Family::Llava,
+            Checkpoint::Blip2(_) => Family::Blip2,
+            Checkpoint::Qwen2Vl(_) => Family::Qwen2Vl,
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &PathBuf {
+        match self {
+            Checkpoint::Llava(c) => &c.dir,
+            Checkpoint::Blip2(c) => &c.dir,
+            Checkpoint::Qwen2Vl(c) => &c.dir,
+        }
+    }
+
+    /// Safetensors files, in shard order.
+    pub fn weight_files(&self) -> &[PathBuf] {
+        match self {
+            Checkpoint::Llava(c) => &c.weight_files,
+            Checkpoint::Blip2(c) => &c.weight_files,
+            Checkpoint::Qwen2Vl(c) => &c.weight_files,
+        }
+    }
+
+    /// Scalar parameters stored.
+    pub fn num_parameters(&self) -> u64 {
+        match self {
+            Checkpoint::Llava(c) => c.num_parameters,
+            Checkpoint::Blip2(c) => c.num_parameters,
+            Checkpoint::Qwen2Vl(c) => c.num_parameters,
+        }
+    }
+
+    /// The dtype the weights were saved in, if the config says.
+    pub fn stored_dtype(&self) -> Option<DType> {
+        match self {
+            Checkpoint::Llava(c) => c.config.stored_dtype,
+            Checkpoint::Blip2(c) => c.config.stored_dtype,
+            Checkpoint::Qwen2Vl(c) => c.config.stored_dtype,
+        }
+    }
+
+    /// The LLaVA checkpoint, when it is one (world-model training and its evaluation are LLaVA's).
+    pub fn llava(&self) -> Option<&LlavaCheckpoint> {
+        match self {
+            Checkpoint::Llava(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The model's shape.
+    pub fn summary(&self) -> ModelSummary {
+        match self {
+            Checkpoint::Llava(c) => {
+                let cfg = &c.config;
+                ModelSummary {
+                    family: Family::Llava,
+                    vocab_size: cfg.text.vocab_size,
+                    text_layers: cfg.text.num_hidden_layers,
+                    text_hidden_size: cfg.text.hidden_size,
+                    vision_layers: cfg.vision.num_hidden_layers,
+                    vision_hidden_size: cfg.vision.hidden_size,
+                    image_size: cfg.vision.image_size,
+                    image_seq_length: cfg.image_seq_length,
+                }
+            }
+            Checkpoint::Blip2(c) => {
+                let cfg = &c.config;
+                ModelSummary {
+                    family: Family::Blip2,
+                    vocab_size: cfg.text.vocab_size,
+                    text_layers: cfg.text.num_hidden_layers,
+                    text_hidden_size: cfg.text.hidden_size,
+                    vision_layers: cfg.vision.num_hidden_layers,
+                    vision_hidden_size: cfg.vision.hidden_size,
+                    image_size: cfg.vision.image_size,
+                    image_seq_length: cfg.num_query_tokens,
+                }
+            }
+            Checkpoint::Qwen2Vl(c) => {
+                let cfg = &c.config;
+                ModelSummary {
+                    family: Family::Qwen2Vl,
+                    vocab_size: cfg.text.vocab_size,
+                    text_layers: cfg.text.num_hidden_layers,
+                    text_hidden_size: cfg.text.hidden_size,
+                    vision_layers: cfg.vision.depth,
+                    vision_hidden_size: cfg.vision.embed_dim,
+                    image_size: 0,
+                    image_seq_length: 0,
+                }
+            }
+        }
+    }
+
+    /// Loads the model in `dtype` (default: the checkpoint's, f32 if unstated) on `device`.
+    pub fn load_model(&self, dtype: Option<DType>, device: &Device) -> Result<Arc<dyn VisionLanguageModel>> {
+        Ok(match self {
+            Checkpoint::Llava(c) => Arc::new(c.load_model(dtype, device)?),
+            Checkpoint::Blip2(c) => Arc::new(c.load_model(dtype, device)?),
+            Checkpoint::Qwen2Vl(c) => Arc::new(c.load_model(dtype, device)?),
         })
     }
 
-    /// Loads `tokenizer.json` (+ the prompt template) into a [`Processor`].
-    pub fn processor(&self) -> Result<Processor> {
-        Processor::load(&self.dir, &self.config, self.image_processor()?)
+    /// Loads the processor (tokenizer, template, image processor).
+    pub fn processor(&self) -> Result<Arc<dyn ModelProcessor>> {
+        Ok(match self {
+            Checkpoint::Llava(c) => Arc::new(c.processor()?),
+            Checkpoint::Blip2(c) => Arc::new(c.processor()?),
+            Checkpoint::Qwen2Vl(c) => Arc::new(c.processor()?),
+        })
     }
 
-    /// Loads `preprocessor_config.json`, for the checkpoint's vision tower (its input size: every image is brought
-    /// to it, see [`ImageProcessor::with_tower`]).
-    pub fn image_processor(&self) -> Result<ImageProcessor> {
-        Ok(ImageProcessor::from_file(&self.dir.join("preprocessor_config.json"))?
-            .with_tower(self.config.vision.image_size))
-    }
-
-    /// EOS ids: `generation_config.json` if present, else the text config's.
+    /// End-of-sequence ids greedy decoding stops on.
     pub fn eos_token_ids(&self) -> Result<Vec<u32>> {
-        let path = self.dir.join("generation_config.json");
-        if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::config(&path, format!("not valid JSON: {e}")))?;
-            match v.get("eos_token_id") {
-                Some(serde_json::Value::Number(n)) => {
-                    if let Some(id) = n.as_u64() {
-                        return Ok(vec![id as u32]);
-                    }
-                }
-                Some(serde_json::Value::Array(a)) => {
-                    return Ok(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect());
-                }
-                _ => {}
-            }
+        match self {
+            Checkpoint::Llava(c) => c.eos_token_ids(),
+            Checkpoint::Blip2(c) => Ok(c.eos_token_ids()),
+            Checkpoint::Qwen2Vl(c) => c.eos_token_ids(),
         }
-        Ok(self.config.text.eos_token_ids.clone())
     }
-}
-
-/// `model.safetensors.index.json` → its shards (each once, in order of first mention); else `model.safetensors`;
-/// else every `*.safetensors` in the directory, sorted.
-pub(crate) fn find_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::config(&index, format!("not valid JSON: {e}")))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::config(&index, "no weight_map object"))?;
-        let mut seen = BTreeSet::new();
-        let mut files = Vec::new();
-        for f in map.values() {
-            let name = f.as_str().ok_or_else(|| Error::config(&index, "weight_map values must be file names"))?;
-            if seen.insert(name.to_string()) {
-                let p = dir.join(name);
-                if !p.is_file() {
-                    return Err(Error::checkpoint(dir, format!("shard {name} listed in the index is missing")));
-                }
-                files.push(p);
-            }
-        }
-        if files.is_empty() {
-            return Err(Error::config(&index, "weight_map is empty"));
-        }
-        return Ok(files);
-    }
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::checkpoint(dir, "no *.safetensors weights"));
-    }
-    Ok(files)
 }

@@ -3,13 +3,16 @@
 //!
 //! Weight names mirror transformers' `LlavaForConditionalGeneration` in either of its layouts ([`KeyLayout`]).
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::cache::KvCache;
 use super::clip::{ClipVision, Projector};
-use super::config::{LlavaConfig, SelectStrategy};
-use super::llama::Llama;
+use super::config::{Activation, LlavaConfig, SelectStrategy};
+use super::llama::{AttnParts, Llama};
+use super::vlm::{Family, Inputs, Pixels, Positions, VisionLanguageModel};
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
 
@@ -228,5 +231,88 @@ impl Llava {
         let embeds = self.embed_inputs(ids, feats.as_ref())?;
         let h = self.forward_embeds(&embeds, 0, None, hooks, &mut Capture::none())?;
         self.logits(&h)
+    }
+}
+
+impl VisionLanguageModel for Llava {
+    fn family(&self) -> Family {
+        Family::Llava
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn num_layers(&self) -> usize {
+        self.text.num_layers()
+    }
+    fn hidden_size(&self) -> usize {
+        self.cfg.text.hidden_size
+    }
+    fn vocab_size(&self) -> usize {
+        self.cfg.text.vocab_size
+    }
+    fn image_token_id(&self) -> u32 {
+        self.cfg.image_token_index
+    }
+    fn context_budget(&self) -> usize {
+        self.text.context_budget()
+    }
+    fn image_features(&self, pixels: &Pixels) -> Result<Tensor> {
+        Llava::image_features(self, &pixels.values)
+    }
+    fn embed(&self, ids: &Tensor, pixels: Option<&Pixels>) -> Result<Inputs> {
+        let feats = pixels.map(|p| Llava::image_features(self, &p.values)).transpose()?;
+        Ok(Inputs { embeds: self.embed_inputs(ids, feats.as_ref())?, positions: Positions::Offset(0) })
+    }
+    fn embed_next(&self, ids: &Tensor, _prompt: &Positions, cache_len: usize) -> Result<Inputs> {
+        Ok(Inputs { embeds: self.text.embed(ids)?, positions: Positions::Offset(cache_len) })
+    }
+    fn forward_layers(
+        &self,
+        x: &Tensor,
+        positions: &Positions,
+        layers: Range<usize>,
+        cache: Option<&mut KvCache>,
+        hooks: &Hooks,
+        capture: &mut Capture,
+    ) -> Result<Tensor> {
+        self.text.forward_layers(x, positions.offset()?, layers, cache, hooks, capture)
+    }
+    fn forward_from_ffn(
+        &self,
+        x: &Tensor,
+        positions: &Positions,
+        layer: usize,
+        hooks: &Hooks,
+        capture: &mut Capture,
+    ) -> Result<Tensor> {
+        positions.offset()?;
+        self.text.forward_from_ffn(x, layer, hooks, capture)
+    }
+    fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        self.text.final_norm(h)
+    }
+    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        self.text.lm_head(h)
+    }
+    fn input_norm(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
+        self.text.attention_parts(layer)?.norm(x)
+    }
+    fn attention_parts(&self, layer: usize) -> Result<AttnParts> {
+        self.text.attention_parts(layer)
+    }
+    fn mlp_gate_up(&self, layer: usize) -> Result<(Tensor, Tensor, Activation)> {
+        self.text.mlp_gate_up(layer)
+    }
+    fn mlp_down(&self, layer: usize) -> Result<Tensor> {
+        self.text.mlp_down(layer)
+    }
+    fn unembedding(&self, ids: &Tensor) -> Result<Tensor> {
+        self.text.unembedding(ids)
     }
 }

@@ -313,6 +313,14 @@ impl Opt {
         Ok(())
     }
 
+    /// Layer `layer`'s `self_attn_layer_norm` (what its attention reads), `(.., d)` → `(.., d)`.
+    pub fn input_norm(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
+        let l = self.layers.get(layer).ok_or_else(|| {
+            Error::Invalid(format!("layer {layer} does not exist (the decoder has {})", self.layers.len()))
+        })?;
+        l.self_attn_layer_norm.forward(x)
+    }
+
     /// The decoder's `final_layer_norm` (identity when the config removes it), `(b, s, d)` → `(b, s, d)`.
     pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
         match &self.final_layer_norm {

@@ -415,6 +415,11 @@ impl Qwen2 {
         })
     }
 
+    /// Layer `layer`'s `input_layernorm` (what its attention reads), `(.., d)` → `(.., d)`.
+    pub fn input_norm(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
+        self.layer(layer)?.input_layernorm.forward(x)
+    }
+
     /// Final RMSNorm, `(b, s, d)` → `(b, s, d)`.
     pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
         self.norm.forward(x)

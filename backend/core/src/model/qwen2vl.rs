@@ -13,13 +13,18 @@
 //! [`super::generate_qwen2vl`]. Unlike BLIP-2, positions are not a start offset but a `(3, b, s)` tensor, and left
 //! padding is supported (a key mask hides the pads; pad positions are 0, as in transformers 5).
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::cache::KvCache;
+use super::config::Activation;
+use super::llama::AttnParts;
 use super::qwen2::Qwen2;
 use super::qwen2vl_config::Qwen2VlConfig;
 use super::qwen2vl_vision::Qwen2Vision;
+use super::vlm::{Family, Inputs, Pixels, Positions, VisionLanguageModel};
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
 
@@ -278,5 +283,108 @@ impl Qwen2Vl {
         let index = self.rope_index(&rows, mask.as_deref(), grids)?;
         let h = self.forward_embeds(&embeds, &index.positions, attention_mask, None, hooks, &mut Capture::none())?;
         self.logits(&h)
+    }
+}
+
+impl VisionLanguageModel for Qwen2Vl {
+    fn family(&self) -> Family {
+        Family::Qwen2Vl
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn num_layers(&self) -> usize {
+        self.text.num_layers()
+    }
+    fn hidden_size(&self) -> usize {
+        self.cfg.text.hidden_size
+    }
+    fn vocab_size(&self) -> usize {
+        self.cfg.text.vocab_size
+    }
+    fn image_token_id(&self) -> u32 {
+        self.cfg.image_token_id
+    }
+    fn context_budget(&self) -> usize {
+        self.cfg.text.max_position_embeddings / 2
+    }
+    fn image_features(&self, pixels: &Pixels) -> Result<Tensor> {
+        let grids = pixels.grids.as_deref().ok_or_else(|| Error::Invalid("Qwen2-VL images need their grids".into()))?;
+        Qwen2Vl::image_features(self, &pixels.values, grids)
+    }
+    /// Positions as transformers' `get_rope_index` (right-padded rows: the padding continues each row's text).
+    fn embed(&self, ids: &Tensor, pixels: Option<&Pixels>) -> Result<Inputs> {
+        let feats = pixels.map(|p| VisionLanguageModel::image_features(self, p)).transpose()?;
+        let embeds = self.embed_inputs(ids, feats.as_ref())?;
+        let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let grids = pixels.and_then(|p| p.grids.as_deref()).unwrap_or(&[]);
+        let index = self.rope_index(&rows, None, grids)?;
+        Ok(Inputs { embeds, positions: Positions::Mrope { ids: index.positions, deltas: index.deltas } })
+    }
+    fn embed_next(&self, ids: &Tensor, prompt: &Positions, cache_len: usize) -> Result<Inputs> {
+        let Positions::Mrope { deltas, .. } = prompt else {
+            return Err(Error::Invalid("Qwen2-VL decodes after multimodal rotary positions".into()));
+        };
+        let s = ids.dim(1)?;
+        let positions = Positions::Mrope { ids: self.decode_positions(cache_len, s, deltas)?, deltas: deltas.clone() };
+        Ok(Inputs { embeds: self.text.embed(ids)?, positions })
+    }
+    fn forward_layers(
+        &self,
+        x: &Tensor,
+        positions: &Positions,
+        layers: Range<usize>,
+        cache: Option<&mut KvCache>,
+        hooks: &Hooks,
+        capture: &mut Capture,
+    ) -> Result<Tensor> {
+        self.text.forward_layers(x, mrope(positions)?, None, layers, cache, hooks, capture)
+    }
+    fn forward_from_ffn(
+        &self,
+        x: &Tensor,
+        positions: &Positions,
+        layer: usize,
+        hooks: &Hooks,
+        capture: &mut Capture,
+    ) -> Result<Tensor> {
+        self.text.forward_from_ffn(x, mrope(positions)?, layer, hooks, capture)
+    }
+    fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        self.text.final_norm(h)
+    }
+    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        self.text.lm_head(h)
+    }
+    fn input_norm(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
+        self.text.input_norm(layer, x)
+    }
+    fn attention_parts(&self, _layer: usize) -> Result<AttnParts> {
+        Err(Error::Invalid(
+            "attention parts (latent in-context editing, IKE prefixes) are not available on Qwen2 yet".into(),
+        ))
+    }
+    fn mlp_gate_up(&self, layer: usize) -> Result<(Tensor, Tensor, Activation)> {
+        self.text.mlp_gate_up(layer)
+    }
+    fn mlp_down(&self, layer: usize) -> Result<Tensor> {
+        self.text.mlp_down(layer)
+    }
+    fn unembedding(&self, ids: &Tensor) -> Result<Tensor> {
+        self.text.unembedding(ids)
+    }
+}
+
+/// The `(3, b, s)` ids of multimodal rotary positions.
+fn mrope(positions: &Positions) -> Result<&Tensor> {
+    match positions {
+        Positions::Mrope { ids, .. } => Ok(ids),
+        Positions::Offset(_) => Err(Error::Invalid("Qwen2-VL takes multimodal rotary positions".into())),
     }
 }

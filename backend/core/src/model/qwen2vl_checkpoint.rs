@@ -14,7 +14,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
-use super::checkpoint::find_weight_files;
+use super::llava_checkpoint::find_weight_files;
 use super::mmap::MappedSafetensors;
 use super::qwen2vl::{Qwen2Vl, Qwen2VlNames};
 use super::qwen2vl_config::Qwen2VlConfig;

@@ -10,7 +10,7 @@ use tokenizers::Tokenizer;
 use super::batch::make_batch;
 use crate::error::Result;
 use crate::hooks::Hooks;
-use crate::model::{GenerateOptions, ImageProcessor, Llava, Processor};
+use crate::model::{GenerateOptions, ImageProcessor, Llava, Pixels, Processor, VisionLanguageModel};
 use crate::world::samples::{eval_split, Sample, Split};
 use crate::world::World;
 
@@ -97,6 +97,7 @@ pub fn answer_with(
     let pixels = if pixels.is_empty() { None } else { Some(candle_core::Tensor::stack(&pixels, 0)?) };
     let ids = processor.encode(&prompt, n_images)?;
     let opts = GenerateOptions { max_new_tokens: 24, eos_token_ids: eos.to_vec() };
+    let pixels = pixels.map(Pixels::fixed);
     let gen = model.generate(&ids, pixels.as_ref(), hooks, &opts)?;
     let logits = &gen.first_logits;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use serde::Deserialize;
-use unike_core::model::{Checkpoint, Llava, Processor};
+use unike_core::model::{Llava, LlavaCheckpoint, Processor};
 
 /// `tests/fixtures/<rel>` at the workspace root.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -34,8 +34,8 @@ pub fn expected(variant: &str, name: &str) -> Result<Case> {
 }
 
 /// Opens and loads a fixture checkpoint on the CPU.
-pub fn load(dir: &str, dtype: Option<DType>) -> Result<(Checkpoint, Llava, Processor)> {
-    let ckpt = Checkpoint::open(fixture(dir))?;
+pub fn load(dir: &str, dtype: Option<DType>) -> Result<(LlavaCheckpoint, Llava, Processor)> {
+    let ckpt = LlavaCheckpoint::open(fixture(dir))?;
     let model = ckpt.load_model(dtype, &Device::Cpu)?;
     let processor = ckpt.processor()?;
     Ok((ckpt, model, processor))

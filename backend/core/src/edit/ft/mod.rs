@@ -56,19 +56,20 @@ impl EditMethod for FineTune {
         let model = ctx.model;
         let seq =
             EditSequence::new(ctx.processor, &request.question, request.image.as_ref(), &request.target, self.eos)?;
-        let n_layers = model.text().num_layers();
+        let n_layers = model.num_layers();
         let layer = n_layers.checked_sub(1 + self.params.layer_from_end).ok_or_else(|| {
             Error::Invalid(format!("layer_from_end {} exceeds the {n_layers} layers", self.params.layer_from_end))
         })?;
         let base = ctx.stack_hooks()?;
         // The frozen part once: the input of the tuned layer.
         let mut cap = Capture::of([(layer, CapturePoint::LayerInput)]);
-        model.forward_embeds(&seq.embeds(model)?, 0, None, &base, &mut cap)?;
+        let inputs = seq.inputs(model)?;
+        model.forward_inputs(&inputs, None, &base, &mut cap)?;
         let x0 = cap
             .get(layer, CapturePoint::LayerInput)
             .ok_or_else(|| Error::Invalid("layer input not captured".into()))?
             .detach();
-        let (gate, up, act) = model.text().mlp_gate_up(layer)?;
+        let (gate, up, act) = model.mlp_gate_up(layer)?;
         let delta = Var::zeros(gate.dims(), DType::F32, model.device())?;
         let mut opt = AdamW::new(
             vec![delta.clone()],
@@ -81,8 +82,9 @@ impl EditMethod for FineTune {
             let mut hooks = base.clone();
             hooks.add_ffn(layer, std::sync::Arc::new(hook));
             let _scope = kernels::differentiable();
-            let h = model.text().forward_layers(&x0, 0, layer..n_layers, None, &hooks, &mut Capture::none())?;
-            let h = model.text().final_norm(&h.narrow(1, seq.prompt_len - 1, n_t)?)?;
+            let h =
+                model.forward_layers(&x0, &inputs.positions, layer..n_layers, None, &hooks, &mut Capture::none())?;
+            let h = model.final_norm(&h.narrow(1, seq.prompt_len - 1, n_t)?)?;
             let logits = model.logits(&h)?.squeeze(0)?;
             if logits.argmax(D::Minus1)?.to_vec1::<u32>()? == seq.targets() {
                 break;

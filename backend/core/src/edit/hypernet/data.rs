@@ -12,13 +12,13 @@ use crate::edit::gradient::{edit_gradient, layer_input, EditGrad};
 use crate::edit::EditSequence;
 use crate::error::Result;
 use crate::hooks::{Capture, Hooks};
-use crate::model::{Llava, Processor};
+use crate::model::{Inputs, ModelProcessor, Pixels, VisionLanguageModel};
 
 /// One supervised sequence, from the first edited layer up.
 #[derive(Debug, Clone)]
 pub struct Probe {
-    /// Input of the first edited layer, `(1, s, d)`, detached.
-    pub x0: Tensor,
+    /// Input of the first edited layer, `(1, s, d)`, detached, and the sequence's positions.
+    pub x0: Inputs,
     /// Position predicting the first answer token.
     pub start: usize,
     pub targets: Vec<u32>,
@@ -38,36 +38,37 @@ pub struct TrainCase {
 
 /// Preprocessed images, by path.
 pub struct Images<'a> {
-    model: &'a Llava,
-    processor: &'a Processor,
-    cache: HashMap<PathBuf, Tensor>,
+    model: &'a dyn VisionLanguageModel,
+    processor: &'a dyn ModelProcessor,
+    cache: HashMap<PathBuf, Pixels>,
 }
 
 impl<'a> Images<'a> {
-    pub fn new(model: &'a Llava, processor: &'a Processor) -> Self {
+    pub fn new(model: &'a dyn VisionLanguageModel, processor: &'a dyn ModelProcessor) -> Self {
         Self { model, processor, cache: HashMap::new() }
     }
 
-    /// `(1, 3, H, W)` pixel values of `path`.
-    pub fn get(&mut self, path: &Path) -> Result<Tensor> {
+    /// The preprocessed image of `path`.
+    pub fn get(&mut self, path: &Path) -> Result<Pixels> {
         if let Some(t) = self.cache.get(path) {
             return Ok(t.clone());
         }
-        let t = self.processor.image_processor().load_file(path, self.model.device())?.unsqueeze(0)?;
+        let t = self.processor.load_image(path, self.model.device())?;
         self.cache.insert(path.to_path_buf(), t.clone());
         Ok(t)
     }
 }
 
 /// The probe of `seq` from layer `first` up (with the unedited answer distribution when `with_base`).
-pub fn probe(model: &Llava, seq: &EditSequence, first: usize, with_base: bool) -> Result<Probe> {
+pub fn probe(model: &dyn VisionLanguageModel, seq: &EditSequence, first: usize, with_base: bool) -> Result<Probe> {
     let x0 = layer_input(model, seq, first, &Hooks::none())?;
     let n_t = seq.targets().len();
     let start = seq.prompt_len - 1;
     let base_logp = if with_base {
-        let n = model.text().num_layers();
-        let h = model.text().forward_layers(&x0, 0, first..n, None, &Hooks::none(), &mut Capture::none())?;
-        let logits = model.logits(&model.text().final_norm(&h.narrow(1, start, n_t)?)?)?.squeeze(0)?;
+        let n = model.num_layers();
+        let h =
+            model.forward_layers(&x0.embeds, &x0.positions, first..n, None, &Hooks::none(), &mut Capture::none())?;
+        let logits = model.logits(&model.final_norm(&h.narrow(1, start, n_t)?)?)?.squeeze(0)?;
         Some(candle_nn::ops::log_softmax(&logits, D::Minus1)?.detach())
     } else {
         None
@@ -77,8 +78,8 @@ pub fn probe(model: &Llava, seq: &EditSequence, first: usize, with_base: bool) -
 
 /// Prepares `cases` for training editors of `layers`; `progress(done, total)` after each case.
 pub fn prepare(
-    model: &Llava,
-    processor: &Processor,
+    model: &dyn VisionLanguageModel,
+    processor: &dyn ModelProcessor,
     eos: u32,
     cases: &[EditCase],
     layers: &[usize],

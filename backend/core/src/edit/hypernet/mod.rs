@@ -17,7 +17,7 @@ use super::gradient::{edit_gradient, EditGrad};
 use super::patch::{down_delta, up_delta};
 use super::{EditContext, EditRequest, EditSequence, Patch, Provenance};
 use crate::error::{Error, Result};
-use crate::model::Llava;
+use crate::model::VisionLanguageModel;
 use crate::world::rng::Rng;
 
 pub use data::{prepare, TrainCase};
@@ -149,8 +149,8 @@ impl ParamSet {
 }
 
 /// The last `n` decoder layers of `model`, ascending (the layers the trained editors act in).
-pub fn last_layers(model: &Llava, n: usize) -> Result<Vec<usize>> {
-    let total = model.text().num_layers();
+pub fn last_layers(model: &dyn VisionLanguageModel, n: usize) -> Result<Vec<usize>> {
+    let total = model.num_layers();
     if n == 0 || n > total {
         return Err(Error::Invalid(format!("cannot edit the last {n} of {total} layers")));
     }
@@ -200,7 +200,7 @@ pub fn save_net(
 /// of them) and parameters. A missing network says how to train it.
 pub fn load_net<P: serde::de::DeserializeOwned>(
     dir: &Path,
-    model: &Llava,
+    model: &dyn VisionLanguageModel,
     method: &str,
     format: &str,
     layers_of: impl Fn(&P) -> usize,

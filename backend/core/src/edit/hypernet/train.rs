@@ -14,7 +14,7 @@ use super::{GradientEditor, TrainParams};
 use crate::edit::patch::{down_delta, up_delta};
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
-use crate::model::{kernels, Llava};
+use crate::model::{kernels, VisionLanguageModel};
 use crate::world::rng::Rng;
 
 /// A point of the training curve (means over the steps since the previous point).
@@ -28,7 +28,11 @@ pub struct TrainStep {
 }
 
 /// The hooks applying `net`'s change for `grad`.
-pub fn delta_hooks(model: &Llava, net: &dyn GradientEditor, grad: &crate::edit::gradient::EditGrad) -> Result<Hooks> {
+pub fn delta_hooks(
+    model: &dyn VisionLanguageModel,
+    net: &dyn GradientEditor,
+    grad: &crate::edit::gradient::EditGrad,
+) -> Result<Hooks> {
     let mut hooks = Hooks::none();
     for (k, &l) in net.layers().iter().enumerate() {
         let down = net.delta(k, grad)?;
@@ -41,15 +45,20 @@ pub fn delta_hooks(model: &Llava, net: &dyn GradientEditor, grad: &crate::edit::
 }
 
 /// Logits `(n, vocab)` of `probe`'s answer positions under `hooks`, from the first edited layer up.
-fn probe_logits(model: &Llava, probe: &Probe, first: usize, hooks: &Hooks) -> Result<Tensor> {
-    let n = model.text().num_layers();
-    let h = model.text().forward_layers(&probe.x0, 0, first..n, None, hooks, &mut Capture::none())?;
-    let h = model.text().final_norm(&h.narrow(1, probe.start, probe.targets.len())?)?;
+fn probe_logits(model: &dyn VisionLanguageModel, probe: &Probe, first: usize, hooks: &Hooks) -> Result<Tensor> {
+    let n = model.num_layers();
+    let h = model.forward_layers(&probe.x0.embeds, &probe.x0.positions, first..n, None, hooks, &mut Capture::none())?;
+    let h = model.final_norm(&h.narrow(1, probe.start, probe.targets.len())?)?;
     Ok(model.logits(&h)?.squeeze(0)?)
 }
 
 /// Editing loss, locality loss and success of one case under `hooks` (differentiable).
-fn case_losses(model: &Llava, case: &TrainCase, first: usize, hooks: &Hooks) -> Result<(Tensor, Tensor, bool)> {
+fn case_losses(
+    model: &dyn VisionLanguageModel,
+    case: &TrainCase,
+    first: usize,
+    hooks: &Hooks,
+) -> Result<(Tensor, Tensor, bool)> {
     let mut edit = Vec::new();
     let mut success = false;
     for (i, p) in case.edit.iter().enumerate() {
@@ -72,7 +81,7 @@ fn case_losses(model: &Llava, case: &TrainCase, first: usize, hooks: &Hooks) -> 
 
 /// Trains `net` on `cases`; `progress(step, steps, last point)` after every step. Returns the curve.
 pub fn train(
-    model: &Llava,
+    model: &dyn VisionLanguageModel,
     net: &dyn GradientEditor,
     cases: &[TrainCase],
     params: &TrainParams,

@@ -24,7 +24,7 @@ pub use prefix::demonstration;
 use super::{EditContext, EditMethod, EditRequest, Patch, Provenance};
 use crate::data::EditCase;
 use crate::error::{Error, Result};
-use crate::model::{Llava, Processor};
+use crate::model::{ModelProcessor, VisionLanguageModel};
 
 /// Hyper-parameters (`hparams/ike/<model>.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,14 +66,14 @@ pub struct Ike {
 
 impl Ike {
     /// IKE with demonstrations from `cases` (the front of a training split; the first `params.pool` are kept).
-    pub fn new(params: IkeParams, mut cases: Vec<EditCase>, model: &Llava) -> Self {
+    pub fn new(params: IkeParams, mut cases: Vec<EditCase>, model: &dyn VisionLanguageModel) -> Self {
         cases.truncate(params.pool);
-        let hidden = model.config().text.hidden_size;
+        let hidden = model.hidden_size();
         Self { params, cases, pool: Mutex::new(None), hidden }
     }
 
     /// The pool, embedded once.
-    pub fn pool(&self, model: &Llava, processor: &Processor) -> Result<Arc<Pool>> {
+    pub fn pool(&self, model: &dyn VisionLanguageModel, processor: &dyn ModelProcessor) -> Result<Arc<Pool>> {
         let mut slot = self.pool.lock().map_err(|_| Error::Invalid("IKE's pool lock is poisoned".into()))?;
         if let Some(p) = slot.as_ref() {
             return Ok(p.clone());
@@ -96,11 +96,15 @@ impl Ike {
     /// that window first (as older turns would from a prompt), so one edit's prefix never depends on the stack.
     pub fn demonstrations(
         &self,
-        model: &Llava,
-        processor: &Processor,
+        model: &dyn VisionLanguageModel,
+        processor: &dyn ModelProcessor,
         request: &EditRequest,
     ) -> Result<(Vec<Demonstration>, Vec<f32>)> {
-        let own = Demonstration::copy(&request.question, &request.target, request.image.clone().map(DemoImage::Pixels));
+        let own = Demonstration::copy(
+            &request.question,
+            &request.target,
+            request.image.clone().map(|p| DemoImage::Pixels(std::sync::Arc::new(p))),
+        );
         let (mut demos, mut scores) = (Vec::new(), Vec::new());
         if self.params.k > 0 {
             let pool = self.pool(model, processor)?;
@@ -111,9 +115,9 @@ impl Ike {
             }
         }
         demos.push(own);
-        let window = model.text().context_budget();
+        let window = model.context_budget();
         loop {
-            let len = prefix::prefix_ids(processor, &demos, self.params.with_image)?.0.len();
+            let len = prefix::prefix_ids(processor, &demos, self.params.with_image, model.device())?.0.len();
             if len <= window {
                 return Ok((demos, scores));
             }
@@ -182,8 +186,9 @@ mod tests {
         let model = crate::train::Trainable::new(&cfg, 3, &Device::Cpu)?.model;
         let demo = EditSequence { ids: vec![1, 5, 6, 7, 8, 2], prompt_len: 4, pixels: None };
         let input = [1u32, 9, 10, 11, 12];
-        let embed =
-            |ids: &[u32]| -> Result<Tensor> { model.text().embed(&Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?) };
+        let embed = |ids: &[u32]| -> Result<Tensor> {
+            Ok(model.embed(&Tensor::new(ids, model.device())?.unsqueeze(0)?, None)?.embeds)
+        };
         let mut cap = Capture::none();
         let joined: Vec<u32> = demo.ids.iter().chain(&input).copied().collect();
         let whole = model.forward_embeds(&embed(&joined)?, 0, None, &Hooks::none(), &mut cap)?;

@@ -21,7 +21,7 @@ use crate::edit::unit_rows;
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
 use crate::model::processor::{TurnForm, TurnText};
-use crate::model::{Llava, Processor};
+use crate::model::{ModelProcessor, VisionLanguageModel};
 
 /// Which of IKE's three demonstration kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,12 +42,11 @@ impl DemoKind {
     }
 }
 
-/// Where a demonstration's image comes from: a file of the data set, or an edit request's pixel values
-/// `(1, 3, H, W)`.
+/// Where a demonstration's image comes from: a file of the data set, or an edit request's preprocessed image.
 #[derive(Debug, Clone)]
 pub enum DemoImage {
     File(PathBuf),
-    Pixels(Tensor),
+    Pixels(std::sync::Arc<crate::model::Pixels>),
 }
 
 /// One turn of a demonstration: its form, text and image (if any).
@@ -116,7 +115,7 @@ impl Demonstration {
     }
 
     /// Its text as the model reads it, without images (what is embedded for retrieval).
-    pub fn text(&self, processor: &Processor) -> String {
+    pub fn text(&self, processor: &dyn ModelProcessor) -> String {
         let turns = [self.fact.text(false), self.then.text(false)];
         turns.iter().map(|t| processor.turn(t)).collect()
     }
@@ -146,7 +145,7 @@ const EMBED_BATCH: usize = 32;
 
 impl Pool {
     /// The copy, update and retain demonstrations of every case, embedded with `model` (unedited).
-    pub fn build(model: &Llava, processor: &Processor, cases: &[EditCase]) -> Result<Self> {
+    pub fn build(model: &dyn VisionLanguageModel, processor: &dyn ModelProcessor, cases: &[EditCase]) -> Result<Self> {
         let demos: Vec<Demonstration> = cases.iter().flat_map(Demonstration::of_case).collect();
         if demos.is_empty() {
             return Err(Error::Invalid("IKE's demonstration pool is empty: no training-split cases were given".into()));
@@ -178,16 +177,21 @@ impl Pool {
 /// L2-normalised mean of the unedited model's last hidden states over each text's tokens (the first, `<s>`, left
 /// out): `(n, d)` f32. Texts are tokenized without images; right padding cannot reach earlier positions (causal
 /// attention), so batching gives each row its own forward pass.
-pub fn embed_texts(model: &Llava, processor: &Processor, texts: &[String]) -> Result<Tensor> {
-    let pad = model.config().pad_token_id.unwrap_or(0);
+pub fn embed_texts(
+    model: &dyn VisionLanguageModel,
+    processor: &dyn ModelProcessor,
+    texts: &[String],
+) -> Result<Tensor> {
+    // Right padding cannot reach earlier positions, so the padding id does not matter.
+    let pad = 0;
     let mut rows = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(EMBED_BATCH) {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|t| processor.encode(t, 0)).collect::<Result<_>>()?;
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|t| processor.encode(t, None)).collect::<Result<_>>()?;
         let s = ids.iter().map(Vec::len).max().unwrap_or(1).max(2);
         let flat: Vec<u32> = ids.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat(pad)).take(s)).collect();
         let input = Tensor::from_vec(flat, (chunk.len(), s), model.device())?;
-        let embeds = model.embed_inputs(&input, None)?;
-        let h = model.forward_embeds(&embeds, 0, None, &Hooks::none(), &mut Capture::none())?;
+        let inputs = model.embed(&input, None)?;
+        let h = model.forward_inputs(&inputs, None, &Hooks::none(), &mut Capture::none())?;
         let h = h.to_dtype(candle_core::DType::F32)?;
         for (b, r) in ids.iter().enumerate() {
             let from = usize::from(r.len() > 1);

@@ -6,67 +6,69 @@
 //! brings its own `<s>`.
 
 use candle_core::{DType, Tensor};
+use std::sync::Arc;
 
 use super::pool::{DemoImage, Demonstration};
 use crate::edit::EditSequence;
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, CapturePoint, ContextKv, Hooks};
-use crate::model::{Llava, Processor};
+use crate::model::{Inputs, ModelProcessor, Pixels, VisionLanguageModel};
 
 /// Encodes `seq` (prompt, answer, end of sequence) as an in-context prefix under `hooks`: the keys (before rotary
 /// embedding) and values every layer's attention would see, `(kv_heads, n, head_dim)`.
-pub fn demonstration(model: &Llava, seq: &EditSequence, hooks: &Hooks) -> Result<ContextKv> {
-    prefix_from_embeds(model, &seq.embeds(model)?, hooks)
+pub fn demonstration(model: &dyn VisionLanguageModel, seq: &EditSequence, hooks: &Hooks) -> Result<ContextKv> {
+    prefix_from_inputs(model, &seq.inputs(model)?, hooks)
 }
 
-/// The token ids of `demos` in order (each turn its own `<s> … </s>`), and how many images they show.
-pub fn prefix_ids(processor: &Processor, demos: &[Demonstration], with_image: bool) -> Result<(Vec<u32>, usize)> {
+/// The token ids of `demos` in order (each turn tokenized on its own, so with its own special tokens), and the
+/// images they show in order (loaded onto `device`).
+pub fn prefix_ids(
+    processor: &dyn ModelProcessor,
+    demos: &[Demonstration],
+    with_image: bool,
+    device: &candle_core::Device,
+) -> Result<(Vec<u32>, Option<Pixels>)> {
     let mut ids = Vec::new();
-    let mut images = 0;
+    let mut images = Vec::new();
     for turn in demos.iter().flat_map(|d| [&d.fact, &d.then]) {
         let text = turn.text(with_image);
-        let n = usize::from(text.with_image);
-        ids.extend(processor.encode(&processor.turn(&text), n)?);
-        images += n;
+        let pixels = match (&turn.image, text.with_image) {
+            (Some(DemoImage::File(path)), true) => Some(Arc::new(processor.load_image(path, device)?)),
+            (Some(DemoImage::Pixels(p)), true) => Some(p.clone()),
+            _ => None,
+        };
+        ids.extend(processor.encode(&processor.turn(&text), pixels.as_deref())?);
+        images.extend(pixels);
     }
-    Ok((ids, images))
+    let images: Vec<&Pixels> = images.iter().map(|p| p.as_ref()).collect();
+    Ok((ids, Pixels::cat(&images)?))
 }
 
 /// Encodes `demos` (in order) under `hooks` as one prefix; each turn shows its image when `with_image`.
 pub fn encode(
-    model: &Llava,
-    processor: &Processor,
+    model: &dyn VisionLanguageModel,
+    processor: &dyn ModelProcessor,
     demos: &[Demonstration],
     with_image: bool,
     hooks: &Hooks,
 ) -> Result<ContextKv> {
-    let (ids, n_images) = prefix_ids(processor, demos, with_image)?;
-    let mut pixels = Vec::with_capacity(n_images);
-    if with_image {
-        for image in demos.iter().flat_map(|d| [&d.fact.image, &d.then.image]).flatten() {
-            pixels.push(match image {
-                DemoImage::File(path) => processor.image_processor().load_file(path, model.device())?.unsqueeze(0)?,
-                DemoImage::Pixels(t) => t.clone(),
-            });
-        }
-    }
-    let feats = if pixels.is_empty() { None } else { Some(model.image_features(&Tensor::cat(&pixels, 0)?)?) };
+    let (ids, pixels) = prefix_ids(processor, demos, with_image, model.device())?;
     let input = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
-    prefix_from_embeds(model, &model.embed_inputs(&input, feats.as_ref())?, hooks)
+    prefix_from_inputs(model, &model.embed(&input, pixels.as_ref())?, hooks)
 }
 
-/// The prefix of input embeddings `(1, n, d)` under `hooks`.
-pub fn prefix_from_embeds(model: &Llava, embeds: &Tensor, hooks: &Hooks) -> Result<ContextKv> {
-    let n_layers = model.text().num_layers();
+/// The prefix of `inputs` (one sequence, embeddings `(1, n, d)`) under `hooks`.
+pub fn prefix_from_inputs(model: &dyn VisionLanguageModel, inputs: &Inputs, hooks: &Hooks) -> Result<ContextKv> {
+    let n_layers = model.num_layers();
     let mut cap = Capture::at_layers(0..n_layers, CapturePoint::LayerInput);
-    model.forward_embeds(embeds, 0, None, hooks, &mut cap)?;
+    model.forward_inputs(inputs, None, hooks, &mut cap)?;
     let layers = (0..n_layers)
         .map(|l| {
             let x = cap
                 .get(l, CapturePoint::LayerInput)
                 .ok_or_else(|| Error::Invalid(format!("layer {l} not captured")))?
                 .squeeze(0)?;
-            let (k, v) = model.text().attention_parts(l)?.keys_values(&x)?;
+            let (k, v) = model.attention_parts(l)?.keys_values(&x)?;
             Ok((
                 k.transpose(0, 1)?.contiguous()?.to_dtype(DType::F32)?,
                 v.transpose(0, 1)?.contiguous()?.to_dtype(DType::F32)?,

@@ -19,7 +19,7 @@ use super::gradient::EditGrad;
 use super::hypernet::{self, GradientEditor, ParamSet, TrainCase, TrainParams, TrainStep};
 use super::{EditContext, EditMethod, EditRequest, Patch};
 use crate::error::{Error, Result};
-use crate::model::Llava;
+use crate::model::VisionLanguageModel;
 
 /// Hyper-parameters (`hparams/ke/<model>.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,9 +53,9 @@ impl KeNet {
     }
 
     /// A fresh network for `model`; the initial step size gives the first changes unit Frobenius norm on `cases`.
-    pub fn init(model: &Llava, params: KeParams, cases: &[TrainCase]) -> Result<Self> {
+    pub fn init(model: &dyn VisionLanguageModel, params: KeParams, cases: &[TrainCase]) -> Result<Self> {
         let layers = hypernet::last_layers(model, params.layers)?;
-        let (g, _, _) = model.text().mlp_gate_up(layers[0])?;
+        let (g, _, _) = model.mlp_gate_up(layers[0])?;
         let (inter, d) = g.dims2()?;
         let dev = model.device();
         let mut set = ParamSet::default();
@@ -79,7 +79,7 @@ impl KeNet {
     }
 
     /// Reads a network written by [`KeNet::save`] for `model`.
-    pub fn load(dir: &Path, model: &Llava) -> Result<Self> {
+    pub fn load(dir: &Path, model: &dyn VisionLanguageModel) -> Result<Self> {
         let (params, layers, set) = hypernet::load_net(dir, model, "ke", FORMAT, |p: &KeParams| p.layers)?;
         Ok(Self { params, layers, set })
     }

@@ -18,7 +18,7 @@ use super::gradient::{EditGrad, LayerGrad};
 use super::hypernet::{self, GradientEditor, ParamSet, TrainCase, TrainParams, TrainStep};
 use super::{EditContext, EditMethod, EditRequest, Patch};
 use crate::error::{Error, Result};
-use crate::model::Llava;
+use crate::model::VisionLanguageModel;
 use crate::world::rng::Rng;
 
 /// Hyper-parameters (`hparams/mend/<model>.toml`).
@@ -86,9 +86,9 @@ impl MendNet {
 
     /// Fresh networks for `model`: feature statistics and the initial step sizes are measured on `cases` (each step
     /// size so that the first changes have unit Frobenius norm on average).
-    pub fn init(model: &Llava, params: MendParams, cases: &[TrainCase]) -> Result<Self> {
+    pub fn init(model: &dyn VisionLanguageModel, params: MendParams, cases: &[TrainCase]) -> Result<Self> {
         let layers = hypernet::last_layers(model, params.layers)?;
-        let (i, _, _) = model.text().mlp_gate_up(layers[0])?;
+        let (i, _, _) = model.mlp_gate_up(layers[0])?;
         let (inter, d) = i.dims2()?;
         let dev = model.device();
         let mut rng = Rng::derive(params.train.seed, "mend", 0);
@@ -141,7 +141,7 @@ impl MendNet {
     }
 
     /// Reads a network written by [`MendNet::save`] for `model`.
-    pub fn load(dir: &Path, model: &Llava) -> Result<Self> {
+    pub fn load(dir: &Path, model: &dyn VisionLanguageModel) -> Result<Self> {
         let (params, layers, set) = hypernet::load_net(dir, model, "mend", FORMAT, |p: &MendParams| p.layers)?;
         Ok(Self { params, layers, set })
     }

@@ -37,7 +37,7 @@ use super::{EditContext, EditMethod, EditRequest, EditSequence, Patch, Provenanc
 use crate::data::EditCase;
 use crate::error::{Error, Result};
 use crate::hooks::{ContextKv, Hooks};
-use crate::model::{kernels, Llava, Processor};
+use crate::model::{kernels, ModelProcessor, VisionLanguageModel};
 use crate::world::rng::Rng;
 
 /// Hyper-parameters (`hparams/serac/<model>.toml`).
@@ -94,8 +94,8 @@ const IN_SCOPE: usize = 3;
 const KINDS: usize = 5;
 
 fn case_states(
-    model: &Llava,
-    processor: &Processor,
+    model: &dyn VisionLanguageModel,
+    processor: &dyn ModelProcessor,
     images: &mut Images<'_>,
     eos: u32,
     layer: usize,
@@ -124,8 +124,8 @@ pub struct Serac {
 
 impl Serac {
     /// The decoder layer the classifier reads on `model`.
-    fn layer(model: &Llava, params: &SeracParams) -> Result<usize> {
-        let n = model.text().num_layers();
+    fn layer(model: &dyn VisionLanguageModel, params: &SeracParams) -> Result<usize> {
+        let n = model.num_layers();
         if params.layer_from_end == 0 || params.layer_from_end > n {
             return Err(Error::Invalid(format!("SERAC: layer_from_end {} of {n} layers", params.layer_from_end)));
         }
@@ -134,15 +134,15 @@ impl Serac {
 
     /// Trains the scope classifier on `cases`; `progress(step, steps, message)`.
     pub fn train(
-        model: &Llava,
-        processor: &Processor,
+        model: &dyn VisionLanguageModel,
+        processor: &dyn ModelProcessor,
         eos: u32,
         cases: &[EditCase],
         params: SeracParams,
         progress: &mut dyn FnMut(usize, usize, &str),
     ) -> Result<Self> {
         let layer = Self::layer(model, &params)?;
-        let d = model.text().config().hidden_size;
+        let d = model.hidden_size();
         if cases.len() < 2 {
             return Err(Error::Invalid("SERAC training needs at least two cases".into()));
         }
@@ -220,10 +220,10 @@ impl Serac {
     }
 
     /// Reads a classifier written by [`Serac::save`] for `model`.
-    pub fn load(dir: &Path, model: &Llava, eos: u32) -> Result<Self> {
+    pub fn load(dir: &Path, model: &dyn VisionLanguageModel, eos: u32) -> Result<Self> {
         let (params, _, set) = hypernet::load_net(dir, model, "serac", FORMAT, |p: &SeracParams| p.layer_from_end)?;
         let net = SeracNet { layer: Self::layer(model, &params)?, threshold: params.threshold, set };
-        net::check(&net, model.text().config().hidden_size, model.text().num_layers())?;
+        net::check(&net, model.hidden_size(), model.num_layers())?;
         Ok(Self { net: Arc::new(net), params, eos, curve: vec![] })
     }
 }
@@ -244,11 +244,14 @@ impl EditMethod for Serac {
     fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {
         let seq =
             EditSequence::new(ctx.processor, &request.question, request.image.as_ref(), &request.target, self.eos)?;
-        let demo =
-            Demonstration::copy(&request.question, &request.target, request.image.clone().map(DemoImage::Pixels));
+        let demo = Demonstration::copy(
+            &request.question,
+            &request.target,
+            request.image.clone().map(|p| DemoImage::Pixels(std::sync::Arc::new(p))),
+        );
         let demos = [demo];
-        let len = prefix::prefix_ids(ctx.processor, &demos, true)?.0.len();
-        let window = ctx.model.text().context_budget();
+        let len = prefix::prefix_ids(ctx.processor, &demos, true, ctx.model.device())?.0.len();
+        let window = ctx.model.context_budget();
         if len > window {
             return Err(Error::Invalid(format!(
                 "SERAC: the edit as context needs {len} positions, more than the {window} the model keeps for it"

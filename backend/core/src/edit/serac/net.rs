@@ -10,7 +10,7 @@ use crate::edit::hypernet::ParamSet;
 use crate::edit::EditSequence;
 use crate::error::{Error, Result};
 use crate::hooks::{ContextKv, Hooks, Router};
-use crate::model::Llava;
+use crate::model::VisionLanguageModel;
 use crate::world::rng::Rng;
 
 /// The trained classifier.
@@ -51,8 +51,8 @@ impl SeracNet {
 
 /// What the classifier reads of one sequence: [`Llava::prompt_states`] at its last prompt position, `(d)` f32 (the
 /// answer is never seen); the state [`Llava::route`] computes for it.
-pub fn prompt_state(model: &Llava, seq: &EditSequence, layer: usize) -> Result<Tensor> {
-    Ok(model.prompt_states(&seq.embeds(model)?, &[seq.prompt_len - 1], layer)?.squeeze(0)?)
+pub fn prompt_state(model: &dyn VisionLanguageModel, seq: &EditSequence, layer: usize) -> Result<Tensor> {
+    Ok(model.prompt_states(&seq.inputs(model)?, &[seq.prompt_len - 1], layer)?.squeeze(0)?)
 }
 
 /// The stored edits of a stack behind one classifier: their scope keys and counterfactual prefixes.

@@ -69,7 +69,7 @@ impl EditMethod for TPatcher {
     fn edit(&self, ctx: &EditContext<'_>, request: &EditRequest) -> Result<Patch> {
         let seq =
             EditSequence::new(ctx.processor, &request.question, request.image.as_ref(), &request.target, self.eos)?;
-        let n = ctx.model.text().num_layers();
+        let n = ctx.model.num_layers();
         let layers: Vec<usize> = (n.saturating_sub(self.params.0.last_layers)..n).collect();
         // On the unedited model the memory's queries never change: compute them once. Under a stack they depend on
         // the patches below, so they are recomputed (running only the patched layers where the stack allows).

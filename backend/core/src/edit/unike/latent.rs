@@ -27,7 +27,7 @@ use crate::edit::unit_rows;
 use crate::error::{Error, Result};
 use crate::hooks::{AttnContext, AttnHook, Hooks};
 use crate::model::llama::AttnParts;
-use crate::model::Llava;
+use crate::model::VisionLanguageModel;
 
 /// The in-context knowledge's share α of the attention output (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -105,12 +105,17 @@ pub struct Knowledge {
 
 impl Knowledge {
     /// Prepares `memory` at `layers` of `model` (keys and values through each layer's own projections).
-    pub fn new(model: &Llava, memory: &KnowledgeMemory, encoders: Arc<Encoders>, layers: &[usize]) -> Result<Self> {
+    pub fn new(
+        model: &dyn VisionLanguageModel,
+        memory: &KnowledgeMemory,
+        encoders: Arc<Encoders>,
+        layers: &[usize],
+    ) -> Result<Self> {
         let mut banks = BTreeMap::new();
         let mut parts = BTreeMap::new();
         for &l in layers {
             let i = memory.layer_index(l)?;
-            let p = model.text().attention_parts(l)?;
+            let p = model.attention_parts(l)?;
             let centre = &encoders.layer(l)?.centre;
             banks.insert(l, Bank::new(&p, centre, &memory.h_sem[i], &memory.h_pos[i])?);
             parts.insert(l, p);

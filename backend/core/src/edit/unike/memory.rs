@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::edit::EditSequence;
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, CapturePoint, Hooks};
-use crate::model::{Llava, Processor};
+use crate::model::{ModelProcessor, VisionLanguageModel};
 use crate::world::scene::{caption, questions, CAPTION_PROMPTS};
 use crate::world::{Pool, Relation, World, N_ENTITIES};
 
@@ -99,13 +99,13 @@ pub fn world_candidates(world: &World, scenes: u64, renderings: u64) -> impl Ite
 
 /// `h_sem` and the state of the last answer token at each layer of `layers`, each `(d)`, under `hooks`.
 pub fn knowledge_states(
-    model: &Llava,
+    model: &dyn VisionLanguageModel,
     seq: &EditSequence,
     layers: &[usize],
     hooks: &Hooks,
 ) -> Result<Vec<(Tensor, Tensor)>> {
     let mut cap = Capture::at_layers(layers.iter().copied(), CapturePoint::LayerInput);
-    model.forward_embeds(&seq.embeds(model)?, 0, None, hooks, &mut cap)?;
+    model.forward_inputs(&seq.inputs(model)?, None, hooks, &mut cap)?;
     // The sequence ends with end-of-sequence: the last answer token is the one before it.
     let last = seq.ids.len() - 2;
     layers
@@ -125,8 +125,8 @@ impl KnowledgeMemory {
     /// Asks the model every candidate (greedy) until `n` wrong answers are collected, and extracts their states at
     /// `layers`. `progress(collected, asked)` after each candidate.
     pub fn build(
-        model: &Llava,
-        processor: &Processor,
+        model: &dyn VisionLanguageModel,
+        processor: &dyn ModelProcessor,
         eos: &[u32],
         candidates: impl Iterator<Item = Candidate>,
         layers: &[usize],
@@ -141,7 +141,7 @@ impl KnowledgeMemory {
             if triplets.len() >= n {
                 break;
             }
-            let pixels = processor.image_processor().preprocess(&c.image, model.device())?.unsqueeze(0)?;
+            let pixels = processor.preprocess(&c.image, model.device())?;
             let pos = EditSequence::new(processor, &c.question, Some(&pixels), &c.truth, eos0)?;
             let neg = pos.greedy(model, processor, &none, eos)?;
             if neg.is_empty() || neg == c.truth {

@@ -34,7 +34,7 @@ use super::patch::Retrieval;
 use super::{EditContext, EditMethod, EditRequest, EditSequence, Patch, Provenance};
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
-use crate::model::Llava;
+use crate::model::VisionLanguageModel;
 use crate::world::rng::Rng;
 
 /// Where the editing direction of the new neurons comes from (Fig. 4c).
@@ -279,7 +279,7 @@ impl UniKe {
     pub fn new(
         name: &str,
         params: UniKeParams,
-        model: &Llava,
+        model: &dyn VisionLanguageModel,
         artifacts: &Artifacts,
         memory: Vec<EditSequence>,
         eos: u32,
@@ -299,7 +299,7 @@ impl UniKe {
     pub fn from_dir(
         name: &str,
         params: UniKeParams,
-        model: &Llava,
+        model: &dyn VisionLanguageModel,
         model_dir: &Path,
         memory: Vec<EditSequence>,
         eos: u32,
@@ -311,8 +311,8 @@ impl UniKe {
     }
 
     /// The edited layers, after checking that `params` edit something in layers the model has.
-    fn check(params: &UniKeParams, model: &Llava) -> Result<Vec<usize>> {
-        let n = model.text().num_layers();
+    fn check(params: &UniKeParams, model: &dyn VisionLanguageModel) -> Result<Vec<usize>> {
+        let n = model.num_layers();
         if params.layers == 0 || params.layers > n {
             return Err(Error::Invalid(format!("UniKE layers must be in 1..={n}, not {}", params.layers)));
         }
@@ -325,13 +325,13 @@ impl UniKe {
     fn from_parts(
         name: &str,
         params: UniKeParams,
-        model: &Llava,
+        model: &dyn VisionLanguageModel,
         knowledge: Option<Arc<Knowledge>>,
         encoders: Arc<Encoders>,
         memory: Vec<EditSequence>,
         eos: u32,
     ) -> Self {
-        let d = model.config().text.hidden_size;
+        let d = model.hidden_size();
         let layers = params.layers;
         let cache_bytes = if params.intrinsic {
             let base = if params.latent { MemoryBase::expected_bytes(&memory, layers, d) } else { 0 };
@@ -355,8 +355,8 @@ impl UniKe {
         }
     }
 
-    fn layers(&self, model: &Llava) -> Vec<usize> {
-        let n = model.text().num_layers();
+    fn layers(&self, model: &dyn VisionLanguageModel) -> Vec<usize> {
+        let n = model.num_layers();
         (n - self.params.layers..n).collect()
     }
 

@@ -11,7 +11,7 @@ use super::encoders::Encoders;
 use super::latent::Knowledge;
 use super::Artifacts;
 use crate::error::{Error, Result};
-use crate::model::Llava;
+use crate::model::VisionLanguageModel;
 
 /// What identifies a prepared knowledge: the artifacts' directory, the model (its address: the weights the
 /// projections are shared with) and its device, the layers.
@@ -28,10 +28,14 @@ static LIVE: Mutex<Vec<(Key, Weak<Knowledge>)>> = Mutex::new(Vec::new());
 
 /// The prepared knowledge of `model_dir`'s artifacts at `layers` of `model`, with its encoders: the one alive in this
 /// process if any, else loaded now (and then shared).
-pub fn knowledge(model: &Llava, model_dir: &Path, layers: &[usize]) -> Result<(Arc<Knowledge>, Arc<Encoders>)> {
+pub fn knowledge(
+    model: &dyn VisionLanguageModel,
+    model_dir: &Path,
+    layers: &[usize],
+) -> Result<(Arc<Knowledge>, Arc<Encoders>)> {
     let key = Key {
         dir: model_dir.canonicalize().unwrap_or_else(|_| model_dir.to_path_buf()),
-        model: model as *const Llava as usize,
+        model: model as *const dyn VisionLanguageModel as *const () as usize,
         device: format!("{:?}", model.device().location()),
         layers: layers.to_vec(),
     };

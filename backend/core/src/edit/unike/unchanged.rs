@@ -23,7 +23,7 @@ use crate::edit::{EditContext, EditSequence};
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, CapturePoint, Hooks};
 use crate::model::config::Activation;
-use crate::model::Llava;
+use crate::model::{Inputs, VisionLanguageModel};
 
 /// Scores within this of the memory's K-th best, and pre-activations above minus this, open the door.
 pub const MARGIN: f32 = 1e-4;
@@ -206,11 +206,12 @@ impl MemoryBase {
         let base = self.base(model, knowledge, (top_k, alpha), &cached, memory.len(), layers)?;
         let open = view.opened(&base)?;
         // The opened sequences' residuals (sliced from the cached batches) and `more`'s, run under the whole stack.
-        let mut residuals: Vec<Option<Tensor>> = vec![None; memory.len()];
-        for Chunk { x, lens, seqs } in cached.iter() {
+        let mut residuals: Vec<Option<Inputs>> = vec![None; memory.len()];
+        for Chunk { x, positions, lens, seqs } in cached.iter() {
             for (i, (&n, &s)) in lens.iter().zip(seqs).enumerate() {
                 if open[s] {
-                    residuals[s] = Some(x.narrow(0, i, 1)?.narrow(1, 0, n)?);
+                    let positions = positions.row(i)?.narrow(n)?;
+                    residuals[s] = Some(Inputs { embeds: x.narrow(0, i, 1)?.narrow(1, 0, n)?, positions });
                 }
             }
         }
@@ -255,7 +256,7 @@ impl MemoryBase {
     /// The base for these settings (computed now unless cached for the same ones).
     fn base(
         &self,
-        model: &Llava,
+        model: &dyn VisionLanguageModel,
         knowledge: &Arc<Knowledge>,
         (top_k, alpha): (usize, Alpha),
         cached: &[Chunk],
@@ -276,7 +277,7 @@ impl MemoryBase {
 /// Runs the cached batches through the edited layers under the knowledge alone, keeping per position what the
 /// doors test and the FFN inputs.
 fn compute(
-    model: &Llava,
+    model: &dyn VisionLanguageModel,
     knowledge: &Arc<Knowledge>,
     (top_k, alpha): (usize, Alpha),
     cached: &[Chunk],
@@ -292,10 +293,10 @@ fn compute(
     // Per layer and sequence: unit states, K-th scores, FFN inputs.
     type Parts = (Option<Tensor>, Vec<f32>, Option<Tensor>);
     let mut per: BTreeMap<usize, Vec<Parts>> = layers.iter().map(|&l| (l, vec![(None, Vec::new(), None); n])).collect();
-    for Chunk { x, lens, seqs } in cached {
+    for Chunk { x, positions, lens, seqs } in cached {
         let points = layers.iter().flat_map(|&l| [(l, CapturePoint::LayerInput), (l, CapturePoint::FfnInput)]);
         let mut cap = Capture::of(points);
-        model.text().forward_layers(x, 0, lo..hi + 1, None, &hooks, &mut cap)?;
+        model.forward_layers(x, positions, lo..hi + 1, None, &hooks, &mut cap)?;
         let s_len = x.dim(1)?;
         for &l in layers {
             let missing = || Error::Invalid(format!("layer {l} not captured"));
