@@ -25,6 +25,7 @@ use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 use crate::model::config::Activation;
+use crate::model::ffn::FfnParts;
 
 /// What an attention hook sees besides the attention output.
 pub struct AttnContext<'a> {
@@ -74,15 +75,34 @@ impl LayerHooks {
 /// Keys and values of an in-context demonstration at every decoder layer, `(kv_heads, n, head_dim)` each (keys
 /// before rotary embedding): every input position attends to them as if the demonstration had been prepended to the
 /// prompt (vanilla in-context editing, IKE). Several contexts sit side by side, each encoded on its own.
+///
+/// Positions: LLaMA rotates the keys for the prefix's place when it is used; OPT's learned positions are already in
+/// the states (the query then starts after the prefix); Qwen2-VL's multimodal rotary positions are stored with the
+/// keys (`positions`, `(3, n)` u32, as its encoding forward pass used them).
 #[derive(Debug, Clone)]
 pub struct ContextKv {
     pub layers: Vec<(Tensor, Tensor)>,
+    /// Qwen2-VL: the prefix's own M-RoPE positions `(3, n)` u32.
+    pub positions: Option<Tensor>,
 }
 
 impl ContextKv {
+    /// A prefix whose positions are consecutive from 0 (LLaVA, BLIP-2).
+    pub fn new(layers: Vec<(Tensor, Tensor)>) -> Self {
+        Self { layers, positions: None }
+    }
+
     /// Number of context positions.
     pub fn len(&self) -> usize {
         self.layers.first().and_then(|(k, _)| k.dim(1).ok()).unwrap_or(0)
+    }
+
+    /// How far the prefix moves the query's positions: its length, or with multimodal positions the largest + 1.
+    pub fn span(&self) -> Result<usize> {
+        match &self.positions {
+            Some(p) => Ok(p.max_all()?.to_scalar::<u32>()? as usize + 1),
+            None => Ok(self.len()),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -144,6 +164,22 @@ impl Hooks {
     }
 
     /// The in-context prefixes, in order.
+    /// The in-context prefixes that fit in `budget` positions together: the most recent ones, in stack order (older
+    /// demonstrations fall out of the context first, as they would from a prompt).
+    pub fn kept_contexts(&self, budget: usize) -> Vec<&Arc<ContextKv>> {
+        let mut used = 0;
+        let mut kept = Vec::new();
+        for c in self.contexts.iter().rev() {
+            if used + c.len() > budget {
+                break;
+            }
+            used += c.len();
+            kept.push(c);
+        }
+        kept.reverse();
+        kept
+    }
+
     pub fn contexts(&self) -> &[Arc<ContextKv>] {
         &self.contexts
     }
@@ -324,23 +360,20 @@ impl FfnHook for ExtraNeurons {
     }
 }
 
-/// A change of one MLP's down projection, `ΔW_down` as `(i, d)`: adds `(act(q G^T) ⊙ q U^T) ΔW_down` to the FFN output,
-/// with the layer's own gate `G` and up `U` projections `(i, d)` (shared with the model). Fine-tuning's patch.
+/// A change of one FFN's output projection, `ΔW_down` as `(i, d)`: adds `u(q) ΔW_down` to the FFN output, with the
+/// layer's own intermediate `u(q)` ([`FfnParts::intermediate`]: `act(q Gᵀ) ⊙ q Uᵀ` gated, `act(q W1ᵀ + b1)` plain).
+/// Fine-tuning's patch.
 #[derive(Debug, Clone)]
 pub struct DownProjDelta {
-    pub gate: Tensor,
-    pub up: Tensor,
-    pub act: Activation,
+    pub parts: FfnParts,
     /// `(i, d)`.
     pub delta: Tensor,
 }
 
 impl DownProjDelta {
-    /// The MLP's intermediate activations `(b, s, i)` for `q (b, s, d)`.
+    /// The FFN's intermediate activations `(b, s, i)` for `q (b, s, d)`.
     pub fn intermediate(&self, q: &Tensor) -> Result<Tensor> {
-        let q = q.to_dtype(self.gate.dtype())?;
-        let g = self.act.apply(&q.broadcast_matmul(&self.gate.t()?)?)?;
-        Ok((g * q.broadcast_matmul(&self.up.t()?)?)?)
+        self.parts.intermediate(q)
     }
 }
 
@@ -351,15 +384,13 @@ impl FfnHook for DownProjDelta {
     }
 }
 
-/// A change of one MLP's up projection, `ΔW_up` as `(d, i)`: the intermediate becomes `act(q G^T) ⊙ (q U^T + q ΔW_up)`,
-/// so `(act(q G^T) ⊙ q ΔW_up)(W_down^T + ΔW_down)` is added to the FFN output, with the layer's own gate `G (i, d)` and
-/// down projection `W_down (d, i)`, and the same layer's down-projection change `ΔW_down (i, d)` when the edit makes
-/// one too (so that both together are exactly the edited MLP). MEND's patch, as VLKEB edits LLaVA.
+/// A change of one FFN's up projection (`U` gated, `fc1` plain), `ΔW_up` as `(d, i)`: the intermediate changes by
+/// `h` ([`FfnParts::up_change`]: `act(q Gᵀ) ⊙ q ΔW_up` gated, `act(pre + q ΔW_up) − act(pre)` plain), so `h (W_downᵀ +
+/// ΔW_down)` is added to the FFN output, with the same layer's output-projection change `ΔW_down (i, d)` when the edit
+/// makes one too (so that both together are exactly the edited FFN). MEND's patch, as VLKEB edits LLaVA.
 #[derive(Debug, Clone)]
 pub struct UpProjDelta {
-    pub gate: Tensor,
-    pub down: Tensor,
-    pub act: Activation,
+    pub parts: FfnParts,
     /// `(d, i)`.
     pub delta: Tensor,
     /// The same layer's `ΔW_down (i, d)`, if the edit changes it too.
@@ -368,10 +399,8 @@ pub struct UpProjDelta {
 
 impl FfnHook for UpProjDelta {
     fn ffn_extra(&self, _layer: usize, ffn_input: &Tensor) -> Result<Tensor> {
-        let q = ffn_input.to_dtype(self.gate.dtype())?;
-        let g = self.act.apply(&q.broadcast_matmul(&self.gate.t()?)?)?.to_dtype(self.delta.dtype())?;
-        let h = (g * q.to_dtype(self.delta.dtype())?.broadcast_matmul(&self.delta)?)?;
-        let mut out = h.broadcast_matmul(&self.down.t()?.to_dtype(self.delta.dtype())?)?;
+        let h = self.parts.up_change(ffn_input, &self.delta)?;
+        let mut out = h.broadcast_matmul(&self.parts.down().t()?.to_dtype(self.delta.dtype())?)?;
         if let Some(dd) = &self.down_delta {
             out = (out + h.broadcast_matmul(dd)?)?;
         }

@@ -607,9 +607,12 @@ fn unike_memory_queries_on_a_stack_recompute_only_what_the_stack_reaches() -> Re
     p.mlp_deltas = BTreeMap::from([(
         n - 1,
         unike_core::hooks::DownProjDelta {
-            gate: candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu)?,
-            up: candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu)?,
-            act: unike_core::model::config::Activation::Relu,
+            parts: unike_core::model::FfnParts::Gated {
+                gate: candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu)?,
+                up: candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu)?,
+                down: candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu)?,
+                act: unike_core::model::config::Activation::Relu,
+            },
             delta: candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu)?,
         },
     )]);

@@ -280,11 +280,11 @@ fn hooks_act_on_the_opt_decoder() -> Result<()> {
     assert!(max_abs_diff(&g_plain.first_logits, last_plain) < 1e-5, "cached prefill differs from the forward");
     assert_ne!(g_ffn.tokens, g_plain.tokens, "the FFN hook did not change the greedy answer");
 
-    // What OPT does not implement is refused, not skipped.
+    // Hooks that do not fit the model are refused, not skipped.
     let mut ctx = Hooks::none();
-    ctx.add_context(Arc::new(ContextKv { layers: Vec::new() }));
+    ctx.add_context(Arc::new(ContextKv::new(Vec::new())));
     let e = model.forward_embeds(&embeds, 0, None, &ctx, &mut Capture::none()).unwrap_err().to_string();
-    assert!(e.contains("not supported on OPT"), "{e}");
+    assert!(e.contains("in-context prefix has 0 layers"), "{e}");
     let mut far = Hooks::none();
     far.add_attn(n_layers, Arc::new(ConstantShift { vector: Tensor::zeros(d, DType::F32, &Device::Cpu)? }));
     assert!(model.forward_embeds(&embeds, 0, None, &far, &mut Capture::none()).is_err());

@@ -319,11 +319,11 @@ fn hooks_act_on_the_qwen2_decoder() -> Result<()> {
     assert!(max_abs_diff(&g_plain.first_logits, last_plain) < 1e-5, "cached prefill differs from the forward");
     assert_ne!(g_ffn.tokens, g_plain.tokens, "the FFN hook did not change the greedy answer");
 
-    // What the port does not implement is refused, not skipped.
+    // Hooks that do not fit the model are refused, not skipped.
     let mut ctx = Hooks::none();
-    ctx.add_context(Arc::new(ContextKv { layers: Vec::new() }));
+    ctx.add_context(Arc::new(ContextKv::new(Vec::new())));
     let e = model.forward_embeds(&embeds, &index.positions, None, None, &ctx, &mut Capture::none()).unwrap_err();
-    assert!(e.to_string().contains("not supported on Qwen2-VL"), "{e}");
+    assert!(e.to_string().contains("in-context prefix has 0 layers"), "{e}");
     let mut far = Hooks::none();
     far.add_attn(n_layers, Arc::new(ConstantShift { vector: Tensor::zeros(d, DType::F32, &Device::Cpu)? }));
     assert!(model.forward_embeds(&embeds, &index.positions, None, None, &far, &mut Capture::none()).is_err());

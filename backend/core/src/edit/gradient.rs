@@ -105,12 +105,12 @@ pub fn edit_gradient(
     for (&l, p) in layers.iter().zip(&probes) {
         let delta = grads.get(p.as_tensor()).cloned().unwrap_or(p.as_tensor().zeros_like()?).squeeze(0)?;
         let q = cap.get(l, CapturePoint::FfnInput).ok_or_else(|| Error::Invalid(format!("layer {l} not captured")))?;
-        let (gate, up, act) = model.mlp_gate_up(l)?;
+        let parts = model.ffn_parts(l)?;
         let q = q.detach().squeeze(0)?.to_dtype(DType::F32)?;
-        // u = act(q G^T) ⊙ q U^T (the down projection's input); δ_up = (δ W_down) ⊙ act(q G^T).
-        let g = act.apply(&q.matmul(&gate.t()?.to_dtype(DType::F32)?)?)?;
-        let u = (&g * q.matmul(&up.t()?.to_dtype(DType::F32)?)?)?;
-        let down = model.mlp_down(l)?.to_dtype(DType::F32)?;
+        // u: the down projection's input; δ_up = (δ W_down) ⊙ ∂u/∂(q W_upᵀ) (gated: act(q Gᵀ); plain: act'(pre)).
+        let u = parts.intermediate(&q)?.to_dtype(DType::F32)?;
+        let g = parts.up_factor(&q)?.to_dtype(DType::F32)?;
+        let down = parts.down().to_dtype(DType::F32)?;
         let delta = delta.detach();
         let delta_up = (delta.matmul(&down)? * g)?;
         // MEND's mask: only positions with a gradient.

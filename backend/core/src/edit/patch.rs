@@ -218,6 +218,9 @@ impl Patch {
                 tensors.insert(format!("contexts.{i}.layers.{layer}.k"), k.clone());
                 tensors.insert(format!("contexts.{i}.layers.{layer}.v"), v.clone());
             }
+            if let Some(p) = &c.positions {
+                tensors.insert(format!("contexts.{i}.positions"), p.clone());
+            }
         }
         for (layer, (sem, pos)) in &self.latent {
             tensors.insert(format!("layers.{layer}.h_sem"), sem.clone());
@@ -228,6 +231,9 @@ impl Patch {
             for (layer, (k, v)) in e.context.layers.iter().enumerate() {
                 tensors.insert(format!("serac.context.layers.{layer}.k"), k.clone());
                 tensors.insert(format!("serac.context.layers.{layer}.v"), v.clone());
+            }
+            if let Some(p) = &e.context.positions {
+                tensors.insert("serac.context.positions".into(), p.clone());
             }
         }
         candle_core::safetensors::save(&tensors, &st)?;
@@ -319,13 +325,18 @@ impl Patch {
                     .into(),
             });
         }
+        // Qwen2-VL prefixes carry their multimodal positions.
+        let mut context_positions: Vec<Option<Tensor>> =
+            (0..json.contexts).map(|i| tensors.remove(&format!("contexts.{i}.positions"))).collect();
+        let serac_positions = tensors.remove("serac.context.positions");
         let mut take = |key: String| tensors.remove(&key).ok_or_else(|| data_err(&st, format!("missing tensor {key}")));
         let mut contexts = Vec::new();
         for i in 0..json.contexts {
             let layers = (0..model.num_layers())
                 .map(|l| Ok((take(format!("contexts.{i}.layers.{l}.k"))?, take(format!("contexts.{i}.layers.{l}.v"))?)))
                 .collect::<Result<Vec<_>>>()?;
-            contexts.push(Arc::new(ContextKv { layers }));
+            let positions = context_positions.get_mut(i).and_then(Option::take);
+            contexts.push(Arc::new(ContextKv { layers, positions }));
         }
         let mut latent = BTreeMap::new();
         for l in json.latent {
@@ -346,7 +357,7 @@ impl Patch {
             if key.dims() != [model.hidden_size()] {
                 return Err(data_err(&st, format!("a SERAC key of shape {:?} for this model", key.dims())));
             }
-            Some(SeracEntry { net, key, context: Arc::new(ContextKv { layers }) })
+            Some(SeracEntry { net, key, context: Arc::new(ContextKv { layers, positions: serac_positions }) })
         };
         if let Some(extra) = tensors.keys().next() {
             return Err(data_err(&st, format!("unexpected tensor {extra}")));
@@ -367,15 +378,15 @@ impl Patch {
 
 /// A down-projection delta `(i, d)` of `model`'s layer `layer`, bound to that layer's gate and up projections.
 pub fn down_delta(model: &dyn VisionLanguageModel, layer: usize, delta: Tensor) -> Result<DownProjDelta> {
-    let (gate, up, act) = model.mlp_gate_up(layer)?;
-    if delta.dims() != gate.dims() {
+    let parts = model.ffn_parts(layer)?;
+    let want = [parts.width()?, model.hidden_size()];
+    if delta.dims() != want {
         return Err(Error::Invalid(format!(
-            "a down-projection delta of layer {layer} must be {:?}, not {:?}",
-            gate.dims(),
+            "a down-projection delta of layer {layer} must be {want:?}, not {:?}",
             delta.dims()
         )));
     }
-    Ok(DownProjDelta { gate, up, act, delta })
+    Ok(DownProjDelta { parts, delta })
 }
 
 /// An up-projection delta `(d, i)` of `model`'s layer `layer`, bound to that layer's gate and down projections and to
@@ -386,16 +397,15 @@ pub fn up_delta(
     delta: Tensor,
     down_delta: Option<Tensor>,
 ) -> Result<UpProjDelta> {
-    let (gate, _, act) = model.mlp_gate_up(layer)?;
-    let down = model.mlp_down(layer)?;
-    if delta.dims() != down.dims() {
+    let parts = model.ffn_parts(layer)?;
+    if delta.dims() != parts.down().dims() {
         return Err(Error::Invalid(format!(
             "an up-projection delta of layer {layer} must be {:?}, not {:?}",
-            down.dims(),
+            parts.down().dims(),
             delta.dims()
         )));
     }
-    Ok(UpProjDelta { gate, down, act, delta, down_delta })
+    Ok(UpProjDelta { parts, delta, down_delta })
 }
 
 /// Hooks of `patches` applied together. Latent entries of every patch join the memory of the first patch that has

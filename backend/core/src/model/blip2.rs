@@ -17,11 +17,11 @@ use std::ops::Range;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use super::attention::AttnParts;
 use super::blip2_config::Blip2Config;
 use super::blip2_vision::Blip2Vision;
 use super::cache::KvCache;
-use super::config::Activation;
-use super::llama::AttnParts;
+use super::ffn::FfnParts;
 use super::opt::Opt;
 use super::qformer::QFormer;
 use super::vlm::{Family, Inputs, Pixels, Positions, VisionLanguageModel};
@@ -227,7 +227,7 @@ impl VisionLanguageModel for Blip2 {
         self.cfg.image_token_index
     }
     fn context_budget(&self) -> usize {
-        self.cfg.text.max_position_embeddings / 2
+        self.text.context_budget()
     }
     fn image_features(&self, pixels: &Pixels) -> Result<Tensor> {
         Blip2::image_features(self, &pixels.values)
@@ -251,7 +251,14 @@ impl VisionLanguageModel for Blip2 {
         hooks: &Hooks,
         capture: &mut Capture,
     ) -> Result<Tensor> {
-        self.text.forward_layers(x, positions.offset()?, layers, cache, hooks, capture)
+        let start = positions.offset()?;
+        // Layer 0 reads the learned positions of `start..`; after in-context prefixes they move past them.
+        let span = self.text.prefix_span(hooks)?;
+        if layers.start == 0 && span > 0 {
+            let x = self.text.move_positions(x, start, start + span)?;
+            return self.text.forward_layers(&x, start, layers, cache, hooks, capture);
+        }
+        self.text.forward_layers(x, start, layers, cache, hooks, capture)
     }
     fn forward_from_ffn(
         &self,
@@ -273,16 +280,12 @@ impl VisionLanguageModel for Blip2 {
     fn input_norm(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
         self.text.input_norm(layer, x)
     }
-    fn attention_parts(&self, _layer: usize) -> Result<AttnParts> {
-        Err(Error::Invalid(
-            "attention parts (latent in-context editing, IKE prefixes) are not available on OPT yet".into(),
-        ))
+    fn attention_parts(&self, layer: usize) -> Result<AttnParts> {
+        self.text.attention_parts(layer)
     }
-    fn mlp_gate_up(&self, _layer: usize) -> Result<(Tensor, Tensor, Activation)> {
-        Err(Error::Invalid("OPT's FFN is not gated (fc1, ReLU, fc2): down-projection deltas need a gated MLP".into()))
-    }
-    fn mlp_down(&self, layer: usize) -> Result<Tensor> {
-        Ok(self.text.ffn_weights(layer)?.2)
+    fn ffn_parts(&self, layer: usize) -> Result<FfnParts> {
+        let (fc1, b1, fc2, act) = self.text.ffn_weights(layer)?;
+        Ok(FfnParts::Plain { fc1, b1, fc2, act })
     }
     fn unembedding(&self, ids: &Tensor) -> Result<Tensor> {
         self.text.unembedding(ids)

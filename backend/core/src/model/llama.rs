@@ -8,6 +8,7 @@ use std::ops::Range;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
+use super::attention::{AttnParts, InputNorm};
 use super::cache::{KvCache, LayerKv};
 use super::config::{RopeScaling, TextConfig};
 use super::kernels;
@@ -274,52 +275,6 @@ impl DecoderLayer {
     }
 }
 
-/// One layer's self-attention projections and input norm, shared with the model (see [`Llama::attention_parts`]).
-#[derive(Debug, Clone)]
-pub struct AttnParts {
-    norm: RmsNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-impl AttnParts {
-    /// The layer's input RMSNorm, `(.., d)` → `(.., d)`.
-    pub fn norm(&self, x: &Tensor) -> Result<Tensor> {
-        self.norm.forward(x)
-    }
-
-    /// Queries of normed states, `(n, d)` → `(n, n_heads, head_dim)`, without rotary embedding.
-    pub fn queries(&self, normed: &Tensor) -> Result<Tensor> {
-        let n = normed.dim(0)?;
-        Ok(self.q_proj.forward(normed)?.reshape((n, self.n_heads, self.head_dim))?)
-    }
-
-    /// Keys and values of *residual* states (the norm is applied here), `(n, d)` → two `(n, n_kv_heads, head_dim)`,
-    /// keys without rotary embedding.
-    pub fn keys_values(&self, residual: &Tensor) -> Result<(Tensor, Tensor)> {
-        let n = residual.dim(0)?;
-        let x = self.norm.forward(residual)?;
-        let k = self.k_proj.forward(&x)?.reshape((n, self.n_kv_heads, self.head_dim))?;
-        let v = self.v_proj.forward(&x)?.reshape((n, self.n_kv_heads, self.head_dim))?;
-        Ok((k, v))
-    }
-
-    /// Dtype of the projections.
-    pub fn dtype(&self) -> DType {
-        self.q_proj.weight().dtype()
-    }
-
-    /// The output projection, `(.., n_heads * head_dim)` → `(.., d)`.
-    pub fn output(&self, y: &Tensor) -> Result<Tensor> {
-        Ok(self.o_proj.forward(y)?)
-    }
-}
-
 /// The LLaMA decoder.
 #[derive(Debug, Clone)]
 pub struct Llama {
@@ -450,17 +405,7 @@ impl Llama {
     /// `hooks` at layer `i`, in stack order; `None` without one. Prefixes take at most half of the position window:
     /// the most recent ones that fit (older demonstrations fall out of the context, as they would from a prompt).
     fn context_prefix(&self, hooks: &Hooks, i: usize, b: usize) -> Result<Option<(Tensor, Tensor)>> {
-        let budget = self.context_budget();
-        let mut used = 0;
-        let mut kept = Vec::new();
-        for c in hooks.contexts().iter().rev() {
-            if used + c.len() > budget {
-                break;
-            }
-            used += c.len();
-            kept.push(c);
-        }
-        kept.reverse();
+        let kept = hooks.kept_contexts(self.context_budget());
         if kept.is_empty() {
             return Ok(None);
         }
@@ -490,16 +435,13 @@ impl Llama {
             Error::Invalid(format!("layer {layer} does not exist (the decoder has {})", self.layers.len()))
         })?;
         let a = &l.self_attn;
-        Ok(AttnParts {
-            norm: l.input_layernorm.clone(),
-            q_proj: a.q_proj.clone(),
-            k_proj: a.k_proj.clone(),
-            v_proj: a.v_proj.clone(),
-            o_proj: a.o_proj.clone(),
-            n_heads: a.n_heads,
-            n_kv_heads: a.n_kv_heads,
-            head_dim: a.head_dim,
-        })
+        Ok(AttnParts::new(
+            InputNorm::Rms(l.input_layernorm.clone()),
+            [a.q_proj.clone(), a.k_proj.clone(), a.v_proj.clone(), a.o_proj.clone()],
+            a.n_heads,
+            a.n_kv_heads,
+            a.head_dim,
+        ))
     }
 
     /// Final RMSNorm, `(b, s, d)` → `(b, s, d)`.

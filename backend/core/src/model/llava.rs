@@ -8,10 +8,12 @@ use std::ops::Range;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::attention::AttnParts;
 use super::cache::KvCache;
 use super::clip::{ClipVision, Projector};
-use super::config::{Activation, LlavaConfig, SelectStrategy};
-use super::llama::{AttnParts, Llama};
+use super::config::{LlavaConfig, SelectStrategy};
+use super::ffn::FfnParts;
+use super::llama::Llama;
 use super::vlm::{Family, Inputs, Pixels, Positions, VisionLanguageModel};
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
@@ -306,11 +308,9 @@ impl VisionLanguageModel for Llava {
     fn attention_parts(&self, layer: usize) -> Result<AttnParts> {
         self.text.attention_parts(layer)
     }
-    fn mlp_gate_up(&self, layer: usize) -> Result<(Tensor, Tensor, Activation)> {
-        self.text.mlp_gate_up(layer)
-    }
-    fn mlp_down(&self, layer: usize) -> Result<Tensor> {
-        self.text.mlp_down(layer)
+    fn ffn_parts(&self, layer: usize) -> Result<FfnParts> {
+        let (gate, up, act) = self.text.mlp_gate_up(layer)?;
+        Ok(FfnParts::Gated { gate, up, down: self.text.mlp_down(layer)?, act })
     }
     fn unembedding(&self, ids: &Tensor) -> Result<Tensor> {
         self.text.unembedding(ids)

@@ -1,5 +1,6 @@
 //! The hookable LLaVA-style vision-language model and its checkpoint loading (DESIGN.md `model/`).
 
+pub mod attention;
 pub mod blip2;
 pub mod blip2_checkpoint;
 pub mod blip2_config;
@@ -9,6 +10,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
+pub mod ffn;
 pub mod generate;
 pub mod kernels;
 pub mod llama;
@@ -30,6 +32,7 @@ pub mod qwen2vl_vision;
 pub mod route;
 pub mod vlm;
 
+pub use attention::AttnParts;
 pub use blip2::Blip2;
 pub use blip2_checkpoint::Blip2Checkpoint;
 pub use blip2_config::Blip2Config;
@@ -37,6 +40,7 @@ pub use blip2_processor::Blip2Processor;
 pub use cache::KvCache;
 pub use checkpoint::{Checkpoint, ModelSummary};
 pub use config::LlavaConfig;
+pub use ffn::FfnParts;
 pub use generate::{GenerateOptions, Generation};
 pub use llava::{KeyLayout, Llava};
 pub use llava_checkpoint::LlavaCheckpoint;

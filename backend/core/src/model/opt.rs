@@ -29,6 +29,7 @@ use std::ops::Range;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
+use super::attention::{AttnParts, InputNorm};
 use super::blip2_config::OptConfig;
 use super::cache::{KvCache, LayerKv};
 use super::config::Activation;
@@ -69,7 +70,9 @@ impl Attention {
 
     /// Causal self-attention of normed states `x (b, s, d)` after the cached positions; returns `(b, s, d)`.
     /// The query is scaled by `head_dim^-0.5` after its projection (bias included), before `q·kᵀ`, as OPT does.
-    fn forward(&self, x: &Tensor, kv: Option<&mut LayerKv>) -> Result<Tensor> {
+    /// `prefix`: keys and values `(b, heads, n, head_dim)` of an in-context prefix every position attends to, as if
+    /// it had been prepended (the cache holds only the input's).
+    fn forward(&self, x: &Tensor, kv: Option<&mut LayerKv>, prefix: Option<&(Tensor, Tensor)>) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
         let split = |t: Tensor| -> Result<Tensor> {
             Ok(t.reshape((b, s, self.n_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
@@ -84,6 +87,10 @@ impl Attention {
                 v = Tensor::cat(&[pv, &v], 2)?;
             }
             *slot = Some((k.clone(), v.clone()));
+        }
+        if let Some((pk, pv)) = prefix {
+            k = Tensor::cat(&[&pk.to_dtype(k.dtype())?, &k], 2)?;
+            v = Tensor::cat(&[&pv.to_dtype(v.dtype())?, &v], 2)?;
         }
         let total = k.dim(2)?;
         let mut att = q.matmul(&k.t()?)?;
@@ -127,18 +134,20 @@ impl DecoderLayer {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         idx: usize,
         x: &Tensor,
         start: usize,
         kv: Option<&mut LayerKv>,
+        prefix: Option<&(Tensor, Tensor)>,
         hooks: Option<&LayerHooks>,
         capture: &mut Capture,
     ) -> Result<Tensor> {
         capture.put(idx, CapturePoint::LayerInput, x);
         let normed = self.self_attn_layer_norm.forward(x)?;
-        let mut attn = self.self_attn.forward(&normed, kv)?;
+        let mut attn = self.self_attn.forward(&normed, kv, prefix)?;
         if let Some(h) = hooks {
             let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
             if capture.wants(idx, CapturePoint::KnowledgeShare) {
@@ -270,15 +279,64 @@ impl Opt {
             return Err(Error::Invalid(format!("layer range {layers:?} exceeds {n} layers")));
         }
         self.check_hooks(hooks, capture)?;
+        let b = x.dim(0)?;
         let mut x = x.clone();
         for i in layers {
             let kv = match cache.as_deref_mut() {
                 Some(c) => Some(c.layer_mut(i)?),
                 None => None,
             };
-            x = self.layers[i].forward(i, &x, start, kv, hooks.layer(i), capture)?;
+            let prefix = self.context_prefix(hooks, i, b)?;
+            x = self.layers[i].forward(i, &x, start, kv, prefix.as_ref(), hooks.layer(i), capture)?;
         }
         Ok(x)
+    }
+
+    /// Positions the in-context prefixes may take together: half of the position table.
+    pub fn context_budget(&self) -> usize {
+        self.cfg.max_position_embeddings / 2
+    }
+
+    /// Keys and values `(b, heads, n, head_dim)` of the in-context prefixes of `hooks` at layer `i` that fit the
+    /// budget, in stack order; `None` without one. Their learned positions are in their states already.
+    fn context_prefix(&self, hooks: &Hooks, i: usize, b: usize) -> Result<Option<(Tensor, Tensor)>> {
+        let kept = hooks.kept_contexts(self.context_budget());
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        let mut ks = Vec::with_capacity(kept.len());
+        let mut vs = Vec::with_capacity(kept.len());
+        for c in kept {
+            let (k, v) = c.layers.get(i).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "in-context prefix has {} layers, the model {}",
+                    c.layers.len(),
+                    self.layers.len()
+                ))
+            })?;
+            ks.push(k.clone());
+            vs.push(v.clone());
+        }
+        let k = Tensor::cat(&ks, 1)?.unsqueeze(0)?;
+        let v = Tensor::cat(&vs, 1)?.unsqueeze(0)?;
+        let (_, h, n, hd) = k.dims4()?;
+        Ok(Some((k.expand((b, h, n, hd))?.contiguous()?, v.expand((b, h, n, hd))?.contiguous()?)))
+    }
+
+    /// Positions the kept in-context prefixes of `hooks` take: the input's come after them.
+    pub fn prefix_span(&self, hooks: &Hooks) -> Result<usize> {
+        hooks.kept_contexts(self.context_budget()).iter().map(|c| c.span()).sum()
+    }
+
+    /// `x (b, s, d)` carrying the learned positions of `from..from + s`, moved to `to..to + s` (an input after an
+    /// in-context prefix).
+    pub fn move_positions(&self, x: &Tensor, from: usize, to: usize) -> Result<Tensor> {
+        if from == to {
+            return Ok(x.clone());
+        }
+        let zero = x.zeros_like()?;
+        let delta = (self.add_positions(&zero, to)? - self.add_positions(&zero, from)?)?;
+        Ok((x + delta)?)
     }
 
     /// Runs the FFN half of layer `layer` on its post-attention state `x (b, s, d)` (captured as
@@ -299,10 +357,11 @@ impl Opt {
     fn check_hooks(&self, hooks: &Hooks, capture: &Capture) -> Result<()> {
         let n = self.layers.len();
         if !hooks.routers().is_empty() {
-            return Err(Error::Invalid("per-input routers (SERAC) are not supported on OPT yet".into()));
-        }
-        if !hooks.contexts().is_empty() {
-            return Err(Error::Invalid("in-context key/value prefixes (IKE) are not supported on OPT yet".into()));
+            return Err(Error::Invalid(
+                "these hooks decide per input (a SERAC stack): resolve them on the prompt first, as scoring and \
+                 generation do"
+                    .into(),
+            ));
         }
         if let Some(l) = hooks.max_layer().filter(|l| *l >= n) {
             return Err(Error::Invalid(format!("hook on layer {l} but the model has {n} layers")));
@@ -311,6 +370,21 @@ impl Opt {
             return Err(Error::Invalid(format!("capture at layer {l} but the model has {n} layers")));
         }
         Ok(())
+    }
+
+    /// The attention projections of layer `layer` and its `self_attn_layer_norm` (shared with the model).
+    pub fn attention_parts(&self, layer: usize) -> Result<AttnParts> {
+        let l = self.layers.get(layer).ok_or_else(|| {
+            Error::Invalid(format!("layer {layer} does not exist (the decoder has {})", self.layers.len()))
+        })?;
+        let a = &l.self_attn;
+        Ok(AttnParts::new(
+            InputNorm::Layer(l.self_attn_layer_norm.clone()),
+            [a.q_proj.clone(), a.k_proj.clone(), a.v_proj.clone(), a.out_proj.clone()],
+            a.n_heads,
+            a.n_heads,
+            a.head_dim,
+        ))
     }
 
     /// Layer `layer`'s `self_attn_layer_norm` (what its attention reads), `(.., d)` → `(.., d)`.

@@ -30,6 +30,7 @@ use std::ops::Range;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
+use super::attention::{AttnParts, InputNorm};
 use super::cache::{KvCache, LayerKv};
 use super::config::Activation;
 use super::kernels;
@@ -102,8 +103,17 @@ impl Attention {
         })
     }
 
-    /// `x (b, s, d)` normed states; `mask (b, 1, s, total)` additive; returns `(b, s, d)`.
-    fn forward(&self, x: &Tensor, rope: &MropeTables, mask: &Tensor, kv: Option<&mut LayerKv>) -> Result<Tensor> {
+    /// `x (b, s, d)` normed states; `mask (b, 1, s, total)` additive (the prefix's columns first); returns
+    /// `(b, s, d)`. `prefix`: rotated keys and values `(b, kv_heads, n, head_dim)` of an in-context prefix every
+    /// position attends to, as if it had been prepended (the cache holds only the input's).
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &MropeTables,
+        mask: &Tensor,
+        kv: Option<&mut LayerKv>,
+        prefix: Option<&(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let split = |t: Tensor, heads: usize| -> Result<Tensor> {
             Ok(t.reshape((b, s, heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
@@ -117,6 +127,10 @@ impl Attention {
                 v = Tensor::cat(&[pv, &v], 2)?;
             }
             *slot = Some((k.clone(), v.clone()));
+        }
+        if let Some((pk, pv)) = prefix {
+            k = Tensor::cat(&[&pk.to_dtype(k.dtype())?, &k], 2)?;
+            v = Tensor::cat(&[&pv.to_dtype(v.dtype())?, &v], 2)?;
         }
         let rep = self.n_heads / self.n_kv_heads;
         let k = repeat_kv(k, rep)?;
@@ -188,12 +202,13 @@ impl DecoderLayer {
         rope: &MropeTables,
         mask: &Tensor,
         kv: Option<&mut LayerKv>,
+        prefix: Option<&(Tensor, Tensor)>,
         hooks: Option<&LayerHooks>,
         capture: &mut Capture,
     ) -> Result<Tensor> {
         capture.put(idx, CapturePoint::LayerInput, x);
         let normed = self.input_layernorm.forward(x)?;
-        let mut attn = self.self_attn.forward(&normed, rope, mask, kv)?;
+        let mut attn = self.self_attn.forward(&normed, rope, mask, kv, prefix)?;
         if let Some(h) = hooks {
             let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
             if capture.wants(idx, CapturePoint::KnowledgeShare) {
@@ -234,6 +249,23 @@ impl DecoderLayer {
         let out = (x + ffn)?;
         capture.put(idx, CapturePoint::LayerOutput, &out);
         Ok(out)
+    }
+}
+
+/// The in-context prefixes of one forward pass: per layer, rotated keys and values `(1, kv_heads, n, head_dim)`;
+/// `span`, the positions they take.
+struct Prefix {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    span: usize,
+}
+
+impl Prefix {
+    /// Layer `i`'s keys and values for a batch of `b`.
+    fn layer(&self, i: usize, b: usize) -> Result<(Tensor, Tensor)> {
+        let (k, v) = (&self.keys[i], &self.values[i]);
+        let (_, h, n, hd) = k.dims4()?;
+        Ok((k.expand((b, h, n, hd))?.contiguous()?, v.expand((b, h, n, hd))?.contiguous()?))
     }
 }
 
@@ -347,16 +379,78 @@ impl Qwen2 {
                 return Err(Error::Invalid(format!("key mask must be ({b}, {}) for this input", start + s)));
             }
         }
-        let mask = attention_mask(b, s, start + s, km.as_deref(), x.device())?;
+        let mut mask = attention_mask(b, s, start + s, km.as_deref(), x.device())?;
+        let prefix = self.context_prefix(hooks, x.dtype())?;
+        let rope = match &prefix {
+            // The input's positions come after the prefixes'.
+            Some(p) => self.mrope(&(positions.to_dtype(DType::U32)? + p.span as f64)?, x.dtype())?,
+            None => rope,
+        };
+        if let Some(p) = &prefix {
+            let n = p.keys.first().map(|k| k.dim(2)).transpose()?.unwrap_or(0);
+            mask = Tensor::cat(&[&Tensor::zeros((b, 1, s, n), mask.dtype(), mask.device())?, &mask], 3)?;
+        }
         let mut x = x.clone();
         for i in layers {
             let kv = match cache.as_deref_mut() {
                 Some(c) => Some(c.layer_mut(i)?),
                 None => None,
             };
-            x = self.layers[i].forward(i, &x, start, &rope, &mask, kv, hooks.layer(i), capture)?;
+            let kv_prefix = match &prefix {
+                Some(p) => Some(p.layer(i, b)?),
+                None => None,
+            };
+            x = self.layers[i].forward(i, &x, start, &rope, &mask, kv, kv_prefix.as_ref(), hooks.layer(i), capture)?;
         }
         Ok(x)
+    }
+
+    /// Positions the in-context prefixes may take together: half of the position window.
+    pub fn context_budget(&self) -> usize {
+        self.cfg.max_position_embeddings / 2
+    }
+
+    /// The in-context prefixes of `hooks` that fit the budget, their keys rotated at their own multimodal positions
+    /// (each moved past the ones before it), and the positions they take together.
+    fn context_prefix(&self, hooks: &Hooks, dtype: DType) -> Result<Option<Prefix>> {
+        let kept = hooks.kept_contexts(self.context_budget());
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        let n_layers = self.layers.len();
+        let mut positions = Vec::with_capacity(kept.len());
+        let mut span = 0usize;
+        for c in &kept {
+            if c.layers.len() != n_layers {
+                return Err(Error::Invalid(format!(
+                    "in-context prefix has {} layers, the model {n_layers}",
+                    c.layers.len()
+                )));
+            }
+            let own = match &c.positions {
+                Some(p) => p.to_dtype(DType::U32)?,
+                None => {
+                    let n = c.len() as u32;
+                    Tensor::arange(0u32, n, &self.rope_device())?.unsqueeze(0)?.repeat((3, 1))?
+                }
+            };
+            positions.push((own + span as f64)?);
+            span += c.span()?;
+        }
+        let tables = self.mrope(&Tensor::cat(&positions, 1)?.unsqueeze(1)?, dtype)?;
+        let mut keys = Vec::with_capacity(n_layers);
+        let mut values = Vec::with_capacity(n_layers);
+        for i in 0..n_layers {
+            let k = Tensor::cat(&kept.iter().map(|c| c.layers[i].0.clone()).collect::<Vec<_>>(), 1)?;
+            let v = Tensor::cat(&kept.iter().map(|c| c.layers[i].1.clone()).collect::<Vec<_>>(), 1)?;
+            keys.push(tables.apply(&k.unsqueeze(0)?.to_dtype(dtype)?)?);
+            values.push(v.unsqueeze(0)?);
+        }
+        Ok(Some(Prefix { keys, values, span }))
+    }
+
+    fn rope_device(&self) -> candle_core::Device {
+        self.embed_tokens.embeddings().device().clone()
     }
 
     /// Runs the FFN half of layer `layer` on its post-attention state `x (b, s, d)`, then layers `layer + 1..` at
@@ -383,10 +477,11 @@ impl Qwen2 {
     fn check_hooks(&self, hooks: &Hooks, capture: &Capture) -> Result<()> {
         let n = self.layers.len();
         if !hooks.routers().is_empty() {
-            return Err(Error::Invalid("per-input routers (SERAC) are not supported on Qwen2-VL yet".into()));
-        }
-        if !hooks.contexts().is_empty() {
-            return Err(Error::Invalid("in-context key/value prefixes (IKE) are not supported on Qwen2-VL yet".into()));
+            return Err(Error::Invalid(
+                "these hooks decide per input (a SERAC stack): resolve them on the prompt first, as scoring and \
+                 generation do"
+                    .into(),
+            ));
         }
         if let Some(l) = hooks.max_layer().filter(|l| *l >= n) {
             return Err(Error::Invalid(format!("hook on layer {l} but the model has {n} layers")));
@@ -413,6 +508,19 @@ impl Qwen2 {
         self.layers.get(layer).ok_or_else(|| {
             Error::Invalid(format!("layer {layer} does not exist (the decoder has {})", self.layers.len()))
         })
+    }
+
+    /// The attention projections of layer `layer` and its `input_layernorm` (shared with the model).
+    pub fn attention_parts(&self, layer: usize) -> Result<AttnParts> {
+        let l = self.layer(layer)?;
+        let a = &l.self_attn;
+        Ok(AttnParts::new(
+            InputNorm::Rms(l.input_layernorm.clone()),
+            [a.q_proj.clone(), a.k_proj.clone(), a.v_proj.clone(), a.o_proj.clone()],
+            a.n_heads,
+            a.n_kv_heads,
+            a.head_dim,
+        ))
     }
 
     /// Layer `layer`'s `input_layernorm` (what its attention reads), `(.., d)` → `(.., d)`.

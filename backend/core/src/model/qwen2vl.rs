@@ -18,9 +18,9 @@ use std::ops::Range;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::attention::AttnParts;
 use super::cache::KvCache;
-use super::config::Activation;
-use super::llama::AttnParts;
+use super::ffn::FfnParts;
 use super::qwen2::Qwen2;
 use super::qwen2vl_config::Qwen2VlConfig;
 use super::qwen2vl_vision::Qwen2Vision;
@@ -312,7 +312,7 @@ impl VisionLanguageModel for Qwen2Vl {
         self.cfg.image_token_id
     }
     fn context_budget(&self) -> usize {
-        self.cfg.text.max_position_embeddings / 2
+        self.text.context_budget()
     }
     fn image_features(&self, pixels: &Pixels) -> Result<Tensor> {
         let grids = pixels.grids.as_deref().ok_or_else(|| Error::Invalid("Qwen2-VL images need their grids".into()))?;
@@ -365,16 +365,12 @@ impl VisionLanguageModel for Qwen2Vl {
     fn input_norm(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
         self.text.input_norm(layer, x)
     }
-    fn attention_parts(&self, _layer: usize) -> Result<AttnParts> {
-        Err(Error::Invalid(
-            "attention parts (latent in-context editing, IKE prefixes) are not available on Qwen2 yet".into(),
-        ))
+    fn attention_parts(&self, layer: usize) -> Result<AttnParts> {
+        self.text.attention_parts(layer)
     }
-    fn mlp_gate_up(&self, layer: usize) -> Result<(Tensor, Tensor, Activation)> {
-        self.text.mlp_gate_up(layer)
-    }
-    fn mlp_down(&self, layer: usize) -> Result<Tensor> {
-        self.text.mlp_down(layer)
+    fn ffn_parts(&self, layer: usize) -> Result<FfnParts> {
+        let (gate, up, act) = self.text.mlp_gate_up(layer)?;
+        Ok(FfnParts::Gated { gate, up, down: self.text.mlp_down(layer)?, act })
     }
     fn unembedding(&self, ids: &Tensor) -> Result<Tensor> {
         self.text.unembedding(ids)

@@ -22,9 +22,10 @@ use std::ops::Range;
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
+use super::attention::AttnParts;
 use super::cache::KvCache;
+use super::ffn::FfnParts;
 use super::generate::{GenerateOptions, Generation};
-use super::llama::AttnParts;
 use super::route::Routes;
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
@@ -274,11 +275,8 @@ pub trait VisionLanguageModel: Send + Sync + fmt::Debug {
     /// Layer `layer`'s attention projections (shared), for hooks that attend over memory or encode prefixes.
     fn attention_parts(&self, layer: usize) -> Result<AttnParts>;
 
-    /// Layer `layer`'s gated MLP: `gate`, `up` `(i, d)` and the activation (shared, not copied).
-    fn mlp_gate_up(&self, layer: usize) -> Result<(Tensor, Tensor, super::config::Activation)>;
-
-    /// Layer `layer`'s MLP output projection `(d, i)`.
-    fn mlp_down(&self, layer: usize) -> Result<Tensor>;
+    /// Layer `layer`'s FFN weights (shared, not copied).
+    fn ffn_parts(&self, layer: usize) -> Result<FfnParts>;
 
     /// Rows of the output head for `ids (n)`, `(n, d)` f32.
     fn unembedding(&self, ids: &Tensor) -> Result<Tensor>;

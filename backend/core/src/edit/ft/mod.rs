@@ -69,8 +69,8 @@ impl EditMethod for FineTune {
             .get(layer, CapturePoint::LayerInput)
             .ok_or_else(|| Error::Invalid("layer input not captured".into()))?
             .detach();
-        let (gate, up, act) = model.mlp_gate_up(layer)?;
-        let delta = Var::zeros(gate.dims(), DType::F32, model.device())?;
+        let parts = model.ffn_parts(layer)?;
+        let delta = Var::zeros((parts.width()?, model.hidden_size()), DType::F32, model.device())?;
         let mut opt = AdamW::new(
             vec![delta.clone()],
             ParamsAdamW { lr: self.params.lr, weight_decay: 0.0, ..Default::default() },
@@ -78,7 +78,7 @@ impl EditMethod for FineTune {
         let n_t = seq.targets().len();
         let targets = Tensor::new(seq.targets(), model.device())?;
         for _ in 0..self.params.steps {
-            let hook = DownProjDelta { gate: gate.clone(), up: up.clone(), act, delta: delta.as_tensor().clone() };
+            let hook = DownProjDelta { parts: parts.clone(), delta: delta.as_tensor().clone() };
             let mut hooks = base.clone();
             hooks.add_ffn(layer, std::sync::Arc::new(hook));
             let _scope = kernels::differentiable();

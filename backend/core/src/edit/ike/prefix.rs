@@ -75,5 +75,9 @@ pub fn prefix_from_inputs(model: &dyn VisionLanguageModel, inputs: &Inputs, hook
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(ContextKv { layers })
+    let positions = match &inputs.positions {
+        crate::model::Positions::Mrope { ids, .. } => Some(ids.squeeze(1)?),
+        crate::model::Positions::Offset(_) => None,
+    };
+    Ok(ContextKv { layers, positions })
 }

@@ -55,8 +55,7 @@ impl KeNet {
     /// A fresh network for `model`; the initial step size gives the first changes unit Frobenius norm on `cases`.
     pub fn init(model: &dyn VisionLanguageModel, params: KeParams, cases: &[TrainCase]) -> Result<Self> {
         let layers = hypernet::last_layers(model, params.layers)?;
-        let (g, _, _) = model.mlp_gate_up(layers[0])?;
-        let (inter, d) = g.dims2()?;
+        let (inter, d) = (model.ffn_parts(layers[0])?.width()?, model.hidden_size());
         let dev = model.device();
         let mut set = ParamSet::default();
         for k in 0..layers.len() {

@@ -88,8 +88,7 @@ impl MendNet {
     /// size so that the first changes have unit Frobenius norm on average).
     pub fn init(model: &dyn VisionLanguageModel, params: MendParams, cases: &[TrainCase]) -> Result<Self> {
         let layers = hypernet::last_layers(model, params.layers)?;
-        let (i, _, _) = model.mlp_gate_up(layers[0])?;
-        let (inter, d) = i.dims2()?;
+        let (inter, d) = (model.ffn_parts(layers[0])?.width()?, model.hidden_size());
         let dev = model.device();
         let mut rng = Rng::derive(params.train.seed, "mend", 0);
         let mut set = ParamSet::default();

@@ -26,7 +26,7 @@ use super::retrieve::{attend, merge, top_k, weighted_rows, with_rows, AttendDims
 use crate::edit::unit_rows;
 use crate::error::{Error, Result};
 use crate::hooks::{AttnContext, AttnHook, Hooks};
-use crate::model::llama::AttnParts;
+use crate::model::attention::AttnParts;
 use crate::model::VisionLanguageModel;
 
 /// The in-context knowledge's share α of the attention output (see the module docs).
