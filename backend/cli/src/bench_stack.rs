@@ -109,7 +109,7 @@ pub fn run(args: BenchStackArgs) -> Result<()> {
             memory: memory.clone(),
             demonstrations: if method_name == "ike" { data.front(Task::Vqa)?.unwrap_or_default() } else { vec![] },
             eos: eos0,
-            llava: &*loaded.model,
+            backbone: &*loaded.model,
             model_dir: &loaded.dir,
         };
         let method = registry::build(method_name, inputs)?;

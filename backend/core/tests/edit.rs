@@ -377,7 +377,7 @@ fn trained_baselines_edit_keep_other_answers_stack_undo_and_round_trip() -> Resu
             memory: vec![],
             demonstrations: vec![],
             eos: f.eos[0],
-            llava: &f.model,
+            backbone: &f.model,
             model_dir: &model_dir,
         };
         let method = registry::build(name, inputs)?;

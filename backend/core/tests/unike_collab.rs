@@ -96,7 +96,7 @@ fn unike(f: &Fixture, ev: &mut Evaluator<'_>, name: &str) -> Result<Box<dyn Edit
         memory,
         demonstrations: vec![],
         eos,
-        llava: &f.model,
+        backbone: &f.model,
         model_dir: &root().join("models/default"),
     };
     Ok(registry::build(name, inputs)?)

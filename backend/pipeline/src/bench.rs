@@ -250,7 +250,7 @@ impl Setup {
             memory: memory.to_vec(),
             demonstrations: if name == "ike" { self.demonstrations.clone() } else { vec![] },
             eos: *eos.first().ok_or_else(|| Error::State("the checkpoint has no end-of-sequence id".into()))?,
-            llava: &*loaded.model,
+            backbone: &*loaded.model,
             model_dir: &loaded.dir,
         };
         Ok(registry::build(name, inputs)?)

@@ -67,15 +67,18 @@ pub struct TrainMethodArgs {
     pub seed: Option<u64>,
 }
 
-/// `hparams/<method>/<model>.toml` of the loaded model, or the defaults.
+/// `hparams/<method>/<model>.toml` of the loaded model, else its family's, else the defaults.
 pub fn method_params<T: serde::de::DeserializeOwned + Default>(loaded: &Loaded, method: &str) -> Result<T> {
     let root = crate::model_dir::repo_root();
-    let path = unike_core::edit::hparams::hparams_path(&root, method, &crate::bench::model_name(loaded));
-    Ok(if path.is_file() { unike_core::edit::hparams::load(&path)? } else { T::default() })
+    let name = crate::bench::model_name(loaded);
+    Ok(match unike_core::edit::hparams::resolve(&root, method, &name, loaded.model.family()) {
+        Some(path) => unike_core::edit::hparams::load(&path)?,
+        None => T::default(),
+    })
 }
 
 /// The training data of `train-method --data` (a directory or one file), else the model's own world.
-fn training_data(loaded: &Loaded, data: Option<&std::path::Path>) -> Result<DataSource> {
+pub fn training_data(loaded: &Loaded, data: Option<&std::path::Path>) -> Result<DataSource> {
     match data {
         Some(d) if d.is_dir() => Ok(DataSource::from_dir(d, d.display().to_string())),
         Some(f) if f.is_file() => {

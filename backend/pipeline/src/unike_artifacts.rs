@@ -4,7 +4,7 @@
 
 use crate::error::{input, Error, Result};
 use unike_core::edit::unike::encoders::{EncoderParams, Encoders};
-use unike_core::edit::unike::memory::{world_candidates, KnowledgeMemory};
+use unike_core::edit::unike::memory::{case_candidates, world_candidates, Candidate, KnowledgeMemory};
 use unike_core::edit::unike::{Artifacts, UniKeParams};
 use unike_core::train::save::TrainingRecord;
 use unike_core::world::World;
@@ -23,6 +23,11 @@ pub struct MemoryArgs {
     /// World seed (default: the seed the model was trained with, from its training.json).
     #[cfg_attr(feature = "clap", arg(long))]
     pub seed: Option<u64>,
+    /// MMEdit / VLKEB training data instead of the model's world (a directory with `vqa_train.json` and
+    /// `caption_train.json`, or one file): the cases' multimodal locality questions with their ground-truth answers
+    /// are asked (any model family).
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with = "seed"))]
+    pub data: Option<std::path::PathBuf>,
 }
 
 #[cfg_attr(feature = "clap", derive(clap::Args))]
@@ -42,14 +47,33 @@ pub fn unike_params(loaded: &Loaded) -> Result<UniKeParams> {
     crate::trained::method_params(loaded, "unike")
 }
 
-fn build_memory_into(loaded: &Loaded, n: usize, seed: Option<u64>) -> Result<KnowledgeMemory> {
-    let seed = match seed {
-        Some(s) => s,
-        None => TrainingRecord::read(&loaded.dir)?
-            .map(|r| r.recipe.seed)
-            .ok_or_else(|| Error::Input("the model has no training.json (not a world model?): pass --seed".into()))?,
+fn build_memory_into(
+    loaded: &Loaded,
+    n: usize,
+    seed: Option<u64>,
+    data: Option<&std::path::Path>,
+) -> Result<KnowledgeMemory> {
+    let world: World;
+    let candidates: Box<dyn Iterator<Item = Candidate> + '_> = match data {
+        Some(d) => {
+            let cases = crate::trained::training_data(loaded, Some(d))?.training_cases(usize::MAX)?;
+            Box::new(case_candidates(&cases)?.into_iter())
+        }
+        None => {
+            let seed = match seed {
+                Some(s) => s,
+                None => TrainingRecord::read(&loaded.dir)?.map(|r| r.recipe.seed).ok_or_else(|| {
+                    Error::Input(
+                        "the model has no training.json (not a world model): pass --data with MMEdit training \
+                         cases, or --seed"
+                            .into(),
+                    )
+                })?,
+            };
+            world = World::generate(seed);
+            Box::new(world_candidates(&world, 3000, 64))
+        }
     };
-    let world = World::generate(seed);
     let eos = loaded.ckpt.eos_token_ids()?;
     let layers: Vec<usize> = (0..loaded.model.num_layers()).collect();
     let b = bar(n as u64, "memory")?;
@@ -62,15 +86,7 @@ fn build_memory_into(loaded: &Loaded, n: usize, seed: Option<u64>) -> Result<Kno
             eprintln!("memory: {got}/{n} wrong answers collected ({asked} asked)");
         }
     };
-    let memory = KnowledgeMemory::build(
-        &*loaded.model,
-        &*loaded.processor,
-        &eos,
-        world_candidates(&world, 3000, 64),
-        &layers,
-        n,
-        &mut tick,
-    )?;
+    let memory = KnowledgeMemory::build(&*loaded.model, &*loaded.processor, &eos, candidates, &layers, n, &mut tick)?;
     b.finish_and_clear();
     if memory.len() < n {
         eprintln!("note: only {} wrong answers found (asked for {n})", memory.len());
@@ -111,7 +127,7 @@ pub fn build_memory(args: MemoryArgs) -> Result<()> {
     if n == 0 {
         input!("--n must be at least 1");
     }
-    build_memory_into(&loaded, n, args.seed)?;
+    build_memory_into(&loaded, n, args.seed, args.data.as_deref())?;
     Ok(())
 }
 
@@ -159,7 +175,7 @@ pub fn ensure(loaded: &Loaded) -> Result<()> {
             dir.display(),
             params.memory_size
         );
-        build_memory_into(loaded, params.memory_size, None)?
+        build_memory_into(loaded, params.memory_size, None, None)?
     };
     if dir.join("encoders.safetensors").is_file() {
         return Ok(());

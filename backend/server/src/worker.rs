@@ -275,7 +275,7 @@ impl State {
                 memory: self.memory.clone().unwrap_or_default(),
                 demonstrations,
                 eos,
-                llava: &*self.loaded.model,
+                backbone: &*self.loaded.model,
                 model_dir: &self.loaded.dir,
             };
             let m = registry::build(name, inputs)?;

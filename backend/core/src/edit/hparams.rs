@@ -1,4 +1,5 @@
-//! Hyper-parameters of edit methods, per method and model, in TOML files `hparams/<method>/<model>.toml`. Each
+//! Hyper-parameters of edit methods, per method and model, in TOML files `hparams/<method>/<model>.toml` (else
+//! `hparams/<method>/<family>.toml`, see [`resolve`]). Each
 //! method's parameter struct rejects unknown keys, so a typo is an error rather than a silently ignored setting.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,12 @@ use crate::error::{Error, Result};
 /// `root/hparams/<method>/<model>.toml`.
 pub fn hparams_path(root: &Path, method: &str, model: &str) -> PathBuf {
     root.join("hparams").join(method).join(format!("{model}.toml"))
+}
+
+/// The file that configures `method` for model `model` of `family`: `hparams/<method>/<model>.toml`, else the
+/// family's `hparams/<method>/<family>.toml` (`llava`, `blip2`, `qwen2vl`); `None` when neither exists (defaults).
+pub fn resolve(root: &Path, method: &str, model: &str, family: crate::model::Family) -> Option<PathBuf> {
+    [model, family.stem()].into_iter().map(|name| hparams_path(root, method, name)).find(|p| p.is_file())
 }
 
 /// Parses TOML text into `T` (whose `Deserialize` should deny unknown fields).

@@ -22,7 +22,7 @@ pub const METHODS: [&str; 8] = ["none", "ft", "ke", "t-patcher", "mend", "ike", 
 
 /// What building a method needs besides its name.
 pub struct MethodInputs<'a> {
-    /// Directory holding `hparams/<method>/<model>.toml` (the repository root).
+    /// Directory holding `hparams/<method>/<model>.toml` and `hparams/<method>/<family>.toml` (the repository root).
     pub root: &'a Path,
     /// Model name for the hyper-parameter file (`default` for the shipped model).
     pub model: &'a str,
@@ -32,7 +32,7 @@ pub struct MethodInputs<'a> {
     pub demonstrations: Vec<EditCase>,
     pub eos: u32,
     /// The model and its directory (methods with trained artifacts find them there, e.g. `DIR/unike/`).
-    pub llava: &'a dyn VisionLanguageModel,
+    pub backbone: &'a dyn VisionLanguageModel,
     pub model_dir: &'a Path,
 }
 
@@ -71,12 +71,11 @@ pub fn canonical_name(name: &str) -> Result<String> {
     }
 }
 
+/// `hparams/<method>/<model>.toml`, else the family's `hparams/<method>/<family>.toml`, else the defaults.
 fn params<T: serde::de::DeserializeOwned + Default>(inputs: &MethodInputs<'_>, method: &str) -> Result<T> {
-    let path = hparams::hparams_path(inputs.root, method, inputs.model);
-    if path.is_file() {
-        hparams::load(&path)
-    } else {
-        Ok(T::default())
+    match hparams::resolve(inputs.root, method, inputs.model, inputs.backbone.family()) {
+        Some(path) => hparams::load(&path),
+        None => Ok(T::default()),
     }
 }
 
@@ -88,23 +87,23 @@ pub fn build(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod>
         "none" => Ok(Box::new(NoEdit)),
         "ft" => Ok(Box::new(FineTune::new(params::<FtParams>(&inputs, base)?, inputs.eos))),
         "t-patcher" => Ok(Box::new(TPatcher::new(params::<TPatcherParams>(&inputs, base)?, inputs.memory, inputs.eos))),
-        "ike" => Ok(Box::new(Ike::new(params::<IkeParams>(&inputs, base)?, inputs.demonstrations, inputs.llava))),
+        "ike" => Ok(Box::new(Ike::new(params::<IkeParams>(&inputs, base)?, inputs.demonstrations, inputs.backbone))),
         "unike" => {
             let mut p = params::<UniKeParams>(&inputs, base)?;
             if let Some(v) = variant {
                 p.apply_variant(v)?;
             }
-            Ok(Box::new(UniKe::from_dir(name, p, inputs.llava, inputs.model_dir, inputs.memory, inputs.eos)?))
+            Ok(Box::new(UniKe::from_dir(name, p, inputs.backbone, inputs.model_dir, inputs.memory, inputs.eos)?))
         }
         "mend" => {
-            let net = MendNet::load(&inputs.model_dir.join("mend"), inputs.llava)?;
+            let net = MendNet::load(&inputs.model_dir.join("mend"), inputs.backbone)?;
             Ok(Box::new(Mend { net: Arc::new(net), eos: inputs.eos }))
         }
         "ke" => {
-            let net = KeNet::load(&inputs.model_dir.join("ke"), inputs.llava)?;
+            let net = KeNet::load(&inputs.model_dir.join("ke"), inputs.backbone)?;
             Ok(Box::new(Ke { net: Arc::new(net), eos: inputs.eos }))
         }
-        "serac" => Ok(Box::new(Serac::load(&inputs.model_dir.join("serac"), inputs.llava, inputs.eos)?)),
+        "serac" => Ok(Box::new(Serac::load(&inputs.model_dir.join("serac"), inputs.backbone, inputs.eos)?)),
         known => Err(Error::Invalid(format!("method {known:?} is not known"))),
     }
 }
@@ -124,7 +123,7 @@ mod tests {
             memory: vec![],
             demonstrations: vec![],
             eos: 2,
-            llava: &llava,
+            backbone: &llava,
             model_dir: Path::new("/nonexistent"),
         };
         assert_eq!(
@@ -156,5 +155,38 @@ mod tests {
         let e = e.map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("edit_margn") && e.contains("m.toml"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_shipped_hparams_file_parses_and_families_fall_back_to_theirs() {
+        use crate::model::Family;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut parsed = 0;
+        for method in ["ft", "ke", "t-patcher", "mend", "ike", "serac", "unike"] {
+            for stem in ["default", "llava", "blip2", "qwen2vl"] {
+                let path = hparams::hparams_path(&root, method, stem);
+                assert!(path.is_file(), "{} is missing", path.display());
+                let ok = match method {
+                    "ft" => hparams::load::<FtParams>(&path).map(|_| ()),
+                    "ke" => hparams::load::<super::super::ke::KeParams>(&path).map(|_| ()),
+                    "t-patcher" => hparams::load::<TPatcherParams>(&path).map(|_| ()),
+                    "mend" => hparams::load::<super::super::mend::MendParams>(&path).map(|_| ()),
+                    "ike" => hparams::load::<IkeParams>(&path).map(|_| ()),
+                    "serac" => hparams::load::<super::super::serac::SeracParams>(&path).map(|_| ()),
+                    _ => hparams::load::<UniKeParams>(&path).map(|_| ()),
+                };
+                assert!(ok.is_ok(), "{}: {:?}", path.display(), ok.err());
+                parsed += 1;
+            }
+        }
+        assert_eq!(parsed, 28);
+        // A model without a file of its own takes its family's; the shipped model keeps its own.
+        let blip2 = hparams::resolve(&root, "unike", "blip2-opt-2.7b", Family::Blip2).unwrap();
+        assert!(blip2.ends_with("hparams/unike/blip2.toml"), "{}", blip2.display());
+        let p: UniKeParams = hparams::load(&blip2).unwrap();
+        assert_eq!(p.layers, 4, "the paper edits BLIP-2 OPT's last 4 layers");
+        let own = hparams::resolve(&root, "unike", "default", Family::Llava).unwrap();
+        assert!(own.ends_with("hparams/unike/default.toml"));
+        assert!(hparams::resolve(&root, "rome", "default", Family::Qwen2Vl).is_none());
     }
 }

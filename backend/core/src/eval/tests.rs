@@ -228,7 +228,7 @@ fn shards_assemble_into_the_one_process_result() -> Result<()> {
             memory: vec![],
             demonstrations: vec![],
             eos: f.eos[0],
-            llava: &f.model,
+            backbone: &f.model,
             model_dir: &root.join("models/default"),
         },
     )?;
