@@ -64,6 +64,51 @@ fn answer_json_matches_transformers() -> Result<()> {
     Ok(())
 }
 
+/// `unike answer --prompt P --json` on the tiny BLIP-2 (OPT) and Qwen2-VL checkpoints: the ids are what the family's
+/// transformers processor gives for `text=P` and the image, and the logits and greedy tokens transformers' own.
+#[test]
+fn answer_json_matches_transformers_on_blip2_and_qwen2vl() -> Result<()> {
+    for family in ["blip2", "qwen2vl"] {
+        let text = std::fs::read_to_string(root().join(format!("tests/fixtures/expected-{family}/expected.json")))?;
+        let v: Value = serde_json::from_str(&text)?;
+        let cases = v["variants"]["f32"].as_object().context("f32 cases")?;
+        assert_eq!(cases.len(), 3, "{family}");
+        for (name, want) in cases {
+            let mut args = vec!["answer".to_string(), "--model".into(), format!("tests/fixtures/tiny-{family}")];
+            args.extend(["--json".into(), "--max-new-tokens".into()]);
+            args.push(want["answer_ids"].as_array().context("answer_ids")?.len().to_string());
+            args.extend(["--prompt".into(), want["prompt"].as_str().unwrap_or("").to_string()]);
+            if let Some(img) = want["image"].as_str() {
+                args.extend(["--image".into(), format!("tests/fixtures/{img}")]);
+            }
+            let out = unike().args(&args).output()?;
+            assert!(out.status.success(), "{family}/{name}: {}", String::from_utf8_lossy(&out.stderr));
+            let got: Value = serde_json::from_slice(&out.stdout).context("stdout is one JSON object")?;
+            assert_eq!(got["input_ids"], want["input_ids"], "{family}/{name}");
+            assert_eq!(got["answer_ids"], want["answer_ids"], "{family}/{name}");
+            assert_eq!(got["answer"], want["answer"], "{family}/{name}");
+            let a = got["first_logits"].as_array().context("first_logits")?;
+            let b = want["last_logits"].as_array().context("last_logits")?;
+            assert_eq!(a.len(), b.len(), "{family}/{name}");
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x.as_f64().unwrap_or(f64::NAN) - y.as_f64().unwrap_or(0.0)).abs())
+                .fold(0.0, f64::max);
+            assert!(diff <= 1e-4, "{family}/{name}: logits differ by {diff}");
+        }
+        // The model path's benchmark runs on the family too.
+        let out = unike()
+            .args(["bench-model", "--model", &format!("tests/fixtures/tiny-{family}"), "--iters", "1"])
+            .args(["--max-new-tokens", "2", "--json"])
+            .output()?;
+        assert!(out.status.success(), "bench-model {family}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: Value = serde_json::from_slice(&out.stdout).context("bench-model --json")?;
+        assert!(report.is_object(), "{family}: {report}");
+    }
+    Ok(())
+}
+
 #[test]
 fn bad_inputs_exit_non_zero_with_one_line() -> Result<()> {
     let cases: Vec<(Vec<&str>, &str)> = vec![
