@@ -8,8 +8,14 @@ use crate::format::{grouped, parameter_count};
 /// Key facts of a [`ModelInfo`] as a two-column table.
 #[component]
 pub fn ModelTable(info: ModelInfo) -> impl IntoView {
+    let family = match info.family.as_str() {
+        "blip2" => "BLIP-2 (OPT)",
+        "qwen2vl" => "Qwen2-VL",
+        _ => "LLaVA",
+    };
     let rows = [
         ("Name", info.name),
+        ("Family", family.to_string()),
         ("Source", info.source),
         ("Parameters", format!("{} ({})", parameter_count(info.parameters), grouped(info.parameters))),
         ("Data type", info.dtype),
@@ -22,8 +28,20 @@ pub fn ModelTable(info: ModelInfo) -> impl IntoView {
             ),
         ),
         ("Vocabulary", grouped(info.vocab_size as u64)),
-        ("Image size", format!("{0} × {0} px", info.image_size)),
-        ("Image tokens", info.image_seq_length.to_string()),
+        (
+            "Image size",
+            match info.image_size {
+                0 => "any (dynamic resolution)".to_string(),
+                n => format!("{n} × {n} px"),
+            },
+        ),
+        (
+            "Image tokens",
+            match info.image_seq_length {
+                0 => "by the image's size".to_string(),
+                n => n.to_string(),
+            },
+        ),
     ];
     view! {
         <div class="table-scroll">
