@@ -72,6 +72,50 @@ impl LayerHooks {
     }
 }
 
+/// The attention output `attn (b, s, d)` of layer `ctx.layer` after its hooks' shifts, in insertion order; with a
+/// [`CapturePoint::KnowledgeShare`] capture, the shifts' summed knowledge share is recorded. Every decoder calls
+/// this between its attention and the residual add.
+pub(crate) fn shift_attention(
+    hooks: Option<&LayerHooks>,
+    ctx: &AttnContext<'_>,
+    mut attn: Tensor,
+    capture: &mut Capture,
+) -> Result<Tensor> {
+    let Some(h) = hooks else {
+        return Ok(attn);
+    };
+    let idx = ctx.layer;
+    if capture.wants(idx, CapturePoint::KnowledgeShare) {
+        let mut total: Option<Tensor> = None;
+        for hook in &h.attn {
+            let (out, share) = hook.shift_attention_traced(ctx, attn)?;
+            attn = out;
+            total = match (total, share) {
+                (Some(t), Some(s)) => Some((t + s)?),
+                (t, s) => t.or(s),
+            };
+        }
+        if let Some(t) = total {
+            capture.put(idx, CapturePoint::KnowledgeShare, &t);
+        }
+    } else {
+        for hook in &h.attn {
+            attn = hook.shift_attention(ctx, attn)?;
+        }
+    }
+    Ok(attn)
+}
+
+/// The FFN output `ffn (b, s, d)` of layer `idx` plus its hooks' extra neurons on the FFN query `q (b, s, d)`.
+pub(crate) fn add_ffn_extras(hooks: Option<&LayerHooks>, idx: usize, q: &Tensor, mut ffn: Tensor) -> Result<Tensor> {
+    if let Some(h) = hooks {
+        for hook in &h.ffn {
+            ffn = (ffn + hook.ffn_extra(idx, q)?)?;
+        }
+    }
+    Ok(ffn)
+}
+
 /// Keys and values of an in-context demonstration at every decoder layer, `(kv_heads, n, head_dim)` each (keys
 /// before rotary embedding): every input position attends to them as if the demonstration had been prepended to the
 /// prompt (vanilla in-context editing, IKE). Several contexts sit side by side, each encoded on its own.
@@ -95,6 +139,21 @@ impl ContextKv {
     /// Number of context positions.
     pub fn len(&self) -> usize {
         self.layers.first().and_then(|(k, _)| k.dim(1).ok()).unwrap_or(0)
+    }
+
+    /// Layer `i`'s keys and values of `kept` prefixes side by side, `(1, kv_heads, Σn, head_dim)` each (keys as
+    /// stored, before any rotary embedding).
+    pub fn side_by_side(kept: &[&Arc<ContextKv>], i: usize, n_layers: usize) -> Result<(Tensor, Tensor)> {
+        let mut ks = Vec::with_capacity(kept.len());
+        let mut vs = Vec::with_capacity(kept.len());
+        for c in kept {
+            let (k, v) = c.layers.get(i).filter(|_| c.layers.len() == n_layers).ok_or_else(|| {
+                Error::Invalid(format!("in-context prefix has {} layers, the model {n_layers}", c.layers.len()))
+            })?;
+            ks.push(k.clone());
+            vs.push(v.clone());
+        }
+        Ok((Tensor::cat(&ks, 1)?.unsqueeze(0)?, Tensor::cat(&vs, 1)?.unsqueeze(0)?))
     }
 
     /// How far the prefix moves the query's positions: its length, or with multimodal positions the largest + 1.

@@ -17,15 +17,15 @@ use std::ops::Range;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use super::attention::AttnParts;
 use super::blip2_config::Blip2Config;
 use super::blip2_vision::Blip2Vision;
 use super::cache::KvCache;
 use super::ffn::FfnParts;
+use super::merge::merge_image_rows;
 use super::opt::Opt;
 use super::qformer::QFormer;
-use super::vlm::{Family, Inputs, Pixels, Positions, VisionLanguageModel};
-use crate::error::{Error, Result};
+use super::vlm::{decoder_delegation, Family, Inputs, Pixels, Positions, VisionLanguageModel};
+use crate::error::Result;
 use crate::hooks::{Capture, Hooks};
 
 /// Where each part of BLIP-2 sits in a checkpoint's tensor names (prefixes without the trailing dot).
@@ -122,50 +122,19 @@ impl Blip2 {
     /// in reading order, by the rows of `image_features (n, t, d)`. The number of `<image>` ids must equal `n · t`.
     /// Returns `(b, s, d)`.
     pub fn embed_inputs(&self, ids: &Tensor, image_features: Option<&Tensor>) -> Result<Tensor> {
-        let (b, s) = ids.dims2()?;
-        let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        let image_id = self.cfg.image_token_index;
-        let vocab = self.cfg.text.vocab_size as u32;
-        let n_image_ids = rows.iter().flatten().filter(|&&t| t == image_id).count();
-        let (n_feat, img_flat) = match image_features {
-            Some(f) => {
-                let (n, t, d) = f.dims3()?;
-                (n * t, Some(f.reshape((n * t, d))?.to_dtype(self.dtype)?))
-            }
-            None => (0, None),
-        };
-        if n_image_ids != n_feat {
-            return Err(Error::Invalid(format!(
-                "the input has {n_image_ids} image tokens but the images give {n_feat} query outputs \
-                 (expected {} per image)",
-                self.cfg.num_query_tokens
-            )));
-        }
-        let mut text_ids = Vec::with_capacity(b * s);
-        let mut gather = Vec::with_capacity(b * s);
-        let mut next_image_row = (b * s) as u32;
-        for (k, &t) in rows.iter().flatten().enumerate() {
-            if t == image_id {
-                text_ids.push(0u32);
-                gather.push(next_image_row);
-                next_image_row += 1;
-            } else if t >= vocab {
-                return Err(Error::Invalid(format!("token id {t} is outside the vocabulary of {vocab}")));
-            } else {
-                text_ids.push(t);
-                gather.push(k as u32);
-            }
-        }
-        let text_ids = Tensor::from_vec(text_ids, (b, s), &self.device)?;
-        let text_emb = self.text.embed(&text_ids)?;
-        let Some(img) = img_flat else {
-            return Ok(text_emb);
-        };
-        let d = text_emb.dim(2)?;
-        // Gather from [text rows; image rows]: each position takes its own text row or the next image row.
-        let table = Tensor::cat(&[&text_emb.reshape((b * s, d))?, &img], 0)?;
-        let gather = Tensor::from_vec(gather, b * s, &self.device)?;
-        Ok(table.index_select(&gather, 0)?.reshape((b, s, d))?)
+        let rows = image_features.map(|f| -> Result<Tensor> { Ok(f.flatten_to(1)?) }).transpose()?;
+        let per_image = self.cfg.num_query_tokens;
+        merge_image_rows(
+            ids,
+            self.cfg.image_token_index,
+            self.cfg.text.vocab_size as u32,
+            rows.as_ref(),
+            (self.dtype, &self.device),
+            |t| self.text.embed(t),
+            |n, f| {
+                format!("the input has {n} image tokens but the images give {f} query outputs (expected {per_image} per image)")
+            },
+        )
     }
 
     /// Adds OPT's learned positions for `start..start + s` to `embeds (b, s, d)` (from [`Blip2::embed_inputs`]),
@@ -205,29 +174,9 @@ impl VisionLanguageModel for Blip2 {
     fn family(&self) -> Family {
         Family::Blip2
     }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-    fn num_layers(&self) -> usize {
-        self.text.num_layers()
-    }
-    fn hidden_size(&self) -> usize {
-        self.cfg.text.hidden_size
-    }
-    fn vocab_size(&self) -> usize {
-        self.cfg.text.vocab_size
-    }
+    decoder_delegation!();
     fn image_token_id(&self) -> u32 {
         self.cfg.image_token_index
-    }
-    fn context_budget(&self) -> usize {
-        self.text.context_budget()
     }
     fn image_features(&self, pixels: &Pixels) -> Result<Tensor> {
         Blip2::image_features(self, &pixels.values)
@@ -271,23 +220,8 @@ impl VisionLanguageModel for Blip2 {
         positions.offset()?;
         self.text.forward_from_ffn(x, layer, hooks, capture)
     }
-    fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
-        self.text.final_norm(h)
-    }
-    fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        self.text.lm_head(h)
-    }
-    fn input_norm(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
-        self.text.input_norm(layer, x)
-    }
-    fn attention_parts(&self, layer: usize) -> Result<AttnParts> {
-        self.text.attention_parts(layer)
-    }
     fn ffn_parts(&self, layer: usize) -> Result<FfnParts> {
         let (fc1, b1, fc2, act) = self.text.ffn_weights(layer)?;
         Ok(FfnParts::Plain { fc1, b1, fc2, act })
-    }
-    fn unembedding(&self, ids: &Tensor) -> Result<Tensor> {
-        self.text.unembedding(ids)
     }
 }

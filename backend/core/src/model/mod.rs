@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod llama;
 pub mod llava;
 pub mod llava_checkpoint;
+pub mod merge;
 pub mod mmap;
 pub mod model_processor;
 pub mod norm;

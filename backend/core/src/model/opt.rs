@@ -36,7 +36,7 @@ use super::config::Activation;
 use super::kernels;
 use super::norm::LayerNorm;
 use crate::error::{Error, Result};
-use crate::hooks::{AttnContext, Capture, CapturePoint, Hooks, LayerHooks};
+use crate::hooks::{add_ffn_extras, shift_attention, AttnContext, Capture, CapturePoint, ContextKv, Hooks, LayerHooks};
 
 /// OPT's learned position table starts at row 2 (the first two rows are never read by an unpadded sequence).
 pub const POSITION_OFFSET: usize = 2;
@@ -147,28 +147,9 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         capture.put(idx, CapturePoint::LayerInput, x);
         let normed = self.self_attn_layer_norm.forward(x)?;
-        let mut attn = self.self_attn.forward(&normed, kv, prefix)?;
-        if let Some(h) = hooks {
-            let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
-            if capture.wants(idx, CapturePoint::KnowledgeShare) {
-                let mut total: Option<Tensor> = None;
-                for hook in &h.attn {
-                    let (out, share) = hook.shift_attention_traced(&ctx, attn)?;
-                    attn = out;
-                    total = match (total, share) {
-                        (Some(t), Some(s)) => Some((t + s)?),
-                        (t, s) => t.or(s),
-                    };
-                }
-                if let Some(t) = total {
-                    capture.put(idx, CapturePoint::KnowledgeShare, &t);
-                }
-            } else {
-                for hook in &h.attn {
-                    attn = hook.shift_attention(&ctx, attn)?;
-                }
-            }
-        }
+        let attn = self.self_attn.forward(&normed, kv, prefix)?;
+        let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
+        let attn = shift_attention(hooks, &ctx, attn, capture)?;
         capture.put(idx, CapturePoint::AttnOutput, &attn);
         let x = (x + attn)?;
         capture.put(idx, CapturePoint::PostAttention, &x);
@@ -179,12 +160,7 @@ impl DecoderLayer {
     fn forward_ffn(&self, idx: usize, x: &Tensor, hooks: Option<&LayerHooks>, capture: &mut Capture) -> Result<Tensor> {
         let q = self.final_layer_norm.forward(x)?;
         capture.put(idx, CapturePoint::FfnInput, &q);
-        let mut ffn = self.fc2.forward(&self.act.apply(&self.fc1.forward(&q)?)?)?;
-        if let Some(h) = hooks {
-            for hook in &h.ffn {
-                ffn = (ffn + hook.ffn_extra(idx, &q)?)?;
-            }
-        }
+        let ffn = add_ffn_extras(hooks, idx, &q, self.fc2.forward(&self.act.apply(&self.fc1.forward(&q)?)?)?)?;
         let out = (x + ffn)?;
         capture.put(idx, CapturePoint::LayerOutput, &out);
         Ok(out)
@@ -304,21 +280,7 @@ impl Opt {
         if kept.is_empty() {
             return Ok(None);
         }
-        let mut ks = Vec::with_capacity(kept.len());
-        let mut vs = Vec::with_capacity(kept.len());
-        for c in kept {
-            let (k, v) = c.layers.get(i).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "in-context prefix has {} layers, the model {}",
-                    c.layers.len(),
-                    self.layers.len()
-                ))
-            })?;
-            ks.push(k.clone());
-            vs.push(v.clone());
-        }
-        let k = Tensor::cat(&ks, 1)?.unsqueeze(0)?;
-        let v = Tensor::cat(&vs, 1)?.unsqueeze(0)?;
+        let (k, v) = ContextKv::side_by_side(&kept, i, self.layers.len())?;
         let (_, h, n, hd) = k.dims4()?;
         Ok(Some((k.expand((b, h, n, hd))?.contiguous()?, v.expand((b, h, n, hd))?.contiguous()?)))
     }

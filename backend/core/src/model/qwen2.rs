@@ -37,7 +37,7 @@ use super::kernels;
 use super::norm::RmsNorm;
 use super::qwen2vl_config::Qwen2TextConfig;
 use crate::error::{Error, Result};
-use crate::hooks::{AttnContext, Capture, CapturePoint, Hooks, LayerHooks};
+use crate::hooks::{add_ffn_extras, shift_attention, AttnContext, Capture, CapturePoint, ContextKv, Hooks, LayerHooks};
 
 fn linear(vb: VarBuilder, i: usize, o: usize, bias: bool) -> Result<Linear> {
     Ok(if bias { candle_nn::linear(i, o, vb)? } else { candle_nn::linear_no_bias(i, o, vb)? })
@@ -208,28 +208,9 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         capture.put(idx, CapturePoint::LayerInput, x);
         let normed = self.input_layernorm.forward(x)?;
-        let mut attn = self.self_attn.forward(&normed, rope, mask, kv, prefix)?;
-        if let Some(h) = hooks {
-            let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
-            if capture.wants(idx, CapturePoint::KnowledgeShare) {
-                let mut total: Option<Tensor> = None;
-                for hook in &h.attn {
-                    let (out, share) = hook.shift_attention_traced(&ctx, attn)?;
-                    attn = out;
-                    total = match (total, share) {
-                        (Some(t), Some(s)) => Some((t + s)?),
-                        (t, s) => t.or(s),
-                    };
-                }
-                if let Some(t) = total {
-                    capture.put(idx, CapturePoint::KnowledgeShare, &t);
-                }
-            } else {
-                for hook in &h.attn {
-                    attn = hook.shift_attention(&ctx, attn)?;
-                }
-            }
-        }
+        let attn = self.self_attn.forward(&normed, rope, mask, kv, prefix)?;
+        let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
+        let attn = shift_attention(hooks, &ctx, attn, capture)?;
         capture.put(idx, CapturePoint::AttnOutput, &attn);
         let x = (x + attn)?;
         capture.put(idx, CapturePoint::PostAttention, &x);
@@ -240,12 +221,7 @@ impl DecoderLayer {
     fn forward_ffn(&self, idx: usize, x: &Tensor, hooks: Option<&LayerHooks>, capture: &mut Capture) -> Result<Tensor> {
         let q = self.post_attention_layernorm.forward(x)?;
         capture.put(idx, CapturePoint::FfnInput, &q);
-        let mut ffn = self.mlp.forward(&q)?;
-        if let Some(h) = hooks {
-            for hook in &h.ffn {
-                ffn = (ffn + hook.ffn_extra(idx, &q)?)?;
-            }
-        }
+        let ffn = add_ffn_extras(hooks, idx, &q, self.mlp.forward(&q)?)?;
         let out = (x + ffn)?;
         capture.put(idx, CapturePoint::LayerOutput, &out);
         Ok(out)
@@ -421,12 +397,6 @@ impl Qwen2 {
         let mut positions = Vec::with_capacity(kept.len());
         let mut span = 0usize;
         for c in &kept {
-            if c.layers.len() != n_layers {
-                return Err(Error::Invalid(format!(
-                    "in-context prefix has {} layers, the model {n_layers}",
-                    c.layers.len()
-                )));
-            }
             let own = match &c.positions {
                 Some(p) => p.to_dtype(DType::U32)?,
                 None => {
@@ -441,10 +411,9 @@ impl Qwen2 {
         let mut keys = Vec::with_capacity(n_layers);
         let mut values = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
-            let k = Tensor::cat(&kept.iter().map(|c| c.layers[i].0.clone()).collect::<Vec<_>>(), 1)?;
-            let v = Tensor::cat(&kept.iter().map(|c| c.layers[i].1.clone()).collect::<Vec<_>>(), 1)?;
-            keys.push(tables.apply(&k.unsqueeze(0)?.to_dtype(dtype)?)?);
-            values.push(v.unsqueeze(0)?);
+            let (k, v) = ContextKv::side_by_side(&kept, i, n_layers)?;
+            keys.push(tables.apply(&k.to_dtype(dtype)?)?);
+            values.push(v);
         }
         Ok(Some(Prefix { keys, values, span }))
     }

@@ -18,13 +18,13 @@ use std::ops::Range;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention::AttnParts;
 use super::cache::KvCache;
 use super::ffn::FfnParts;
+use super::merge::merge_image_rows;
 use super::qwen2::Qwen2;
 use super::qwen2vl_config::Qwen2VlConfig;
 use super::qwen2vl_vision::Qwen2Vision;
-use super::vlm::{Family, Inputs, Pixels, Positions, VisionLanguageModel};
+use super::vlm::{decoder_delegation, Family, Inputs, Pixels, Positions, VisionLanguageModel};
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, Hooks};
 
@@ -116,41 +116,15 @@ impl Qwen2Vl {
     /// Input embeddings: `ids (b, s)` with the `<|image_pad|>` positions replaced, in reading order, by the rows of
     /// `image_features (n, d)`; their counts must agree. Returns `(b, s, d)`.
     pub fn embed_inputs(&self, ids: &Tensor, image_features: Option<&Tensor>) -> Result<Tensor> {
-        let (b, s) = ids.dims2()?;
-        let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        let image_id = self.cfg.image_token_id;
-        let vocab = self.cfg.text.vocab_size as u32;
-        let n_image_ids = rows.iter().flatten().filter(|&&t| t == image_id).count();
-        let n_feat = image_features.map(|f| f.dim(0)).transpose()?.unwrap_or(0);
-        if n_image_ids != n_feat {
-            return Err(Error::Invalid(format!(
-                "the input has {n_image_ids} image tokens but the images give {n_feat} embeddings"
-            )));
-        }
-        let mut text_ids = Vec::with_capacity(b * s);
-        let mut gather = Vec::with_capacity(b * s);
-        let mut next_image_row = (b * s) as u32;
-        for (k, &t) in rows.iter().flatten().enumerate() {
-            if t == image_id {
-                text_ids.push(0u32);
-                gather.push(next_image_row);
-                next_image_row += 1;
-            } else if t >= vocab {
-                return Err(Error::Invalid(format!("token id {t} is outside the vocabulary of {vocab}")));
-            } else {
-                text_ids.push(t);
-                gather.push(k as u32);
-            }
-        }
-        let text_emb = self.text.embed(&Tensor::from_vec(text_ids, (b, s), &self.device)?)?;
-        let Some(img) = image_features else {
-            return Ok(text_emb);
-        };
-        let d = text_emb.dim(2)?;
-        // Gather from [text rows; image rows]: each position takes its own text row or the next image row.
-        let table = Tensor::cat(&[&text_emb.reshape((b * s, d))?, &img.to_dtype(self.dtype)?], 0)?;
-        let gather = Tensor::from_vec(gather, b * s, &self.device)?;
-        Ok(table.index_select(&gather, 0)?.reshape((b, s, d))?)
+        merge_image_rows(
+            ids,
+            self.cfg.image_token_id,
+            self.cfg.text.vocab_size as u32,
+            image_features,
+            (self.dtype, &self.device),
+            |t| self.text.embed(t),
+            |n, f| format!("the input has {n} image tokens but the images give {f} embeddings"),
+        )
     }
 
     /// transformers' `get_rope_index` for text and images: `ids` rows (left padding allowed, `attention_mask` rows
@@ -290,29 +264,9 @@ impl VisionLanguageModel for Qwen2Vl {
     fn family(&self) -> Family {
         Family::Qwen2Vl
     }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-    fn num_layers(&self) -> usize {
-        self.text.num_layers()
-    }
-    fn hidden_size(&self) -> usize {
-        self.cfg.text.hidden_size
-    }
-    fn vocab_size(&self) -> usize {
-        self.cfg.text.vocab_size
-    }
+    decoder_delegation!();
     fn image_token_id(&self) -> u32 {
         self.cfg.image_token_id
-    }
-    fn context_budget(&self) -> usize {
-        self.text.context_budget()
     }
     fn image_features(&self, pixels: &Pixels) -> Result<Tensor> {
         let grids = pixels.grids.as_deref().ok_or_else(|| Error::Invalid("Qwen2-VL images need their grids".into()))?;
@@ -356,24 +310,9 @@ impl VisionLanguageModel for Qwen2Vl {
     ) -> Result<Tensor> {
         self.text.forward_from_ffn(x, mrope(positions)?, layer, hooks, capture)
     }
-    fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
-        self.text.final_norm(h)
-    }
-    fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        self.text.lm_head(h)
-    }
-    fn input_norm(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
-        self.text.input_norm(layer, x)
-    }
-    fn attention_parts(&self, layer: usize) -> Result<AttnParts> {
-        self.text.attention_parts(layer)
-    }
     fn ffn_parts(&self, layer: usize) -> Result<FfnParts> {
         let (gate, up, act) = self.text.mlp_gate_up(layer)?;
         Ok(FfnParts::Gated { gate, up, down: self.text.mlp_down(layer)?, act })
-    }
-    fn unembedding(&self, ids: &Tensor) -> Result<Tensor> {
-        self.text.unembedding(ids)
     }
 }
 

@@ -151,7 +151,7 @@ impl Positions {
             }
             Positions::Mrope { ids, .. } => {
                 let device = ids.device().clone();
-                let mut flat = vec![Vec::with_capacity(rows.len() * longest); 3];
+                let mut flat: Vec<Vec<u32>> = (0..3).map(|_| Vec::with_capacity(rows.len() * longest)).collect();
                 let mut deltas = Vec::with_capacity(rows.len());
                 for r in rows {
                     let Positions::Mrope { ids, deltas: d } = r else {
@@ -212,6 +212,51 @@ impl Inputs {
         Ok(Inputs { embeds: self.embeds.narrow(1, 0, len)?, positions: self.positions.narrow(len)? })
     }
 }
+
+/// The [`VisionLanguageModel`] methods every family implements the same way: by its fields `device`, `dtype`, `cfg`
+/// (`cfg.text.hidden_size`, `cfg.text.vocab_size`) and its decoder `text` (`num_layers`, `context_budget`,
+/// `final_norm`, `lm_head`, `input_norm`, `attention_parts`, `unembedding`).
+macro_rules! decoder_delegation {
+    () => {
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn device(&self) -> &candle_core::Device {
+            &self.device
+        }
+        fn dtype(&self) -> candle_core::DType {
+            self.dtype
+        }
+        fn num_layers(&self) -> usize {
+            self.text.num_layers()
+        }
+        fn hidden_size(&self) -> usize {
+            self.cfg.text.hidden_size
+        }
+        fn vocab_size(&self) -> usize {
+            self.cfg.text.vocab_size
+        }
+        fn context_budget(&self) -> usize {
+            self.text.context_budget()
+        }
+        fn final_norm(&self, h: &Tensor) -> $crate::error::Result<Tensor> {
+            self.text.final_norm(h)
+        }
+        fn logits(&self, h: &Tensor) -> $crate::error::Result<Tensor> {
+            self.text.lm_head(h)
+        }
+        fn input_norm(&self, layer: usize, x: &Tensor) -> $crate::error::Result<Tensor> {
+            self.text.input_norm(layer, x)
+        }
+        fn attention_parts(&self, layer: usize) -> $crate::error::Result<$crate::model::attention::AttnParts> {
+            self.text.attention_parts(layer)
+        }
+        fn unembedding(&self, ids: &Tensor) -> $crate::error::Result<Tensor> {
+            self.text.unembedding(ids)
+        }
+    };
+}
+pub(crate) use decoder_delegation;
 
 /// A vision-language model with the hook seams of [`crate::hooks`]; see the module header for what each seam is in
 /// each family. Shapes: `b` batch, `s` sequence, `d` the decoder's hidden size.
