@@ -79,9 +79,19 @@ fn params<T: serde::de::DeserializeOwned + Default>(inputs: &MethodInputs<'_>, m
     }
 }
 
-/// Builds method `name`.
+/// Builds method `name`. A setting the model cannot take (e.g. more layers than it has) is an error naming the
+/// hyper-parameter file it came from.
 pub fn build(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod>> {
     check_name(name)?;
+    let (base, _) = split_name(name);
+    let file = hparams::resolve(inputs.root, base, inputs.model, inputs.backbone.family());
+    build_with(name, inputs).map_err(|e| match (e, file) {
+        (Error::Invalid(msg), Some(f)) => Error::Invalid(format!("{msg} (hyper-parameters from {})", f.display())),
+        (e, _) => e,
+    })
+}
+
+fn build_with(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod>> {
     let (base, variant) = split_name(name);
     match base {
         "none" => Ok(Box::new(NoEdit)),
