@@ -145,8 +145,13 @@ fn fit(
     b.finish_and_clear();
     save(&curve)?;
     if let Some(p) = curve.last() {
+        // The curve averages every 50 steps (the last point: the steps since the one before).
+        let over = match p.step % 50 {
+            0 => p.step.min(50),
+            r => r,
+        };
         eprintln!(
-            "{name} trained into {} (last 50 steps: edit loss {:.3}, locality KL {:.4}, edit success {:.2})",
+            "{name} trained into {} (last {over} steps: edit loss {:.3}, locality KL {:.4}, edit success {:.2})",
             loaded.dir.join(name).display(),
             p.edit_loss,
             p.loc_loss,
