@@ -176,7 +176,7 @@ impl ContextKv {
 
 /// A decision made once per input, on its prompt, before the forward pass: which extra hooks the input gets (SERAC's
 /// scope classifier sending in-scope inputs to its counterfactual model, out-of-scope ones to the base model).
-/// Hooks with a router are resolved per input by [`crate::model::Llava::route`] (teacher-forced scoring and
+/// Hooks with a router are resolved per input by [`crate::model::VisionLanguageModel::route`] (teacher-forced scoring and
 /// generation do it); a plain forward pass refuses them rather than silently skip the decision.
 pub trait Router: Send + Sync + fmt::Debug {
     /// The decoder layer whose input state (after that layer's input RMSNorm), at an input's last prompt position,

@@ -333,7 +333,7 @@ impl Llama {
         }
         if !hooks.routers().is_empty() {
             return Err(Error::Invalid(
-                "these hooks decide per input (a SERAC stack): resolve them on the prompt first (Llava::route), as \
+                "these hooks decide per input (a SERAC stack): resolve them on the prompt first (VisionLanguageModel::route), as \
                  scoring and generation do"
                     .into(),
             ));

@@ -49,8 +49,8 @@ impl SeracNet {
     }
 }
 
-/// What the classifier reads of one sequence: [`Llava::prompt_states`] at its last prompt position, `(d)` f32 (the
-/// answer is never seen); the state [`Llava::route`] computes for it.
+/// What the classifier reads of one sequence: [`VisionLanguageModel::prompt_states`] at its last prompt position, `(d)` f32 (the
+/// answer is never seen); the state [`VisionLanguageModel::route`] computes for it.
 pub fn prompt_state(model: &dyn VisionLanguageModel, seq: &EditSequence, layer: usize) -> Result<Tensor> {
     Ok(model.prompt_states(&seq.inputs(model)?, &[seq.prompt_len - 1], layer)?.squeeze(0)?)
 }
