@@ -54,10 +54,20 @@ fn build_memory_into(
     data: Option<&std::path::Path>,
 ) -> Result<KnowledgeMemory> {
     let world: World;
+    let cases_held: Vec<unike_core::data::EditCase>;
+    let unreadable = std::cell::Cell::new(None);
     let candidates: Box<dyn Iterator<Item = Candidate> + '_> = match data {
         Some(d) => {
             let cases = crate::trained::training_data(loaded, Some(d))?.training_cases(usize::MAX)?;
-            Box::new(case_candidates(&cases)?.into_iter())
+            cases_held = cases;
+            // The first unreadable image ends the candidates; it is reported once the memory is built.
+            Box::new(case_candidates(&cases_held).map_while(|c| match c {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    unreadable.set(Some(e));
+                    None
+                }
+            }))
         }
         None => {
             let seed = match seed {
@@ -86,7 +96,11 @@ fn build_memory_into(
             eprintln!("memory: {got}/{n} wrong answers collected ({asked} asked)");
         }
     };
-    let memory = KnowledgeMemory::build(&*loaded.model, &*loaded.processor, &eos, candidates, &layers, n, &mut tick)?;
+    let built = KnowledgeMemory::build(&*loaded.model, &*loaded.processor, &eos, candidates, &layers, n, &mut tick);
+    if let Some(e) = unreadable.take() {
+        return Err(e.into());
+    }
+    let memory = built?;
     b.finish_and_clear();
     if memory.len() < n {
         eprintln!("note: only {} wrong answers found (asked for {n})", memory.len());

@@ -101,23 +101,21 @@ pub fn world_candidates(world: &World, scenes: u64, renderings: u64) -> impl Ite
 /// locality question with its image and ground-truth answer (`m_loc_q`, `m_loc`, `m_loc_a`: a real VQA pair, unlike
 /// the case's counterfactual target), then its text locality question is skipped (no image). Unreadable images are
 /// errors naming the file.
-pub fn case_candidates(cases: &[crate::data::EditCase]) -> Result<Vec<Candidate>> {
-    cases
-        .iter()
-        .map(|c| {
-            let bytes = std::fs::read(&c.m_loc_image).map_err(|e| Error::io(&c.m_loc_image, e))?;
-            let image = image::load_from_memory(&bytes)
-                .map_err(|e| Error::Image { path: c.m_loc_image.clone(), msg: e.to_string() })?
-                .to_rgb8();
-            Ok(Candidate {
-                question: c.m_loc_question.clone(),
-                image,
-                image_label: c.m_loc_image.display().to_string(),
-                level: "recognition",
-                truth: c.m_loc_answer.clone(),
-            })
+pub fn case_candidates(cases: &[crate::data::EditCase]) -> impl Iterator<Item = Result<Candidate>> + '_ {
+    // Lazily: the memory stops asking once it has its wrong answers, so later images are never decoded.
+    cases.iter().map(|c| {
+        let bytes = std::fs::read(&c.m_loc_image).map_err(|e| Error::io(&c.m_loc_image, e))?;
+        let image = image::load_from_memory(&bytes)
+            .map_err(|e| Error::Image { path: c.m_loc_image.clone(), msg: e.to_string() })?
+            .to_rgb8();
+        Ok(Candidate {
+            question: c.m_loc_question.clone(),
+            image,
+            image_label: c.m_loc_image.display().to_string(),
+            level: "recognition",
+            truth: c.m_loc_answer.clone(),
         })
-        .collect()
+    })
 }
 
 /// `h_sem` and the state of the last answer token at each layer of `layers`, each `(d)`, under `hooks`.
