@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 /// Edit methods, as the API names them (UniKE variants: `unike:<variant>`). `none` is the unedited model (its patch
 /// is empty): the baseline row of a benchmark.
-pub const METHODS: [&str; 8] = ["unike", "t-patcher", "serac", "mend", "ke", "ft", "ike", "none"];
+pub const METHODS: [&str; 11] =
+    ["unike", "t-patcher", "serac", "mend", "ke", "ft", "ike", "rome", "memit", "alphaedit", "none"];
 
 /// Limits the server enforces on user input.
 pub const TEXT_MAX: usize = 300;

@@ -17,6 +17,7 @@
 //! unike build-memory [--model <DIR|default>] [--n N] [--seed S]
 //! unike train-encoders [--model <DIR|default>] [--steps N] [--seed S]
 //! unike train-method <ke|mend|serac> [--model <DIR|default>] [--data DIR] [--steps N] [--cases N] [--seed S]
+//! unike build-stats [--model <DIR|default>] [--data DIR|FILE] [--cases N]
 //! ```
 //!
 //! Errors exit non-zero with a one-line message on stderr.
@@ -38,7 +39,7 @@ mod soak;
 mod train_base;
 
 use clap::{Parser, Subcommand};
-use unike_pipeline::{trained, unike_artifacts};
+use unike_pipeline::{key_stats, trained, unike_artifacts};
 
 #[derive(Parser)]
 #[command(name = "unike", version, about = "UniKE Studio: multimodal knowledge editing (answer, benchmark, serve)")]
@@ -83,6 +84,8 @@ enum Command {
     TrainEncoders(unike_artifacts::EncoderArgs),
     /// Train a baseline's network on the training split (KE, MEND, SERAC) into MODEL/<method>/.
     TrainMethod(trained::TrainMethodArgs),
+    /// ROME, MEMIT, AlphaEdit: estimate the FFN key statistics on the training split into MODEL/memit/.
+    BuildStats(key_stats::StatsArgs),
 }
 
 /// glibc returns every freed block above its mmap threshold to the kernel, and tensors of a training step are just
@@ -119,6 +122,7 @@ fn main() {
         Command::BuildMemory(a) => unike_artifacts::build_memory(a).map_err(Into::into),
         Command::TrainEncoders(a) => unike_artifacts::train_encoders(a).map_err(Into::into),
         Command::TrainMethod(a) => trained::train_method(a).map_err(Into::into),
+        Command::BuildStats(a) => key_stats::build_stats(a).map_err(Into::into),
     };
     if let Err(e) = result {
         let msg = format!("{e:#}").replace('\n', " ");

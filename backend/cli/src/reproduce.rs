@@ -40,7 +40,11 @@ pub struct ReproduceArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Methods of Tables 1–3 (`none`: the unedited model, the row every method is compared with).
-    #[arg(long, default_value = "none,ft,ke,t-patcher,mend,ike,serac,unike", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "none,ft,ke,t-patcher,mend,ike,serac,unike,rome,memit,alphaedit",
+        value_delimiter = ','
+    )]
     pub methods: Vec<String>,
     /// Cases scored per gap in the `gap` section (each stream edits these plus G more; E-VQA).
     #[arg(long, default_value_t = 50)]

@@ -45,7 +45,7 @@ fn every_method_trains_and_benchmarks_on_blip2_and_qwen2vl() -> Result<()> {
             copy_dir(&root().join("tests/fixtures").join(&model), &tmp.join(&model))?;
             // The shipped family files, as `hparams/` of this run's root; the tiny models have 3 layers, fewer than
             // the 4 the paper's UniKE edits, so a model file of their own takes the last 2.
-            for m in ["ft", "ike", "ke", "mend", "serac", "t-patcher", "unike"] {
+            for m in ["ft", "ike", "ke", "mend", "serac", "t-patcher", "unike", "rome", "memit", "alphaedit"] {
                 let dir = tmp.join("hparams").join(m);
                 std::fs::create_dir_all(&dir)?;
                 std::fs::copy(root().join(format!("hparams/{m}/{family}.toml")), dir.join(format!("{family}.toml")))?;
@@ -57,15 +57,39 @@ fn every_method_trains_and_benchmarks_on_blip2_and_qwen2vl() -> Result<()> {
                 unike_file.replace("\nlayers = 4\n", "\nlayers = 2\n"),
             )?;
 
+            // The locate-then-edit methods: the family files name layers 4-8 of 28-32; the tiny models' own files
+            // edit layers 0 and 1 (AlphaEdit's null space: every direction, as a random model's key statistics have
+            // no scale to set a threshold by).
+            for (m, from, to) in [
+                ("rome", "\nlayer = 5\n", "\nlayer = 0\n"),
+                ("memit", "\nlayers = [4, 5, 6, 7, 8]\n", "\nlayers = [0, 1]\n"),
+                ("alphaedit", "\nlayers = [4, 5, 6, 7, 8]\n", "\nlayers = [0, 1]\n"),
+            ] {
+                let text = std::fs::read_to_string(root().join(format!("hparams/{m}/{family}.toml")))?;
+                anyhow::ensure!(text.contains(from), "{family}: {m}'s family file");
+                let text = text.replace(from, to).replace("nullspace_threshold = 2e-2", "nullspace_threshold = 1e30");
+                std::fs::write(tmp.join(format!("hparams/{m}/{model}.toml")), text)?;
+            }
             for m in ["serac", "mend", "ke"] {
                 unike(&tmp, &["train-method", m, "--model", &model, "--data", "data", "--steps", "5", "--cases", "8"])?;
             }
+            // BLIP-2's key statistics by the command; Qwen2-VL's on demand, by `bench`.
+            if family == "blip2" {
+                unike(&tmp, &["build-stats", "--model", &model, "--data", "data", "--cases", "20"])?;
+                let info: Value =
+                    serde_json::from_str(&std::fs::read_to_string(tmp.join(&model).join("memit/stats.json"))?)?;
+                assert_eq!(
+                    info["sequences"], 60,
+                    "{family}: 20 cases: the edit question with its answer, two locality ones"
+                );
+            }
             unike(&tmp, &["build-memory", "--model", &model, "--data", "data", "--n", "8"])?;
             unike(&tmp, &["train-encoders", "--model", &model, "--steps", "5"])?;
-            let methods: Vec<&str> = ["none", "ft", "ke", "t-patcher", "mend", "ike", "serac", "unike"]
-                .into_iter()
-                .filter(|m| !skipped.contains(m))
-                .collect();
+            let methods: Vec<&str> =
+                ["none", "ft", "ke", "t-patcher", "mend", "ike", "serac", "unike", "rome", "memit", "alphaedit"]
+                    .into_iter()
+                    .filter(|m| !skipped.contains(m))
+                    .collect();
             let joined = methods.join(",");
             let out = unike(
                 &tmp,
@@ -102,6 +126,7 @@ fn every_method_trains_and_benchmarks_on_blip2_and_qwen2vl() -> Result<()> {
             for m in ["t-patcher", "unike"] {
                 assert!(rel(m) >= 50.0, "{family}: {m} reliability {}", rel(m));
             }
+            assert!(tmp.join(&model).join("memit/stats.safetensors").is_file(), "{family}: key statistics");
             // BLIP-2's tiny checkpoint keeps 64 positions for in-context prefixes; the world's edit as a
             // demonstration often needs more (OPT's byte-level tokens of a tiny vocabulary): either the method runs or
             // the error says so, never a crash.

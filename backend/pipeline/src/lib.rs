@@ -12,7 +12,7 @@
 //! - [`data`]: where cases and the training split come from (the model's own world, `--world`, `--data`,
 //!   `--train`, `--split dev`), and the words a model cannot read.
 //! - [`trained`]: KE, MEND and SERAC's networks (trained on demand); [`unike_artifacts`]: UniKE's memory and
-//!   encoders (built on demand).
+//!   encoders (built on demand); [`key_stats`]: ROME's, MEMIT's and AlphaEdit's key statistics (built on demand).
 //! - [`bench`]: a benchmark configuration, its cases, and the run itself ([`bench::bench_observed`]);
 //!   [`shard`]: the same benchmark cut into shards that other processes compute, assembled bit for bit;
 //!   [`report`]: its Markdown tables.
@@ -22,6 +22,7 @@
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod key_stats;
 pub mod load;
 pub mod model_dir;
 pub mod progress;

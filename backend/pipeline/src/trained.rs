@@ -238,8 +238,10 @@ pub fn provenance(loaded: &Loaded, method: Trained, data: &DataSource) -> String
     }
 }
 
-/// Trains every requested method whose network is missing (on `data`'s training split), with a message saying so.
+/// Trains every requested method whose network is missing (on `data`'s training split), with a message saying so; the
+/// key statistics of the locate-then-edit methods too ([`crate::key_stats::ensure`]).
 pub fn ensure(loaded: &Loaded, methods: &[String], data: &DataSource) -> Result<()> {
+    crate::key_stats::ensure(loaded, methods, data)?;
     for m in methods.iter().filter_map(|m| Trained::of(m)) {
         let dir = loaded.dir.join(m.name());
         if dir.join("net.json").is_file() {

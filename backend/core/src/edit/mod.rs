@@ -1,12 +1,14 @@
 //! Knowledge editing: the [`EditMethod`] capability, the [`Patch`] an edit produces, and the tokenized form of an edit
 //! that the methods optimise. One folder per method.
 
+pub mod alphaedit;
 pub mod ft;
 pub mod gradient;
 pub mod hparams;
 pub mod hypernet;
 pub mod ike;
 pub mod ke;
+pub mod memit;
 pub mod memory_prefix;
 pub mod mend;
 pub mod neurons;

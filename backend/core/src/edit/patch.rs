@@ -73,6 +73,9 @@ pub struct Patch {
     pub retrieval: Option<Retrieval>,
     /// A stored edit with SERAC's trained classifier (its scope key and counterfactual context).
     pub serac: Option<SeracEntry>,
+    /// Locate-then-edit (ROME, MEMIT, AlphaEdit): the edit's keys `(n, i)` at each changed layer, which AlphaEdit's
+    /// preserved-knowledge cache reads for the edits above it. Not applied by any hook.
+    pub keys: BTreeMap<usize, Tensor>,
 }
 
 /// What loading a patch may need besides the model: the UniKE memory latent entries join, SERAC's networks.
@@ -116,6 +119,9 @@ struct PatchJson {
     /// SERAC stored edits (0 or 1).
     #[serde(default)]
     serac: usize,
+    /// Layers with stored keys (locate-then-edit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    keys: Vec<usize>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -156,6 +162,7 @@ impl Patch {
             latent: BTreeMap::new(),
             retrieval: None,
             serac: None,
+            keys: BTreeMap::new(),
         }
     }
 
@@ -222,6 +229,9 @@ impl Patch {
                 tensors.insert(format!("contexts.{i}.positions"), p.clone());
             }
         }
+        for (layer, k) in &self.keys {
+            tensors.insert(format!("layers.{layer}.keys"), k.clone());
+        }
         for (layer, (sem, pos)) in &self.latent {
             tensors.insert(format!("layers.{layer}.h_sem"), sem.clone());
             tensors.insert(format!("layers.{layer}.h_pos"), pos.clone());
@@ -247,6 +257,7 @@ impl Patch {
             latent: self.latent.keys().copied().collect(),
             retrieval: self.retrieval.as_ref().map(|r| RetrievalJson { top_k: r.top_k, alpha: r.alpha }),
             serac: usize::from(self.serac.is_some()),
+            keys: self.keys.keys().copied().collect(),
         };
         let text = serde_json::to_string_pretty(&json).map_err(|e| data_err(&js, e.to_string()))?;
         std::fs::write(&js, text).map_err(|err| Error::Io { path: js.clone(), err })
@@ -338,6 +349,15 @@ impl Patch {
             let positions = context_positions.get_mut(i).and_then(Option::take);
             contexts.push(Arc::new(ContextKv { layers, positions }));
         }
+        let mut keys = BTreeMap::new();
+        for l in json.keys {
+            let k = take(format!("layers.{l}.keys"))?;
+            let width = model.ffn_parts(l)?.width()?;
+            if k.rank() != 2 || k.dim(1)? != width {
+                return Err(data_err(&st, format!("layer {l}'s keys are {:?}, not (n, {width})", k.dims())));
+            }
+            keys.insert(l, k);
+        }
         let mut latent = BTreeMap::new();
         for l in json.latent {
             latent.insert(l, (take(format!("layers.{l}.h_sem"))?, take(format!("layers.{l}.h_pos"))?));
@@ -372,7 +392,17 @@ impl Patch {
             }
             (None, false) => return Err(data_err(&js, "latent entries without retrieval settings")),
         };
-        Ok(Self { provenance: json.provenance, neurons, mlp_deltas, up_deltas, contexts, latent, retrieval, serac })
+        Ok(Self {
+            provenance: json.provenance,
+            neurons,
+            mlp_deltas,
+            up_deltas,
+            contexts,
+            latent,
+            retrieval,
+            serac,
+            keys,
+        })
     }
 }
 

@@ -3,10 +3,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::alphaedit::{AlphaEdit, AlphaEditParams};
 use super::ft::{FineTune, FtParams};
 use super::hparams;
 use super::ike::{Ike, IkeParams};
 use super::ke::{Ke, KeNet};
+use super::memit::stats::KeyStats;
+use super::memit::{Memit, MemitParams, Rome, RomeParams};
 use super::mend::{Mend, MendNet};
 use super::none::NoEdit;
 use super::serac::Serac;
@@ -17,8 +20,13 @@ use crate::data::EditCase;
 use crate::error::{Error, Result};
 use crate::model::VisionLanguageModel;
 
-/// Method names as the CLI spells them: `none` (the unedited model, an empty patch), then the paper's table order.
-pub const METHODS: [&str; 8] = ["none", "ft", "ke", "t-patcher", "mend", "ike", "serac", "unike"];
+/// Method names as the CLI spells them: `none` (the unedited model, an empty patch), then the paper's table order, then
+/// the locate-then-edit methods (issue 19).
+pub const METHODS: [&str; 11] =
+    ["none", "ft", "ke", "t-patcher", "mend", "ike", "serac", "unike", "rome", "memit", "alphaedit"];
+
+/// The methods that read the model's key statistics ([`KeyStats`], `MODEL/memit/`).
+pub const USES_KEY_STATS: [&str; 3] = ["rome", "memit", "alphaedit"];
 
 /// What building a method needs besides its name.
 pub struct MethodInputs<'a> {
@@ -114,6 +122,16 @@ fn build_with(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod
             Ok(Box::new(Ke { net: Arc::new(net), eos: inputs.eos }))
         }
         "serac" => Ok(Box::new(Serac::load(&inputs.model_dir.join("serac"), inputs.backbone, inputs.eos)?)),
+        "rome" | "memit" | "alphaedit" => {
+            let (m, eos) = (inputs.backbone, inputs.eos);
+            let width = m.ffn_parts(0)?.width()?;
+            let stats = std::sync::Arc::new(KeyStats::load(&inputs.model_dir.join("memit"), width)?);
+            Ok(match base {
+                "rome" => Box::new(Rome::new(params::<RomeParams>(&inputs, base)?, stats, m, eos)?),
+                "memit" => Box::new(Memit::new(params::<MemitParams>(&inputs, base)?, stats, m, eos)?),
+                _ => Box::new(AlphaEdit::new(params::<AlphaEditParams>(&inputs, base)?, stats, m, eos)?),
+            })
+        }
         known => Err(Error::Invalid(format!("method {known:?} is not known"))),
     }
 }
@@ -140,8 +158,10 @@ mod tests {
             build("t-patcher", inputs("default")).map(|m| m.name().to_string()).ok().as_deref(),
             Some("t-patcher")
         );
-        let e = build("rome", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("unknown method \"rome\"") && e.contains("t-patcher"), "{e}");
+        let e = build("grace", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("unknown method \"grace\"") && e.contains("t-patcher"), "{e}");
+        let e = build("memit", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("build-stats"), "missing statistics say how to make them: {e}");
         // The shipped file parses; a typo in a key is an error naming the file.
         let dir = std::env::temp_dir().join(format!("unike-hp-{}", std::process::id()));
         let file = hparams::hparams_path(&dir, "t-patcher", "m");
@@ -158,7 +178,7 @@ mod tests {
         assert_eq!(canonical_name("unike:k=3/alpha=0.50").ok().as_deref(), Some("unike:alpha=0.5/k=3"));
         assert_eq!(canonical_name("unike:full").ok().as_deref(), Some("unike"));
         assert_eq!(canonical_name("serac").ok().as_deref(), Some("serac"));
-        assert!(canonical_name("unike:alpha=0.5000001").is_err() && canonical_name("rome").is_err());
+        assert!(canonical_name("unike:alpha=0.5000001").is_err() && canonical_name("grace").is_err());
         assert_eq!(build("none", inputs("default")).map(|m| m.name().to_string()).ok().as_deref(), Some("none"));
         let e3 = build("unike", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e3.contains("build-memory"), "{e3}");
@@ -172,7 +192,7 @@ mod tests {
         use crate::model::Family;
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut parsed = 0;
-        for method in ["ft", "ke", "t-patcher", "mend", "ike", "serac", "unike"] {
+        for method in ["ft", "ke", "t-patcher", "mend", "ike", "serac", "unike", "rome", "memit", "alphaedit"] {
             for stem in ["default", "llava", "blip2", "qwen2vl"] {
                 let path = hparams::hparams_path(&root, method, stem);
                 assert!(path.is_file(), "{} is missing", path.display());
@@ -183,13 +203,16 @@ mod tests {
                     "mend" => hparams::load::<super::super::mend::MendParams>(&path).map(|_| ()),
                     "ike" => hparams::load::<IkeParams>(&path).map(|_| ()),
                     "serac" => hparams::load::<super::super::serac::SeracParams>(&path).map(|_| ()),
+                    "rome" => hparams::load::<RomeParams>(&path).map(|_| ()),
+                    "memit" => hparams::load::<MemitParams>(&path).map(|_| ()),
+                    "alphaedit" => hparams::load::<AlphaEditParams>(&path).map(|_| ()),
                     _ => hparams::load::<UniKeParams>(&path).map(|_| ()),
                 };
                 assert!(ok.is_ok(), "{}: {:?}", path.display(), ok.err());
                 parsed += 1;
             }
         }
-        assert_eq!(parsed, 28);
+        assert_eq!(parsed, 40);
         // A model without a file of its own takes its family's; the shipped model keeps its own.
         let blip2 = hparams::resolve(&root, "unike", "blip2-opt-2.7b", Family::Blip2).unwrap();
         assert!(blip2.ends_with("hparams/unike/blip2.toml"), "{}", blip2.display());
@@ -197,6 +220,6 @@ mod tests {
         assert_eq!(p.layers, 4, "the paper edits BLIP-2 OPT's last 4 layers");
         let own = hparams::resolve(&root, "unike", "default", Family::Llava).unwrap();
         assert!(own.ends_with("hparams/unike/default.toml"));
-        assert!(hparams::resolve(&root, "rome", "default", Family::Qwen2Vl).is_none());
+        assert!(hparams::resolve(&root, "grace", "default", Family::Qwen2Vl).is_none());
     }
 }
