@@ -13,7 +13,9 @@
 //!
 //! (a) [`FfnHook`]: extra FFN key-value neurons, added to the FFN output (paper Eq. 3, T-Patcher);
 //! (b) [`AttnHook`]: a shift of the self-attention output (paper Eq. 2, latent in-context editing);
-//! (c) [`Capture`]: hidden states at the points above, for memory extraction and analysis.
+//! (c) [`Capture`]: hidden states at the points above, for memory extraction and analysis;
+//! (d) [`ProjHook`]: a change of one of the self-attention's projections (`q`, `k`, `v`, `o`), added to that
+//!     projection's output (LoRA's low-rank adapters).
 //!
 //! With an empty [`Hooks`] and no capture the forward pass takes exactly the plain path.
 
@@ -58,17 +60,75 @@ pub trait AttnHook: Send + Sync + fmt::Debug {
     }
 }
 
+/// One of the self-attention's four projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+}
+
+impl Proj {
+    /// The checkpoint's name of the projection (`q_proj`, ...; OPT's `out_proj` is `o_proj` here).
+    pub fn name(self) -> &'static str {
+        match self {
+            Proj::Q => "q_proj",
+            Proj::K => "k_proj",
+            Proj::V => "v_proj",
+            Proj::O => "o_proj",
+        }
+    }
+
+    /// The projection of a name [`Proj::name`] gives.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Proj::Q, Proj::K, Proj::V, Proj::O].into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// A change of a self-attention projection (capability of an edit that adapts the attention, LoRA).
+pub trait ProjHook: Send + Sync + fmt::Debug {
+    /// Which projection it changes.
+    fn proj(&self) -> Proj;
+    /// `input`: what the projection reads, `(b, s, in)`. Returns `(b, s, out)`, added to the projection's output
+    /// (before any bias-free scaling the family applies after it).
+    fn adapt(&self, layer: usize, input: &Tensor) -> Result<Tensor>;
+}
+
 /// The hooks of one layer, applied in insertion order.
 #[derive(Clone, Default, Debug)]
 pub struct LayerHooks {
     pub ffn: Vec<Arc<dyn FfnHook>>,
     pub attn: Vec<Arc<dyn AttnHook>>,
+    pub proj: Vec<Arc<dyn ProjHook>>,
 }
 
 impl LayerHooks {
     /// True when the layer runs the plain path.
     pub fn is_empty(&self) -> bool {
-        self.ffn.is_empty() && self.attn.is_empty()
+        self.ffn.is_empty() && self.attn.is_empty() && self.proj.is_empty()
+    }
+}
+
+/// Where a decoder's attention applies its projections: the layer and its hooks. Every family's attention projects
+/// through [`ProjSite::project`].
+#[derive(Clone, Copy)]
+pub(crate) struct ProjSite<'a> {
+    pub hooks: Option<&'a LayerHooks>,
+    pub layer: usize,
+}
+
+impl ProjSite<'_> {
+    /// `linear(input)` for projection `which`, `input (b, s, in)` → `(b, s, out)`, plus its hooks' changes.
+    pub fn project(&self, which: Proj, linear: &candle_nn::Linear, input: &Tensor) -> Result<Tensor> {
+        use candle_core::Module;
+        let mut out = linear.forward(input)?;
+        if let Some(h) = self.hooks {
+            for hook in h.proj.iter().filter(|p| p.proj() == which) {
+                out = (out + hook.adapt(self.layer, input)?.to_dtype(input.dtype())?)?;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -210,6 +270,12 @@ impl Hooks {
         self
     }
 
+    /// Adds a change of one of `layer`'s attention projections.
+    pub fn add_proj(&mut self, layer: usize, hook: Arc<dyn ProjHook>) -> &mut Self {
+        self.layers.entry(layer).or_default().proj.push(hook);
+        self
+    }
+
     /// Adds a self-attention output shift to `layer`.
     pub fn add_attn(&mut self, layer: usize, hook: Arc<dyn AttnHook>) -> &mut Self {
         self.layers.entry(layer).or_default().attn.push(hook);
@@ -282,6 +348,7 @@ impl Hooks {
             let e = self.layers.entry(*l).or_default();
             e.ffn.extend(h.ffn.iter().cloned());
             e.attn.extend(h.attn.iter().cloned());
+            e.proj.extend(h.proj.iter().cloned());
         }
         self
     }

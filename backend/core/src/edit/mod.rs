@@ -3,11 +3,13 @@
 
 pub mod alphaedit;
 pub mod ft;
+pub mod grace;
 pub mod gradient;
 pub mod hparams;
 pub mod hypernet;
 pub mod ike;
 pub mod ke;
+pub mod lora;
 pub mod memit;
 pub mod memory_prefix;
 pub mod mend;
@@ -17,11 +19,13 @@ pub mod patch;
 pub mod registry;
 pub mod sequence;
 pub mod serac;
+pub mod stack;
 pub mod t_patcher;
 pub mod unike;
 
-pub use patch::{Patch, PatchDeps, PatchStack, Provenance};
+pub use patch::{Patch, PatchDeps, Provenance};
 pub use sequence::{EditSequence, Prediction};
+pub use stack::PatchStack;
 
 use crate::error::Result;
 use crate::model::{ModelProcessor, VisionLanguageModel};

@@ -1,6 +1,7 @@
-//! Edits are data: a [`Patch`] is everything one edit added to the model (extra FFN neurons per layer, with the
-//! edit's provenance), and a [`PatchStack`] applies any number of them through hooks. Base weights are never mutated
-//! or copied, so stacking gives sequential editing, dropping any patch gives undo, and each user can own a stack.
+//! Edits are data: a [`Patch`] is everything one edit added to the model (extra FFN neurons, weight deltas, adapters,
+//! prefixes, memory entries, with the edit's provenance), and a [`super::PatchStack`] applies any number of them
+//! through hooks. Base weights are never mutated or copied, so stacking gives sequential editing, dropping any patch
+//! gives undo, and each user can own a stack.
 //! Patches round-trip through `NAME.safetensors` (tensors) + `NAME.json` (provenance and layout).
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::serac::{SeracEntry, SeracNet};
 use super::unike::latent::{Alpha, Knowledge};
 use crate::error::{Error, Result};
-use crate::hooks::{ContextKv, DownProjDelta, ExtraNeurons, Hooks, UpProjDelta};
+use crate::hooks::{ContextKv, DownProjDelta, ExtraNeurons, Hooks, Proj, UpProjDelta};
 use crate::model::config::Activation;
 use crate::model::VisionLanguageModel;
 
@@ -76,6 +77,10 @@ pub struct Patch {
     /// Locate-then-edit (ROME, MEMIT, AlphaEdit): the edit's keys `(n, i)` at each changed layer, which AlphaEdit's
     /// preserved-knowledge cache reads for the edits above it. Not applied by any hook.
     pub keys: BTreeMap<usize, Tensor>,
+    /// Low-rank adapters of attention projections (LoRA), by (layer, projection).
+    pub lora: super::lora::Adapters,
+    /// A GRACE codebook entry (the stack's entries make one codebook per layer).
+    pub grace: Option<super::grace::codebook::GraceEntry>,
 }
 
 /// What loading a patch may need besides the model: the UniKE memory latent entries join, SERAC's networks.
@@ -122,6 +127,20 @@ struct PatchJson {
     /// Layers with stored keys (locate-then-edit).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     keys: Vec<usize>,
+    /// LoRA adapters: `LAYER.PROJ` (e.g. `3.q_proj`) → the scale `α / r`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    lora: BTreeMap<String, f64>,
+    /// A GRACE entry's layer, label and starting radius (its key and value are tensors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grace: Option<GraceJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GraceJson {
+    layer: usize,
+    label: String,
+    eps: f64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -163,11 +182,13 @@ impl Patch {
             retrieval: None,
             serac: None,
             keys: BTreeMap::new(),
+            lora: BTreeMap::new(),
+            grace: None,
         }
     }
 
     /// The hooks of the patch's own parameters (neurons, deltas, prefixes), without latent retrieval.
-    fn own_hooks(&self) -> Hooks {
+    pub(super) fn own_hooks(&self) -> Hooks {
         let mut h = Hooks::none();
         for (&layer, n) in &self.neurons {
             h.add_ffn(layer, Arc::new(n.clone()));
@@ -181,12 +202,15 @@ impl Patch {
         for c in &self.contexts {
             h.add_context(c.clone());
         }
+        for (&(layer, _), a) in &self.lora {
+            h.add_proj(layer, Arc::new(a.clone()));
+        }
         h
     }
 
     /// The hooks that apply this patch alone.
     pub fn hooks(&self) -> Result<Hooks> {
-        stack_hooks(std::iter::once(self))
+        super::stack::stack_hooks(std::iter::once(self))
     }
 
     /// Number of extra parameters (and stored states).
@@ -196,7 +220,8 @@ impl Patch {
         let contexts: usize = self.contexts.iter().map(|c| c.elem_count()).sum();
         let latent: usize = self.latent.values().map(|(s, p)| s.elem_count() + p.elem_count()).sum();
         let serac: usize = self.serac.iter().map(|e| e.key.elem_count() + e.context.elem_count()).sum();
-        let up: usize = self.up_deltas.values().map(|d| d.delta.elem_count()).sum();
+        let up: usize = self.up_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>()
+            + self.lora.values().map(|a| a.a.elem_count() + a.b.elem_count()).sum::<usize>();
         neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>() + up + contexts + latent + serac
     }
 
@@ -232,6 +257,14 @@ impl Patch {
         for (layer, k) in &self.keys {
             tensors.insert(format!("layers.{layer}.keys"), k.clone());
         }
+        for ((layer, p), a) in &self.lora {
+            tensors.insert(format!("layers.{layer}.{}.lora_a", p.name()), a.a.clone());
+            tensors.insert(format!("layers.{layer}.{}.lora_b", p.name()), a.b.clone());
+        }
+        if let Some(g) = &self.grace {
+            tensors.insert("grace.key".into(), g.key.clone());
+            tensors.insert("grace.value".into(), g.value.clone());
+        }
         for (layer, (sem, pos)) in &self.latent {
             tensors.insert(format!("layers.{layer}.h_sem"), sem.clone());
             tensors.insert(format!("layers.{layer}.h_pos"), pos.clone());
@@ -258,6 +291,8 @@ impl Patch {
             retrieval: self.retrieval.as_ref().map(|r| RetrievalJson { top_k: r.top_k, alpha: r.alpha }),
             serac: usize::from(self.serac.is_some()),
             keys: self.keys.keys().copied().collect(),
+            lora: self.lora.iter().map(|((l, p), a)| (format!("{l}.{}", p.name()), a.scale)).collect(),
+            grace: self.grace.as_ref().map(|g| GraceJson { layer: g.layer, label: g.label.clone(), eps: g.eps }),
         };
         let text = serde_json::to_string_pretty(&json).map_err(|e| data_err(&js, e.to_string()))?;
         std::fs::write(&js, text).map_err(|err| Error::Io { path: js.clone(), err })
@@ -358,6 +393,41 @@ impl Patch {
             }
             keys.insert(l, k);
         }
+        let mut lora = BTreeMap::new();
+        for (site, scale) in json.lora {
+            let parsed = site.split_once('.').and_then(|(l, p)| Some((l.parse::<usize>().ok()?, Proj::parse(p)?)));
+            let (layer, proj) = parsed.ok_or_else(|| data_err(&js, format!("bad LoRA site {site:?}")))?;
+            let (a, b) = (take(format!("layers.{site}.lora_a"))?, take(format!("layers.{site}.lora_b"))?);
+            let (fan_in, fan_out) = super::lora::projection_shape(model, layer, proj)?;
+            if a.rank() != 2 || b.rank() != 2 || a.dim(1)? != fan_in || b.dim(0)? != fan_out || a.dim(0)? != b.dim(1)? {
+                return Err(data_err(
+                    &st,
+                    format!("LoRA {site}: {:?} and {:?} do not fit this model", a.dims(), b.dims()),
+                ));
+            }
+            lora.insert((layer, proj), super::lora::LoraAdapter { proj, a, b, scale });
+        }
+        let grace = match json.grace {
+            None => None,
+            Some(g) => {
+                let (key, value) = (take("grace.key".into())?, take("grace.value".into())?);
+                let parts = model.ffn_parts(g.layer)?;
+                if key.dims() != [parts.width()?] || value.dims() != [model.hidden_size()] {
+                    return Err(data_err(
+                        &st,
+                        format!("a GRACE entry of {:?} / {:?} for this model", key.dims(), value.dims()),
+                    ));
+                }
+                Some(super::grace::codebook::GraceEntry {
+                    layer: g.layer,
+                    key,
+                    value,
+                    label: g.label,
+                    eps: g.eps,
+                    parts,
+                })
+            }
+        };
         let mut latent = BTreeMap::new();
         for l in json.latent {
             latent.insert(l, (take(format!("layers.{l}.h_sem"))?, take(format!("layers.{l}.h_pos"))?));
@@ -402,6 +472,8 @@ impl Patch {
             retrieval,
             serac,
             keys,
+            lora,
+            grace,
         })
     }
 }
@@ -438,104 +510,11 @@ pub fn up_delta(
     Ok(UpProjDelta { parts, delta, down_delta })
 }
 
-/// Hooks of `patches` applied together. Latent entries of every patch join the memory of the first patch that has
-/// one, with its retrieval settings.
-fn stack_hooks<'a>(patches: impl Iterator<Item = &'a Patch>) -> Result<Hooks> {
-    let mut h = Hooks::none();
-    let mut retrieval: Option<&Retrieval> = None;
-    let mut entries: BTreeMap<usize, Vec<(Tensor, Tensor)>> = BTreeMap::new();
-    let mut serac = Vec::new();
-    for p in patches {
-        h.extend(&p.own_hooks());
-        serac.extend(p.serac.as_ref());
-        if p.latent.is_empty() {
-            continue;
-        }
-        let r = p.retrieval.as_ref().ok_or_else(|| Error::Invalid("latent entries without a memory".into()))?;
-        retrieval.get_or_insert(r);
-        for (l, e) in &p.latent {
-            entries.entry(*l).or_default().push(e.clone());
-        }
-    }
-    if let Some(r) = retrieval {
-        h.extend(&r.knowledge.hooks(r.top_k, r.alpha, &entries)?);
-    }
-    h.extend(&super::serac::stack_hooks(&serac)?);
-    Ok(h)
-}
-
-/// An ordered stack of patches with stable ids: push, drop any one (undo), apply all through hooks.
-#[derive(Debug, Clone, Default)]
-pub struct PatchStack {
-    entries: Vec<(u64, Arc<Patch>)>,
-    next_id: u64,
-}
-
-impl PatchStack {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Pushes `patch` on top; returns its id.
-    pub fn push(&mut self, patch: Patch) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.entries.push((id, Arc::new(patch)));
-        id
-    }
-
-    /// Removes the patch with `id` from anywhere in the stack, returning it.
-    pub fn remove(&mut self, id: u64) -> Result<Arc<Patch>> {
-        let at = self
-            .entries
-            .iter()
-            .position(|(i, _)| *i == id)
-            .ok_or_else(|| Error::Invalid(format!("no patch with id {id} in the stack")))?;
-        Ok(self.entries.remove(at).1)
-    }
-
-    /// Removes the top patch.
-    pub fn pop(&mut self) -> Option<Arc<Patch>> {
-        self.entries.pop().map(|(_, p)| p)
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// Ids and patches, bottom first.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &Patch)> {
-        self.entries.iter().map(|(i, p)| (*i, p.as_ref()))
-    }
-
-    /// Hooks applying every patch, bottom first (their extra neurons add up, their prefixes sit side by side, their
-    /// latent entries join one retrieval memory).
-    pub fn hooks(&self) -> Result<Hooks> {
-        stack_hooks(self.entries.iter().map(|(_, p)| p.as_ref()))
-    }
-
-    /// Saves every patch as `dir/NNNN` (bottom first).
-    pub fn save(&self, dir: &Path) -> Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir).map_err(|err| Error::Io { path: dir.to_path_buf(), err })?;
-        self.entries
-            .iter()
-            .enumerate()
-            .map(|(i, (_, p))| {
-                let base = dir.join(format!("{i:04}"));
-                p.save(&base).map(|_| base)
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::edit::PatchStack;
     use candle_core::Device;
 
     fn neurons(seed: f32, d: usize, n: usize) -> Result<ExtraNeurons> {

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use super::alphaedit::{AlphaEdit, AlphaEditParams};
 use super::ft::{FineTune, FtParams};
+use super::grace::{Grace, GraceParams};
 use super::hparams;
 use super::ike::{Ike, IkeParams};
 use super::ke::{Ke, KeNet};
+use super::lora::{Lora, LoraParams};
 use super::memit::stats::KeyStats;
 use super::memit::{Memit, MemitParams, Rome, RomeParams};
 use super::mend::{Mend, MendNet};
@@ -21,9 +23,9 @@ use crate::error::{Error, Result};
 use crate::model::VisionLanguageModel;
 
 /// Method names as the CLI spells them: `none` (the unedited model, an empty patch), then the paper's table order, then
-/// the locate-then-edit methods (issue 19).
-pub const METHODS: [&str; 11] =
-    ["none", "ft", "ke", "t-patcher", "mend", "ike", "serac", "unike", "rome", "memit", "alphaedit"];
+/// the editors of issue 19 (LoRA, GRACE, then the locate-then-edit methods).
+pub const METHODS: [&str; 13] =
+    ["none", "ft", "ke", "t-patcher", "mend", "ike", "serac", "unike", "lora", "grace", "rome", "memit", "alphaedit"];
 
 /// The methods that read the model's key statistics ([`KeyStats`], `MODEL/memit/`).
 pub const USES_KEY_STATS: [&str; 3] = ["rome", "memit", "alphaedit"];
@@ -122,6 +124,8 @@ fn build_with(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod
             Ok(Box::new(Ke { net: Arc::new(net), eos: inputs.eos }))
         }
         "serac" => Ok(Box::new(Serac::load(&inputs.model_dir.join("serac"), inputs.backbone, inputs.eos)?)),
+        "lora" => Ok(Box::new(Lora::new(params::<LoraParams>(&inputs, base)?, inputs.backbone, inputs.eos)?)),
+        "grace" => Ok(Box::new(Grace::new(params::<GraceParams>(&inputs, base)?, inputs.backbone, inputs.eos)?)),
         "rome" | "memit" | "alphaedit" => {
             let (m, eos) = (inputs.backbone, inputs.eos);
             let width = m.ffn_parts(0)?.width()?;
@@ -158,8 +162,8 @@ mod tests {
             build("t-patcher", inputs("default")).map(|m| m.name().to_string()).ok().as_deref(),
             Some("t-patcher")
         );
-        let e = build("grace", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("unknown method \"grace\"") && e.contains("t-patcher"), "{e}");
+        let e = build("wise", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("unknown method \"wise\"") && e.contains("t-patcher"), "{e}");
         let e = build("memit", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("build-stats"), "missing statistics say how to make them: {e}");
         // The shipped file parses; a typo in a key is an error naming the file.
@@ -178,7 +182,7 @@ mod tests {
         assert_eq!(canonical_name("unike:k=3/alpha=0.50").ok().as_deref(), Some("unike:alpha=0.5/k=3"));
         assert_eq!(canonical_name("unike:full").ok().as_deref(), Some("unike"));
         assert_eq!(canonical_name("serac").ok().as_deref(), Some("serac"));
-        assert!(canonical_name("unike:alpha=0.5000001").is_err() && canonical_name("grace").is_err());
+        assert!(canonical_name("unike:alpha=0.5000001").is_err() && canonical_name("wise").is_err());
         assert_eq!(build("none", inputs("default")).map(|m| m.name().to_string()).ok().as_deref(), Some("none"));
         let e3 = build("unike", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e3.contains("build-memory"), "{e3}");
@@ -192,7 +196,9 @@ mod tests {
         use crate::model::Family;
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut parsed = 0;
-        for method in ["ft", "ke", "t-patcher", "mend", "ike", "serac", "unike", "rome", "memit", "alphaedit"] {
+        for method in
+            ["ft", "ke", "t-patcher", "mend", "ike", "serac", "unike", "lora", "grace", "rome", "memit", "alphaedit"]
+        {
             for stem in ["default", "llava", "blip2", "qwen2vl"] {
                 let path = hparams::hparams_path(&root, method, stem);
                 assert!(path.is_file(), "{} is missing", path.display());
@@ -203,6 +209,8 @@ mod tests {
                     "mend" => hparams::load::<super::super::mend::MendParams>(&path).map(|_| ()),
                     "ike" => hparams::load::<IkeParams>(&path).map(|_| ()),
                     "serac" => hparams::load::<super::super::serac::SeracParams>(&path).map(|_| ()),
+                    "lora" => hparams::load::<LoraParams>(&path).map(|_| ()),
+                    "grace" => hparams::load::<GraceParams>(&path).map(|_| ()),
                     "rome" => hparams::load::<RomeParams>(&path).map(|_| ()),
                     "memit" => hparams::load::<MemitParams>(&path).map(|_| ()),
                     "alphaedit" => hparams::load::<AlphaEditParams>(&path).map(|_| ()),
@@ -212,7 +220,7 @@ mod tests {
                 parsed += 1;
             }
         }
-        assert_eq!(parsed, 40);
+        assert_eq!(parsed, 48);
         // A model without a file of its own takes its family's; the shipped model keeps its own.
         let blip2 = hparams::resolve(&root, "unike", "blip2-opt-2.7b", Family::Blip2).unwrap();
         assert!(blip2.ends_with("hparams/unike/blip2.toml"), "{}", blip2.display());
@@ -220,6 +228,6 @@ mod tests {
         assert_eq!(p.layers, 4, "the paper edits BLIP-2 OPT's last 4 layers");
         let own = hparams::resolve(&root, "unike", "default", Family::Llava).unwrap();
         assert!(own.ends_with("hparams/unike/default.toml"));
-        assert!(hparams::resolve(&root, "grace", "default", Family::Qwen2Vl).is_none());
+        assert!(hparams::resolve(&root, "wise", "default", Family::Qwen2Vl).is_none());
     }
 }

@@ -14,7 +14,9 @@ use super::config::{RopeScaling, TextConfig};
 use super::kernels;
 use super::norm::RmsNorm;
 use crate::error::{Error, Result};
-use crate::hooks::{add_ffn_extras, shift_attention, AttnContext, Capture, CapturePoint, ContextKv, Hooks, LayerHooks};
+use crate::hooks::{
+    add_ffn_extras, shift_attention, AttnContext, Capture, CapturePoint, ContextKv, Hooks, LayerHooks, Proj, ProjSite,
+};
 
 /// Precomputed rotary tables, `cos`/`sin` of shape `(max_positions, head_dim / 2)`.
 #[derive(Debug, Clone)]
@@ -120,15 +122,16 @@ impl Attention {
         rope: &Rope,
         kv: Option<&mut LayerKv>,
         prefix: Option<&(Tensor, Tensor)>,
+        site: ProjSite<'_>,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let split = |t: Tensor, heads: usize| -> Result<Tensor> {
             Ok(t.reshape((b, s, heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
         let pos = start + prefix.map(|(k, _)| k.dim(2)).transpose()?.unwrap_or(0);
-        let q = rope.apply(&split(self.q_proj.forward(x)?, self.n_heads)?, pos)?;
-        let mut k = rope.apply(&split(self.k_proj.forward(x)?, self.n_kv_heads)?, pos)?;
-        let mut v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let q = rope.apply(&split(site.project(Proj::Q, &self.q_proj, x)?, self.n_heads)?, pos)?;
+        let mut k = rope.apply(&split(site.project(Proj::K, &self.k_proj, x)?, self.n_kv_heads)?, pos)?;
+        let mut v = split(site.project(Proj::V, &self.v_proj, x)?, self.n_kv_heads)?;
         if let Some(slot) = kv {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -151,7 +154,7 @@ impl Attention {
         }
         let att = kernels::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, self.n_heads * self.head_dim))?;
-        Ok(self.o_proj.forward(&y)?)
+        site.project(Proj::O, &self.o_proj, &y)
     }
 }
 
@@ -231,7 +234,7 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         capture.put(idx, CapturePoint::LayerInput, x);
         let normed = self.input_layernorm.forward(x)?;
-        let attn = self.self_attn.forward(&normed, start, rope, kv, prefix)?;
+        let attn = self.self_attn.forward(&normed, start, rope, kv, prefix, ProjSite { hooks, layer: idx })?;
         let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
         let attn = shift_attention(hooks, &ctx, attn, capture)?;
         capture.put(idx, CapturePoint::AttnOutput, &attn);

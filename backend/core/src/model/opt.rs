@@ -36,7 +36,9 @@ use super::config::Activation;
 use super::kernels;
 use super::norm::LayerNorm;
 use crate::error::{Error, Result};
-use crate::hooks::{add_ffn_extras, shift_attention, AttnContext, Capture, CapturePoint, ContextKv, Hooks, LayerHooks};
+use crate::hooks::{
+    add_ffn_extras, shift_attention, AttnContext, Capture, CapturePoint, ContextKv, Hooks, LayerHooks, Proj, ProjSite,
+};
 
 /// OPT's learned position table starts at row 2 (the first two rows are never read by an unpadded sequence).
 pub const POSITION_OFFSET: usize = 2;
@@ -72,15 +74,21 @@ impl Attention {
     /// The query is scaled by `head_dim^-0.5` after its projection (bias included), before `q·kᵀ`, as OPT does.
     /// `prefix`: keys and values `(b, heads, n, head_dim)` of an in-context prefix every position attends to, as if
     /// it had been prepended (the cache holds only the input's).
-    fn forward(&self, x: &Tensor, kv: Option<&mut LayerKv>, prefix: Option<&(Tensor, Tensor)>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        kv: Option<&mut LayerKv>,
+        prefix: Option<&(Tensor, Tensor)>,
+        site: ProjSite<'_>,
+    ) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
         let split = |t: Tensor| -> Result<Tensor> {
             Ok(t.reshape((b, s, self.n_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = split((self.q_proj.forward(x)? * scale)?)?;
-        let mut k = split(self.k_proj.forward(x)?)?;
-        let mut v = split(self.v_proj.forward(x)?)?;
+        let q = split((site.project(Proj::Q, &self.q_proj, x)? * scale)?)?;
+        let mut k = split(site.project(Proj::K, &self.k_proj, x)?)?;
+        let mut v = split(site.project(Proj::V, &self.v_proj, x)?)?;
         if let Some(slot) = kv {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -99,7 +107,7 @@ impl Attention {
         }
         let att = kernels::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, d))?;
-        Ok(self.out_proj.forward(&y)?)
+        site.project(Proj::O, &self.out_proj, &y)
     }
 }
 
@@ -147,7 +155,7 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         capture.put(idx, CapturePoint::LayerInput, x);
         let normed = self.self_attn_layer_norm.forward(x)?;
-        let attn = self.self_attn.forward(&normed, kv, prefix)?;
+        let attn = self.self_attn.forward(&normed, kv, prefix, ProjSite { hooks, layer: idx })?;
         let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
         let attn = shift_attention(hooks, &ctx, attn, capture)?;
         capture.put(idx, CapturePoint::AttnOutput, &attn);

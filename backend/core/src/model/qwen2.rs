@@ -37,7 +37,9 @@ use super::kernels;
 use super::norm::RmsNorm;
 use super::qwen2vl_config::Qwen2TextConfig;
 use crate::error::{Error, Result};
-use crate::hooks::{add_ffn_extras, shift_attention, AttnContext, Capture, CapturePoint, ContextKv, Hooks, LayerHooks};
+use crate::hooks::{
+    add_ffn_extras, shift_attention, AttnContext, Capture, CapturePoint, ContextKv, Hooks, LayerHooks, Proj, ProjSite,
+};
 
 fn linear(vb: VarBuilder, i: usize, o: usize, bias: bool) -> Result<Linear> {
     Ok(if bias { candle_nn::linear(i, o, vb)? } else { candle_nn::linear_no_bias(i, o, vb)? })
@@ -113,14 +115,15 @@ impl Attention {
         mask: &Tensor,
         kv: Option<&mut LayerKv>,
         prefix: Option<&(Tensor, Tensor)>,
+        site: ProjSite<'_>,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let split = |t: Tensor, heads: usize| -> Result<Tensor> {
             Ok(t.reshape((b, s, heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = rope.apply(&split(self.q_proj.forward(x)?, self.n_heads)?)?;
-        let mut k = rope.apply(&split(self.k_proj.forward(x)?, self.n_kv_heads)?)?;
-        let mut v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let q = rope.apply(&split(site.project(Proj::Q, &self.q_proj, x)?, self.n_heads)?)?;
+        let mut k = rope.apply(&split(site.project(Proj::K, &self.k_proj, x)?, self.n_kv_heads)?)?;
+        let mut v = split(site.project(Proj::V, &self.v_proj, x)?, self.n_kv_heads)?;
         if let Some(slot) = kv {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -139,7 +142,7 @@ impl Attention {
         let att = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(mask)?;
         let att = kernels::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, self.n_heads * self.head_dim))?;
-        Ok(self.o_proj.forward(&y)?)
+        site.project(Proj::O, &self.o_proj, &y)
     }
 }
 
@@ -208,7 +211,7 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         capture.put(idx, CapturePoint::LayerInput, x);
         let normed = self.input_layernorm.forward(x)?;
-        let attn = self.self_attn.forward(&normed, rope, mask, kv, prefix)?;
+        let attn = self.self_attn.forward(&normed, rope, mask, kv, prefix, ProjSite { hooks, layer: idx })?;
         let ctx = AttnContext { layer: idx, start_pos: start, residual: x, normed: &normed };
         let attn = shift_attention(hooks, &ctx, attn, capture)?;
         capture.put(idx, CapturePoint::AttnOutput, &attn);

@@ -18,7 +18,7 @@ use candle_core::{DType, Tensor};
 use super::latent::{Alpha, Knowledge};
 use super::retrieve::with_rows;
 use crate::edit::memory_prefix::{assemble, chunks, ffn_inputs, residual_at, Chunk, MemoryPrefix};
-use crate::edit::patch::PatchStack;
+use crate::edit::PatchStack;
 use crate::edit::{EditContext, EditSequence};
 use crate::error::{Error, Result};
 use crate::hooks::{Capture, CapturePoint, Hooks};
