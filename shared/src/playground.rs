@@ -4,8 +4,22 @@ use serde::{Deserialize, Serialize};
 
 /// Edit methods, as the API names them (UniKE variants: `unike:<variant>`). `none` is the unedited model (its patch
 /// is empty): the baseline row of a benchmark.
-pub const METHODS: [&str; 13] =
-    ["unike", "t-patcher", "serac", "mend", "ke", "ft", "ike", "lora", "grace", "rome", "memit", "alphaedit", "none"];
+pub const METHODS: [&str; 14] = [
+    "unike",
+    "t-patcher",
+    "serac",
+    "mend",
+    "ke",
+    "ft",
+    "ike",
+    "ft-vision",
+    "lora",
+    "grace",
+    "rome",
+    "memit",
+    "alphaedit",
+    "none",
+];
 
 /// Limits the server enforces on user input.
 pub const TEXT_MAX: usize = 300;
@@ -63,7 +77,7 @@ pub struct EditRequest {
     pub image: Option<ImageRef>,
     pub question: String,
     pub target: String,
-    /// `unike`, `ft`, `ke`, `t-patcher`, `mend`, `ike`, `serac`, `lora`, `grace`, `rome`, `memit`, `alphaedit` or
+    /// `unike`, `ft`, `ke`, `t-patcher`, `mend`, `ike`, `serac`, `ft-vision`, `lora`, `grace`, `rome`, `memit`, `alphaedit` or
     /// `unike:<variant>`.
     pub method: String,
     #[serde(default)]

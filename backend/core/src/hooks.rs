@@ -15,7 +15,9 @@
 //! (b) [`AttnHook`]: a shift of the self-attention output (paper Eq. 2, latent in-context editing);
 //! (c) [`Capture`]: hidden states at the points above, for memory extraction and analysis;
 //! (d) [`ProjHook`]: a change of one of the self-attention's projections (`q`, `k`, `v`, `o`), added to that
-//!     projection's output (LoRA's low-rank adapters).
+//!     projection's output (LoRA's low-rank adapters);
+//! (e) [`VisionHook`]: a change of the projected image features, from the projector's input (FT on the vision side),
+//!     applied when inputs are embedded ([`crate::model::VisionLanguageModel::embed_hooked`]).
 //!
 //! With an empty [`Hooks`] and no capture the forward pass takes exactly the plain path.
 
@@ -93,6 +95,13 @@ pub trait ProjHook: Send + Sync + fmt::Debug {
     /// `input`: what the projection reads, `(b, s, in)`. Returns `(b, s, out)`, added to the projection's output
     /// (before any bias-free scaling the family applies after it).
     fn adapt(&self, layer: usize, input: &Tensor) -> Result<Tensor>;
+}
+
+/// A change of the vision-to-language projector's output (capability of an edit of the image path).
+pub trait VisionHook: Send + Sync + fmt::Debug {
+    /// `projector_input`: what the projector reads ([`crate::model::VisionLanguageModel::projector_input`]). Returns
+    /// the change of its output, f32, added to the projected image features.
+    fn adapt(&self, projector_input: &Tensor) -> Result<Tensor>;
 }
 
 /// The hooks of one layer, applied in insertion order.
@@ -254,6 +263,7 @@ pub trait Router: Send + Sync + fmt::Debug {
 #[derive(Clone, Default, Debug)]
 pub struct Hooks {
     layers: BTreeMap<usize, LayerHooks>,
+    vision: Vec<Arc<dyn VisionHook>>,
     contexts: Vec<Arc<ContextKv>>,
     routers: Vec<Arc<dyn Router>>,
 }
@@ -268,6 +278,17 @@ impl Hooks {
     pub fn add_ffn(&mut self, layer: usize, hook: Arc<dyn FfnHook>) -> &mut Self {
         self.layers.entry(layer).or_default().ffn.push(hook);
         self
+    }
+
+    /// Adds a change of the projected image features.
+    pub fn add_vision(&mut self, hook: Arc<dyn VisionHook>) -> &mut Self {
+        self.vision.push(hook);
+        self
+    }
+
+    /// The changes of the projected image features, in order.
+    pub fn vision(&self) -> &[Arc<dyn VisionHook>] {
+        &self.vision
     }
 
     /// Adds a change of one of `layer`'s attention projections.
@@ -344,6 +365,7 @@ impl Hooks {
     pub fn extend(&mut self, other: &Hooks) -> &mut Self {
         self.routers.extend(other.routers.iter().cloned());
         self.contexts.extend(other.contexts.iter().cloned());
+        self.vision.extend(other.vision.iter().cloned());
         for (l, h) in &other.layers {
             let e = self.layers.entry(*l).or_default();
             e.ffn.extend(h.ffn.iter().cloned());
@@ -360,14 +382,17 @@ impl Hooks {
 
     /// True when no layer has a hook and there is no in-context prefix or router.
     pub fn is_empty(&self) -> bool {
-        self.layers.values().all(LayerHooks::is_empty) && self.contexts.is_empty() && self.routers.is_empty()
+        self.layers.values().all(LayerHooks::is_empty)
+            && self.contexts.is_empty()
+            && self.routers.is_empty()
+            && self.vision.is_empty()
     }
 
-    /// The lowest layer whose computation the hooks change: 0 with an in-context prefix (every layer attends to it)
-    /// or a router (a route may add one), else the smallest hooked layer; `None` for no hooks. Below it the model
+    /// The lowest layer whose computation the hooks change: 0 with an in-context prefix (every layer attends to it),
+    /// a router (a route may add one) or a change of the image features, else the smallest hooked layer; `None` for no hooks. Below it the model
     /// computes what it computes unhooked.
     pub fn first_layer(&self) -> Option<usize> {
-        if !self.contexts.is_empty() || !self.routers.is_empty() {
+        if !self.contexts.is_empty() || !self.routers.is_empty() || !self.vision.is_empty() {
             return Some(0);
         }
         self.layers.iter().find(|(_, h)| !h.is_empty()).map(|(l, _)| *l)

@@ -19,6 +19,7 @@ use common::{fixture, max_abs_diff};
 use unike_core::data::{EditCase, Task};
 use unike_core::edit::alphaedit::{AlphaEdit, AlphaEditParams};
 use unike_core::edit::ft::{FineTune, FtParams};
+use unike_core::edit::ft_vision::{FtVision, FtVisionParams};
 use unike_core::edit::grace::{Grace, GraceParams};
 use unike_core::edit::hypernet::{self, TrainCase, TrainParams};
 use unike_core::edit::ike::{Ike, IkeParams};
@@ -330,6 +331,8 @@ fn build(
             };
             Box::new(Lora::new(params, m, b.eos)?)
         }
+        // A random model needs a larger step than VLKEB's 1e-4 to move in 20 steps.
+        "ft-vision" => Box::new(FtVision { params: FtVisionParams { steps: 20, lr: 1e-2 }, eos: b.eos }),
         "grace" => Box::new(Grace::new(GraceParams { layer: 1, ..GraceParams::default() }, m, b.eos)?),
         "rome" | "memit" | "alphaedit" => {
             // Key statistics of the training cases' unrelated questions; the first two layers are edited.
@@ -413,7 +416,7 @@ enum Keeps {
 ///   42 39 29;
 /// - unike:only-latent: logp -26.71 -19.66 -21.97, moved 0.94 0.26 0.52, kept 0 0 1, positions 32 40 34;
 /// - every patch: the loaded one gives exactly the same logits (difference 0).
-const METHODS: [(&str, Takes, Keeps); 14] = [
+const METHODS: [(&str, Takes, Keeps); 15] = [
     ("ft", Takes::Target, Keeps::Reported),
     ("ke", Takes::Raises(5.0), Keeps::Reported),
     ("t-patcher", Takes::Target, Keeps::Mostly),
@@ -423,6 +426,7 @@ const METHODS: [(&str, Takes, Keeps); 14] = [
     ("unike", Takes::Target, Keeps::Reported),
     ("unike:only-intrinsic", Takes::Target, Keeps::Reported),
     ("unike:only-latent", Takes::Changes, Keeps::Reported),
+    ("ft-vision", Takes::Raises(2.0), Keeps::Reported),
     ("lora", Takes::Target, Keeps::Reported),
     ("grace", Takes::Raises(5.0), Keeps::Exactly),
     ("rome", Takes::Raises(5.0), Keeps::Reported),

@@ -3,6 +3,7 @@
 
 pub mod alphaedit;
 pub mod ft;
+pub mod ft_vision;
 pub mod grace;
 pub mod gradient;
 pub mod hparams;

@@ -81,6 +81,8 @@ pub struct Patch {
     pub lora: super::lora::Adapters,
     /// A GRACE codebook entry (the stack's entries make one codebook per layer).
     pub grace: Option<super::grace::codebook::GraceEntry>,
+    /// A change of the vision-to-language projector (FT on the vision side).
+    pub vision: Option<crate::model::ProjectorDelta>,
 }
 
 /// What loading a patch may need besides the model: the UniKE memory latent entries join, SERAC's networks.
@@ -133,6 +135,13 @@ struct PatchJson {
     /// A GRACE entry's layer, label and starting radius (its key and value are tensors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     grace: Option<GraceJson>,
+    /// The number of projector linears changed (FT on the vision side), 0 for none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    vision: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -184,6 +193,7 @@ impl Patch {
             keys: BTreeMap::new(),
             lora: BTreeMap::new(),
             grace: None,
+            vision: None,
         }
     }
 
@@ -205,6 +215,9 @@ impl Patch {
         for (&(layer, _), a) in &self.lora {
             h.add_proj(layer, Arc::new(a.clone()));
         }
+        if let Some(v) = &self.vision {
+            h.add_vision(Arc::new(v.clone()));
+        }
         h
     }
 
@@ -221,7 +234,14 @@ impl Patch {
         let latent: usize = self.latent.values().map(|(s, p)| s.elem_count() + p.elem_count()).sum();
         let serac: usize = self.serac.iter().map(|e| e.key.elem_count() + e.context.elem_count()).sum();
         let up: usize = self.up_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>()
-            + self.lora.values().map(|a| a.a.elem_count() + a.b.elem_count()).sum::<usize>();
+            + self.lora.values().map(|a| a.a.elem_count() + a.b.elem_count()).sum::<usize>()
+            + self
+                .vision
+                .iter()
+                .flat_map(|v| v.deltas.iter())
+                .map(|(w, b)| w.elem_count() + b.elem_count())
+                .sum::<usize>()
+            + self.grace.iter().map(|g| g.key.elem_count() + g.value.elem_count()).sum::<usize>();
         neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>() + up + contexts + latent + serac
     }
 
@@ -265,6 +285,10 @@ impl Patch {
             tensors.insert("grace.key".into(), g.key.clone());
             tensors.insert("grace.value".into(), g.value.clone());
         }
+        for (i, (w, b)) in self.vision.iter().flat_map(|v| v.deltas.iter()).enumerate() {
+            tensors.insert(format!("projector.{i}.weight_delta"), w.clone());
+            tensors.insert(format!("projector.{i}.bias_delta"), b.clone());
+        }
         for (layer, (sem, pos)) in &self.latent {
             tensors.insert(format!("layers.{layer}.h_sem"), sem.clone());
             tensors.insert(format!("layers.{layer}.h_pos"), pos.clone());
@@ -293,6 +317,7 @@ impl Patch {
             keys: self.keys.keys().copied().collect(),
             lora: self.lora.iter().map(|((l, p), a)| (format!("{l}.{}", p.name()), a.scale)).collect(),
             grace: self.grace.as_ref().map(|g| GraceJson { layer: g.layer, label: g.label.clone(), eps: g.eps }),
+            vision: self.vision.as_ref().map_or(0, |v| v.deltas.len()),
         };
         let text = serde_json::to_string_pretty(&json).map_err(|e| data_err(&js, e.to_string()))?;
         std::fs::write(&js, text).map_err(|err| Error::Io { path: js.clone(), err })
@@ -428,6 +453,19 @@ impl Patch {
                 })
             }
         };
+        let vision = match json.vision {
+            0 => None,
+            n => {
+                let deltas = (0..n)
+                    .map(|i| {
+                        Ok((take(format!("projector.{i}.weight_delta"))?, take(format!("projector.{i}.bias_delta"))?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let delta = crate::model::ProjectorDelta::new(model.projector_parts()?, deltas)
+                    .map_err(|e| data_err(&st, e.to_string()))?;
+                Some(delta)
+            }
+        };
         let mut latent = BTreeMap::new();
         for l in json.latent {
             latent.insert(l, (take(format!("layers.{l}.h_sem"))?, take(format!("layers.{l}.h_pos"))?));
@@ -474,6 +512,7 @@ impl Patch {
             keys,
             lora,
             grace,
+            vision,
         })
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::alphaedit::{AlphaEdit, AlphaEditParams};
 use super::ft::{FineTune, FtParams};
+use super::ft_vision::{FtVision, FtVisionParams};
 use super::grace::{Grace, GraceParams};
 use super::hparams;
 use super::ike::{Ike, IkeParams};
@@ -23,9 +24,23 @@ use crate::error::{Error, Result};
 use crate::model::VisionLanguageModel;
 
 /// Method names as the CLI spells them: `none` (the unedited model, an empty patch), then the paper's table order, then
-/// the editors of issue 19 (LoRA, GRACE, then the locate-then-edit methods).
-pub const METHODS: [&str; 13] =
-    ["none", "ft", "ke", "t-patcher", "mend", "ike", "serac", "unike", "lora", "grace", "rome", "memit", "alphaedit"];
+/// the editors of issue 19 (FT on the vision side, LoRA, GRACE, then the locate-then-edit methods).
+pub const METHODS: [&str; 14] = [
+    "none",
+    "ft",
+    "ke",
+    "t-patcher",
+    "mend",
+    "ike",
+    "serac",
+    "unike",
+    "ft-vision",
+    "lora",
+    "grace",
+    "rome",
+    "memit",
+    "alphaedit",
+];
 
 /// The methods that read the model's key statistics ([`KeyStats`], `MODEL/memit/`).
 pub const USES_KEY_STATS: [&str; 3] = ["rome", "memit", "alphaedit"];
@@ -124,6 +139,7 @@ fn build_with(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod
             Ok(Box::new(Ke { net: Arc::new(net), eos: inputs.eos }))
         }
         "serac" => Ok(Box::new(Serac::load(&inputs.model_dir.join("serac"), inputs.backbone, inputs.eos)?)),
+        "ft-vision" => Ok(Box::new(FtVision { params: params::<FtVisionParams>(&inputs, base)?, eos: inputs.eos })),
         "lora" => Ok(Box::new(Lora::new(params::<LoraParams>(&inputs, base)?, inputs.backbone, inputs.eos)?)),
         "grace" => Ok(Box::new(Grace::new(params::<GraceParams>(&inputs, base)?, inputs.backbone, inputs.eos)?)),
         "rome" | "memit" | "alphaedit" => {
@@ -210,6 +226,7 @@ mod tests {
                     "ike" => hparams::load::<IkeParams>(&path).map(|_| ()),
                     "serac" => hparams::load::<super::super::serac::SeracParams>(&path).map(|_| ()),
                     "lora" => hparams::load::<LoraParams>(&path).map(|_| ()),
+                    "ft-vision" => hparams::load::<FtVisionParams>(&path).map(|_| ()),
                     "grace" => hparams::load::<GraceParams>(&path).map(|_| ()),
                     "rome" => hparams::load::<RomeParams>(&path).map(|_| ()),
                     "memit" => hparams::load::<MemitParams>(&path).map(|_| ()),
@@ -220,7 +237,7 @@ mod tests {
                 parsed += 1;
             }
         }
-        assert_eq!(parsed, 48);
+        assert_eq!(parsed, 52);
         // A model without a file of its own takes its family's; the shipped model keeps its own.
         let blip2 = hparams::resolve(&root, "unike", "blip2-opt-2.7b", Family::Blip2).unwrap();
         assert!(blip2.ends_with("hparams/unike/blip2.toml"), "{}", blip2.display());

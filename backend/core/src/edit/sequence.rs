@@ -64,14 +64,19 @@ impl EditSequence {
 
     /// Inputs of the whole sequence, image features merged: embeddings `(1, s, d)` and positions.
     pub fn inputs(&self, model: &dyn VisionLanguageModel) -> Result<Inputs> {
+        self.inputs_hooked(model, &Hooks::none())
+    }
+
+    /// [`EditSequence::inputs`] with `hooks`' changes of the image features (FT on the vision side).
+    pub fn inputs_hooked(&self, model: &dyn VisionLanguageModel, hooks: &Hooks) -> Result<Inputs> {
         let input = Tensor::new(self.ids.as_slice(), model.device())?.unsqueeze(0)?;
-        model.embed(&input, self.pixels.as_ref())
+        model.embed_hooked(&input, self.pixels.as_ref(), hooks)
     }
 
     /// Logits `(n_targets, vocab)` f32 at the positions predicting each target, with `hooks` applied. Inside a
     /// [`kernels::differentiable`] scope this is differentiable with respect to hook parameters.
     pub fn target_logits(&self, model: &dyn VisionLanguageModel, hooks: &Hooks) -> Result<Tensor> {
-        let inputs = self.inputs(model)?;
+        let inputs = self.inputs_hooked(model, hooks)?;
         let hooks = model.routed(hooks, &inputs, self.prompt_len - 1)?;
         let h = model.forward_inputs(&inputs, None, &hooks, &mut Capture::none())?;
         let n = self.ids.len() - self.prompt_len;
@@ -132,7 +137,7 @@ impl EditSequence {
             for (part, start) in seqs.chunks(chunk.max(1)).zip((0..).step_by(chunk.max(1))) {
                 let prompts: Vec<&EditSequence> = part.iter().map(|(s, _)| *s).collect();
                 let last: Vec<usize> = prompts.iter().map(|s| s.prompt_len - 1).collect();
-                let routes = model.route(hooks, &Self::batch_inputs(model, &prompts)?, &last)?;
+                let routes = model.route(hooks, &Self::batch_inputs(model, &prompts, hooks)?, &last)?;
                 for (i, r) in routes.into_iter().enumerate() {
                     groups.entry(r).or_default().push(start + i);
                 }
@@ -153,7 +158,7 @@ impl EditSequence {
         let mut out = Vec::with_capacity(seqs.len());
         for part in seqs.chunks(chunk.max(1)) {
             let seqs_only: Vec<&EditSequence> = part.iter().map(|(s, _)| *s).collect();
-            let inputs = Self::batch_inputs(model, &seqs_only)?;
+            let inputs = Self::batch_inputs(model, &seqs_only, hooks)?;
             let h = model.forward_inputs(&inputs, None, hooks, &mut Capture::none())?;
             let logits = model.logits(&h)?;
             let top = logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
@@ -172,8 +177,9 @@ impl EditSequence {
         Ok(out)
     }
 
-    /// Inputs of right-padded sequences (padded with the first one's last id), embeddings `(b, s, d)`.
-    fn batch_inputs(model: &dyn VisionLanguageModel, seqs: &[&EditSequence]) -> Result<Inputs> {
+    /// Inputs of right-padded sequences (padded with the first one's last id), embeddings `(b, s, d)`, with `hooks`'
+    /// changes of the image features.
+    fn batch_inputs(model: &dyn VisionLanguageModel, seqs: &[&EditSequence], hooks: &Hooks) -> Result<Inputs> {
         let len = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
         let pad = seqs.iter().find_map(|s| s.ids.last().copied()).unwrap_or(0);
         let ids: Vec<u32> = seqs
@@ -182,7 +188,7 @@ impl EditSequence {
             .collect();
         let ids = Tensor::from_vec(ids, (seqs.len(), len), model.device())?;
         let pixels: Vec<&Pixels> = seqs.iter().filter_map(|s| s.pixels.as_ref()).collect();
-        model.embed(&ids, Pixels::cat(&pixels)?.as_ref())
+        model.embed_hooked(&ids, Pixels::cat(&pixels)?.as_ref(), hooks)
     }
 
     /// The prompt of this sequence followed by `answer` ids (e.g. a greedy answer, its end of sequence included).

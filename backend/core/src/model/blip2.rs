@@ -184,7 +184,16 @@ impl VisionLanguageModel for Blip2 {
     /// OPT's learned positions `0..s` are added here: the result is what layer 0 reads.
     fn embed(&self, ids: &Tensor, pixels: Option<&Pixels>) -> Result<Inputs> {
         let feats = pixels.map(|p| Blip2::image_features(self, &p.values)).transpose()?;
-        let embeds = self.text.add_positions(&self.embed_inputs(ids, feats.as_ref())?, 0)?;
+        self.embed_projected(ids, feats.as_ref(), pixels)
+    }
+    fn projector_input(&self, pixels: &Pixels) -> Result<Tensor> {
+        self.query_features(&self.vision_features(&pixels.values)?)
+    }
+    fn projector_parts(&self) -> Result<super::ProjectorParts> {
+        Ok(super::ProjectorParts::Linear(self.language_projection.clone()))
+    }
+    fn embed_projected(&self, ids: &Tensor, features: Option<&Tensor>, _pixels: Option<&Pixels>) -> Result<Inputs> {
+        let embeds = self.text.add_positions(&self.embed_inputs(ids, features)?, 0)?;
         Ok(Inputs { embeds, positions: Positions::Offset(0) })
     }
     fn embed_next(&self, ids: &Tensor, _prompt: &Positions, cache_len: usize) -> Result<Inputs> {

@@ -178,4 +178,9 @@ impl Projector {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.linear_2.forward(&self.act.apply(&self.linear_1.forward(x)?)?)?)
     }
+
+    /// The two linears and the activation, shared.
+    pub fn parts(&self) -> super::ProjectorParts {
+        super::ProjectorParts::Mlp { l1: self.linear_1.clone(), l2: self.linear_2.clone(), act: self.act }
+    }
 }

@@ -223,6 +223,15 @@ impl VisionLanguageModel for Llava {
         let feats = pixels.map(|p| Llava::image_features(self, &p.values)).transpose()?;
         Ok(Inputs { embeds: self.embed_inputs(ids, feats.as_ref())?, positions: Positions::Offset(0) })
     }
+    fn projector_input(&self, pixels: &Pixels) -> Result<Tensor> {
+        self.vision_features(&pixels.values)
+    }
+    fn projector_parts(&self) -> Result<super::ProjectorParts> {
+        Ok(self.projector.parts())
+    }
+    fn embed_projected(&self, ids: &Tensor, features: Option<&Tensor>, _pixels: Option<&Pixels>) -> Result<Inputs> {
+        Ok(Inputs { embeds: self.embed_inputs(ids, features)?, positions: Positions::Offset(0) })
+    }
     fn embed_next(&self, ids: &Tensor, _prompt: &Positions, cache_len: usize) -> Result<Inputs> {
         Ok(Inputs { embeds: self.text.embed(ids)?, positions: Positions::Offset(cache_len) })
     }

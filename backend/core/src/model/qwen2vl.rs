@@ -275,7 +275,17 @@ impl VisionLanguageModel for Qwen2Vl {
     /// Positions as transformers' `get_rope_index` (right-padded rows: the padding continues each row's text).
     fn embed(&self, ids: &Tensor, pixels: Option<&Pixels>) -> Result<Inputs> {
         let feats = pixels.map(|p| VisionLanguageModel::image_features(self, p)).transpose()?;
-        let embeds = self.embed_inputs(ids, feats.as_ref())?;
+        self.embed_projected(ids, feats.as_ref(), pixels)
+    }
+    fn projector_input(&self, pixels: &Pixels) -> Result<Tensor> {
+        let grids = pixels.grids.as_deref().ok_or_else(|| Error::Invalid("Qwen2-VL images need their grids".into()))?;
+        self.vision.merge_input(&self.vision.encode(&pixels.values, grids)?)
+    }
+    fn projector_parts(&self) -> Result<super::ProjectorParts> {
+        Ok(self.vision.merger_parts())
+    }
+    fn embed_projected(&self, ids: &Tensor, features: Option<&Tensor>, pixels: Option<&Pixels>) -> Result<Inputs> {
+        let embeds = self.embed_inputs(ids, features)?;
         let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
         let grids = pixels.and_then(|p| p.grids.as_deref()).unwrap_or(&[]);
         let index = self.rope_index(&rows, None, grids)?;

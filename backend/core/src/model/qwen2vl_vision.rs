@@ -188,13 +188,23 @@ impl Qwen2Vision {
     /// The patch merger: `ln_q` per patch, each merge window's patches concatenated, `mlp.0` → GELU → `mlp.2`:
     /// `(n_patches, embed_dim)` → `(n_patches / merge², hidden_size)`.
     pub fn merge(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.merge_input(x)?;
+        Ok(self.mlp2.forward(&self.mlp0.forward(&h)?.gelu_erf()?)?)
+    }
+
+    /// The merger's norm and window merge: `(n_patches, d)` → `(n_patches / merge², d · merge²)`, what its MLP reads.
+    pub fn merge_input(&self, x: &Tensor) -> Result<Tensor> {
         let (n, d) = x.dims2()?;
         let w = self.cfg.spatial_merge_size * self.cfg.spatial_merge_size;
         if n % w != 0 {
             return Err(Error::Invalid(format!("{n} patches do not fill {w}-patch merge windows")));
         }
-        let h = self.ln_q.forward(x)?.reshape((n / w, d * w))?;
-        Ok(self.mlp2.forward(&self.mlp0.forward(&h)?.gelu_erf()?)?)
+        Ok(self.ln_q.forward(x)?.reshape((n / w, d * w))?)
+    }
+
+    /// The merger's MLP (`mlp.0`, exact GELU, `mlp.2`), shared.
+    pub fn merger_parts(&self) -> super::ProjectorParts {
+        super::ProjectorParts::Mlp { l1: self.mlp0.clone(), l2: self.mlp2.clone(), act: Activation::Gelu }
     }
 
     /// [`Qwen2Vision::encode`] then [`Qwen2Vision::merge`]: `(n_patches, patch_dim)` → `(n_patches / merge², hidden)`.

@@ -281,6 +281,18 @@ pub trait VisionLanguageModel: Send + Sync + fmt::Debug {
     /// runs in reading order over the batch.
     fn embed(&self, ids: &Tensor, pixels: Option<&Pixels>) -> Result<Inputs>;
 
+    /// What the vision-to-language projector reads for `pixels`: LLaVA's selected vision features `(n, t, d_v·k)`,
+    /// BLIP-2's Q-Former outputs `(n, q, d_q)`, Qwen2-VL's normed merge windows `(Σ tokens, d_v·merge²)`.
+    fn projector_input(&self, pixels: &Pixels) -> Result<Tensor>;
+
+    /// The projector (shared, not copied): `image_features = projector(projector_input)`.
+    fn projector_parts(&self) -> Result<super::ProjectorParts>;
+
+    /// [`VisionLanguageModel::embed`] with the image-token runs taking `features` (projected, as
+    /// [`VisionLanguageModel::image_features`] gives them) instead of `pixels`' own; `pixels` still give their
+    /// grids (Qwen2-VL's positions).
+    fn embed_projected(&self, ids: &Tensor, features: Option<&Tensor>, pixels: Option<&Pixels>) -> Result<Inputs>;
+
     /// Inputs of text-only `ids (b, s)` that continue a sequence whose first pass had `prompt` positions, after
     /// `cache_len` cached tokens (decoding).
     fn embed_next(&self, ids: &Tensor, prompt: &Positions, cache_len: usize) -> Result<Inputs>;
@@ -328,6 +340,22 @@ pub trait VisionLanguageModel: Send + Sync + fmt::Debug {
 
     // ---- provided: the same for every family ----
 
+    /// [`VisionLanguageModel::embed`] with `hooks`' changes of the projected image features applied (none: exactly
+    /// `embed`).
+    fn embed_hooked(&self, ids: &Tensor, pixels: Option<&Pixels>, hooks: &Hooks) -> Result<Inputs> {
+        match pixels {
+            Some(p) if !hooks.vision().is_empty() => {
+                let x = self.projector_input(p)?;
+                let mut f = self.projector_parts()?.forward_with(&x, None)?;
+                for h in hooks.vision() {
+                    f = (f + h.adapt(&x)?.to_dtype(x.dtype())?)?;
+                }
+                self.embed_projected(ids, Some(&f), Some(p))
+            }
+            _ => self.embed(ids, pixels),
+        }
+    }
+
     /// Every decoder layer and the final norm on `inputs`. Returns the normed last hidden states `(b, s, d)`.
     fn forward_inputs(
         &self,
@@ -342,7 +370,7 @@ pub trait VisionLanguageModel: Send + Sync + fmt::Debug {
 
     /// Teacher-forced logits `(b, s, vocab)` f32 of right-padded `ids (b, s)` with their images.
     fn forward(&self, ids: &Tensor, pixels: Option<&Pixels>, hooks: &Hooks) -> Result<Tensor> {
-        let inputs = self.embed(ids, pixels)?;
+        let inputs = self.embed_hooked(ids, pixels, hooks)?;
         let h = self.forward_inputs(&inputs, None, hooks, &mut Capture::none())?;
         self.logits(&h)
     }
@@ -384,7 +412,7 @@ pub trait VisionLanguageModel: Send + Sync + fmt::Debug {
             return Err(Error::Invalid("cannot generate from an empty prompt".into()));
         }
         let input = Tensor::new(ids, self.device())?.unsqueeze(0)?;
-        let inputs = self.embed(&input, pixels)?;
+        let inputs = self.embed_hooked(&input, pixels, hooks)?;
         // A router (SERAC) decides once, on the prompt, what this whole generation runs with.
         let hooks = &self.routed(hooks, &inputs, ids.len() - 1)?;
         let mut cache = KvCache::new(self.num_layers());

@@ -54,7 +54,7 @@ pub fn encode(
 ) -> Result<ContextKv> {
     let (ids, pixels) = prefix_ids(processor, demos, with_image, model.device())?;
     let input = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
-    prefix_from_inputs(model, &model.embed(&input, pixels.as_ref())?, hooks)
+    prefix_from_inputs(model, &model.embed_hooked(&input, pixels.as_ref(), hooks)?, hooks)
 }
 
 /// The prefix of `inputs` (one sequence, embeddings `(1, n, d)`) under `hooks`.
