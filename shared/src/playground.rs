@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Edit methods, as the API names them (UniKE variants: `unike:<variant>`). `none` is the unedited model (its patch
 /// is empty): the baseline row of a benchmark.
-pub const METHODS: [&str; 14] = [
+pub const METHODS: [&str; 15] = [
     "unike",
     "t-patcher",
     "serac",
@@ -15,6 +15,7 @@ pub const METHODS: [&str; 14] = [
     "ft-vision",
     "lora",
     "grace",
+    "wise",
     "rome",
     "memit",
     "alphaedit",
@@ -77,7 +78,7 @@ pub struct EditRequest {
     pub image: Option<ImageRef>,
     pub question: String,
     pub target: String,
-    /// `unike`, `ft`, `ke`, `t-patcher`, `mend`, `ike`, `serac`, `ft-vision`, `lora`, `grace`, `rome`, `memit`, `alphaedit` or
+    /// `unike`, `ft`, `ke`, `t-patcher`, `mend`, `ike`, `serac`, `ft-vision`, `lora`, `grace`, `wise`, `rome`, `memit`, `alphaedit` or
     /// `unike:<variant>`.
     pub method: String,
     #[serde(default)]

@@ -17,8 +17,8 @@ use unike_shared::BenchResult;
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: load::ModelArgs,
-    /// Comma-separated methods (none, ft, ke, t-patcher, mend, ike, serac, unike, ft-vision, lora, grace, rome,
-    /// memit, alphaedit; `none` is the unedited model).
+    /// Comma-separated methods (none, ft, ke, t-patcher, mend, ike, serac, unike, ft-vision, lora, grace, wise,
+    /// rome, memit, alphaedit; `none` is the unedited model).
     #[arg(long, default_value = "t-patcher", value_delimiter = ',')]
     pub methods: Vec<String>,
     /// vqa, caption or cross (default: vqa, or the task of a single --data file).

@@ -42,7 +42,7 @@ pub struct ReproduceArgs {
     /// Methods of Tables 1–3 (`none`: the unedited model, the row every method is compared with).
     #[arg(
         long,
-        default_value = "none,ft,ke,t-patcher,mend,ike,serac,unike,ft-vision,lora,grace,rome,memit,alphaedit",
+        default_value = "none,ft,ke,t-patcher,mend,ike,serac,unike,ft-vision,lora,grace,wise,rome,memit,alphaedit",
         value_delimiter = ','
     )]
     pub methods: Vec<String>,

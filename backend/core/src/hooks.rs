@@ -248,15 +248,36 @@ impl ContextKv {
 /// Hooks with a router are resolved per input by [`crate::model::VisionLanguageModel::route`] (teacher-forced scoring and
 /// generation do it); a plain forward pass refuses them rather than silently skip the decision.
 pub trait Router: Send + Sync + fmt::Debug {
-    /// The decoder layer whose input state (after that layer's input RMSNorm), at an input's last prompt position,
-    /// the decision reads; computed by the unedited model.
+    /// The decoder layer whose state the decision reads; computed by the unedited model.
     fn layer(&self) -> usize;
 
-    /// The route of each input from its state, `states (n, d)` f32 → `n` routes; `None` adds nothing.
+    /// Which state of [`Router::layer`] the decision reads.
+    fn reads(&self) -> RouterReads {
+        RouterReads::LastPromptState
+    }
+
+    /// [`RouterReads::LastPromptState`]: the route of each input from its state, `states (n, d)` f32 → `n` routes;
+    /// `None` adds nothing.
     fn decide(&self, states: &Tensor) -> Result<Vec<Option<usize>>>;
+
+    /// [`RouterReads::PromptFfnInputs`]: the route of each input from the layer's FFN inputs `(n, s, d)` of
+    /// right-padded rows, row `i`'s prompt ending at position `last[i]`.
+    fn decide_prompt(&self, ffn_inputs: &Tensor, last: &[usize]) -> Result<Vec<Option<usize>>> {
+        let _ = (ffn_inputs, last);
+        Err(Error::Invalid("this router reads the last prompt state".into()))
+    }
 
     /// The hooks route `route` adds to the others.
     fn route_hooks(&self, route: usize) -> Result<Hooks>;
+}
+
+/// What a [`Router`] reads of the unedited model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterReads {
+    /// The input of the layer after its input norm, at the last prompt position (SERAC's scope classifier).
+    LastPromptState,
+    /// The layer's FFN input at every prompt position (WISE's activation score).
+    PromptFfnInputs,
 }
 
 /// Hooks of every layer. Cheap to clone (hooks are shared); stacking patches is extending.

@@ -33,6 +33,7 @@ use unike_core::edit::t_patcher::{TPatcher, TPatcherParams};
 use unike_core::edit::unike::encoders::{EncoderParams, Encoders};
 use unike_core::edit::unike::memory::{Candidate, KnowledgeMemory};
 use unike_core::edit::unike::{Artifacts, UniKe, UniKeParams};
+use unike_core::edit::wise::{Wise, WiseParams};
 use unike_core::edit::{EditContext, EditMethod, EditRequest, EditSequence, Patch, PatchStack};
 use unike_core::hooks::Hooks;
 use unike_core::model::{Checkpoint, Family, ModelProcessor, VisionLanguageModel};
@@ -333,6 +334,7 @@ fn build(
         }
         // A random model needs a larger step than VLKEB's 1e-4 to move in 20 steps.
         "ft-vision" => Box::new(FtVision { params: FtVisionParams { steps: 20, lr: 1e-2 }, eos: b.eos }),
+        "wise" => Box::new(Wise::new(WiseParams { layer: 1, ..WiseParams::default() }, m, memory(b)?, b.eos)?),
         "grace" => Box::new(Grace::new(GraceParams { layer: 1, ..GraceParams::default() }, m, b.eos)?),
         "rome" | "memit" | "alphaedit" => {
             // Key statistics of the training cases' unrelated questions; the first two layers are edited.
@@ -416,7 +418,7 @@ enum Keeps {
 ///   42 39 29;
 /// - unike:only-latent: logp -26.71 -19.66 -21.97, moved 0.94 0.26 0.52, kept 0 0 1, positions 32 40 34;
 /// - every patch: the loaded one gives exactly the same logits (difference 0).
-const METHODS: [(&str, Takes, Keeps); 15] = [
+const METHODS: [(&str, Takes, Keeps); 16] = [
     ("ft", Takes::Target, Keeps::Reported),
     ("ke", Takes::Raises(5.0), Keeps::Reported),
     ("t-patcher", Takes::Target, Keeps::Mostly),
@@ -428,6 +430,7 @@ const METHODS: [(&str, Takes, Keeps); 15] = [
     ("unike:only-latent", Takes::Changes, Keeps::Reported),
     ("ft-vision", Takes::Raises(2.0), Keeps::Reported),
     ("lora", Takes::Target, Keeps::Reported),
+    ("wise", Takes::Raises(5.0), Keeps::Reported),
     ("grace", Takes::Raises(5.0), Keeps::Exactly),
     ("rome", Takes::Raises(5.0), Keeps::Reported),
     ("memit", Takes::Raises(5.0), Keeps::Reported),

@@ -23,6 +23,7 @@ pub mod serac;
 pub mod stack;
 pub mod t_patcher;
 pub mod unike;
+pub mod wise;
 
 pub use patch::{Patch, PatchDeps, Provenance};
 pub use sequence::{EditSequence, Prediction};

@@ -83,6 +83,8 @@ pub struct Patch {
     pub grace: Option<super::grace::codebook::GraceEntry>,
     /// A change of the vision-to-language projector (FT on the vision side).
     pub vision: Option<crate::model::ProjectorDelta>,
+    /// A WISE side-memory change (the stack's entries make the side memories and their router).
+    pub wise: Option<super::wise::memory::WiseEntry>,
 }
 
 /// What loading a patch may need besides the model: the UniKE memory latent entries join, SERAC's networks.
@@ -138,6 +140,18 @@ struct PatchJson {
     /// The number of projector linears changed (FT on the vision side), 0 for none.
     #[serde(default, skip_serializing_if = "is_zero")]
     vision: usize,
+    /// A WISE entry's layer, shard, record and routing ratio (its change is a tensor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wise: Option<WiseJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WiseJson {
+    layer: usize,
+    shard: usize,
+    act: f64,
+    act_ratio: f64,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -194,6 +208,7 @@ impl Patch {
             lora: BTreeMap::new(),
             grace: None,
             vision: None,
+            wise: None,
         }
     }
 
@@ -241,7 +256,8 @@ impl Patch {
                 .flat_map(|v| v.deltas.iter())
                 .map(|(w, b)| w.elem_count() + b.elem_count())
                 .sum::<usize>()
-            + self.grace.iter().map(|g| g.key.elem_count() + g.value.elem_count()).sum::<usize>();
+            + self.grace.iter().map(|g| g.key.elem_count() + g.value.elem_count()).sum::<usize>()
+            + self.wise.iter().map(|w| w.delta.elem_count()).sum::<usize>();
         neurons + self.mlp_deltas.values().map(|d| d.delta.elem_count()).sum::<usize>() + up + contexts + latent + serac
     }
 
@@ -285,6 +301,9 @@ impl Patch {
             tensors.insert("grace.key".into(), g.key.clone());
             tensors.insert("grace.value".into(), g.value.clone());
         }
+        if let Some(w) = &self.wise {
+            tensors.insert("wise.delta".into(), w.delta.clone());
+        }
         for (i, (w, b)) in self.vision.iter().flat_map(|v| v.deltas.iter()).enumerate() {
             tensors.insert(format!("projector.{i}.weight_delta"), w.clone());
             tensors.insert(format!("projector.{i}.bias_delta"), b.clone());
@@ -318,6 +337,12 @@ impl Patch {
             lora: self.lora.iter().map(|((l, p), a)| (format!("{l}.{}", p.name()), a.scale)).collect(),
             grace: self.grace.as_ref().map(|g| GraceJson { layer: g.layer, label: g.label.clone(), eps: g.eps }),
             vision: self.vision.as_ref().map_or(0, |v| v.deltas.len()),
+            wise: self.wise.as_ref().map(|w| WiseJson {
+                layer: w.layer,
+                shard: w.shard,
+                act: w.act,
+                act_ratio: w.act_ratio,
+            }),
         };
         let text = serde_json::to_string_pretty(&json).map_err(|e| data_err(&js, e.to_string()))?;
         std::fs::write(&js, text).map_err(|err| Error::Io { path: js.clone(), err })
@@ -466,6 +491,18 @@ impl Patch {
                 Some(delta)
             }
         };
+        let wise = match json.wise {
+            None => None,
+            Some(w) => {
+                let delta = take("wise.delta".into())?;
+                let parts = model.ffn_parts(w.layer)?;
+                if delta.dims() != [parts.width()?, model.hidden_size()] {
+                    return Err(data_err(&st, format!("a WISE change of {:?} for this model", delta.dims())));
+                }
+                let (layer, shard, act, act_ratio) = (w.layer, w.shard, w.act, w.act_ratio);
+                Some(super::wise::memory::WiseEntry { layer, delta, shard, act, act_ratio, parts })
+            }
+        };
         let mut latent = BTreeMap::new();
         for l in json.latent {
             latent.insert(l, (take(format!("layers.{l}.h_sem"))?, take(format!("layers.{l}.h_pos"))?));
@@ -513,6 +550,7 @@ impl Patch {
             lora,
             grace,
             vision,
+            wise,
         })
     }
 }

@@ -18,14 +18,15 @@ use super::none::NoEdit;
 use super::serac::Serac;
 use super::t_patcher::{TPatcher, TPatcherParams};
 use super::unike::{UniKe, UniKeParams};
+use super::wise::{Wise, WiseParams};
 use super::{EditMethod, EditSequence};
 use crate::data::EditCase;
 use crate::error::{Error, Result};
 use crate::model::VisionLanguageModel;
 
 /// Method names as the CLI spells them: `none` (the unedited model, an empty patch), then the paper's table order, then
-/// the editors of issue 19 (FT on the vision side, LoRA, GRACE, then the locate-then-edit methods).
-pub const METHODS: [&str; 14] = [
+/// the editors of issue 19 (FT on the vision side, LoRA, GRACE, WISE, then the locate-then-edit methods).
+pub const METHODS: [&str; 15] = [
     "none",
     "ft",
     "ke",
@@ -37,6 +38,7 @@ pub const METHODS: [&str; 14] = [
     "ft-vision",
     "lora",
     "grace",
+    "wise",
     "rome",
     "memit",
     "alphaedit",
@@ -141,6 +143,9 @@ fn build_with(name: &str, inputs: MethodInputs<'_>) -> Result<Box<dyn EditMethod
         "serac" => Ok(Box::new(Serac::load(&inputs.model_dir.join("serac"), inputs.backbone, inputs.eos)?)),
         "ft-vision" => Ok(Box::new(FtVision { params: params::<FtVisionParams>(&inputs, base)?, eos: inputs.eos })),
         "lora" => Ok(Box::new(Lora::new(params::<LoraParams>(&inputs, base)?, inputs.backbone, inputs.eos)?)),
+        "wise" => {
+            Ok(Box::new(Wise::new(params::<WiseParams>(&inputs, base)?, inputs.backbone, inputs.memory, inputs.eos)?))
+        }
         "grace" => Ok(Box::new(Grace::new(params::<GraceParams>(&inputs, base)?, inputs.backbone, inputs.eos)?)),
         "rome" | "memit" | "alphaedit" => {
             let (m, eos) = (inputs.backbone, inputs.eos);
@@ -178,8 +183,8 @@ mod tests {
             build("t-patcher", inputs("default")).map(|m| m.name().to_string()).ok().as_deref(),
             Some("t-patcher")
         );
-        let e = build("wise", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("unknown method \"wise\"") && e.contains("t-patcher"), "{e}");
+        let e = build("rome2", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("unknown method \"rome2\"") && e.contains("t-patcher"), "{e}");
         let e = build("memit", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("build-stats"), "missing statistics say how to make them: {e}");
         // The shipped file parses; a typo in a key is an error naming the file.
@@ -198,7 +203,7 @@ mod tests {
         assert_eq!(canonical_name("unike:k=3/alpha=0.50").ok().as_deref(), Some("unike:alpha=0.5/k=3"));
         assert_eq!(canonical_name("unike:full").ok().as_deref(), Some("unike"));
         assert_eq!(canonical_name("serac").ok().as_deref(), Some("serac"));
-        assert!(canonical_name("unike:alpha=0.5000001").is_err() && canonical_name("wise").is_err());
+        assert!(canonical_name("unike:alpha=0.5000001").is_err() && canonical_name("rome2").is_err());
         assert_eq!(build("none", inputs("default")).map(|m| m.name().to_string()).ok().as_deref(), Some("none"));
         let e3 = build("unike", inputs("default")).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e3.contains("build-memory"), "{e3}");
@@ -212,13 +217,12 @@ mod tests {
         use crate::model::Family;
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut parsed = 0;
-        for method in
-            ["ft", "ke", "t-patcher", "mend", "ike", "serac", "unike", "lora", "grace", "rome", "memit", "alphaedit"]
-        {
+        let methods = METHODS.iter().filter(|m| **m != "none");
+        for method in methods {
             for stem in ["default", "llava", "blip2", "qwen2vl"] {
                 let path = hparams::hparams_path(&root, method, stem);
                 assert!(path.is_file(), "{} is missing", path.display());
-                let ok = match method {
+                let ok = match *method {
                     "ft" => hparams::load::<FtParams>(&path).map(|_| ()),
                     "ke" => hparams::load::<super::super::ke::KeParams>(&path).map(|_| ()),
                     "t-patcher" => hparams::load::<TPatcherParams>(&path).map(|_| ()),
@@ -228,6 +232,7 @@ mod tests {
                     "lora" => hparams::load::<LoraParams>(&path).map(|_| ()),
                     "ft-vision" => hparams::load::<FtVisionParams>(&path).map(|_| ()),
                     "grace" => hparams::load::<GraceParams>(&path).map(|_| ()),
+                    "wise" => hparams::load::<WiseParams>(&path).map(|_| ()),
                     "rome" => hparams::load::<RomeParams>(&path).map(|_| ()),
                     "memit" => hparams::load::<MemitParams>(&path).map(|_| ()),
                     "alphaedit" => hparams::load::<AlphaEditParams>(&path).map(|_| ()),
@@ -237,7 +242,7 @@ mod tests {
                 parsed += 1;
             }
         }
-        assert_eq!(parsed, 52);
+        assert_eq!(parsed, 56);
         // A model without a file of its own takes its family's; the shipped model keeps its own.
         let blip2 = hparams::resolve(&root, "unike", "blip2-opt-2.7b", Family::Blip2).unwrap();
         assert!(blip2.ends_with("hparams/unike/blip2.toml"), "{}", blip2.display());
@@ -245,6 +250,6 @@ mod tests {
         assert_eq!(p.layers, 4, "the paper edits BLIP-2 OPT's last 4 layers");
         let own = hparams::resolve(&root, "unike", "default", Family::Llava).unwrap();
         assert!(own.ends_with("hparams/unike/default.toml"));
-        assert!(hparams::resolve(&root, "wise", "default", Family::Qwen2Vl).is_none());
+        assert!(hparams::resolve(&root, "rome2", "default", Family::Qwen2Vl).is_none());
     }
 }

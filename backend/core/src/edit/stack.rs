@@ -17,17 +17,20 @@ pub(super) fn stack_hooks<'a>(patches: impl Iterator<Item = &'a Patch>) -> Resul
     stack_hooks_with(patches, true)
 }
 
-/// [`stack_hooks`], with or without the GRACE codebooks.
-fn stack_hooks_with<'a>(patches: impl Iterator<Item = &'a Patch>, with_grace: bool) -> Result<Hooks> {
+/// [`stack_hooks`], with or without the edit memories that a new edit of their kind rebuilds with itself (GRACE's
+/// codebooks, WISE's side memories).
+fn stack_hooks_with<'a>(patches: impl Iterator<Item = &'a Patch>, with_memories: bool) -> Result<Hooks> {
     let mut h = Hooks::none();
     let mut grace = Vec::new();
+    let mut wise = Vec::new();
     let mut retrieval: Option<&Retrieval> = None;
     let mut entries: BTreeMap<usize, Vec<(Tensor, Tensor)>> = BTreeMap::new();
     let mut serac = Vec::new();
     for p in patches {
         h.extend(&p.own_hooks());
         serac.extend(p.serac.as_ref());
-        grace.extend(p.grace.as_ref().filter(|_| with_grace));
+        grace.extend(p.grace.as_ref().filter(|_| with_memories));
+        wise.extend(p.wise.as_ref().filter(|_| with_memories));
         if p.latent.is_empty() {
             continue;
         }
@@ -42,6 +45,7 @@ fn stack_hooks_with<'a>(patches: impl Iterator<Item = &'a Patch>, with_grace: bo
     }
     h.extend(&super::serac::stack_hooks(&serac)?);
     h.extend(&super::grace::codebook_hooks(grace)?);
+    h.extend(&super::wise::memory::wise_hooks(wise)?);
     Ok(h)
 }
 
@@ -99,8 +103,9 @@ impl PatchStack {
         stack_hooks(self.entries.iter().map(|(_, p)| p.as_ref()))
     }
 
-    /// [`PatchStack::hooks`] without the GRACE codebooks (a GRACE edit rebuilds its layer's codebook with itself).
-    pub fn hooks_without_grace(&self) -> Result<Hooks> {
+    /// [`PatchStack::hooks`] without GRACE's codebooks and WISE's side memories (an edit of theirs rebuilds its
+    /// layer's memory with itself).
+    pub fn hooks_without_memories(&self) -> Result<Hooks> {
         stack_hooks_with(self.entries.iter().map(|(_, p)| p.as_ref()), false)
     }
 

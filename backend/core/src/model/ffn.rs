@@ -31,6 +31,13 @@ impl FfnParts {
         }
     }
 
+    /// The hidden activation (SiLU for LLaMA and Qwen2, ReLU for OPT).
+    pub fn activation(&self) -> Activation {
+        match self {
+            FfnParts::Gated { act, .. } | FfnParts::Plain { act, .. } => *act,
+        }
+    }
+
     fn dtype(&self) -> DType {
         self.down().dtype()
     }

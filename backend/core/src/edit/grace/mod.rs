@@ -75,7 +75,7 @@ impl EditMethod for Grace {
             EditSequence::new(ctx.processor, &request.question, request.image.as_ref(), &request.target, self.eos)?;
         let inputs = seq.inputs(model)?;
         // The stack's other hooks, without its GRACE codebooks: this edit's codebook is rebuilt with it below.
-        let base = ctx.stack.hooks_without_grace()?.without_routers();
+        let base = ctx.stack.hooks_without_memories()?.without_routers();
         let parts = model.ffn_parts(layer)?;
         let mut cap = Capture::of([(layer, CapturePoint::FfnInput)]);
         model.forward_inputs(&inputs, None, &base, &mut cap)?;
