@@ -419,7 +419,7 @@ fn bench_edits_the_default_model_deterministically() -> Result<()> {
     std::fs::create_dir_all(&bad)?;
     std::fs::write(bad.join("vqa_eval.json"), "{not json")?;
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--methods", "rome"], "unknown method \"rome\""),
+        (vec!["--methods", "rogue"], "unknown method \"rogue\""),
         (vec!["--methods", "serac:x"], "has no variants"),
         (vec!["--methods", "unike:nope"], "unknown UniKE variant \"nope\""),
         (vec!["--methods", "ft:x"], "has no variants"),
@@ -486,7 +486,7 @@ fn reproduce_writes_tables_json_and_charts() -> Result<()> {
         (vec!["--only", "table9"], "unknown section \"table9\""),
         (vec!["--n", "5"], "--n must be at least 20"),
         (vec!["--gaps", "0"], "--gaps takes gaps from 1 to"),
-        (vec!["--methods", "rome"], "unknown method"),
+        (vec!["--methods", "rogue"], "unknown method"),
     ] {
         let out = unike().args(["reproduce", "--out"]).arg(&dir).args(&args).output()?;
         let err = String::from_utf8_lossy(&out.stderr);

@@ -78,7 +78,7 @@ fn accounts_roles_edits_runs_and_leaderboard_over_a_real_database() -> Result<()
     expect_error(&alice.post(&routes::edits(ws_id), &edit("", target, "serac"))?, 400, "question is empty")?;
     expect_error(&alice.post(&routes::edits(ws_id), &edit(question, " ", "serac"))?, 400, "target is empty")?;
     expect_error(&alice.post(&routes::edits(ws_id), &edit(&"why ".repeat(100), target, "serac"))?, 400, "longer than")?;
-    expect_error(&alice.post(&routes::edits(ws_id), &edit(question, target, "rome"))?, 400, "unknown method")?;
+    expect_error(&alice.post(&routes::edits(ws_id), &edit(question, target, "rogue"))?, 400, "unknown method")?;
     // UniKE variants have one spelling each and bounded values, so a visitor cannot make the server build (and keep)
     // a method per made-up name.
     let e = edit(question, target, "unike:alpha=0.5000001");
