@@ -16,7 +16,7 @@ def setv(text, k, v):
     out = []
     for line in text.splitlines():
         if line.split('=')[0].strip() == k:
-            line = f'{k} = {json.dumps(v) if isinstance(v, list) else v}'
+            line = f'{k} = {json.dumps(v) if isinstance(v, (list, str)) else v}'
         out.append(line)
     return '\n'.join(out) + '\n'
 keys = list(grid)
