@@ -155,6 +155,7 @@ mod tests {
             score: metrics.mean5(),
             convention: Default::default(),
             convention_label: String::new(),
+            reference: None,
             result: BenchResult {
                 method: method.into(),
                 task: task.into(),

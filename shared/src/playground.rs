@@ -117,6 +117,47 @@ pub struct Probe {
     pub before: String,
     pub after: String,
     pub pass: bool,
+    /// The expected answer token by token (then the end of sequence), with the probability the model gives each,
+    /// teacher-forced, before and after the edit (empty where the expected answer is empty, and in edits stored
+    /// before it was computed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenProbability>,
+    /// The edit's extra FFN neurons (T-Patcher, UniKE) on this probe after the edit: each one's largest
+    /// pre-activation over the probe's positions; it adds its value only where that is above zero (empty for methods
+    /// without neurons).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neurons: Vec<NeuronActivation>,
+}
+
+/// One extra neuron of an edit on a probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct NeuronActivation {
+    pub layer: usize,
+    pub neuron: usize,
+    pub pre_activation: f64,
+    pub fired: bool,
+}
+
+/// One token of a probe's expected answer and its probability before and after the edit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct TokenProbability {
+    /// The token as text (`</s>`-like end-of-sequence tokens as the tokenizer writes them).
+    pub token: String,
+    pub before: f64,
+    pub after: f64,
+}
+
+impl Probe {
+    /// The probability of the whole expected answer (the product over its tokens, end of sequence included) before
+    /// and after the edit; `None` without tokens.
+    pub fn answer_probability(&self) -> Option<(f64, f64)> {
+        if self.tokens.is_empty() {
+            return None;
+        }
+        Some(self.tokens.iter().fold((1.0, 1.0), |(b, a), t| (b * t.before, a * t.after)))
+    }
 }
 
 /// An edit on a workspace's patch stack.

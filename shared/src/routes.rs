@@ -108,6 +108,12 @@ pub const RUN: &str = "/api/runs/{id}";
 pub fn run(id: i64) -> String {
     format!("/api/runs/{id}")
 }
+/// `GET` (query [`crate::runs::RunCasesQuery`]) → [`crate::runs::RunCases`]: one method's per-case scores, failing
+/// cases first; whoever may read the run may read them.
+pub const RUN_CASES: &str = "/api/runs/{id}/cases";
+pub fn run_cases(id: i64) -> String {
+    format!("/api/runs/{id}/cases")
+}
 /// `POST` → [`crate::runs::RunInfo`] (cancelled).
 pub const RUN_CANCEL: &str = "/api/runs/{id}/cancel";
 pub fn run_cancel(id: i64) -> String {
@@ -174,6 +180,7 @@ pub const ALL: &[RouteDoc] = &[
     r("get", RUNS, "The workspace's benchmark runs", None, "RunInfo[]"),
     r("post", RUNS, "Launch a benchmark run (editors)", Some("RunRequest"), "RunInfo"),
     r("get", RUN, "One run", None, "RunInfo"),
+    r("get", RUN_CASES, "A run's per-case scores, failing cases first", None, "RunCases"),
     r("post", RUN_CANCEL, "Cancel a run (editors)", None, "RunInfo"),
     r("get", LEADERBOARD, "Every finished run's results, best first", None, "Leaderboard"),
     r("get", LEADERBOARD_CSV, "The leaderboard as CSV", None, "text"),

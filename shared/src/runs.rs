@@ -95,6 +95,10 @@ pub struct RunInfo {
     pub results: Vec<BenchResult>,
     pub created_at: String,
     pub finished_at: Option<String>,
+    /// A reference result: the project's own committed `unike reproduce` output, imported when the studio first
+    /// started (`commit 1a2b3c4, results/DIR/table1.json`); `None` for runs launched in this studio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// One row of the leaderboard: a method's result in a finished run.
@@ -112,6 +116,9 @@ pub struct LeaderboardRow {
     pub convention: MetricConvention,
     /// [`MetricConvention::label`] of `convention`.
     pub convention_label: String,
+    /// Where a reference row comes from (see [`RunInfo::reference`]); `None` for runs of this studio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     pub result: BenchResult,
 }
 
@@ -137,4 +144,70 @@ pub struct LeaderboardQuery {
     /// `v1` or `v2` ([`MetricConvention`]).
     #[serde(default)]
     pub convention: Option<String>,
+    /// `reference` (the project's committed results) or `studio` (runs launched here); empty: both.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// Values of [`LeaderboardQuery::source`].
+pub const SOURCE_REFERENCE: &str = "reference";
+pub const SOURCE_STUDIO: &str = "studio";
+
+/// One edit case of a run for one method, as the run's page lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RunCase {
+    pub method: String,
+    /// The case's place in the run's order of edits.
+    pub index: usize,
+    /// The edit: question, new answer, the unedited model's answer as the data records it, the image's file name,
+    /// and the probes' questions (absent where the run did not record its cases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<CaseText>,
+    pub edit_ms: f64,
+    /// Token scores in percent (the run's metric convention), `None` where the probe was not scored.
+    pub reliability: Option<f64>,
+    pub t_generality: Option<f64>,
+    pub m_generality: Option<f64>,
+    pub t_locality: Option<f64>,
+    pub m_locality: Option<f64>,
+    pub portability: Option<f64>,
+    /// M-Locality as top-1 agreement (v2 runs).
+    pub m_locality_top1: Option<f64>,
+    /// The probes this case failed, in metric order: `reliability`, `t_generality`, `m_generality`, `portability`
+    /// (any answer token wrong), `t_locality`, `m_locality` (any top-1 token changed).
+    pub failed: Vec<String>,
+}
+
+/// The texts of an edit case (what a run's page shows of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CaseText {
+    pub question: String,
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_edit: Option<String>,
+    pub image: String,
+    pub rephrase: String,
+    pub loc_question: String,
+    pub m_loc_question: String,
+}
+
+/// `GET` a run's cases: one method's per-case scores, the failing cases first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RunCases {
+    pub cases: Vec<RunCase>,
+    /// Why there are none, or fewer than the run's results (reference runs keep only their tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Query of a run's cases.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RunCasesQuery {
+    /// The method whose cases to list (default: the run's first).
+    #[serde(default)]
+    pub method: Option<String>,
 }

@@ -1,7 +1,8 @@
 // End-to-end test of the studio in headless Chromium (Debian's chromium, driven by playwright-core):
 // sign up, apply an edit in the Playground and see the post-edit answer and probes, launch a benchmark run and watch
 // it finish live, run on the workspace's own cases, run the α and ζ ablations and see their charts, invite and accept a
-// teammate, open the leaderboard charts, and open a demo sandbox. Screenshots go to tests/artifacts/.
+// teammate, open the leaderboard charts and its reference rows (the committed results), open run pages, and open a
+// demo sandbox. Screenshots go to tests/artifacts/.
 //
 // Usage: node tests/e2e/studio.mjs <unike binary>   (run by `./studio test` after the front end is built)
 import { createRequire } from 'node:module';
@@ -77,6 +78,22 @@ try {
   check(probes.length >= 5, `probe rows: ${probes.length}`);
   check(probes.every((p) => /pass$|fail$/.test(p.trim())), `every probe is marked: ${probes}`);
   check(probes[0].includes('Edit question') && probes[0].trim().endsWith('pass'), `the edit question passes: ${probes[0]}`);
+  // The inspector: the expected answer's probability before → after, the API's numbers; the edit raised the target's.
+  const joint = ((await page.textContent('#edit-result tbody tr >> nth=0 >> .joint')) ?? '').split('→').map(parseFloat);
+  const ws = (await (await page.request.get(`${url}/api/workspaces`)).json())[0].id;
+  const stack = await (await page.request.get(`${url}/api/workspaces/${ws}/edits`)).json();
+  const tokens = stack.edits[stack.edits.length - 1].probes[0].tokens;
+  const prod = (k) => tokens.reduce((p, t) => p * t[k], 1);
+  const close = (shown, want) => Math.abs(shown - want) <= 0.0005 + 0.05 * want;
+  check(tokens.length >= 2 && close(joint[0], prod('before')) && close(joint[1], prod('after')),
+    `the inspector shows the API's probabilities: ${joint} vs ${prod('before')} → ${prod('after')}`);
+  check(prod('after') > prod('before'), `the edit raised the target's probability (${prod('before')} → ${prod('after')})`);
+  // The probe table fits its card at 1280 px: no column is cut off.
+  const cut = await page.evaluate(() => {
+    const t = document.querySelector('#edit-result table');
+    return t.scrollWidth - t.parentElement.clientWidth;
+  });
+  check(cut <= 1, `the probe table fits its card (${cut} px too wide)`);
   await page.waitForSelector('#stack li');
   await page.click('#ask');
   await page.waitForFunction((t) => document.querySelector('#answer')?.textContent.includes(t), target);
@@ -87,6 +104,8 @@ try {
   // T-Patcher and SERAC (UniKE's memory may still be building on a fresh clone).
   await page.getByLabel('unike', { exact: true }).uncheck();
   await page.getByLabel('serac', { exact: true }).check();
+  // `none` (the unedited model) fails every edit: the run page must list failing cases.
+  await page.getByLabel('none', { exact: true }).check();
   await page.click('button[type=submit]');
   await page.waitForSelector('.run progress');
   const newestFinished = (label) =>
@@ -99,6 +118,27 @@ try {
     );
   await newestFinished('serac');
   await page.screenshot({ path: `${artifacts}/03-run-finished.png`, fullPage: true });
+
+  // The run's own page: request, results with their chart, and the cases, failing ones first.
+  await page.click('.run h3 a >> nth=0');
+  await page.waitForURL(/\/runs\/\d+$/);
+  await page.waitForSelector('#run-request');
+  await page.waitForSelector('#run-chart svg');
+  check(((await page.textContent('#run-status')) ?? '').startsWith('finished'), 'the run page shows the status');
+  await page.selectOption('#case-method', 'none');
+  await page.waitForSelector('#run-cases tbody tr.case.failed');
+  const firstFailed = (await page.textContent('#run-cases tbody tr.case >> nth=0 >> .failed-probes')) ?? '';
+  check(firstFailed.includes('reliability'), `the unedited model's first case fails reliability: ${firstFailed}`);
+  const question = (await page.textContent('#run-cases tbody tr.case >> nth=0 >> td:nth-of-type(2)')) ?? '';
+  check(question.includes('→'), `a case shows its question and target: ${question}`);
+  // The numbers are the API's: the first listed case's reliability.
+  const runId = page.url().split('/').pop();
+  const api = await (await page.request.get(`${url}/api/runs/${runId}/cases?method=none`)).json();
+  const shown = parseFloat((await page.textContent('#run-cases tbody tr.case >> nth=0 >> td:nth-of-type(5)')) ?? '');
+  check(Math.abs(shown - api.cases[0].reliability) < 0.051, `reliability ${shown} is the API's ${api.cases[0].reliability}`);
+  await page.screenshot({ path: `${artifacts}/08-run-page.png`, fullPage: true });
+  await page.click('a[href="/benchmarks"]');
+  await page.waitForSelector('#run-data');
 
   // A run on the workspace's own cases (the edit applied above): private to the workspace, and marked so.
   await page.selectOption('#run-data', 'workspace');
@@ -142,7 +182,10 @@ try {
   const rel = await page.locator('#leaderboard tbody tr.result td:nth-of-type(7)').allTextContents();
   const relNums = rel.map((t) => parseFloat(t));
   check(relNums.every((v, i) => i === 0 || relNums[i - 1] <= v), `reliability ascending: ${rel}`);
-  // A filter picked on the page (a method name holding '+') is a shareable link that keeps filter and sort.
+  // A filter picked on the page (a method name holding '+') is a shareable link that keeps filter and sort (this
+  // studio's runs only: the committed reference results hold the same method).
+  await page.goto(`${url}/leaderboard?source=studio&sort=reliability&dir=asc`);
+  await page.waitForSelector('#leaderboard tbody tr.result');
   await page.selectOption('#filter-method', 'unike:intrinsic+latent');
   await page.waitForFunction(() => location.search.includes('method=unike%3Aintrinsic%2Blatent'));
   await page.waitForFunction(() => document.querySelectorAll('#leaderboard tbody tr.result').length === 1);
@@ -155,9 +198,34 @@ try {
     ((await page.textContent('#leaderboard tbody tr.result th')) ?? '') === 'unike:intrinsic+latent',
     'the shared link shows the filtered method',
   );
-  await page.goto(`${url}/leaderboard?method=serac`);
+  await page.goto(`${url}/leaderboard?method=serac&source=studio`);
   await page.waitForSelector('#leaderboard tbody tr.result');
   check((await page.locator('#leaderboard tbody tr.result').count()) === 1, 'the method filter from the URL applies');
+
+  // A fresh studio's leaderboard starts with the project's committed results, labelled as reference rows; their
+  // run pages open for anyone.
+  await page.goto(`${url}/leaderboard?source=reference&task=vqa&mode=one-step`);
+  await page.waitForSelector('#leaderboard tbody tr.result');
+  const refRows = await page.locator('#leaderboard tbody tr.result').count();
+  check(refRows >= 15, `reference rows (one-step VQA): ${refRows}`);
+  check(
+    (await page.locator('#leaderboard tbody tr.result .badge.reference').count()) === refRows,
+    'every reference row is labelled',
+  );
+  const refMethods = await page.locator('#leaderboard tbody tr.result th').allTextContents();
+  for (const m of ['wise', 'grace', 'memit', 'alphaedit', 'lora', 'ft-vision', 'unike', 'serac']) {
+    check(refMethods.includes(m), `the reference rows hold ${m}`);
+  }
+  await page.screenshot({ path: `${artifacts}/04d-leaderboard-reference.png`, fullPage: true });
+  const anon = await (await browser.newContext()).newPage();
+  anon.setDefaultTimeout(60000);
+  const refHref = await page.getAttribute('#leaderboard tbody tr.result >> nth=0 >> a', 'href');
+  await anon.goto(`${url}${refHref}`);
+  await anon.waitForSelector('#run-chart svg');
+  check(((await anon.textContent('h1')) ?? '').includes('reference'), 'a reference run page says so');
+  check(((await anon.textContent('#run-request')) ?? '').includes('commit'), 'and names its commit');
+  await anon.screenshot({ path: `${artifacts}/09-run-reference.png`, fullPage: true });
+  await anon.close();
 
   // Page after page of the app (each with its live connection) keeps answering: connections of pages left are
   // closed (a browser keeps six per host on HTTP/1.1).

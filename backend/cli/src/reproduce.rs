@@ -1,6 +1,7 @@
 //! `unike reproduce --out DIR`: the paper's experiments on the synthetic world — Table 1 (one-step E-VQA / E-IC, all
 //! methods), Table 2 (sequential, K = 10 and 20), Table 3 (cross-task), Table 4 (ablations) and Fig. 4 (K sweep, fixed
-//! vs adaptive α, ζ variants) — as Markdown + JSON per section and PNG charts, plus `DIR/README.md` with every table.
+//! vs adaptive α, ζ variants) — as Markdown + JSON per section and PNG charts, plus `DIR/README.md` with every table
+//! and `DIR/manifest.json` (commit, model, seed, sections: what the studio imports as reference results).
 //! VLKEB's sequential editing with a gap (`gap`: one stream per method, each edit scored after G later ones, G = 10,
 //! 20, 50, 100) and portability per number of hops (under Table 1) come with them. Each section is written as soon as
 //! it is done.
@@ -155,7 +156,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         Ok(out)
     };
     let out = &args.out;
-    // The command as given (every argument), so that the README says exactly how to redo it.
+    // The command as given (every argument), so that the README and the manifest say exactly how to redo it.
     let command: Vec<String> = std::env::args().skip(1).collect();
     let mut readme = format!(
         "# UniKE reproduction on {}\n\nModel `{}`, seed {}, n = {} per configuration. Command: `unike {}`. \
@@ -176,11 +177,30 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         }
         readme.push('\n');
     }
+    // What the studio imports as reference results (`unike_server::reference`): rewritten with each section.
+    let sections_done = std::cell::RefCell::new(Vec::<String>::new());
+    let manifest = |section: Option<&str>| -> Result<()> {
+        let mut done = sections_done.borrow_mut();
+        if let Some(s) = section {
+            done.push(s.to_string());
+        }
+        let m = unike_server::reference::Manifest {
+            commit: env!("UNIKE_COMMIT").to_string(),
+            model: bench::model_name(&loaded),
+            seed: args.seed,
+            date: unike_server::store::now(),
+            sections: done.clone(),
+            command: format!("unike {}", command.join(" ")),
+        };
+        std::fs::write(out.join(unike_server::reference::MANIFEST), serde_json::to_string_pretty(&m)? + "\n")?;
+        Ok(())
+    };
     let emit = |readme: &mut String, text: String| -> Result<()> {
         readme.push_str(&text);
         std::fs::write(out.join("README.md"), &*readme)?;
         Ok(())
     };
+    manifest(None)?;
     let (vqa, cap) = (BenchTask::Vqa, BenchTask::Caption);
     if want("table1") {
         let mut all = Vec::new();
@@ -193,6 +213,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             text.push_str(&bars(out, &format!("table1_{t}.png"), &format!("One-step editing, {t}"), &rs)?);
         }
         emit(&mut readme, text)?;
+        manifest(Some("table1"))?;
     }
     if want("table2") {
         let mut all = Vec::new();
@@ -210,12 +231,14 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             }
         }
         emit(&mut readme, text)?;
+        manifest(Some("table2"))?;
     }
     if want("table3") {
         let all = run(cfg(args.methods.clone(), BenchTask::Cross, BenchMode::Sequential, 10))?;
         let mut text = write_section(out, "table3", "Table 3: cross-task editing (K = 10: 5 E-VQA + 5 E-IC)", &all)?;
         text.push_str(&bars(out, "table3.png", "Cross-task editing, K = 10", &all)?);
         emit(&mut readme, text)?;
+        manifest(Some("table3"))?;
     }
     if want("table4") {
         let variants: Vec<String> =
@@ -232,6 +255,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             text.push_str(&bars(out, &format!("table4_{t}.png"), &format!("Ablations, {t}"), &rs)?);
         }
         emit(&mut readme, text)?;
+        manifest(Some("table4"))?;
     }
     if want("fig4a") {
         let ks = [1usize, 5, 10, 20, 40, 80];
@@ -244,6 +268,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         metric_lines(&out.join("fig4a.png"), "Latent IKE: retrieved states K", "K", &xs, &vals)?;
         text.push_str("![Fig. 4a](fig4a.png)\n\n");
         emit(&mut readme, text)?;
+        manifest(Some("fig4a"))?;
     }
     if want("fig4b") {
         // α is the in-context knowledge's share (the paper's meaning; 0: no knowledge).
@@ -258,6 +283,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         text.push_str("![Fig. 4b](fig4b.png)\n\n");
         text.push_str(&bars(out, "fig4b_bars.png", "Fixed and adaptive α", &all)?);
         emit(&mut readme, text)?;
+        manifest(Some("fig4b"))?;
     }
     if want("fig4c") {
         let variants: Vec<String> =
@@ -266,6 +292,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         let mut text = write_section(out, "fig4c", "Fig. 4c: treatments of ζ (E-VQA)", &all)?;
         text.push_str(&bars(out, "fig4c.png", "ζ treatments", &all)?);
         emit(&mut readme, text)?;
+        manifest(Some("fig4c"))?;
     }
     if want("gap") {
         let mut all = Vec::new();
@@ -292,6 +319,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         series_lines(&out.join("gap.png"), "Sequential editing with a gap: mean of the five", "gap G", &xs, &series)?;
         text.push_str("![Gap protocol](gap.png)\n\n");
         emit(&mut readme, text)?;
+        manifest(Some("gap"))?;
     }
     let failed = failures.into_inner();
     if !failed.is_empty() {

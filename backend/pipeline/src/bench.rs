@@ -170,10 +170,19 @@ pub trait BenchObserver {
     fn result(&mut self, _result: &BenchResult, _cases: &[eval::CaseScore]) {}
 }
 
-/// The `n` cases of `task` that `cfg.seed` draws from `data`'s split, after checking the model can read the split.
-fn draw(loaded: &crate::load::Loaded, data: &DataSource, cfg: &Config, task: Task, n: usize) -> Result<Vec<EditCase>> {
+/// The `n` cases of `task` that `cfg.seed` draws from `data`'s split, after checking the model (where given) can read
+/// the split.
+fn draw(
+    loaded: Option<&crate::load::Loaded>,
+    data: &DataSource,
+    cfg: &Config,
+    task: Task,
+    n: usize,
+) -> Result<Vec<EditCase>> {
     let (pool, _) = data.pool(task, cfg.split)?;
-    data.check_vocabulary(&*loaded.processor, &format!("the {} cases", data::task_name(task)), &pool)?;
+    if let Some(loaded) = loaded {
+        data.check_vocabulary(&*loaded.processor, &format!("the {} cases", data::task_name(task)), &pool)?;
+    }
     Ok(data::draw(&pool, task, n, cfg.seed))
 }
 
@@ -181,6 +190,16 @@ fn draw(loaded: &crate::load::Loaded, data: &DataSource, cfg: &Config, task: Tas
 /// (cross-task: n/2 of each task, in groups of 5 + 5).
 pub fn select_cases(
     loaded: &crate::load::Loaded,
+    data: &DataSource,
+    cfg: &Config,
+) -> Result<(&'static str, Vec<EditCase>)> {
+    drawn_cases(Some(loaded), data, cfg)
+}
+
+/// [`select_cases`], without the model's vocabulary check where `loaded` is `None` (what a run's page lists: the
+/// cases a run of `cfg` edits, in order).
+pub fn drawn_cases(
+    loaded: Option<&crate::load::Loaded>,
     data: &DataSource,
     cfg: &Config,
 ) -> Result<(&'static str, Vec<EditCase>)> {

@@ -6,16 +6,17 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use unike_shared::runs::{Leaderboard, LeaderboardQuery, LeaderboardRow, RunRequest};
+use unike_shared::runs::{Leaderboard, LeaderboardQuery, LeaderboardRow, RunRequest, SOURCE_REFERENCE, SOURCE_STUDIO};
 use unike_shared::{BenchResult, MetricConvention};
 
 use super::error::{ApiErr, ApiResult};
 use super::AppState;
 
 async fn rows(st: &AppState, q: &LeaderboardQuery) -> ApiResult<Vec<LeaderboardRow>> {
-    type Raw = (i64, String, String, Option<String>, String, f64, String);
+    type Raw = (i64, String, String, Option<String>, String, f64, String, Option<String>);
     let raw: Vec<Raw> = sqlx::query_as(
-        "SELECT r.id, r.model, r.request_json, r.finished_at, rr.result_json, rr.score, rr.convention FROM run_results rr \
+        "SELECT r.id, r.model, r.request_json, r.finished_at, rr.result_json, rr.score, rr.convention, r.reference \
+         FROM run_results rr \
          JOIN benchmark_runs r ON r.id = rr.run_id WHERE r.status = 'finished' AND ($1 IS NULL OR r.model = $2) \
          ORDER BY rr.score DESC, r.id, rr.method",
     )
@@ -25,7 +26,15 @@ async fn rows(st: &AppState, q: &LeaderboardQuery) -> ApiResult<Vec<LeaderboardR
     .await?;
     let want = |f: &Option<String>, v: &str| f.as_deref().is_none_or(|f| f.is_empty() || f == v);
     let mut out = Vec::new();
-    for (run_id, model, req, finished_at, result, score, convention) in raw {
+    let source = q.source.as_deref().filter(|s| !s.is_empty());
+    if let Some(s) = source.filter(|s| ![SOURCE_REFERENCE, SOURCE_STUDIO].contains(s)) {
+        return Err(ApiErr::bad_request(format!("unknown source {s:?} ({SOURCE_REFERENCE}, {SOURCE_STUDIO})")));
+    }
+    for (run_id, model, req, finished_at, result, score, convention, reference) in raw {
+        let from = if reference.is_some() { SOURCE_REFERENCE } else { SOURCE_STUDIO };
+        if source.is_some_and(|s| s != from) {
+            continue;
+        }
         let req: RunRequest = serde_json::from_str(&req).map_err(ApiErr::internal)?;
         let mut result: BenchResult = serde_json::from_str(&result).map_err(ApiErr::internal)?;
         let convention = MetricConvention::parse(&convention)
@@ -48,6 +57,7 @@ async fn rows(st: &AppState, q: &LeaderboardQuery) -> ApiResult<Vec<LeaderboardR
                 score,
                 convention,
                 convention_label: convention.label().to_string(),
+                reference,
                 result,
             });
         }
@@ -71,14 +81,15 @@ fn cell(s: &str) -> String {
 /// `GET /api/leaderboard.csv`.
 pub async fn csv(State(st): State<AppState>, Query(q): Query<LeaderboardQuery>) -> ApiResult<impl IntoResponse> {
     let mut out = String::from(
-        "run_id,model,method,task,mode,k,n,seed,convention,reliability,t_generality,m_generality,t_locality,m_locality,\
+        "run_id,source,model,method,task,mode,k,n,seed,convention,reliability,t_generality,m_generality,t_locality,m_locality,\
          portability,portability_base,m_locality_top1,score,edit_ms_median,finished_at\n",
     );
     for r in rows(&st, &q).await? {
         let m = &r.result.metrics;
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{},{},{},{:.2},{:.1},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{},{},{},{:.2},{:.1},{}\n",
             r.run_id,
+            cell(r.reference.as_deref().unwrap_or(SOURCE_STUDIO)),
             cell(&r.model),
             cell(&r.result.method),
             r.result.task,

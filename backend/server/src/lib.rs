@@ -19,9 +19,11 @@ mod openapi;
 mod patch_cache;
 mod playground;
 mod rate_store;
+pub mod reference;
 mod relabel;
 pub mod relay;
 pub mod remote;
+mod run_cases;
 mod run_data;
 mod run_schedule;
 mod runs;
@@ -60,6 +62,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
+    /// The project's committed `unike reproduce` results, shown on the leaderboard as reference rows: every
+    /// `DIR/*/manifest.json` folder is imported once, when the studio first sees it (default: `results/` of the
+    /// repository; `none`: import nothing).
+    #[arg(long)]
+    pub reference_results: Option<String>,
     #[command(flatten)]
     pub model: load::ModelArgs,
     /// The built front end (default: `dist/` of the repository).
@@ -311,6 +318,7 @@ fn router(state: AppState, dist: Option<&Path>) -> Router {
         .route(routes::CASES, get(playground::export).post(playground::import))
         .route(routes::RUNS, get(runs::list).post(runs::create))
         .route(routes::RUN, get(runs::get))
+        .route(routes::RUN_CASES, get(run_cases::list))
         .route(routes::RUN_CANCEL, post(runs::cancel))
         .route(routes::LEADERBOARD, get(leaderboard::json))
         .route(routes::LEADERBOARD_CSV, get(leaderboard::csv))
@@ -340,6 +348,25 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None => eprintln!("warning: no built front end (dist/index.html) found; serving the API only"),
     }
     let (db, data_dir) = store::open(&args.db, args.data_dir.as_deref()).await?;
+    let reference_root = match args.reference_results.as_deref() {
+        Some("none") => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => Some(unike_pipeline::model_dir::repo_root().join("results")),
+    };
+    if let Some(root) = reference_root {
+        // A folder that cannot be imported is reported and left out; the studio still starts.
+        match reference::import(&db, &root).await {
+            Ok(done) => {
+                if done.runs > 0 {
+                    eprintln!("studio: imported {} reference run(s) from {}", done.runs, root.display());
+                }
+                for s in done.skipped {
+                    eprintln!("warning: reference results left out: {s}");
+                }
+            }
+            Err(e) => eprintln!("warning: reference results of {} not imported: {e:#}", root.display()),
+        }
+    }
     let relay = (store::backend(&db) == store::Backend::Postgres).then(relay::Relay::new);
     // Replicas of one PostgreSQL database share their rate limits and sign-in throttles there.
     let shared = (store::backend(&db) == store::Backend::Postgres).then(|| db.clone());

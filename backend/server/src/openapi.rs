@@ -10,8 +10,8 @@ use unike_shared::playground::{
     AnswerRequest, AnswerResponse, AppliedEdit, CaseImport, EditRequest, EditStack, GalleryItem, ImportSummary,
     MmEditCase,
 };
-use unike_shared::routes::{ALL, EVENTS, GUEST, LEADERBOARD, LEADERBOARD_CSV, SIGN_IN, SIGN_UP};
-use unike_shared::runs::{Leaderboard, RunInfo, RunRequest};
+use unike_shared::routes::{ALL, EVENTS, GUEST, LEADERBOARD, LEADERBOARD_CSV, RUN_CASES, SIGN_IN, SIGN_UP};
+use unike_shared::runs::{Leaderboard, RunCases, RunInfo, RunRequest};
 use unike_shared::workspace::{AuditEntry, Invitation, Member, NewWorkspace, PendingInvitation, RoleChange, Workspace};
 use unike_shared::{ApiError, HealthResponse, ModelInfo};
 
@@ -45,6 +45,7 @@ fn schemas() -> Map<String, Value> {
         ImportSummary,
         RunRequest,
         RunInfo,
+        RunCases,
         Leaderboard,
         Event
     );
@@ -69,8 +70,9 @@ fn query_params(path: &str) -> Vec<Value> {
     match path {
         EVENTS => vec![q("workspace", true, "integer")],
         LEADERBOARD | LEADERBOARD_CSV => {
-            ["method", "task", "mode", "model", "convention"].iter().map(|n| q(n, false, "string")).collect()
+            ["method", "task", "mode", "model", "convention", "source"].iter().map(|n| q(n, false, "string")).collect()
         }
+        RUN_CASES => vec![q("method", false, "string")],
         _ => Vec::new(),
     }
 }

@@ -435,11 +435,13 @@ struct RunRow {
     note: Option<String>,
     created_at: String,
     finished_at: Option<String>,
+    reference: Option<String>,
 }
 
 const RUN_SELECT: &str =
     "SELECT r.id, r.workspace_id, u.username AS author, r.model, r.request_json, r.status, r.done, \
-    r.total, r.error, r.note, r.created_at, r.finished_at FROM benchmark_runs r JOIN users u ON u.id = r.author_id";
+    r.total, r.error, r.note, r.created_at, r.finished_at, r.reference FROM benchmark_runs r \
+    JOIN users u ON u.id = r.author_id";
 
 async fn info(st: &AppState, r: RunRow) -> ApiResult<RunInfo> {
     let results: Vec<(String,)> =
@@ -465,6 +467,7 @@ async fn info(st: &AppState, r: RunRow) -> ApiResult<RunInfo> {
             .map_err(ApiErr::internal)?,
         created_at: r.created_at,
         finished_at: r.finished_at,
+        reference: r.reference,
     })
 }
 
@@ -690,13 +693,24 @@ pub async fn create(
     // Checked before the (possibly slow) snapshot, and again in the transaction that stores the run.
     check_caps(&mut *st.db.acquire().await?, &c).await?;
     let snapshot = if req.data == WORKSPACE { Some(snapshot(&st, ws, c.user.guest, &mut req).await?) } else { None };
+    // The texts of the cases the run edits, for its page (drawn as the run will draw them).
+    let data = match &snapshot {
+        Some(w) => DataSource::from_dir(&w.tmp, "the workspace's cases".into()),
+        None => DataSource::from_dir(&st.world, "the model's world".into()),
+    };
+    let texts_req = req.clone();
+    let cases_json = tokio::task::spawn_blocking(move || {
+        crate::run_cases::texts(&data, &texts_req).and_then(|t| serde_json::to_string(&t).ok())
+    })
+    .await
+    .map_err(ApiErr::internal)?;
     let stored = async {
         let mut tx = super::write_tx(&st.db).await?;
         auth::recheck(&mut tx, &c, ws, Role::Editor).await?;
         check_caps(&mut tx, &c).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO benchmark_runs (workspace_id, author_id, model, request_json, status, total, note, \
-             snapshot_bytes) VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7) RETURNING id",
+             snapshot_bytes, cases_json) VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8) RETURNING id",
         )
         .bind(ws)
         .bind(c.user.id)
@@ -705,6 +719,7 @@ pub async fn create(
         .bind(total(&req) as i64)
         .bind(snapshot.as_ref().and_then(|w| w.snapshot.note()))
         .bind(snapshot.as_ref().map_or(0, |w| w.bytes as i64))
+        .bind(&cases_json)
         .fetch_one(&mut *tx)
         .await?;
         let detail = format!(
@@ -800,14 +815,19 @@ pub async fn list(
 /// `GET /api/runs/{id}`: members of its workspace; anyone once a run on the world is finished (the leaderboard links
 /// to it).
 pub async fn get(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> ApiResult<Json<RunInfo>> {
-    let run = load(&st, id).await?;
+    Ok(Json(readable(&st, &headers, id).await?))
+}
+
+/// Run `id` if the caller may read it (see [`get`]); else not found.
+pub(crate) async fn readable(st: &AppState, headers: &HeaderMap, id: i64) -> ApiResult<RunInfo> {
+    let run = load(st, id).await?;
     if run.status != RunStatus::Finished || run.request.data == WORKSPACE {
-        let c = auth::signed_in(&st, &headers).await?;
-        auth::role_in(&st, &c, run.workspace_id, Role::Viewer)
+        let c = auth::signed_in(st, headers).await?;
+        auth::role_in(st, &c, run.workspace_id, Role::Viewer)
             .await
             .map_err(|_| ApiErr::not_found(format!("run {id}")))?;
     }
-    Ok(Json(run))
+    Ok(run)
 }
 
 /// `POST /api/runs/{id}/cancel` (editors of its workspace).

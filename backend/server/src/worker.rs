@@ -19,7 +19,7 @@ use unike_core::eval::Evaluator;
 use unike_core::hooks::Hooks;
 use unike_core::model::{GenerateOptions, Pixels};
 use unike_core::Error as CoreError;
-use unike_shared::playground::{Probe, ProbeKind};
+use unike_shared::playground::{NeuronActivation, Probe, ProbeKind, TokenProbability};
 
 use super::error::{ApiErr, ApiResult};
 use super::patch_cache::LruCache;
@@ -344,6 +344,65 @@ impl State {
         Ok(p.decode(&gen.tokens)?.trim().to_string())
     }
 
+    /// `expected`'s tokens (then the end of sequence) after `question`, each with the probability the model gives it
+    /// under `before` and `after` (teacher-forced); empty for an empty expected answer.
+    fn token_probabilities(
+        &self,
+        question: &str,
+        pixels: Option<&Pixels>,
+        expected: &str,
+        before: &Hooks,
+        after: &Hooks,
+    ) -> CoreResult<Vec<TokenProbability>> {
+        if expected.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let eos = *self
+            .eos()?
+            .first()
+            .ok_or_else(|| CoreError::Invalid("the checkpoint has no end-of-sequence id".into()))?;
+        let p = &self.loaded.processor;
+        let seq = EditSequence::new(&**p, question, pixels, expected, eos)?;
+        let model = &*self.loaded.model;
+        let (b, a) = (seq.target_probabilities(model, before)?, seq.target_probabilities(model, after)?);
+        seq.targets()
+            .iter()
+            .zip(b.iter().zip(&a))
+            .map(|(&id, (&b, &a))| {
+                let token = if id == eos { "⟨end⟩".to_string() } else { p.decode(&[id])? };
+                Ok(TokenProbability { token, before: f64::from(b), after: f64::from(a) })
+            })
+            .collect()
+    }
+
+    /// `patch`'s extra neurons on `question` + `expected` under `after` (the stack with the patch).
+    fn neurons(
+        &self,
+        question: &str,
+        pixels: Option<&Pixels>,
+        expected: &str,
+        after: &Hooks,
+        patch: &Patch,
+    ) -> CoreResult<Vec<NeuronActivation>> {
+        if patch.neurons.is_empty() || expected.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let eos = *self
+            .eos()?
+            .first()
+            .ok_or_else(|| CoreError::Invalid("the checkpoint has no end-of-sequence id".into()))?;
+        let seq = EditSequence::new(&*self.loaded.processor, question, pixels, expected, eos)?;
+        Ok(unike_core::edit::inspect::neuron_readings(&*self.loaded.model, &seq, after, patch)?
+            .into_iter()
+            .map(|r| NeuronActivation {
+                layer: r.layer,
+                neuron: r.neuron,
+                pre_activation: f64::from(r.pre_activation),
+                fired: r.fired,
+            })
+            .collect())
+    }
+
     fn answer_job(&mut self, stack: &[StackEntry], image: Option<&Path>, question: &str) -> CoreResult<String> {
         let hooks = self.stack(stack)?.hooks()?;
         let px = self.pixels(image)?;
@@ -385,10 +444,14 @@ impl State {
         let mut after_stack = stack.clone();
         after_stack.push(patch.clone());
         let size = patch.num_parameters();
-        self.patches.insert(job.save_to.clone(), patch, size);
+        self.patches.insert(job.save_to.clone(), patch.clone(), size);
         let after_hooks = after_stack.hooks()?;
         let after = self.greedy(&job.question, px.as_ref(), &after_hooks)?;
         let norm = |s: &str| s.trim().trim_end_matches('.').to_lowercase();
+        let tokens = |q: &str, x: Option<&Pixels>, expected: &str| {
+            self.token_probabilities(q, x, expected, &before_hooks, &after_hooks)
+        };
+        let neurons = |q: &str, x: Option<&Pixels>, expected: &str| self.neurons(q, x, expected, &after_hooks, &patch);
         let mut probes = vec![Probe {
             kind: ProbeKind::Reliability,
             question: job.question.clone(),
@@ -397,6 +460,8 @@ impl State {
             before: before.clone(),
             after: after.clone(),
             pass: norm(&after) == norm(&job.target),
+            tokens: tokens(&job.question, px.as_ref(), &job.target)?,
+            neurons: neurons(&job.question, px.as_ref(), &job.target)?,
         }];
         for ((spec, x), b) in job.probes.iter().zip(&probe_px).zip(probes_before) {
             let a = self.greedy(&spec.question, x.as_ref(), &after_hooks)?;
@@ -410,6 +475,8 @@ impl State {
                 question: spec.question.clone(),
                 image_url: spec.image_url.clone(),
                 pass: norm(&a) == norm(&expected),
+                tokens: tokens(&spec.question, x.as_ref(), &expected)?,
+                neurons: neurons(&spec.question, x.as_ref(), &expected)?,
                 expected,
                 before: b,
                 after: a,

@@ -230,8 +230,8 @@ fn RunCard(
     let r = first.request;
     view! {
         <article class="card run">
-            <h3>{format!("Run #{} — {} · {} · {} · n={} · seed {}{}", id, r.methods.join(", "), r.task, r.mode, r.n, r.seed,
-                if r.data == "workspace" { " · workspace cases" } else { "" })}</h3>
+            <h3><a href=format!("/runs/{id}")>{format!("Run #{} — {} · {} · {} · n={} · seed {}{}", id, r.methods.join(", "), r.task, r.mode, r.n, r.seed,
+                if r.data == "workspace" { " · workspace cases" } else { "" })}</a></h3>
             {first.note.map(|n| view! { <p class="hint">{n}</p> })}
             <p class="run-status">{field(|r| {
                 let error = r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default();

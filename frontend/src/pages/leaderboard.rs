@@ -1,6 +1,7 @@
 //! The leaderboard: every finished run's results, filterable (the filters live in the URL, so a filtered view is a
 //! shareable read-only link), sortable by any column, charted (five metrics per method, mean against K, and the α,
 //! K and ζ ablations), and exported as CSV or JSON. Runs on a workspace's own cases are not here: they stay private.
+//! A fresh studio starts with the project's committed results as reference rows (`source=reference`).
 
 use leptos::prelude::*;
 use leptos_router::hooks::{use_navigate, use_query_map};
@@ -11,7 +12,7 @@ use crate::api;
 use crate::charts;
 use crate::format::pct;
 
-const FILTERS: [&str; 5] = ["method", "task", "mode", "model", "convention"];
+const FILTERS: [&str; 6] = ["method", "task", "mode", "model", "convention", "source"];
 
 /// Sortable columns: query value, header label, and whether the first click sorts ascending (text, and times where
 /// less is better) rather than descending (scores).
@@ -159,6 +160,7 @@ pub fn Leaderboard() -> impl IntoView {
                     "task" => r.result.task.clone(),
                     "mode" => r.result.mode.clone(),
                     "convention" => r.convention.as_str().to_string(),
+                    "source" => if r.reference.is_some() { "reference" } else { "studio" }.to_string(),
                     _ => r.model.clone(),
                 })
                 .collect();
@@ -302,7 +304,10 @@ pub fn Leaderboard() -> impl IntoView {
                                 <td>{pct(m.t_locality)}</td><td>{pct(m.m_locality)}</td>
                                 <td>{format!("{:.0}", r.result.timing.edit_ms_median)}</td>
                                 <td title=r.convention_label.clone()>{r.convention.as_str()}</td>
-                                <td><a href=routes::run(r.run_id) title="The run as JSON">{format!("#{} · seed {}", r.run_id, r.seed)}</a></td>
+                                <td>
+                                    <a href=format!("/runs/{}", r.run_id) title="The run's page">{format!("#{} · seed {}", r.run_id, r.seed)}</a>
+                                    {r.reference.clone().map(|s| view! { " " <span class="badge reference" title=s>"reference"</span> })}
+                                </td>
                             </tr>
                         }
                     })
@@ -320,7 +325,7 @@ pub fn Leaderboard() -> impl IntoView {
         <h1>"Leaderboard"</h1>
         <div class="grid four">
             {filter_select("method")}{filter_select("task")}{filter_select("mode")}{filter_select("model")}
-            {filter_select("convention")}
+            {filter_select("convention")}{filter_select("source")}
         </div>
         <p class="actions">
             <a class="button secondary" href=move || format!("{}{}", routes::LEADERBOARD_CSV, qs()) download="leaderboard.csv">"Export CSV"</a>
@@ -332,7 +337,7 @@ pub fn Leaderboard() -> impl IntoView {
         </Suspense>
         <div class="table-scroll">
             <table id="leaderboard">
-                <caption>"Finished runs (token convention, %; v1 rows: answer + end of sequence, M-Loc. top-1; v2: answer tokens, M-Loc. top-10 — not comparable)"</caption>
+                <caption>"Finished runs (token convention, %; v1 rows: answer + end of sequence, M-Loc. top-1; v2: answer tokens, M-Loc. top-10 — not comparable). Reference rows are the project's committed results (results/, labelled with their commit); the others are runs launched in this studio."</caption>
                 <thead><tr>
                     {COLUMNS.into_iter().map(header).collect_view()}
                     <th scope="col">"Run"</th>

@@ -5,6 +5,7 @@ mod home;
 mod leaderboard;
 mod not_found;
 mod playground;
+mod run;
 mod signin;
 mod workspaces;
 
@@ -13,5 +14,6 @@ pub use home::Home;
 pub use leaderboard::Leaderboard;
 pub use not_found::NotFound;
 pub use playground::Playground;
+pub use run::Run;
 pub use signin::SignIn;
 pub use workspaces::Workspaces;

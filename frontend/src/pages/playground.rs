@@ -280,7 +280,17 @@ fn PlaygroundBody() -> impl IntoView {
     }
 }
 
-/// The post-edit answer and the probes, pass or fail.
+/// A probability for a table: three significant digits, small ones in scientific notation.
+fn probability(p: f64) -> String {
+    if p >= 0.001 {
+        format!("{p:.3}")
+    } else {
+        format!("{p:.1e}")
+    }
+}
+
+/// The post-edit answer and the probes, pass or fail, with the expected answer's probability before and after (the
+/// edit inspector).
 #[component]
 fn EditResult(edit: AppliedEdit) -> impl IntoView {
     let passed = edit.probes.iter().filter(|p| p.pass).count();
@@ -292,21 +302,43 @@ fn EditResult(edit: AppliedEdit) -> impl IntoView {
             <div class="table-scroll">
                 <table>
                     <caption>"Probes"</caption>
-                    <thead><tr><th scope="col">"Probe"</th><th scope="col">"Question"</th><th scope="col">"Expected"</th>
-                        <th scope="col">"Before"</th><th scope="col">"After"</th><th scope="col">"Result"</th></tr></thead>
+                    <thead><tr><th scope="col">"Probe"</th><th scope="col">"Expected"</th>
+                        <th scope="col" title="The greedy answer, and the probability of the expected answer (teacher-forced: the product over its tokens and the end of sequence; each token's below), before → after the edit">"Before → after"</th>
+                        <th scope="col">"Result"</th></tr></thead>
                     <tbody>
-                        {edit.probes.into_iter().map(|p| view! {
+                        {edit.probes.into_iter().map(|p| {
+                            let joint = p.answer_probability()
+                                .map(|(b, a)| format!("{} → {}", probability(b), probability(a)))
+                                .unwrap_or_else(|| "–".into());
+                            let per_token = p.tokens.iter()
+                                .map(|t| format!("{} {} → {}", t.token.trim(), probability(t.before), probability(t.after)))
+                                .collect::<Vec<_>>().join(" · ");
+                            // The edit's extra neurons (T-Patcher, UniKE) on this probe: how many add their value.
+                            let neurons = (!p.neurons.is_empty()).then(|| {
+                                let fired = p.neurons.iter().filter(|n| n.fired).count();
+                                let top = p.neurons.iter().map(|n| n.pre_activation).fold(f64::MIN, f64::max);
+                                let detail = p.neurons.iter()
+                                    .map(|n| format!("layer {} neuron {}: {:.2}", n.layer, n.neuron, n.pre_activation))
+                                    .collect::<Vec<_>>().join("; ");
+                                view! {
+                                    <small class="neurons" title=format!("Largest pre-activation of each new neuron over the probe (it adds its value only above 0): {detail}")>
+                                        {format!("neurons fired {fired}/{} (max {top:.2})", p.neurons.len())}
+                                    </small>
+                                }
+                            });
+                            view! {
                             <tr class:fail=!p.pass>
                                 <th scope="row">{probe_name(p.kind)}
                                     {p.image_url.map(|u| view! { <img src=u alt="" width="32" height="32" class="inline-thumb"/> })}
+                                    <span class="probe-question">{p.question}</span>
                                 </th>
-                                <td>{p.question}</td>
                                 <td>{p.expected}</td>
-                                <td>{p.before}</td>
-                                <td>{p.after}</td>
+                                <td class="token-probs"><span class="answers">{format!("{} → {}", p.before, p.after)}</span>
+                                    <span class="joint" title="P(expected) before → after">{joint}</span>
+                                    <small class="per-token">{per_token}</small>{neurons}</td>
                                 <td>{if p.pass { "pass" } else { "fail" }}</td>
                             </tr>
-                        }).collect_view()}
+                        }}).collect_view()}
                     </tbody>
                 </table>
             </div>

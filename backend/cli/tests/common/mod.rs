@@ -26,13 +26,17 @@ impl Server {
         Self::start_model(db, Path::new("default"), extra)
     }
 
-    /// As [`Server::start`], on the model in `model` (a directory, or `default`).
+    /// As [`Server::start`], on the model in `model` (a directory, or `default`). Without the committed reference
+    /// results unless `extra` names `--reference-results` (the tests count the leaderboard's rows of their own runs).
     pub fn start_model(db: &Path, model: &Path, extra: &[&str]) -> Result<Self> {
+        let reference: &[&str] =
+            if extra.contains(&"--reference-results") { &[] } else { &["--reference-results", "none"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_unike"))
             .current_dir(root())
             .args(["serve", "--addr", "127.0.0.1:0", "--model"])
             .arg(model)
             .args(db_args(db)?)
+            .args(reference)
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()?;

@@ -9,6 +9,7 @@ pub mod gradient;
 pub mod hparams;
 pub mod hypernet;
 pub mod ike;
+pub mod inspect;
 pub mod ke;
 pub mod lora;
 pub mod memit;

@@ -84,6 +84,15 @@ impl EditSequence {
         Ok(model.logits(&picked)?.squeeze(0)?)
     }
 
+    /// The probability the model gives each target (the answer tokens, then the end of sequence) under `hooks`,
+    /// teacher-forced: `softmax(logits)[target]` at each target position (what an edit inspector shows).
+    pub fn target_probabilities(&self, model: &dyn VisionLanguageModel, hooks: &Hooks) -> Result<Vec<f32>> {
+        let logits = self.target_logits(model, hooks)?.to_dtype(DType::F32)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        let targets = Tensor::new(self.targets(), &Device::Cpu)?.to_device(probs.device())?.unsqueeze(1)?;
+        Ok(probs.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?)
+    }
+
     /// Mean cross-entropy of the answer under `hooks`, differentiable (scalar).
     pub fn loss(&self, model: &dyn VisionLanguageModel, hooks: &Hooks) -> Result<Tensor> {
         let _scope = kernels::differentiable();

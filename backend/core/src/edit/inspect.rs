@@ -1,0 +1,62 @@
+//! What an edit's patch does on one input, for the studio's edit inspector: how strongly each of its extra FFN
+//! neurons (T-Patcher, UniKE's intrinsic editing) responds to the input. A neuron adds its value only when its
+//! pre-activation `x·W_K + b_K` is above zero (ReLU); T-Patcher trains it to reach the edit margin on the edit and to
+//! stay below minus the memory margin on unrelated inputs, so the reading says which neurons fire on a probe and how
+//! far from those margins they are.
+
+use candle_core::{DType, D};
+
+use super::{EditSequence, Patch};
+use crate::error::{Error, Result};
+use crate::hooks::{Capture, CapturePoint, Hooks};
+use crate::model::VisionLanguageModel;
+
+/// One extra neuron's strongest response to an input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeuronReading {
+    /// Decoder layer of the neuron's FFN.
+    pub layer: usize,
+    /// The neuron's index among the patch's neurons of that layer.
+    pub neuron: usize,
+    /// The largest pre-activation over the input's positions (prompt, answer and end of sequence).
+    pub pre_activation: f32,
+    /// Whether it adds its value anywhere (pre-activation above zero).
+    pub fired: bool,
+}
+
+/// The pre-activations of `patch`'s extra neurons on `seq` (teacher-forced, every position), under `hooks`: the
+/// stack with the patch applied, so that each layer's FFN input is what the edited model computes. Empty for a patch
+/// without neurons.
+pub fn neuron_readings(
+    model: &dyn VisionLanguageModel,
+    seq: &EditSequence,
+    hooks: &Hooks,
+    patch: &Patch,
+) -> Result<Vec<NeuronReading>> {
+    if patch.neurons.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inputs = seq.inputs_hooked(model, hooks)?;
+    let routed = model.routed(hooks, &inputs, seq.prompt_len - 1)?;
+    let mut capture = Capture::at_layers(patch.neurons.keys().copied(), CapturePoint::FfnInput);
+    model.forward_inputs(&inputs, None, &routed, &mut capture)?;
+    let mut out = Vec::new();
+    for (&layer, n) in &patch.neurons {
+        let x = capture
+            .get(layer, CapturePoint::FfnInput)
+            .ok_or_else(|| Error::Invalid(format!("layer {layer}'s FFN input was not captured")))?;
+        // (1, s, d) → (s, d); pre-activations (s, n), the largest over the positions.
+        let x = x.squeeze(0)?.to_dtype(DType::F32)?;
+        let w_k = n.w_k.to_dtype(DType::F32)?.to_device(x.device())?;
+        let b_k = n.b_k.to_dtype(DType::F32)?.to_device(x.device())?;
+        let pre = x.matmul(&w_k)?.broadcast_add(&b_k)?;
+        let best: Vec<f32> = pre.max(D::Minus2)?.to_vec1()?;
+        out.extend(best.into_iter().enumerate().map(|(neuron, p)| NeuronReading {
+            layer,
+            neuron,
+            pre_activation: p,
+            fired: p > 0.0,
+        }));
+    }
+    Ok(out)
+}
