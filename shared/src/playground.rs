@@ -127,6 +127,22 @@ pub struct Probe {
     /// without neurons).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub neurons: Vec<NeuronActivation>,
+    /// SERAC: the scope classifier's probability that this probe is about the edit, and the threshold from which the
+    /// counterfactual model answers it (absent for other methods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ScopeScore>,
+    /// UniKE: the share α of the retrieved in-context knowledge on this probe after the edit (mean over the edited
+    /// layers and the positions predicting the answer; absent for methods without latent knowledge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge_share: Option<f64>,
+}
+
+/// SERAC's scope score of a probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ScopeScore {
+    pub score: f64,
+    pub threshold: f64,
 }
 
 /// One extra neuron of an edit on a probe.

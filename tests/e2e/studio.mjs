@@ -88,6 +88,11 @@ try {
   check(tokens.length >= 2 && close(joint[0], prod('before')) && close(joint[1], prod('after')),
     `the inspector shows the API's probabilities: ${joint} vs ${prod('before')} → ${prod('after')}`);
   check(prod('after') > prod('before'), `the edit raised the target's probability (${prod('before')} → ${prod('after')})`);
+  // SERAC's scope score: the edit question is in scope (its counterfactual model answered it), as the page says.
+  const scope = stack.edits[stack.edits.length - 1].probes[0].scope;
+  check(scope && scope.score >= scope.threshold, `the edit question is in SERAC's scope: ${JSON.stringify(scope)}`);
+  check(((await page.textContent('#edit-result tbody tr >> nth=0 >> .scope')) ?? '').includes(scope.score.toFixed(3)),
+    'the page shows the scope score');
   // The probe table fits its card at 1280 px: no column is cut off.
   const cut = await page.evaluate(() => {
     const t = document.querySelector('#edit-result table');

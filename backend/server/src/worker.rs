@@ -19,7 +19,7 @@ use unike_core::eval::Evaluator;
 use unike_core::hooks::Hooks;
 use unike_core::model::{GenerateOptions, Pixels};
 use unike_core::Error as CoreError;
-use unike_shared::playground::{NeuronActivation, Probe, ProbeKind, TokenProbability};
+use unike_shared::playground::{NeuronActivation, Probe, ProbeKind, ScopeScore, TokenProbability};
 
 use super::error::{ApiErr, ApiResult};
 use super::patch_cache::LruCache;
@@ -403,6 +403,46 @@ impl State {
             .collect())
     }
 
+    /// SERAC's scope score of `question` for `patch`'s stored edit (`None` for other methods).
+    fn scope(
+        &self,
+        question: &str,
+        pixels: Option<&Pixels>,
+        expected: &str,
+        patch: &Patch,
+    ) -> CoreResult<Option<ScopeScore>> {
+        if patch.serac.is_none() || expected.trim().is_empty() {
+            return Ok(None);
+        }
+        let seq = EditSequence::new(&*self.loaded.processor, question, pixels, expected, self.first_eos()?)?;
+        let read = unike_core::edit::inspect::serac_scope(&*self.loaded.model, &seq, patch)?;
+        Ok(read.map(|(score, threshold)| ScopeScore { score: f64::from(score), threshold: f64::from(threshold) }))
+    }
+
+    /// UniKE's knowledge share on `question` under `after` (`None` for patches without latent knowledge).
+    fn share(
+        &self,
+        question: &str,
+        pixels: Option<&Pixels>,
+        expected: &str,
+        after: &Hooks,
+        patch: &Patch,
+    ) -> CoreResult<Option<f64>> {
+        if patch.latent.is_empty() || expected.trim().is_empty() {
+            return Ok(None);
+        }
+        let seq = EditSequence::new(&*self.loaded.processor, question, pixels, expected, self.first_eos()?)?;
+        Ok(unike_core::eval::share::knowledge_share(&*self.loaded.model, &seq, after)?.map(f64::from))
+    }
+
+    /// The checkpoint's first end-of-sequence id.
+    fn first_eos(&self) -> CoreResult<u32> {
+        self.eos()?
+            .first()
+            .copied()
+            .ok_or_else(|| CoreError::Invalid("the checkpoint has no end-of-sequence id".into()))
+    }
+
     fn answer_job(&mut self, stack: &[StackEntry], image: Option<&Path>, question: &str) -> CoreResult<String> {
         let hooks = self.stack(stack)?.hooks()?;
         let px = self.pixels(image)?;
@@ -452,6 +492,8 @@ impl State {
             self.token_probabilities(q, x, expected, &before_hooks, &after_hooks)
         };
         let neurons = |q: &str, x: Option<&Pixels>, expected: &str| self.neurons(q, x, expected, &after_hooks, &patch);
+        let scope = |q: &str, x: Option<&Pixels>, expected: &str| self.scope(q, x, expected, &patch);
+        let share = |q: &str, x: Option<&Pixels>, expected: &str| self.share(q, x, expected, &after_hooks, &patch);
         let mut probes = vec![Probe {
             kind: ProbeKind::Reliability,
             question: job.question.clone(),
@@ -462,6 +504,8 @@ impl State {
             pass: norm(&after) == norm(&job.target),
             tokens: tokens(&job.question, px.as_ref(), &job.target)?,
             neurons: neurons(&job.question, px.as_ref(), &job.target)?,
+            scope: scope(&job.question, px.as_ref(), &job.target)?,
+            knowledge_share: share(&job.question, px.as_ref(), &job.target)?,
         }];
         for ((spec, x), b) in job.probes.iter().zip(&probe_px).zip(probes_before) {
             let a = self.greedy(&spec.question, x.as_ref(), &after_hooks)?;
@@ -477,6 +521,8 @@ impl State {
                 pass: norm(&a) == norm(&expected),
                 tokens: tokens(&spec.question, x.as_ref(), &expected)?,
                 neurons: neurons(&spec.question, x.as_ref(), &expected)?,
+                scope: scope(&spec.question, x.as_ref(), &expected)?,
+                knowledge_share: share(&spec.question, x.as_ref(), &expected)?,
                 expected,
                 before: b,
                 after: a,

@@ -335,7 +335,16 @@ fn EditResult(edit: AppliedEdit) -> impl IntoView {
                                 <td>{p.expected}</td>
                                 <td class="token-probs"><span class="answers">{format!("{} → {}", p.before, p.after)}</span>
                                     <span class="joint" title="P(expected) before → after">{joint}</span>
-                                    <small class="per-token">{per_token}</small>{neurons}</td>
+                                    <small class="per-token">{per_token}</small>{neurons}
+                                    {p.scope.map(|sc| {
+                                        let routed = if sc.score >= sc.threshold { "the edit's counterfactual model answers" } else { "the base model answers" };
+                                        view! { <small class="scope" title="SERAC's scope classifier: the probability that this probe is about the edit">
+                                            {format!("scope {:.3} (threshold {:.2}: {routed})", sc.score, sc.threshold)}</small> }
+                                    })}
+                                    {p.knowledge_share.map(|a| view! {
+                                        <small class="scope" title="UniKE: the share α of the retrieved in-context knowledge in the attention output (mean over the edited layers and the answer's positions)">
+                                            {format!("knowledge share α {a:.3}")}</small>
+                                    })}</td>
                                 <td>{if p.pass { "pass" } else { "fail" }}</td>
                             </tr>
                         }}).collect_view()}

@@ -2,7 +2,7 @@
 //! neurons (T-Patcher, UniKE's intrinsic editing) responds to the input. A neuron adds its value only when its
 //! pre-activation `x·W_K + b_K` is above zero (ReLU); T-Patcher trains it to reach the edit margin on the edit and to
 //! stay below minus the memory margin on unrelated inputs, so the reading says which neurons fire on a probe and how
-//! far from those margins they are.
+//! far from those margins they are. For SERAC, the scope classifier's score of the input for the stored edit.
 
 use candle_core::{DType, D};
 
@@ -59,4 +59,16 @@ pub fn neuron_readings(
         }));
     }
     Ok(out)
+}
+
+/// SERAC's scope score of an input for `patch`'s stored edit: the classifier's probability that `seq`'s prompt is
+/// about the edit (read on the unedited model's state at the last prompt position, as the router reads it), and the
+/// threshold from which the counterfactual model answers. `None` for a patch that is not a SERAC edit.
+pub fn serac_scope(model: &dyn VisionLanguageModel, seq: &EditSequence, patch: &Patch) -> Result<Option<(f32, f32)>> {
+    let Some(entry) = &patch.serac else { return Ok(None) };
+    let x = super::serac::prompt_state(model, seq, entry.net.layer)?.unsqueeze(0)?;
+    let key = entry.key.unsqueeze(0)?;
+    let p = entry.net.scores(&x, &key)?.flatten_all()?.to_vec1::<f32>()?;
+    let score = *p.first().ok_or_else(|| Error::Invalid("SERAC scored nothing".into()))?;
+    Ok(Some((score, entry.net.threshold)))
 }

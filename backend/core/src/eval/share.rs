@@ -8,7 +8,8 @@
 
 use crate::edit::{EditContext, EditMethod, EditSequence, PatchStack};
 use crate::error::{Error, Result};
-use crate::hooks::{Capture, CapturePoint};
+use crate::hooks::{Capture, CapturePoint, Hooks};
+use crate::model::VisionLanguageModel;
 
 use super::harness::{Evaluator, PreparedCase};
 
@@ -22,7 +23,6 @@ pub fn knowledge_shares(
     method: &dyn EditMethod,
     cases: &[PreparedCase],
 ) -> Result<Option<[f32; 5]>> {
-    let layers = 0..ev.model.num_layers();
     let mut sums = [0f64; 5];
     let mut any = false;
     for case in cases {
@@ -32,9 +32,7 @@ pub fn knowledge_shares(
         stack.push(patch);
         let hooks = stack.hooks()?;
         for (kind, seq) in case.probes().into_iter().enumerate() {
-            let mut cap = Capture::at_layers(layers.clone(), CapturePoint::KnowledgeShare);
-            ev.model.forward_inputs(&seq.inputs(ev.model)?, None, &hooks, &mut cap)?;
-            if let Some(m) = answer_mean(seq, &cap)? {
+            if let Some(m) = knowledge_share(ev.model, seq, &hooks)? {
                 sums[kind] += m as f64;
                 any = true;
             }
@@ -45,6 +43,14 @@ pub fn knowledge_shares(
     }
     let n = cases.len().max(1) as f64;
     Ok(Some(sums.map(|s| (s / n) as f32)))
+}
+
+/// The knowledge share `hooks` give `seq` (teacher-forced): its mean over the layers that mix knowledge in and the
+/// positions predicting the answer; `None` when no layer does (what the edit inspector shows per probe).
+pub fn knowledge_share(model: &dyn VisionLanguageModel, seq: &EditSequence, hooks: &Hooks) -> Result<Option<f32>> {
+    let mut cap = Capture::at_layers(0..model.num_layers(), CapturePoint::KnowledgeShare);
+    model.forward_inputs(&seq.inputs(model)?, None, hooks, &mut cap)?;
+    answer_mean(seq, &cap)
 }
 
 /// Mean of the captured shares over layers and the positions predicting `seq`'s answer; `None` without any.
