@@ -481,6 +481,13 @@ fn reproduce_writes_tables_json_and_charts() -> Result<()> {
     for row in ["| ft | vqa | sequential-gap | 1 | 2 |", "| ike | vqa | sequential-gap | 3 | 2 |"] {
         assert!(gap.contains(row), "{row} missing: {gap}");
     }
+    // The manifest a studio imports as reference results: this build's commit, the model, the sections done.
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
+    assert_eq!(m["sections"], serde_json::json!(["table1", "gap"]), "{m}");
+    assert_eq!((&m["model"], &m["seed"]), (&Value::from("default"), &Value::from(0)), "{m}");
+    let commit = m["commit"].as_str().context("commit")?;
+    assert!(commit == "unknown" || (commit.len() == 7 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{m}");
+    assert!(m["command"].as_str().is_some_and(|c| c.starts_with("unike reproduce --only table1,gap")), "{m}");
     // Bad input: one line, exit 1.
     for (args, needle) in [
         (vec!["--only", "table9"], "unknown section \"table9\""),

@@ -81,15 +81,14 @@ fn cell(s: &str) -> String {
 /// `GET /api/leaderboard.csv`.
 pub async fn csv(State(st): State<AppState>, Query(q): Query<LeaderboardQuery>) -> ApiResult<impl IntoResponse> {
     let mut out = String::from(
-        "run_id,source,model,method,task,mode,k,n,seed,convention,reliability,t_generality,m_generality,t_locality,m_locality,\
-         portability,portability_base,m_locality_top1,score,edit_ms_median,finished_at\n",
+        "run_id,model,method,task,mode,k,n,seed,convention,reliability,t_generality,m_generality,t_locality,m_locality,\
+         portability,portability_base,m_locality_top1,score,edit_ms_median,finished_at,source\n",
     );
     for r in rows(&st, &q).await? {
         let m = &r.result.metrics;
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{},{},{},{:.2},{:.1},{}\n",
+            "{},{},{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{},{},{},{:.2},{:.1},{},{}\n",
             r.run_id,
-            cell(r.reference.as_deref().unwrap_or(SOURCE_STUDIO)),
             cell(&r.model),
             cell(&r.result.method),
             r.result.task,
@@ -108,7 +107,8 @@ pub async fn csv(State(st): State<AppState>, Query(q): Query<LeaderboardQuery>) 
             m.m_locality_top1.map(|p| format!("{p:.2}")).unwrap_or_default(),
             r.score,
             r.result.timing.edit_ms_median,
-            r.finished_at
+            r.finished_at,
+            cell(r.reference.as_deref().unwrap_or(SOURCE_STUDIO))
         ));
     }
     Ok((
