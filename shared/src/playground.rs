@@ -193,6 +193,10 @@ pub struct AppliedEdit {
     pub after: String,
     pub edit_ms: f64,
     pub probes: Vec<Probe>,
+    /// In-context methods (IKE, SERAC): the demonstrations the edit puts in front of a prompt, one line each, with
+    /// the retrieved ones' similarity (empty for other methods, and in edits stored before it was recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub demonstrations: Vec<String>,
 }
 
 /// A workspace's patch stack, bottom first.

@@ -93,6 +93,10 @@ try {
   check(scope && scope.score >= scope.threshold, `the edit question is in SERAC's scope: ${JSON.stringify(scope)}`);
   check(((await page.textContent('#edit-result tbody tr >> nth=0 >> .scope')) ?? '').includes(scope.score.toFixed(3)),
     'the page shows the scope score');
+  // SERAC's counterfactual context: the edit as a demonstration, listed as the API has it.
+  const demos = stack.edits[stack.edits.length - 1].demonstrations;
+  check(demos.length === 1 && demos[0].includes(target), `SERAC's context holds the edit: ${demos}`);
+  check(((await page.textContent('.demonstrations')) ?? '').includes(demos[0]), 'the page lists the demonstration');
   // The probe table fits its card at 1280 px: no column is cut off.
   const cut = await page.evaluate(() => {
     const t = document.querySelector('#edit-result table');

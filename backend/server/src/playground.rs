@@ -207,6 +207,7 @@ pub async fn apply(
         after: out.after,
         edit_ms: out.edit_ms,
         probes: out.probes,
+        demonstrations: out.demonstrations,
     };
     let rephrase = img
         .as_ref()

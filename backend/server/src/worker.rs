@@ -78,6 +78,9 @@ pub struct EditOutcome {
     pub after: String,
     pub edit_ms: f64,
     pub probes: Vec<Probe>,
+    /// The patch's in-context demonstrations (its provenance's).
+    #[serde(default)]
+    pub demonstrations: Vec<String>,
 }
 
 enum Job {
@@ -528,6 +531,6 @@ impl State {
                 after: a,
             });
         }
-        Ok(EditOutcome { before, after, edit_ms, probes })
+        Ok(EditOutcome { before, after, edit_ms, probes, demonstrations: patch.provenance.demonstrations.clone() })
     }
 }

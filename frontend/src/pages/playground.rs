@@ -351,6 +351,10 @@ fn EditResult(edit: AppliedEdit) -> impl IntoView {
                     </tbody>
                 </table>
             </div>
+            {(!edit.demonstrations.is_empty()).then(|| view! {
+                <p class="hint" id="edit-demonstrations">"The edit's in-context demonstrations (IKE: in front of every prompt; SERAC: the counterfactual model's context, for inputs in scope):"</p>
+                <ul class="demonstrations">{edit.demonstrations.iter().map(|d| view! { <li>{d.clone()}</li> }).collect_view()}</ul>
+            })}
         </div>
     }
 }
