@@ -5,7 +5,7 @@ use leptos_router::components::{Route, Router, Routes};
 use leptos_router::path;
 
 use crate::components::{Footer, Header};
-use crate::pages::{Benchmarks, Home, Leaderboard, NotFound, Playground, Run, SignIn, Workspaces};
+use crate::pages::{Benchmarks, Explorer, Home, Leaderboard, NotFound, Playground, Run, SignIn, Workspaces};
 use crate::session::SessionCtx;
 
 /// Root component: the router with one route per page.
@@ -22,6 +22,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/benchmarks") view=Benchmarks/>
                     <Route path=path!("/leaderboard") view=Leaderboard/>
                     <Route path=path!("/runs/:id") view=Run/>
+                    <Route path=path!("/explorer") view=Explorer/>
                     <Route path=path!("/workspaces") view=Workspaces/>
                     <Route path=path!("/signin") view=SignIn/>
                 </Routes>

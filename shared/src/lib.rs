@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bench;
 pub mod error;
 pub mod events;
+pub mod explorer;
 pub mod model;
 pub mod playground;
 pub mod routes;

@@ -123,6 +123,9 @@ pub fn run_cancel(id: i64) -> String {
 pub const LEADERBOARD: &str = "/api/leaderboard";
 /// `GET` → the leaderboard as CSV (same filters).
 pub const LEADERBOARD_CSV: &str = "/api/leaderboard.csv";
+/// `GET` (query [`crate::explorer::ExplorerQuery`]) → [`crate::explorer::ExplorerView`]: the UniKE memory projected
+/// (public); a workspace's edits with it for that workspace's viewers.
+pub const EXPLORER: &str = "/api/explorer";
 /// `GET` (query `workspace=<id>`) → `text/event-stream` of [`crate::events::Event`].
 pub const EVENTS: &str = "/api/events";
 
@@ -184,5 +187,12 @@ pub const ALL: &[RouteDoc] = &[
     r("post", RUN_CANCEL, "Cancel a run (editors)", None, "RunInfo"),
     r("get", LEADERBOARD, "Every finished run's results, best first", None, "Leaderboard"),
     r("get", LEADERBOARD_CSV, "The leaderboard as CSV", None, "text"),
+    r(
+        "get",
+        EXPLORER,
+        "The UniKE memory and a workspace's edits in the raw, semantic and truthfulness spaces",
+        None,
+        "ExplorerView",
+    ),
     r("get", EVENTS, "Live updates of a workspace (server-sent events)", None, "Event"),
 ];

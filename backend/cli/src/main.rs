@@ -30,6 +30,7 @@ mod bench_shards;
 mod bench_stack;
 mod bench_workers;
 mod eval_base;
+mod explore;
 mod gen_data;
 mod knowledge_share;
 mod plot;
@@ -76,6 +77,9 @@ enum Command {
     EvalBase(eval_base::EvalArgs),
     /// UniKE: the mean knowledge share α its latent knowledge takes on each kind of probe.
     KnowledgeShare(knowledge_share::ShareArgs),
+    /// The knowledge-space explorer's projections (paper Fig. 5a) as a table: fit time and how apart positive and
+    /// negative states lie in the raw, semantic and truthfulness spaces.
+    Explore(explore::ExploreArgs),
     /// Reproduce the paper's tables and Fig. 4 on the world: Markdown + JSON + PNG charts into --out.
     Reproduce(reproduce::ReproduceArgs),
     /// UniKE: collect the model's wrong answers on the world and their hidden states (in-context knowledge).
@@ -108,6 +112,7 @@ fn main() {
         Command::Answer(a) => answer::run(a),
         Command::Bench(a) => bench_edit::run(a),
         Command::KnowledgeShare(a) => knowledge_share::run(a),
+        Command::Explore(a) => explore::run(a),
         Command::BenchModel(a) => bench_model::run(a),
         Command::BenchApi(a) => bench_api::run(a),
         Command::BenchStack(a) => bench_stack::run(a),

@@ -2,38 +2,11 @@
 //! its own, holding its prepared knowledge memory and the caches its edits fill, and `--method-cache-mb` bounds what
 //! the built ones hold together. Measured as the real server process's resident memory.
 
-use std::path::Path;
-use std::process::Command;
-
 use anyhow::{ensure, Result};
 use unike_shared::routes;
 
 mod common;
 use common::*;
-
-/// The shipped model's files, its UniKE encoders and a small knowledge memory of its own (the shipped 6,000 entries
-/// take minutes to build) in `dir/models/default`, where the hyper-parameters of `default` apply.
-fn model_with_small_memory(dir: &Path) -> Result<std::path::PathBuf> {
-    let from = root().join("models/default");
-    let model = dir.join("models/default");
-    std::fs::create_dir_all(model.join("unike"))?;
-    for entry in std::fs::read_dir(&from)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), model.join(entry.file_name()))?;
-        }
-    }
-    for f in ["encoders.json", "encoders.safetensors"] {
-        std::fs::copy(from.join("unike").join(f), model.join("unike").join(f))?;
-    }
-    let out = Command::new(env!("CARGO_BIN_EXE_unike"))
-        .current_dir(root())
-        .args(["build-memory", "--n", "300", "--model"])
-        .arg(&model)
-        .output()?;
-    ensure!(out.status.success(), "build-memory: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(model)
-}
 
 #[test]
 fn many_unike_variants_stay_within_the_method_cache() -> Result<()> {

@@ -12,6 +12,7 @@ mod cleanup;
 mod demo;
 mod error;
 mod events;
+mod explorer;
 mod gallery;
 mod leaderboard;
 mod members;
@@ -192,6 +193,8 @@ pub struct AppState {
     pub world: PathBuf,
     /// Applying and undoing edits is one step per workspace stack (other workspaces do not wait for it).
     pub edit_locks: Arc<StackLocks>,
+    /// The knowledge-space explorer's loaded memory and cached projections.
+    pub explorer: Arc<explorer::ExplorerState>,
 }
 
 /// One lock per workspace stack: an edit reads the stack, extends it and writes it as one step, and an undo waits for
@@ -323,6 +326,7 @@ fn router(state: AppState, dist: Option<&Path>) -> Router {
         .route(routes::LEADERBOARD, get(leaderboard::json))
         .route(routes::LEADERBOARD_CSV, get(leaderboard::csv))
         .route(routes::EVENTS, get(events::stream))
+        .route(routes::EXPLORER, get(explorer::view))
         .route("/api/{*rest}", any(api_not_found))
         // A handler's panic is our bug: a logged JSON 500, and the server goes on.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|p: Box<dyn std::any::Any + Send>| {
@@ -404,6 +408,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
             args.method_cache_mb as usize * 1024 * 1024,
         ),
     };
+    // UniKE's K, what the explorer's focus retrieves by default (the model's hyper-parameter file, else the default).
+    let top_k =
+        unike_core::edit::hparams::resolve(&unike_pipeline::model_dir::repo_root(), "unike", &info.name, ckpt.family())
+            .map(|p| unike_core::edit::hparams::load::<unike_core::edit::unike::UniKeParams>(&p))
+            .transpose()?
+            .unwrap_or_default()
+            .top_k;
+    let explorer = Arc::new(explorer::ExplorerState::new(loaded_dir.clone(), top_k));
     let (runs, updates) = RunQueue::spawn(loaded, data_dir.clone(), world_source, args.run_queue as usize);
     let state = AppState {
         db,
@@ -439,6 +451,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         gallery,
         world,
         edit_locks: Arc::default(),
+        explorer,
     };
     tokio::spawn(runs::record(state.clone(), updates));
     if let Some((r, rx)) = relay {

@@ -6,11 +6,12 @@ use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 use unike_shared::auth::{Credentials, SessionInfo, CSRF_HEADER, SESSION_COOKIE};
 use unike_shared::events::Event;
+use unike_shared::explorer::ExplorerView;
 use unike_shared::playground::{
     AnswerRequest, AnswerResponse, AppliedEdit, CaseImport, EditRequest, EditStack, GalleryItem, ImportSummary,
     MmEditCase,
 };
-use unike_shared::routes::{ALL, EVENTS, GUEST, LEADERBOARD, LEADERBOARD_CSV, RUN_CASES, SIGN_IN, SIGN_UP};
+use unike_shared::routes::{ALL, EVENTS, EXPLORER, GUEST, LEADERBOARD, LEADERBOARD_CSV, RUN_CASES, SIGN_IN, SIGN_UP};
 use unike_shared::runs::{Leaderboard, RunCases, RunInfo, RunRequest};
 use unike_shared::workspace::{AuditEntry, Invitation, Member, NewWorkspace, PendingInvitation, RoleChange, Workspace};
 use unike_shared::{ApiError, HealthResponse, ModelInfo};
@@ -47,6 +48,7 @@ fn schemas() -> Map<String, Value> {
         RunInfo,
         RunCases,
         Leaderboard,
+        ExplorerView,
         Event
     );
     g.take_definitions(true)
@@ -73,6 +75,13 @@ fn query_params(path: &str) -> Vec<Value> {
             ["method", "task", "mode", "model", "convention", "source"].iter().map(|n| q(n, false, "string")).collect()
         }
         RUN_CASES => vec![q("method", false, "string")],
+        EXPLORER => vec![
+            q("layer", false, "integer"),
+            q("projection", false, "string"),
+            q("workspace", false, "integer"),
+            q("focus", false, "string"),
+            q("k", false, "integer"),
+        ],
         _ => Vec::new(),
     }
 }

@@ -33,6 +33,7 @@ pub fn Header() -> impl IntoView {
                     <li><A href="/playground">"Playground"</A></li>
                     <li><A href="/benchmarks">"Benchmarks"</A></li>
                     <li><A href="/leaderboard">"Leaderboard"</A></li>
+                    <li><A href="/explorer">"Explorer"</A></li>
                     <li>
                         <A href="/workspaces">"Workspaces"
                             {move || {

@@ -1,6 +1,7 @@
 //! One module per routed page.
 
 mod benchmarks;
+mod explorer;
 mod home;
 mod leaderboard;
 mod not_found;
@@ -10,6 +11,7 @@ mod signin;
 mod workspaces;
 
 pub use benchmarks::Benchmarks;
+pub use explorer::Explorer;
 pub use home::Home;
 pub use leaderboard::Leaderboard;
 pub use not_found::NotFound;

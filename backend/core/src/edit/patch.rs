@@ -356,6 +356,25 @@ impl Patch {
         Ok(json.provenance)
     }
 
+    /// The latent knowledge entries `(h_sem, h_pos)` `(e, d)` by layer of the patch saved at `base` (UniKE; empty for
+    /// other patches), without a model: what the knowledge-space explorer draws.
+    pub fn latent_of(base: &Path, device: &candle_core::Device) -> Result<BTreeMap<usize, (Tensor, Tensor)>> {
+        let (st, js) = (base.with_extension("safetensors"), base.with_extension("json"));
+        let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
+        let json: PatchJson = serde_json::from_str(&text).map_err(|e| data_err(&js, e.to_string()))?;
+        if json.latent.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut tensors = candle_core::safetensors::load(&st, device)?;
+        let mut take =
+            |name: String| tensors.remove(&name).ok_or_else(|| data_err(&st, format!("missing tensor {name}")));
+        let mut out = BTreeMap::new();
+        for l in json.latent {
+            out.insert(l, (take(format!("layers.{l}.h_sem"))?, take(format!("layers.{l}.h_pos"))?));
+        }
+        Ok(out)
+    }
+
     /// Reads a patch written by [`Patch::save`], for `model` (down-projection deltas bind to its MLP weights).
     /// Patches with latent knowledge or a SERAC stored edit need [`Patch::load_with`].
     pub fn load(base: &Path, model: &dyn VisionLanguageModel) -> Result<Self> {

@@ -9,6 +9,7 @@
 //! Table 4 and Fig. 4 are variants: `unike:<name>[/<name>...]`, see [`UniKeParams::apply_variant`].
 
 pub mod encoders;
+pub mod explore;
 pub mod latent;
 pub mod memory;
 pub mod retrieve;
