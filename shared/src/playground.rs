@@ -135,6 +135,25 @@ pub struct Probe {
     /// layers and the positions predicting the answer; absent for methods without latent knowledge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knowledge_share: Option<f64>,
+    /// UniKE: the in-context knowledge this probe retrieves after the edit (at the edit's top layer, for the position
+    /// predicting the answer's first token), best first: memory entries and the edit's own (empty for methods without
+    /// latent knowledge).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retrieved: Vec<RetrievedKnowledge>,
+}
+
+/// One piece of in-context knowledge a probe retrieves (UniKE's latent in-context editing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RetrievedKnowledge {
+    pub layer: usize,
+    /// The entry's question and truthful answer (the edit's own: its question and target).
+    pub question: String,
+    pub answer: String,
+    /// True for the edit's own entry, false for the shared memory's.
+    pub own: bool,
+    /// Cosine of the centred question states it is ranked by.
+    pub score: f64,
 }
 
 /// SERAC's scope score of a probe.

@@ -1,8 +1,8 @@
 // End-to-end test of the studio in headless Chromium (Debian's chromium, driven by playwright-core):
 // sign up, apply an edit in the Playground and see the post-edit answer and probes, launch a benchmark run and watch
 // it finish live, run on the workspace's own cases, run the α and ζ ablations and see their charts, invite and accept a
-// teammate, open the leaderboard charts and its reference rows (the committed results), open run pages, and open a
-// demo sandbox. Screenshots go to tests/artifacts/.
+// teammate, open the leaderboard charts and its reference rows (the committed results), open run pages, explore UniKE's
+// knowledge spaces with an edit highlighted, and open a demo sandbox. Screenshots go to tests/artifacts/.
 //
 // Usage: node tests/e2e/studio.mjs <unike binary>   (run by `./studio test` after the front end is built)
 import { createRequire } from 'node:module';
@@ -163,6 +163,49 @@ try {
   await page.getByLabel('Cases (n)').fill('3');
   await page.click('button[type=submit]');
   await newestFinished('unike:intrinsic+latent');
+
+  // The knowledge-space explorer (Fig. 5a): a UniKE edit of the workspace, then the memory in three spaces with the
+  // edit highlighted in each, a click on the edit drawing its retrieval as the API has it, the search, the phone.
+  await page.goto(`${url}/playground`);
+  await page.click('.gallery .thumb >> nth=1');
+  await page.selectOption('#method', 'unike');
+  const stackBefore = await page.locator('#stack li').count();
+  await page.click('#apply');
+  await page.waitForFunction((n) => document.querySelectorAll('#stack li').length > n, stackBefore, { timeout: 180000 });
+  const unikeEdit = (await (await page.request.get(`${url}/api/workspaces/${ws}/edits`)).json()).edits.at(-1);
+  check(unikeEdit.method === 'unike', `the newest edit is UniKE's: ${unikeEdit.method}`);
+  // The inspector lists the knowledge each probe retrieves, as the API has it.
+  const ret = unikeEdit.probes[0].retrieved ?? [];
+  check(ret.length > 0, 'UniKE\'s edit question lists its retrieved knowledge');
+  const retShown = (await page.textContent('#edit-result tbody tr >> nth=0 >> .retrieved li >> nth=0')) ?? '';
+  check(retShown.includes(ret[0].score.toFixed(3)) && retShown.includes(ret[0].question),
+    `the inspector lists the API's retrieval: ${retShown} vs ${JSON.stringify(ret[0])}`);
+  await page.click('a[href="/explorer"]');
+  await page.waitForSelector('.space-panel circle.edit', { timeout: 120000 });
+  const ex = await (await page.request.get(`${url}/api/explorer?workspace=${ws}`)).json();
+  const spaces = await page.locator('.space-panel').evaluateAll((els) =>
+    els.map((e) => [e.dataset.space, e.querySelectorAll('circle.pt').length, e.querySelectorAll('circle.edit').length]));
+  check(spaces.length === 3 && spaces.every(([name, n, edits], i) => name === ex.spaces[i].space &&
+    n === ex.spaces[i].points.length && edits === 1), `the explorer draws the API's points and the edit: ${JSON.stringify(spaces)}`);
+  check(((await page.textContent('#explorer-facts')) ?? '').includes(`${ex.sampled} of ${ex.memory_size}`), 'the page says what it sampled');
+  await page.screenshot({ path: `${artifacts}/10-explorer.png`, fullPage: true });
+  await page.click('.space-panel[data-space=truthful] circle.edit');
+  await page.waitForSelector('#explorer-focus tbody tr');
+  const fx = await (await page.request.get(`${url}/api/explorer?workspace=${ws}&focus=e:${unikeEdit.id}`)).json();
+  const focusRows = await page.locator('#explorer-focus tbody tr').allTextContents();
+  check(fx.focus && focusRows.length === fx.focus.links.length && focusRows[0].startsWith(fx.focus.links[0].score.toFixed(3)),
+    `the focus lists the API's retrieval: ${focusRows.length} rows, ${focusRows[0]} vs ${JSON.stringify(fx.focus?.links[0])}`);
+  const linkLines = await page.locator('.space-panel[data-space=raw] line.link').count();
+  check(linkLines === fx.focus.links.length, `every retrieved entry is linked: ${linkLines} of ${fx.focus.links.length}`);
+  await page.screenshot({ path: `${artifacts}/10b-explorer-focus.png`, fullPage: true });
+  await page.fill('#explorer-search', 'how many');
+  await page.waitForSelector('.explorer-found li button');
+  await page.setViewportSize({ width: 390, height: 844 });
+  const exOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  const widths = await page.locator('.space-panel').evaluateAll((els) => els.map((e) => e.getBoundingClientRect().width));
+  check(exOverflow <= 1 && widths.every((w) => w > 300), `the explorer stacks on a phone: ${exOverflow} px, ${widths}`);
+  await page.screenshot({ path: `${artifacts}/11-explorer-phone.png`, fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 1000 });
 
   // The leaderboard with its chart.
   await page.click('a[href="/leaderboard"]');

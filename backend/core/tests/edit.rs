@@ -680,8 +680,16 @@ fn unike_knowledge_share_is_captured_as_the_mixing_weight() -> Result<()> {
         params.apply_variant(variant)?;
         let method = UniKe::new(variant, params, &f.model, &artifacts, vec![], f.eos[0])?;
         let mut stack = PatchStack::new();
-        stack.push(method.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, &request)?);
+        let patch = method.edit(&EditContext { model: &f.model, processor: &f.processor, stack: &stack }, &request)?;
+        stack.push(patch.clone());
         let hooks = stack.hooks()?;
+        // The inspector's retrieval: at the top edited layer, best first, the edit's own entry on top for its own
+        // question; the memory's indices name memory entries.
+        let got = unike_core::edit::inspect::latent_retrieval(&f.model, &seq, &hooks, &patch, 5)?;
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert!(got.windows(2).all(|w| w[0].score >= w[1].score), "{got:?}");
+        assert!(got.iter().all(|r| r.layer == n - 1 && (r.own || r.index < artifacts.memory.len())), "{got:?}");
+        assert!(got[0].own && got[0].score > 0.9, "{variant}: the edit's own question retrieves it first: {got:?}");
         let inputs = seq.inputs(&f.model)?;
         let mut cap = Capture::at_layers(0..n, CapturePoint::KnowledgeShare);
         let traced = f.model.forward_inputs(&inputs, None, &hooks, &mut cap)?;

@@ -19,10 +19,13 @@ use unike_core::eval::Evaluator;
 use unike_core::hooks::Hooks;
 use unike_core::model::{GenerateOptions, Pixels};
 use unike_core::Error as CoreError;
-use unike_shared::playground::{NeuronActivation, Probe, ProbeKind, ScopeScore, TokenProbability};
+use unike_shared::playground::{Probe, ProbeKind};
 
 use super::error::{ApiErr, ApiResult};
 use super::patch_cache::LruCache;
+
+#[path = "worker_inspect.rs"]
+mod inspect;
 use unike_pipeline::load::Loaded;
 
 type CoreResult<T> = std::result::Result<T, CoreError>;
@@ -135,6 +138,7 @@ impl Worker {
                     memory: None,
                     methods: LruCache::new(method_cache.max(1)),
                     patches: LruCache::new(patch_cache),
+                    memory_texts: None,
                 };
                 for job in rx {
                     // A panic is our bug, not the user's: its job's reply is dropped (a 500) and the worker goes on
@@ -225,6 +229,8 @@ struct State {
     /// one method over the budget is kept alone): every UniKE variant is a method of its own.
     methods: LruCache<String, Box<dyn EditMethod>>,
     patches: LruCache<PathBuf, Patch>,
+    /// The questions and answers of UniKE's memory (what its retrieval indices name), read once it is built.
+    memory_texts: Option<Vec<unike_core::edit::unike::memory::Triplet>>,
 }
 
 /// The message of a caught panic.
@@ -347,97 +353,6 @@ impl State {
         Ok(p.decode(&gen.tokens)?.trim().to_string())
     }
 
-    /// `expected`'s tokens (then the end of sequence) after `question`, each with the probability the model gives it
-    /// under `before` and `after` (teacher-forced); empty for an empty expected answer.
-    fn token_probabilities(
-        &self,
-        question: &str,
-        pixels: Option<&Pixels>,
-        expected: &str,
-        before: &Hooks,
-        after: &Hooks,
-    ) -> CoreResult<Vec<TokenProbability>> {
-        if expected.trim().is_empty() {
-            return Ok(Vec::new());
-        }
-        let eos = *self
-            .eos()?
-            .first()
-            .ok_or_else(|| CoreError::Invalid("the checkpoint has no end-of-sequence id".into()))?;
-        let p = &self.loaded.processor;
-        let seq = EditSequence::new(&**p, question, pixels, expected, eos)?;
-        let model = &*self.loaded.model;
-        let (b, a) = (seq.target_probabilities(model, before)?, seq.target_probabilities(model, after)?);
-        seq.targets()
-            .iter()
-            .zip(b.iter().zip(&a))
-            .map(|(&id, (&b, &a))| {
-                let token = if id == eos { "⟨end⟩".to_string() } else { p.decode(&[id])? };
-                Ok(TokenProbability { token, before: f64::from(b), after: f64::from(a) })
-            })
-            .collect()
-    }
-
-    /// `patch`'s extra neurons on `question` + `expected` under `after` (the stack with the patch).
-    fn neurons(
-        &self,
-        question: &str,
-        pixels: Option<&Pixels>,
-        expected: &str,
-        after: &Hooks,
-        patch: &Patch,
-    ) -> CoreResult<Vec<NeuronActivation>> {
-        if patch.neurons.is_empty() || expected.trim().is_empty() {
-            return Ok(Vec::new());
-        }
-        let eos = *self
-            .eos()?
-            .first()
-            .ok_or_else(|| CoreError::Invalid("the checkpoint has no end-of-sequence id".into()))?;
-        let seq = EditSequence::new(&*self.loaded.processor, question, pixels, expected, eos)?;
-        Ok(unike_core::edit::inspect::neuron_readings(&*self.loaded.model, &seq, after, patch)?
-            .into_iter()
-            .map(|r| NeuronActivation {
-                layer: r.layer,
-                neuron: r.neuron,
-                pre_activation: f64::from(r.pre_activation),
-                fired: r.fired,
-            })
-            .collect())
-    }
-
-    /// SERAC's scope score of `question` for `patch`'s stored edit (`None` for other methods).
-    fn scope(
-        &self,
-        question: &str,
-        pixels: Option<&Pixels>,
-        expected: &str,
-        patch: &Patch,
-    ) -> CoreResult<Option<ScopeScore>> {
-        if patch.serac.is_none() || expected.trim().is_empty() {
-            return Ok(None);
-        }
-        let seq = EditSequence::new(&*self.loaded.processor, question, pixels, expected, self.first_eos()?)?;
-        let read = unike_core::edit::inspect::serac_scope(&*self.loaded.model, &seq, patch)?;
-        Ok(read.map(|(score, threshold)| ScopeScore { score: f64::from(score), threshold: f64::from(threshold) }))
-    }
-
-    /// UniKE's knowledge share on `question` under `after` (`None` for patches without latent knowledge).
-    fn share(
-        &self,
-        question: &str,
-        pixels: Option<&Pixels>,
-        expected: &str,
-        after: &Hooks,
-        patch: &Patch,
-    ) -> CoreResult<Option<f64>> {
-        if patch.latent.is_empty() || expected.trim().is_empty() {
-            return Ok(None);
-        }
-        let seq = EditSequence::new(&*self.loaded.processor, question, pixels, expected, self.first_eos()?)?;
-        Ok(unike_core::eval::share::knowledge_share(&*self.loaded.model, &seq, after)?.map(f64::from))
-    }
-
     /// The checkpoint's first end-of-sequence id.
     fn first_eos(&self) -> CoreResult<u32> {
         self.eos()?
@@ -491,12 +406,14 @@ impl State {
         let after_hooks = after_stack.hooks()?;
         let after = self.greedy(&job.question, px.as_ref(), &after_hooks)?;
         let norm = |s: &str| s.trim().trim_end_matches('.').to_lowercase();
-        let tokens = |q: &str, x: Option<&Pixels>, expected: &str| {
-            self.token_probabilities(q, x, expected, &before_hooks, &after_hooks)
+        if !patch.latent.is_empty() {
+            self.load_memory_texts();
+        }
+        let own = (job.question.as_str(), job.target.as_str());
+        let read = |q: &str, x: Option<&Pixels>, expected: &str| {
+            self.readings(q, x, expected, (&before_hooks, &after_hooks), &patch, own)
         };
-        let neurons = |q: &str, x: Option<&Pixels>, expected: &str| self.neurons(q, x, expected, &after_hooks, &patch);
-        let scope = |q: &str, x: Option<&Pixels>, expected: &str| self.scope(q, x, expected, &patch);
-        let share = |q: &str, x: Option<&Pixels>, expected: &str| self.share(q, x, expected, &after_hooks, &patch);
+        let first = read(&job.question, px.as_ref(), &job.target)?;
         let mut probes = vec![Probe {
             kind: ProbeKind::Reliability,
             question: job.question.clone(),
@@ -505,10 +422,11 @@ impl State {
             before: before.clone(),
             after: after.clone(),
             pass: norm(&after) == norm(&job.target),
-            tokens: tokens(&job.question, px.as_ref(), &job.target)?,
-            neurons: neurons(&job.question, px.as_ref(), &job.target)?,
-            scope: scope(&job.question, px.as_ref(), &job.target)?,
-            knowledge_share: share(&job.question, px.as_ref(), &job.target)?,
+            tokens: first.tokens,
+            neurons: first.neurons,
+            scope: first.scope,
+            knowledge_share: first.knowledge_share,
+            retrieved: first.retrieved,
         }];
         for ((spec, x), b) in job.probes.iter().zip(&probe_px).zip(probes_before) {
             let a = self.greedy(&spec.question, x.as_ref(), &after_hooks)?;
@@ -517,15 +435,17 @@ impl State {
                 Expect::Unchanged => b.clone(),
                 Expect::Answer(s) => s.clone(),
             };
+            let r = read(&spec.question, x.as_ref(), &expected)?;
             probes.push(Probe {
                 kind: spec.kind,
                 question: spec.question.clone(),
                 image_url: spec.image_url.clone(),
                 pass: norm(&a) == norm(&expected),
-                tokens: tokens(&spec.question, x.as_ref(), &expected)?,
-                neurons: neurons(&spec.question, x.as_ref(), &expected)?,
-                scope: scope(&spec.question, x.as_ref(), &expected)?,
-                knowledge_share: share(&spec.question, x.as_ref(), &expected)?,
+                tokens: r.tokens,
+                neurons: r.neurons,
+                scope: r.scope,
+                knowledge_share: r.knowledge_share,
+                retrieved: r.retrieved,
                 expected,
                 before: b,
                 after: a,

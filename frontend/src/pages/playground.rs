@@ -344,6 +344,15 @@ fn EditResult(edit: AppliedEdit) -> impl IntoView {
                                     {p.knowledge_share.map(|a| view! {
                                         <small class="scope" title="UniKE: the share α of the retrieved in-context knowledge in the attention output (mean over the edited layers and the answer's positions)">
                                             {format!("knowledge share α {a:.3}")}</small>
+                                    })}
+                                    {(!p.retrieved.is_empty()).then(|| view! {
+                                        <details class="retrieved">
+                                            <summary title="UniKE: the in-context knowledge the position predicting the answer retrieves, at the edit's top layer, best first (cosine of the centred question states)">
+                                                {format!("retrieves {}", if p.retrieved.first().is_some_and(|r| r.own) { "the edit first" } else { "memory first" })}</summary>
+                                            <ol>{p.retrieved.iter().map(|r| view! {
+                                                <li class=if r.own { "own" } else { "memory" }>{format!("{:.3} · {}{} → {}", r.score, if r.own { "this edit: " } else { "" }, r.question, r.answer)}</li>
+                                            }).collect_view()}</ol>
+                                        </details>
                                     })}</td>
                                 <td>{if p.pass { "pass" } else { "fail" }}</td>
                             </tr>

@@ -2,7 +2,8 @@
 //! neurons (T-Patcher, UniKE's intrinsic editing) responds to the input. A neuron adds its value only when its
 //! pre-activation `x·W_K + b_K` is above zero (ReLU); T-Patcher trains it to reach the edit margin on the edit and to
 //! stay below minus the memory margin on unrelated inputs, so the reading says which neurons fire on a probe and how
-//! far from those margins they are. For SERAC, the scope classifier's score of the input for the stored edit.
+//! far from those margins they are. For SERAC, the scope classifier's score of the input for the stored edit. For
+//! UniKE's latent in-context editing, the knowledge the input retrieves.
 
 use candle_core::{DType, D};
 
@@ -71,4 +72,55 @@ pub fn serac_scope(model: &dyn VisionLanguageModel, seq: &EditSequence, patch: &
     let p = entry.net.scores(&x, &key)?.flatten_all()?.to_vec1::<f32>()?;
     let score = *p.first().ok_or_else(|| Error::Invalid("SERAC scored nothing".into()))?;
     Ok(Some((score, entry.net.threshold)))
+}
+
+/// One entry latent in-context editing retrieves for an input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retrieved {
+    /// Decoder layer whose attention it shifts.
+    pub layer: usize,
+    /// Index among the shared memory's entries, or among the patch's own entries (`own`).
+    pub index: usize,
+    pub own: bool,
+    /// Cosine of the centred states it is ranked by.
+    pub score: f32,
+}
+
+/// The best `show` entries that the state predicting `seq`'s first answer token (the last prompt position) retrieves
+/// at the patch's top latent layer under `hooks` (the stack with the patch), over the shared memory and the patch's
+/// own entries, best first, ranked as [`crate::edit::unike::latent`] ranks them. Empty for a patch without latent
+/// knowledge.
+pub fn latent_retrieval(
+    model: &dyn VisionLanguageModel,
+    seq: &EditSequence,
+    hooks: &Hooks,
+    patch: &Patch,
+    show: usize,
+) -> Result<Vec<Retrieved>> {
+    let (Some(r), Some((&layer, (own_sem, _)))) = (&patch.retrieval, patch.latent.iter().next_back()) else {
+        return Ok(Vec::new());
+    };
+    let inputs = seq.inputs_hooked(model, hooks)?;
+    let routed = model.routed(hooks, &inputs, seq.prompt_len - 1)?;
+    let mut capture = Capture::at_layers([layer], CapturePoint::LayerInput);
+    model.forward_inputs(&inputs, None, &routed, &mut capture)?;
+    let x = capture
+        .get(layer, CapturePoint::LayerInput)
+        .ok_or_else(|| Error::Invalid(format!("layer {layer}'s input was not captured")))?
+        .narrow(1, seq.prompt_len - 1, 1)?; // (1, 1, d)
+    let unit = r.knowledge.unit_states(layer, &x)?; // (1, d)
+    let base = r.knowledge.retrieve(layer, &unit, show.max(1))?;
+    let mut all: Vec<Retrieved> = base
+        .idx
+        .iter()
+        .zip(&base.score)
+        .take(base.k)
+        .map(|(&i, &score)| Retrieved { layer, index: i as usize, own: false, score })
+        .collect();
+    let own = r.knowledge.entry_sem(layer, own_sem)?; // (e, d)
+    let scores: Vec<f32> = unit.matmul(&own.t()?)?.flatten_all()?.to_vec1()?;
+    all.extend(scores.into_iter().enumerate().map(|(index, score)| Retrieved { layer, index, own: true, score }));
+    all.sort_by(|a, b| b.score.total_cmp(&a.score));
+    all.truncate(show);
+    Ok(all)
 }

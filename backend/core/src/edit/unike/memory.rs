@@ -231,6 +231,19 @@ impl KnowledgeMemory {
     }
 
     /// Reads a memory written by [`KnowledgeMemory::save`].
+    /// The triplets of the memory saved in `dir` (its `memory.json` alone), in memory order: what an index of
+    /// retrieval names.
+    pub fn triplets_of(dir: &Path) -> Result<Vec<Triplet>> {
+        let js = dir.join("memory.json");
+        let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
+        let json: MemoryJson =
+            serde_json::from_str(&text).map_err(|e| Error::Data { path: js.clone(), msg: e.to_string() })?;
+        if json.format != FORMAT {
+            return Err(Error::Data { path: js, msg: format!("format {:?} is not {FORMAT:?}", json.format) });
+        }
+        Ok(json.triplets)
+    }
+
     pub fn load(dir: &Path, device: &candle_core::Device) -> Result<Self> {
         let js = dir.join("memory.json");
         let st = dir.join("memory.safetensors");
