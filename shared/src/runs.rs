@@ -174,6 +174,12 @@ pub struct RunCase {
     pub portability: Option<f64>,
     /// M-Locality as top-1 agreement (v2 runs).
     pub m_locality_top1: Option<f64>,
+    /// The model's top-1 tokens at the target's positions of the edit question (teacher-forced, as reliability is
+    /// scored) before and after the edit (absent in runs stored before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_after: Option<String>,
     /// The probes this case failed, in metric order: `reliability`, `t_generality`, `m_generality`, `portability`
     /// (any answer token wrong), `t_locality`, `m_locality` (any top-1 token changed).
     pub failed: Vec<String>,

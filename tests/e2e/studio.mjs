@@ -145,6 +145,10 @@ try {
   const api = await (await page.request.get(`${url}/api/runs/${runId}/cases?method=none`)).json();
   const shown = parseFloat((await page.textContent('#run-cases tbody tr.case >> nth=0 >> td:nth-of-type(5)')) ?? '');
   check(Math.abs(shown - api.cases[0].reliability) < 0.051, `reliability ${shown} is the API's ${api.cases[0].reliability}`);
+  // The case's answer before → after the edit, as reliability reads it (the API's).
+  const answers = (await page.textContent('#run-cases tbody tr.case >> nth=0 >> td.answers')) ?? '';
+  check(api.cases[0].answer_after !== undefined && answers === `${api.cases[0].answer_before} → ${api.cases[0].answer_after}`,
+    `the case's answers are the API's: ${answers} vs ${api.cases[0].answer_before} → ${api.cases[0].answer_after}`);
   await page.screenshot({ path: `${artifacts}/08-run-page.png`, fullPage: true });
   await page.click('a[href="/benchmarks"]');
   await page.waitForSelector('#run-data');

@@ -173,6 +173,9 @@ fn a_runs_cases_come_with_their_texts_the_failing_ones_first() -> Result<()> {
         ensure!(!c["failed"].as_array().is_some_and(|f| f.iter().any(|p| p == "t_locality")), "{c}");
         ensure!(c["case"]["question"].as_str().is_some_and(|q| !q.is_empty()), "{c}");
         ensure!(c["case"]["target"].as_str().is_some_and(|q| !q.is_empty()), "{c}");
+        // Its answer as reliability reads it: the same before and after no edit, and not the target it failed.
+        ensure!(c["answer_before"].is_string() && c["answer_after"] == c["answer_before"], "{c}");
+        ensure!(c["answer_after"] != c["case"]["target"], "{c}");
     }
     // The same four cases, in the run's order, for every method; failing ones first.
     let ft = anon.get(&routes::run_cases(id))?.json()?;
@@ -190,6 +193,12 @@ fn a_runs_cases_come_with_their_texts_the_failing_ones_first() -> Result<()> {
         let i = c["index"].as_u64().context("index")? as usize;
         let n = cases.iter().find(|x| x["index"] == i).context("same case")?;
         assert_eq!(c["case"], n["case"], "case {i} is the same edit for every method");
+        // The unedited answer is the method's too; a case whose reliability passed reads the target after the edit.
+        assert_eq!(c["answer_before"], n["answer_before"], "case {i}");
+        if c["reliability"] == 100.0 {
+            let norm = |v: &serde_json::Value| v.as_str().unwrap_or("").trim().to_lowercase();
+            ensure!(norm(&c["answer_after"]) == norm(&c["case"]["target"]), "{c}");
+        }
     }
     expect_error(&anon.get(&format!("{}?method=rogue", routes::run_cases(id)))?, 404, "method \"rogue\"")?;
     expect_error(&anon.get(&routes::run_cases(9999))?, 404, "run 9999")?;

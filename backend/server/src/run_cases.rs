@@ -68,7 +68,20 @@ fn mean(c: &RunCase) -> f64 {
     }
 }
 
-type Row = (i64, f64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+/// A stored case: index, edit time, the seven token scores, the answers before and after.
+type Row = (
+    i64,
+    f64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<String>,
+    Option<String>,
+);
 
 /// `GET /api/runs/{id}/cases`: whoever may read the run.
 pub async fn list(
@@ -96,7 +109,8 @@ pub async fn list(
     };
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT case_index, edit_ms, reliability, t_generality, m_generality, t_locality, m_locality, portability, \
-         m_locality_top1 FROM run_cases WHERE run_id = $1 AND method = $2 ORDER BY case_index",
+         m_locality_top1, answer_before, answer_after FROM run_cases WHERE run_id = $1 AND method = $2 \
+         ORDER BY case_index",
     )
     .bind(id)
     .bind(&method)
@@ -104,7 +118,7 @@ pub async fn list(
     .await?;
     let mut cases: Vec<RunCase> = rows
         .into_iter()
-        .map(|(i, edit_ms, rel, tg, mg, tl, ml, port, ml1)| {
+        .map(|(i, edit_ms, rel, tg, mg, tl, ml, port, ml1, answer_before, answer_after)| {
             let mut c = RunCase {
                 method: method.clone(),
                 index: i as usize,
@@ -117,6 +131,8 @@ pub async fn list(
                 m_locality: ml,
                 portability: port,
                 m_locality_top1: ml1,
+                answer_before,
+                answer_after,
                 failed: vec![],
             };
             c.failed = failed(&c);

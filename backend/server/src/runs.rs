@@ -313,6 +313,13 @@ pub async fn record(st: AppState, mut rx: UnboundedReceiver<Update>) {
     }
 }
 
+/// Characters kept of a recorded answer (the target's positions bound it; a long target gives a long one).
+const ANSWER_MAX: usize = 200;
+
+fn clip_answer(a: &str) -> String {
+    a.chars().take(ANSWER_MAX).collect()
+}
+
 /// Stores a method's result of run `id` and its per-case scores (again: a resumed or re-run method replaces its rows).
 pub(crate) async fn store_result(
     db: &sqlx::AnyPool,
@@ -339,13 +346,14 @@ pub(crate) async fn store_result(
         let t = |m: EditMetric| c.token[m as usize];
         sqlx::query(
             "INSERT INTO run_cases (run_id, method, case_index, edit_ms, reliability, t_generality, \
-             m_generality, t_locality, m_locality, portability, m_locality_top1, convention) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             m_generality, t_locality, m_locality, portability, m_locality_top1, convention, answer_before, \
+             answer_after) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT (run_id, method, case_index) DO UPDATE SET edit_ms = excluded.edit_ms, \
              reliability = excluded.reliability, t_generality = excluded.t_generality, \
              m_generality = excluded.m_generality, t_locality = excluded.t_locality, \
              m_locality = excluded.m_locality, portability = excluded.portability, \
-             m_locality_top1 = excluded.m_locality_top1, convention = excluded.convention",
+             m_locality_top1 = excluded.m_locality_top1, convention = excluded.convention, \
+             answer_before = excluded.answer_before, answer_after = excluded.answer_after",
         )
         .bind(id)
         .bind(&result.method)
@@ -359,6 +367,8 @@ pub(crate) async fn store_result(
         .bind(t(EditMetric::Portability))
         .bind(t(EditMetric::MLocalityTop1))
         .bind(convention)
+        .bind(c.answer_before.as_deref().map(clip_answer))
+        .bind(c.answer_after.as_deref().map(clip_answer))
         // Not prepared once for all: sqlx 0.9's Any driver declares a missing f64 as a PostgreSQL float4, and a
         // statement prepared with that type then refuses a present one ("incorrect binary data format").
         .persistent(false)

@@ -1,6 +1,6 @@
 //! A run's own page (`/runs/:id`): its request, progress (refreshed while it runs), every method's metrics with a
 //! chart, and the per-case results of a chosen method with the failing cases first (question, target, the unedited
-//! model's answer, which probes failed), with exports. A finished run on the world is public: its link can be shared;
+//! model's answer before and after the edit as reliability reads it, which probes failed), with exports. A finished run on the world is public: its link can be shared;
 //! a run on a workspace's cases is shown to the workspace's members only.
 
 use leptos::prelude::*;
@@ -166,7 +166,7 @@ pub fn Run() -> impl IntoView {
                 <table id="run-cases">
                     <caption>"Per-case token scores (%); a probe fails when any answer token is wrong (edit probes) or any top-1 token changed (locality)"</caption>
                     <thead><tr><th scope="col">"#"</th><th scope="col">"Question → target"</th>
-                        <th scope="col">"Before the edit"</th><th scope="col">"Failed"</th>
+                        <th scope="col" title="The edit question's answer read as reliability scores it: the model's top-1 token at each of the target's positions (teacher-forced), before → after the edit; runs stored before it was recorded show the data's pre-edit answer">"Answer before → after"</th><th scope="col">"Failed"</th>
                         <th scope="col">"Rel."</th><th scope="col">"T-Gen."</th><th scope="col">"M-Gen."</th>
                         <th scope="col">"T-Loc."</th><th scope="col">"M-Loc."</th><th scope="col">"Port."</th>
                         <th scope="col">"Edit ms"</th></tr></thead>
@@ -177,11 +177,16 @@ pub fn Run() -> impl IntoView {
                                 Some(t) => (format!("{} → {}", t.question, t.target), t.pre_edit.clone().unwrap_or_else(|| "–".into())),
                                 None => ("–".to_string(), "–".to_string()),
                             };
+                            let answers = match (&c.answer_before, &c.answer_after) {
+                                (Some(b), Some(a)) => format!("{b} → {a}"),
+                                _ => pre.clone(),
+                            };
                             let title = c.case.as_ref().map(|t| format!("image {}; rephrased: {}; text locality: {}; image locality: {}",
                                 t.image, t.rephrase, t.loc_question, t.m_loc_question)).unwrap_or_default();
                             view! {
                                 <tr class=class>
-                                    <td>{c.index}</td><td title=title>{q}</td><td>{pre}</td>
+                                    <td>{c.index}</td><td title=title>{q}</td>
+                                    <td class="answers" title=format!("the data's pre-edit answer: {pre}")>{answers}</td>
                                     <td class="failed-probes">{if c.failed.is_empty() { "–".to_string() } else { c.failed.join(", ") }}</td>
                                     <td>{opt(c.reliability)}</td><td>{opt(c.t_generality)}</td><td>{opt(c.m_generality)}</td>
                                     <td>{opt(c.t_locality)}</td><td>{opt(c.m_locality)}</td><td>{opt(c.portability)}</td>

@@ -92,6 +92,8 @@ pub struct PreparedCase {
     /// The unedited model's token accuracy, exact match and token accuracy of the old convention v1 (the end of
     /// sequence scored) on each portability question.
     portability_base: Vec<(f32, bool, f32)>,
+    /// The unedited model's top-1 tokens at the target's positions of the edit question (teacher-forced), as text.
+    answer_before: String,
 }
 
 impl PreparedCase {
@@ -193,8 +195,11 @@ impl<'a> Evaluator<'a> {
                 (token, exact, token_accuracy(&pred.argmax, seq.targets()))
             })
             .collect();
+        let reliability = self.seq(&case.prompt, Some(&case.image), &case.target)?;
+        let answer_before = self.top1_answer(&reliability, &Hooks::none())?;
         Ok(PreparedCase {
-            reliability: self.seq(&case.prompt, Some(&case.image), &case.target)?,
+            answer_before,
+            reliability,
             t_generality: self.seq(&case.rephrase_prompt, Some(&case.image), &case.target)?,
             m_generality: self.seq(&case.prompt, Some(&case.rephrase_image), &case.target)?,
             t_locality: self.locality(&case.loc_question, None, &case.loc_answer, 0)?,
@@ -209,6 +214,19 @@ impl<'a> Evaluator<'a> {
             portability_base,
             request,
         })
+    }
+
+    /// `seq`'s top-1 tokens at its answer's positions under `hooks` (teacher-forced), as text.
+    fn top1_answer(&self, seq: &EditSequence, hooks: &Hooks) -> Result<String> {
+        let pred = EditSequence::predict_batch(self.model, &[(seq, 0)], hooks, 1)?
+            .pop()
+            .ok_or_else(|| Error::Invalid("no prediction for the edit question".into()))?;
+        self.top1_text(&pred, seq)
+    }
+
+    fn top1_text(&self, pred: &Prediction, seq: &EditSequence) -> Result<String> {
+        let n = seq.answer().len().min(pred.argmax.len());
+        Ok(self.processor.decode(&pred.argmax[..n])?.trim().to_string())
     }
 
     /// Scores `cases` under `hooks` into the running means, every probe of every case batched.
@@ -233,7 +251,9 @@ impl<'a> Evaluator<'a> {
                 sums.update(m, token, exact);
                 sums.update_v1(m, token_accuracy(&pred.argmax, seq.targets()));
             };
-            accuracy(sums, EditMetric::Reliability, next());
+            let reliability = next();
+            accuracy(sums, EditMetric::Reliability, reliability);
+            sums.answers.push((first + i, self.top1_text(reliability.0, reliability.1)?));
             accuracy(sums, EditMetric::TGenerality, next());
             accuracy(sums, EditMetric::MGenerality, next());
             let (post, _) = next();
@@ -271,6 +291,9 @@ pub(super) struct Sums {
     updates_v1: Vec<(EditMetric, f32)>,
     /// Portability token score and exact match per question with its number of hops, in order.
     hops: Vec<(String, f32, bool)>,
+    /// Per scored case, the top-1 tokens at the target's positions of the edit question after the edit.
+    #[serde(default)]
+    answers: Vec<(usize, String)>,
 }
 
 impl Sums {
@@ -286,6 +309,7 @@ impl Sums {
         self.updates.extend(other.updates);
         self.updates_v1.extend(other.updates_v1);
         self.hops.extend(other.hops);
+        self.answers.extend(other.answers);
     }
 
     /// Means of the old convention v1.
@@ -404,6 +428,10 @@ pub fn run(
 pub struct CaseScore {
     pub edit_ms: f64,
     pub token: [Option<f64>; EditMetric::ALL.len()],
+    /// The top-1 tokens at the target's positions of the edit question (teacher-forced, as reliability is scored)
+    /// before and after the edit, as text.
+    pub answer_before: Option<String>,
+    pub answer_after: Option<String>,
 }
 
 /// One-step and sequential runs: independent chunks of `mode.k()` cases, each on a fresh stack, taken by up to
@@ -563,11 +591,17 @@ pub fn run_detailed(
 pub(super) struct CaseMeta {
     portability_hops: Vec<String>,
     portability_base: Vec<(f32, bool, f32)>,
+    #[serde(default)]
+    answer_before: String,
 }
 
 impl PreparedCase {
     pub(super) fn meta(&self) -> CaseMeta {
-        CaseMeta { portability_hops: self.portability_hops.clone(), portability_base: self.portability_base.clone() }
+        CaseMeta {
+            portability_hops: self.portability_hops.clone(),
+            portability_base: self.portability_base.clone(),
+            answer_before: self.answer_before.clone(),
+        }
     }
 }
 
@@ -581,8 +615,19 @@ pub(super) fn finish(
     cases: &[CaseMeta],
 ) -> (BenchResult, Vec<CaseScore>) {
     let scored = cases.len();
-    let per_case: Vec<CaseScore> =
-        sums.per_case(scored).into_iter().zip(&edit_ms).map(|(token, &edit_ms)| CaseScore { edit_ms, token }).collect();
+    let after: std::collections::HashMap<usize, &String> = sums.answers.iter().map(|(c, a)| (*c, a)).collect();
+    let per_case: Vec<CaseScore> = sums
+        .per_case(scored)
+        .into_iter()
+        .zip(&edit_ms)
+        .enumerate()
+        .map(|(i, (token, &edit_ms))| CaseScore {
+            edit_ms,
+            token,
+            answer_before: cases.get(i).map(|c| c.answer_before.clone()),
+            answer_after: after.get(&i).map(|a| a.to_string()),
+        })
+        .collect();
     edit_ms.sort_by(f64::total_cmp);
     // The unedited model's portability, over the same questions (every case's, in order).
     let (mut base_token, mut base_exact, mut base_token_v1) = (Mean::default(), Mean::default(), Mean::default());

@@ -159,6 +159,12 @@ fn a_failed_one_token_edit_scores_zero() -> Result<()> {
     let (r, per_case) = run_detailed(&ev, &NoEdit, &prepared, Mode::OneStep, "vqa", 1, &mut |_, _| true)?;
     assert_eq!((r.metrics.reliability, r.exact_match.reliability), (0.0, 0.0), "{r:?}");
     assert_eq!(per_case[0].token[0], Some(0.0));
+    // The case's answer as reliability reads it: the model's own top-1 token at the target's position, not the
+    // target, the same before and after an edit that changes nothing.
+    let own = f.processor.decode(&[seq_argmax0(&f, &first.prompt, &px, target)?])?.trim().to_string();
+    assert_eq!(per_case[0].answer_before.as_deref(), Some(own.as_str()), "{:?}", per_case[0]);
+    assert_eq!(per_case[0].answer_after, per_case[0].answer_before);
+    assert_ne!(per_case[0].answer_after.as_deref(), Some(target));
     // The old convention v1, kept beside it, scores the end of sequence too: 0 or 50 on a one-token answer, by
     // whether the model's argmax after the (wrong-to-it) answer token is the end of sequence.
     let seq = EditSequence::new(&f.processor, &first.prompt, Some(&px), target, f.eos[0])?;
@@ -258,4 +264,10 @@ fn shards_assemble_into_the_one_process_result() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&f.dir);
     Ok(())
+}
+
+/// The unedited model's top-1 id at the first answer position of `question` + `target`.
+fn seq_argmax0(f: &Fixture, question: &str, px: &crate::model::Pixels, target: &str) -> Result<u32> {
+    let s = EditSequence::new(&f.processor, question, Some(px), target, f.eos[0])?;
+    Ok(s.argmax(&f.model, &Hooks::none())?[0])
 }
