@@ -49,7 +49,10 @@ pub fn knowledge_shares(
 /// positions predicting the answer; `None` when no layer does (what the edit inspector shows per probe).
 pub fn knowledge_share(model: &dyn VisionLanguageModel, seq: &EditSequence, hooks: &Hooks) -> Result<Option<f32>> {
     let mut cap = Capture::at_layers(0..model.num_layers(), CapturePoint::KnowledgeShare);
-    model.forward_inputs(&seq.inputs(model)?, None, hooks, &mut cap)?;
+    // Hooks that decide per input (a SERAC edit below on the stack) are resolved on the prompt first, as scoring does.
+    let inputs = seq.inputs_hooked(model, hooks)?;
+    let routed = model.routed(hooks, &inputs, seq.prompt_len - 1)?;
+    model.forward_inputs(&inputs, None, &routed, &mut cap)?;
     answer_mean(seq, &cap)
 }
 
