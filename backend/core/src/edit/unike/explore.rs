@@ -27,7 +27,7 @@ use crate::world::rng::Rng;
 
 /// Neighbours an out-of-sample state is placed by (t-SNE).
 const PLACE_NEIGHBOURS: usize = 10;
-/// Power iterations per principal component.
+/// Power iterations per principal component, at most (they stop once the axis moves less than 1e-6).
 const PCA_ITERATIONS: usize = 200;
 
 /// How the spaces are brought to two dimensions.
@@ -268,7 +268,12 @@ impl Pca {
                 if norm < 1e-12 {
                     break;
                 }
-                v = w.into_iter().map(|x| x / norm).collect();
+                let next: Vec<f32> = w.into_iter().map(|x| x / norm).collect();
+                let moved = next.iter().zip(&v).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                v = next;
+                if moved < 1e-6 {
+                    break;
+                }
             }
             // A sign convention, so the picture does not flip between runs: the largest entry is positive.
             let big = v.iter().copied().fold(0f32, |m, x| if x.abs() > m.abs() { x } else { m });
