@@ -250,7 +250,12 @@ fn every_published_route_answers_generated_requests_without_a_5xx_and_with_json_
             sent += 1;
             *by_status.entry(reply.status).or_default() += 1;
             let shown = body.as_deref().unwrap_or("").chars().take(300).collect::<String>();
-            ensure!(reply.status < 500, "{method} {url} with {shown}: {} {}", reply.status, reply.body);
+            // The one 5xx a request may get here: the explorer on a model whose UniKE memory is still being built (a
+            // fresh clone builds it on the first request; 503 says "come back", not "we failed").
+            let building = reply.status == 503
+                && url.starts_with(unike_shared::routes::EXPLORER)
+                && reply.body.contains("not built yet");
+            ensure!(reply.status < 500 || building, "{method} {url} with {shown}: {} {}", reply.status, reply.body);
             if reply.status >= 400 {
                 let v: Value = serde_json::from_str(&reply.body)
                     .with_context(|| format!("{method} {url}: error is not JSON: {}", reply.body))?;
