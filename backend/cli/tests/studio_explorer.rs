@@ -111,7 +111,7 @@ fn explorer_draws_the_memory_and_a_workspaces_unike_edit_with_its_retrieval() ->
 }
 
 #[test]
-fn explorer_without_a_built_memory_says_it_is_being_built() -> Result<()> {
+fn explorer_without_a_built_memory_says_so() -> Result<()> {
     let dir = temp_dir("explorer-unbuilt")?;
     let from = root().join("models/default");
     let model = dir.join("models/default");
@@ -124,7 +124,7 @@ fn explorer_without_a_built_memory_says_it_is_being_built() -> Result<()> {
     }
     let server = Server::start_model(&dir.join("x.db"), &model, &[])?;
     let mut anon = Client::new(server.port);
-    expect_error(&anon.get(routes::EXPLORER)?, 503, "being built")?;
+    expect_error(&anon.get(routes::EXPLORER)?, 503, "not built yet")?;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -250,8 +250,8 @@ fn every_published_route_answers_generated_requests_without_a_5xx_and_with_json_
             sent += 1;
             *by_status.entry(reply.status).or_default() += 1;
             let shown = body.as_deref().unwrap_or("").chars().take(300).collect::<String>();
-            // The one 5xx a request may get here: the explorer on a model whose UniKE memory is still being built (a
-            // fresh clone builds it on the first request; 503 says "come back", not "we failed").
+            // The one 5xx a request may get here: the explorer on a model whose UniKE memory is not built yet (a
+            // fresh clone has none until a UniKE edit builds it; 503 says "come back", not "we failed").
             let building = reply.status == 503
                 && url.starts_with(unike_shared::routes::EXPLORER)
                 && reply.body.contains("not built yet");

@@ -5,11 +5,11 @@
 //! The memory and encoders are read from the model's `unike/` folder (not from the model worker: a replica whose
 //! workers compute has them too when they share the model folder); fits are cached per layer and projection and
 //! dropped when the artifacts change on disk. One fit runs at a time, a few requests wait for it, the rest are told
-//! to come back (503).
+//! to come back (503). A model whose memory is not built yet answers 503 (the first UniKE edit builds it).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -50,7 +50,6 @@ pub struct ExplorerState {
     fits: Mutex<HashMap<(usize, Projection), Arc<Explorer>>>,
     slot: Semaphore,
     waiting: AtomicUsize,
-    warmed: AtomicBool,
 }
 
 impl ExplorerState {
@@ -62,7 +61,6 @@ impl ExplorerState {
             fits: Mutex::new(HashMap::new()),
             slot: Semaphore::new(1),
             waiting: AtomicUsize::new(0),
-            warmed: AtomicBool::new(false),
         }
     }
 
@@ -167,12 +165,11 @@ async fn artifacts(st: &AppState) -> ApiResult<Arc<Artifacts>> {
         return Ok(a);
     }
     if !Artifacts::present(&ex.model_dir) {
-        if !ex.warmed.swap(true, Ordering::SeqCst) {
-            st.worker.warm("unike");
-        }
+        // Not built here: building takes the model worker for minutes, and a visitor of this page must not hold up
+        // everyone's edits and answers.
         return Err(ApiErr::unavailable(
-            "UniKE's knowledge memory is not built yet: it is being built (a few minutes on the default model); \
-             try again then",
+            "UniKE's knowledge memory is not built yet: the first UniKE edit builds it (a few minutes on the default \
+             model; `./studio serve` and `unike build-memory` build it ahead)",
         ));
     }
     let dir = ex.model_dir.clone();
