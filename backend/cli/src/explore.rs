@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use unike_core::edit::unike::explore::{kind_agreement, ExploreParams, Explorer, Projection};
+use unike_core::edit::unike::explore::{ExploreParams, Explorer, Projection};
 use unike_core::edit::unike::Artifacts;
 use unike_pipeline::model_dir;
 
@@ -62,7 +62,7 @@ pub fn run(a: ExploreArgs) -> Result<()> {
             }
             times.sort_by(f64::total_cmp);
             let Some(e) = last else { continue };
-            let agree: Vec<String> = e.spaces.iter().map(|s| format!("{:.3}", kind_agreement(&s.coords))).collect();
+            let agree: Vec<String> = e.spaces.iter().map(|s| format!("{:.3}", s.kind_agreement)).collect();
             println!(
                 "| {layer} | {projection:?} | {} | {:.2} | {} |",
                 2 * e.sample.len(),

@@ -113,15 +113,7 @@ fn explorer_draws_the_memory_and_a_workspaces_unike_edit_with_its_retrieval() ->
 #[test]
 fn explorer_without_a_built_memory_says_so() -> Result<()> {
     let dir = temp_dir("explorer-unbuilt")?;
-    let from = root().join("models/default");
-    let model = dir.join("models/default");
-    std::fs::create_dir_all(&model)?;
-    for e in std::fs::read_dir(&from)? {
-        let e = e?;
-        if e.file_type()?.is_file() {
-            std::fs::copy(e.path(), model.join(e.file_name()))?;
-        }
-    }
+    let model = shipped_model_files(&dir)?;
     let server = Server::start_model(&dir.join("x.db"), &model, &[])?;
     let mut anon = Client::new(server.port);
     expect_error(&anon.get(routes::EXPLORER)?, 503, "not built yet")?;

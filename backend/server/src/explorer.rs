@@ -18,7 +18,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use candle_core::{Device, Tensor};
 use tokio::sync::Semaphore;
-use unike_core::edit::unike::explore::{self, kind_agreement, ExploreParams, Explorer, Projection, Space};
+use unike_core::edit::unike::explore::{self, ExploreParams, Explorer, Projection, Space};
 use unike_core::edit::unike::Artifacts;
 use unike_core::edit::Patch;
 use unike_shared::explorer::{
@@ -244,7 +244,7 @@ fn build(
         .map(|s| ExplorerSpace {
             space: space_name(s.space).into(),
             title: space_title(s.space).into(),
-            kind_agreement: kind_agreement(&s.coords),
+            kind_agreement: s.kind_agreement,
             points: s
                 .coords
                 .iter()
@@ -293,10 +293,7 @@ fn build(
         Some(f) => {
             let (query, at) = match f {
                 Focus::Memory(i) if i < mem.len() => {
-                    let at = match fit.sample.binary_search(&i) {
-                        Ok(p) => p as u32,
-                        Err(_) => add_memory(art, fit, enc, &mut entries, &mut spaces, i, li)?,
-                    };
+                    let at = memory_at(art, fit, enc, &mut entries, &mut spaces, i, li)?;
                     (mem.h_sem[li].get(i).map_err(ApiErr::internal)?, at)
                 }
                 Focus::Memory(i) => {
@@ -318,13 +315,7 @@ fn build(
             let mut links = Vec::new();
             for r in got {
                 let entry = if r.index < mem.len() {
-                    match fit.sample.binary_search(&r.index) {
-                        Ok(p) => p as u32,
-                        Err(_) => match entries.iter().position(|e| e.id == format!("m:{}", r.index)) {
-                            Some(p) => p as u32,
-                            None => add_memory(art, fit, enc, &mut entries, &mut spaces, r.index, li)?,
-                        },
-                    }
+                    memory_at(art, fit, enc, &mut entries, &mut spaces, r.index, li)?
                 } else {
                     edit_rows[r.index - mem.len()].1
                 };
@@ -355,8 +346,9 @@ fn build(
     })
 }
 
-/// Adds memory entry `i` (outside the sample) with both its states placed; its index among the entries.
-fn add_memory(
+/// The index among the entries of memory entry `i`: its place in the sample, or among the entries already added,
+/// else it is added with both its states placed.
+fn memory_at(
     art: &Artifacts,
     fit: &Explorer,
     enc: &unike_core::edit::unike::encoders::LayerEncoders,
@@ -365,6 +357,13 @@ fn add_memory(
     i: usize,
     li: usize,
 ) -> ApiResult<u32> {
+    if let Ok(p) = fit.sample.binary_search(&i) {
+        return Ok(p as u32);
+    }
+    let id = format!("m:{i}");
+    if let Some(p) = entries.iter().position(|e| e.id == id) {
+        return Ok(p as u32);
+    }
     let at = entries.len() as u32;
     entries.push(memory_entry(art, i, false));
     let row = |t: &Tensor| t.narrow(0, i, 1).map_err(ApiErr::internal);

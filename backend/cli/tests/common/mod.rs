@@ -293,14 +293,8 @@ pub fn gallery_edit(gallery: &Value, i: usize, method: &str) -> Value {
 /// take minutes to build) in `dir/models/default`, where the hyper-parameters of `default` apply.
 pub fn model_with_small_memory(dir: &Path) -> Result<PathBuf> {
     let from = root().join("models/default");
-    let model = dir.join("models/default");
+    let model = shipped_model_files(dir)?;
     std::fs::create_dir_all(model.join("unike"))?;
-    for entry in std::fs::read_dir(&from)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), model.join(entry.file_name()))?;
-        }
-    }
     for f in ["encoders.json", "encoders.safetensors"] {
         std::fs::copy(from.join("unike").join(f), model.join("unike").join(f))?;
     }
@@ -310,5 +304,20 @@ pub fn model_with_small_memory(dir: &Path) -> Result<PathBuf> {
         .arg(&model)
         .output()?;
     ensure!(out.status.success(), "build-memory: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(model)
+}
+
+/// The shipped model's own files (no trained networks, no UniKE artifacts) in `dir/models/default`, where the
+/// hyper-parameters of `default` apply.
+pub fn shipped_model_files(dir: &Path) -> Result<PathBuf> {
+    let from = root().join("models/default");
+    let model = dir.join("models/default");
+    std::fs::create_dir_all(&model)?;
+    for entry in std::fs::read_dir(&from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), model.join(entry.file_name()))?;
+        }
+    }
     Ok(model)
 }

@@ -186,8 +186,14 @@ impl<'a> Evaluator<'a> {
             .iter()
             .map(|p| self.seq(&p.question, Some(&case.image), &p.answer))
             .collect::<Result<_>>()?;
-        let asks: Vec<(&EditSequence, usize)> = portability.iter().map(|p| (p, 0)).collect();
-        let portability_base = EditSequence::predict_batch(self.model, &asks, &Hooks::none(), BATCH)?
+        // The edit question first, then the portability questions, in one batch on the unedited model.
+        let reliability = self.seq(&case.prompt, Some(&case.image), &case.target)?;
+        let asks: Vec<(&EditSequence, usize)> =
+            std::iter::once(&reliability).chain(&portability).map(|p| (p, 0)).collect();
+        let preds = EditSequence::predict_batch(self.model, &asks, &Hooks::none(), BATCH)?;
+        let first = preds.first().ok_or_else(|| Error::Invalid("no prediction for the edit question".into()))?;
+        let answer_before = self.top1_text(first, &reliability)?;
+        let portability_base = preds[1..]
             .iter()
             .zip(&portability)
             .map(|(pred, seq)| {
@@ -195,8 +201,6 @@ impl<'a> Evaluator<'a> {
                 (token, exact, token_accuracy(&pred.argmax, seq.targets()))
             })
             .collect();
-        let reliability = self.seq(&case.prompt, Some(&case.image), &case.target)?;
-        let answer_before = self.top1_answer(&reliability, &Hooks::none())?;
         Ok(PreparedCase {
             answer_before,
             reliability,
@@ -216,14 +220,7 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    /// `seq`'s top-1 tokens at its answer's positions under `hooks` (teacher-forced), as text.
-    fn top1_answer(&self, seq: &EditSequence, hooks: &Hooks) -> Result<String> {
-        let pred = EditSequence::predict_batch(self.model, &[(seq, 0)], hooks, 1)?
-            .pop()
-            .ok_or_else(|| Error::Invalid("no prediction for the edit question".into()))?;
-        self.top1_text(&pred, seq)
-    }
-
+    /// `seq`'s top-1 tokens at its answer's positions in `pred` (teacher-forced), as text.
     fn top1_text(&self, pred: &Prediction, seq: &EditSequence) -> Result<String> {
         let n = seq.answer().len().min(pred.argmax.len());
         Ok(self.processor.decode(&pred.argmax[..n])?.trim().to_string())

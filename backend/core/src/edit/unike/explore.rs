@@ -82,6 +82,8 @@ pub struct SpaceFit {
     pub coords: Vec<[f32; 2]>,
     /// The largest absolute coordinate of the fitted points (at least 1e-12): the picture's half-width.
     pub extent: f32,
+    /// [`kind_agreement`] of the fitted points.
+    pub kind_agreement: f32,
     pca: Option<Pca>,
 }
 
@@ -189,7 +191,8 @@ impl Explorer {
             };
             let pca = (params.projection == Projection::Pca).then_some(pca);
             let extent = coords.iter().flat_map(|p| [p[0].abs(), p[1].abs()]).fold(0f32, f32::max).max(1e-12);
-            spaces.push(SpaceFit { space, features, d, coords, extent, pca });
+            let kind_agreement = kind_agreement(&coords);
+            spaces.push(SpaceFit { space, features, d, coords, extent, kind_agreement, pca });
         }
         Ok(Self { layer, params: params.clone(), sample, spaces, seconds: start.elapsed().as_secs_f64() })
     }

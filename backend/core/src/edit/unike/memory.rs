@@ -230,29 +230,28 @@ impl KnowledgeMemory {
         std::fs::write(&js, text).map_err(|err| Error::Io { path: js, err })
     }
 
-    /// Reads a memory written by [`KnowledgeMemory::save`].
+    /// `dir/memory.json`, checked for its format.
+    fn read_json(dir: &Path) -> Result<MemoryJson> {
+        let js = dir.join("memory.json");
+        let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
+        let json: MemoryJson =
+            serde_json::from_str(&text).map_err(|e| Error::Data { path: js.clone(), msg: e.to_string() })?;
+        if json.format != FORMAT {
+            return Err(Error::Data { path: js, msg: format!("format {:?} is not {FORMAT:?}", json.format) });
+        }
+        Ok(json)
+    }
+
     /// The triplets of the memory saved in `dir` (its `memory.json` alone), in memory order: what an index of
     /// retrieval names.
     pub fn triplets_of(dir: &Path) -> Result<Vec<Triplet>> {
-        let js = dir.join("memory.json");
-        let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
-        let json: MemoryJson =
-            serde_json::from_str(&text).map_err(|e| Error::Data { path: js.clone(), msg: e.to_string() })?;
-        if json.format != FORMAT {
-            return Err(Error::Data { path: js, msg: format!("format {:?} is not {FORMAT:?}", json.format) });
-        }
-        Ok(json.triplets)
+        Ok(Self::read_json(dir)?.triplets)
     }
 
+    /// Reads a memory written by [`KnowledgeMemory::save`].
     pub fn load(dir: &Path, device: &candle_core::Device) -> Result<Self> {
-        let js = dir.join("memory.json");
         let st = dir.join("memory.safetensors");
-        let text = std::fs::read_to_string(&js).map_err(|err| Error::Io { path: js.clone(), err })?;
-        let json: MemoryJson =
-            serde_json::from_str(&text).map_err(|e| Error::Data { path: js.clone(), msg: e.to_string() })?;
-        if json.format != FORMAT {
-            return Err(Error::Data { path: js, msg: format!("format {:?} is not {FORMAT:?}", json.format) });
-        }
+        let json = Self::read_json(dir)?;
         let mut tensors = candle_core::safetensors::load(&st, device)?;
         let mut out =
             Self { layers: json.layers.clone(), h_sem: vec![], h_pos: vec![], h_neg: vec![], triplets: json.triplets };
