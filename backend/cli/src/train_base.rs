@@ -54,6 +54,9 @@ pub struct TrainArgs {
     /// decoder and the others start as the identity).
     #[arg(long)]
     pub text_layers: Option<usize>,
+    /// Override the decoder's attention heads (from scratch only; they must divide the width, 192).
+    #[arg(long)]
+    pub text_heads: Option<usize>,
     /// Override the steps between two curve evaluations.
     #[arg(long)]
     pub eval_every: Option<usize>,
@@ -66,6 +69,10 @@ pub struct TrainArgs {
     /// another relation (0 to 1; the shipped model's 0.5); the others ask the query's relation about another one.
     #[arg(long)]
     pub hard_same_entity: Option<f32>,
+    /// Of the drills on one character or one relation, the share whose final query asks a fact the drill did not
+    /// state, answered as the world does (0 to 1; the shipped model's 0).
+    #[arg(long)]
+    pub drill_recall: Option<f32>,
     /// Override the sequences of dense repetitions kept in every step after the induction stage (0: none).
     #[arg(long)]
     pub keep_induction: Option<usize>,
@@ -127,6 +134,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         recipe.context_shares.hard_same_entity = h;
     }
+    if let Some(d) = args.drill_recall {
+        if !(0.0..=1.0).contains(&d) {
+            bail!("--drill-recall must be in [0, 1]");
+        }
+        recipe.context_shares.drill_recall = d;
+    }
     if let Some(d) = args.distract {
         if !(0.0..=1.0).contains(&d) {
             bail!("--distract must be in [0, 1]");
@@ -153,10 +166,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         recipe.text_layers = n;
     }
+    if let Some(h) = args.text_heads {
+        if h == 0 || recipe.text_dim % h != 0 {
+            bail!("--text-heads must divide the decoder width ({})", recipe.text_dim);
+        }
+        recipe.text_heads = h;
+    }
     if let Some(dir) = &args.init {
         if !dir.join("model.safetensors").is_file() || !dir.join("tokenizer.json").is_file() {
             bail!("--init {}: not a checkpoint directory with model.safetensors and tokenizer.json", dir.display());
         }
+        // The attention weights' shapes do not depend on the head count: a run must keep the checkpoint's, or it
+        // would read the same weights as other heads.
+        let heads = init_heads(dir)?;
+        if args.text_heads.is_some_and(|h| h != heads) {
+            bail!("--text-heads: {} has {heads} attention heads per layer; a run from it keeps them", dir.display());
+        }
+        recipe.text_heads = heads;
         recipe.init = Some(dir.display().to_string());
     }
     if recipe.total_steps() == 0 {
@@ -203,4 +229,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     plot::training_curve(&trained.curve, &title, &png)?;
     println!("saved {} ({:.1} min); curve {}", args.out.display(), seconds / 60.0, png.display());
     Ok(())
+}
+
+/// The decoder's attention heads of the checkpoint in `dir` (its `config.json`'s `text_config`).
+fn init_heads(dir: &std::path::Path) -> Result<usize> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("--init: reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("--init: {} is not JSON", path.display()))?;
+    v["text_config"]["num_attention_heads"]
+        .as_u64()
+        .map(|h| h as usize)
+        .with_context(|| format!("--init: {} has no text_config.num_attention_heads", path.display()))
 }

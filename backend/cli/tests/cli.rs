@@ -271,6 +271,31 @@ fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
         .output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_ne!(std::fs::read(a.join("model.safetensors"))?, std::fs::read(c.join("model.safetensors"))?);
+    // The decoder's heads are part of the recipe: written to config.json, and a run from a checkpoint keeps them.
+    let h = base.join("h");
+    let smoke = ["train-base", "--recipe", "smoke", "--seed", "5"];
+    let out = unike().args(smoke).args(["--text-heads", "8", "--out"]).arg(&h).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: Value = serde_json::from_slice(&std::fs::read(h.join("config.json"))?)?;
+    assert_eq!(config["text_config"]["num_attention_heads"], 8);
+    assert_ne!(std::fs::read(a.join("model.safetensors"))?, std::fs::read(h.join("model.safetensors"))?);
+    let i = base.join("i");
+    let out = unike().args(smoke).args(["--vision-steps", "0", "--init"]).arg(&h).arg("--out").arg(&i).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: Value = serde_json::from_slice(&std::fs::read(i.join("config.json"))?)?;
+    assert_eq!(config["text_config"]["num_attention_heads"], 8, "a run from a checkpoint keeps its heads");
+    for (bad, says) in [
+        (&["--text-heads", "5"][..], "--text-heads must divide"),
+        (&["--text-heads", "0"][..], "--text-heads must divide"),
+        (&["--drill-recall", "2"][..], "--drill-recall must be in [0, 1]"),
+    ] {
+        let out = unike().args(smoke).args(bad).arg("--out").arg(base.join("bad")).output()?;
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = unike().args(smoke).args(["--text-heads", "4", "--init"]).arg(&h).arg("--out").arg(&i).output()?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has 8 attention heads"));
     let zero = ["--vision-steps", "0", "--induction-steps", "0", "--align-steps", "0", "--context-steps", "0"];
     let zero = [&zero[..], &["--tune-steps", "0"]].concat();
     let out = unike().args(["train-base", "--recipe", "smoke"]).args(zero).arg("--out").arg(&base).output()?;

@@ -35,7 +35,7 @@ fn patches_round_trip_through_safetensors_and_json() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("unike-patch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|err| Error::Io { path: dir.clone(), err })?;
     // A small model with 4 decoder layers of width 8 (its MLPs have 21 intermediate units).
-    let world_cfg = crate::train::world_config_json(40, 8, 1, 8, 4);
+    let world_cfg = crate::train::world_config_json(40, 8, 1, 8, 4, 4);
     let model = crate::train::Trainable::new(&world_cfg, 0, &Device::Cpu)?.model;
     let mut p = patch(1.0)?;
     let delta = Tensor::ones((21, 8), candle_core::DType::F32, &Device::Cpu)?;

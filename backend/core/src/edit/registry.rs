@@ -168,7 +168,7 @@ mod tests {
     #[test]
     fn names_and_hparams_files() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let world_cfg = crate::train::world_config_json(40, 8, 1, 8, 4);
+        let world_cfg = crate::train::world_config_json(40, 8, 1, 8, 4, 4);
         let llava = crate::train::Trainable::new(&world_cfg, 0, &candle_core::Device::Cpu).unwrap().model;
         let inputs = |model: &'static str| MethodInputs {
             root: &root,

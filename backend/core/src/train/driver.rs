@@ -193,6 +193,7 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
         recipe.vision_layers,
         recipe.text_dim,
         recipe.text_layers,
+        recipe.text_heads,
     );
     let t = Trainable::new(&config_json, recipe.seed, device)?;
     if let Some(dir) = &recipe.init {
@@ -345,7 +346,7 @@ mod step_tests {
     #[test]
     fn parallel_vision_steps_learn() -> Result<()> {
         let world = World::generate(0);
-        let cfg = world_config_json(500, 32, 1, 32, 1);
+        let cfg = world_config_json(500, 32, 1, 32, 1, 4);
         let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
         let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(Error::Invalid)?;
         let heads = VisionHeads::new(32, 0, &Device::Cpu)?;

@@ -21,21 +21,23 @@ use crate::world::tokenizer::{EOS, IMAGE, PAD};
 pub use batch::{make_batch, make_grouped, Batch};
 
 /// Shape of a world model (llava-hf `config.json`): CLIP d`vision_dim` x `vision_layers` on 32x32 images with 8x8
-/// patches (16 image tokens, last layer's features), LLaMA d`text_dim` x `text_layers`.
+/// patches (16 image tokens, last layer's features), LLaMA d`text_dim` x `text_layers` with `text_heads` attention
+/// heads (`text_dim` must divide by it).
 pub fn world_config_json(
     vocab: usize,
     vision_dim: usize,
     vision_layers: usize,
     text_dim: usize,
     text_layers: usize,
+    text_heads: usize,
 ) -> String {
     serde_json::json!({
         "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "torch_dtype": "float32",
         "image_token_index": IMAGE, "pad_token_id": PAD, "projector_hidden_act": "gelu", "image_seq_length": 16,
         "vision_feature_layer": -1, "vision_feature_select_strategy": "default", "tie_word_embeddings": false,
         "text_config": {"model_type": "llama", "vocab_size": vocab, "hidden_size": text_dim,
-            "intermediate_size": text_dim * 8 / 3, "num_hidden_layers": text_layers, "num_attention_heads": 4,
-            "num_key_value_heads": 4, "max_position_embeddings": MAX_POSITIONS, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "intermediate_size": text_dim * 8 / 3, "num_hidden_layers": text_layers, "num_attention_heads": text_heads,
+            "num_key_value_heads": text_heads, "max_position_embeddings": MAX_POSITIONS, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
             "bos_token_id": 1, "eos_token_id": EOS, "pad_token_id": PAD},
         "vision_config": {"model_type": "clip_vision_model", "hidden_size": vision_dim,
             "intermediate_size": vision_dim * 4, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
@@ -198,7 +200,7 @@ mod tests {
     fn a_few_adamw_steps_fit_a_batch() -> Result<()> {
         let world = World::generate(0);
         let tok = tokenizer::build(&world)?;
-        let cfg = world_config_json(tok.get_vocab_size(true), 32, 1, 48, 1);
+        let cfg = world_config_json(tok.get_vocab_size(true), 32, 1, 48, 1, 4);
         let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
         let again = Trainable::new(&cfg, 0, &Device::Cpu)?;
         let key = "language_model.model.embed_tokens.weight";
@@ -271,8 +273,8 @@ mod tests {
     #[test]
     fn the_processor_config_expands_an_image_into_the_models_image_tokens() -> Result<()> {
         let p: serde_json::Value = serde_json::from_str(WORLD_PROCESSOR).map_err(|e| Error::Invalid(e.to_string()))?;
-        let cfg: serde_json::Value =
-            serde_json::from_str(&world_config_json(100, 32, 1, 48, 1)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let cfg: serde_json::Value = serde_json::from_str(&world_config_json(100, 32, 1, 48, 1, 4))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let side = cfg["vision_config"]["image_size"].as_u64().unwrap_or(0) / p["patch_size"].as_u64().unwrap_or(1);
         // transformers' LlavaProcessor: patches + num_additional_image_tokens, minus 1 with the "default" strategy.
         let mut n = side * side + p["num_additional_image_tokens"].as_u64().unwrap_or(0);
@@ -301,9 +303,9 @@ mod induction_tests {
         let init = std::env::var("UNIKE_COPY_INIT").ok();
         let big = init.is_some() || std::env::var("UNIKE_COPY_BIG").is_ok();
         let (cfg, vocab) = if big {
-            (world_config_json(514, 128, 3, 192, 4), 500u32)
+            (world_config_json(514, 128, 3, 192, 4, 4), 500u32)
         } else {
-            (world_config_json(64, 32, 1, 64, 2), 59)
+            (world_config_json(64, 32, 1, 64, 2, 4), 59)
         };
         let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
         if let Some(dir) = &init {

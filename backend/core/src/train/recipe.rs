@@ -20,6 +20,9 @@ pub struct Recipe {
     pub vision_layers: usize,
     pub text_dim: usize,
     pub text_layers: usize,
+    /// Attention heads of each decoder layer (older recipes: 4).
+    #[serde(default = "four")]
+    pub text_heads: usize,
     /// Stage 1: the vision tower alone as a classifier of fresh renderings (batch = glyphs; as many scenes / 2).
     pub vision: StageRecipe,
     /// Stage 2: projector and decoder on the question-answer mix, the vision tower frozen.
@@ -80,6 +83,10 @@ pub struct Recipe {
     pub eval_n: usize,
 }
 
+fn four() -> usize {
+    4
+}
+
 fn mix_of_five_or_six<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<[f32; 6], D::Error> {
     let v = Vec::<f32>::deserialize(d)?;
     match v.len() {
@@ -98,6 +105,7 @@ impl Recipe {
             vision_layers: 3,
             text_dim: 192,
             text_layers: 4,
+            text_heads: 4,
             vision: StageRecipe { steps: 3000, batch: 64, lr: 2e-3 },
             align: StageRecipe { steps: 4000, batch: 48, lr: 1.5e-3 },
             induction: StageRecipe { steps: 300, batch: 64, lr: 2e-3 },
@@ -128,6 +136,7 @@ impl Recipe {
             vision_layers: 1,
             text_dim: 48,
             text_layers: 1,
+            text_heads: 4,
             vision: StageRecipe { steps: 4, batch: 8, lr: 2e-3 },
             align: StageRecipe { steps: 4, batch: 8, lr: 2e-3 },
             induction: StageRecipe { steps: 2, batch: 8, lr: 1e-3 },

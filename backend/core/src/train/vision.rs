@@ -217,7 +217,7 @@ mod step_tests {
     #[test]
     fn vision_loss_falls_on_a_fixed_batch() -> Result<()> {
         let world = World::generate(0);
-        let cfg = world_config_json(500, 32, 1, 32, 1);
+        let cfg = world_config_json(500, 32, 1, 32, 1, 4);
         let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
         let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(crate::Error::Invalid)?;
         let heads = VisionHeads::new(32, 0, &Device::Cpu)?;

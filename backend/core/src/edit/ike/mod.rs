@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn a_demonstration_prefix_is_exactly_prepending_it() -> Result<()> {
-        let cfg = crate::train::world_config_json(40, 16, 1, 32, 3);
+        let cfg = crate::train::world_config_json(40, 16, 1, 32, 3, 4);
         let model = crate::train::Trainable::new(&cfg, 3, &Device::Cpu)?.model;
         let demo = EditSequence { ids: vec![1, 5, 6, 7, 8, 2], prompt_len: 4, pixels: None };
         let input = [1u32, 9, 10, 11, 12];

@@ -367,6 +367,11 @@ pub struct ContextShares {
     /// The share of drills whose facts share the entity (told apart by their questions only).
     #[serde(default)]
     pub drill_same_entity: f32,
+    /// Of the drills on one entity or one relation, the share whose final query asks a fact the drill did not state
+    /// (the entity's other relation, or the relation about another entity): after copying the re-asked facts, the
+    /// world's answer must be recalled (older recipes: 0).
+    #[serde(default)]
+    pub drill_recall: f32,
     /// The share of *plain* samples (facts, hops, text facts, captions, scene questions) that get 1–3 easy irrelevant
     /// demonstrations in front, their answer unchanged: recall must work behind a prefix (older recipes: 0).
     #[serde(default)]
@@ -390,6 +395,7 @@ impl ContextShares {
             hard_same_entity: 0.5,
             drill_same_relation: 0.6,
             drill_same_entity: 0.2,
+            drill_recall: 0.0,
             distract: 0.4,
         }
     }
@@ -406,6 +412,7 @@ impl Default for ContextShares {
             hard_same_entity: 0.5,
             drill_same_relation: 0.0,
             drill_same_entity: 0.0,
+            drill_recall: 0.0,
             distract: 0.0,
         }
     }
@@ -491,13 +498,52 @@ fn drill_sample(world: &World, ease: f32, shares: &ContextShares, rng: &mut Rng)
             (again, answers[i].clone())
         })
         .collect();
-    let (last, answer) = asks.pop().unwrap_or_else(|| (probes[0].clone(), answers[0].clone()));
+    let (mut last, mut answer) = asks.pop().unwrap_or_else(|| (probes[0].clone(), answers[0].clone()));
+    // Sometimes the query is a fact the drill did not state, about its entity or with its relation: after the
+    // re-asked facts (copied), the world's answer (recalled). Draws nothing when the share is 0.
+    if (same_entity.is_some() || same_relation.is_some())
+        && shares.drill_recall > 0.0
+        && rng.unit() < shares.drill_recall
+    {
+        if let Some(q) = undrilled(world, &probes, same_entity, same_relation, rng) {
+            asks.push((last, answer));
+            answer = q.truth.clone();
+            last = q;
+        }
+    }
     for (p, a) in asks {
         context.push(Turn { supervised: true, ..turn(TurnForm::Qa, &p, a) });
     }
     let mut s = sample(last, answer, context);
     s.bos_per_turn = rng.unit() < 0.5;
     s
+}
+
+/// A known fact that no probe of a one-entity or one-relation drill states: the drill's entity with another relation,
+/// or the drill's relation about another entity (on a fresh rendering and a trained paraphrase).
+fn undrilled(
+    world: &World,
+    probes: &[Probe],
+    entity: Option<usize>,
+    relation: Option<Relation>,
+    rng: &mut Rng,
+) -> Option<Probe> {
+    let stated = |e: usize, r: Relation| probes.iter().any(|p| p.subject == Subject::Entity(e, r));
+    let options: Vec<(usize, Relation)> = match (entity, relation) {
+        (Some(e), _) => Relation::ALL.into_iter().filter(|&r| !stated(e, r)).map(|r| (e, r)).collect(),
+        (None, Some(r)) => (0..N_ENTITIES)
+            .filter(|&e| probes.iter().all(|p| !matches!(p.subject, Subject::Entity(x, _) if x == e)))
+            .map(|e| (e, r))
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    let known: Vec<(usize, Relation)> = options.into_iter().filter(|&(e, r)| !world.is_unknown(e, r)).collect();
+    if known.is_empty() {
+        return None;
+    }
+    let (e, r) = *rng.choose(&known);
+    let p = paraphrase(world, e, r, None, rng);
+    Some(entity_probe(world, e, r, p, Pool::Train, rng.next_u64()))
 }
 
 #[cfg(test)]
@@ -532,6 +578,55 @@ mod tests {
             repeats += usize::from(s.context.iter().any(|t| t.question == s.question && t.image == s.image));
         }
         assert!(repeats > 60, "{repeats}");
+    }
+
+    #[test]
+    fn recall_drills_end_on_a_fact_they_did_not_state() {
+        let w = World::generate(0);
+        let base = ContextShares {
+            repeat: 0.0,
+            drill: 1.0,
+            drill_same_relation: 0.0,
+            drill_same_entity: 1.0,
+            ..ContextShares::shipped()
+        };
+        // Without the share, no drill ends on an unstated fact (and the draws are the recipe's as before).
+        let mut rng = Rng::new(9);
+        for _ in 0..100 {
+            let s = training_context_sample(&w, 0.0, &base, &mut rng);
+            assert!(s.context.iter().any(|t| t.answer == s.answer && !t.supervised), "a drill copies a stated fact");
+        }
+        let shares = ContextShares { drill_recall: 1.0, ..base };
+        let (mut recalled, mut copied) = (0, 0);
+        for _ in 0..200 {
+            let s = training_context_sample(&w, 0.0, &shares, &mut rng);
+            let stated: Vec<&Turn> = s.context.iter().filter(|t| !t.supervised).collect();
+            if stated.iter().any(|t| t.question == s.question || t.answer == s.answer) {
+                copied += 1;
+                continue;
+            }
+            recalled += 1;
+            // The query asks an entity fact, answered as the world does for some character.
+            let asked = Relation::ALL.into_iter().find(|r| r.paraphrases().contains(&s.question.as_str()));
+            let r = asked.expect("the query asks an entity fact");
+            assert!(s.image.is_some() && (0..N_ENTITIES).any(|e| w.answer(e, r) == s.answer), "{}", s.answer);
+            // Every re-asked fact stays in the context, supervised.
+            assert_eq!(s.context.iter().filter(|t| t.supervised).count(), stated.len());
+        }
+        // A drill of two to four facts on one entity leaves a relation unstated: nearly every drill recalls.
+        assert!(recalled > 180, "{recalled} {copied}");
+        // Drills on one relation end on another character's fact with that relation: the world's answer, which
+        // the drill's counterfactual answers (same pool) only sometimes share.
+        let shares = ContextShares { drill_same_relation: 1.0, drill_same_entity: 0.0, ..shares };
+        let mut other = 0;
+        for _ in 0..200 {
+            let s = training_context_sample(&w, 0.0, &shares, &mut rng);
+            let r = Relation::ALL.into_iter().find(|r| r.paraphrases().contains(&s.question.as_str()));
+            let r = r.expect("the query asks an entity fact");
+            assert!(s.context.iter().filter(|t| !t.supervised).all(|t| r.paraphrases().contains(&t.question.as_str())));
+            other += usize::from(s.context.iter().all(|t| t.answer != s.answer));
+        }
+        assert!(other > 120, "{other}");
     }
 
     #[test]

@@ -88,13 +88,18 @@ pub enum HardKind {
     OtherBoth,
     /// Control: a text fact (no image) with the world's answer, only shifting the query's positions.
     TextDemo,
+    /// Control: the same entity with another relation (a counterfactual answer) on the query's *own* image, pixel
+    /// for pixel: tells whether a second rendering of the entity is what disturbs the recall (then this scores
+    /// high) or the match of the entity itself (then it scores as low as `SameEntity`, or lower).
+    SameEntitySameImage,
 }
 
 impl HardKind {
-    pub const ALL: [HardKind; 5] = [
+    pub const ALL: [HardKind; 6] = [
         HardKind::SameRelation,
         HardKind::SameEntity,
         HardKind::SameEntityTrue,
+        HardKind::SameEntitySameImage,
         HardKind::OtherBoth,
         HardKind::TextDemo,
     ];
@@ -104,6 +109,7 @@ impl HardKind {
             HardKind::SameRelation => "same_relation_other_entity",
             HardKind::SameEntity => "same_entity_other_relation",
             HardKind::SameEntityTrue => "same_entity_other_rel_true",
+            HardKind::SameEntitySameImage => "same_entity_same_image",
             HardKind::OtherBoth => "other_entity_other_relation",
             HardKind::TextDemo => "text_fact_no_image",
         }
@@ -124,7 +130,7 @@ pub fn hard_split(world: &World, n: usize, kind: HardKind) -> Vec<(Sample, Strin
             let q = entity_probe(world, e, r, pq, Pool::Eval, rng.next_u64());
             let (e2, r2) = match kind {
                 HardKind::SameRelation => ((e + 1 + rng.below(N_ENTITIES - 1)) % N_ENTITIES, r),
-                HardKind::SameEntity | HardKind::SameEntityTrue => {
+                HardKind::SameEntity | HardKind::SameEntityTrue | HardKind::SameEntitySameImage => {
                     let others: Vec<Relation> = Relation::ALL.into_iter().filter(|x| *x != r).collect();
                     (e, *rng.choose(&others))
                 }
@@ -134,11 +140,14 @@ pub fn hard_split(world: &World, n: usize, kind: HardKind) -> Vec<(Sample, Strin
                 }
             };
             let para = paraphrase(world, e2, r2, None, &mut rng);
-            let d = if kind == HardKind::TextDemo {
+            let mut d = if kind == HardKind::TextDemo {
                 text_probe(world, rng.below(world.text_facts.len()))
             } else {
                 entity_probe(world, e2, r2, para, Pool::Eval, rng.next_u64())
             };
+            if kind == HardKind::SameEntitySameImage {
+                d.image = q.image.clone();
+            }
             let answer = match kind {
                 HardKind::SameEntityTrue => world.answer(e2, r2),
                 HardKind::TextDemo => d.truth.clone(),
