@@ -23,26 +23,6 @@ pub fn parameter_count(n: u64) -> String {
         .unwrap_or_else(|| n.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn groups_digits_in_threes() {
-        assert_eq!(grouped(0), "0");
-        assert_eq!(grouped(999), "999");
-        assert_eq!(grouped(1_000), "1,000");
-        assert_eq!(grouped(12_345_678), "12,345,678");
-    }
-
-    #[test]
-    fn scales_parameter_counts() {
-        assert_eq!(parameter_count(512), "512");
-        assert_eq!(parameter_count(12_345), "12.35 K");
-        assert_eq!(parameter_count(7_063_427_072), "7.06 B");
-    }
-}
-
 /// Standard base64 (with padding) of `bytes`.
 pub fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -64,4 +44,24 @@ pub fn base64(bytes: &[u8]) -> String {
 /// A percentage with one decimal.
 pub fn pct(x: f64) -> String {
     format!("{x:.1}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_digits_in_threes() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1_000), "1,000");
+        assert_eq!(grouped(12_345_678), "12,345,678");
+    }
+
+    #[test]
+    fn scales_parameter_counts() {
+        assert_eq!(parameter_count(512), "512");
+        assert_eq!(parameter_count(12_345), "12.35 K");
+        assert_eq!(parameter_count(7_063_427_072), "7.06 B");
+    }
 }
