@@ -176,9 +176,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         if !dir.join("model.safetensors").is_file() || !dir.join("tokenizer.json").is_file() {
             bail!("--init {}: not a checkpoint directory with model.safetensors and tokenizer.json", dir.display());
         }
-        // The attention weights' shapes do not depend on the head count: a run must keep the checkpoint's, or it
-        // would read the same weights as other heads.
-        let heads = init_heads(dir)?;
+        // A run from a checkpoint keeps its heads (`init_from` refuses others).
+        let heads = unike_core::train::init::checkpoint_heads(dir)?;
         if args.text_heads.is_some_and(|h| h != heads) {
             bail!("--text-heads: {} has {heads} attention heads per layer; a run from it keeps them", dir.display());
         }
@@ -229,16 +228,4 @@ pub fn run(args: TrainArgs) -> Result<()> {
     plot::training_curve(&trained.curve, &title, &png)?;
     println!("saved {} ({:.1} min); curve {}", args.out.display(), seconds / 60.0, png.display());
     Ok(())
-}
-
-/// The decoder's attention heads of the checkpoint in `dir` (its `config.json`'s `text_config`).
-fn init_heads(dir: &std::path::Path) -> Result<usize> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("--init: reading {}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("--init: {} is not JSON", path.display()))?;
-    v["text_config"]["num_attention_heads"]
-        .as_u64()
-        .map(|h| h as usize)
-        .with_context(|| format!("--init: {} has no text_config.num_attention_heads", path.display()))
 }

@@ -52,8 +52,26 @@ pub struct InitReport {
     pub new_tokens: usize,
 }
 
+/// The decoder's attention heads of the checkpoint in `dir` (its `config.json`).
+pub fn checkpoint_heads(dir: &Path) -> Result<usize> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let config = crate::model::LlavaConfig::from_json_str(&text).map_err(|m| Error::config(&path, m))?;
+    Ok(config.text.num_attention_heads)
+}
+
 /// Copies the weights of the checkpoint in `dir` into `t` (see the module note). `tokenizer` is the new model's.
+/// The attention weights' shapes do not depend on the head count, so a checkpoint with other heads than `t` is
+/// refused (its weights would be read as other heads).
 pub fn init_from(t: &Trainable, tokenizer: &Tokenizer, dir: &Path, device: &Device) -> Result<InitReport> {
+    let heads = checkpoint_heads(dir)?;
+    if heads != t.config.text.num_attention_heads {
+        return Err(Error::Invalid(format!(
+            "{} has {heads} attention heads per layer; the model to train has {}",
+            dir.display(),
+            t.config.text.num_attention_heads
+        )));
+    }
     let path = dir.join("model.safetensors");
     let old = candle_core::safetensors::load(&path, device)?;
     let tok_path = dir.join("tokenizer.json");
