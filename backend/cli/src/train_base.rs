@@ -83,6 +83,10 @@ pub struct TrainArgs {
     /// decoder layer's output; the shipped model's `1,0.5`; weight 0 turns it off).
     #[arg(long, value_name = "LAYER,WEIGHT", value_delimiter = ',')]
     pub binding: Option<Vec<f32>>,
+    /// The question binding term: `LAYER,WEIGHT` (every position that predicts a turn's answer classifies the
+    /// relation its question asks, at that decoder layer's output; off in the shipped model; weight 0 turns it off).
+    #[arg(long, value_name = "LAYER,WEIGHT", value_delimiter = ',')]
+    pub question_binding: Option<Vec<f32>>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -146,16 +150,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         recipe.context_shares.distract = d;
     }
+    let layers = args.text_layers.unwrap_or(recipe.text_layers);
     if let Some(b) = &args.binding {
-        if b.len() != 2
-            || b[0] < 0.0
-            || b[0].fract() != 0.0
-            || b[0] as usize >= args.text_layers.unwrap_or(recipe.text_layers)
-            || b[1] < 0.0
-        {
-            bail!("--binding takes LAYER,WEIGHT: a decoder layer below --text-layers and a weight of at least 0");
-        }
-        (recipe.binding_layer, recipe.binding_weight) = (b[0] as usize, b[1]);
+        let (l, w) = layer_and_weight(b, layers).context("--binding")?;
+        (recipe.binding_layer, recipe.binding_weight) = (l, w);
+    }
+    if let Some(b) = &args.question_binding {
+        let (l, w) = layer_and_weight(b, layers).context("--question-binding")?;
+        (recipe.question_binding_layer, recipe.question_binding_weight) = (l, w);
     }
     if let Some(n) = args.keep_induction {
         recipe.keep_induction = n;
@@ -228,4 +230,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     plot::training_curve(&trained.curve, &title, &png)?;
     println!("saved {} ({:.1} min); curve {}", args.out.display(), seconds / 60.0, png.display());
     Ok(())
+}
+
+/// `LAYER,WEIGHT` of a binding term: a decoder layer below `layers` and a weight of at least 0.
+fn layer_and_weight(v: &[f32], layers: usize) -> Result<(usize, f32)> {
+    if v.len() != 2 || v[0] < 0.0 || v[0].fract() != 0.0 || v[0] as usize >= layers || v[1].is_nan() || v[1] < 0.0 {
+        bail!("takes LAYER,WEIGHT: a decoder layer below --text-layers ({layers}) and a weight of at least 0");
+    }
+    Ok((v[0] as usize, v[1]))
 }

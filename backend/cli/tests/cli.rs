@@ -271,6 +271,16 @@ fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
         .output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_ne!(std::fs::read(a.join("model.safetensors"))?, std::fs::read(c.join("model.safetensors"))?);
+    // The question binding term reaches the weights, and the recipe records it.
+    let q = base.join("q");
+    let out = unike()
+        .args(["train-base", "--recipe", "smoke", "--seed", "5", "--question-binding", "0,1", "--out"])
+        .arg(&q)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(std::fs::read(a.join("model.safetensors"))?, std::fs::read(q.join("model.safetensors"))?);
+    let recipe: Value = serde_json::from_slice(&std::fs::read(q.join("training.json"))?)?;
+    assert_eq!(recipe["recipe"]["question_binding_weight"], 1.0, "{recipe}");
     // The decoder's heads are part of the recipe: written to config.json, and a run from a checkpoint keeps them.
     let h = base.join("h");
     let smoke = ["train-base", "--recipe", "smoke", "--seed", "5"];
@@ -288,6 +298,10 @@ fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
         (&["--text-heads", "5"][..], "--text-heads must divide"),
         (&["--text-heads", "0"][..], "--text-heads must divide"),
         (&["--drill-recall", "2"][..], "--drill-recall must be in [0, 1]"),
+        (&["--question-binding", "1,1"][..], "--question-binding: takes LAYER,WEIGHT: a decoder layer below"),
+        (&["--question-binding", "0,-1"][..], "--question-binding: takes LAYER,WEIGHT"),
+        (&["--question-binding", "0.5,1"][..], "--question-binding: takes LAYER,WEIGHT"),
+        (&["--binding", "0"][..], "--binding: takes LAYER,WEIGHT"),
     ] {
         let out = unike().args(smoke).args(bad).arg("--out").arg(base.join("bad")).output()?;
         assert_eq!(out.status.code(), Some(1), "{bad:?}");

@@ -9,6 +9,7 @@ use crate::model::ImageProcessor;
 use crate::world::rng::Rng;
 use crate::world::samples::Sample;
 use crate::world::tokenizer::{BOS, EOS, IMAGE, PAD, SPECIALS};
+use crate::world::Relation;
 
 /// A right-padded batch with the positions whose next token is supervised.
 #[derive(Debug)]
@@ -28,6 +29,10 @@ pub struct Batch {
     /// Number of supervised positions of each sample, in order (they sum to `m`); with `lm_weight = 0` they are
     /// the answers', the query's last.
     pub lengths: Vec<usize>,
+    /// Flat `(b · s)` positions of the question binding term ([`Encoded::relations`]) and the relation index of
+    /// each (`world::Relation::index`); empty when no turn asks an entity relation.
+    pub relation_positions: Vec<u32>,
+    pub relation_labels: Vec<u32>,
 }
 
 /// Token ids of `sample` in the llava-1.5 template (its demonstrations first, `<image>` runs expanded), and the
@@ -45,6 +50,7 @@ pub fn encode_sample(sample: &Sample, tokenizer: &Tokenizer, image_seq_length: u
     let mut ids = p.get_ids().to_vec();
     let mut targets = Vec::new();
     let mut lm = Vec::new();
+    let mut relations = Vec::new();
     if !sample.context.is_empty() {
         // Turn k ends at the k-th `</s>` of the prompt; its answer ids are the ones just before it.
         let ends: Vec<usize> = ids.iter().enumerate().filter(|(_, &id)| id == EOS).map(|(i, _)| i).collect();
@@ -55,6 +61,9 @@ pub fn encode_sample(sample: &Sample, tokenizer: &Tokenizer, image_seq_length: u
             for i in span.clone() {
                 answers[i] = true;
             }
+            if let Some(r) = Relation::of_paraphrase(&turn.question) {
+                relations.extend(span.clone().map(|t| (t - 1, r.index() as u32)));
+            }
             if turn.supervised {
                 targets.extend(span);
             }
@@ -62,10 +71,14 @@ pub fn encode_sample(sample: &Sample, tokenizer: &Tokenizer, image_seq_length: u
         // The language-model term: every other text id of the prompt (never an image id, never an answer).
         lm = (1..ids.len()).filter(|&i| !answers[i] && ids[i] != IMAGE).collect();
     }
-    targets.extend(ids.len()..ids.len() + a.len() + 1);
+    let query = ids.len()..ids.len() + a.len() + 1;
+    if let Some(r) = Relation::of_paraphrase(&sample.question) {
+        relations.extend(query.clone().map(|t| (t - 1, r.index() as u32)));
+    }
+    targets.extend(query);
     ids.extend_from_slice(a.get_ids());
     ids.push(EOS);
-    Ok(Encoded { ids, targets, lm })
+    Ok(Encoded { ids, targets, lm, relations })
 }
 
 /// A sample's ids and what training predicts of them.
@@ -78,6 +91,11 @@ pub struct Encoded {
     /// weighted by [`make_batch`]'s `lm_weight`. The answers of demonstrations that are not supervised (a
     /// counterfactual is not predictable) and the image ids are never among them.
     pub lm: Vec<usize>,
+    /// `(index, relation)`: the ids whose hidden states predict a turn's answer ids and `</s>` (the id before the
+    /// answer through its last id), for every turn whose question is an entity relation's paraphrase (a
+    /// demonstration's, in either form, and the query's), with that relation's index. The question binding term
+    /// (`train::question`) reads them.
+    pub relations: Vec<(usize, u32)>,
 }
 
 /// Builds a batch: prompt ids, then answer ids and `</s>`; the answer and `</s>` are supervised (and those of
@@ -105,7 +123,12 @@ pub fn make_batch(
     let mut flat = Vec::with_capacity(rows.len() * len);
     let (mut positions, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new());
     let mut lengths = Vec::with_capacity(rows.len());
+    let (mut relation_positions, mut relation_labels) = (Vec::new(), Vec::new());
     for (b, r) in rows.iter().enumerate() {
+        for &(i, label) in &r.relations {
+            relation_positions.push((b * len + i) as u32);
+            relation_labels.push(label);
+        }
         let lm: &[usize] = if lm_weight > 0.0 { &r.lm } else { &[] };
         for (&t, w) in r.targets.iter().map(|t| (t, 1.0)).chain(lm.iter().map(|t| (t, lm_weight))) {
             positions.push((b * len + t - 1) as u32);
@@ -126,6 +149,8 @@ pub fn make_batch(
         weights: Tensor::new(weights.as_slice(), device)?,
         weight_sum,
         lengths,
+        relation_positions,
+        relation_labels,
     })
 }
 
@@ -159,6 +184,8 @@ pub fn induction_batch(tokenizer: &Tokenizer, b: usize, half: usize, rng: &mut R
         weights: Tensor::ones(m, candle_core::DType::F32, device)?,
         weight_sum: m as f64,
         lengths: vec![half - 1; b],
+        relation_positions: vec![],
+        relation_labels: vec![],
     })
 }
 

@@ -271,10 +271,23 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
             )
         })
         .transpose()?;
+    let question = (recipe.question_binding_weight > 0.0)
+        .then(|| {
+            super::question::QuestionBinding::new(
+                recipe.question_binding_layer,
+                recipe.question_binding_weight,
+                recipe.text_dim,
+                recipe.seed,
+                device,
+            )
+        })
+        .transpose()?;
+    let terms = super::Terms { image: binding.as_ref(), question: question.as_ref() };
     for (stage, sr, mix, prefixes) in stages {
         let mut vars = vars_of(&t, prefixes)?;
-        if let (Some(b), false) = (&binding, stage == Stage::Induction) {
-            vars.push(b.head.clone());
+        if stage != Stage::Induction {
+            vars.extend(binding.iter().map(|b| b.head.clone()));
+            vars.extend(question.iter().map(|q| q.head.clone()));
         }
         let mut opt = optimiser(vars.clone(), sr.lr)?;
         let mut rng = Rng::derive(recipe.seed, "train-qa", stage as u64);
@@ -308,7 +321,7 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
                     .collect::<Result<Vec<_>>>()?;
                 parallel_grads(shards.len(), &vars, |i| {
                     let batches = make_grouped(shards[i], &tok, &images, seq, GROUPS, recipe.lm_weight, device)?;
-                    let qa = grouped_loss(&t.model, &batches, frozen, binding.as_ref())?;
+                    let qa = grouped_loss(&t.model, &batches, frozen, terms)?;
                     match &kept[i] {
                         Some(b) => Ok((qa + (super::loss(&t.model, b, true)? * recipe.keep_induction_weight as f64)?)?),
                         None => Ok(qa),

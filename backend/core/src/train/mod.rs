@@ -6,6 +6,7 @@ pub mod binding;
 pub mod driver;
 pub mod evaluate;
 pub mod init;
+pub mod question;
 pub mod recipe;
 pub mod save;
 pub mod vision;
@@ -108,7 +109,7 @@ pub fn logits(model: &Llava, batch: &Batch, vision_frozen: bool) -> Result<Tenso
 }
 
 /// Logits `(b, s, vocab)` and the projected image features `(n, t, d)` of `batch`, capturing into `capture`.
-fn forward_parts(
+pub(crate) fn forward_parts(
     model: &Llava,
     batch: &Batch,
     vision_frozen: bool,
@@ -133,30 +134,41 @@ fn forward_parts(
 /// Weighted mean cross-entropy of the supervised positions of `batch` (`Batch::weights`), computed
 /// differentiably. Returns a scalar.
 pub fn loss(model: &Llava, batch: &Batch, vision_frozen: bool) -> Result<Tensor> {
-    loss_with(model, batch, vision_frozen, None)
+    loss_with(model, batch, vision_frozen, Terms::default())
 }
 
-/// [`loss`] plus the binding term of `binding` (when on and the batch has images).
-pub fn loss_with(
-    model: &Llava,
-    batch: &Batch,
-    vision_frozen: bool,
-    binding: Option<&binding::Binding>,
-) -> Result<Tensor> {
-    let mut cap = match binding {
-        Some(b) => Capture::of([(b.layer, crate::hooks::CapturePoint::LayerOutput)]),
-        None => Capture::none(),
-    };
+/// The auxiliary terms added to the answers' cross-entropy (each off when `None`).
+#[derive(Clone, Copy, Default)]
+pub struct Terms<'a> {
+    /// The image binding term ([`binding`]).
+    pub image: Option<&'a binding::Binding>,
+    /// The question binding term ([`question`]).
+    pub question: Option<&'a question::QuestionBinding>,
+}
+
+/// [`loss`] plus the auxiliary `terms` (the image term when the batch has images, the question term when it has
+/// labelled positions).
+pub fn loss_with(model: &Llava, batch: &Batch, vision_frozen: bool, terms: Terms<'_>) -> Result<Tensor> {
+    use crate::hooks::CapturePoint::LayerOutput;
+    let points = terms.image.map(|b| b.layer).into_iter().chain(terms.question.map(|q| q.layer));
+    let mut cap = Capture::of(points.map(|l| (l, LayerOutput)));
     let (logits, image) = forward_parts(model, batch, vision_frozen, &mut cap)?;
-    let ce = cross_entropy(&logits, batch)?;
-    if let (Some(b), Some(img)) = (binding, image) {
-        if let Some(h) = cap.get(b.layer, crate::hooks::CapturePoint::LayerOutput) {
+    let mut total = cross_entropy(&logits, batch)?;
+    if let (Some(b), Some(img)) = (terms.image, image) {
+        if let Some(h) = cap.get(b.layer, LayerOutput) {
             if let Some(term) = binding::loss(b, &batch.ids, h, &img)? {
-                return Ok((ce + term)?);
+                total = (total + term)?;
             }
         }
     }
-    Ok(ce)
+    if let Some(q) = terms.question {
+        if let Some(h) = cap.get(q.layer, LayerOutput) {
+            if let Some(term) = question::loss(q, h, &batch.relation_positions, &batch.relation_labels)? {
+                total = (total + term)?;
+            }
+        }
+    }
+    Ok(total)
 }
 
 fn cross_entropy(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
@@ -169,16 +181,11 @@ fn cross_entropy(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
 
 /// Mean cross-entropy over the supervised positions of several batches together (each position weighs the same,
 /// as in one batch). Returns a scalar.
-pub fn grouped_loss(
-    model: &Llava,
-    batches: &[Batch],
-    vision_frozen: bool,
-    binding: Option<&binding::Binding>,
-) -> Result<Tensor> {
+pub fn grouped_loss(model: &Llava, batches: &[Batch], vision_frozen: bool, terms: Terms<'_>) -> Result<Tensor> {
     let total: f64 = batches.iter().map(|b| b.weight_sum).sum();
     let mut sum: Option<Tensor> = None;
     for b in batches {
-        let part = (loss_with(model, b, vision_frozen, binding)? * (b.weight_sum / total.max(1e-9)))?;
+        let part = (loss_with(model, b, vision_frozen, terms)? * (b.weight_sum / total.max(1e-9)))?;
         sum = Some(match sum {
             Some(s) => (s + part)?,
             None => part,
@@ -338,6 +345,8 @@ mod induction_tests {
                 weights: Tensor::ones(m, DType::F32, &Device::Cpu)?,
                 weight_sum: m as f64,
                 lengths: vec![m / b; b],
+                relation_positions: vec![],
+                relation_labels: vec![],
             })
         };
         let q = "language_model.model.layers.1.self_attn.q_proj.weight";

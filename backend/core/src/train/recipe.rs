@@ -70,6 +70,13 @@ pub struct Recipe {
     pub binding_weight: f32,
     #[serde(default)]
     pub binding_layer: usize,
+    /// Question binding term: at the output of decoder layer `question_binding_layer`, every position that predicts
+    /// a turn's answer classifies the relation its question asks, through a linear read-out trained alongside (and
+    /// discarded); cross-entropy (`train::question`). 0: off (older recipes).
+    #[serde(default)]
+    pub question_binding_weight: f32,
+    #[serde(default)]
+    pub question_binding_layer: usize,
     /// Checkpoint the run started from (`--init`), when not from scratch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
@@ -120,6 +127,8 @@ impl Recipe {
             keep_induction_weight: 0.5,
             binding_weight: 0.5,
             binding_layer: 1,
+            question_binding_weight: 0.0,
+            question_binding_layer: 1,
             init: None,
             clip: 1.0,
             workers: 2,
@@ -151,6 +160,8 @@ impl Recipe {
             keep_induction_weight: 0.5,
             binding_weight: 0.0,
             binding_layer: 1,
+            question_binding_weight: 0.0,
+            question_binding_layer: 1,
             init: None,
             clip: 1.0,
             workers: 2,

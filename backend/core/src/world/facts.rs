@@ -58,6 +58,12 @@ impl Relation {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// The relation whose paraphrase `question` is, exactly (`None` for any other question).
+    pub fn of_paraphrase(question: &str) -> Option<Relation> {
+        let q = question.trim();
+        Relation::ALL.into_iter().find(|r| r.paraphrases().contains(&q))
+    }
 }
 
 /// Questions that chain an edited fact of the pictured entity with text knowledge (VLKEB's `port_new`). Hops are
