@@ -93,18 +93,41 @@ fn world_model(loaded: &load::Loaded) -> Result<(&Llava, &Processor)> {
     }
 }
 
+/// Whether a wrong answer `a` to the query of a one-demonstration sample is the query's answer for a *lookalike*:
+/// a character whose own answer to the demonstration's question is the demonstration's answer (the model taking the
+/// stated fact as a cue to who is shown), and the chance of that for an answer drawn uniformly from the query
+/// relation's other answers. `(false, 0)` when either question is not an entity relation's paraphrase.
+fn lookalike_answer(world: &World, s: &unike_core::world::samples::Sample, demo: &str, a: &str) -> (bool, f64) {
+    use std::collections::BTreeSet;
+    use unike_core::world::{Relation, N_ENTITIES};
+    let (Some(rq), Some(rd)) =
+        (Relation::of_paraphrase(&s.question), s.context.first().and_then(|t| Relation::of_paraphrase(&t.question)))
+    else {
+        return (false, 0.0);
+    };
+    let pool: BTreeSet<String> =
+        (0..N_ENTITIES).map(|e| world.answer(e, rq)).filter(|x| *x != s.answer).collect::<BTreeSet<_>>();
+    let looks: BTreeSet<String> = (0..N_ENTITIES)
+        .filter(|&e| world.answer(e, rd) == demo)
+        .map(|e| world.answer(e, rq))
+        .filter(|x| *x != s.answer)
+        .collect();
+    (looks.contains(a), looks.len() as f64 / pool.len().max(1) as f64)
+}
+
 fn breakdown(loaded: &load::Loaded, eos: &[u32], world: &World, n: usize) -> Result<()> {
     let (model, processor) = world_model(loaded)?;
     use unike_core::train::evaluate::answer;
     use unike_core::world::context::{hard_split, pick_split, HardKind, PickCue};
     println!(
-        "{:<28} {:>5} {:>7} {:>7} {:>9} {:>7}   (qa / fact demonstrations: world's)",
+        "{:<28} {:>5} {:>7} {:>7} {:>9} {:>7}   (qa / fact demonstrations: world's) [other: lookalike / chance]",
         "hard demonstration", "n", "world", "copied", "its_image", "other"
     );
     for kind in HardKind::ALL {
         let samples = hard_split(world, n, kind);
         let (mut truth, mut copied, mut recalled, mut by_form) = (0usize, 0usize, 0usize, [0usize; 2]);
         let mut others = Vec::new();
+        let (mut lookalike, mut chance) = (0usize, 0.0f64);
         for (i, (s, demo, its)) in samples.iter().enumerate() {
             let a = answer(model, processor, eos, s)?.answer;
             if a == s.answer {
@@ -114,22 +137,30 @@ fn breakdown(loaded: &load::Loaded, eos: &[u32], world: &World, n: usize) -> Res
                 copied += 1;
             } else if a == *its {
                 recalled += 1;
-            } else if others.len() < 3 {
-                others.push(format!("{:?} -> {a:?} (world {:?}, demo {demo:?})", s.question, s.answer));
+            } else {
+                let (hit, p) = lookalike_answer(world, s, demo, &a);
+                lookalike += usize::from(hit);
+                chance += p;
+                if others.len() < 3 {
+                    others.push(format!("{:?} -> {a:?} (world {:?}, demo {demo:?})", s.question, s.answer));
+                }
             }
         }
         let m = samples.len().max(1) as f32;
         let half = (samples.len() as f32 / 2.0).max(1.0);
+        let other = samples.len() - truth - copied - recalled;
         println!(
-            "{:<28} {:>5} {:>7.3} {:>7.3} {:>9.3} {:>7.3}   ({:.3} / {:.3})",
+            "{:<28} {:>5} {:>7.3} {:>7.3} {:>9.3} {:>7.3}   ({:.3} / {:.3}) [{:.3} / {:.3}]",
             kind.name(),
             samples.len(),
             truth as f32 / m,
             copied as f32 / m,
             recalled as f32 / m,
-            (samples.len() - truth - copied - recalled) as f32 / m,
+            other as f32 / m,
             by_form[0] as f32 / half,
-            by_form[1] as f32 / half
+            by_form[1] as f32 / half,
+            lookalike as f64 / other.max(1) as f64,
+            chance / other.max(1) as f64,
         );
         for o in others {
             println!("  other: {o}");
