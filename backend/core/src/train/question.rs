@@ -152,18 +152,20 @@ mod tests {
     }
 
     /// How well a linear read-out names the relation of a turn at each decoder layer of the shipped model (a
-    /// diagnostic for issue 14; `cargo test -p unike-core --release -- --ignored --nocapture probe_shipped`).
+    /// diagnostic for issue 14; `cargo test -p unike-core --release -- --ignored --nocapture probe_shipped`; another
+    /// checkpoint of the world of seed 0 with `UNIKE_PROBE_MODEL=DIR`).
     #[test]
     #[ignore]
     fn probe_shipped_model() -> crate::error::Result<()> {
         use crate::hooks::{Capture, CapturePoint::LayerOutput};
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default");
+        let default = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default").to_string();
+        let dir = std::env::var("UNIKE_PROBE_MODEL").unwrap_or(default);
         let cfg = std::fs::read_to_string(format!("{dir}/config.json")).unwrap();
         let w = World::generate(0);
         let tok = tokenizer::build(&w).unwrap();
         let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).unwrap();
         let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
-        crate::train::init::init_from(&t, &tok, std::path::Path::new(dir), &Device::Cpu)?;
+        crate::train::init::init_from(&t, &tok, std::path::Path::new(&dir), &Device::Cpu)?;
         let layers = t.config.text.num_hidden_layers;
         let d = t.config.text.hidden_size;
         let mut rng = Rng::new(21);
