@@ -105,8 +105,7 @@ fn lookalike_answer(world: &World, s: &unike_core::world::samples::Sample, demo:
     else {
         return (false, 0.0);
     };
-    let pool: BTreeSet<String> =
-        (0..N_ENTITIES).map(|e| world.answer(e, rq)).filter(|x| *x != s.answer).collect::<BTreeSet<_>>();
+    let pool: BTreeSet<String> = (0..N_ENTITIES).map(|e| world.answer(e, rq)).filter(|x| *x != s.answer).collect();
     let looks: BTreeSet<String> = (0..N_ENTITIES)
         .filter(|&e| world.answer(e, rd) == demo)
         .map(|e| world.answer(e, rq))

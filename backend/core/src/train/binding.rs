@@ -18,11 +18,17 @@ pub struct Binding {
 
 impl Binding {
     pub fn new(layer: usize, weight: f32, d: usize, seed: u64, device: &Device) -> Result<Self> {
-        let mut rng = crate::world::rng::Rng::derive(seed, "binding", 0);
-        let scale = 1.0 / (d as f32).sqrt();
-        let v: Vec<f32> = (0..d * d).map(|_| rng.normal() * scale).collect();
-        Ok(Self { layer, weight, head: Var::from_tensor(&Tensor::from_vec(v, (d, d), device)?)? })
+        Ok(Self { layer, weight, head: read_out(seed, "binding", d, d, device)? })
     }
+}
+
+/// A discarded linear read-out `(d, k)` of an auxiliary term: normal entries scaled by `1/√d`, drawn from the random
+/// stream `name` of `seed`.
+pub(crate) fn read_out(seed: u64, name: &str, d: usize, k: usize, device: &Device) -> Result<Var> {
+    let mut rng = crate::world::rng::Rng::derive(seed, name, 0);
+    let scale = 1.0 / (d as f32).sqrt();
+    let v: Vec<f32> = (0..d * k).map(|_| rng.normal() * scale).collect();
+    Ok(Var::from_tensor(&Tensor::from_vec(v, (d, k), device)?)?)
 }
 
 /// Flat positions `(b · s)` of text tokens that follow an image in their row, and the index (over the batch's images

@@ -174,9 +174,13 @@ pub fn loss_with(model: &Llava, batch: &Batch, vision_frozen: bool, terms: Terms
 fn cross_entropy(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
     let (b, s, v) = logits.dims3()?;
     let picked = logits.reshape((b * s, v))?.index_select(&batch.positions, 0)?;
-    let logp = candle_nn::ops::log_softmax(&picked, candle_core::D::Minus1)?;
-    let nll = logp.gather(&batch.targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
-    Ok(((nll * &batch.weights)?.sum_all()? / batch.weight_sum.max(1e-9))?)
+    Ok(((nll(&picked, &batch.targets)? * &batch.weights)?.sum_all()? / batch.weight_sum.max(1e-9))?)
+}
+
+/// Negative log-likelihood `(m)` of the u32 `targets (m)` under the rows of `logits (m, k)`.
+fn nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
 }
 
 /// Mean cross-entropy over the supervised positions of several batches together (each position weighs the same,

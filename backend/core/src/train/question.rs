@@ -20,11 +20,8 @@ pub struct QuestionBinding {
 
 impl QuestionBinding {
     pub fn new(layer: usize, weight: f32, d: usize, seed: u64, device: &Device) -> Result<Self> {
-        let mut rng = crate::world::rng::Rng::derive(seed, "question-binding", 0);
-        let n = Relation::ALL.len();
-        let scale = 1.0 / (d as f32).sqrt();
-        let v: Vec<f32> = (0..d * n).map(|_| rng.normal() * scale).collect();
-        Ok(Self { layer, weight, head: Var::from_tensor(&Tensor::from_vec(v, (d, n), device)?)? })
+        let head = super::binding::read_out(seed, "question-binding", d, Relation::ALL.len(), device)?;
+        Ok(Self { layer, weight, head })
     }
 }
 
@@ -39,9 +36,7 @@ pub fn loss(q: &QuestionBinding, h: &Tensor, positions: &[u32], labels: &[u32]) 
     let m = positions.len();
     let picked = h.reshape((b * s, d))?.index_select(&Tensor::from_vec(positions.to_vec(), m, dev)?, 0)?;
     let logits = picked.matmul(q.head.as_tensor())?;
-    let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
-    let target = Tensor::from_vec(labels.to_vec(), m, dev)?.unsqueeze(1)?;
-    let nll = logp.gather(&target, 1)?.squeeze(1)?.neg()?;
+    let nll = super::nll(&logits, &Tensor::from_vec(labels.to_vec(), m, dev)?)?;
     Ok(Some((nll.mean_all()? * q.weight as f64)?))
 }
 
