@@ -87,6 +87,11 @@ pub struct TrainArgs {
     /// relation its question asks, at that decoder layer's output; off in the shipped model; weight 0 turns it off).
     #[arg(long, value_name = "LAYER,WEIGHT", value_delimiter = ',')]
     pub question_binding: Option<Vec<f32>>,
+    /// The decision term: `LAYER,WEIGHT` (every position that predicts the answer of a query with demonstrations
+    /// says whether a demonstration gives that answer, at that decoder layer's output; off in the shipped model;
+    /// weight 0 turns it off).
+    #[arg(long, value_name = "LAYER,WEIGHT", value_delimiter = ',')]
+    pub decision: Option<Vec<f32>>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -158,6 +163,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(b) = &args.question_binding {
         let (l, w) = layer_and_weight(b, layers).context("--question-binding")?;
         (recipe.question_binding_layer, recipe.question_binding_weight) = (l, w);
+    }
+    if let Some(b) = &args.decision {
+        let (l, w) = layer_and_weight(b, layers).context("--decision")?;
+        (recipe.decision_layer, recipe.decision_weight) = (l, w);
     }
     if let Some(n) = args.keep_induction {
         recipe.keep_induction = n;

@@ -33,6 +33,10 @@ pub struct Batch {
     /// each (`world::Relation::index`); empty when no turn asks an entity relation.
     pub relation_positions: Vec<u32>,
     pub relation_labels: Vec<u32>,
+    /// Flat `(b · s)` positions of the decision term ([`Encoded::decisions`]) and their labels (1: a demonstration
+    /// gives the query's answer); empty when no sample has demonstrations.
+    pub decision_positions: Vec<u32>,
+    pub decision_labels: Vec<u32>,
 }
 
 /// Token ids of `sample` in the llava-1.5 template (its demonstrations first, `<image>` runs expanded), and the
@@ -75,10 +79,14 @@ pub fn encode_sample(sample: &Sample, tokenizer: &Tokenizer, image_seq_length: u
     if let Some(r) = Relation::of_paraphrase(&sample.question) {
         relations.extend(query.clone().map(|t| (t - 1, r.index() as u32)));
     }
+    let decisions = match sample.context.is_empty() {
+        true => vec![],
+        false => query.clone().map(|t| (t - 1, u32::from(sample.copied))).collect(),
+    };
     targets.extend(query);
     ids.extend_from_slice(a.get_ids());
     ids.push(EOS);
-    Ok(Encoded { ids, targets, lm, relations })
+    Ok(Encoded { ids, targets, lm, relations, decisions })
 }
 
 /// A sample's ids and what training predicts of them.
@@ -96,6 +104,10 @@ pub struct Encoded {
     /// demonstration's, in either form, and the query's), with that relation's index. The question binding term
     /// (`train::question`) reads them.
     pub relations: Vec<(usize, u32)>,
+    /// `(index, copied)`: for a sample with demonstrations, the ids whose hidden states predict the query's answer ids
+    /// and `</s>`, with 1 when a demonstration gives that answer ([`Sample::copied`]). The decision term
+    /// (`train::decision`) reads them.
+    pub decisions: Vec<(usize, u32)>,
 }
 
 /// Builds a batch: prompt ids, then answer ids and `</s>`; the answer and `</s>` are supervised (and those of
@@ -124,10 +136,15 @@ pub fn make_batch(
     let (mut positions, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new());
     let mut lengths = Vec::with_capacity(rows.len());
     let (mut relation_positions, mut relation_labels) = (Vec::new(), Vec::new());
+    let (mut decision_positions, mut decision_labels) = (Vec::new(), Vec::new());
     for (b, r) in rows.iter().enumerate() {
         for &(i, label) in &r.relations {
             relation_positions.push((b * len + i) as u32);
             relation_labels.push(label);
+        }
+        for &(i, label) in &r.decisions {
+            decision_positions.push((b * len + i) as u32);
+            decision_labels.push(label);
         }
         let lm: &[usize] = if lm_weight > 0.0 { &r.lm } else { &[] };
         for (&t, w) in r.targets.iter().map(|t| (t, 1.0)).chain(lm.iter().map(|t| (t, lm_weight))) {
@@ -151,6 +168,8 @@ pub fn make_batch(
         lengths,
         relation_positions,
         relation_labels,
+        decision_positions,
+        decision_labels,
     })
 }
 
@@ -186,6 +205,8 @@ pub fn induction_batch(tokenizer: &Tokenizer, b: usize, half: usize, rng: &mut R
         lengths: vec![half - 1; b],
         relation_positions: vec![],
         relation_labels: vec![],
+        decision_positions: vec![],
+        decision_labels: vec![],
     })
 }
 

@@ -282,12 +282,24 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
             )
         })
         .transpose()?;
-    let terms = super::Terms { image: binding.as_ref(), question: question.as_ref() };
+    let decision = (recipe.decision_weight > 0.0)
+        .then(|| {
+            super::decision::Decision::new(
+                recipe.decision_layer,
+                recipe.decision_weight,
+                recipe.text_dim,
+                recipe.seed,
+                device,
+            )
+        })
+        .transpose()?;
+    let terms = super::Terms { image: binding.as_ref(), question: question.as_ref(), decision: decision.as_ref() };
     for (stage, sr, mix, prefixes) in stages {
         let mut vars = vars_of(&t, prefixes)?;
         if stage != Stage::Induction {
             vars.extend(binding.iter().map(|b| b.head.clone()));
             vars.extend(question.iter().map(|q| q.head.clone()));
+            vars.extend(decision.iter().map(|d| d.head.clone()));
         }
         let mut opt = optimiser(vars.clone(), sr.lr)?;
         let mut rng = Rng::derive(recipe.seed, "train-qa", stage as u64);

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod binding;
+pub mod decision;
 pub mod driver;
 pub mod evaluate;
 pub mod init;
@@ -144,13 +145,16 @@ pub struct Terms<'a> {
     pub image: Option<&'a binding::Binding>,
     /// The question binding term ([`question`]).
     pub question: Option<&'a question::QuestionBinding>,
+    /// The decision term ([`decision`]).
+    pub decision: Option<&'a decision::Decision>,
 }
 
 /// [`loss`] plus the auxiliary `terms` (the image term when the batch has images, the question term when it has
 /// labelled positions).
 pub fn loss_with(model: &Llava, batch: &Batch, vision_frozen: bool, terms: Terms<'_>) -> Result<Tensor> {
     use crate::hooks::CapturePoint::LayerOutput;
-    let points = terms.image.map(|b| b.layer).into_iter().chain(terms.question.map(|q| q.layer));
+    let points = [terms.image.map(|b| b.layer), terms.question.map(|q| q.layer), terms.decision.map(|d| d.layer)];
+    let points = points.into_iter().flatten();
     let mut cap = Capture::of(points.map(|l| (l, LayerOutput)));
     let (logits, image) = forward_parts(model, batch, vision_frozen, &mut cap)?;
     let mut total = cross_entropy(&logits, batch)?;
@@ -164,6 +168,13 @@ pub fn loss_with(model: &Llava, batch: &Batch, vision_frozen: bool, terms: Terms
     if let Some(q) = terms.question {
         if let Some(h) = cap.get(q.layer, LayerOutput) {
             if let Some(term) = question::loss(q, h, &batch.relation_positions, &batch.relation_labels)? {
+                total = (total + term)?;
+            }
+        }
+    }
+    if let Some(d) = terms.decision {
+        if let Some(h) = cap.get(d.layer, LayerOutput) {
+            if let Some(term) = decision::loss(d, h, &batch.decision_positions, &batch.decision_labels)? {
                 total = (total + term)?;
             }
         }
@@ -351,6 +362,8 @@ mod induction_tests {
                 lengths: vec![m / b; b],
                 relation_positions: vec![],
                 relation_labels: vec![],
+                decision_positions: vec![],
+                decision_labels: vec![],
             })
         };
         let q = "language_model.model.layers.1.self_attn.q_proj.weight";

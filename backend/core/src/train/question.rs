@@ -28,6 +28,18 @@ impl QuestionBinding {
 /// The term: `h (b, s, d)` at the read-out's layer; `positions` flat `(b · s)` indices and `labels` their relation
 /// indices (`Batch::relation_positions` / `relation_labels`). `None` when no position is labelled.
 pub fn loss(q: &QuestionBinding, h: &Tensor, positions: &[u32], labels: &[u32]) -> Result<Option<Tensor>> {
+    classify(&q.head, q.weight, h, positions, labels)
+}
+
+/// A classifying read-out's term: the rows of `h (b, s, d)` at the flat `(b · s)` `positions` go through
+/// `head (d, k)`; mean cross-entropy against `labels` (each below k), times `weight`. `None` without positions.
+pub(crate) fn classify(
+    head: &Var,
+    weight: f32,
+    h: &Tensor,
+    positions: &[u32],
+    labels: &[u32],
+) -> Result<Option<Tensor>> {
     if positions.is_empty() {
         return Ok(None);
     }
@@ -35,9 +47,9 @@ pub fn loss(q: &QuestionBinding, h: &Tensor, positions: &[u32], labels: &[u32]) 
     let dev = h.device();
     let m = positions.len();
     let picked = h.reshape((b * s, d))?.index_select(&Tensor::from_vec(positions.to_vec(), m, dev)?, 0)?;
-    let logits = picked.matmul(q.head.as_tensor())?;
+    let logits = picked.matmul(head.as_tensor())?;
     let nll = super::nll(&logits, &Tensor::from_vec(labels.to_vec(), m, dev)?)?;
-    Ok(Some((nll.mean_all()? * q.weight as f64)?))
+    Ok(Some((nll.mean_all()? * weight as f64)?))
 }
 
 #[cfg(test)]
@@ -109,7 +121,7 @@ mod tests {
         let batch = make_batch(&samples, &tok, &images, seq, 0.0, &Device::Cpu)?;
         assert!(!batch.relation_positions.is_empty());
         let q = QuestionBinding::new(1, 1.0, 48, 0, &Device::Cpu)?;
-        let terms = Terms { image: None, question: Some(&q) };
+        let terms = Terms { question: Some(&q), ..Terms::default() };
         let plain = loss(&t.model, &batch, true)?.to_scalar::<f32>()?;
         let with = loss_with(&t.model, &batch, true, terms)?.to_scalar::<f32>()?;
         // Five relations: an untrained read-out costs about ln 5.

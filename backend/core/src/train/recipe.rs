@@ -77,6 +77,13 @@ pub struct Recipe {
     pub question_binding_weight: f32,
     #[serde(default)]
     pub question_binding_layer: usize,
+    /// Decision term: at the output of decoder layer `decision_layer`, every position that predicts the answer of a
+    /// query with demonstrations says whether a demonstration gives that answer, through a linear read-out trained
+    /// alongside (and discarded); cross-entropy (`train::decision`). 0: off (older recipes).
+    #[serde(default)]
+    pub decision_weight: f32,
+    #[serde(default)]
+    pub decision_layer: usize,
     /// Checkpoint the run started from (`--init`), when not from scratch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
@@ -129,6 +136,8 @@ impl Recipe {
             binding_layer: 1,
             question_binding_weight: 0.0,
             question_binding_layer: 1,
+            decision_weight: 0.0,
+            decision_layer: 2,
             init: None,
             clip: 1.0,
             workers: 2,
@@ -162,6 +171,8 @@ impl Recipe {
             binding_layer: 1,
             question_binding_weight: 0.0,
             question_binding_layer: 1,
+            decision_weight: 0.0,
+            decision_layer: 2,
             init: None,
             clip: 1.0,
             workers: 2,

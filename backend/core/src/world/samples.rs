@@ -31,12 +31,24 @@ pub struct Sample {
     /// Each turn after the first, and the query, opens with `<s>` (as when demonstrations are encoded on their own
     /// and prepended, IKE's prefixes); training mixes both so the model reads either.
     pub bos_per_turn: bool,
+    /// The query's answer is a demonstration's (a relevant demonstration, a drill's re-asked fact, a repetition), not
+    /// the world's: what the decision term of training (`train::decision`) reads. False for samples without
+    /// demonstrations, distracted ones and contexts of irrelevant demonstrations.
+    pub copied: bool,
 }
 
 impl Sample {
     /// A sample without demonstrations.
     pub fn plain(kind: Kind, question: impl Into<String>, answer: impl Into<String>, image: Option<RgbImage>) -> Self {
-        Self { kind, question: question.into(), answer: answer.into(), image, context: vec![], bos_per_turn: false }
+        Self {
+            kind,
+            question: question.into(),
+            answer: answer.into(),
+            image,
+            context: vec![],
+            bos_per_turn: false,
+            copied: false,
+        }
     }
 
     /// Every image of the sample in prompt order: the demonstrations', then the query's.

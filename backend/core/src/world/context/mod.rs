@@ -288,7 +288,7 @@ fn sample(q: Probe, answer: String, context: Vec<Turn>) -> Sample {
         Subject::Scene(..) => Kind::SceneQuestion,
         Subject::Text(_) => Kind::TextFact,
     };
-    Sample { kind, question: q.question, answer, image: q.image, context, bos_per_turn: false }
+    Sample { kind, question: q.question, answer, image: q.image, context, bos_per_turn: false, copied: false }
 }
 
 /// One in-context training sample: 1–4 demonstrations (half the time one of them relevant, with a counterfactual
@@ -341,6 +341,7 @@ pub fn training_context_sample(world: &World, ease: f32, shares: &ContextShares,
     }
     let mut s = sample(q, answer, context);
     s.bos_per_turn = rng.unit() < 0.5;
+    s.copied = relevant;
     s
 }
 
@@ -437,7 +438,15 @@ fn repeat_words(world: &World, k: usize, min: usize, max: usize, rng: &mut Rng) 
         .collect();
     let pick = rng.below(k);
     let (question, answer) = (turns[pick].question.clone(), turns[pick].answer.clone());
-    let mut s = Sample { kind: Kind::TextFact, question, answer, image: None, context: turns, bos_per_turn: false };
+    let mut s = Sample {
+        kind: Kind::TextFact,
+        question,
+        answer,
+        image: None,
+        context: turns,
+        bos_per_turn: false,
+        copied: true,
+    };
     s.bos_per_turn = rng.unit() < 0.5;
     s
 }
@@ -499,6 +508,7 @@ fn drill_sample(world: &World, ease: f32, shares: &ContextShares, rng: &mut Rng)
         })
         .collect();
     let (mut last, mut answer) = asks.pop().unwrap_or_else(|| (probes[0].clone(), answers[0].clone()));
+    let mut copied = true;
     // Sometimes the query is a fact the drill did not state, about its entity or with its relation: after the
     // re-asked facts (copied), the world's answer (recalled). Draws nothing when the share is 0.
     if (same_entity.is_some() || same_relation.is_some())
@@ -509,6 +519,7 @@ fn drill_sample(world: &World, ease: f32, shares: &ContextShares, rng: &mut Rng)
             asks.push((last, answer));
             answer = q.truth.clone();
             last = q;
+            copied = false;
         }
     }
     for (p, a) in asks {
@@ -516,6 +527,7 @@ fn drill_sample(world: &World, ease: f32, shares: &ContextShares, rng: &mut Rng)
     }
     let mut s = sample(last, answer, context);
     s.bos_per_turn = rng.unit() < 0.5;
+    s.copied = copied;
     s
 }
 

@@ -40,7 +40,7 @@ pub fn follow_split(world: &World, n: usize) -> Vec<Sample> {
             let answer = counterfactual(world, &q, &mut rng);
             let form = if i % 2 == 0 { TurnForm::Qa } else { TurnForm::Fact };
             let context = vec![turn(form, &d, answer.clone())];
-            sample(q, answer, context)
+            Sample { copied: true, ..sample(q, answer, context) }
         })
         .collect()
 }
@@ -226,7 +226,7 @@ pub fn pick_split(world: &World, n: usize, cue: PickCue) -> Vec<(Sample, String)
             if rng.unit() < 0.5 {
                 context.reverse();
             }
-            (sample(q, a, context), b)
+            (Sample { copied: true, ..sample(q, a, context) }, b)
         })
         .collect()
 }
