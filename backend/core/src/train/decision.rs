@@ -40,8 +40,8 @@ mod tests {
     use super::*;
     use crate::model::ImageProcessor;
     use crate::train::batch::{encode_sample, make_batch};
-    use crate::train::driver::train_base;
-    use crate::train::recipe::Recipe;
+    use crate::train::question::read_out_logits;
+    use crate::train::test_support::{smoke_weights, Probed};
     use crate::train::{loss, loss_with, world_config_json, Terms, Trainable, WORLD_PREPROCESSOR};
     use crate::world::context::{follow_split, ignore_split, ContextShares};
     use crate::world::rng::Rng;
@@ -107,16 +107,7 @@ mod tests {
 
     #[test]
     fn the_trainer_uses_the_term() -> crate::error::Result<()> {
-        let weights = |w: f32| -> crate::error::Result<Tensor> {
-            let mut r = Recipe::smoke(3);
-            (r.decision_weight, r.decision_layer) = (w, 0);
-            (r.vision.steps, r.tune.steps, r.context.steps) = (0, 0, 0);
-            let trained = train_base(&r, &Device::Cpu, &mut |_| {})?;
-            let vars =
-                trained.trainable.varmap.data().lock().map_err(|_| crate::error::Error::Invalid("lock".into()))?;
-            let name = "language_model.model.layers.0.mlp.down_proj.weight";
-            Ok(vars.get(name).ok_or_else(|| crate::error::Error::Invalid(name.into()))?.as_tensor().clone())
-        };
+        let weights = |w: f32| smoke_weights(|r| (r.decision_weight, r.decision_layer) = (w, 0));
         let diff = (weights(1.0)? - weights(0.0)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff > 1e-6, "the decision term changed no weight ({diff})");
         Ok(())
@@ -129,15 +120,8 @@ mod tests {
     #[test]
     #[ignore]
     fn probe_relevance() -> crate::error::Result<()> {
-        use crate::hooks::{Capture, CapturePoint::LayerOutput};
-        let default = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default").to_string();
-        let dir = std::env::var("UNIKE_PROBE_MODEL").unwrap_or(default);
-        let cfg = std::fs::read_to_string(format!("{dir}/config.json")).unwrap();
-        let w = World::generate(0);
-        let tok = tokenizer::build(&w).unwrap();
-        let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).unwrap();
-        let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
-        crate::train::init::init_from(&t, &tok, std::path::Path::new(&dir), &Device::Cpu)?;
+        let probed = Probed::load()?;
+        let (w, tok, images, t) = (&probed.world, &probed.tok, &probed.images, &probed.t);
         let layers = t.config.text.num_hidden_layers;
         let d = t.config.text.hidden_size;
         let mut rng = Rng::new(22);
@@ -146,26 +130,21 @@ mod tests {
         let batch = |rng: &mut Rng| -> crate::error::Result<(crate::train::batch::Batch, Vec<u32>, Vec<u32>)> {
             let mut s = Vec::new();
             while s.len() < 16 {
-                let x = training_sample_eased(&w, [1.0, 0.0, 0.0, 0.0, 0.0, 3.0], 0.0, &ContextShares::shipped(), rng);
+                let x = training_sample_eased(w, [1.0, 0.0, 0.0, 0.0, 0.0, 3.0], 0.0, &ContextShares::shipped(), rng);
                 if !x.context.is_empty() {
                     s.push(x);
                 }
             }
-            let b = make_batch(&s, &tok, &images, t.config.image_seq_length, 0.0, &Device::Cpu)?;
-            let len = b.ids.dims2()?.1;
+            let b = make_batch(&s, tok, images, t.config.image_seq_length, 0.0, &Device::Cpu)?;
+            // Each query's labelled positions are consecutive: keep the first of each run.
             let (mut pos, mut lab) = (Vec::new(), Vec::new());
-            for (i, x) in s.iter().enumerate() {
-                let n = encode_sample(x, &tok, t.config.image_seq_length)?.ids.len();
-                let a = tok.encode(x.answer.as_str(), false).unwrap().len();
-                pos.push((i * len + n - a - 2) as u32);
-                lab.push(u32::from(x.copied));
+            for (i, (&p, &y)) in b.decision_positions.iter().zip(&b.decision_labels).enumerate() {
+                if i == 0 || b.decision_positions[i - 1] + 1 != p {
+                    pos.push(p);
+                    lab.push(y);
+                }
             }
             Ok((b, pos, lab))
-        };
-        let hidden = |b: &crate::train::batch::Batch| -> crate::error::Result<Vec<Tensor>> {
-            let mut cap = Capture::at_layers(0..layers, LayerOutput);
-            crate::train::forward_parts(&t.model, b, true, &mut cap)?;
-            Ok((0..layers).map(|l| cap.get(l, LayerOutput).cloned().unwrap().detach()).collect())
         };
         let heads: Vec<Var> = (0..layers)
             .map(|l| crate::train::binding::read_out(l as u64, "relevance-probe", d, 2, &Device::Cpu))
@@ -174,16 +153,12 @@ mod tests {
             .iter()
             .map(|h| candle_nn::AdamW::new_lr(vec![h.clone()], 0.01))
             .collect::<candle_core::Result<_>>()?;
-        let logits = |h: &Tensor, head: &Var, pos: &[u32]| -> crate::error::Result<Tensor> {
-            let (bb, s, _) = h.dims3()?;
-            let idx = Tensor::from_vec(pos.to_vec(), pos.len(), h.device())?;
-            Ok(h.reshape((bb * s, d))?.index_select(&idx, 0)?.matmul(head.as_tensor())?)
-        };
         for _ in 0..200 {
             let (b, pos, lab) = batch(&mut rng)?;
-            let lab = Tensor::from_vec(lab.clone(), lab.len(), &Device::Cpu)?;
-            for (l, h) in hidden(&b)?.iter().enumerate() {
-                opts[l].backward_step(&crate::train::nll(&logits(h, &heads[l], &pos)?, &lab)?.mean_all()?)?;
+            for (l, h) in probed.hidden(&b)?.iter().enumerate() {
+                if let Some(term) = crate::train::question::classify(&heads[l], 1.0, h, &pos, &lab)? {
+                    opts[l].backward_step(&term)?;
+                }
             }
         }
         let (mut right, mut count) = (vec![[0usize; 2]; layers], [0usize; 2]);
@@ -192,8 +167,8 @@ mod tests {
             for &y in &lab {
                 count[y as usize] += 1;
             }
-            for (l, h) in hidden(&b)?.iter().enumerate() {
-                let pred = logits(h, &heads[l], &pos)?.argmax(1)?.to_vec1::<u32>()?;
+            for (l, h) in probed.hidden(&b)?.iter().enumerate() {
+                let pred = read_out_logits(&heads[l], h, &pos)?.argmax(1)?.to_vec1::<u32>()?;
                 for (p, y) in pred.iter().zip(&lab) {
                     right[l][*y as usize] += (p == y) as usize;
                 }

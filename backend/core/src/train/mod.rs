@@ -10,6 +10,8 @@ pub mod init;
 pub mod question;
 pub mod recipe;
 pub mod save;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod vision;
 
 use candle_core::{DType, Device, Tensor};

@@ -43,13 +43,17 @@ pub(crate) fn classify(
     if positions.is_empty() {
         return Ok(None);
     }
-    let (b, s, d) = h.dims3()?;
-    let dev = h.device();
-    let m = positions.len();
-    let picked = h.reshape((b * s, d))?.index_select(&Tensor::from_vec(positions.to_vec(), m, dev)?, 0)?;
-    let logits = picked.matmul(head.as_tensor())?;
-    let nll = super::nll(&logits, &Tensor::from_vec(labels.to_vec(), m, dev)?)?;
+    let logits = read_out_logits(head, h, positions)?;
+    let nll = super::nll(&logits, &Tensor::from_vec(labels.to_vec(), labels.len(), h.device())?)?;
     Ok(Some((nll.mean_all()? * weight as f64)?))
+}
+
+/// The read-out's logits `(m, k)`: the rows of `h (b, s, d)` at the `m` flat `(b · s)` `positions`, through
+/// `head (d, k)`.
+pub(crate) fn read_out_logits(head: &Var, h: &Tensor, positions: &[u32]) -> Result<Tensor> {
+    let (b, s, d) = h.dims3()?;
+    let idx = Tensor::from_vec(positions.to_vec(), positions.len(), h.device())?;
+    Ok(h.reshape((b * s, d))?.index_select(&idx, 0)?.matmul(head.as_tensor())?)
 }
 
 #[cfg(test)]
@@ -60,8 +64,7 @@ mod tests {
     use super::*;
     use crate::model::ImageProcessor;
     use crate::train::batch::{encode_sample, make_batch};
-    use crate::train::driver::train_base;
-    use crate::train::recipe::Recipe;
+    use crate::train::test_support::{smoke_weights, Probed};
     use crate::train::{loss, loss_with, world_config_json, Terms, Trainable, WORLD_PREPROCESSOR};
     use crate::world::context::ContextShares;
     use crate::world::rng::Rng;
@@ -143,16 +146,7 @@ mod tests {
 
     #[test]
     fn the_trainer_uses_the_term() -> crate::error::Result<()> {
-        let weights = |w: f32| -> crate::error::Result<Tensor> {
-            let mut r = Recipe::smoke(3);
-            (r.question_binding_weight, r.question_binding_layer) = (w, 0);
-            (r.vision.steps, r.tune.steps, r.context.steps) = (0, 0, 0);
-            let trained = train_base(&r, &Device::Cpu, &mut |_| {})?;
-            let vars =
-                trained.trainable.varmap.data().lock().map_err(|_| crate::error::Error::Invalid("lock".into()))?;
-            let name = "language_model.model.layers.0.mlp.down_proj.weight";
-            Ok(vars.get(name).ok_or_else(|| crate::error::Error::Invalid(name.into()))?.as_tensor().clone())
-        };
+        let weights = |w: f32| smoke_weights(|r| (r.question_binding_weight, r.question_binding_layer) = (w, 0));
         let diff = (weights(1.0)? - weights(0.0)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff > 1e-6, "the question binding term changed no weight ({diff})");
         Ok(())
@@ -164,28 +158,16 @@ mod tests {
     #[test]
     #[ignore]
     fn probe_shipped_model() -> crate::error::Result<()> {
-        use crate::hooks::{Capture, CapturePoint::LayerOutput};
-        let default = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default").to_string();
-        let dir = std::env::var("UNIKE_PROBE_MODEL").unwrap_or(default);
-        let cfg = std::fs::read_to_string(format!("{dir}/config.json")).unwrap();
-        let w = World::generate(0);
-        let tok = tokenizer::build(&w).unwrap();
-        let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).unwrap();
-        let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
-        crate::train::init::init_from(&t, &tok, std::path::Path::new(&dir), &Device::Cpu)?;
+        let probed = Probed::load()?;
+        let (w, tok, images, t) = (&probed.world, &probed.tok, &probed.images, &probed.t);
         let layers = t.config.text.num_hidden_layers;
         let d = t.config.text.hidden_size;
         let mut rng = Rng::new(21);
         let batch = |rng: &mut Rng| {
             let s: Vec<_> = (0..16)
-                .map(|_| training_sample_eased(&w, [1.0, 0.0, 0.0, 0.0, 0.0, 3.0], 0.0, &ContextShares::shipped(), rng))
+                .map(|_| training_sample_eased(w, [1.0, 0.0, 0.0, 0.0, 0.0, 3.0], 0.0, &ContextShares::shipped(), rng))
                 .collect();
-            make_batch(&s, &tok, &images, t.config.image_seq_length, 0.0, &Device::Cpu)
-        };
-        let hidden = |b: &crate::train::batch::Batch| -> crate::error::Result<Vec<Tensor>> {
-            let mut cap = Capture::at_layers(0..layers, LayerOutput);
-            crate::train::forward_parts(&t.model, b, true, &mut cap)?;
-            Ok((0..layers).map(|l| cap.get(l, LayerOutput).cloned().unwrap().detach()).collect())
+            make_batch(&s, tok, images, t.config.image_seq_length, 0.0, &Device::Cpu)
         };
         let heads: Vec<QuestionBinding> =
             (0..layers).map(|l| QuestionBinding::new(l, 1.0, d, l as u64, &Device::Cpu)).collect::<Result<_>>()?;
@@ -195,20 +177,16 @@ mod tests {
             .collect::<candle_core::Result<_>>()?;
         for _ in 0..150 {
             let b = batch(&mut rng)?;
-            for (l, h) in hidden(&b)?.iter().enumerate() {
+            for (l, h) in probed.hidden(&b)?.iter().enumerate() {
                 if let Some(term) = super::loss(&heads[l], h, &b.relation_positions, &b.relation_labels)? {
                     opts[l].backward_step(&term)?;
                 }
             }
         }
         let b = batch(&mut rng)?;
-        for (l, h) in hidden(&b)?.iter().enumerate() {
-            let (bb, s, _) = h.dims3()?;
+        for (l, h) in probed.hidden(&b)?.iter().enumerate() {
             let m = b.relation_positions.len();
-            let picked = h
-                .reshape((bb * s, d))?
-                .index_select(&Tensor::from_vec(b.relation_positions.clone(), m, h.device())?, 0)?;
-            let pred = picked.matmul(heads[l].head.as_tensor())?.argmax(1)?.to_vec1::<u32>()?;
+            let pred = read_out_logits(&heads[l].head, h, &b.relation_positions)?.argmax(1)?.to_vec1::<u32>()?;
             let acc = pred.iter().zip(&b.relation_labels).filter(|(p, l)| p == l).count() as f32 / m as f32;
             let ce =
                 super::loss(&heads[l], h, &b.relation_positions, &b.relation_labels)?.unwrap().to_scalar::<f32>()?;
