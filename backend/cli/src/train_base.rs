@@ -92,6 +92,11 @@ pub struct TrainArgs {
     /// weight 0 turns it off).
     #[arg(long, value_name = "LAYER,WEIGHT", value_delimiter = ',')]
     pub decision: Option<Vec<f32>>,
+    /// The invariance term: `LAYER,WEIGHT` (the states that predict the answer of a query whose demonstrations do not
+    /// give it are pulled toward the query's states alone, at the outputs of that decoder layer and the later ones;
+    /// off in the shipped model; weight 0 turns it off).
+    #[arg(long, value_name = "LAYER,WEIGHT", value_delimiter = ',')]
+    pub invariance: Option<Vec<f32>>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -167,6 +172,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(b) = &args.decision {
         let (l, w) = layer_and_weight(b, layers).context("--decision")?;
         (recipe.decision_layer, recipe.decision_weight) = (l, w);
+    }
+    if let Some(b) = &args.invariance {
+        let (l, w) = layer_and_weight(b, layers).context("--invariance")?;
+        (recipe.invariance_layer, recipe.invariance_weight) = (l, w);
     }
     if let Some(n) = args.keep_induction {
         recipe.keep_induction = n;

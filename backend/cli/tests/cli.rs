@@ -291,6 +291,19 @@ fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
     assert_ne!(std::fs::read(a.join("model.safetensors"))?, std::fs::read(d.join("model.safetensors"))?);
     let recipe: Value = serde_json::from_slice(&std::fs::read(d.join("training.json"))?)?;
     assert_eq!((&recipe["recipe"]["decision_weight"], &recipe["recipe"]["decision_layer"]), (&1.0.into(), &0.into()));
+    // And the invariance term.
+    let v = base.join("v");
+    let out = unike()
+        .args(["train-base", "--recipe", "smoke", "--seed", "5", "--invariance", "0,1", "--out"])
+        .arg(&v)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(std::fs::read(a.join("model.safetensors"))?, std::fs::read(v.join("model.safetensors"))?);
+    let recipe: Value = serde_json::from_slice(&std::fs::read(v.join("training.json"))?)?;
+    assert_eq!(
+        (&recipe["recipe"]["invariance_weight"], &recipe["recipe"]["invariance_layer"]),
+        (&1.0.into(), &0.into())
+    );
     // The decoder's heads are part of the recipe: written to config.json, and a run from a checkpoint keeps them.
     let h = base.join("h");
     let smoke = ["train-base", "--recipe", "smoke", "--seed", "5"];
@@ -313,6 +326,7 @@ fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
         (&["--question-binding", "0.5,1"][..], "--question-binding: takes LAYER,WEIGHT"),
         (&["--binding", "0"][..], "--binding: takes LAYER,WEIGHT"),
         (&["--decision", "3,1"][..], "--decision: takes LAYER,WEIGHT: a decoder layer below"),
+        (&["--invariance", "1,1"][..], "--invariance: takes LAYER,WEIGHT: a decoder layer below"),
     ] {
         let out = unike().args(smoke).args(bad).arg("--out").arg(base.join("bad")).output()?;
         assert_eq!(out.status.code(), Some(1), "{bad:?}");

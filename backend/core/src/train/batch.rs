@@ -37,6 +37,8 @@ pub struct Batch {
     /// gives the query's answer); empty when no sample has demonstrations.
     pub decision_positions: Vec<u32>,
     pub decision_labels: Vec<u32>,
+    /// The invariance term's pass of the queries alone ([`super::invariance`]); set by [`make_grouped`] when asked.
+    pub clean: Option<Box<super::invariance::CleanPass>>,
 }
 
 /// Token ids of `sample` in the llava-1.5 template (its demonstrations first, `<image>` runs expanded), and the
@@ -170,6 +172,7 @@ pub fn make_batch(
         relation_labels,
         decision_positions,
         decision_labels,
+        clean: None,
     })
 }
 
@@ -207,11 +210,14 @@ pub fn induction_batch(tokenizer: &Tokenizer, b: usize, half: usize, rng: &mut R
         relation_labels: vec![],
         decision_positions: vec![],
         decision_labels: vec![],
+        clean: None,
     })
 }
 
 /// The samples split into at most `groups` batches of similar length (sorted by token count, stable), so that short
-/// questions are not padded to the length of a long in-context sample. Deterministic.
+/// questions are not padded to the length of a long in-context sample. Deterministic. With `clean`, each batch
+/// carries the invariance term's pass of its ignoring queries alone ([`Batch::clean`]).
+#[allow(clippy::too_many_arguments)]
 pub fn make_grouped(
     samples: &[Sample],
     tokenizer: &Tokenizer,
@@ -219,6 +225,7 @@ pub fn make_grouped(
     image_seq_length: usize,
     groups: usize,
     lm_weight: f32,
+    clean: bool,
     device: &Device,
 ) -> Result<Vec<Batch>> {
     let mut order: Vec<(usize, usize)> = samples
@@ -232,7 +239,13 @@ pub fn make_grouped(
         .chunks(size)
         .map(|part| {
             let picked: Vec<Sample> = part.iter().map(|&(_, i)| samples[i].clone()).collect();
-            make_batch(&picked, tokenizer, images, image_seq_length, lm_weight, device)
+            let mut batch = make_batch(&picked, tokenizer, images, image_seq_length, lm_weight, device)?;
+            if clean {
+                batch.clean =
+                    super::invariance::clean_pass(&picked, &batch, tokenizer, images, image_seq_length, device)?
+                        .map(Box::new);
+            }
+            Ok(batch)
         })
         .collect()
 }

@@ -293,7 +293,15 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
             )
         })
         .transpose()?;
-    let terms = super::Terms { image: binding.as_ref(), question: question.as_ref(), decision: decision.as_ref() };
+    let invariance = (recipe.invariance_weight > 0.0).then(|| {
+        super::invariance::Invariance::from_layer(recipe.invariance_layer, recipe.text_layers, recipe.invariance_weight)
+    });
+    let terms = super::Terms {
+        image: binding.as_ref(),
+        question: question.as_ref(),
+        decision: decision.as_ref(),
+        invariance: invariance.as_ref(),
+    };
     for (stage, sr, mix, prefixes) in stages {
         let mut vars = vars_of(&t, prefixes)?;
         if stage != Stage::Induction {
@@ -332,7 +340,16 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
                     })
                     .collect::<Result<Vec<_>>>()?;
                 parallel_grads(shards.len(), &vars, |i| {
-                    let batches = make_grouped(shards[i], &tok, &images, seq, GROUPS, recipe.lm_weight, device)?;
+                    let batches = make_grouped(
+                        shards[i],
+                        &tok,
+                        &images,
+                        seq,
+                        GROUPS,
+                        recipe.lm_weight,
+                        invariance.is_some(),
+                        device,
+                    )?;
                     let qa = grouped_loss(&t.model, &batches, frozen, terms)?;
                     match &kept[i] {
                         Some(b) => Ok((qa + (super::loss(&t.model, b, true)? * recipe.keep_induction_weight as f64)?)?),

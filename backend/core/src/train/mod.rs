@@ -4,9 +4,12 @@
 pub mod batch;
 pub mod binding;
 pub mod decision;
+#[cfg(test)]
+mod disturbance;
 pub mod driver;
 pub mod evaluate;
 pub mod init;
+pub mod invariance;
 pub mod question;
 pub mod recipe;
 pub mod save;
@@ -149,6 +152,8 @@ pub struct Terms<'a> {
     pub question: Option<&'a question::QuestionBinding>,
     /// The decision term ([`decision`]).
     pub decision: Option<&'a decision::Decision>,
+    /// The invariance term ([`invariance`]; read where the batch carries its clean pass).
+    pub invariance: Option<&'a invariance::Invariance>,
 }
 
 /// [`loss`] plus the auxiliary `terms` (the image term when the batch has images, the question term when it has
@@ -156,7 +161,8 @@ pub struct Terms<'a> {
 pub fn loss_with(model: &Llava, batch: &Batch, vision_frozen: bool, terms: Terms<'_>) -> Result<Tensor> {
     use crate::hooks::CapturePoint::LayerOutput;
     let points = [terms.image.map(|b| b.layer), terms.question.map(|q| q.layer), terms.decision.map(|d| d.layer)];
-    let points = points.into_iter().flatten();
+    let invariance = terms.invariance.filter(|_| batch.clean.is_some()).map(|i| i.layers.as_slice()).unwrap_or(&[]);
+    let points = points.into_iter().flatten().chain(invariance.iter().copied());
     let mut cap = Capture::of(points.map(|l| (l, LayerOutput)));
     let (logits, image) = forward_parts(model, batch, vision_frozen, &mut cap)?;
     let mut total = cross_entropy(&logits, batch)?;
@@ -179,6 +185,12 @@ pub fn loss_with(model: &Llava, batch: &Batch, vision_frozen: bool, terms: Terms
             if let Some(term) = decision::loss(d, h, &batch.decision_positions, &batch.decision_labels)? {
                 total = (total + term)?;
             }
+        }
+    }
+    if let (Some(i), Some(clean)) = (terms.invariance, batch.clean.as_deref()) {
+        let hs: Option<Vec<&Tensor>> = i.layers.iter().map(|&l| cap.get(l, LayerOutput)).collect();
+        if let Some(hs) = hs {
+            total = (total + invariance::loss(i, model, &hs, clean)?)?;
         }
     }
     Ok(total)
@@ -366,6 +378,7 @@ mod induction_tests {
                 relation_labels: vec![],
                 decision_positions: vec![],
                 decision_labels: vec![],
+                clean: None,
             })
         };
         let q = "language_model.model.layers.1.self_attn.q_proj.weight";

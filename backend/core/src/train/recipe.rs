@@ -84,6 +84,14 @@ pub struct Recipe {
     pub decision_weight: f32,
     #[serde(default)]
     pub decision_layer: usize,
+    /// Invariance term: at the outputs of decoder layer `invariance_layer` and every later one, the states of the
+    /// positions that predict
+    /// the answer of a query whose demonstrations do not give it are pulled toward the query's states alone
+    /// (relative squared distance; `train::invariance`). 0: off (older recipes).
+    #[serde(default)]
+    pub invariance_weight: f32,
+    #[serde(default)]
+    pub invariance_layer: usize,
     /// Checkpoint the run started from (`--init`), when not from scratch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
@@ -138,6 +146,8 @@ impl Recipe {
             question_binding_layer: 1,
             decision_weight: 0.0,
             decision_layer: 2,
+            invariance_weight: 0.0,
+            invariance_layer: 2,
             init: None,
             clip: 1.0,
             workers: 2,
@@ -173,6 +183,8 @@ impl Recipe {
             question_binding_layer: 1,
             decision_weight: 0.0,
             decision_layer: 2,
+            invariance_weight: 0.0,
+            invariance_layer: 2,
             init: None,
             clip: 1.0,
             workers: 2,
