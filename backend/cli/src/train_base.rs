@@ -92,10 +92,11 @@ pub struct TrainArgs {
     /// weight 0 turns it off).
     #[arg(long, value_name = "LAYER,WEIGHT", value_delimiter = ',')]
     pub decision: Option<Vec<f32>>,
-    /// The invariance term: `LAYER,WEIGHT` (the states that predict the answer of a query whose demonstrations do not
-    /// give it are pulled toward the query's states alone, at the outputs of that decoder layer and the later ones;
-    /// off in the shipped model; weight 0 turns it off).
-    #[arg(long, value_name = "LAYER,WEIGHT", value_delimiter = ',')]
+    /// The invariance term: `LAYER,WEIGHT[,FROM_STEP]` (the states that predict the answer of a query whose
+    /// demonstrations do not give it are pulled toward the query's states alone, at the outputs of that decoder layer
+    /// and the later ones, from that step of the run on, counted over all stages as the curve counts them; off in the
+    /// shipped model; weight 0 turns it off).
+    #[arg(long, value_name = "LAYER,WEIGHT[,FROM_STEP]", value_delimiter = ',')]
     pub invariance: Option<Vec<f32>>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -174,8 +175,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (recipe.decision_layer, recipe.decision_weight) = (l, w);
     }
     if let Some(b) = &args.invariance {
-        let (l, w) = layer_and_weight(b, layers).context("--invariance")?;
-        (recipe.invariance_layer, recipe.invariance_weight) = (l, w);
+        if b.len() > 3 {
+            bail!("--invariance: takes LAYER,WEIGHT[,FROM_STEP]");
+        }
+        let from = match b.get(2) {
+            Some(&s) if s >= 0.0 && s.fract() == 0.0 => s as usize,
+            Some(_) => bail!("--invariance: FROM_STEP must be a whole number of steps"),
+            None => 0,
+        };
+        let (l, w) = layer_and_weight(&b[..b.len().min(2)], layers).context("--invariance")?;
+        (recipe.invariance_layer, recipe.invariance_weight, recipe.invariance_from) = (l, w, from);
     }
     if let Some(n) = args.keep_induction {
         recipe.keep_induction = n;

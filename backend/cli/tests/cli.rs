@@ -327,6 +327,8 @@ fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
         (&["--binding", "0"][..], "--binding: takes LAYER,WEIGHT"),
         (&["--decision", "3,1"][..], "--decision: takes LAYER,WEIGHT: a decoder layer below"),
         (&["--invariance", "1,1"][..], "--invariance: takes LAYER,WEIGHT: a decoder layer below"),
+        (&["--invariance", "0,1,2.5"][..], "--invariance: FROM_STEP must be a whole number"),
+        (&["--invariance", "0,1,2,3"][..], "--invariance: takes LAYER,WEIGHT"),
     ] {
         let out = unike().args(smoke).args(bad).arg("--out").arg(base.join("bad")).output()?;
         assert_eq!(out.status.code(), Some(1), "{bad:?}");

@@ -331,6 +331,11 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
                     .map(|_| training_sample_eased(&world, mix, ease, &recipe.context_shares, &mut rng))
                     .collect();
                 let shards: Vec<&[Sample]> = samples.chunks(shard).collect();
+                // The invariance term starts at global step `invariance_from` (0: from the first).
+                let terms = match global >= recipe.invariance_from {
+                    true => terms,
+                    false => super::Terms { invariance: None, ..terms },
+                };
                 let keep = recipe.keep_induction.div_ceil(shards.len().max(1));
                 let kept = (0..shards.len())
                     .map(|_| {
@@ -347,7 +352,7 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
                         seq,
                         GROUPS,
                         recipe.lm_weight,
-                        invariance.is_some(),
+                        terms.invariance.is_some(),
                         device,
                     )?;
                     let qa = grouped_loss(&t.model, &batches, frozen, terms)?;

@@ -179,9 +179,15 @@ mod tests {
 
     #[test]
     fn the_trainer_uses_the_term() -> Result<()> {
-        let weights = |w: f32| smoke_weights(|r| (r.invariance_weight, r.invariance_layer) = (w, 0));
-        let diff = (weights(1.0)? - weights(0.0)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let weights = |w: f32, from: usize| {
+            smoke_weights(|r| (r.invariance_weight, r.invariance_layer, r.invariance_from) = (w, 0, from))
+        };
+        let off = weights(0.0, 0)?;
+        let diff = (weights(1.0, 0)? - &off)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff > 1e-6, "the invariance term changed no weight ({diff})");
+        // From a step after the run's last, the term never applies.
+        let late = (weights(1.0, 1000)? - &off)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(late, 0.0);
         Ok(())
     }
 }

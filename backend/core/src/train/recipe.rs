@@ -92,6 +92,9 @@ pub struct Recipe {
     pub invariance_weight: f32,
     #[serde(default)]
     pub invariance_layer: usize,
+    /// The run's step (counted over all stages, as the curve counts them) from which the invariance term applies.
+    #[serde(default)]
+    pub invariance_from: usize,
     /// Checkpoint the run started from (`--init`), when not from scratch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
@@ -148,6 +151,7 @@ impl Recipe {
             decision_layer: 2,
             invariance_weight: 0.0,
             invariance_layer: 2,
+            invariance_from: 0,
             init: None,
             clip: 1.0,
             workers: 2,
@@ -185,6 +189,7 @@ impl Recipe {
             decision_layer: 2,
             invariance_weight: 0.0,
             invariance_layer: 2,
+            invariance_from: 0,
             init: None,
             clip: 1.0,
             workers: 2,
