@@ -19,7 +19,6 @@ mod tests {
     use crate::train::batch::{make_batch, Batch};
     use crate::train::test_support::Probed;
     use crate::world::context::{hard_split, HardKind};
-    use crate::world::samples::Sample;
     use crate::world::tokenizer::IMAGE;
 
     /// Replaces the attention output of batch row 0 at `rows` by `values (rows.len(), d)`.
@@ -101,7 +100,7 @@ mod tests {
             let mut names = vec![];
             let (mut disturbed, mut clean_right) = (0, 0);
             for (s, _, _) in hard_split(&p.world, n, kind) {
-                let clean = Sample { context: vec![], bos_per_turn: false, ..s.clone() };
+                let clean = s.alone();
                 let bc = make_batch(std::slice::from_ref(&s), &p.tok, &p.images, seq, 0.0, &Device::Cpu)?;
                 let b0 = make_batch(std::slice::from_ref(&clean), &p.tok, &p.images, seq, 0.0, &Device::Cpu)?;
                 let mut cap = Capture::at_layers(0..layers, CapturePoint::AttnOutput);

@@ -20,6 +20,7 @@ use crate::model::{ImageProcessor, Llava};
 use crate::world::samples::Sample;
 
 use super::batch::{make_batch, Batch};
+use super::question::rows_at;
 
 /// Where the term reads (the outputs of these decoder layers) and how much it weighs.
 pub struct Invariance {
@@ -61,8 +62,7 @@ pub fn clean_pass(
     }
     let positions: Vec<u32> =
         batch.decision_positions.iter().zip(&batch.decision_labels).filter(|(_, &l)| l == 0).map(|(&p, _)| p).collect();
-    let alone: Vec<Sample> =
-        ignoring.iter().map(|s| Sample { context: vec![], bos_per_turn: false, ..(*s).clone() }).collect();
+    let alone: Vec<Sample> = ignoring.iter().map(|s| s.alone()).collect();
     let clean = make_batch(&alone, tokenizer, images, image_seq_length, 0.0, device)?;
     // Without demonstrations and without the language-model term, the supervised positions are exactly the query's.
     let clean_positions = clean.positions.to_vec1::<u32>()?;
@@ -81,15 +81,11 @@ pub fn clean_pass(
 pub fn loss(t: &Invariance, model: &Llava, hs: &[&Tensor], clean: &CleanPass) -> Result<Tensor> {
     let mut cap = Capture::of(t.layers.iter().map(|&l| (l, LayerOutput)));
     super::forward_parts(model, &clean.batch, true, &mut cap)?;
-    let pick = |x: &Tensor, at: &[u32]| -> Result<Tensor> {
-        let (b, s, d) = x.dims3()?;
-        Ok(x.reshape((b * s, d))?.index_select(&Tensor::new(at, x.device())?, 0)?)
-    };
     let mut total: Option<Tensor> = None;
     for (&l, h) in t.layers.iter().zip(hs) {
         let target = cap.get(l, LayerOutput).ok_or_else(|| Error::Invalid(format!("layer {l}")))?;
-        let target = pick(target, &clean.clean_positions)?.detach();
-        let dist = (pick(h, &clean.positions)? - &target)?.sqr()?.sum(1)?;
+        let target = rows_at(target, &clean.clean_positions)?.detach();
+        let dist = (rows_at(h, &clean.positions)? - &target)?.sqr()?.sum(1)?;
         let norm = (target.sqr()?.sum(1)? + 1e-6)?;
         let part = (dist / norm)?.mean_all()?;
         total = Some(match total {

@@ -51,9 +51,14 @@ pub(crate) fn classify(
 /// The read-out's logits `(m, k)`: the rows of `h (b, s, d)` at the `m` flat `(b · s)` `positions`, through
 /// `head (d, k)`.
 pub(crate) fn read_out_logits(head: &Var, h: &Tensor, positions: &[u32]) -> Result<Tensor> {
+    Ok(rows_at(h, positions)?.matmul(head.as_tensor())?)
+}
+
+/// The rows `(m, d)` of `h (b, s, d)` at the `m` flat `(b · s)` `positions`.
+pub(crate) fn rows_at(h: &Tensor, positions: &[u32]) -> Result<Tensor> {
     let (b, s, d) = h.dims3()?;
     let idx = Tensor::from_vec(positions.to_vec(), positions.len(), h.device())?;
-    Ok(h.reshape((b * s, d))?.index_select(&idx, 0)?.matmul(head.as_tensor())?)
+    Ok(h.reshape((b * s, d))?.index_select(&idx, 0)?)
 }
 
 #[cfg(test)]

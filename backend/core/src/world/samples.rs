@@ -51,6 +51,11 @@ impl Sample {
         }
     }
 
+    /// The query alone: the same question, answer and image without the demonstrations.
+    pub fn alone(&self) -> Self {
+        Self::plain(self.kind, self.question.clone(), self.answer.clone(), self.image.clone())
+    }
+
     /// Every image of the sample in prompt order: the demonstrations', then the query's.
     pub fn images(&self) -> impl Iterator<Item = &RgbImage> {
         self.context.iter().filter_map(|t| t.image.as_ref()).chain(self.image.as_ref())
