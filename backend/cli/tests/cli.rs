@@ -271,39 +271,25 @@ fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
         .output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_ne!(std::fs::read(a.join("model.safetensors"))?, std::fs::read(c.join("model.safetensors"))?);
-    // The question binding term reaches the weights, and the recipe records it.
-    let q = base.join("q");
-    let out = unike()
-        .args(["train-base", "--recipe", "smoke", "--seed", "5", "--question-binding", "0,1", "--out"])
-        .arg(&q)
-        .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_ne!(std::fs::read(a.join("model.safetensors"))?, std::fs::read(q.join("model.safetensors"))?);
-    let recipe: Value = serde_json::from_slice(&std::fs::read(q.join("training.json"))?)?;
-    assert_eq!(recipe["recipe"]["question_binding_weight"], 1.0, "{recipe}");
-    // So does the decision term.
-    let d = base.join("d");
-    let out = unike()
-        .args(["train-base", "--recipe", "smoke", "--seed", "5", "--decision", "0,1", "--out"])
-        .arg(&d)
-        .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_ne!(std::fs::read(a.join("model.safetensors"))?, std::fs::read(d.join("model.safetensors"))?);
-    let recipe: Value = serde_json::from_slice(&std::fs::read(d.join("training.json"))?)?;
-    assert_eq!((&recipe["recipe"]["decision_weight"], &recipe["recipe"]["decision_layer"]), (&1.0.into(), &0.into()));
-    // And the invariance term.
-    let v = base.join("v");
-    let out = unike()
-        .args(["train-base", "--recipe", "smoke", "--seed", "5", "--invariance", "0,1", "--out"])
-        .arg(&v)
-        .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_ne!(std::fs::read(a.join("model.safetensors"))?, std::fs::read(v.join("model.safetensors"))?);
-    let recipe: Value = serde_json::from_slice(&std::fs::read(v.join("training.json"))?)?;
-    assert_eq!(
-        (&recipe["recipe"]["invariance_weight"], &recipe["recipe"]["invariance_layer"]),
-        (&1.0.into(), &0.into())
-    );
+    // Each auxiliary term reaches the weights, and the recipe records its weight and layer.
+    for (flag, term) in
+        [("--question-binding", "question_binding"), ("--decision", "decision"), ("--invariance", "invariance")]
+    {
+        let dir = base.join(term);
+        let out = unike()
+            .args(["train-base", "--recipe", "smoke", "--seed", "5", flag, "0,1", "--out"])
+            .arg(&dir)
+            .output()?;
+        assert!(out.status.success(), "{flag}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_ne!(
+            std::fs::read(a.join("model.safetensors"))?,
+            std::fs::read(dir.join("model.safetensors"))?,
+            "{flag}"
+        );
+        let recipe: Value = serde_json::from_slice(&std::fs::read(dir.join("training.json"))?)?;
+        let (w, l) = (&recipe["recipe"][format!("{term}_weight")], &recipe["recipe"][format!("{term}_layer")]);
+        assert_eq!((w, l), (&1.0.into(), &0.into()), "{flag}: {recipe}");
+    }
     // The decoder's heads are part of the recipe: written to config.json, and a run from a checkpoint keeps them.
     let h = base.join("h");
     let smoke = ["train-base", "--recipe", "smoke", "--seed", "5"];
