@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
-use crate::hooks::{Capture, CapturePoint::LayerOutput};
+use crate::hooks::{Capture, CapturePoint::LayerOutput, Hooks};
 use crate::model::{ImageProcessor, Llava};
 use crate::world::samples::Sample;
 
@@ -80,7 +80,7 @@ pub fn clean_pass(
 /// that batch's clean pass. Returns a scalar.
 pub fn loss(t: &Invariance, model: &Llava, hs: &[&Tensor], clean: &CleanPass) -> Result<Tensor> {
     let mut cap = Capture::of(t.layers.iter().map(|&l| (l, LayerOutput)));
-    super::forward_parts(model, &clean.batch, true, &mut cap)?;
+    clean_states(model, &clean.batch, &mut cap)?;
     let mut total: Option<Tensor> = None;
     for (&l, h) in t.layers.iter().zip(hs) {
         let target = cap.get(l, LayerOutput).ok_or_else(|| Error::Invalid(format!("layer {l}")))?;
@@ -95,6 +95,16 @@ pub fn loss(t: &Invariance, model: &Llava, hs: &[&Tensor], clean: &CleanPass) ->
     }
     let total = total.ok_or_else(|| Error::Invalid("the invariance term reads no layer".into()))?;
     Ok((total * (t.weight as f64 / t.layers.len() as f64))?)
+}
+
+/// The clean pass forward into `capture`: a target, so the inference kernels (outside any differentiable scope),
+/// the vision features detached, and no language-model head. `batch.ids (b, s)`, pixels `(n_images, 3, h, w)`.
+fn clean_states(model: &Llava, batch: &Batch, capture: &mut Capture) -> Result<()> {
+    let feats = batch.pixels.as_ref().map(|p| model.vision_features(p).map(|f| f.detach())).transpose()?;
+    let image = feats.map(|f| model.project(&f)).transpose()?;
+    let embeds = model.embed_inputs(&batch.ids, image.as_ref())?;
+    model.forward_embeds(&embeds, 0, None, &Hooks::none(), capture)?;
+    Ok(())
 }
 
 #[cfg(test)]
