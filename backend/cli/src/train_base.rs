@@ -98,6 +98,11 @@ pub struct TrainArgs {
     /// shipped model; weight 0 turns it off).
     #[arg(long, value_name = "LAYER,WEIGHT[,FROM_STEP]", value_delimiter = ',')]
     pub invariance: Option<Vec<f32>>,
+    /// With `--invariance`: count only the answer positions whose answer id the demonstrations make less likely
+    /// than the query alone does by more than MARGIN nats (0: any loss of likelihood); without it, every position
+    /// of an ignoring query is pulled.
+    #[arg(long, value_name = "MARGIN")]
+    pub invariance_gate: Option<f32>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -185,6 +190,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         };
         let (l, w) = layer_and_weight(&b[..b.len().min(2)], layers).context("--invariance")?;
         (recipe.invariance_layer, recipe.invariance_weight, recipe.invariance_from) = (l, w, from);
+    }
+    if let Some(m) = args.invariance_gate {
+        if args.invariance.is_none() {
+            bail!("--invariance-gate: only with --invariance");
+        }
+        if !m.is_finite() || m < 0.0 {
+            bail!("--invariance-gate: MARGIN must be a number of nats, 0 or more");
+        }
+        recipe.invariance_gate = Some(m);
     }
     if let Some(n) = args.keep_induction {
         recipe.keep_induction = n;

@@ -290,6 +290,16 @@ fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
         let (w, l) = (&recipe["recipe"][format!("{term}_weight")], &recipe["recipe"][format!("{term}_layer")]);
         assert_eq!((w, l), (&1.0.into(), &0.into()), "{flag}: {recipe}");
     }
+    // The invariance term's gate is recorded (its effect on the weights is pinned in the library's tests).
+    let g = base.join("gate");
+    let out = unike()
+        .args(["train-base", "--recipe", "smoke", "--seed", "5", "--invariance", "0,1", "--invariance-gate", "0.5"])
+        .arg("--out")
+        .arg(&g)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recipe: Value = serde_json::from_slice(&std::fs::read(g.join("training.json"))?)?;
+    assert_eq!(recipe["recipe"]["invariance_gate"], 0.5, "{recipe}");
     // The decoder's heads are part of the recipe: written to config.json, and a run from a checkpoint keeps them.
     let h = base.join("h");
     let smoke = ["train-base", "--recipe", "smoke", "--seed", "5"];
@@ -315,6 +325,8 @@ fn train_base_smoke_is_deterministic_and_loadable() -> Result<()> {
         (&["--invariance", "1,1"][..], "--invariance: takes LAYER,WEIGHT: a decoder layer below"),
         (&["--invariance", "0,1,2.5"][..], "--invariance: FROM_STEP must be a whole number"),
         (&["--invariance", "0,1,2,3"][..], "--invariance: takes LAYER,WEIGHT"),
+        (&["--invariance-gate", "0.5"][..], "--invariance-gate: only with --invariance"),
+        (&["--invariance", "0,1", "--invariance-gate=-1"][..], "--invariance-gate: MARGIN must be"),
     ] {
         let out = unike().args(smoke).args(bad).arg("--out").arg(base.join("bad")).output()?;
         assert_eq!(out.status.code(), Some(1), "{bad:?}");

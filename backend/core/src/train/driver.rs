@@ -295,6 +295,7 @@ pub fn train_base(recipe: &Recipe, device: &Device, progress: &mut dyn FnMut(&Pr
         .transpose()?;
     let invariance = (recipe.invariance_weight > 0.0).then(|| {
         super::invariance::Invariance::from_layer(recipe.invariance_layer, recipe.text_layers, recipe.invariance_weight)
+            .gated(recipe.invariance_gate)
     });
     let terms = super::Terms {
         image: binding.as_ref(),

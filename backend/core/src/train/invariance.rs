@@ -11,7 +11,7 @@
 //! (On a model trained with stronger binding terms the disturbance enters at layers 2 and 3, hence every layer from
 //! the first one named.)
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -22,16 +22,26 @@ use crate::world::samples::Sample;
 use super::batch::{make_batch, Batch};
 use super::question::rows_at;
 
-/// Where the term reads (the outputs of these decoder layers) and how much it weighs.
+/// Where the term reads (the outputs of these decoder layers), how much it weighs, and which pairs it counts.
 pub struct Invariance {
     pub layers: Vec<usize>,
     pub weight: f32,
+    /// `None`: every pair counts. `Some(margin)`: a pair counts only where the demonstrations make the answer id
+    /// less likely than the query alone does by more than `margin` nats (the pull stops where the recall is not
+    /// disturbed, so the positions stay free to read demonstrations elsewhere); the term is still the mean over
+    /// all pairs, so it fades as the disturbances do.
+    pub gate: Option<f32>,
 }
 
 impl Invariance {
-    /// The term at the outputs of decoder layers `from..n_layers`.
+    /// The term at the outputs of decoder layers `from..n_layers`, every pair counted.
     pub fn from_layer(from: usize, n_layers: usize, weight: f32) -> Self {
-        Self { layers: (from..n_layers).collect(), weight }
+        Self { layers: (from..n_layers).collect(), weight, gate: None }
+    }
+
+    /// The same term counting only the pairs `gate` selects (see [`Invariance::gate`]).
+    pub fn gated(self, gate: Option<f32>) -> Self {
+        Self { gate, ..self }
     }
 }
 
@@ -76,18 +86,27 @@ pub fn clean_pass(
     Ok(Some(CleanPass { batch: clean, positions, clean_positions }))
 }
 
-/// The term: `hs[k] (b, s, d)` the output of decoder layer `t.layers[k]` in the pass with demonstrations, `clean`
-/// that batch's clean pass. Returns a scalar.
-pub fn loss(t: &Invariance, model: &Llava, hs: &[&Tensor], clean: &CleanPass) -> Result<Tensor> {
+/// The term: `hs[k] (b, s, d)` the output of decoder layer `t.layers[k]` in the pass with demonstrations, `logits
+/// (b, s, v)` that pass's logits (read only when the term is gated), `clean` that batch's clean pass. Returns a
+/// scalar.
+pub fn loss(t: &Invariance, model: &Llava, hs: &[&Tensor], logits: &Tensor, clean: &CleanPass) -> Result<Tensor> {
     let mut cap = Capture::of(t.layers.iter().map(|&l| (l, LayerOutput)));
-    clean_states(model, &clean.batch, &mut cap)?;
+    let last = clean_states(model, &clean.batch, &mut cap)?;
+    let mask = match t.gate {
+        Some(margin) => Some(disturbed(logits, &model.logits(&last)?, clean, margin)?),
+        None => None,
+    };
     let mut total: Option<Tensor> = None;
     for (&l, h) in t.layers.iter().zip(hs) {
         let target = cap.get(l, LayerOutput).ok_or_else(|| Error::Invalid(format!("layer {l}")))?;
         let target = rows_at(target, &clean.clean_positions)?.detach();
         let dist = (rows_at(h, &clean.positions)? - &target)?.sqr()?.sum(1)?;
         let norm = (target.sqr()?.sum(1)? + 1e-6)?;
-        let part = (dist / norm)?.mean_all()?;
+        let rel = (dist / norm)?;
+        let part = match &mask {
+            Some(m) => (rel * m)?.mean_all()?,
+            None => rel.mean_all()?,
+        };
         total = Some(match total {
             Some(s) => (s + part)?,
             None => part,
@@ -97,14 +116,22 @@ pub fn loss(t: &Invariance, model: &Llava, hs: &[&Tensor], clean: &CleanPass) ->
     Ok((total * (t.weight as f64 / t.layers.len() as f64))?)
 }
 
-/// The clean pass forward into `capture`: a target, so the inference kernels (outside any differentiable scope),
-/// the vision features detached, and no language-model head. `batch.ids (b, s)`, pixels `(n_images, 3, h, w)`.
-fn clean_states(model: &Llava, batch: &Batch, capture: &mut Capture) -> Result<()> {
+/// The clean pass forward into `capture`: a target, so the inference kernels (outside any differentiable scope)
+/// and the vision features detached. `batch.ids (b, s)`, pixels `(n_images, 3, h, w)`; returns the final normed
+/// states `(b, s, d)`, detached.
+fn clean_states(model: &Llava, batch: &Batch, capture: &mut Capture) -> Result<Tensor> {
     let feats = batch.pixels.as_ref().map(|p| model.vision_features(p).map(|f| f.detach())).transpose()?;
     let image = feats.map(|f| model.project(&f)).transpose()?;
     let embeds = model.embed_inputs(&batch.ids, image.as_ref())?;
-    model.forward_embeds(&embeds, 0, None, &Hooks::none(), capture)?;
-    Ok(())
+    Ok(model.forward_embeds(&embeds, 0, None, &Hooks::none(), capture)?.detach())
+}
+
+/// `(m)` f32 mask of the pairs whose answer id the demonstrations make less likely than the query alone does by
+/// more than `margin` nats: `logits (b, s, v)` with demonstrations, `alone (b', s', v)` the clean pass's.
+fn disturbed(logits: &Tensor, alone: &Tensor, clean: &CleanPass, margin: f32) -> Result<Tensor> {
+    let with = super::nll(&rows_at(logits, &clean.positions)?.detach(), &clean.batch.targets)?;
+    let without = super::nll(&rows_at(alone, &clean.clean_positions)?, &clean.batch.targets)?;
+    Ok((with - without)?.gt(margin as f64)?.to_dtype(DType::F32)?)
 }
 
 #[cfg(test)]
@@ -173,10 +200,10 @@ mod tests {
         let mut opt = candle_nn::AdamW::new_lr(vars, 3e-3)?;
         for _ in 0..30 {
             let mut cap = Capture::of([(1, LayerOutput)]);
-            super::super::forward_parts(&t.model, &b, true, &mut cap)?;
+            let (logits, _) = super::super::forward_parts(&t.model, &b, true, &mut cap)?;
             let h = cap.get(1, LayerOutput).ok_or(Error::Invalid("h".into()))?;
             let c = b.clean.as_deref().ok_or(Error::Invalid("clean".into()))?;
-            candle_nn::Optimizer::backward_step(&mut opt, &loss(&inv, &t.model, &[h], c)?)?;
+            candle_nn::Optimizer::backward_step(&mut opt, &loss(&inv, &t.model, &[h], &logits, c)?)?;
         }
         let after = term()?;
         assert!(after < before * 0.7, "{before} {after}");
@@ -194,6 +221,58 @@ mod tests {
         // From a step after the run's last, the term never applies.
         let late = (weights(1.0, 1000)? - &off)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(late, 0.0);
+        // The gate reaches the trainer: a margin no pair exceeds leaves the run as without the term; margin 0 not.
+        let gated = |gate: f32| {
+            smoke_weights(|r| {
+                (r.invariance_weight, r.invariance_layer, r.invariance_gate) = (1.0, 0, Some(gate));
+            })
+        };
+        let shut = (gated(1e9)? - &off)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(shut, 0.0);
+        let open = (gated(0.0)? - &off)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(open > 1e-6, "the gated term changed no weight ({open})");
+        Ok(())
+    }
+
+    #[test]
+    fn the_gate_counts_only_the_pairs_the_demonstrations_make_worse() -> Result<()> {
+        let w = World::generate(0);
+        let tok = tokenizer::build(&w).map_err(|e| Error::Invalid(e.to_string()))?;
+        let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(Error::Invalid)?;
+        let cfg = world_config_json(tok.get_vocab_size(true), 32, 1, 48, 2, 4);
+        let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
+        let samples = ignore_split(&w, 8);
+        let mut b = make_batch(&samples, &tok, &images, t.config.image_seq_length, 0.0, &Device::Cpu)?;
+        b.clean = clean_pass(&samples, &b, &tok, &images, t.config.image_seq_length, &Device::Cpu)?.map(Box::new);
+        let c = b.clean.as_deref().ok_or(Error::Invalid("clean".into()))?;
+        let mut cap = Capture::of([(1, LayerOutput)]);
+        let (logits, _) = super::super::forward_parts(&t.model, &b, true, &mut cap)?;
+        let h = cap.get(1, LayerOutput).ok_or(Error::Invalid("h".into()))?;
+        let term = |gate: Option<f32>| -> Result<f32> {
+            let inv = Invariance::from_layer(1, 2, 1.0).gated(gate);
+            Ok(loss(&inv, &t.model, &[h], &logits, c)?.to_scalar::<f32>()?)
+        };
+        let all = term(None)?;
+        assert!(all > 1e-4, "{all}");
+        assert!((term(Some(-1e9))? - all).abs() < 1e-6 * all.max(1.0));
+        assert_eq!(term(Some(1e9))?, 0.0);
+        // By hand: the pairs whose answer id is less likely with the demonstrations than alone.
+        let mut alone = Capture::of([(1, LayerOutput)]);
+        let (alone_logits, _) = super::super::forward_parts(&t.model, &c.batch, true, &mut alone)?;
+        let nll = |l: &Tensor, at: &[u32]| -> Result<Vec<f32>> {
+            Ok(super::super::nll(&rows_at(l, at)?, &c.batch.targets)?.to_vec1::<f32>()?)
+        };
+        let (with, without) = (nll(&logits, &c.positions)?, nll(&alone_logits, &c.clean_positions)?);
+        let worse: Vec<bool> = with.iter().zip(&without).map(|(a, b)| a > b).collect();
+        let n_worse = worse.iter().filter(|&&x| x).count();
+        assert!(n_worse > 0 && n_worse < worse.len(), "{n_worse} of {}", worse.len());
+        let target = rows_at(alone.get(1, LayerOutput).ok_or(Error::Invalid("alone".into()))?, &c.clean_positions)?;
+        let rel = ((rows_at(h, &c.positions)? - &target)?.sqr()?.sum(1)? / (target.sqr()?.sum(1)? + 1e-6)?)?;
+        let rel = rel.to_vec1::<f32>()?;
+        let want = rel.iter().zip(&worse).filter(|(_, &x)| x).map(|(r, _)| r).sum::<f32>() / rel.len() as f32;
+        let got = term(Some(0.0))?;
+        assert!((got - want).abs() < 1e-3 * want.max(1e-3), "{got} {want}");
+        assert!(got > 0.0 && got < all);
         Ok(())
     }
 }

@@ -190,7 +190,7 @@ pub fn loss_with(model: &Llava, batch: &Batch, vision_frozen: bool, terms: Terms
     if let (Some(i), Some(clean)) = (terms.invariance, batch.clean.as_deref()) {
         let hs: Option<Vec<&Tensor>> = i.layers.iter().map(|&l| cap.get(l, LayerOutput)).collect();
         if let Some(hs) = hs {
-            total = (total + invariance::loss(i, model, &hs, clean)?)?;
+            total = (total + invariance::loss(i, model, &hs, &logits, clean)?)?;
         }
     }
     Ok(total)
@@ -203,7 +203,7 @@ fn cross_entropy(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
 }
 
 /// Negative log-likelihood `(m)` of the u32 `targets (m)` under the rows of `logits (m, k)`.
-fn nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+pub(crate) fn nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
     Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
 }

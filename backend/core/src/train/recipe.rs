@@ -95,6 +95,11 @@ pub struct Recipe {
     /// The run's step (counted over all stages, as the curve counts them) from which the invariance term applies.
     #[serde(default)]
     pub invariance_from: usize,
+    /// When set, the invariance term counts only the pairs whose answer id the demonstrations make less likely than
+    /// the query alone does by more than this many nats (`train::invariance::Invariance::gate`); none: every pair
+    /// (older recipes).
+    #[serde(default)]
+    pub invariance_gate: Option<f32>,
     /// Checkpoint the run started from (`--init`), when not from scratch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
@@ -152,6 +157,7 @@ impl Recipe {
             invariance_weight: 0.0,
             invariance_layer: 2,
             invariance_from: 0,
+            invariance_gate: None,
             init: None,
             clip: 1.0,
             workers: 2,
@@ -190,6 +196,7 @@ impl Recipe {
             invariance_weight: 0.0,
             invariance_layer: 2,
             invariance_from: 0,
+            invariance_gate: None,
             init: None,
             clip: 1.0,
             workers: 2,
