@@ -93,7 +93,10 @@ pub fn loss(t: &Invariance, model: &Llava, hs: &[&Tensor], logits: &Tensor, clea
     let mut cap = Capture::of(t.layers.iter().map(|&l| (l, LayerOutput)));
     let last = clean_states(model, &clean.batch, &mut cap)?;
     let mask = match t.gate {
-        Some(margin) => Some(disturbed(logits, &model.logits(&last)?, clean, margin)?),
+        Some(margin) => {
+            let alone = model.logits(&rows_at(&last, &clean.clean_positions)?)?;
+            Some(disturbed(logits, &alone, clean, margin)?)
+        }
         None => None,
     };
     let mut total: Option<Tensor> = None;
@@ -127,10 +130,10 @@ fn clean_states(model: &Llava, batch: &Batch, capture: &mut Capture) -> Result<T
 }
 
 /// `(m)` f32 mask of the pairs whose answer id the demonstrations make less likely than the query alone does by
-/// more than `margin` nats: `logits (b, s, v)` with demonstrations, `alone (b', s', v)` the clean pass's.
+/// more than `margin` nats: `logits (b, s, v)` with demonstrations, `alone (m, v)` the clean pass's at its pairs.
 fn disturbed(logits: &Tensor, alone: &Tensor, clean: &CleanPass, margin: f32) -> Result<Tensor> {
     let with = super::nll(&rows_at(logits, &clean.positions)?.detach(), &clean.batch.targets)?;
-    let without = super::nll(&rows_at(alone, &clean.clean_positions)?, &clean.batch.targets)?;
+    let without = super::nll(alone, &clean.batch.targets)?;
     Ok((with - without)?.gt(margin as f64)?.to_dtype(DType::F32)?)
 }
 
@@ -177,16 +180,22 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn the_term_adds_to_the_loss_and_training_lowers_it() -> Result<()> {
+    /// A fresh 2-layer model and a batch of `n` ignore-split queries carrying its clean pass.
+    fn ignoring_batch(n: usize) -> Result<(Trainable, Batch)> {
         let w = World::generate(0);
         let tok = tokenizer::build(&w).map_err(|e| Error::Invalid(e.to_string()))?;
         let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(Error::Invalid)?;
         let cfg = world_config_json(tok.get_vocab_size(true), 32, 1, 48, 2, 4);
         let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
-        let samples = ignore_split(&w, 4);
+        let samples = ignore_split(&w, n);
         let mut b = make_batch(&samples, &tok, &images, t.config.image_seq_length, 0.0, &Device::Cpu)?;
         b.clean = clean_pass(&samples, &b, &tok, &images, t.config.image_seq_length, &Device::Cpu)?.map(Box::new);
+        Ok((t, b))
+    }
+
+    #[test]
+    fn the_term_adds_to_the_loss_and_training_lowers_it() -> Result<()> {
+        let (t, b) = ignoring_batch(4)?;
         let inv = Invariance::from_layer(1, 2, 1.0);
         let terms = Terms { invariance: Some(&inv), ..Terms::default() };
         let term = || -> Result<f32> {
@@ -236,14 +245,7 @@ mod tests {
 
     #[test]
     fn the_gate_counts_only_the_pairs_the_demonstrations_make_worse() -> Result<()> {
-        let w = World::generate(0);
-        let tok = tokenizer::build(&w).map_err(|e| Error::Invalid(e.to_string()))?;
-        let images = ImageProcessor::from_json_str(WORLD_PREPROCESSOR).map_err(Error::Invalid)?;
-        let cfg = world_config_json(tok.get_vocab_size(true), 32, 1, 48, 2, 4);
-        let t = Trainable::new(&cfg, 0, &Device::Cpu)?;
-        let samples = ignore_split(&w, 8);
-        let mut b = make_batch(&samples, &tok, &images, t.config.image_seq_length, 0.0, &Device::Cpu)?;
-        b.clean = clean_pass(&samples, &b, &tok, &images, t.config.image_seq_length, &Device::Cpu)?.map(Box::new);
+        let (t, b) = ignoring_batch(8)?;
         let c = b.clean.as_deref().ok_or(Error::Invalid("clean".into()))?;
         let mut cap = Capture::of([(1, LayerOutput)]);
         let (logits, _) = super::super::forward_parts(&t.model, &b, true, &mut cap)?;
